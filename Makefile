@@ -1,0 +1,27 @@
+# Two entry points: `make demo` (install, then run the offline demo) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/multiguard: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/multiguard
+
+install: $(BIN)/multiguard
+
+demo: install
+	$(BIN)/multiguard demo
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_certify.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
