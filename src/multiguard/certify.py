@@ -41,6 +41,7 @@ __all__ = [
 # x <= 8.3 is below 1e-290 while the right-hand side is at least k'/k * Phi(-8.3 + T) = k'/k. Past T the
 # condition can only hold where a bound sits at 0 or 1, and then it holds for every radius.
 _T_MAX = 40.0
+_ROWS_PER_CHUNK = 2048  # rows per term table in certified_radii (about 2048 x k x (c + k) doubles each)
 _BISECTION_STEPS = 60  # 40 / 2**60 ~ 3e-17: the radius is exact to the last bits of a double
 
 
@@ -311,12 +312,15 @@ def certified_radii(
     k = _check_int(k, "k", 1, c)
     k_prime = _check_int(k_prime, "k_prime", 1, c)
     sigma = _check_positive(sigma, "sigma")
-    lhs_x, lhs_logc, rhs_y, rhs_logc, solve, always = _terms_of_theorem_1(
-        lower_arr, upper_arr, mask, k, k_prime, bool(second_terms)
-    )
-    t = np.zeros(solve.shape)
-    t[always] = np.inf
-    t[solve] = _largest_radius(lhs_x[solve], lhs_logc[solve], rhs_y[solve], rhs_logc[solve])
+    t = np.zeros((lower_arr.shape[0], k))
+    for start in range(0, lower_arr.shape[0], _ROWS_PER_CHUNK):  # bounds the memory of the term tables
+        rows = slice(start, start + _ROWS_PER_CHUNK)
+        lhs_x, lhs_logc, rhs_y, rhs_logc, solve, always = _terms_of_theorem_1(
+            lower_arr[rows], upper_arr[rows], mask[rows], k, k_prime, bool(second_terms)
+        )
+        chunk = t[rows]
+        chunk[always] = np.inf
+        chunk[solve] = _largest_radius(lhs_x[solve], lhs_logc[solve], rhs_y[solve], rhs_logc[solve])
     radii = sigma * t
     return radii[0] if single else radii
 
