@@ -1,0 +1,501 @@
+"""Certified precision / recall / F1 curves, tables and plots from saved runs (no model, no GPU).
+
+A report reads the counts of one or more RUN_DIRs (:mod:`multiguard.runs`) and, for every combination of
+``k``, ``k'`` and ``alpha`` asked for, computes the label probability bounds once, the per-e certified radii
+once, and from them the certified intersection size at every radius of the grid. Methods:
+
+- ``multiguard``: Theorem 1 of the paper (Eq. 8) with both terms on each side;
+- ``multiguard-first-terms``: the ablation of section 4.2 without the u- and v-terms;
+- ``jia``: Jia et al. (ICLR 2020) extended to multi-label, label by label (only where ``k' = 1``).
+
+Outputs, in REPORT_DIR: ``curves.csv`` (columns :data:`CSV_COLUMNS`, metrics as fractions in [0, 1]),
+``precision.png``, ``recall.png``, ``f1.png`` (one panel per run, in the style of the paper's Figure 1)
+and ``summary.md`` (tables at a few radii, in percent).
+
+Curves of other origins (e.g. empirical robustness under an attack) are :class:`Curve` objects too and can be
+passed to :func:`make_report` as ``extra_curves`` to be written and drawn alongside.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import certify
+from .runs import Run, atomic_write_bytes, load_run
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_RADII",
+    "METHODS",
+    "SUMMARY_RADII",
+    "Curve",
+    "Report",
+    "compute_curves",
+    "make_report",
+    "parse_radii",
+    "plot_figure",
+    "plot_metric",
+    "read_csv",
+    "summary_markdown",
+    "write_csv",
+]
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "run",
+    "method",
+    "k",
+    "k_prime",
+    "alpha",
+    "sigma",
+    "n",
+    "radius",
+    "precision",
+    "recall",
+    "f1",
+    "num_inputs",
+)
+METHODS: tuple[str, ...] = ("multiguard", "multiguard-first-terms", "jia")
+METRICS: tuple[str, ...] = ("precision", "recall", "f1")
+DEFAULT_RADII = "0:3:0.05"
+SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+
+METHOD_LABELS = {
+    "multiguard": "MultiGuard",
+    "multiguard-first-terms": "MultiGuard, first terms only",
+    "jia": "Jia et al.",
+}
+METRIC_LABELS = {
+    "precision": "Certified top-k precision@R",
+    "recall": "Certified top-k recall@R",
+    "f1": "Certified top-k f1-score@R",
+}
+_LINESTYLES = {"multiguard": "-", "multiguard-first-terms": "--", "jia": ":"}
+
+
+@dataclass
+class Curve:
+    """Certified metrics of one method and setting on one run, as functions of the radius R."""
+
+    run: str
+    method: str
+    k: int
+    k_prime: int
+    alpha: float
+    sigma: float
+    n: int
+    radius: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    num_inputs: int
+    num_empty: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def metric(self, name: str) -> np.ndarray:
+        """The ``precision``, ``recall`` or ``f1`` array."""
+        if name not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {name!r}")
+        return getattr(self, name)
+
+    def at(self, name: str, radius: float) -> float:
+        """The metric at a radius of the curve's grid (ValueError if the grid lacks it)."""
+        hits = np.flatnonzero(np.isclose(self.radius, float(radius), rtol=0.0, atol=1e-9))
+        if hits.size == 0:
+            raise ValueError(f"radius {radius} is not on the curve's grid")
+        return float(self.metric(name)[hits[0]])
+
+    @property
+    def setting(self) -> tuple[str, str, int, int, float]:
+        """(run, method, k, k_prime, alpha): what tells two curves of a report apart."""
+        return (self.run, self.method, self.k, self.k_prime, self.alpha)
+
+
+# ------------------------------------------------------------------------------------------- radii
+
+
+def parse_radii(text: str | Iterable[float]) -> np.ndarray:
+    """Radii from ``"start:stop:step"`` (stop included), ``"0,0.25,0.5"``, a single number, or numbers.
+
+    Values are rounded to 12 decimals so that a grid such as ``0:3:0.05`` hits 0.25, 0.5 and 1.0 exactly.
+    Raises ValueError naming ``radii`` for anything else, negative or non-finite radii.
+    """
+    if isinstance(text, str):
+        spec = text.strip()
+        try:
+            if ":" in spec:
+                parts = [float(p) for p in spec.split(":")]
+                if len(parts) != 3:
+                    raise ValueError
+                start, stop, step = parts
+                if step <= 0 or stop < start:
+                    raise ValueError
+                count = int(math.floor((stop - start) / step + 1e-9)) + 1
+                values = np.round(start + step * np.arange(count), 12)
+            else:
+                values = np.array([float(p) for p in spec.replace(" ", ",").split(",") if p], dtype=np.float64)
+        except ValueError:
+            raise ValueError(
+                f"radii must be START:STOP:STEP (e.g. 0:3:0.05) or comma-separated numbers, got {text!r}"
+            ) from None
+    else:
+        try:
+            values = np.round(np.asarray(list(text), dtype=np.float64), 12)
+        except (TypeError, ValueError):
+            raise ValueError(f"radii must be numbers, got {text!r}") from None
+    if values.size == 0 or not np.all(np.isfinite(values)) or (values < 0).any():
+        raise ValueError(f"radii must be finite and >= 0, got {text!r}")
+    return np.unique(values)
+
+
+# ------------------------------------------------------------------------------------------ curves
+
+
+def _run_names(runs: Sequence[Run], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(runs):
+            raise ValueError(f"names must give one name per run ({len(runs)}), got {len(names)}")
+        return [str(n) for n in names]
+    plain = [run.name for run in runs]
+    if len(set(plain)) == len(plain):
+        return plain
+    return [str(run.path) for run in runs]
+
+
+def compute_curves(
+    runs: Sequence[Run],
+    *,
+    k: Sequence[int] = (3,),
+    k_prime: Sequence[int] = (1,),
+    alpha: Sequence[float] = (0.001,),
+    radius: Sequence[float] | np.ndarray = (0.0,),
+    methods: Sequence[str] = METHODS,
+    names: Sequence[str] | None = None,
+) -> list[Curve]:
+    """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1).
+
+    Bounds are computed once per (run, k', alpha) and radii once per (k, method); the metrics at all radii
+    follow from the radii. Raises ValueError naming the argument for a k beyond a run's number of classes, a
+    k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1).
+    """
+    radius = np.asarray(radius, dtype=np.float64)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {', '.join(unknown)}")
+    if not len(k) or not len(k_prime) or not len(alpha):
+        raise ValueError("k, k_prime and alpha need at least one value each")
+    for a in alpha:
+        if not 0.0 < float(a) < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {a}")
+    run_names = _run_names(runs, names)
+    for run, name in zip(runs, run_names, strict=True):
+        for value in k:
+            if not 1 <= int(value) <= run.num_classes:
+                raise ValueError(f"k must be between 1 and the number of classes ({run.num_classes}) of run {name}, "
+                                 f"got {value}")
+        for value in k_prime:
+            if not 1 <= int(value) <= run.max_k_prime:
+                raise ValueError(f"k_prime must be between 1 and {run.max_k_prime} for run {name} (certified with "
+                                 f"--max-k-prime {run.max_k_prime}), got {value}")
+    curves: list[Curve] = []
+    for run, name in zip(runs, run_names, strict=True):
+        labels = run.labels
+        for kp in k_prime:
+            for a in alpha:
+                lower, upper = certify.label_probability_bounds(run.counts_for(int(kp)), run.n, float(a))
+                for kk in k:
+                    for method in methods:
+                        if method == "jia":
+                            if int(kp) != 1:
+                                continue
+                            radii = certify.jia_certified_radii(lower, upper, labels, k=int(kk), sigma=run.sigma)
+                            sizes = certify.jia_intersection_size_from_radii(radii, radius)
+                        else:
+                            radii = certify.certified_radii(
+                                lower,
+                                upper,
+                                labels,
+                                k=int(kk),
+                                k_prime=int(kp),
+                                sigma=run.sigma,
+                                second_terms=method == "multiguard",
+                            )
+                            sizes = certify.intersection_size_from_radii(radii, radius)
+                        metrics = certify.certified_metrics(sizes, labels, int(kk))
+                        curves.append(
+                            Curve(
+                                run=name,
+                                method=method,
+                                k=int(kk),
+                                k_prime=int(kp),
+                                alpha=float(a),
+                                sigma=run.sigma,
+                                n=run.n,
+                                radius=radius.copy(),
+                                precision=np.asarray(metrics.precision, dtype=np.float64),
+                                recall=np.asarray(metrics.recall, dtype=np.float64),
+                                f1=np.asarray(metrics.f1, dtype=np.float64),
+                                num_inputs=metrics.num_inputs,
+                                num_empty=metrics.num_empty,
+                            )
+                        )
+    return curves
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+
+def _fmt(value: float) -> str:
+    return f"{float(value):.10g}"
+
+
+def write_csv(curves: Sequence[Curve], path: str | os.PathLike[str]) -> None:
+    """Write ``curves`` to ``path`` (atomically), one row per curve and radius, columns :data:`CSV_COLUMNS`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in curves:
+        for i, r in enumerate(c.radius):
+            writer.writerow(
+                [c.run, c.method, c.k, c.k_prime, _fmt(c.alpha), _fmt(c.sigma), c.n, _fmt(r),
+                 _fmt(c.precision[i]), _fmt(c.recall[i]), _fmt(c.f1[i]), c.num_inputs]
+            )
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
+    """Read a ``curves.csv`` back into :class:`Curve` objects (rows grouped by run, method, k, k', alpha)."""
+    groups: dict[tuple[str, str, int, int, float], list[dict[str, str]]] = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+            raise ValueError(f"{path} does not have the columns {','.join(CSV_COLUMNS)}")
+        for row in reader:
+            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]))
+            groups.setdefault(key, []).append(row)
+    curves = []
+    for (run, method, k, k_prime, alpha), rows in groups.items():
+        curves.append(
+            Curve(
+                run=run, method=method, k=k, k_prime=k_prime, alpha=alpha,
+                sigma=float(rows[0]["sigma"]), n=int(rows[0]["n"]),
+                radius=np.array([float(r["radius"]) for r in rows]),
+                precision=np.array([float(r["precision"]) for r in rows]),
+                recall=np.array([float(r["recall"]) for r in rows]),
+                f1=np.array([float(r["f1"]) for r in rows]),
+                num_inputs=int(rows[0]["num_inputs"]),
+            )
+        )
+    return curves
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def _varying(curves: Sequence[Curve], fields: Sequence[str]) -> list[str]:
+    return [f for f in fields if len({getattr(c, f) for c in curves}) > 1]
+
+
+def _curve_label(curve: Curve, varying: Sequence[str]) -> str:
+    parts = [METHOD_LABELS.get(curve.method, curve.method)]
+    names = {"k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n"}
+    details = [f"{names[f]}={getattr(curve, f):g}" for f in varying if f in names]
+    if details:
+        parts.append(", ".join(details))
+    return ", ".join(parts)
+
+
+def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | None, legend: bool = True) -> None:
+    varying = _varying(curves, ("k", "k_prime", "alpha", "sigma", "n"))
+    settings = sorted({tuple(getattr(c, f) for f in varying) for c in curves})
+    colors = [f"C{i % 10}" for i in range(len(settings))]
+    method_colors = {"multiguard": "C3", "multiguard-first-terms": "C1", "jia": "C0"}
+    for c in curves:
+        setting = tuple(getattr(c, f) for f in varying)
+        color = colors[settings.index(setting)] if varying else method_colors.get(c.method, "C2")
+        ax.plot(  # type: ignore[attr-defined]
+            c.radius,
+            c.metric(metric),
+            linestyle=_LINESTYLES.get(c.method, "-."),
+            color=color,
+            linewidth=1.8,
+            label=_curve_label(c, varying),
+        )
+    ax.set_xlabel("Perturbation size R (ℓ2)")  # type: ignore[attr-defined]
+    ax.set_ylabel(METRIC_LABELS[metric])  # type: ignore[attr-defined]
+    ax.set_ylim(-0.02, 1.02)  # type: ignore[attr-defined]
+    ax.set_xlim(left=0.0)  # type: ignore[attr-defined]
+    ax.grid(True, alpha=0.3)  # type: ignore[attr-defined]
+    if title:
+        ax.set_title(title, fontsize=10)  # type: ignore[attr-defined]
+    if legend and curves:
+        if len(curves) > 5:  # many lines: keep the legend off the curves
+            ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # type: ignore
+        else:
+            ax.legend(fontsize=8, frameon=False)  # type: ignore[attr-defined]
+
+
+def _save_figure(fig: object, path: str | os.PathLike[str]) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pyplot() -> object:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[str]) -> None:
+    """One PNG for one metric: a panel per run, a line per method and setting (the paper's Figure 1 style).
+
+    Line style tells the method (solid MultiGuard, dashed first terms only, dotted Jia et al.); colour tells
+    the setting (k, k', alpha) when several are drawn.
+    """
+    plt = _pyplot()
+    runs = list(dict.fromkeys(c.run for c in curves))
+    columns = min(len(runs), 3) or 1
+    rows = -(-len(runs) // columns) or 1
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)  # type: ignore
+    for i, run in enumerate(runs):
+        run_curves = [c for c in curves if c.run == run]
+        first = run_curves[0]
+        title = f"{run} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs)"
+        _draw_panel(axes[i // columns][i % columns], run_curves, metric, title)
+    for j in range(len(runs), rows * columns):
+        axes[j // columns][j % columns].axis("off")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)  # type: ignore[attr-defined]
+
+
+def plot_figure(rows: Sequence[tuple[str, Sequence[Curve]]], path: str | os.PathLike[str]) -> None:
+    """A grid like the paper's Figure 1: one row per ``(title, curves)`` and one column per metric."""
+    plt = _pyplot()
+    if not rows:
+        raise ValueError("rows must hold at least one (title, curves) pair")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(13.5, 3.4 * len(rows)), squeeze=False)  # type: ignore
+    for i, (title, curves) in enumerate(rows):
+        for j, metric in enumerate(METRICS):
+            _draw_panel(axes[i][j], curves, metric, title if j == 0 else None)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def summary_markdown(
+    curves: Sequence[Curve], radii: Sequence[float] = SUMMARY_RADII, *, title: str = "Certified robustness"
+) -> str:
+    """Markdown tables (one per metric, in percent) of ``curves`` at ``radii``; every radius must be on the
+    curves' grid. Columns that are the same for every row are stated once above the tables."""
+    if not curves:
+        raise ValueError("curves must not be empty")
+    candidates = ("run", "k", "k_prime", "alpha", "sigma", "n", "num_inputs")
+    headers = {"run": "run", "k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n",
+               "num_inputs": "inputs"}
+    varying = _varying(curves, candidates)
+    fixed = [f for f in candidates if f not in varying]
+    lines = [f"# {title}", ""]
+    first = curves[0]
+    fixed_text = ", ".join(f"{headers[f]} = {_cell(getattr(first, f))}" for f in fixed)
+    if fixed_text:
+        lines += [f"Same for every row: {fixed_text}.", ""]
+    empty = {c.run: c.num_empty for c in curves if c.num_empty}
+    for run, count in empty.items():
+        lines += [f"Run {run}: {count} inputs have no ground-truth label (they count as recall 0).", ""]
+    for metric in METRICS:
+        lines += [f"## {METRIC_LABELS[metric]} (%)", ""]
+        head = ["method", *[headers[f] for f in varying], *[f"R = {r:g}" for r in radii]]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for c in curves:
+            cells = [METHOD_LABELS.get(c.method, c.method), *[_cell(getattr(c, f)) for f in varying]]
+            cells += [f"{100 * c.at(metric, r):.1f}" for r in radii]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+
+@dataclass
+class Report:
+    """What :func:`make_report` wrote and computed."""
+
+    out: Path
+    curves: list[Curve]
+    summary: str
+    files: list[Path]
+
+
+def make_report(
+    run_dirs: Sequence[str | os.PathLike[str]] | Sequence[Run],
+    out: str | os.PathLike[str],
+    *,
+    k: Sequence[int] = (3,),
+    k_prime: Sequence[int] = (1,),
+    alpha: Sequence[float] = (0.001,),
+    radii: str | Sequence[float] = DEFAULT_RADII,
+    summary_radii: Sequence[float] = (),
+    methods: Sequence[str] = METHODS,
+    names: Sequence[str] | None = None,
+    extra_curves: Sequence[Curve] = (),
+    title: str = "Certified robustness",
+) -> Report:
+    """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
+
+    ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
+    read. The curves are evaluated on the ``radii`` grid together with the summary radii (0, 0.25, 0.5, 1 and
+    ``summary_radii``), so every number of ``summary.md`` is also a row of ``curves.csv``. ``extra_curves``
+    (e.g. empirical curves under attack, on the same radii) are written and drawn alongside.
+    """
+    runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
+    if not runs:
+        raise ValueError("run_dirs must name at least one run")
+    grid = parse_radii(radii)
+    table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radii(summary_radii)
+                                                     if len(summary_radii) else np.zeros(0)]), 12))
+    radius = np.unique(np.concatenate([grid, table_radii]))
+    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods, names=names)
+    curves += list(extra_curves)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "curves.csv"]
+    write_csv(curves, files[0])
+    for metric in METRICS:
+        path = out / f"{metric}.png"
+        plot_metric(curves, metric, path)
+        files.append(path)
+    table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
+    summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
+    header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
+                       f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
+                       f"arch {run.metadata.get('arch')}"
+                       for name, run in zip(_run_names(runs, names), runs, strict=True))
+    text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
+    atomic_write_bytes(out / "summary.md", text.encode())
+    files.append(out / "summary.md")
+    return Report(out=out, curves=curves, summary=text, files=files)
