@@ -7,6 +7,9 @@ For a base classifier f that returns c scores, a noise level sigma and k' (``k_p
 below ``radii[e-1]``, at least e labels of L(x) stay among the k labels of largest p_i (Jia, Cao, Wang,
 Gong, NeurIPS 2022, Theorem 1). All the math lives in :mod:`multiguard.certify`; this module only samples.
 
+Ties: the top-k' of a score row is the first k' entries of a stable descending sort (``torch.sort(...,
+stable=True)``), so equal scores go to the lower label index; ``torch.topk`` makes no promise about ties.
+
 Reproducibility: the noise of input ``x[i]`` is a function of ``(seed, index[i])`` only. Sample ``s`` of an
 input lies in noise block ``s // NOISE_BLOCK``; every block is drawn whole by one ``normal_`` call from a
 generator seeded with :func:`noise_seed` ``(seed, index, block, stream)``. Batch size, the other inputs
@@ -252,6 +255,16 @@ def _eval_mode(model: object) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _start_host_copy(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Copy to the host; on CUDA without blocking (pinned memory) and with an event to wait on later."""
+    if tensor.device.type == "cuda":
+        host = tensor.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return tensor.cpu(), None
 
 
 class MultiGuard:
@@ -525,6 +538,9 @@ class MultiGuard:
         block_key: tuple[int, int] | None = None
         generator = torch.Generator(device=device)
         accumulator = torch.zeros(slots * width + 1, dtype=torch.int64, device=device)
+        per_slot = accumulator[:dummy].view(slots, width)
+        ones = torch.ones(batch_size * (num_k + 1), dtype=torch.int64, device=device)
+        pending: tuple[list[int], torch.Tensor, torch.cuda.Event | None] | None = None
         autocast = (
             torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -589,31 +605,50 @@ class MultiGuard:
                 # Top-k' with ties broken by label index: a stable descending sort keeps equal scores in
                 # label order (torch.topk makes no promise about ties).
                 order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :num_k]
-                slot_of_sample = torch.repeat_interleave(
-                    torch.tensor([i % slots for i, *_ in segments], device=device),
-                    torch.tensor([stop - start for _, start, stop, _ in segments], device=device),
-                    output_size=filled,
-                )
-                base = slot_of_sample * width
-                label_bins = base[:, None] + position_offsets[None, :] + order
+                first = segments[0][0] * n + segments[0][1]  # the batch's first sample in the whole stream
+                samples = torch.arange(first, first + filled, device=device)
+                base = torch.div(samples, n, rounding_mode="floor").remainder_(slots).mul_(width)
+                label_bins = (base[:, None] + position_offsets[None, :] + order).reshape(-1)
                 finite = torch.isfinite(scores).all(dim=1)
-                flag_bins = torch.where(finite, torch.full_like(base, dummy), base + num_k * c)
-                accumulator += torch.bincount(
-                    torch.cat((label_bins.reshape(-1), flag_bins)), minlength=slots * width + 1
-                )
+                flag_bins = torch.where(finite, dummy, base + num_k * c)
+                bins = torch.cat((label_bins, flag_bins))
+                accumulator.index_put_((bins,), ones[: bins.numel()], accumulate=True)
 
+                # Inputs whose last sample was in this batch leave the ring: their rows are copied out and
+                # the slots zeroed on the device, then sent to the host without waiting for them. The
+                # previous batch's rows are read only now, so a GPU keeps working on this batch meanwhile.
+                previous, pending = pending, None
                 finished = [i for i, _, stop, _ in segments if stop == n]
                 if finished:
-                    finished_slots = torch.tensor([i % slots for i in finished], device=device)
-                    per_slot = accumulator[:dummy].view(slots, width)
-                    rows = per_slot[finished_slots].cpu().numpy()  # the one host transfer for these inputs
-                    per_slot[finished_slots] = 0
-                    for i, row in zip(finished, rows, strict=True):
-                        if row[-1]:
-                            raise ValueError(
-                                f"model returned non-finite scores for input {i} (index {index_arr[i]}) "
-                                f"in {row[-1]} of its {n} noisy samples"
-                            )
-                        out[i] = np.cumsum(row[:-1].reshape(num_k, c), axis=0)
-                    bar.update(len(finished))
+                    finished_slots = torch.arange(finished[0], finished[-1] + 1, device=device).remainder_(slots)
+                    snapshot = per_slot.index_select(0, finished_slots)
+                    per_slot.index_fill_(0, finished_slots, 0)
+                    pending = (finished, *_start_host_copy(snapshot))
+                if previous is not None:
+                    self._finish(previous, out, index_arr, n, num_k, bar)
+            if pending is not None:
+                self._finish(pending, out, index_arr, n, num_k, bar)
         return out
+
+    @staticmethod
+    def _finish(
+        pending: tuple[list[int], torch.Tensor, torch.cuda.Event | None],
+        out: np.ndarray,
+        index_arr: np.ndarray,
+        n: int,
+        num_k: int,
+        bar: tqdm,
+    ) -> None:
+        """Wait for finished inputs' rows to reach the host, check them and store cumulative counts."""
+        finished, host, event = pending
+        if event is not None:
+            event.synchronize()
+        rows = host.numpy()
+        for i, row in zip(finished, rows, strict=True):
+            if row[-1]:
+                raise ValueError(
+                    f"model returned non-finite scores for input {i} (index {index_arr[i]}) "
+                    f"in {row[-1]} of its {n} noisy samples"
+                )
+            out[i] = np.cumsum(row[:-1].reshape(num_k, -1), axis=0)
+        bar.update(len(finished))
