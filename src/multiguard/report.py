@@ -367,7 +367,9 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
     runs = list(dict.fromkeys(c.run for c in curves))
     columns = min(len(runs), 3) or 1
     rows = -(-len(runs) // columns) or 1
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)  # type: ignore
+    crowded = max(sum(1 for c in curves if c.run == run) for run in runs) > 5 if runs else False
+    width = 7.4 if crowded else 4.6  # room for a legend beside the panel
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 3.6 * rows), squeeze=False)  # type: ignore
     for i, run in enumerate(runs):
         run_curves = [c for c in curves if c.run == run]
         first = run_curves[0]

@@ -1,0 +1,247 @@
+"""RUN_DIR behaviour: atomic chunks, kill -9 and --resume, shards, torchrun, metadata checks, loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clitools import (
+    CERTIFY_ARGS,
+    assert_one_line_error,
+    assert_same_counts,
+    command,
+    env,
+    reference_run,
+    run,
+    tiny_checkpoint,
+)
+
+from multiguard import MultiGuard, runs
+
+# ------------------------------------------------------------------------------ library, small model
+
+
+class _Digits:
+    """A small in-memory dataset: 30 inputs of 6 features, 4 labels (a real dataset, not a mock)."""
+
+    class_names = ["a", "b", "c", "d"]
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.rand(30, 6, generator=generator)
+        self.y = (torch.rand(30, 4, generator=generator) > 0.5).float()
+
+    def __len__(self) -> int:
+        return 30
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _smoother() -> MultiGuard:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    return MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
+
+
+def _certify(path: Path, **kwargs) -> runs.RunResult:
+    args = dict(sampler=_smoother(), dataset=_Digits(), n=200, max_k_prime=3, seed=1, num_inputs=12,
+                chunk_size=5, metadata={"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"})
+    args.update(kwargs)
+    return runs.certify_run(path, **args)
+
+
+def test_run_layout_and_load(tmp_path: Path) -> None:
+    result = _certify(tmp_path / "run")
+    assert result.complete and result.chunks_done == 3
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["chunks", "counts.npz", "inputs.npz", "metadata.json"]
+    assert sorted(p.name for p in (run_dir / "chunks").iterdir()) == [f"chunk-00000{i}.npz" for i in range(3)]
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    for key in ("n", "seed", "max_k_prime", "sigma", "version", "device", "wall_time_s", "num_inputs"):
+        assert key in meta
+    assert meta["complete"] is True and meta["num_chunks"] == 3
+    loaded = runs.load_run(run_dir)
+    assert loaded.counts.shape == (12, 3, 4) and loaded.counts.dtype == np.int64
+    assert loaded.labels.dtype == bool and loaded.labels.shape == (12, 4)
+    np.testing.assert_array_equal(loaded.indices, runs.select_inputs(30, 12, 1))
+    for k_prime in (1, 2, 3):  # every row of k' sums to n * k'
+        assert (loaded.counts_for(k_prime).sum(axis=1) == 200 * k_prime).all()
+    np.testing.assert_array_equal(loaded.labels, _Digits().y[loaded.indices].numpy() > 0.5)
+    with pytest.raises(ValueError, match="k_prime"):
+        loaded.counts_for(4)
+
+
+def test_chunks_equal_one_call_of_the_engine(tmp_path: Path) -> None:
+    _certify(tmp_path / "run")
+    loaded = runs.load_run(tmp_path / "run")
+    data = _Digits()
+    direct = _smoother().sample_counts(data.x[loaded.indices], 200, seed=1, index=loaded.indices, max_k_prime=3)
+    np.testing.assert_array_equal(loaded.counts, direct)
+
+
+def test_shards_and_resume_in_process_give_the_same_counts(tmp_path: Path) -> None:
+    _certify(tmp_path / "one")
+    first = _certify(tmp_path / "sharded", shard=(1, 2))
+    assert not first.complete and first.chunks_done == 1
+    with pytest.raises(ValueError, match="unfinished"):
+        runs.load_run(tmp_path / "sharded")
+    partial = runs.load_run(tmp_path / "sharded", allow_partial=True)
+    assert partial.counts.shape[0] == 5
+    second = _certify(tmp_path / "sharded", shard=(0, 2))
+    assert second.complete and second.chunks_done == 2
+    np.testing.assert_array_equal(runs.load_run(tmp_path / "one").counts, runs.load_run(tmp_path / "sharded").counts)
+    again = _certify(tmp_path / "one", resume=True)
+    assert again.complete and again.chunks_done == 0 and again.chunks_skipped == 3
+
+
+def test_existing_run_needs_resume_and_matching_settings(tmp_path: Path) -> None:
+    _certify(tmp_path / "run")
+    with pytest.raises(ValueError, match="--resume"):
+        _certify(tmp_path / "run")
+    with pytest.raises(ValueError, match="n: the run has 200"):
+        _certify(tmp_path / "run", n=300, resume=True)
+    with pytest.raises(ValueError, match="sigma"):
+        _certify(tmp_path / "run", resume=True, metadata={"sigma": 0.25})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        _certify(tmp_path / "other")
+
+
+def test_a_torn_chunk_is_redone(tmp_path: Path) -> None:
+    _certify(tmp_path / "run")
+    reference = runs.load_run(tmp_path / "run").counts
+    (tmp_path / "run" / "counts.npz").unlink()
+    (tmp_path / "run" / "chunks" / "chunk-000001.npz").write_bytes(b"garbage")
+    (tmp_path / "run" / "chunks" / ".chunk-000002.npz.x.tmp").write_bytes(b"left by a kill")
+    result = _certify(tmp_path / "run", resume=True)
+    assert result.chunks_done == 1 and result.complete
+    np.testing.assert_array_equal(runs.load_run(tmp_path / "run").counts, reference)
+    assert not list((tmp_path / "run" / "chunks").glob(".*"))
+
+
+def test_select_inputs_and_parse_shard() -> None:
+    a = runs.select_inputs(1000, 50, 0)
+    assert len(a) == 50 and len(set(a.tolist())) == 50 and (np.diff(a) > 0).all()
+    np.testing.assert_array_equal(a, runs.select_inputs(1000, 50, 0))
+    assert not np.array_equal(a, runs.select_inputs(1000, 50, 1))
+    np.testing.assert_array_equal(runs.select_inputs(7, 0, 0), np.arange(7))
+    with pytest.raises(ValueError, match="num_inputs"):
+        runs.select_inputs(10, 11, 0)
+    assert runs.parse_shard("2/4") == (2, 4) and runs.parse_shard(None) == (0, 1)
+    for bad in ("4/4", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(ValueError, match="shard"):
+            runs.parse_shard(bad)
+
+
+def test_load_run_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        runs.load_run(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a MultiGuard run"):
+        runs.load_run(tmp_path)
+    assert not runs.is_run(tmp_path)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
+    runs.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    runs.atomic_write_bytes(tmp_path / "a.json", b'{"x": 2}')
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
+
+
+# ------------------------------------------------------------------------------ the command line
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_identical_counts(tmp_path_factory, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    reference = reference_run(tmp_path_factory)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*command(), "certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--quiet",
+         "--out", str(out)],
+        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not list((out / "chunks").glob("chunk-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    done = len(list((out / "chunks").glob("chunk-*.npz")))
+    assert 1 <= done < 10, f"the kill should land mid-run, found {done} of 10 chunks"
+    assert not (out / "counts.npz").exists()
+    again = run("certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--out", str(out),
+                "--resume")
+    assert "found on disk" in again.stdout
+    assert_same_counts(reference, out)
+    assert not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_settings_naming_the_field(tmp_path_factory) -> None:
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    reference = reference_run(tmp_path_factory)
+    other = [a if a != "500" else "400" for a in CERTIFY_ARGS]  # --n 400
+    proc = run("certify", "--checkpoint", str(checkpoint), *other, "--device", "cpu", "--out", str(reference),
+               "--resume", check=False)
+    assert_one_line_error(proc, "n: the run has 500")
+    proc = run("certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--out", str(reference),
+               check=False)
+    assert_one_line_error(proc, "--resume")
+
+
+@pytest.mark.slow
+def test_two_shards_at_once_give_identical_counts(tmp_path_factory, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    reference = reference_run(tmp_path_factory)
+    out = tmp_path / "run"
+    procs = [
+        subprocess.Popen(
+            [*command(), "certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--quiet",
+             "--out", str(out), "--shard", f"{i}/2"],
+            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    assert_same_counts(reference, out)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["complete"] and meta["num_shards"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_give_identical_counts(tmp_path_factory, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    reference = reference_run(tmp_path_factory)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "-m", "multiguard", "certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu",
+         "--out", str(out)],
+        env=env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rank 0 of 2" in proc.stdout and "run complete" in proc.stdout
+    assert_same_counts(reference, out)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["complete"] and meta["world_size"] == 2
