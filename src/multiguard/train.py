@@ -1,0 +1,470 @@
+"""Noise-augmented training of base multi-label classifiers, and their checkpoints.
+
+Usage::
+
+    from multiguard.train import train, load_checkpoint
+
+    # small_cnn on the embedded multidigits dataset, Gaussian noise sigma = 0.5 on every batch
+    model, meta = train("multidigits", arch="small_cnn", sigma=0.5, epochs=8, out="runs/md.pt")
+    print(meta["metrics"][-1])        # {'epoch': 8, 'train_loss': ..., 'clean_map': ..., 'noisy_map': ...}
+
+    # later, or in another process: the checkpoint alone rebuilds the model (eval mode)
+    model, meta = load_checkpoint("runs/md.pt")
+    logits = model(images)            # images (N, C, S, S) in [0, 1] -> logits (N, c)
+
+    # continue an interrupted run (or extend it: a larger `epochs`) from its last saved epoch
+    train("multidigits", sigma=0.5, epochs=12, out="runs/md.pt", resume=True)
+
+Every training batch gets fresh noise ``N(0, sigma^2 I)`` in [0, 1] pixel space (optionally
+clamped back to [0, 1]); the loss is ASL (gamma+ = 0, gamma- = 4, m = 0.05) or BCE, the
+optimiser Adam. After each epoch the mean average precision (scikit-learn's
+``average_precision_score``, macro over the classes with at least one positive) is measured
+on the clean test set and on the test set with one fixed draw of the same noise, and a
+checkpoint is written atomically (temporary file in the same folder, then renamed).
+
+Randomness: the model's initialisation, the order of the data and the noise of epoch e all
+come from generators seeded from ``(seed, e)``; the global RNG state is left as it was. A run
+is deterministic for a seed on a given machine, and a resumed run continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import __version__
+from .data import DATASETS, get_dataset
+from .losses import make_loss
+from .models import create_model
+
+__all__ = ["CHECKPOINT_MARKER", "evaluate_map", "load_checkpoint", "read_checkpoint", "train"]
+
+CHECKPOINT_MARKER = "multiguard_checkpoint"
+CHECKPOINT_FORMAT = 1
+
+# Settings a resumed run must share with the checkpoint it continues.
+_RESUME_KEYS = (
+    "dataset", "arch", "sigma", "clamp", "loss", "lr", "batch_size", "seed", "image_size",
+    "train_split", "train_size", "num_classes",
+)  # fmt: skip
+
+_TAGS = {"init": 1, "epoch": 2, "eval_noise": 3, "subset_train": 4, "subset_test": 5}
+
+
+def _derived_seed(seed: int, tag: str, index: int = 0) -> int:
+    """A 63-bit seed derived from ``(seed, tag, index)``."""
+    state = np.random.SeedSequence([seed, _TAGS[tag], index]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: not a torch device: {device!r}") from exc
+
+
+def _fork_rng(device: torch.device):
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def _base_and_indices(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+    if isinstance(dataset, Subset):
+        base, inner = _base_and_indices(dataset.dataset)
+        indices = list(dataset.indices)
+        return base, indices if inner is None else [inner[i] for i in indices]
+    return dataset, None
+
+
+def _batches(dataset: Dataset, order: torch.Tensor, batch_size: int,
+             num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(images (B, C, S, S), labels (B, c))`` of ``dataset`` in the given order."""
+    base, indices = _base_and_indices(dataset)
+    images = getattr(base, "images", None)
+    if isinstance(images, torch.Tensor):  # in-memory dataset: index tensors directly
+        mapped = order if indices is None else torch.as_tensor(indices, dtype=torch.long)[order]
+        for start in range(0, len(mapped), batch_size):
+            idx = mapped[start : start + batch_size]
+            yield images[idx], base.labels[idx]
+        return
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    for images_b, labels_b in loader:
+        yield images_b, labels_b.float()
+
+
+def _add_noise(images: torch.Tensor, sigma: float, clamp: bool, generator: torch.Generator) -> torch.Tensor:
+    if sigma > 0:
+        noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        images = images + sigma * noise
+    return images.clamp(0.0, 1.0) if clamp else images
+
+
+def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Macro mean of scikit-learn's average precision over the classes with at least one positive.
+
+    Shapes: ``labels`` ``(N, c)`` in {0, 1}, ``scores`` ``(N, c)``. NaN if no class has a positive.
+    """
+    has_positive = labels.sum(axis=0) > 0
+    if not has_positive.any():
+        return float("nan")
+    return float(average_precision_score(labels[:, has_positive], scores[:, has_positive], average="macro"))
+
+
+@torch.no_grad()
+def evaluate_map(
+    model: nn.Module,
+    dataset: Dataset,
+    sigma: float = 0.0,
+    clamp: bool = False,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> float:
+    """mAP of ``model`` on ``dataset``, with one draw of ``N(0, sigma^2)`` noise per image if sigma > 0.
+
+    The noise comes from a generator seeded from ``seed``; the model is put in eval mode.
+    """
+    device = _resolve_device(device)
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(_derived_seed(seed, "eval_noise"))
+    order = torch.arange(len(dataset))
+    all_scores, all_labels = [], []
+    for images, labels in _batches(dataset, order, batch_size, num_workers):
+        images = _add_noise(images.to(device), sigma, clamp, generator)
+        all_scores.append(model(images).float().cpu())
+        all_labels.append(labels.cpu())
+    return mean_average_precision(torch.cat(all_labels).numpy(), torch.cat(all_scores).numpy())
+
+
+def _check(value: Any, name: str, kind: type, low: float, low_inclusive: bool = True) -> Any:
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value >= low if low_inclusive else value > low
+    if not ok:
+        sign = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'} {sign} {low}, "
+                         f"got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _subset(dataset: Dataset, size: int | None, seed: int, tag: str) -> Dataset:
+    if size is None or size >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(_derived_seed(seed, tag))
+    indices = torch.randperm(len(dataset), generator=generator)[:size].sort().values
+    return Subset(dataset, indices.tolist())
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict (keys ``multiguard_checkpoint``, ``state_dict``, ``optimizer``, ``meta``).
+
+    Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint: no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (cannot load it: {reason})") from exc
+    if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
+        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
+    if obj[CHECKPOINT_MARKER] > CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {path} has format {obj[CHECKPOINT_MARKER]}, newer than this "
+                         f"MultiGuard ({__version__}) reads ({CHECKPOINT_FORMAT})")
+    return obj
+
+
+def _build(meta: dict) -> nn.Module:
+    return create_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["in_channels"],
+                        mean=meta["mean"], std=meta["std"])
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved by :func:`train`.
+
+    Returns ``(model, meta)``: the model in eval mode on ``device``, taking images
+    ``(N, in_channels, image_size, image_size)`` in [0, 1] and returning logits ``(N, num_classes)``;
+    ``meta`` the checkpoint's metadata (see :func:`train`). Raises ValueError naming the file if it is
+    not a MultiGuard checkpoint.
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint["meta"]
+    model = _build(meta)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.class_names = list(meta["class_names"])
+    return model.to(_resolve_device(device)).eval(), meta
+
+
+def train(
+    dataset: str = "multidigits",
+    *,
+    data_root: str | os.PathLike | None = None,
+    arch: str = "small_cnn",
+    sigma: float = 0.5,
+    epochs: int = 8,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    loss: str = "asl",
+    clamp: bool = False,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    image_size: int | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    dataset_options: dict[str, Any] | None = None,
+    pretrained: str | os.PathLike | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    num_workers: int = 0,
+    num_threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train a base classifier on inputs carrying Gaussian noise; save a checkpoint after each epoch.
+
+    Args:
+        dataset: a name from ``multiguard.data.DATASETS`` (``multidigits``, ``voc2007``, ``coco2014``,
+            ``nuswide``, ``csv``).
+        data_root: the dataset folder (not needed for multidigits).
+        arch: see :func:`multiguard.models.create_model` (``small_cnn``, ``timm:<name>``, ...).
+        sigma: standard deviation of the training noise, in [0, 1] pixel units (0: no noise).
+        epochs: total number of epochs (a resumed run trains the epochs still missing).
+        batch_size, lr: Adam's batch size and learning rate (paper: 32 and 1e-3).
+        loss: ``'asl'`` (gamma+ 0, gamma- 4, clip 0.05) or ``'bce'``.
+        clamp: clamp noisy inputs to [0, 1] (training and noisy evaluation).
+        seed: seeds everything (initialisation, data order, noise; multidigits' composition).
+        out: checkpoint path, rewritten atomically after each epoch; ``None``: no file. Without
+            ``resume`` an existing file there is replaced.
+        resume: continue from the checkpoint at ``out`` (from its last completed epoch) if it exists;
+            its settings (dataset, arch, sigma, clamp, loss, lr, batch_size, seed, image_size, split,
+            train_size) must match, ``epochs`` may be larger. Starts afresh if there is no file.
+        device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ... or ``'auto'``.
+        progress: show tqdm progress bars and one line per epoch.
+        image_size: side S of the images; ``None``: the dataset's default (32 multidigits, 224 others).
+        train_size, test_size: number of training / test images (multidigits: composed images,
+            defaults 8000 / 2000; others: a seeded random subset; ``None``: all).
+        train_split, test_split: split names; ``None``: the dataset's (e.g. trainval / test for VOC).
+        dataset_options: extra options for :func:`multiguard.data.get_dataset`
+            (e.g. ``{'difficult_positive': True}``).
+        pretrained, mean, std: passed to :func:`multiguard.models.create_model`.
+        num_workers: DataLoader workers for file-based datasets.
+        num_threads: CPU threads torch uses while training (``torch.set_num_threads``, restored
+            afterwards); ``None`` leaves torch's setting. On a busy 2-core machine 1 thread is much
+            faster for small models and batches (see docs/training.md).
+        log: called with one line per epoch (default: tqdm.write when ``progress``, else silent).
+
+    Returns:
+        ``(model, meta)``: the trained model (eval mode) and the checkpoint metadata, a dict with
+        ``format_version, multiguard_version, torch_version, dataset, data_root, dataset_options,
+        train_split, test_split, train_size, test_size, class_names, num_classes, arch, image_size,
+        in_channels, mean, std, pretrained, sigma, clamp, loss, lr, batch_size, seed, epochs, epoch,
+        metrics, train_seconds, updated``; ``metrics`` a list with one dict per epoch: ``epoch,
+        train_loss, clean_map, noisy_map, seconds``.
+    """
+    if num_threads is not None:
+        _check(num_threads, "num_threads", int, 1)
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(**{k: v for k, v in locals().items() if k not in ("num_threads", "previous_threads")})
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    dataset: str,
+    data_root: str | os.PathLike | None,
+    arch: str,
+    sigma: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    loss: str,
+    clamp: bool,
+    seed: int,
+    out: str | os.PathLike | None,
+    resume: bool,
+    device: str | torch.device,
+    progress: bool,
+    image_size: int | None,
+    train_size: int | None,
+    test_size: int | None,
+    train_split: str | None,
+    test_split: str | None,
+    dataset_options: dict[str, Any] | None,
+    pretrained: str | os.PathLike | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+    num_workers: int,
+    log: Callable[[str], None] | None,
+) -> tuple[nn.Module, dict]:
+    from tqdm.auto import tqdm
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: unknown dataset {dataset!r}; known datasets are {sorted(DATASETS)}")
+    sigma = _check(sigma, "sigma", float, 0.0)
+    epochs = _check(epochs, "epochs", int, 1)
+    batch_size = _check(batch_size, "batch_size", int, 1)
+    lr = _check(lr, "lr", float, 0.0, low_inclusive=False)
+    seed = _check(seed, "seed", int, 0)
+    num_workers = _check(num_workers, "num_workers", int, 0)
+    for value, name in ((train_size, "train_size"), (test_size, "test_size")):
+        if value is not None:
+            _check(value, name, int, 1)
+    criterion = make_loss(loss)
+    device = _resolve_device(device)
+    out_path = Path(out) if out is not None else None
+    if resume and out_path is None:
+        raise ValueError("resume: needs out, the checkpoint to continue")
+    if log is None:
+        log = tqdm.write if progress else (lambda line: None)
+
+    info = DATASETS[dataset]
+    train_split = info.train_split if train_split is None else train_split
+    test_split = info.test_split if test_split is None else test_split
+    options = dict(dataset_options or {})
+    common = {"root": data_root, "image_size": image_size, "seed": seed}
+    if dataset == "multidigits":
+        train_set = get_dataset(dataset, split=train_split, **common, **options,
+                                **({"size": train_size} if train_size else {}))
+        test_set = get_dataset(dataset, split=test_split, **common, **options,
+                               **({"size": test_size} if test_size else {}))
+    else:
+        train_set = _subset(get_dataset(dataset, split=train_split, **common, **options),
+                            train_size, seed, "subset_train")
+        test_set = _subset(get_dataset(dataset, split=test_split, **common, **options),
+                           test_size, seed, "subset_test")
+    base_train, _ = _base_and_indices(train_set)
+    class_names = list(base_train.class_names)
+    if len(train_set) == 0 or len(test_set) == 0:
+        raise ValueError(f"dataset: {dataset} has an empty split ({len(train_set)} train, {len(test_set)} test)")
+
+    meta: dict[str, Any] = {
+        "format_version": CHECKPOINT_FORMAT,
+        "multiguard_version": __version__,
+        "torch_version": str(torch.__version__),
+        "dataset": dataset,
+        "data_root": None if data_root is None else os.fspath(data_root),
+        "dataset_options": options,
+        "train_split": train_split,
+        "test_split": test_split,
+        "train_size": len(train_set),
+        "test_size": len(test_set),
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "arch": arch,
+        "image_size": int(base_train.image_size),
+        "in_channels": int(getattr(base_train, "in_channels", 3)),
+        "pretrained": None if pretrained is None else os.fspath(pretrained),
+        "sigma": sigma,
+        "clamp": bool(clamp),
+        "loss": loss,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "epochs": epochs,
+        "epoch": 0,
+        "metrics": [],
+        "train_seconds": 0.0,
+    }
+
+    with _fork_rng(device):
+        torch.manual_seed(_derived_seed(seed, "init"))
+        model = create_model(arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
+                             pretrained=pretrained, mean=mean, std=std).to(device)
+    meta["mean"], meta["std"] = model.mean, model.std
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    if resume and out_path is not None and out_path.exists():
+        checkpoint = read_checkpoint(out_path)
+        saved = checkpoint["meta"]
+        different = [f"{key}: saved {saved.get(key)!r}, now {meta[key]!r}"
+                     for key in _RESUME_KEYS if saved.get(key) != meta[key]]
+        if different:
+            raise ValueError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for key in ("epoch", "metrics", "train_seconds", "mean", "std", "pretrained"):
+            meta[key] = saved[key]
+        log(f"resuming {out_path} after epoch {meta['epoch']} of {epochs}")
+
+    steps = math.ceil(len(train_set) / batch_size)
+    for epoch in range(meta["epoch"] + 1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order_gen = torch.Generator().manual_seed(_derived_seed(seed, "epoch", epoch))
+        noise_gen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "epoch", epoch))
+        order = torch.randperm(len(train_set), generator=order_gen)
+        total, count = 0.0, 0
+        with _fork_rng(device):
+            torch.manual_seed(_derived_seed(seed, "epoch", epoch) ^ 0x5EED)  # dropout etc. of the model
+            bar = tqdm(_batches(train_set, order, batch_size, num_workers), total=steps,
+                       desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+            for images, labels in bar:
+                images, labels = images.to(device), labels.to(device)
+                noisy = _add_noise(images, sigma, clamp, noise_gen)
+                batch_loss = criterion(model(noisy), labels)
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                optimizer.step()
+                total += float(batch_loss.detach()) * len(images)
+                count += len(images)
+                bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            bar.close()
+        clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
+        noisy_map = evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
+        seconds = time.perf_counter() - started
+        meta["metrics"].append({"epoch": epoch, "train_loss": total / count, "clean_map": clean_map,
+                                "noisy_map": noisy_map, "seconds": seconds})
+        meta["epoch"] = epoch
+        meta["epochs"] = epochs
+        meta["train_seconds"] += seconds
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log(f"epoch {epoch}/{epochs}: loss {total / count:.4f}, test mAP clean {clean_map:.4f}, "
+            f"noisy (sigma={sigma:g}) {noisy_map:.4f}, {seconds:.1f} s")
+        if out_path is not None:
+            _save_atomic({CHECKPOINT_MARKER: CHECKPOINT_FORMAT,
+                          "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                          "optimizer": optimizer.state_dict(), "meta": meta}, out_path)
+    meta["epochs"] = max(meta["epochs"], epochs)
+    model.class_names = class_names
+    return model.eval(), meta
