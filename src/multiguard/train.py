@@ -423,8 +423,9 @@ def _train(
             raise ValueError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        for key in ("epoch", "metrics", "train_seconds", "mean", "std", "pretrained"):
-            meta[key] = saved[key]
+        for key in ("epoch", "metrics", "train_seconds", "mean", "std", "pretrained", "updated"):
+            if key in saved:
+                meta[key] = saved[key]
         log(f"resuming {out_path} after epoch {meta['epoch']} of {epochs}")
 
     steps = math.ceil(len(train_set) / batch_size)
@@ -465,6 +466,6 @@ def _train(
             _save_atomic({CHECKPOINT_MARKER: CHECKPOINT_FORMAT,
                           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                           "optimizer": optimizer.state_dict(), "meta": meta}, out_path)
-    meta["epochs"] = max(meta["epochs"], epochs)
+    meta["epochs"] = max(epochs, meta["epoch"])
     model.class_names = class_names
     return model.eval(), meta
