@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # One certify setting shared by every test that compares counts (single process, resume, shards, torchrun).
-CERTIFY_ARGS = ["--n", "500", "--max-k-prime", "2", "--num-inputs", "20", "--chunk-size", "2", "--seed", "3"]
+CERTIFY_ARGS = ["--num-samples", "500", "--max-k-prime", "2", "--num-inputs", "20", "--chunk-size", "2", "--seed", "3"]
 
 _CACHE: dict[str, Path] = {}
 

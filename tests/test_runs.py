@@ -192,7 +192,7 @@ def test_kill_9_then_resume_gives_identical_counts(tmp_path_factory, tmp_path: P
 def test_resume_refuses_other_settings_naming_the_field(tmp_path_factory) -> None:
     checkpoint = tiny_checkpoint(tmp_path_factory)
     reference = reference_run(tmp_path_factory)
-    other = [a if a != "500" else "400" for a in CERTIFY_ARGS]  # --n 400
+    other = [a if a != "500" else "400" for a in CERTIFY_ARGS]  # --num-samples 400
     proc = run("certify", "--checkpoint", str(checkpoint), *other, "--device", "cpu", "--out", str(reference),
                "--resume", check=False)
     assert_one_line_error(proc, "n: the run has 500")

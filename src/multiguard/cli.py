@@ -346,14 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Draw n noisy samples of each of --num-inputs random inputs (chosen from --seed) and save, "
         "for every k' <= --max-k-prime, how often each label is in the model's top k'. Chunks are saved "
         "atomically: a killed run continues with --resume.\n\nScale out: `torchrun --nproc-per-node G -m "
-        "multiguard certify ...` (one GPU per rank), or --shard I/N for job arrays; all write the same RUN_DIR "
+        "multiguard certify --num-samples 1000 ...` (one GPU per rank), or --shard I/N for job arrays; all "
+        "write the same RUN_DIR "
         "and give the same counts as one process."),
     )
     p.add_argument("--checkpoint", required=True, help="model checkpoint from multiguard train")
     p.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's)")
     p.add_argument("--split", default=None, help="split (default: the checkpoint's test split)")
-    p.add_argument("--n", type=int, default=1000, help="noisy samples per input")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
+                   help="noisy samples per input (write --num-samples under torchrun, whose parser reads --n as "
+                   "an abbreviation of its own options)")
     p.add_argument("--max-k-prime", type=int, default=None,
                    help="store counts for every k' <= this (default: min(5, number of classes))")
     p.add_argument("--num-inputs", type=int, default=500, help="random test inputs to certify (0: all)")
@@ -384,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", default="0:3:0.05", help="radius grid START:STOP:STEP or a comma list")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
-    p.add_argument("--methods", nargs="+", default=["multiguard", "multiguard-first-terms", "jia"],
-                   choices=["multiguard", "multiguard-first-terms", "jia"], help="methods to compute")
+    p.add_argument("--methods", nargs="+", default=["multiguard", "multiguard-first-terms", "jia"], metavar="METHOD",
+                   choices=["multiguard", "multiguard-first-terms", "jia"],
+                   help="any of multiguard, multiguard-first-terms, jia (jia only where k' = 1)")
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report files")
