@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from multiguard import __version__
+from multiguard.models import create_model
 from multiguard.train import evaluate_map, load_checkpoint, mean_average_precision, train
 
 QUICK = {"train_size": 256, "test_size": 96, "batch_size": 32, "progress": False, "sigma": 0.25,
@@ -44,6 +45,9 @@ def test_short_run_lowers_loss_and_checkpoint_rebuilds_identical_model(tmp_path)
     }.items():
         assert saved[key] == value, key
     assert saved["class_names"] == [str(d) for d in range(10)] and saved["metrics"] == meta["metrics"]
+    # a checkpoint also serves as pretrained=PATH for create_model
+    warm = create_model("small_cnn", 10, 32, in_channels=1, pretrained=out)
+    assert weights_equal(warm.net, loaded.net)
     # the metrics are recomputed exactly from the rebuilt model
     from multiguard.data import get_dataset
 
