@@ -261,11 +261,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
     _echo(f"done in {total:.0f} s ({timings}). Files:")
-    _echo(f"  model      {result.checkpoint}")
-    _echo(f"  counts     {result.run_dir}/ (metadata.json, counts.npz, chunks/)")
+    _echo(f"  {'model':<15} {result.checkpoint}")
+    _echo(f"  {'counts':<15} {result.run_dir}/ (metadata.json, counts.npz, chunks/)")
     for key, rep in result.reports.items():
-        _echo(f"  {key:<10} {rep.out}/ (curves.csv, precision.png, recall.png, f1.png, summary.md)")
-    _echo(f"  figure     {result.figure}")
+        _echo(f"  {key:<15} {rep.out}/ (curves.csv, precision.png, recall.png, f1.png, summary.md)")
+    _echo(f"  {'figure':<15} {result.figure}")
     return 0
 
 

@@ -340,18 +340,19 @@ def run_demo(
     started = time.perf_counter()
     echo("[3/3] reporting from the saved counts (no model)")
     run = _runs.load_run(run_dir)
+    radii = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
     reports = {
         "report": _report.make_report(
-            [run], out / "report", k=[3], k_prime=[1], names=["multidigits"],
+            [run], out / "report", k=[3], k_prime=[1], names=["multidigits"], radii=radii,
             title="MultiGuard vs Jia et al. (k' = 1, k = 3)",
         ),
         "report-k-prime": _report.make_report(
             [run], out / "report-k-prime", k=[3], k_prime=[1, 2, 3], methods=["multiguard"],
-            names=["multidigits"], title="Impact of k' (k = 3)",
+            names=["multidigits"], radii=radii, title="Impact of k' (k = 3)",
         ),
         "report-k": _report.make_report(
             [run], out / "report-k", k=[1, 2, 3, 4, 5], k_prime=[1], methods=["multiguard"],
-            names=["multidigits"], title="Impact of k (k' = 1)",
+            names=["multidigits"], radii=radii, title="Impact of k (k' = 1)",
         ),
     }
     figure = out / "figure.png"

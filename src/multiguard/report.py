@@ -373,7 +373,11 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
     for i, run in enumerate(runs):
         run_curves = [c for c in curves if c.run == run]
         first = run_curves[0]
-        title = f"{run} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs)"
+        fixed = [f for f in ("k", "k_prime", "alpha") if f not in _varying(run_curves, ("k", "k_prime", "alpha"))]
+        names = {"k": "k", "k_prime": "k'", "alpha": "α"}
+        setting = ", ".join(f"{names[f]}={getattr(first, f):g}" for f in fixed)
+        title = f"{run} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs" + (f"; {setting})" if setting
+                                                                                       else ")")
         _draw_panel(axes[i // columns][i % columns], run_curves, metric, title)
     for j in range(len(runs), rows * columns):
         axes[j // columns][j % columns].axis("off")
