@@ -367,7 +367,7 @@ def _report(name: str, s: dict) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_exact_1d_certificates_hold_and_are_tight(seed: int) -> None:
-    s = _run_exact(dim=1, cases=600, seed=1000 + seed)
+    s = _run_exact(dim=1, cases=500, seed=1000 + seed)
     _report(f"1-D seed {seed}", s)
     assert not s["violations"], s["violations"][:3]
     assert s["min_margin"] > 0
@@ -382,7 +382,7 @@ def test_exact_1d_certificates_hold_and_are_tight(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(2))
 def test_exact_2d_certificates_hold(seed: int) -> None:
-    s = _run_exact(dim=2, cases=100, seed=2000 + seed)
+    s = _run_exact(dim=2, cases=80, seed=2000 + seed)
     _report(f"2-D seed {seed}", s)
     assert not s["violations"], s["violations"][:3]
     assert s["min_margin"] > 0
