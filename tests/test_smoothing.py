@@ -122,6 +122,39 @@ def test_ties_are_broken_by_label_index() -> None:
         np.testing.assert_array_equal(counts[:, j - 1], [expected, expected])
 
 
+class CoarseScores(Recorder):
+    """Scores rounded to a grid of ``step`` (None: not rounded). A coarse grid makes ties frequent."""
+
+    def __init__(self, in_features: int, num_classes: int, step: float | None) -> None:
+        super().__init__(in_features, num_classes)
+        self.step = step
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.linear(x)
+        return scores if self.step is None else torch.round(scores / self.step) * self.step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.clone())
+        return self.scores(x)
+
+
+@pytest.mark.parametrize("c, step", [(3, 0.5), (6, 0.5), (6, None)])
+def test_counts_equal_a_stable_argsort_of_the_scores_seen(c: int, step: float | None) -> None:
+    """Counting against NumPy, with ties (the stable-sort path) and without (the CPU topk path)."""
+    torch.manual_seed(1)
+    model = CoarseScores(4, c, step)
+    x = torch.rand(3, 4)
+    counts = MultiGuard(model, num_classes=c, sigma=0.7).sample_counts(x, n=300, batch_size=128, max_k_prime=c)
+    with torch.no_grad():
+        scores = torch.cat([model.scores(batch) for batch in model.batches]).numpy()
+    has_tie = (np.diff(np.sort(scores, axis=1), axis=1) == 0).any(axis=1)
+    assert has_tie.mean() > 0.1 if step else not has_tie.any()
+    order = np.argsort(-scores, axis=1, kind="stable").reshape(3, 300, c)
+    for j in range(1, c + 1):
+        expected = np.stack([np.bincount(order[i, :, :j].ravel(), minlength=c) for i in range(3)])
+        np.testing.assert_array_equal(counts[:, j - 1], expected)
+
+
 # ---------------------------------------------------------------------------------------- reproducibility
 
 

@@ -8,7 +8,8 @@ below ``radii[e-1]``, at least e labels of L(x) stay among the k labels of large
 Gong, NeurIPS 2022, Theorem 1). All the math lives in :mod:`multiguard.certify`; this module only samples.
 
 Ties: the top-k' of a score row is the first k' entries of a stable descending sort (``torch.sort(...,
-stable=True)``), so equal scores go to the lower label index; ``torch.topk`` makes no promise about ties.
+stable=True)``), so equal scores go to the lower label index; ``torch.topk`` makes no promise about ties
+and is used only where it provably gives the same answer (see ``_top_k_prime``).
 
 Reproducibility: the noise of input ``x[i]`` is a function of ``(seed, index[i])`` only. Sample ``s`` of an
 input lies in noise block ``s // NOISE_BLOCK``; every block is drawn whole by one ``normal_`` call from a
@@ -255,6 +256,21 @@ def _eval_mode(model: object) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _top_k_prime(scores: torch.Tensor, num_k: int) -> torch.Tensor:
+    """``(B, num_k)`` indices of the num_k highest scores of each row, in order, ties to the lower label index.
+
+    The reference is a stable descending sort (equal scores keep label order; ``torch.topk`` makes no
+    promise about ties). On the CPU, where a data-dependent branch costs no device sync, the cheaper
+    ``topk`` of num_k + 1 values is used when those values are all distinct in every row of the batch: the
+    top num_k labels and their order are then unique, so both agree exactly.
+    """
+    if scores.device.type == "cpu":
+        values, indices = torch.topk(scores, min(num_k + 1, scores.shape[1]), dim=1, sorted=True)
+        if not bool((values[:, 1:] == values[:, :-1]).any()):
+            return indices[:, :num_k]
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :num_k]
 
 
 def _start_host_copy(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -602,9 +618,7 @@ class MultiGuard:
                 elif tuple(scores.shape) != (filled, c):
                     raise ValueError(f"model returned {tuple(scores.shape)}, expected ({filled}, {c})")
 
-                # Top-k' with ties broken by label index: a stable descending sort keeps equal scores in
-                # label order (torch.topk makes no promise about ties).
-                order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :num_k]
+                order = _top_k_prime(scores, num_k)
                 first = segments[0][0] * n + segments[0][1]  # the batch's first sample in the whole stream
                 samples = torch.arange(first, first + filled, device=device)
                 base = torch.div(samples, n, rounding_mode="floor").remainder_(slots).mul_(width)
