@@ -66,7 +66,8 @@ def test_attack_with_k_prime_above_one_and_a_multiguard() -> None:
 def test_deltas_stay_in_the_ball_and_the_input_range(radius: float) -> None:
     rng = np.random.default_rng(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
-    x = torch.as_tensor(rng.uniform(0, 1, size=(6, 3, 2, 2)), dtype=torch.float32)
+    x = torch.as_tensor(rng.uniform(0, 1, size=(6, 3, 2, 2)), dtype=torch.float32).transpose(2, 3)
+    assert not x.is_contiguous()  # projections must not act on a copy
     x[0] = 0.0  # on the edge of the range: a naive step leaves it
     x[1] = 1.0
     labels = rng.random((6, 5)) < 0.4

@@ -214,10 +214,9 @@ def _project(delta: torch.Tensor, x: torch.Tensor, radius: float, input_range: t
 
     The box step moves every coordinate towards 0 (x lies in the range), so the ball constraint survives it.
     """
-    flat = delta.reshape(delta.shape[0], -1)
-    norms = flat.double().norm(dim=1)
+    norms = delta.reshape(delta.shape[0], -1).double().norm(dim=1)
     scale = torch.where(norms > radius, radius / (norms * (1.0 + 1e-6)), torch.ones_like(norms))
-    flat.mul_(scale.to(delta.dtype)[:, None])
+    delta.mul_(scale.to(delta.dtype).view(-1, *([1] * (delta.ndim - 1))))
     if input_range is not None:
         delta.copy_((x + delta).clamp_(*input_range) - x)
 
@@ -365,7 +364,7 @@ def attack_smoothed(
     eval_seed = evaluation_seed(seed) if eval_seed is None else _check_int(eval_seed, "eval_seed", 0)
 
     device_, dtype = smoother.device, smoother.dtype
-    x_dev = tensor.to(device=device_, dtype=dtype)
+    x_dev = tensor.to(device=device_, dtype=dtype).contiguous()
     if input_range is not None and num and (x_dev.min() < input_range[0] or x_dev.max() > input_range[1]):
         raise ValueError(f"x must lie in input_range {input_range} (pass input_range=None for unbounded inputs)")
     deltas = torch.zeros_like(x_dev)
