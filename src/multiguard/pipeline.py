@@ -274,7 +274,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); about 2 minutes on 2 cores
     "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000},
     # quick: a smaller model budget and 100 inputs; well under 90 s
-    "quick": {"epochs": 3, "train_size": 3000, "test_size": 1000, "num_inputs": 100, "n": 1000},
+    "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000},
 }
 
 
