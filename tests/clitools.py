@@ -88,6 +88,24 @@ def assert_same_counts(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
 
 
+def run_in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command in this process (cheap: torch is already imported) -> (exit code, stdout, stderr)."""
+    from multiguard.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse: --help, usage errors
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error_in_process(result: tuple[int, str, str], *needles: str) -> None:
+    """:func:`assert_one_line_error` for a :func:`run_in_process` result."""
+    code, out, err = result
+    assert_one_line_error(subprocess.CompletedProcess([], code, out, err), *needles)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """A user error: exit code 2, one line on stderr naming the problem, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

@@ -12,10 +12,12 @@ import pytest
 from clitools import (
     CERTIFY_ARGS,
     assert_one_line_error,
+    assert_one_line_error_in_process,
     assert_same_counts,
     copy_checkpoint,
     reference_run,
     run,
+    run_in_process,
     tiny_checkpoint,
 )
 
@@ -71,7 +73,7 @@ def test_train_certify_report_end_to_end_without_the_model(tmp_path_factory, tmp
 
 
 @pytest.mark.slow
-def test_predict_names_labels_and_radii(tmp_path_factory, tmp_path: Path) -> None:
+def test_predict_names_labels_and_radii(tmp_path_factory, tmp_path: Path, capsys) -> None:
     from PIL import Image
 
     from multiguard.data import get_dataset
@@ -87,8 +89,10 @@ def test_predict_names_labels_and_radii(tmp_path_factory, tmp_path: Path) -> Non
     text = run("predict", "--checkpoint", str(checkpoint), *paths, "--k", "3", "--n", "200", "--device", "cpu")
     assert text.stdout.count("digit") == 2
     assert "at least 1 of them" in text.stdout or "1 of them: no guarantee" in text.stdout
-    as_json = json.loads(run("predict", "--checkpoint", str(checkpoint), *paths, "--k", "2", "--n", "200",
-                             "--device", "cpu", "--json").stdout)
+    code, out, _ = run_in_process(capsys, "predict", "--checkpoint", str(checkpoint), *paths, "--k", "2", "--n",
+                                  "200", "--device", "cpu", "--json")
+    assert code == 0
+    as_json = json.loads(out)
     assert [p["image"] for p in as_json] == paths
     for p in as_json:
         assert len(p["labels"]) == 2 and set(p["labels"]) <= {str(d) for d in range(10)}
@@ -96,33 +100,14 @@ def test_predict_names_labels_and_radii(tmp_path_factory, tmp_path: Path) -> Non
         assert len(radii) == 2 and radii[0] >= radii[1] >= 0
 
 
-def _main(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the command in this process (cheap: torch is already imported) -> (exit code, stdout, stderr)."""
-    from multiguard.cli import main
-
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse: --help, usage errors
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _one_line_error(result: tuple[int, str, str], *needles: str) -> None:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("multiguard: error: "), result
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 def test_datasets_describe_and_list(capsys) -> None:
     text = run("datasets", "describe", "--dataset", "multidigits", "--split", "test")
     assert "multidigits: 10 classes" in text.stdout and "images" in text.stdout
-    code, out, _ = _main(capsys, "datasets", "describe", "--dataset", "multidigits", "--split", "test", "--json")
+    code, out, _ = run_in_process(capsys, "datasets", "describe", "--dataset", "multidigits", "--split", "test",
+                                  "--json")
     described = json.loads(out)
     assert code == 0 and described["classes"] == 10 and described["images"] == 2000 and described["split"] == "test"
-    code, out, _ = _main(capsys, "datasets", "list", "--json")
+    code, out, _ = run_in_process(capsys, "datasets", "list", "--json")
     assert code == 0 and {"multidigits", "voc2007", "coco2014", "nuswide", "csv"} <= set(json.loads(out))
 
 
@@ -132,7 +117,7 @@ def test_help_on_every_command_shows_defaults(capsys) -> None:
         assert name in top
     helps = {}
     for cmd in COMMANDS:
-        code, out, _ = _main(capsys, *cmd, "--help")
+        code, out, _ = run_in_process(capsys, *cmd, "--help")
         assert code == 0 and out.startswith("usage: multiguard " + " ".join(cmd)), cmd
         helps[" ".join(cmd)] = " ".join(out.split())
     assert "(default: 1000)" in helps["certify"] and "--shard I/N" in helps["certify"]
@@ -148,10 +133,15 @@ def test_error_unknown_dataset() -> None:
     assert_one_line_error(run("datasets", "describe", "--dataset", "imagenet-z", check=False), "imagenet-z")
 
 
+def _error(capsys, args: list[str], *needles: str) -> None:
+    """The command, run in-process, fails with one line naming ``needles`` and exit code 2."""
+    assert_one_line_error_in_process(run_in_process(capsys, *args), *needles)
+
+
 def test_error_missing_data_root(tmp_path: Path, capsys) -> None:
     proc = run("datasets", "describe", "--dataset", "voc2007", "--data-root", str(tmp_path / "nowhere"), check=False)
     assert_one_line_error(proc, "nowhere")
-    _one_line_error(_main(capsys, "datasets", "describe", "--dataset", "voc2007"), "root")
+    _error(capsys, ["datasets", "describe", "--dataset", "voc2007"], "root")
 
 
 def test_error_unknown_arch(tmp_path: Path) -> None:
@@ -166,16 +156,16 @@ def test_error_checkpoint_that_is_not_ours(tmp_path: Path, capsys) -> None:
     bogus.write_text("not a checkpoint\n")
     proc = run("certify", "--checkpoint", str(bogus), "--out", str(tmp_path / "run"), check=False)
     assert_one_line_error(proc, "not a MultiGuard checkpoint")
-    _one_line_error(_main(capsys, "certify", "--checkpoint", str(tmp_path / "missing.pt"), "--out",
-                          str(tmp_path / "run")), "missing.pt")
-    _one_line_error(_main(capsys, "predict", "--checkpoint", str(bogus), str(bogus)), "not a MultiGuard checkpoint")
+    _error(capsys, ["certify", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "run")],
+           "missing.pt")
+    _error(capsys, ["predict", "--checkpoint", str(bogus), str(bogus)], "not a MultiGuard checkpoint")
 
 
 def test_error_run_dir_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), check=False),
                           "not a MultiGuard run")
-    _one_line_error(_main(capsys, "report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), "nope")
+    _error(capsys, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "nope")
 
 
 @pytest.mark.slow
@@ -184,12 +174,11 @@ def test_errors_on_a_real_run(tmp_path_factory, tmp_path: Path, capsys) -> None:
     out = str(tmp_path / "r")
     assert_one_line_error(run("report", reference, "--k", "11", "--out", out, check=False), "k must be", "10")
     assert_one_line_error(run("report", reference, "--radii", "0:x:0.1", "--out", out, check=False), "radii")
-    _one_line_error(_main(capsys, "report", reference, "--k-prime", "3", "--out", out), "k_prime", "2")
-    _one_line_error(_main(capsys, "report", reference, "--summary-radii", "a,b", "--out", out), "radii")
+    _error(capsys, ["report", reference, "--k-prime", "3", "--out", out], "k_prime", "2")
+    _error(capsys, ["report", reference, "--summary-radii", "a,b", "--out", out], "radii")
     assert not Path(out).exists()
     checkpoint = str(tiny_checkpoint(tmp_path_factory))
-    _one_line_error(_main(capsys, "predict", "--checkpoint", checkpoint, "x.png", "--k", "11", "--device", "cpu"), "k")
-    _one_line_error(_main(capsys, "certify", "--checkpoint", checkpoint, "--shard", "2/2", "--device", "cpu",
-                          "--out", out), "shard")
-    _one_line_error(_main(capsys, "certify", "--checkpoint", checkpoint, "--num-inputs", "5000", "--device", "cpu",
-                          "--out", out), "num_inputs")
+    _error(capsys, ["predict", "--checkpoint", checkpoint, "x.png", "--k", "11", "--device", "cpu"], "k")
+    _error(capsys, ["certify", "--checkpoint", checkpoint, "--shard", "2/2", "--device", "cpu", "--out", out], "shard")
+    _error(capsys, ["certify", "--checkpoint", checkpoint, "--num-inputs", "5000", "--device", "cpu", "--out", out],
+           "num_inputs")

@@ -17,11 +17,13 @@ import torch
 from clitools import (
     CERTIFY_ARGS,
     assert_one_line_error,
+    assert_one_line_error_in_process,
     assert_same_counts,
     command,
     env,
     reference_run,
     run,
+    run_in_process,
     tiny_checkpoint,
 )
 
@@ -189,16 +191,16 @@ def test_kill_9_then_resume_gives_identical_counts(tmp_path_factory, tmp_path: P
 
 
 @pytest.mark.slow
-def test_resume_refuses_other_settings_naming_the_field(tmp_path_factory) -> None:
+def test_resume_refuses_other_settings_naming_the_field(tmp_path_factory, capsys) -> None:
     checkpoint = tiny_checkpoint(tmp_path_factory)
     reference = reference_run(tmp_path_factory)
     other = [a if a != "500" else "400" for a in CERTIFY_ARGS]  # --num-samples 400
     proc = run("certify", "--checkpoint", str(checkpoint), *other, "--device", "cpu", "--out", str(reference),
                "--resume", check=False)
     assert_one_line_error(proc, "n: the run has 500")
-    proc = run("certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--out", str(reference),
-               check=False)
-    assert_one_line_error(proc, "--resume")
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu",
+                            "--out", str(reference))
+    assert_one_line_error_in_process(result, "--resume")
 
 
 @pytest.mark.slow
