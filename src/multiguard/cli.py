@@ -154,7 +154,6 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
         say = _echo if context.rank == 0 else (lambda line: None)
         prefix = f"certify ({where})" if where else "certify"
-        say(f"{prefix}: sampling into {args.out} on {context.device}")
         started = time.perf_counter()
         result = certify_checkpoint(
             args.checkpoint,
@@ -172,7 +171,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
-            progress=None if args.quiet or context.rank != 0 else ProgressPrinter(say, args.n, prefix=prefix),
+            progress=None if args.quiet or context.rank != 0 else ProgressPrinter(
+                say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
+            ),
         )
         wall = time.perf_counter() - started
         meta = result.metadata
@@ -234,11 +235,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         _echo(f"{p.path}: {', '.join(p.labels)}")
         for e, radius in enumerate(p.radii, start=1):
             if radius > 0:
-                bound = "any radius" if radius == float("inf") else f"R < {radius:.3f}"
-                _echo(f"  at least {e} of them stay predicted for every l2 perturbation with {bound}")
+                bound = "of any size" if radius == float("inf") else f"of l2 norm < {radius:.3f}"
+                _echo(f"  at least {e} of them stay{'s' if e == 1 else ''} predicted under every perturbation {bound}")
             else:
                 _echo(f"  {e} of them: no guarantee")
-    _echo(f"(each line holds with probability >= {1 - args.alpha:g}; pixels in [0, 1])")
+    _echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
+          "pixels in [0, 1])")
     return 0
 
 

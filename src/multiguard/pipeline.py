@@ -40,14 +40,21 @@ Echo = Callable[[str], None]
 class ProgressPrinter:
     """Turns :class:`multiguard.runs.RunProgress` updates into a line every ``every`` seconds (and at the end)."""
 
-    def __init__(self, echo: Echo, n: int, every: float = 5.0, prefix: str = "certify") -> None:
-        self.echo, self.n, self.every, self.prefix = echo, int(n), float(every), prefix
+    def __init__(self, echo: Echo, n: int, every: float = 5.0, prefix: str = "certify", header: str = "") -> None:
+        self.echo, self.n, self.every, self.prefix, self.header = echo, int(n), float(every), prefix, header
         self._last = -1e9
+        self._started = False
 
     def __call__(self, p: _runs.RunProgress) -> None:
         now = time.perf_counter()
         finished = p.done_inputs >= p.total_inputs
-        if not finished and now - self._last < self.every:
+        if not self._started:  # the first call comes once the model, data and RUN_DIR are ready
+            self._started = True
+            if self.header:
+                self.echo(f"{self.prefix}: {self.header}")
+            if not p.skipped_inputs and not finished:
+                return
+        elif not finished and now - self._last < self.every:
             return
         self._last = now
         parts = [f"{self.prefix}: {p.done_inputs}/{p.total_inputs} inputs"]

@@ -195,15 +195,15 @@ def compute_curves(
         if not 0.0 < float(a) < 1.0:
             raise ValueError(f"alpha must lie in (0, 1), got {a}")
     run_names = _run_names(runs, names)
-    for run, name in zip(runs, run_names, strict=True):
+    for run in runs:
         for value in k:
             if not 1 <= int(value) <= run.num_classes:
-                raise ValueError(f"k must be between 1 and the number of classes ({run.num_classes}) of run {name}, "
-                                 f"got {value}")
+                raise ValueError(f"k must be between 1 and the number of classes ({run.num_classes}) of run "
+                                 f"{run.path}, got {value}")
         for value in k_prime:
             if not 1 <= int(value) <= run.max_k_prime:
-                raise ValueError(f"k_prime must be between 1 and {run.max_k_prime} for run {name} (certified with "
-                                 f"--max-k-prime {run.max_k_prime}), got {value}")
+                raise ValueError(f"k_prime must be between 1 and {run.max_k_prime} for run {run.path} (certified "
+                                 f"with --max-k-prime {run.max_k_prime}), got {value}")
     curves: list[Curve] = []
     for run, name in zip(runs, run_names, strict=True):
         labels = run.labels

@@ -455,7 +455,8 @@ def certify_run(
         shard: ``(I, N)``: this job does only the chunks of shard I of N (``--shard I/N``). Shards of one run
             may share RUN_DIR at the same time; they need no ``resume`` to join it.
         context: the torch.distributed context (:func:`init_distributed`); ranks split each shard's chunks.
-        progress: called with a :class:`RunProgress` after every chunk this process finishes.
+        progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
+            every chunk this process finishes.
 
     Returns:
         A :class:`RunResult`. When the last chunk of the run lands (in whichever process), ``counts.npz`` is
@@ -530,16 +531,21 @@ def certify_run(
     my_total = sum(len(indices[c * chunk_size : (c + 1) * chunk_size]) for c in mine)
 
     start_time = time.perf_counter()
-    done_inputs = skipped_inputs = new_inputs = 0
-    chunks_done = chunks_skipped = 0
+    pending = []
+    skipped_inputs = chunks_skipped = 0
     for chunk in mine:
         chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
-        path = _chunk_path(run_dir, chunk)
-        if _chunk_ok(path, chunk_indices, max_k_prime, num_classes):
+        if _chunk_ok(_chunk_path(run_dir, chunk), chunk_indices, max_k_prime, num_classes):
             chunks_skipped += 1
             skipped_inputs += len(chunk_indices)
-            done_inputs += len(chunk_indices)
-            continue
+        else:
+            pending.append(chunk)
+    done_inputs, new_inputs, chunks_done = skipped_inputs, 0, 0
+    if progress is not None:  # where this worker starts (after a resume: what is already on disk)
+        progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs))
+    for chunk in pending:
+        chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
+        path = _chunk_path(run_dir, chunk)
         chunk_start = time.perf_counter()
         images, labels = _load_batch(dataset, chunk_indices)
         counts = sampler.sample_counts(
@@ -581,8 +587,6 @@ def certify_run(
                     skipped_inputs=skipped_inputs,
                 )
             )
-    if progress is not None and chunks_done == 0:
-        progress(RunProgress(done_inputs, my_total, 0, time.perf_counter() - start_time, 0.0, skipped_inputs))
 
     context.barrier()
     complete = False
