@@ -335,7 +335,7 @@ def run_demo(
     try:
         result = certify_checkpoint(checkpoint, run_dir, resume=True, **certify_args)
     except ValueError as exc:
-        if not _runs.is_run(run_dir):
+        if not _runs.is_run(run_dir) or not str(exc).startswith("resume:"):
             raise
         echo(f"      {run_dir} holds a run with other settings ({exc}); starting it over")
         shutil.rmtree(run_dir)
