@@ -22,7 +22,7 @@ from clitools import (
 )
 
 COMMANDS = [["train"], ["datasets"], ["datasets", "list"], ["datasets", "describe"], ["certify"], ["report"],
-            ["predict"], ["demo"]]
+            ["predict"], ["demo"], ["attack"]]
 
 
 @pytest.mark.slow
@@ -70,6 +70,36 @@ def test_train_certify_report_end_to_end_without_the_model(tmp_path_factory, tmp
             assert by_method["multiguard"][metric] >= by_method["jia"][metric] - 1e-12, (key, metric)
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "| Jia et al. |" in summary and "R = 0.25" in summary
+
+
+@pytest.mark.slow
+def test_attack_writes_empirical_curves_that_report_overlays(tmp_path_factory, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    attack_dir = tmp_path / "attack"
+    attacked = run("attack", "--checkpoint", str(checkpoint), "--radii", "0,0.5", "--k", "3", "--num-inputs", "6",
+                   "--steps", "3", "--samples", "8", "--n", "200", "--seed", "3", "--device", "cpu", "--quiet",
+                   "--out", str(attack_dir))
+    assert "below certificate" in attacked.stdout
+    with open(attack_dir / "empirical.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["radius", "precision", "recall", "f1", "num_inputs"]
+        rows = list(reader)
+    assert [float(r["radius"]) for r in rows] == [0.0, 0.5] and {r["num_inputs"] for r in rows} == {"6"}
+    settings = json.loads((attack_dir / "attack.json").read_text())
+    assert sum(settings["violations"]) == 0  # never below the certificate (each a probability-alpha event)
+
+    out = tmp_path / "run"
+    run("certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device", "cpu", "--quiet", "--out", str(out))
+    run("report", str(out), "--k", "3", "--radii", "0:1:0.25", "--attack", str(attack_dir), "--quiet",
+        "--out", str(tmp_path / "report"))
+    with open(tmp_path / "report" / "curves.csv", newline="") as handle:
+        attack_rows = [r for r in csv.DictReader(handle) if r["method"] == "attack"]
+    assert [(r["run"], float(r["radius"])) for r in attack_rows] == [("attack", float(r["radius"])) for r in rows]
+    for overlaid, written in zip(attack_rows, rows, strict=True):
+        for metric in ("precision", "recall", "f1"):
+            assert float(overlaid[metric]) == pytest.approx(float(written[metric]), abs=1e-9)
+    assert_one_line_error(run("report", str(out), "--attack", str(tmp_path), "--out", str(tmp_path / "r2"),
+                              check=False), str(tmp_path))
 
 
 @pytest.mark.slow

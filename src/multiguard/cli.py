@@ -1,6 +1,6 @@
 """The ``multiguard`` command: parses arguments, calls the library, prints.
 
-Commands: ``train``, ``datasets list|describe``, ``certify``, ``report``, ``predict``, ``demo``. Every
+Commands: ``train``, ``datasets list|describe``, ``certify``, ``report``, ``attack``, ``predict``, ``demo``. Every
 command has ``--help``. A user's mistake (unknown dataset or arch, missing data, a file that is not ours,
 an impossible k, a bad radius grid, ...) prints one line ``multiguard: error: ...`` on stderr and exits
 with code 2; the library raises ``ValueError``/``FileNotFoundError`` naming the argument, and :func:`main`
@@ -191,7 +191,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import make_report, parse_radii
+    from .report import empirical_curve, make_report, parse_radii
 
     summary_radii = [float(r) for r in parse_radii(args.summary_radii)] if args.summary_radii else []
     parse_radii(args.radii)  # fail on a bad grid before reading any run
@@ -205,10 +205,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
         summary_radii=summary_radii,
         methods=args.methods,
         names=args.names,
+        extra_curves=[empirical_curve(path) for path in args.attack or ()],
     )
     if not args.quiet:
         _echo(result.summary)
     _echo("wrote " + ", ".join(str(p) for p in result.files))
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    import torch
+
+    from .attack import run_attack
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    result = run_attack(
+        args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
+        dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
+        steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
+        certify=not args.no_certify, batch_size=args.batch_size, device=device,
+        log=None if args.quiet else _echo,
+    )
+    curves = result.curves
+    _echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
+    _echo("  radius  precision  recall      f1" + ("  below certificate" if result.violations is not None else ""))
+    for i, r in enumerate(curves.radius):
+        line = f"  {r:6g}  {curves.precision[i]:9.3f}  {curves.recall[i]:6.3f}  {curves.f1[i]:6.3f}"
+        if result.violations is not None:
+            line += f"  {int(result.violations[i]):>18d}"
+        _echo(line)
+    _echo(f"wrote {result.out_dir}/empirical.csv (overlay it with: multiguard report RUN_DIR --attack {args.out})")
     return 0
 
 
@@ -393,9 +419,43 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["multiguard", "multiguard-first-terms", "jia"],
                    help="any of multiguard, multiguard-first-terms, jia (jia only where k' = 1)")
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
+    p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
+                   help="overlay the empirical curves of multiguard attack runs")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report files")
     p.set_defaults(func=_cmd_report)
+
+    # attack
+    p = sub.add_parser(
+        "attack", formatter_class=_Formatter, help="l2 PGD attack on the smoothed classifier (empirical curves)",
+        description=_wrap("Attack the smoothed classifier of a checkpoint with l2 PGD in the manner of SmoothAdv "
+        "(gradients of a soft top-k' surrogate averaged over --samples noise draws, --steps projected steps) at "
+        "each radius, then measure |L ∩ top-k| at the attacked inputs with n fresh samples. Writes "
+        "ATTACK_DIR/empirical.csv (radius,precision,recall,f1,num_inputs), per_input.npz and attack.json. "
+        "The inputs are those of a certify run with the same --seed and --num-inputs; the certified sizes of "
+        "the same inputs are computed too, and every input whose empirical size falls below its certified one "
+        "is counted (each is a failure of probability at most alpha)."),
+    )
+    p.add_argument("--checkpoint", required=True, help="model checkpoint from multiguard train")
+    p.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--split", default=None, help="split (default: the checkpoint's test split)")
+    p.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
+    p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
+    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
+    p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    p.add_argument("--n", type=int, default=1000, help="fresh samples that measure the attacked prediction")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
+    p.add_argument("--seed", type=int, default=0, help="chooses the inputs and seeds the noise")
+    p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
+    p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_device(p)
+    p.add_argument("--out", required=True, metavar="ATTACK_DIR", help="folder for the attack's files")
+    p.set_defaults(func=_cmd_attack)
 
     # predict
     p = sub.add_parser(

@@ -71,6 +71,7 @@ METHOD_LABELS = {
     "multiguard": "MultiGuard",
     "multiguard-first-terms": "MultiGuard, first terms only",
     "jia": "Jia et al.",
+    "attack": "Empirical under PGD attack",
 }
 METRIC_LABELS = {
     "precision": "Certified top-k precision@R",
@@ -453,6 +454,25 @@ class Report:
     curves: list[Curve]
     summary: str
     files: list[Path]
+
+
+def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
+    """The empirical curve of an ATTACK_DIR written by ``multiguard attack``, as a :class:`Curve` (method
+    ``attack``) to overlay on the certified ones: an upper bound on robustness where the certificate is a
+    lower one."""
+    from .attack import load_empirical
+
+    empirical = load_empirical(attack_dir)
+    settings = empirical.settings
+    try:
+        return Curve(
+            run=Path(attack_dir).name, method="attack", k=int(settings["k"]), k_prime=int(settings["k_prime"]),
+            alpha=float(settings["alpha"]), sigma=float(settings["sigma"]), n=int(settings["n"]),
+            radius=empirical.radius, precision=empirical.precision, recall=empirical.recall, f1=empirical.f1,
+            num_inputs=empirical.num_inputs,
+        )
+    except KeyError as missing:
+        raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
 
 
 def make_report(
