@@ -33,15 +33,12 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import numbers
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +47,9 @@ import numpy as np
 import torch
 
 from . import certify as _certify
-from .smoothing import MultiGuard
+from .certify import _check_int
+from .runs import atomic_write_bytes
+from .smoothing import MultiGuard, _eval_mode
 
 __all__ = [
     "EMPIRICAL_COLUMNS",
@@ -76,14 +75,6 @@ _EVAL_TAG = 0xA77AC
 
 
 # --------------------------------------------------------------------------------------------- validation
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if int(value) < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 def _check_float(value: object, name: str, *, positive: bool) -> float:
@@ -139,21 +130,6 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 def _intersection(counts: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     top = smoothed_top_k(counts, k)
     return np.take_along_axis(labels, top, axis=1).sum(axis=1).astype(np.int64)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: object) -> Iterator[None]:
-    """Every submodule in eval mode inside; each one's training flag restored afterwards."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -451,21 +427,6 @@ class AttackRun:
     delta_norms: np.ndarray
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then rename (readers never see a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _as_radii(radii: object) -> np.ndarray:
     if isinstance(radii, str):
         try:
@@ -599,9 +560,9 @@ def run_attack(
         "radii": radii_arr.tolist(),
         "violations": None if violations is None else violations.tolist(),
     }  # fmt: skip
-    _atomic_write(out / PER_INPUT, buffer.getvalue())
-    _atomic_write(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
-    _atomic_write(out / EMPIRICAL_CSV, text.getvalue().encode())  # last: its presence means a complete dir
+    atomic_write_bytes(out / PER_INPUT, buffer.getvalue())
+    atomic_write_bytes(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
+    atomic_write_bytes(out / EMPIRICAL_CSV, text.getvalue().encode())  # last: its presence means a complete dir
     return AttackRun(
         out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
         labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,

@@ -21,7 +21,6 @@ and CPU generators give different numbers).
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import certify as _certify
+from .certify import _check_alpha, _check_int, _check_positive
 
 __all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed"]
 
@@ -56,36 +56,6 @@ def noise_seed(seed: int, index: int, block: int, stream: int = STREAM_ESTIMATIO
 
 
 # --------------------------------------------------------------------------------------------- validation
-
-
-def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        allowed = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
-def _check_sigma(sigma: object) -> float:
-    try:
-        value = float(sigma)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    return value
-
-
-def _check_alpha(alpha: object) -> float:
-    try:
-        value = float(alpha)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    return value
 
 
 def _as_batch(x: object) -> torch.Tensor:
@@ -322,7 +292,7 @@ class MultiGuard:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
         self.num_classes = _check_int(num_classes, "num_classes", 1)
-        self.sigma = _check_sigma(sigma)
+        self.sigma = _check_positive(sigma, "sigma")
         self.k_prime = _check_int(k_prime, "k_prime", 1, self.num_classes)
         if clamp is not None:
             try:
