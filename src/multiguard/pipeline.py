@@ -279,9 +279,11 @@ class DemoResult:
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); about 2 minutes on 2 cores
-    "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000},
+    # lr 3e-3 rather than the paper's 1e-3: in 8 epochs small_cnn is still under-fitted at 1e-3 (noisy-test
+    # mAP 0.884 against 0.906, docs/training.md)
+    "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000, "lr": 3e-3},
     # quick: a smaller model budget and 100 inputs; well under 90 s
-    "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000},
+    "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000, "lr": 3e-3},
 }
 
 
@@ -313,7 +315,7 @@ def run_demo(
          f"({settings['epochs']} epochs of {settings['train_size']} images)")
     train_args: dict[str, Any] = dict(
         arch="small_cnn", sigma=sigma, epochs=settings["epochs"], seed=seed, out=checkpoint, device=device,
-        progress=False, train_size=settings["train_size"], test_size=settings["test_size"],
+        progress=False, train_size=settings["train_size"], test_size=settings["test_size"], lr=settings["lr"],
         log=lambda line: echo("      " + line),
     )
     try:
