@@ -49,7 +49,7 @@ import torch
 from . import certify as _certify
 from .certify import _check_int
 from .runs import atomic_write_bytes
-from .smoothing import MultiGuard, _eval_mode
+from .smoothing import MultiGuard, _eval_mode, smoothed_top_k
 
 __all__ = [
     "EMPIRICAL_COLUMNS",
@@ -121,14 +121,8 @@ def evaluation_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), _EVAL_TAG]).generate_state(1, np.uint32)[0]) >> 1
 
 
-def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
-    """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
-    counts = np.asarray(counts)
-    return np.argsort(-counts, axis=-1, kind="stable")[..., :k].astype(np.int64)
-
-
-def _intersection(counts: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    top = smoothed_top_k(counts, k)
+def _intersection(top: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """|L ∩ top|: int64 ``(N,)`` from the ``(N, k)`` predicted labels and the ``(N, c)`` masks of L."""
     return np.take_along_axis(labels, top, axis=1).sum(axis=1).astype(np.int64)
 
 
@@ -360,12 +354,13 @@ def attack_smoothed(
     clean_sizes = None
     if measure_clean:
         clean = np.asarray(smoother.sample_counts(x_dev, n, seed=eval_seed, index=index_arr, batch_size=batch_size))
-        clean_sizes = _intersection(clean, mask, k)
+        clean_sizes = _intersection(smoothed_top_k(clean, k), mask)
+    predicted = smoothed_top_k(counts, k)
     return AttackResult(
         deltas=deltas.detach().cpu(),
-        sizes=_intersection(counts, mask, k),
+        sizes=_intersection(predicted, mask),
         counts=counts.astype(np.int64),
-        predicted=smoothed_top_k(counts, k),
+        predicted=predicted,
         clean_sizes=clean_sizes,
         labels=mask,
         radius=radius,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import certify as _certify
 from .certify import _check_alpha, _check_int, _check_positive
 
-__all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed"]
+__all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed", "smoothed_top_k"]
 
 NOISE_BLOCK = 100
 """Samples per noise block. Each block is drawn whole (a partly used last block is still drawn in full),
@@ -53,6 +53,12 @@ def noise_seed(seed: int, index: int, block: int, stream: int = STREAM_ESTIMATIO
     """
     sequence = np.random.SeedSequence(seed, spawn_key=(stream, index, block))
     return int(sequence.generate_state(1, np.uint64)[0])
+
+
+def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
+    """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
+    counts = np.asarray(counts)
+    return np.argsort(-counts, axis=-1, kind="stable")[..., :k].astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -450,7 +456,7 @@ class MultiGuard:
         selection = self._sample(tensor, n0, seed, index_arr, batch_size, self.k_prime, STREAM_SELECTION, progress)[
             :, self.k_prime - 1
         ]
-        top = np.argsort(-selection, axis=1, kind="stable")[:, :k]  # stable: ties go to the lower label index
+        top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts = self._sample(tensor, n, seed, index_arr, batch_size, self.k_prime, STREAM_ESTIMATION, progress)[
@@ -459,7 +465,7 @@ class MultiGuard:
         lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
-            labels=top.astype(np.int64),
+            labels=top,
             radii=radii,
             counts=counts,
             selection_counts=selection,
