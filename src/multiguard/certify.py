@@ -20,6 +20,7 @@ their limits (``Phi(Phi^-1(0) + t) = 0``, ``Phi(Phi^-1(1) - t) = 1``) and nothin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -335,18 +336,27 @@ def intersection_size_from_radii(radii: object, radius: object) -> np.ndarray:
     ``radii`` is ``(N, k)`` (or ``(k,)``); ``radius`` a scalar or a 1-D array of R values. Returns int64
     ``(N,)`` for a scalar radius and ``(N, len(radius))`` for an array (without the N axis for a single row).
     """
+    def largest_e(holds: np.ndarray) -> np.ndarray:
+        e = np.arange(1, holds.shape[1] + 1)
+        return np.where(holds, e[None, :, None], 0).max(axis=1)
+
+    return _sizes_from_radii(radii, radius, "(N, k) or (k,)", largest_e)
+
+
+def _sizes_from_radii(
+    radii: object, radius: object, shapes: str, size: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Apply ``size`` to the ``(N, m, R)`` table of ``radii > R`` and return int64 sizes shaped like the inputs:
+    ``(N,)`` for a scalar radius, ``(N, R)`` for an array, without the N axis for a single row of radii."""
     radii_arr = np.asarray(radii, dtype=np.float64)
     if radii_arr.ndim not in (1, 2) or np.isnan(radii_arr).any():
-        raise ValueError(f"radii must be an (N, k) or (k,) array without NaN, got shape {radii_arr.shape}")
-    single = radii_arr.ndim == 1
-    radii_arr = np.atleast_2d(radii_arr)
+        raise ValueError(f"radii must be an {shapes} array without NaN, got shape {radii_arr.shape}")
     r, scalar = _as_radius(radius)
-    e = np.arange(1, radii_arr.shape[1] + 1)
-    holds = radii_arr[:, :, None] > r[None, None, :]  # (N, k, R)
-    sizes = np.where(holds, e[None, :, None], 0).max(axis=1).astype(np.int64)
+    holds = np.atleast_2d(radii_arr)[:, :, None] > r[None, None, :]
+    sizes = size(holds).astype(np.int64)
     if scalar:
         sizes = sizes[:, 0]
-    return sizes[0] if single else sizes
+    return sizes[0] if radii_arr.ndim == 1 else sizes
 
 
 def certified_intersection_size(
@@ -423,15 +433,7 @@ def jia_intersection_size_from_radii(radii: object, radius: object) -> np.ndarra
 
     Returns int64 ``(N,)`` for a scalar radius and ``(N, len(radius))`` for a 1-D array.
     """
-    radii_arr = np.asarray(radii, dtype=np.float64)
-    if radii_arr.ndim not in (1, 2) or np.isnan(radii_arr).any():
-        raise ValueError(f"radii must be an (N, c) or (c,) array without NaN, got shape {radii_arr.shape}")
-    single = radii_arr.ndim == 1
-    r, scalar = _as_radius(radius)
-    sizes = (np.atleast_2d(radii_arr)[:, :, None] > r[None, None, :]).sum(axis=1).astype(np.int64)
-    if scalar:
-        sizes = sizes[:, 0]
-    return sizes[0] if single else sizes
+    return _sizes_from_radii(radii, radius, "(N, c) or (c,)", lambda holds: holds.sum(axis=1))
 
 
 def jia_certified_intersection_size(
