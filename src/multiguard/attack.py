@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,9 +46,11 @@ import numpy as np
 import torch
 
 from . import certify as _certify
-from .certify import _check_int
-from .runs import atomic_write_bytes
-from .smoothing import MultiGuard, _eval_mode, smoothed_top_k
+from .engine import as_batch, as_index, eval_mode
+from .files import atomic_write_bytes
+from .seeds import STREAM_ATTACK, attack_evaluation_seed, noise_seed
+from .smoothing import MultiGuard, as_label_mask, smoothed_top_k
+from .validation import check_float, check_int, check_interval
 
 __all__ = [
     "EMPIRICAL_COLUMNS",
@@ -70,55 +71,7 @@ EMPIRICAL_CSV = "empirical.csv"
 PER_INPUT = "per_input.npz"
 SETTINGS = "attack.json"
 
-_ATTACK_STREAM = 2  # noise streams 0 and 1 belong to MultiGuard's estimation and selection samples
-_EVAL_TAG = 0xA77AC
-
-
-# --------------------------------------------------------------------------------------------- validation
-
-
-def _check_float(value: object, name: str, *, positive: bool) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} finite number, got {value!r}")
-    return number
-
-
-def _as_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    mask = np.asarray(labels)
-    if mask.shape != (num_inputs, num_classes):
-        raise ValueError(f"labels must be an (N, c) = ({num_inputs}, {num_classes}) mask, got shape {mask.shape}")
-    if mask.dtype != np.bool_:
-        if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
-            raise ValueError("labels must be a boolean mask (or hold only 0 and 1)")
-        mask = mask.astype(bool)
-    return mask
-
-
-def _as_range(input_range: object) -> tuple[float, float] | None:
-    if input_range is None:
-        return None
-    try:
-        lo, hi = (float(bound) for bound in input_range)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise ValueError(f"input_range must be None or a pair (lo, hi), got {input_range!r}") from None
-    if not lo < hi:
-        raise ValueError(f"input_range must satisfy lo < hi, got {input_range!r}")
-    return lo, hi
-
-
-def evaluation_seed(seed: int) -> int:
-    """The seed of the fresh Monte Carlo samples that measure an attacked point, derived from ``seed``.
-
-    It differs from ``seed`` (and, with overwhelming probability, from any seed a certification run uses), so
-    the measurement neither reuses the certification's noise nor the attack's own (a separate stream).
-    """
-    return int(np.random.SeedSequence([int(seed), _EVAL_TAG]).generate_state(1, np.uint32)[0]) >> 1
+evaluation_seed = attack_evaluation_seed  # the name this module has always exported
 
 
 def _intersection(top: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -173,9 +126,8 @@ def _soft_top_k_prime(scores: torch.Tensor, k_prime: int, temperature: float) ->
 def _attack_noise(
     seed: int, index: int, step: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    sequence = np.random.SeedSequence(seed, spawn_key=(_ATTACK_STREAM, index, step))
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
+    generator.manual_seed(noise_seed(seed, index, step, STREAM_ATTACK))
     return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
@@ -291,14 +243,14 @@ def attack_smoothed(
         it except with probability alpha (the certificate's failure probability) or by Monte Carlo error of
         the measurement where labels are nearly tied.
     """
-    radius = _check_float(radius, "radius", positive=False)
-    steps = _check_int(steps, "steps", 0)
-    samples = _check_int(samples, "samples", 1)
-    n = _check_int(n, "n", 1)
-    seed = _check_int(seed, "seed", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    temperature = _check_float(temperature, "temperature", positive=True)
-    input_range = _as_range(input_range)
+    radius = check_float(radius, "radius", 0.0)
+    steps = check_int(steps, "steps", 0)
+    samples = check_int(samples, "samples", 1)
+    n = check_int(n, "n", 1)
+    seed = check_int(seed, "seed", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    temperature = check_float(temperature, "temperature", 0.0, low_open=True)
+    input_range = check_interval(input_range, "input_range")
     if isinstance(model, MultiGuard):
         smoother = model
         for name, value, own in (("k_prime", k_prime, smoother.k_prime), ("sigma", sigma, smoother.sigma),
@@ -317,21 +269,17 @@ def attack_smoothed(
         smoother = MultiGuard(model, num_classes, sigma, k_prime=1 if k_prime is None else k_prime, clamp=clamp,
                               device=device)
     c = smoother.num_classes
-    k = _check_int(k, "k", 1)
+    k = check_int(k, "k", 1)
     if k > c:
         raise ValueError(f"k must be <= the number of classes ({c}), got {k}")
-    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach())
-    if tensor.ndim < 1:
-        raise ValueError("x must have a batch dimension: shape (N, *input_shape)")
+    tensor = as_batch(x)
     num = tensor.shape[0]
-    mask = _as_mask(labels, num, c)
-    index_arr = np.arange(num, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
-    if index_arr.shape != (num,) or (num and index_arr.min() < 0):
-        raise ValueError(f"index must hold ({num},) non-negative integers, got shape {index_arr.shape}")
+    mask = as_label_mask(labels, num, c)
+    index_arr = as_index(index, num)
     if step_size is None:
         step_size = 2.5 * radius / max(steps, 1)
-    step_size = _check_float(step_size, "step_size", positive=False)
-    eval_seed = evaluation_seed(seed) if eval_seed is None else _check_int(eval_seed, "eval_seed", 0)
+    step_size = check_float(step_size, "step_size", 0.0)
+    eval_seed = evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
 
     device_, dtype = smoother.device, smoother.dtype
     x_dev = tensor.to(device=device_, dtype=dtype).contiguous()
@@ -341,7 +289,7 @@ def attack_smoothed(
     if radius > 0 and steps > 0 and num:
         chunk = max(1, batch_size // samples)
         labels_dev = torch.as_tensor(mask, device=device_)
-        with _eval_mode(smoother.model), torch.enable_grad():
+        with eval_mode(smoother.model), torch.enable_grad():
             for start in range(0, num, chunk):
                 part = slice(start, start + chunk)
                 deltas[part] = _pgd(
@@ -481,10 +429,10 @@ def run_attack(
     from .train import load_checkpoint
 
     radii_arr = _as_radii(radii)
-    k = _check_int(k, "k", 1)
-    k_prime = _check_int(k_prime, "k_prime", 1)
-    n = _check_int(n, "n", 1)
-    seed = _check_int(seed, "seed", 0)
+    k = check_int(k, "k", 1)
+    k_prime = check_int(k_prime, "k_prime", 1)
+    n = check_int(n, "n", 1)
+    seed = check_int(seed, "seed", 0)
     if not 0 < float(alpha) < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     log = log or (lambda line: None)
@@ -494,7 +442,7 @@ def run_attack(
     num_classes = int(meta["num_classes"])
     if k > num_classes or k_prime > num_classes:
         raise ValueError(f"k and k_prime must be <= the number of classes ({num_classes}), got {k} and {k_prime}")
-    sigma = float(meta["sigma"]) if sigma is None else _check_float(sigma, "sigma", positive=True)
+    sigma = float(meta["sigma"]) if sigma is None else check_float(sigma, "sigma", 0.0, low_open=True)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma} (the checkpoint was trained without noise: pass sigma)")
     clamp = (0.0, 1.0) if meta.get("clamp") else None

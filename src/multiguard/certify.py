@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from .validation import check_alpha, check_int, check_positive
+
 __all__ = [
     "CertifiedMetrics",
     "certified_intersection_size",
@@ -82,36 +84,6 @@ def _check_probabilities(array: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must lie in [0, 1]")
 
 
-def _check_int(value: object, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        upper = "" if high is None else f" and <= {high}"
-        raise ValueError(f"{name} must be >= {low}{upper}, got {value}")
-    return value
-
-
-def _check_positive(value: object, name: str) -> float:
-    try:
-        value = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value}")
-    return value
-
-
-def _check_alpha(alpha: object) -> float:
-    try:
-        value = float(alpha)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}") from None
-    if not 0 < value < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    return value
-
-
 def _as_radius(radius: object) -> tuple[np.ndarray, bool]:
     """Return radii as a 1-D float array and whether a scalar was given."""
     array = np.asarray(radius, dtype=np.float64)
@@ -157,8 +129,8 @@ def label_probability_bounds(counts: object, n: int, alpha: float) -> tuple[np.n
         raise ValueError(f"counts must have shape (N, c) or (c,) with c >= 1, got shape {array.shape}")
     if np.isnan(array).any():
         raise ValueError("counts contains NaN")
-    n = _check_int(n, "n", 1)
-    alpha = _check_alpha(alpha)
+    n = check_int(n, "n", 1)
+    alpha = check_alpha(alpha)
     if (array != np.round(array)).any():
         raise ValueError("counts must be whole numbers")
     if (array < 0).any() or (array > n).any():
@@ -314,9 +286,9 @@ def certified_radii(
     """
     lower_arr, upper_arr, mask, single = _check_bounds(lower, upper, labels)
     c = lower_arr.shape[1]
-    k = _check_int(k, "k", 1, c)
-    k_prime = _check_int(k_prime, "k_prime", 1, c)
-    sigma = _check_positive(sigma, "sigma")
+    k = check_int(k, "k", 1, c)
+    k_prime = check_int(k_prime, "k_prime", 1, c)
+    sigma = check_positive(sigma, "sigma")
     t = np.zeros((lower_arr.shape[0], k))
     for start in range(0, lower_arr.shape[0], _ROWS_PER_CHUNK):  # bounds the memory of the term tables
         rows = slice(start, start + _ROWS_PER_CHUNK)
@@ -399,8 +371,8 @@ def jia_certified_radii(
     """
     lower_arr, upper_arr, mask, single = _check_bounds(lower, upper, labels)
     num, c = lower_arr.shape
-    k = _check_int(k, "k", 1, c)
-    sigma = _check_positive(sigma, "sigma")
+    k = check_int(k, "k", 1, c)
+    sigma = check_positive(sigma, "sigma")
     if k_prime != 1:
         raise ValueError(f"k_prime must be 1 for the Jia et al. baseline (a top-1 base classifier), got {k_prime}")
     radii = np.zeros((num, c))
@@ -482,7 +454,7 @@ def certified_metrics(sizes: object, labels: object, k: int) -> CertifiedMetrics
     if mask.ndim != 2 or mask.shape[0] != sizes_arr.shape[0]:
         raise ValueError(f"labels must have shape (N, c) with N = {sizes_arr.shape[0]}, got {mask.shape}")
     mask = _as_label_mask(mask, mask.shape)
-    k = _check_int(k, "k", 1, mask.shape[1])
+    k = check_int(k, "k", 1, mask.shape[1])
     if sizes_arr.shape[0] == 0:
         raise ValueError("sizes must hold at least one input")
     d = mask.sum(axis=1).astype(np.float64)

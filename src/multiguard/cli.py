@@ -144,10 +144,11 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     from . import runs
+    from .distributed import init_distributed
     from .pipeline import ProgressPrinter, certify_checkpoint
 
     shard = runs.parse_shard(args.shard)
-    context = runs.init_distributed(args.device)
+    context = init_distributed(args.device)
     try:
         where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
         if shard[1] > 1:

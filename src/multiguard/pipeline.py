@@ -20,6 +20,7 @@ import numpy as np
 
 from . import report as _report
 from . import runs as _runs
+from .distributed import DistributedContext, init_distributed
 
 __all__ = [
     "DemoResult",
@@ -134,20 +135,20 @@ def certify_checkpoint(
     device: str | None = "auto",
     shard: tuple[int, int] = (0, 1),
     resume: bool = False,
-    context: _runs.DistributedContext | None = None,
+    context: DistributedContext | None = None,
     progress: Callable[[_runs.RunProgress], None] | None = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
 
     ``sigma`` defaults to the training sigma, ``max_k_prime`` to min(5, number of classes), the dataset,
-    root and split to the checkpoint's test split. ``context`` is a :func:`multiguard.runs.init_distributed`
+    root and split to the checkpoint's test split. ``context`` is a :func:`multiguard.distributed.init_distributed`
     context (made here from ``device`` when ``None``, and closed again).
     """
     from .smoothing import MultiGuard
     from .train import load_checkpoint
 
     own_context = context is None
-    context = context or _runs.init_distributed(device)
+    context = context or init_distributed(device)
     try:
         checkpoint = Path(checkpoint)
         model, meta = load_checkpoint(checkpoint, device=context.device)

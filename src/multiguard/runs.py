@@ -30,11 +30,9 @@ of splitting the work gives bit-identical counts on the same device type.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,18 +41,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, create_exclusive_json, file_sha256
+
 __all__ = [
     "IDENTITY_FIELDS",
-    "DistributedContext",
     "Run",
+    "SingleProcess",
     "RunProgress",
     "RunResult",
     "atomic_write_bytes",
     "atomic_write_json",
     "certify_run",
     "file_sha256",
-    "init_distributed",
     "is_run",
+    "load_batch",
     "load_run",
     "parse_shard",
     "select_inputs",
@@ -96,84 +96,6 @@ class Sampler(Protocol):
 
 
 # ------------------------------------------------------------------------------------------- files
-
-
-_MODE: list[int] = []
-
-
-def _file_mode() -> int:
-    """Permissions of a new file under the process's umask (mkstemp would make it private)."""
-    if not _MODE:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        _MODE.append(0o666 & ~umask)
-    return _MODE[0]
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Readers see either the old file or the whole new one, never a partial write (also after ``kill -9``).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _create_exclusive_json(path: Path, obj: Any) -> bool:
-    """Create ``path`` holding ``obj`` unless it exists; True if this call created it (atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)  # fails if path exists: the first writer wins
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # file systems without hard links
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-            return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (identifies the checkpoint a run was sampled from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -226,12 +148,13 @@ def _num_chunks(num_inputs: int, chunk_size: int) -> int:
     return -(-num_inputs // chunk_size)
 
 
-# ------------------------------------------------------------------------------------- distributed
+# ---------------------------------------------------------------------------------------- processes
 
 
 @dataclass(frozen=True)
-class DistributedContext:
-    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+class SingleProcess:
+    """The place of a process that works alone: rank 0 of 1 (see :class:`multiguard.distributed.DistributedContext`
+    for torchrun jobs, which has the same attributes and methods)."""
 
     rank: int = 0
     world_size: int = 1
@@ -240,67 +163,14 @@ class DistributedContext:
     initialized: bool = False
 
     def barrier(self) -> None:
-        """Wait for every rank (no-op without torch.distributed)."""
-        if self.initialized:
-            import torch.distributed as dist
-
-            dist.barrier()
+        """Wait for every rank: nothing to wait for."""
 
     def all_gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order (``[obj]`` without torch.distributed)."""
-        if not self.initialized:
-            return [obj]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, obj)
-        return gathered
+        """Every rank's ``obj``, in rank order: ``[obj]``."""
+        return [obj]
 
     def close(self) -> None:
-        """Tear down the process group this context created."""
-        if self.initialized:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def init_distributed(device: str | None = None) -> DistributedContext:
-    """Join the torch.distributed job torchrun started, if any, and pick this rank's device.
-
-    Without torchrun (``WORLD_SIZE`` unset or 1) this returns rank 0 of 1 on ``device`` (default: ``cuda``
-    if available, else ``cpu``). Under torchrun every rank uses one GPU, ``cuda:LOCAL_RANK``, and the NCCL
-    backend; on CPU it uses gloo. The process group is only used for barriers and to gather timings:
-    every rank writes its own chunk files into the same RUN_DIR (a shared file system across nodes).
-    """
-    import torch
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device_type = torch.device(device).type
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available")
-    if world_size <= 1:
-        return DistributedContext(device=str(device))
-    import torch.distributed as dist
-
-    if device_type == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
-        backend = "nccl"
-    else:
-        backend = "gloo"
-    if not dist.is_initialized():
-        kwargs: dict[str, Any] = {"backend": backend}
-        if backend == "nccl":
-            kwargs["device_id"] = torch.device(device)
-        dist.init_process_group(**kwargs)
-    return DistributedContext(
-        rank=rank, world_size=world_size, local_rank=local_rank, device=str(device), initialized=True
-    )
+        """Nothing to tear down."""
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -369,9 +239,9 @@ def _prepare_run_dir(
             raise ValueError(f"out: {run_dir} is not empty and holds no MultiGuard run ({METADATA} is missing)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CHUNKS).mkdir(exist_ok=True)
-    created = _create_exclusive_json(meta_path, metadata)
+    created = create_exclusive_json(meta_path, metadata)
     if created:
-        _atomic_write_npz(run_dir / INPUTS, indices=indices)
+        atomic_write_npz(run_dir / INPUTS, indices=indices)
         return metadata
     existing = json.loads(meta_path.read_text())
     if not resume and not joining:
@@ -381,7 +251,7 @@ def _prepare_run_dir(
         raise ValueError(f"resume: {run_dir} was made with different settings ({mismatch})")
     inputs_path = run_dir / INPUTS
     if not inputs_path.exists():  # killed between metadata and inputs: the indices follow from the metadata
-        _atomic_write_npz(inputs_path, indices=indices)
+        atomic_write_npz(inputs_path, indices=indices)
     else:
         with np.load(inputs_path) as stored:
             if not np.array_equal(stored["indices"], indices):
@@ -407,15 +277,19 @@ def _chunk_ok(path: Path, indices: np.ndarray, max_k_prime: int, num_classes: in
     return num_classes is None or counts.shape[2] == num_classes
 
 
-def _load_batch(dataset: Any, indices: np.ndarray) -> tuple[Any, np.ndarray]:
-    import torch
+def load_batch(dataset: Any, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs and label masks of ``dataset[i]`` for each i: ``(images (m, *shape), labels (m, c) bool)``.
 
+    The one batch loader of runs, attacks and predictions: any indexable dataset whose items are
+    ``(image, multi-hot labels)`` (tensors or arrays) works. Images are stacked as NumPy arrays (no torch
+    needed here; the sampler turns them into tensors).
+    """
     images, labels = [], []
     for index in indices:
         image, label = dataset[int(index)]
-        images.append(torch.as_tensor(image))
-        labels.append(np.asarray(torch.as_tensor(label).detach().cpu()) > 0.5)
-    return torch.stack(images), np.stack(labels)
+        images.append(np.asarray(image))
+        labels.append(np.asarray(label) > 0.5)
+    return np.stack(images), np.stack(labels)
 
 
 def certify_run(
@@ -432,7 +306,7 @@ def certify_run(
     metadata: dict[str, Any] | None = None,
     resume: bool = False,
     shard: tuple[int, int] = (0, 1),
-    context: DistributedContext | None = None,
+    context: SingleProcess | None = None,
     progress: Callable[[RunProgress], None] | None = None,
 ) -> RunResult:
     """Sample counts for a fixed random subset of ``dataset`` into ``run_dir``, chunk by chunk.
@@ -454,7 +328,8 @@ def certify_run(
         resume: continue a run that already exists in ``run_dir`` (its metadata must agree).
         shard: ``(I, N)``: this job does only the chunks of shard I of N (``--shard I/N``). Shards of one run
             may share RUN_DIR at the same time; they need no ``resume`` to join it.
-        context: the torch.distributed context (:func:`init_distributed`); ranks split each shard's chunks.
+        context: where this process stands in a torchrun job (:func:`multiguard.distributed.init_distributed`;
+            default: a single process); ranks split each shard's chunks.
         progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
             every chunk this process finishes.
 
@@ -463,7 +338,7 @@ def certify_run(
         written and ``metadata.json`` gains ``complete``, the total sampling ``wall_time_s`` and devices.
     """
     run_dir = Path(run_dir)
-    context = context or DistributedContext()
+    context = context or SingleProcess()
     n = int(n)
     max_k_prime = int(max_k_prime)
     chunk_size = int(chunk_size)
@@ -547,7 +422,7 @@ def certify_run(
         chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
         path = _chunk_path(run_dir, chunk)
         chunk_start = time.perf_counter()
-        images, labels = _load_batch(dataset, chunk_indices)
+        images, labels = load_batch(dataset, chunk_indices)
         counts = sampler.sample_counts(
             images,
             n,
@@ -563,7 +438,7 @@ def certify_run(
         if counts.shape != expected:
             raise ValueError(f"sampler returned counts of shape {counts.shape}, expected {expected}")
         seconds = time.perf_counter() - chunk_start
-        _atomic_write_npz(
+        atomic_write_npz(
             path,
             start=np.int64(chunk * chunk_size),
             indices=chunk_indices,
@@ -613,7 +488,7 @@ def _finalize(run_dir: Path) -> tuple[bool, dict[str, Any]]:
     if merged is None:
         return False, meta
     indices, labels, counts, seconds, devices = merged
-    _atomic_write_npz(run_dir / COUNTS, indices=indices, labels=labels, counts=counts)
+    atomic_write_npz(run_dir / COUNTS, indices=indices, labels=labels, counts=counts)
     meta.update(
         complete=True,
         completed_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -20,40 +20,18 @@ and CPU generators give different numbers).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import certify as _certify
-from .certify import _check_alpha, _check_int, _check_positive
+from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
+from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
+from .validation import check_alpha, check_bool, check_int, check_interval, check_positive, invalid
 
 __all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed", "smoothed_top_k"]
-
-NOISE_BLOCK = 100
-"""Samples per noise block. Each block is drawn whole (a partly used last block is still drawn in full),
-so that every sample's noise is the same however the samples are split into forward batches. 100 divides
-the usual n (100, 1000, 2000, 10000) and the default batch size, so nothing is wasted there."""
-
-STREAM_ESTIMATION = 0
-"""Noise stream of :meth:`MultiGuard.sample_counts`, :meth:`MultiGuard.certify` and the n estimation samples
-of :meth:`MultiGuard.predict`."""
-STREAM_SELECTION = 1
-"""Noise stream of the n0 selection samples of :meth:`MultiGuard.predict`, independent of the other one."""
-
-
-def noise_seed(seed: int, index: int, block: int, stream: int = STREAM_ESTIMATION) -> int:
-    """The 64-bit seed of one noise block: ``SeedSequence(seed, spawn_key=(stream, index, block))``.
-
-    NumPy's SeedSequence hashes all four integers into a well-mixed state, so distinct tuples give
-    statistically independent torch generators. The global RNG is never touched.
-    """
-    sequence = np.random.SeedSequence(seed, spawn_key=(stream, index, block))
-    return int(sequence.generate_state(1, np.uint64)[0])
-
 
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
     """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
@@ -64,38 +42,8 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _as_batch(x: object) -> torch.Tensor:
-    """``x`` as a CPU-or-device tensor without copying where possible; the batch axis comes first."""
-    if isinstance(x, torch.Tensor):
-        tensor = x.detach()
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"x must be a tensor or an array, got {type(x).__name__}: {error}") from None
-    if tensor.ndim < 1:
-        raise ValueError("x must have a batch dimension: shape (N, *input_shape)")
-    if tensor.is_complex():
-        raise ValueError(f"x must hold real numbers, got dtype {tensor.dtype}")
-    return tensor
-
-
-def _as_index(index: object, num_inputs: int) -> np.ndarray:
-    if index is None:
-        return np.arange(num_inputs, dtype=np.int64)
-    if isinstance(index, torch.Tensor):
-        index = index.detach().cpu().numpy()
-    array = np.asarray(index)
-    if array.ndim != 1 or array.shape[0] != num_inputs:
-        raise ValueError(f"index must have shape ({num_inputs},) to match x's batch dimension, got {array.shape}")
-    if num_inputs and array.dtype.kind not in "iu":
-        raise ValueError(f"index must hold integers, got dtype {array.dtype}")
-    if num_inputs and array.min() < 0:
-        raise ValueError("index must hold non-negative integers")
-    return array.astype(np.int64)
-
-
-def _as_label_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarray:
+def as_label_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarray:
+    """``labels`` as a bool ``(N, c)`` mask (a tensor or array of bools, or of 0 and 1)."""
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     mask = np.asarray(labels)
@@ -209,56 +157,6 @@ class Prediction:
 # ----------------------------------------------------------------------------------------------- the class
 
 
-def _module_state(model: object) -> tuple[torch.device | None, torch.dtype | None]:
-    if isinstance(model, torch.nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
-            if tensor.is_floating_point():
-                return tensor.device, tensor.dtype
-        for tensor in (*model.parameters(), *model.buffers()):
-            return tensor.device, None
-    return None, None
-
-
-@contextlib.contextmanager
-def _eval_mode(model: object) -> Iterator[None]:
-    """Every submodule in eval mode inside, each one's own training flag restored afterwards."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _top_k_prime(scores: torch.Tensor, num_k: int) -> torch.Tensor:
-    """``(B, num_k)`` indices of the num_k highest scores of each row, in order, ties to the lower label index.
-
-    The reference is a stable descending sort (equal scores keep label order; ``torch.topk`` makes no
-    promise about ties). On the CPU, where a data-dependent branch costs no device sync, the cheaper
-    ``topk`` of num_k + 1 values is used when those values are all distinct in every row of the batch: the
-    top num_k labels and their order are then unique, so both agree exactly.
-    """
-    if scores.device.type == "cpu":
-        values, indices = torch.topk(scores, min(num_k + 1, scores.shape[1]), dim=1, sorted=True)
-        if not bool((values[:, 1:] == values[:, :-1]).any()):
-            return indices[:, :num_k]
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :num_k]
-
-
-def _start_host_copy(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """Copy to the host; on CUDA without blocking (pinned memory) and with an event to wait on later."""
-    if tensor.device.type == "cuda":
-        host = tensor.to("cpu", non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        return host, event
-    return tensor.cpu(), None
-
-
 class MultiGuard:
     """A provably robust multi-label classifier built from any base classifier by randomized smoothing.
 
@@ -297,31 +195,23 @@ class MultiGuard:
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
-        self.sigma = _check_positive(sigma, "sigma")
-        self.k_prime = _check_int(k_prime, "k_prime", 1, self.num_classes)
-        if clamp is not None:
-            try:
-                lo, hi = (float(bound) for bound in clamp)
-            except (TypeError, ValueError):
-                raise ValueError(f"clamp must be None or a pair (lo, hi), got {clamp!r}") from None
-            if not lo < hi:
-                raise ValueError(f"clamp must satisfy lo < hi, got {clamp!r}")
-            clamp = (lo, hi)
-        self.clamp = clamp
+        self.num_classes = check_int(num_classes, "num_classes", 1)
+        self.sigma = check_positive(sigma, "sigma")
+        self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
+        self.clamp = check_interval(clamp, "clamp")
         if autocast_dtype is not None and (
             not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point
         ):
-            raise ValueError(f"autocast_dtype must be None or a floating torch.dtype, got {autocast_dtype!r}")
+            raise invalid("autocast_dtype", "None or a floating torch.dtype", autocast_dtype)
         self.autocast_dtype = autocast_dtype
         self.channels_last = bool(channels_last)
 
-        module_device, module_dtype = _module_state(model)
+        module_device, module_dtype = module_device_dtype(model)
         if device is not None:
             try:
                 self.device = torch.device(device)
             except (TypeError, RuntimeError):
-                raise ValueError(f"device must name a torch device, got {device!r}") from None
+                raise invalid("device", "a torch device", device) from None
             if isinstance(model, torch.nn.Module):
                 model.to(self.device)
         else:
@@ -330,6 +220,10 @@ class MultiGuard:
         if self.channels_last and isinstance(model, torch.nn.Module):
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.engine = SamplingEngine(
+            model, self.num_classes, self.sigma, clamp=self.clamp, device=self.device, dtype=self.dtype,
+            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -366,8 +260,9 @@ class MultiGuard:
             ``max_k_prime = K`` int64 ``(N, K, c)`` where ``[i, j-1]`` are the counts for k' = j (each sums
             to ``n * j``).
         """
-        num_k = self.k_prime if max_k_prime is None else _check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
-        counts = self._sample(x, n, seed, index, batch_size, num_k, STREAM_ESTIMATION, progress)
+        num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
+        counts = self.engine.count(x, n, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
+                                   stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
 
     def certify(
@@ -397,12 +292,12 @@ class MultiGuard:
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`.
         """
-        alpha = _check_alpha(alpha)
-        k = _check_int(k, "k", 1, self.num_classes)
-        tensor = _as_batch(x)
-        mask = _as_label_mask(labels, tensor.shape[0], self.num_classes)
-        counts = self._sample(tensor, n, seed, index, batch_size, self.k_prime, STREAM_ESTIMATION, progress)
-        counts = counts[:, self.k_prime - 1]
+        alpha = check_alpha(alpha)
+        k = check_int(k, "k", 1, self.num_classes)
+        tensor = as_batch(x)
+        mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
+        counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size, num_k=self.k_prime,
+                                   stream=STREAM_ESTIMATION, progress=progress)[:, self.k_prime - 1]
         lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
@@ -446,22 +341,21 @@ class MultiGuard:
         Returns:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` and ``radii`` float ``(N, k)``.
         """
-        k = _check_int(k, "k", 1, self.num_classes)
-        n0 = _check_int(n0, "n0", 1)
-        n = _check_int(n, "n", 1)
-        alpha = _check_alpha(alpha)
-        tensor = _as_batch(x)
-        index_arr = _as_index(index, tensor.shape[0])
-        self._check_sampling_args(n, seed, batch_size, progress)  # before the first forward pass
-        selection = self._sample(tensor, n0, seed, index_arr, batch_size, self.k_prime, STREAM_SELECTION, progress)[
-            :, self.k_prime - 1
-        ]
+        k = check_int(k, "k", 1, self.num_classes)
+        n0 = check_int(n0, "n0", 1)
+        n = check_int(n, "n", 1)
+        alpha = check_alpha(alpha)
+        tensor = as_batch(x)
+        index_arr = as_index(index, tensor.shape[0])
+        check_int(seed, "seed", 0)  # before the first forward pass
+        check_int(batch_size, "batch_size", 1)
+        check_bool(progress, "progress")
+        common = dict(seed=seed, index=index_arr, batch_size=batch_size, num_k=self.k_prime, progress=progress)
+        selection = self.engine.count(tensor, n0, stream=STREAM_SELECTION, **common)[:, self.k_prime - 1]
         top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
-        counts = self._sample(tensor, n, seed, index_arr, batch_size, self.k_prime, STREAM_ESTIMATION, progress)[
-            :, self.k_prime - 1
-        ]
+        counts = self.engine.count(tensor, n, stream=STREAM_ESTIMATION, **common)[:, self.k_prime - 1]
         lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
@@ -478,167 +372,3 @@ class MultiGuard:
             n=n,
             alpha=alpha,
         )
-
-    # ------------------------------------------------------------------------------------------ engine
-
-    @staticmethod
-    def _check_sampling_args(n: object, seed: object, batch_size: object, progress: object) -> None:
-        _check_int(n, "n", 1)
-        _check_int(seed, "seed", 0)
-        _check_int(batch_size, "batch_size", 1)
-        if not isinstance(progress, (bool, np.bool_)):
-            raise ValueError(f"progress must be True or False, got {progress!r}")
-
-    def _sample(
-        self,
-        x: object,
-        n: int,
-        seed: int,
-        index: object,
-        batch_size: int,
-        num_k: int,
-        stream: int,
-        progress: bool,
-    ) -> np.ndarray:
-        """Cumulative top-k' counts ``(N, num_k, c)`` for k' = 1..num_k from n samples per input.
-
-        The samples of all inputs form one stream cut into forward batches of ``batch_size``; a batch may
-        hold the tail of one input and the head of the next. Counts accumulate on the device in a ring of
-        slots (one per input that a batch can touch) and each input's row goes to the host once, when its
-        last sample has been counted.
-        """
-        self._check_sampling_args(n, seed, batch_size, progress)
-        n, seed, batch_size = int(n), int(seed), int(batch_size)
-        tensor = _as_batch(x)
-        num_inputs = tensor.shape[0]
-        index_arr = _as_index(index, num_inputs)
-        c = self.num_classes
-        out = np.zeros((num_inputs, num_k, c), dtype=np.int64)
-        if num_inputs == 0:
-            return out
-
-        device, dtype = self.device, self.dtype
-        input_shape = tuple(tensor.shape[1:])
-        batch_size = min(batch_size, n * num_inputs)
-        slots = -(-batch_size // n) + 1  # inputs a batch can touch, plus the one carried over
-        width = num_k * c + 1  # per slot: position-p counts of every label, then the non-finite count
-        dummy = slots * width  # bin for finite samples' non-finite flag
-        position_offsets = torch.arange(num_k, device=device) * c
-
-        buffer = torch.empty((batch_size, *input_shape), dtype=dtype, device=device)
-        block = torch.empty((NOISE_BLOCK, *input_shape), dtype=dtype, device=device)
-        block_key: tuple[int, int] | None = None
-        generator = torch.Generator(device=device)
-        accumulator = torch.zeros(slots * width + 1, dtype=torch.int64, device=device)
-        per_slot = accumulator[:dummy].view(slots, width)
-        ones = torch.ones(batch_size * (num_k + 1), dtype=torch.int64, device=device)
-        pending: tuple[list[int], torch.Tensor, torch.cuda.Event | None] | None = None
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        checked_shape = False
-
-        with (
-            torch.inference_mode(),
-            _eval_mode(self.model),
-            tqdm(total=num_inputs, disable=not progress, unit="input", desc="sampling") as bar,
-        ):
-            position, done = 0, 0  # current input and how many of its samples are already in a batch
-            while position < num_inputs:
-                segments: list[tuple[int, int, int, int]] = []  # (input, first sample, end sample, offset)
-                filled = 0
-                while filled < batch_size and position < num_inputs:
-                    take = min(n - done, batch_size - filled)
-                    segments.append((position, done, done + take, filled))
-                    filled += take
-                    done += take
-                    if done == n:
-                        position, done = position + 1, 0
-
-                for i, start, stop, offset in segments:
-                    # Noise of samples [start, stop) of input i, block by block, written into the buffer.
-                    for b in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
-                        lo, hi = max(start, b * NOISE_BLOCK), min(stop, (b + 1) * NOISE_BLOCK)
-                        target = buffer[offset + lo - start : offset + hi - start]
-                        if hi - lo == NOISE_BLOCK:
-                            generator.manual_seed(noise_seed(seed, int(index_arr[i]), b, stream))
-                            target.normal_(generator=generator)
-                        else:  # a block cut by the batch boundary or by n: draw it whole, keep the part
-                            if block_key != (i, b):
-                                generator.manual_seed(noise_seed(seed, int(index_arr[i]), b, stream))
-                                block.normal_(generator=generator)
-                                block_key = (i, b)
-                            target.copy_(block[lo - b * NOISE_BLOCK : hi - b * NOISE_BLOCK])
-                    row = tensor[i].to(device=device, dtype=dtype, non_blocking=True)
-                    chunk = buffer[offset : offset + stop - start]
-                    chunk.mul_(self.sigma).add_(row)
-
-                batch = buffer[:filled]
-                if self.clamp is not None:
-                    batch.clamp_(*self.clamp)
-                if self.channels_last and batch.ndim == 4:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    scores = self.model(batch)
-                if not checked_shape:
-                    if not isinstance(scores, torch.Tensor):
-                        raise ValueError(f"model must return a tensor, returned {type(scores).__name__}")
-                    if tuple(scores.shape) != (filled, c):
-                        raise ValueError(
-                            f"model returned {tuple(scores.shape)}, expected ({filled}, {c}) "
-                            "(scores of shape (batch, num_classes))"
-                        )
-                    checked_shape = True
-                elif tuple(scores.shape) != (filled, c):
-                    raise ValueError(f"model returned {tuple(scores.shape)}, expected ({filled}, {c})")
-
-                order = _top_k_prime(scores, num_k)
-                first = segments[0][0] * n + segments[0][1]  # the batch's first sample in the whole stream
-                samples = torch.arange(first, first + filled, device=device)
-                base = torch.div(samples, n, rounding_mode="floor").remainder_(slots).mul_(width)
-                label_bins = (base[:, None] + position_offsets[None, :] + order).reshape(-1)
-                finite = torch.isfinite(scores).all(dim=1)
-                flag_bins = torch.where(finite, dummy, base + num_k * c)
-                bins = torch.cat((label_bins, flag_bins))
-                accumulator.index_put_((bins,), ones[: bins.numel()], accumulate=True)
-
-                # Inputs whose last sample was in this batch leave the ring: their rows are copied out and
-                # the slots zeroed on the device, then sent to the host without waiting for them. The
-                # previous batch's rows are read only now, so a GPU keeps working on this batch meanwhile.
-                previous, pending = pending, None
-                finished = [i for i, _, stop, _ in segments if stop == n]
-                if finished:
-                    finished_slots = torch.arange(finished[0], finished[-1] + 1, device=device).remainder_(slots)
-                    snapshot = per_slot.index_select(0, finished_slots)
-                    per_slot.index_fill_(0, finished_slots, 0)
-                    pending = (finished, *_start_host_copy(snapshot))
-                if previous is not None:
-                    self._finish(previous, out, index_arr, n, num_k, bar)
-            if pending is not None:
-                self._finish(pending, out, index_arr, n, num_k, bar)
-        return out
-
-    @staticmethod
-    def _finish(
-        pending: tuple[list[int], torch.Tensor, torch.cuda.Event | None],
-        out: np.ndarray,
-        index_arr: np.ndarray,
-        n: int,
-        num_k: int,
-        bar: tqdm,
-    ) -> None:
-        """Wait for finished inputs' rows to reach the host, check them and store cumulative counts."""
-        finished, host, event = pending
-        if event is not None:
-            event.synchronize()
-        rows = host.numpy()
-        for i, row in zip(finished, rows, strict=True):
-            if row[-1]:
-                raise ValueError(
-                    f"model returned non-finite scores for input {i} (index {index_arr[i]}) "
-                    f"in {row[-1]} of its {n} noisy samples"
-                )
-            out[i] = np.cumsum(row[:-1].reshape(num_k, -1), axis=0)
-        bar.update(len(finished))

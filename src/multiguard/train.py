@@ -30,9 +30,9 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,8 +46,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__
 from .data import DATASETS, get_dataset
+from .devices import resolve_device
+from .files import atomic_write_bytes
 from .losses import make_loss
 from .models import create_model
+from .seeds import training_seed
 
 __all__ = ["CHECKPOINT_MARKER", "evaluate_map", "load_checkpoint", "read_checkpoint", "train"]
 
@@ -59,24 +62,6 @@ _RESUME_KEYS = (
     "dataset", "arch", "sigma", "clamp", "loss", "lr", "batch_size", "seed", "image_size",
     "train_split", "train_size", "num_classes",
 )  # fmt: skip
-
-_TAGS = {"init": 1, "epoch": 2, "eval_noise": 3, "subset_train": 4, "subset_test": 5}
-
-
-def _derived_seed(seed: int, tag: str, index: int = 0) -> int:
-    """A 63-bit seed derived from ``(seed, tag, index)``."""
-    state = np.random.SeedSequence([seed, _TAGS[tag], index]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: not a torch device: {device!r}") from exc
-
 
 def _fork_rng(device: torch.device):
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -141,9 +126,9 @@ def evaluate_map(
 
     The noise comes from a generator seeded from ``seed``; the model is put in eval mode.
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model.eval()
-    generator = torch.Generator(device=device).manual_seed(_derived_seed(seed, "eval_noise"))
+    generator = torch.Generator(device=device).manual_seed(training_seed(seed, "eval_noise"))
     order = torch.arange(len(dataset))
     all_scores, all_labels = [], []
     for images, labels in _batches(dataset, order, batch_size, num_workers):
@@ -169,22 +154,17 @@ def _check(value: Any, name: str, kind: type, low: float, low_inclusive: bool = 
 def _subset(dataset: Dataset, size: int | None, seed: int, tag: str) -> Dataset:
     if size is None or size >= len(dataset):
         return dataset
-    generator = torch.Generator().manual_seed(_derived_seed(seed, tag))
+    generator = torch.Generator().manual_seed(training_seed(seed, tag))
     indices = torch.randperm(len(dataset), generator=generator)[:size].sort().values
     return Subset(dataset, indices.tolist())
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Serialise ``obj`` with ``torch.save`` and write it through the package's one atomic writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -226,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = _build(meta)
     model.load_state_dict(checkpoint["state_dict"])
     model.class_names = list(meta["class_names"])
-    return model.to(_resolve_device(device)).eval(), meta
+    return model.to(resolve_device(device)).eval(), meta
 
 
 def train(
@@ -351,7 +331,7 @@ def _train(
         if value is not None:
             _check(value, name, int, 1)
     criterion = make_loss(loss)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     out_path = Path(out) if out is not None else None
     if resume and out_path is None:
         raise ValueError("resume: needs out, the checkpoint to continue")
@@ -408,7 +388,7 @@ def _train(
     }
 
     with _fork_rng(device):
-        torch.manual_seed(_derived_seed(seed, "init"))
+        torch.manual_seed(training_seed(seed, "init"))
         model = create_model(arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
                              pretrained=pretrained, mean=mean, std=std).to(device)
     meta["mean"], meta["std"] = model.mean, model.std
@@ -432,12 +412,12 @@ def _train(
     for epoch in range(meta["epoch"] + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
-        order_gen = torch.Generator().manual_seed(_derived_seed(seed, "epoch", epoch))
-        noise_gen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "epoch", epoch))
+        order_gen = torch.Generator().manual_seed(training_seed(seed, "epoch", epoch))
+        noise_gen = torch.Generator(device=device).manual_seed(training_seed(seed, "epoch", epoch))
         order = torch.randperm(len(train_set), generator=order_gen)
         total, count = 0.0, 0
         with _fork_rng(device):
-            torch.manual_seed(_derived_seed(seed, "epoch", epoch) ^ 0x5EED)  # dropout etc. of the model
+            torch.manual_seed(training_seed(seed, "epoch", epoch) ^ 0x5EED)  # dropout etc. of the model
             bar = tqdm(_batches(train_set, order, batch_size, num_workers), total=steps,
                        desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
             for images, labels in bar:
