@@ -18,9 +18,9 @@ from multiguard.attack import (
     attack_smoothed,
     evaluation_seed,
     load_empirical,
-    run_attack,
     smoothed_top_k,
 )
+from multiguard.pipeline import run_attack
 from multiguard.smoothing import MultiGuard
 
 # A linear toy: label 0 scores z_0, label 1 scores -z_0, label 2 scores z_1 - 0.5. At x = (0.4, 0) with

@@ -21,7 +21,9 @@ and of any certification run), the smoothed top-k taken on the counts (ties by l
 
 Usage::
 
-    from multiguard.attack import attack_smoothed, run_attack, load_empirical
+    from multiguard.attack import attack_smoothed
+    from multiguard.pipeline import run_attack
+    from multiguard.empirical import load_empirical
 
     result = attack_smoothed(model, x, labels, radius=0.5, k=3, k_prime=1, sigma=0.5, n=1000)
     result.sizes          # int64 (N,): |L ∩ smoothed top-k(x + delta)| from n fresh samples
@@ -33,21 +35,15 @@ Usage::
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import certify as _certify
+from .empirical import EMPIRICAL_COLUMNS, EmpiricalCurves, load_empirical
 from .engine import as_batch, as_index, eval_mode
-from .files import atomic_write_bytes
 from .seeds import STREAM_ATTACK, attack_evaluation_seed, noise_seed
 from .smoothing import MultiGuard, as_label_mask, smoothed_top_k
 from .validation import check_float, check_int, check_interval
@@ -55,21 +51,12 @@ from .validation import check_float, check_int, check_interval
 __all__ = [
     "EMPIRICAL_COLUMNS",
     "AttackResult",
-    "AttackRun",
     "EmpiricalCurves",
     "attack_smoothed",
     "evaluation_seed",
     "load_empirical",
-    "run_attack",
     "smoothed_top_k",
 ]
-
-EMPIRICAL_COLUMNS: tuple[str, ...] = ("radius", "precision", "recall", "f1", "num_inputs")
-"""The columns of ``ATTACK_DIR/empirical.csv``, in order (metrics as fractions in [0, 1])."""
-
-EMPIRICAL_CSV = "empirical.csv"
-PER_INPUT = "per_input.npz"
-SETTINGS = "attack.json"
 
 evaluation_seed = attack_evaluation_seed  # the name this module has always exported
 
@@ -317,223 +304,3 @@ def attack_smoothed(
         sigma=smoother.sigma,
         n=n,
     )
-
-
-# ----------------------------------------------------------------------------------------------- ATTACK_DIR
-
-
-@dataclass(frozen=True, eq=False)
-class EmpiricalCurves:
-    """The contents of ``ATTACK_DIR``: empirical precision / recall / F1 under attack, one value per radius.
-
-    ``radius``, ``precision``, ``recall``, ``f1`` are float ``(R,)`` arrays (fractions in [0, 1]);
-    ``num_inputs`` the number of inputs averaged; ``settings`` the dict of ``attack.json`` (k, k_prime, sigma,
-    n, alpha, steps, samples, seed, checkpoint, dataset, ... and, when certified sizes were computed, the
-    per-radius count of inputs whose empirical size fell below their certified size).
-    """
-
-    radius: np.ndarray
-    precision: np.ndarray
-    recall: np.ndarray
-    f1: np.ndarray
-    num_inputs: int
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def metric(self, name: str) -> np.ndarray:
-        """The ``precision``, ``recall`` or ``f1`` array."""
-        if name not in ("precision", "recall", "f1"):
-            raise ValueError(f"name must be precision, recall or f1, got {name!r}")
-        return getattr(self, name)
-
-
-@dataclass(frozen=True, eq=False)
-class AttackRun:
-    """What :func:`run_attack` computed and wrote.
-
-    Attributes:
-        out_dir: the ATTACK_DIR.
-        curves: the empirical curves (as :func:`load_empirical` reads them back).
-        indices: int64 ``(N,)`` dataset indices attacked; labels: bool ``(N, c)``.
-        sizes: int64 ``(N, R)`` empirical ``|L ∩ top-k|`` under attack at each radius.
-        certified: int64 ``(N, R)`` certified sizes of the same inputs (``None`` without ``certify``).
-        violations: int64 ``(R,)``: inputs with ``sizes < certified`` at each radius (``None`` likewise).
-        delta_norms: float ``(N, R)``.
-    """
-
-    out_dir: Path
-    curves: EmpiricalCurves
-    indices: np.ndarray
-    labels: np.ndarray
-    sizes: np.ndarray
-    certified: np.ndarray | None
-    violations: np.ndarray | None
-    delta_norms: np.ndarray
-
-
-def _as_radii(radii: object) -> np.ndarray:
-    if isinstance(radii, str):
-        try:
-            radii = [float(part) for part in radii.split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(f"radii must be comma-separated numbers, got {radii!r}") from None
-    array = np.atleast_1d(np.asarray(radii, dtype=np.float64))
-    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all() or (array < 0).any():
-        raise ValueError(f"radii must be a non-empty list of finite radii >= 0, got {radii!r}")
-    return array
-
-
-def run_attack(
-    checkpoint_path: str | os.PathLike[str],
-    *,
-    out_dir: str | os.PathLike[str],
-    radii: Sequence[float] | np.ndarray | str,
-    k: int,
-    k_prime: int = 1,
-    dataset: str | None = None,
-    data_root: str | os.PathLike[str] | None = None,
-    split: str | None = None,
-    num_inputs: int | None = 100,
-    steps: int = 20,
-    samples: int = 32,
-    n: int = 1000,
-    alpha: float = 0.001,
-    seed: int = 0,
-    sigma: float | None = None,
-    step_size: float | None = None,
-    temperature: float = 1.0,
-    certify: bool = True,
-    batch_size: int = 1000,
-    device: str | torch.device = "cpu",
-    log: Callable[[str], None] | None = None,
-) -> AttackRun:
-    """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
-
-    The inputs are the ones a certify run with the same ``seed`` and ``num_inputs`` certifies
-    (:func:`multiguard.runs.select_inputs`), with their dataset indices as noise indices; dataset, root, split
-    and sigma default to the checkpoint's (as ``multiguard certify``). L is the ground truth.
-
-    Writes (each atomically: a temporary name in ``out_dir``, then a rename):
-
-    - ``empirical.csv``: columns :data:`EMPIRICAL_COLUMNS` = ``radius,precision,recall,f1,num_inputs``, one
-      row per radius, the metrics of :func:`multiguard.certify.certified_metrics` on the empirical sizes;
-    - ``per_input.npz``: ``indices, labels, radii, sizes, delta_norms`` and, with ``certify``, ``certified``;
-    - ``attack.json``: the settings and, with ``certify``, ``violations`` (per radius, inputs whose empirical
-      size fell below the certified one: each is a certificate failure, of probability at most alpha, or
-      Monte Carlo error of the measurement).
-
-    With ``certify`` the certified sizes come from n samples at ``x`` drawn exactly as a certify run with this
-    ``seed`` draws them (bounds at ``alpha``, Theorem 1 with k and k').
-    """
-    from .pipeline import dataset_for_checkpoint
-    from .runs import select_inputs
-    from .train import load_checkpoint
-
-    radii_arr = _as_radii(radii)
-    k = check_int(k, "k", 1)
-    k_prime = check_int(k_prime, "k_prime", 1)
-    n = check_int(n, "n", 1)
-    seed = check_int(seed, "seed", 0)
-    if not 0 < float(alpha) < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    log = log or (lambda line: None)
-    out = Path(out_dir)
-    model, meta = load_checkpoint(checkpoint_path, device=device)
-    data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
-    num_classes = int(meta["num_classes"])
-    if k > num_classes or k_prime > num_classes:
-        raise ValueError(f"k and k_prime must be <= the number of classes ({num_classes}), got {k} and {k_prime}")
-    sigma = float(meta["sigma"]) if sigma is None else check_float(sigma, "sigma", 0.0, low_open=True)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma} (the checkpoint was trained without noise: pass sigma)")
-    clamp = (0.0, 1.0) if meta.get("clamp") else None
-    smoother = MultiGuard(model, num_classes, sigma, k_prime=k_prime, clamp=clamp, device=device)
-    indices = select_inputs(len(data), num_inputs, seed)
-    images, masks = [], []
-    for i in indices:
-        image, label = data[int(i)]
-        images.append(torch.as_tensor(image))
-        masks.append(np.asarray(torch.as_tensor(label)) > 0.5)
-    x = torch.stack(images)
-    labels = np.stack(masks)
-    out.mkdir(parents=True, exist_ok=True)
-
-    certified = violations = None
-    if certify:
-        counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
-        lower, upper = _certify.label_probability_bounds(counts, n, alpha)
-        certified = _certify.certified_intersection_size(
-            lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
-        )
-    sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
-    norms = np.zeros((len(indices), radii_arr.size))
-    for j, radius in enumerate(radii_arr):
-        result = attack_smoothed(
-            smoother, x, labels, radius=float(radius), k=k, steps=steps, samples=samples, n=n, seed=seed,
-            index=indices, step_size=step_size, temperature=temperature, batch_size=batch_size,
-        )
-        sizes[:, j] = result.sizes
-        norms[:, j] = result.deltas.reshape(len(indices), -1).double().norm(dim=1).numpy()
-        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {result.sizes.mean():.3f} over {len(indices)} inputs")
-    if certified is not None:
-        violations = (sizes < certified).sum(axis=0).astype(np.int64)
-
-    metrics = _certify.certified_metrics(sizes, labels, k)
-    curves = EmpiricalCurves(
-        radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
-        f1=np.asarray(metrics.f1), num_inputs=int(len(indices)),
-    )
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(EMPIRICAL_COLUMNS)
-    for j, radius in enumerate(radii_arr):
-        writer.writerow([repr(float(radius)), repr(float(curves.precision[j])), repr(float(curves.recall[j])),
-                         repr(float(curves.f1[j])), curves.num_inputs])
-    arrays: dict[str, np.ndarray] = dict(indices=indices, labels=labels, radii=radii_arr, sizes=sizes,
-                                         delta_norms=norms)
-    if certified is not None:
-        arrays["certified"] = certified
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    settings = {
-        "checkpoint": os.fspath(checkpoint_path),
-        **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
-        "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
-        "alpha": float(alpha), "seed": seed, "eval_seed": evaluation_seed(seed), "steps": steps, "samples": samples,
-        "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
-        "radii": radii_arr.tolist(),
-        "violations": None if violations is None else violations.tolist(),
-    }  # fmt: skip
-    atomic_write_bytes(out / PER_INPUT, buffer.getvalue())
-    atomic_write_bytes(out / SETTINGS, (json.dumps(settings, indent=2) + "\n").encode())
-    atomic_write_bytes(out / EMPIRICAL_CSV, text.getvalue().encode())  # last: its presence means a complete dir
-    return AttackRun(
-        out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
-        labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,
-    )
-
-
-def load_empirical(attack_dir: str | os.PathLike[str]) -> EmpiricalCurves:
-    """Read ``ATTACK_DIR/empirical.csv`` (and ``attack.json`` when present) written by :func:`run_attack`.
-
-    Raises ValueError naming the file if it is missing or its columns are not :data:`EMPIRICAL_COLUMNS`.
-    """
-    folder = Path(attack_dir)
-    path = folder / EMPIRICAL_CSV
-    if not path.is_file():
-        raise ValueError(f"attack_dir: no {EMPIRICAL_CSV} in {folder} (run `multiguard attack --out {folder}`)")
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        rows = [row for row in reader if row]
-    if header is None or tuple(header) != EMPIRICAL_COLUMNS:
-        raise ValueError(f"attack_dir: {path} has columns {header}, expected {','.join(EMPIRICAL_COLUMNS)}")
-    try:
-        table = np.array([[float(value) for value in row] for row in rows], dtype=np.float64).reshape(-1, 5)
-    except ValueError:
-        raise ValueError(f"attack_dir: {path} holds a value that is not a number") from None
-    settings: dict[str, Any] = {}
-    if (folder / SETTINGS).is_file():
-        settings = json.loads((folder / SETTINGS).read_text())
-    num_inputs = int(table[0, 4]) if len(table) else 0
-    return EmpiricalCurves(radius=table[:, 0], precision=table[:, 1], recall=table[:, 2], f1=table[:, 3],
-                           num_inputs=num_inputs, settings=settings)

@@ -215,16 +215,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    import torch
+    from .pipeline import run_attack
 
-    from .attack import run_attack
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     result = run_attack(
         args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
         dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
-        certify=not args.no_certify, batch_size=args.batch_size, device=device,
+        certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else _echo,
     )
     curves = result.curves
@@ -308,6 +305,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``multiguard`` command."""
     from . import __version__
+    from .methods import METHODS
 
     parser = argparse.ArgumentParser(
         prog="multiguard",
@@ -416,9 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", default="0:3:0.05", help="radius grid START:STOP:STEP or a comma list")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
-    p.add_argument("--methods", nargs="+", default=["multiguard", "multiguard-first-terms", "jia"], metavar="METHOD",
-                   choices=["multiguard", "multiguard-first-terms", "jia"],
-                   help="any of multiguard, multiguard-first-terms, jia (jia only where k' = 1)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),
+                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
     p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
                    help="overlay the empirical curves of multiguard attack runs")

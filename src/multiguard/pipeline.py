@@ -1,5 +1,5 @@
 """The steps the command line and the demo share: checkpoint -> RUN_DIR, checkpoint + images -> predictions,
-and the offline demo (train -> certify -> report on the embedded multidigits dataset).
+checkpoint -> ATTACK_DIR, and the offline demo (train -> certify -> report on the embedded multidigits dataset).
 
 Each function glues library pieces together (:mod:`multiguard.train` checkpoints, :mod:`multiguard.data`,
 :class:`multiguard.smoothing.MultiGuard`, :mod:`multiguard.runs`, :mod:`multiguard.report`) and reports
@@ -17,18 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from . import certify as _certify
 from . import report as _report
 from . import runs as _runs
+from .attack import attack_smoothed
+from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+from .devices import resolve_device
 from .distributed import DistributedContext, init_distributed
+from .empirical import EmpiricalCurves, write_attack_dir
+from .seeds import attack_evaluation_seed
+from .validation import RunMismatchError, check_alpha, check_int
 
 __all__ = [
+    "AttackRun",
     "DemoResult",
     "ImagePrediction",
     "ProgressPrinter",
     "certify_checkpoint",
-    "dataset_for_checkpoint",
     "predict_images",
+    "run_attack",
     "run_demo",
 ]
 
@@ -72,52 +81,6 @@ class ProgressPrinter:
 # ------------------------------------------------------------------------------------------ certify
 
 
-def dataset_for_checkpoint(
-    meta: dict[str, Any],
-    *,
-    dataset: str | None = None,
-    data_root: str | os.PathLike[str] | None = None,
-    split: str | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """The dataset split to certify a checkpoint on, rebuilt as the checkpoint saw it.
-
-    Defaults come from the checkpoint: its dataset, data root and test split. The images get the model's
-    image size; multidigits is rebuilt from the training seed and size (the images are a function of them).
-    Returns ``(dataset, description)`` with the fields a run records (dataset, data_root, split,
-    dataset_options, image_size).
-    """
-    from .data import get_dataset
-
-    name = dataset or meta["dataset"]
-    same = name == meta["dataset"]
-    root = data_root if data_root is not None else (meta.get("data_root") if same else None)
-    split = split or (meta.get("test_split") if same else None)
-    options: dict[str, Any] = dict(meta.get("dataset_options") or {}) if same else {}
-    seed = int(meta.get("seed", 0))
-    if name == "multidigits" and same:
-        sizes = {meta.get("test_split"): meta.get("test_size"), meta.get("train_split"): meta.get("train_size")}
-        if sizes.get(split) and "size" not in options:
-            options["size"] = int(sizes[split])
-    data = get_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, **options)
-    num_classes = len(data.class_names)
-    if num_classes != int(meta["num_classes"]):
-        raise ValueError(
-            f"dataset: {name} has {num_classes} classes but the checkpoint's model predicts {meta['num_classes']}"
-        )
-    options_record = dict(options)
-    if name == "multidigits":
-        options_record["seed"] = seed
-    info = {
-        "dataset": name,
-        "data_root": None if root is None else os.fspath(root),
-        "split": getattr(data, "split", split),
-        "dataset_options": options_record,
-        "image_size": int(meta["image_size"]),
-        "class_names": list(data.class_names),
-    }
-    return data, info
-
-
 def certify_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -144,9 +107,6 @@ def certify_checkpoint(
     root and split to the checkpoint's test split. ``context`` is a :func:`multiguard.distributed.init_distributed`
     context (made here from ``device`` when ``None``, and closed again).
     """
-    from .smoothing import MultiGuard
-    from .train import load_checkpoint
-
     own_context = context is None
     context = context or init_distributed(device)
     try:
@@ -154,18 +114,10 @@ def certify_checkpoint(
         model, meta = load_checkpoint(checkpoint, device=context.device)
         data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
         num_classes = int(meta["num_classes"])
-        if max_k_prime is None:
-            max_k_prime = min(5, num_classes)
-        if not 1 <= int(max_k_prime) <= num_classes:
-            raise ValueError(f"max_k_prime must be between 1 and the number of classes ({num_classes}), "
-                             f"got {max_k_prime}")
-        sigma = float(meta["sigma"]) if sigma is None else float(sigma)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0 to certify, got {sigma}")
-        clamp = (0.0, 1.0) if meta.get("clamp") else None
-        smoother = MultiGuard(model, num_classes, sigma, clamp=clamp, device=context.device)
-        import torch
-
+        max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
+                                num_classes, high_label="the number of classes")
+        smoother = smoothed_from_checkpoint(model, meta, sigma=sigma, device=context.device)
+        sigma, clamp = smoother.sigma, smoother.clamp
         metadata = {
             **info,
             "checkpoint": os.fspath(checkpoint),
@@ -182,7 +134,7 @@ def certify_checkpoint(
             sampler=smoother,
             dataset=data,
             n=n,
-            max_k_prime=int(max_k_prime),
+            max_k_prime=max_k_prime,
             seed=seed,
             num_inputs=num_inputs,
             chunk_size=chunk_size,
@@ -237,30 +189,167 @@ def predict_images(
     With probability at least ``1 - alpha`` per image, at least e of the returned labels stay among the
     smoothed classifier's top k under any perturbation of l2 norm below ``radii[e-1]`` (pixels in [0, 1]).
     """
-    import torch
-
     from .data import load_image
-    from .smoothing import MultiGuard
-    from .train import load_checkpoint
 
     if not images:
         raise ValueError("images: name at least one image file")
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
-    model, meta = load_checkpoint(checkpoint, device=device_name)
+    model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     num_classes = int(meta["num_classes"])
-    if not 1 <= int(k) <= num_classes:
-        raise ValueError(f"k must be between 1 and the number of classes ({num_classes}), got {k}")
+    k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
     batch = torch.stack([load_image(path, size, channels) for path in images])
-    sigma = float(meta["sigma"]) if sigma is None else float(sigma)
-    clamp = (0.0, 1.0) if meta.get("clamp") else None
-    smoother = MultiGuard(model, num_classes, sigma, k_prime=k_prime, clamp=clamp, device=device_name)
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
     names = list(meta["class_names"])
     return [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]])
         for i, path in enumerate(images)
     ]
+
+
+# ------------------------------------------------------------------------------------------- attack
+
+
+@dataclass(frozen=True, eq=False)
+class AttackRun:
+    """What :func:`run_attack` computed and wrote.
+
+    Attributes:
+        out_dir: the ATTACK_DIR.
+        curves: the empirical curves (as :func:`load_empirical` reads them back).
+        indices: int64 ``(N,)`` dataset indices attacked; labels: bool ``(N, c)``.
+        sizes: int64 ``(N, R)`` empirical ``|L ∩ top-k|`` under attack at each radius.
+        certified: int64 ``(N, R)`` certified sizes of the same inputs (``None`` without ``certify``).
+        violations: int64 ``(R,)``: inputs with ``sizes < certified`` at each radius (``None`` likewise).
+        delta_norms: float ``(N, R)``.
+    """
+
+    out_dir: Path
+    curves: EmpiricalCurves
+    indices: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+    certified: np.ndarray | None
+    violations: np.ndarray | None
+    delta_norms: np.ndarray
+
+
+def _as_radii(radii: object) -> np.ndarray:
+    if isinstance(radii, str):
+        try:
+            radii = [float(part) for part in radii.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"radii must be comma-separated numbers, got {radii!r}") from None
+    array = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all() or (array < 0).any():
+        raise ValueError(f"radii must be a non-empty list of finite radii >= 0, got {radii!r}")
+    return array
+
+
+def run_attack(
+    checkpoint_path: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str],
+    radii: Sequence[float] | np.ndarray | str,
+    k: int,
+    k_prime: int = 1,
+    dataset: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    num_inputs: int | None = 100,
+    steps: int = 20,
+    samples: int = 32,
+    n: int = 1000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    sigma: float | None = None,
+    step_size: float | None = None,
+    temperature: float = 1.0,
+    certify: bool = True,
+    batch_size: int = 1000,
+    device: str | torch.device = "auto",
+    log: Callable[[str], None] | None = None,
+) -> AttackRun:
+    """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
+
+    The inputs are the ones a certify run with the same ``seed`` and ``num_inputs`` certifies
+    (:func:`multiguard.runs.select_inputs`), with their dataset indices as noise indices; dataset, root, split
+    and sigma default to the checkpoint's (as ``multiguard certify``). L is the ground truth.
+
+    Writes (each atomically: a temporary name in ``out_dir``, then a rename):
+
+    - ``empirical.csv``: columns :data:`EMPIRICAL_COLUMNS` = ``radius,precision,recall,f1,num_inputs``, one
+      row per radius, the metrics of :func:`multiguard.certify.certified_metrics` on the empirical sizes;
+    - ``per_input.npz``: ``indices, labels, radii, sizes, delta_norms`` and, with ``certify``, ``certified``;
+    - ``attack.json``: the settings and, with ``certify``, ``violations`` (per radius, inputs whose empirical
+      size fell below the certified one: each is a certificate failure, of probability at most alpha, or
+      Monte Carlo error of the measurement).
+
+    With ``certify`` the certified sizes come from n samples at ``x`` drawn exactly as a certify run with this
+    ``seed`` draws them (bounds at ``alpha``, Theorem 1 with k and k').
+    """
+    radii_arr = _as_radii(radii)
+    k = check_int(k, "k", 1)
+    k_prime = check_int(k_prime, "k_prime", 1)
+    n = check_int(n, "n", 1)
+    seed = check_int(seed, "seed", 0)
+    alpha = check_alpha(alpha)
+    log = log or (lambda line: None)
+    out = Path(out_dir)
+    device = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint_path, device=device)
+    data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
+    num_classes = int(meta["num_classes"])
+    k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
+    k_prime = check_int(k_prime, "k_prime", 1, num_classes, high_label="the number of classes")
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
+    sigma, clamp = smoother.sigma, smoother.clamp
+    indices = _runs.select_inputs(len(data), num_inputs, seed)
+    x, labels = _runs.load_batch(data, indices)
+
+    certified = violations = None
+    if certify:
+        counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
+        lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        certified = _certify.certified_intersection_size(
+            lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
+        )
+    sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
+    norms = np.zeros((len(indices), radii_arr.size))
+    for j, radius in enumerate(radii_arr):
+        result = attack_smoothed(
+            smoother, x, labels, radius=float(radius), k=k, steps=steps, samples=samples, n=n, seed=seed,
+            index=indices, step_size=step_size, temperature=temperature, batch_size=batch_size,
+        )
+        sizes[:, j] = result.sizes
+        norms[:, j] = result.deltas.reshape(len(indices), -1).double().norm(dim=1).numpy()
+        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {result.sizes.mean():.3f} over {len(indices)} inputs")
+    if certified is not None:
+        violations = (sizes < certified).sum(axis=0).astype(np.int64)
+
+    metrics = _certify.certified_metrics(sizes, labels, k)
+    curves = EmpiricalCurves(
+        radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
+        f1=np.asarray(metrics.f1), num_inputs=int(len(indices)),
+    )
+    arrays: dict[str, np.ndarray] = dict(indices=indices, labels=labels, radii=radii_arr, sizes=sizes,
+                                         delta_norms=norms)
+    if certified is not None:
+        arrays["certified"] = certified
+    settings = {
+        "checkpoint": os.fspath(checkpoint_path),
+        **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
+        "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
+        "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,
+        "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
+        "radii": radii_arr.tolist(),
+        "violations": None if violations is None else violations.tolist(),
+    }  # fmt: skip
+    write_attack_dir(out, curves, arrays, settings)
+    return AttackRun(
+        out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
+        labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,
+    )
 
 
 # --------------------------------------------------------------------------------------------- demo
@@ -337,9 +426,7 @@ def run_demo(
     )
     try:
         result = certify_checkpoint(checkpoint, run_dir, resume=True, **certify_args)
-    except ValueError as exc:
-        if not _runs.is_run(run_dir) or not str(exc).startswith("resume:"):
-            raise
+    except RunMismatchError as exc:
         echo(f"      {run_dir} holds a run with other settings ({exc}); starting it over")
         shutil.rmtree(run_dir)
         result = certify_checkpoint(checkpoint, run_dir, resume=False, **certify_args)

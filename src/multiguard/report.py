@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from . import certify
-from .runs import Run, atomic_write_bytes, load_run
+from .empirical import load_empirical
+from .files import atomic_write_bytes
+from .methods import METHODS as _METHODS
+from .runs import Run, load_run
 
 __all__ = [
     "CSV_COLUMNS",
@@ -62,23 +65,18 @@ CSV_COLUMNS: tuple[str, ...] = (
     "f1",
     "num_inputs",
 )
-METHODS: tuple[str, ...] = ("multiguard", "multiguard-first-terms", "jia")
+METHODS: tuple[str, ...] = tuple(_METHODS)  # the registered certification methods (multiguard.methods)
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
 DEFAULT_RADII = "0:3:0.05"
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
-METHOD_LABELS = {
-    "multiguard": "MultiGuard",
-    "multiguard-first-terms": "MultiGuard, first terms only",
-    "jia": "Jia et al.",
-    "attack": "Empirical under PGD attack",
-}
+METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "Empirical under PGD attack"}
 METRIC_LABELS = {
     "precision": "Certified top-k precision@R",
     "recall": "Certified top-k recall@R",
     "f1": "Certified top-k f1-score@R",
 }
-_LINESTYLES = {"multiguard": "-", "multiguard-first-terms": "--", "jia": ":"}
+_LINESTYLES = {name: method.linestyle for name, method in _METHODS.items()}
 
 
 @dataclass
@@ -213,22 +211,9 @@ def compute_curves(
                 lower, upper = certify.label_probability_bounds(run.counts_for(int(kp)), run.n, float(a))
                 for kk in k:
                     for method in methods:
-                        if method == "jia":
-                            if int(kp) != 1:
-                                continue
-                            radii = certify.jia_certified_radii(lower, upper, labels, k=int(kk), sigma=run.sigma)
-                            sizes = certify.jia_intersection_size_from_radii(radii, radius)
-                        else:
-                            radii = certify.certified_radii(
-                                lower,
-                                upper,
-                                labels,
-                                k=int(kk),
-                                k_prime=int(kp),
-                                sigma=run.sigma,
-                                second_terms=method == "multiguard",
-                            )
-                            sizes = certify.intersection_size_from_radii(radii, radius)
+                        if _METHODS[method].k_prime_one_only and int(kp) != 1:
+                            continue
+                        sizes = _METHODS[method].sizes(lower, upper, labels, int(kk), int(kp), run.sigma, radius)
                         metrics = certify.certified_metrics(sizes, labels, int(kk))
                         curves.append(
                             Curve(
@@ -460,8 +445,6 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
     """The empirical curve of an ATTACK_DIR written by ``multiguard attack``, as a :class:`Curve` (method
     ``attack``) to overlay on the certified ones: an upper bound on robustness where the certificate is a
     lower one."""
-    from .attack import load_empirical
-
     empirical = load_empirical(attack_dir)
     settings = empirical.settings
     try:

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, create_exclusive_json, file_sha256
+from .validation import RunMismatchError
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -248,14 +249,14 @@ def _prepare_run_dir(
         raise ValueError(f"out: {run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
     mismatch = _identity_mismatch(existing, metadata)
     if mismatch is not None:
-        raise ValueError(f"resume: {run_dir} was made with different settings ({mismatch})")
+        raise RunMismatchError(f"resume: {run_dir} was made with different settings ({mismatch})")
     inputs_path = run_dir / INPUTS
     if not inputs_path.exists():  # killed between metadata and inputs: the indices follow from the metadata
         atomic_write_npz(inputs_path, indices=indices)
     else:
         with np.load(inputs_path) as stored:
             if not np.array_equal(stored["indices"], indices):
-                raise ValueError(f"resume: {run_dir} certifies other inputs than the arguments select")
+                raise RunMismatchError(f"resume: {run_dir} certifies other inputs than the arguments select")
     return existing
 
 
@@ -385,15 +386,16 @@ def certify_run(
     joining = num_shards > 1 or context.world_size > 1
 
     # Rank 0 creates (or checks) the RUN_DIR first, so the others find it and only check.
-    error: str | None = None
+    error: tuple[bool, str] | None = None  # (a settings mismatch?, the message)
     if context.rank == 0:
         try:
             _prepare_run_dir(run_dir, wanted, indices, resume=resume, joining=joining)
         except ValueError as exc:
-            error = str(exc)
+            error = (isinstance(exc, RunMismatchError), str(exc))
     errors = context.all_gather(error)
     if errors[0] is not None:
-        raise ValueError(errors[0])
+        mismatch, message = errors[0]
+        raise (RunMismatchError if mismatch else ValueError)(message)
     if context.rank != 0:
         _prepare_run_dir(run_dir, wanted, indices, resume=True, joining=True)
     if not joining:  # a single process owns the run: clean temporary files a killed session left behind

@@ -35,6 +35,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +46,81 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import __version__
+from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, load_checkpoint, read_checkpoint
 from .data import DATASETS, get_dataset
 from .devices import resolve_device
 from .files import atomic_write_bytes
 from .losses import make_loss
 from .models import create_model
 from .seeds import training_seed
+from .validation import check_float, check_int
 
 __all__ = ["CHECKPOINT_MARKER", "evaluate_map", "load_checkpoint", "read_checkpoint", "train"]
 
-CHECKPOINT_MARKER = "multiguard_checkpoint"
-CHECKPOINT_FORMAT = 1
 
-# Settings a resumed run must share with the checkpoint it continues.
-_RESUME_KEYS = (
-    "dataset", "arch", "sigma", "clamp", "loss", "lr", "batch_size", "seed", "image_size",
-    "train_split", "train_size", "num_classes",
-)  # fmt: skip
+def _resume(**kwargs: Any) -> Any:
+    """A settings field a resumed training must share with the checkpoint it continues."""
+    return field(metadata={"resume": True}, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What :func:`train` trains: each field checked once, here; the ``resume`` fields must match on resume.
+
+    The fields are :func:`train`'s arguments of the same names (see there); ``dataset_options`` is a dict of
+    extra :func:`multiguard.data.get_dataset` options.
+    """
+
+    dataset: str = _resume(default="multidigits")
+    data_root: str | None = None
+    arch: str = _resume(default="small_cnn")
+    sigma: float = _resume(default=0.5)
+    epochs: int = 8
+    batch_size: int = _resume(default=32)
+    lr: float = _resume(default=1e-3)
+    loss: str = _resume(default="asl")
+    clamp: bool = _resume(default=False)
+    seed: int = _resume(default=0)
+    image_size: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    train_split: str | None = None
+    test_split: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known datasets are {sorted(DATASETS)}")
+        set_ = object.__setattr__
+        set_(self, "sigma", check_float(self.sigma, "sigma", 0.0))
+        set_(self, "epochs", check_int(self.epochs, "epochs", 1))
+        set_(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
+        set_(self, "lr", check_float(self.lr, "lr", 0.0, low_open=True))
+        set_(self, "seed", check_int(self.seed, "seed", 0))
+        set_(self, "num_workers", check_int(self.num_workers, "num_workers", 0))
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                set_(self, name, check_int(getattr(self, name), name, 1))
+        set_(self, "clamp", bool(self.clamp))
+        set_(self, "dataset_options", dict(self.dataset_options or {}))
+        for name in ("data_root", "pretrained"):
+            if getattr(self, name) is not None:
+                set_(self, name, os.fspath(getattr(self, name)))
+
+    @classmethod
+    def resume_fields(cls) -> tuple[str, ...]:
+        """The fields a resumed training must share with its checkpoint (as stored in its metadata)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("resume"))
+
+
+# Metadata keys, beyond TrainSettings.resume_fields(), that a resume compares: they follow from the settings
+# and the data (a resumed run must see the same split and classes).
+_DERIVED_RESUME_KEYS = ("image_size", "train_split", "train_size", "num_classes")
+
 
 def _fork_rng(device: torch.device):
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -138,19 +197,6 @@ def evaluate_map(
     return mean_average_precision(torch.cat(all_labels).numpy(), torch.cat(all_scores).numpy())
 
 
-def _check(value: Any, name: str, kind: type, low: float, low_inclusive: bool = True) -> Any:
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value >= low if low_inclusive else value > low
-    if not ok:
-        sign = ">=" if low_inclusive else ">"
-        raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'} {sign} {low}, "
-                         f"got {value!r}")
-    return float(value) if kind is float else value
-
-
 def _subset(dataset: Dataset, size: int | None, seed: int, tag: str) -> Dataset:
     if size is None or size >= len(dataset):
         return dataset
@@ -165,48 +211,6 @@ def _save_atomic(obj: dict, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict (keys ``multiguard_checkpoint``, ``state_dict``, ``optimizer``, ``meta``).
-
-    Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint: no such file: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (cannot load it: {reason})") from exc
-    if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
-        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
-    if obj[CHECKPOINT_MARKER] > CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint: {path} has format {obj[CHECKPOINT_MARKER]}, newer than this "
-                         f"MultiGuard ({__version__}) reads ({CHECKPOINT_FORMAT})")
-    return obj
-
-
-def _build(meta: dict) -> nn.Module:
-    return create_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["in_channels"],
-                        mean=meta["mean"], std=meta["std"])
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model saved by :func:`train`.
-
-    Returns ``(model, meta)``: the model in eval mode on ``device``, taking images
-    ``(N, in_channels, image_size, image_size)`` in [0, 1] and returning logits ``(N, num_classes)``;
-    ``meta`` the checkpoint's metadata (see :func:`train`). Raises ValueError naming the file if it is
-    not a MultiGuard checkpoint.
-    """
-    checkpoint = read_checkpoint(path)
-    meta = checkpoint["meta"]
-    model = _build(meta)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.class_names = list(meta["class_names"])
-    return model.to(resolve_device(device)).eval(), meta
 
 
 def train(
@@ -279,57 +283,39 @@ def train(
         metrics, train_seconds, updated``; ``metrics`` a list with one dict per epoch: ``epoch,
         train_loss, clean_map, noisy_map, seconds``.
     """
+    settings = TrainSettings(
+        dataset=dataset, data_root=data_root, arch=arch, sigma=sigma, epochs=epochs, batch_size=batch_size, lr=lr,
+        loss=loss, clamp=clamp, seed=seed, image_size=image_size, train_size=train_size, test_size=test_size,
+        train_split=train_split, test_split=test_split, dataset_options=dataset_options or {},
+        pretrained=pretrained, mean=mean, std=std, num_workers=num_workers,
+    )
     if num_threads is not None:
-        _check(num_threads, "num_threads", int, 1)
+        num_threads = check_int(num_threads, "num_threads", 1)
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(**{k: v for k, v in locals().items() if k not in ("num_threads", "previous_threads")})
+        return _train(settings, out=out, resume=resume, device=device, progress=progress, log=log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(
-    dataset: str,
-    data_root: str | os.PathLike | None,
-    arch: str,
-    sigma: float,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    loss: str,
-    clamp: bool,
-    seed: int,
+    settings: TrainSettings,
+    *,
     out: str | os.PathLike | None,
     resume: bool,
     device: str | torch.device,
     progress: bool,
-    image_size: int | None,
-    train_size: int | None,
-    test_size: int | None,
-    train_split: str | None,
-    test_split: str | None,
-    dataset_options: dict[str, Any] | None,
-    pretrained: str | os.PathLike | None,
-    mean: list[float] | None,
-    std: list[float] | None,
-    num_workers: int,
     log: Callable[[str], None] | None,
 ) -> tuple[nn.Module, dict]:
     from tqdm.auto import tqdm
 
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {dataset!r}; known datasets are {sorted(DATASETS)}")
-    sigma = _check(sigma, "sigma", float, 0.0)
-    epochs = _check(epochs, "epochs", int, 1)
-    batch_size = _check(batch_size, "batch_size", int, 1)
-    lr = _check(lr, "lr", float, 0.0, low_inclusive=False)
-    seed = _check(seed, "seed", int, 0)
-    num_workers = _check(num_workers, "num_workers", int, 0)
-    for value, name in ((train_size, "train_size"), (test_size, "test_size")):
-        if value is not None:
-            _check(value, name, int, 1)
+    s = settings
+    dataset, data_root, arch, sigma, epochs = s.dataset, s.data_root, s.arch, s.sigma, s.epochs
+    batch_size, lr, loss, clamp, seed = s.batch_size, s.lr, s.loss, s.clamp, s.seed
+    image_size, train_size, test_size = s.image_size, s.train_size, s.test_size
+    train_split, test_split, pretrained, num_workers = s.train_split, s.test_split, s.pretrained, s.num_workers
     criterion = make_loss(loss)
     device = resolve_device(device)
     out_path = Path(out) if out is not None else None
@@ -341,7 +327,7 @@ def _train(
     info = DATASETS[dataset]
     train_split = info.train_split if train_split is None else train_split
     test_split = info.test_split if test_split is None else test_split
-    options = dict(dataset_options or {})
+    options = dict(s.dataset_options)
     common = {"root": data_root, "image_size": image_size, "seed": seed}
     if dataset == "multidigits":
         train_set = get_dataset(dataset, split=train_split, **common, **options,
@@ -363,7 +349,7 @@ def _train(
         "multiguard_version": __version__,
         "torch_version": str(torch.__version__),
         "dataset": dataset,
-        "data_root": None if data_root is None else os.fspath(data_root),
+        "data_root": data_root,
         "dataset_options": options,
         "train_split": train_split,
         "test_split": test_split,
@@ -374,7 +360,7 @@ def _train(
         "arch": arch,
         "image_size": int(base_train.image_size),
         "in_channels": int(getattr(base_train, "in_channels", 3)),
-        "pretrained": None if pretrained is None else os.fspath(pretrained),
+        "pretrained": pretrained,
         "sigma": sigma,
         "clamp": bool(clamp),
         "loss": loss,
@@ -390,7 +376,7 @@ def _train(
     with _fork_rng(device):
         torch.manual_seed(training_seed(seed, "init"))
         model = create_model(arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
-                             pretrained=pretrained, mean=mean, std=std).to(device)
+                             pretrained=pretrained, mean=s.mean, std=s.std).to(device)
     meta["mean"], meta["std"] = model.mean, model.std
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -398,7 +384,8 @@ def _train(
         checkpoint = read_checkpoint(out_path)
         saved = checkpoint["meta"]
         different = [f"{key}: saved {saved.get(key)!r}, now {meta[key]!r}"
-                     for key in _RESUME_KEYS if saved.get(key) != meta[key]]
+                     for key in dict.fromkeys((*TrainSettings.resume_fields(), *_DERIVED_RESUME_KEYS))
+                     if saved.get(key) != meta[key]]
         if different:
             raise ValueError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
         model.load_state_dict(checkpoint["state_dict"])

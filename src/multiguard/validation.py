@@ -62,10 +62,6 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
         if high is not None:
             top = f"{high_label} ({high})" if high_label else str(high)
             constraint = f"between {low} and {top}" if low is not None else f"an integer <= {top}"
-        elif low == 1:
-            constraint = "a positive integer"
-        elif low == 0:
-            constraint = "a non-negative integer"
         else:
             constraint = f"an integer >= {low}"
         raise invalid(name, constraint, number)

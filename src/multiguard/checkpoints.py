@@ -1,0 +1,142 @@
+"""Checkpoints: reading what :func:`multiguard.train.train` saved, and rebuilding from it the model, its
+dataset split and the smoothed classifier. The one way from a checkpoint file to a :class:`MultiGuard`.
+
+A checkpoint is a ``torch.save`` dict with keys ``multiguard_checkpoint`` (the format version),
+``state_dict``, ``optimizer`` and ``meta`` (everything needed to rebuild the model and its data: arch,
+num_classes, image_size, in_channels, mean, std, class_names, dataset, data_root, splits, sigma, clamp, ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .data import get_dataset
+from .devices import resolve_device
+from .models import create_model
+from .smoothing import MultiGuard
+from .validation import check_positive
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_MARKER",
+    "dataset_for_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "smoothed_from_checkpoint",
+]
+
+CHECKPOINT_MARKER = "multiguard_checkpoint"
+CHECKPOINT_FORMAT = 1
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict (keys ``multiguard_checkpoint``, ``state_dict``, ``optimizer``, ``meta``).
+
+    Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint: no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (cannot load it: {reason})") from exc
+    if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
+        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
+    if obj[CHECKPOINT_MARKER] > CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint: {path} has format {obj[CHECKPOINT_MARKER]}, newer than this "
+                         f"MultiGuard ({__version__}) reads ({CHECKPOINT_FORMAT})")
+    return obj
+
+
+def _build(meta: dict) -> nn.Module:
+    """The untrained model the metadata describes."""
+    return create_model(meta["arch"], meta["num_classes"], meta["image_size"], meta["in_channels"],
+                        mean=meta["mean"], std=meta["std"])
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved by :func:`train`.
+
+    Returns ``(model, meta)``: the model in eval mode on ``device``, taking images
+    ``(N, in_channels, image_size, image_size)`` in [0, 1] and returning logits ``(N, num_classes)``;
+    ``meta`` the checkpoint's metadata (see :func:`train`). Raises ValueError naming the file if it is
+    not a MultiGuard checkpoint.
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint["meta"]
+    model = _build(meta)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.class_names = list(meta["class_names"])
+    return model.to(resolve_device(device)).eval(), meta
+
+
+def dataset_for_checkpoint(
+    meta: dict[str, Any],
+    *,
+    dataset: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The dataset split to certify a checkpoint on, rebuilt as the checkpoint saw it.
+
+    Defaults come from the checkpoint: its dataset, data root and test split. The images get the model's
+    image size; multidigits is rebuilt from the training seed and size (the images are a function of them).
+    Returns ``(dataset, description)`` with the fields a run records (dataset, data_root, split,
+    dataset_options, image_size).
+    """
+    name = dataset or meta["dataset"]
+    same = name == meta["dataset"]
+    root = data_root if data_root is not None else (meta.get("data_root") if same else None)
+    split = split or (meta.get("test_split") if same else None)
+    options: dict[str, Any] = dict(meta.get("dataset_options") or {}) if same else {}
+    seed = int(meta.get("seed", 0))
+    if name == "multidigits" and same:
+        sizes = {meta.get("test_split"): meta.get("test_size"), meta.get("train_split"): meta.get("train_size")}
+        if sizes.get(split) and "size" not in options:
+            options["size"] = int(sizes[split])
+    data = get_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, **options)
+    num_classes = len(data.class_names)
+    if num_classes != int(meta["num_classes"]):
+        raise ValueError(
+            f"dataset: {name} has {num_classes} classes but the checkpoint's model predicts {meta['num_classes']}"
+        )
+    options_record = dict(options)
+    if name == "multidigits":
+        options_record["seed"] = seed
+    info = {
+        "dataset": name,
+        "data_root": None if root is None else os.fspath(root),
+        "split": getattr(data, "split", split),
+        "dataset_options": options_record,
+        "image_size": int(meta["image_size"]),
+        "class_names": list(data.class_names),
+    }
+    return data, info
+
+
+def smoothed_from_checkpoint(
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    k_prime: int = 1,
+    sigma: float | None = None,
+    device: str | torch.device | None = None,
+) -> MultiGuard:
+    """The smoothed classifier of a loaded checkpoint: its model, class count and clamp, with the training
+    sigma unless ``sigma`` is given (a checkpoint trained without noise needs one)."""
+    sigma = float(meta["sigma"]) if sigma is None else sigma
+    if not sigma > 0:
+        raise ValueError(
+            f"sigma must be > 0 to smooth, got {sigma:g} (the checkpoint was trained without noise: pass --sigma)"
+        )
+    clamp = (0.0, 1.0) if meta.get("clamp") else None
+    return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
+                      clamp=clamp, device=None if device is None else resolve_device(device))
