@@ -1,6 +1,6 @@
 """A plain-loop transcription of the paper's Theorem 1 and of the Jia et al. baseline, for cross-checks.
 
-Written straight from NOTES.md with scalar Python arithmetic (no NumPy in the math), one input, one e', one
+Written straight from docs/certificate.md with scalar Python arithmetic (no NumPy in the math), one input, one e', one
 radius at a time: slow and obviously right. The tests compare the vectorised ``multiguard.certify`` against
 it, and ``benchmarks/bench_certify.py`` times against it.
 """
@@ -96,7 +96,7 @@ def radius(lower, upper, labels, *, k, k_prime, sigma, e_prime, second_terms=Tru
 
 
 def jia_radius(lower, upper, label, *, k, sigma) -> float:
-    """Jia et al. (2020) top-k radius of one label with a top-1 base classifier (NOTES.md)."""
+    """Jia et al. (2020) top-k radius of one label with a top-1 base classifier (docs/certificate.md)."""
     c = len(lower)
     p = lower[label]
     others = sorted((upper[j] for j in range(c) if j != label), reverse=True)
