@@ -145,7 +145,7 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     from . import runs
     from .distributed import init_distributed
-    from .pipeline import ProgressPrinter, certify_checkpoint
+    from .pipeline import ProgressPrinter, sample_checkpoint
 
     shard = runs.parse_shard(args.shard)
     context = init_distributed(args.device)
@@ -156,7 +156,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         say = _echo if context.rank == 0 else (lambda line: None)
         prefix = f"certify ({where})" if where else "certify"
         started = time.perf_counter()
-        result = certify_checkpoint(
+        result = sample_checkpoint(
             args.checkpoint,
             args.out,
             dataset=args.dataset,
@@ -172,7 +172,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
-            progress=None if args.quiet or context.rank != 0 else ProgressPrinter(
+            on_progress=None if args.quiet or context.rank != 0 else ProgressPrinter(
                 say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
             ),
         )
@@ -192,17 +192,17 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import empirical_curve, make_report, parse_radii
+    from .report import empirical_curve, make_report, parse_radius_grid
 
-    summary_radii = [float(r) for r in parse_radii(args.summary_radii)] if args.summary_radii else []
-    parse_radii(args.radii)  # fail on a bad grid before reading any run
+    summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
+    parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
     result = make_report(
         args.runs,
         args.out,
         k=args.k,
         k_prime=args.k_prime,
         alpha=args.alpha,
-        radii=args.radii,
+        radius_grid=args.radii,
         summary_radii=summary_radii,
         methods=args.methods,
         names=args.names,
@@ -274,7 +274,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mode = "quick demo" if args.quick else "demo"
     _echo(f"MultiGuard {mode}: offline, on the embedded multidigits dataset; files go to {args.out}/")
-    result = run_demo(args.out, quick=args.quick, device=args.device, echo=_echo)
+    result = run_demo(args.out, quick=args.quick, device=args.device, log=_echo)
     main_report = result.reports["report"]
     _echo()
     _echo(main_report.summary.rstrip())

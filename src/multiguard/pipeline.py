@@ -36,12 +36,14 @@ __all__ = [
     "ImagePrediction",
     "ProgressPrinter",
     "certify_checkpoint",
+    "sample_checkpoint",
     "predict_images",
     "run_attack",
     "run_demo",
 ]
 
-Echo = Callable[[str], None]
+Log = Callable[[str], None]
+"""A line callback: called with one line of progress text (``print`` prints it)."""
 
 
 # ---------------------------------------------------------------------------------------- progress
@@ -50,8 +52,8 @@ Echo = Callable[[str], None]
 class ProgressPrinter:
     """Turns :class:`multiguard.runs.RunProgress` updates into a line every ``every`` seconds (and at the end)."""
 
-    def __init__(self, echo: Echo, n: int, every: float = 5.0, prefix: str = "certify", header: str = "") -> None:
-        self.echo, self.n, self.every, self.prefix, self.header = echo, int(n), float(every), prefix, header
+    def __init__(self, log: Log, n: int, every: float = 5.0, prefix: str = "certify", header: str = "") -> None:
+        self.log, self.n, self.every, self.prefix, self.header = log, int(n), float(every), prefix, header
         self._last = -1e9
         self._started = False
 
@@ -61,7 +63,7 @@ class ProgressPrinter:
         if not self._started:  # the first call comes once the model, data and RUN_DIR are ready
             self._started = True
             if self.header:
-                self.echo(f"{self.prefix}: {self.header}")
+                self.log(f"{self.prefix}: {self.header}")
             if not p.skipped_inputs and not finished:
                 return
         elif not finished and now - self._last < self.every:
@@ -75,13 +77,13 @@ class ProgressPrinter:
             left = (p.total_inputs - p.done_inputs) * self.n / rate if rate > 0 else 0.0
             parts.append(f"{rate:,.0f} samples/s")
             parts.append(f"{p.seconds:.0f} s" + ("" if finished else f", about {left:.0f} s left"))
-        self.echo(", ".join(parts))
+        self.log(", ".join(parts))
 
 
 # ------------------------------------------------------------------------------------------ certify
 
 
-def certify_checkpoint(
+def sample_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
@@ -99,7 +101,7 @@ def certify_checkpoint(
     shard: tuple[int, int] = (0, 1),
     resume: bool = False,
     context: DistributedContext | None = None,
-    progress: Callable[[_runs.RunProgress], None] | None = None,
+    on_progress: Callable[[_runs.RunProgress], None] | None = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
 
@@ -129,7 +131,7 @@ def certify_checkpoint(
             "clamp": None if clamp is None else list(clamp),
             "torch_version": str(torch.__version__),
         }
-        return _runs.certify_run(
+        return _runs.sample_run(
             out,
             sampler=smoother,
             dataset=data,
@@ -143,11 +145,18 @@ def certify_checkpoint(
             resume=resume,
             shard=shard,
             context=context,
-            progress=progress,
+            on_progress=on_progress,
         )
     finally:
         if own_context:
             context.close()
+
+
+
+def certify_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                       progress: Callable[[_runs.RunProgress], None] | None = None, **kwargs: Any) -> _runs.RunResult:
+    """The former name of :func:`sample_checkpoint`."""
+    return sample_checkpoint(checkpoint, out, on_progress=progress, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -382,7 +391,7 @@ def run_demo(
     *,
     quick: bool = False,
     device: str = "auto",
-    echo: Echo = print,
+    log: Log = print,
 ) -> DemoResult:
     """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
     n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
@@ -401,55 +410,55 @@ def run_demo(
     sigma, seed, max_k_prime = 0.5, 0, 3
 
     started = time.perf_counter()
-    echo(f"[1/3] training small_cnn on multidigits with Gaussian noise sigma = {sigma} "
+    log(f"[1/3] training small_cnn on multidigits with Gaussian noise sigma = {sigma} "
          f"({settings['epochs']} epochs of {settings['train_size']} images)")
     train_args: dict[str, Any] = dict(
         arch="small_cnn", sigma=sigma, epochs=settings["epochs"], seed=seed, out=checkpoint, device=device,
         progress=False, train_size=settings["train_size"], test_size=settings["test_size"], lr=settings["lr"],
-        log=lambda line: echo("      " + line),
+        log=lambda line: log("      " + line),
     )
     try:
         _, meta = train("multidigits", resume=True, **train_args)
     except ValueError:  # a model.pt from other settings (e.g. --quick after a full demo): train afresh
-        echo("      model.pt was trained with other settings: training a new one")
+        log("      model.pt was trained with other settings: training a new one")
         _, meta = train("multidigits", resume=False, **train_args)
     last = meta["metrics"][-1]
-    echo(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
+    log(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
     seconds["train"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    echo(f"[2/3] certifying {settings['num_inputs']} random test inputs: n = {settings['n']} noisy samples each, "
+    log(f"[2/3] certifying {settings['num_inputs']} random test inputs: n = {settings['n']} noisy samples each, "
          f"counts for every k' <= {max_k_prime}")
     certify_args: dict[str, Any] = dict(
         n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
-        progress=ProgressPrinter(lambda line: echo("      " + line), settings["n"]),
+        on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
     )
     try:
-        result = certify_checkpoint(checkpoint, run_dir, resume=True, **certify_args)
+        result = sample_checkpoint(checkpoint, run_dir, resume=True, **certify_args)
     except RunMismatchError as exc:
-        echo(f"      {run_dir} holds a run with other settings ({exc}); starting it over")
+        log(f"      {run_dir} holds a run with other settings ({exc}); starting it over")
         shutil.rmtree(run_dir)
-        result = certify_checkpoint(checkpoint, run_dir, resume=False, **certify_args)
+        result = sample_checkpoint(checkpoint, run_dir, resume=False, **certify_args)
     if not result.complete:
         raise ValueError(f"run: {run_dir} is unfinished")
     seconds["certify"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    echo("[3/3] reporting from the saved counts (no model)")
+    log("[3/3] reporting from the saved counts (no model)")
     run = _runs.load_run(run_dir)
-    radii = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
+    grid = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
     reports = {
         "report": _report.make_report(
-            [run], out / "report", k=[3], k_prime=[1], names=["multidigits"], radii=radii,
+            [run], out / "report", k=[3], k_prime=[1], names=["multidigits"], radius_grid=grid,
             title="MultiGuard vs Jia et al. (k' = 1, k = 3)",
         ),
         "report-k-prime": _report.make_report(
             [run], out / "report-k-prime", k=[3], k_prime=[1, 2, 3], methods=["multiguard"],
-            names=["multidigits"], radii=radii, title="Impact of k' (k = 3)",
+            names=["multidigits"], radius_grid=grid, title="Impact of k' (k = 3)",
         ),
         "report-k": _report.make_report(
             [run], out / "report-k", k=[1, 2, 3, 4, 5], k_prime=[1], methods=["multiguard"],
-            names=["multidigits"], radii=radii, title="Impact of k (k' = 1)",
+            names=["multidigits"], radius_grid=grid, title="Impact of k (k' = 1)",
         ),
     }
     figure = out / "figure.png"

@@ -44,6 +44,7 @@ __all__ = [
     "compute_curves",
     "make_report",
     "parse_radii",
+    "parse_radius_grid",
     "plot_figure",
     "plot_metric",
     "read_csv",
@@ -67,7 +68,8 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 METHODS: tuple[str, ...] = tuple(_METHODS)  # the registered certification methods (multiguard.methods)
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
-DEFAULT_RADII = "0:3:0.05"
+DEFAULT_RADIUS_GRID = "0:3:0.05"
+DEFAULT_RADII = DEFAULT_RADIUS_GRID  # former name
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 
 METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "Empirical under PGD attack"}
@@ -120,7 +122,7 @@ class Curve:
 # ------------------------------------------------------------------------------------------- radii
 
 
-def parse_radii(text: str | Iterable[float]) -> np.ndarray:
+def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
     """Radii from ``"start:stop:step"`` (stop included), ``"0,0.25,0.5"``, a single number, or numbers.
 
     Values are rounded to 12 decimals so that a grid such as ``0:3:0.05`` hits 0.25, 0.5 and 1.0 exactly.
@@ -155,6 +157,9 @@ def parse_radii(text: str | Iterable[float]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ curves
+
+
+parse_radii = parse_radius_grid  # the former name
 
 
 def _run_names(runs: Sequence[Run], names: Sequence[str] | None) -> list[str]:
@@ -465,25 +470,27 @@ def make_report(
     k: Sequence[int] = (3,),
     k_prime: Sequence[int] = (1,),
     alpha: Sequence[float] = (0.001,),
-    radii: str | Sequence[float] = DEFAULT_RADII,
+    radius_grid: str | Sequence[float] = DEFAULT_RADIUS_GRID,
     summary_radii: Sequence[float] = (),
     methods: Sequence[str] = METHODS,
     names: Sequence[str] | None = None,
     extra_curves: Sequence[Curve] = (),
     title: str = "Certified robustness",
+    radii: str | Sequence[float] | None = None,
 ) -> Report:
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
 
     ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
-    read. The curves are evaluated on the ``radii`` grid together with the summary radii (0, 0.25, 0.5, 1 and
-    ``summary_radii``), so every number of ``summary.md`` is also a row of ``curves.csv``. ``extra_curves``
-    (e.g. empirical curves under attack, on the same radii) are written and drawn alongside.
+    read. The curves are evaluated on ``radius_grid`` (``radii`` is its former name) together with the
+    summary radii (0, 0.25, 0.5, 1 and ``summary_radii``), so every number of ``summary.md`` is also a row of
+    ``curves.csv``. ``extra_curves`` (e.g. empirical curves under attack, on the same radii) are written and
+    drawn alongside.
     """
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
-    grid = parse_radii(radii)
-    table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radii(summary_radii)
+    grid = parse_radius_grid(radius_grid if radii is None else radii)
+    table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radius_grid(summary_radii)
                                                      if len(summary_radii) else np.zeros(0)]), 12))
     radius = np.unique(np.concatenate([grid, table_radii]))
     curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods, names=names)

@@ -53,6 +53,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "certify_run",
+    "sample_run",
     "file_sha256",
     "is_run",
     "load_batch",
@@ -179,7 +180,7 @@ class SingleProcess:
 
 @dataclass
 class RunProgress:
-    """Progress of this process, passed to the ``progress`` callback after every chunk it finishes."""
+    """Progress of this process, passed to the ``on_progress`` callback after every chunk it finishes."""
 
     done_inputs: int  # inputs of this worker that are finished (including chunks found on disk)
     total_inputs: int  # inputs assigned to this worker
@@ -191,7 +192,7 @@ class RunProgress:
 
 @dataclass
 class RunResult:
-    """What :func:`certify_run` did."""
+    """What :func:`sample_run` did."""
 
     run_dir: Path
     complete: bool  # every chunk of the run exists (counts.npz was written)
@@ -235,12 +236,14 @@ def _prepare_run_dir(
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out: {run_dir} exists and is not a folder")
     if run_dir.is_dir() and not meta_path.exists():
-        leftovers = [p for p in run_dir.iterdir() if not p.name.startswith(".")]
+        # Another shard may be creating this very run right now (its chunks/ folder comes first): only files
+        # that are not part of a RUN_DIR's layout make the folder someone else's.
+        leftovers = [p for p in run_dir.iterdir() if not p.name.startswith(".") and p.name not in (CHUNKS, INPUTS)]
         if leftovers:
             raise ValueError(f"out: {run_dir} is not empty and holds no MultiGuard run ({METADATA} is missing)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CHUNKS).mkdir(exist_ok=True)
     created = create_exclusive_json(meta_path, metadata)
+    (run_dir / CHUNKS).mkdir(exist_ok=True)
     if created:
         atomic_write_npz(run_dir / INPUTS, indices=indices)
         return metadata
@@ -293,7 +296,7 @@ def load_batch(dataset: Any, indices: Sequence[int] | np.ndarray) -> tuple[np.nd
     return np.stack(images), np.stack(labels)
 
 
-def certify_run(
+def sample_run(
     run_dir: str | os.PathLike[str],
     *,
     sampler: Sampler,
@@ -308,7 +311,7 @@ def certify_run(
     resume: bool = False,
     shard: tuple[int, int] = (0, 1),
     context: SingleProcess | None = None,
-    progress: Callable[[RunProgress], None] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
 ) -> RunResult:
     """Sample counts for a fixed random subset of ``dataset`` into ``run_dir``, chunk by chunk.
 
@@ -331,7 +334,7 @@ def certify_run(
             may share RUN_DIR at the same time; they need no ``resume`` to join it.
         context: where this process stands in a torchrun job (:func:`multiguard.distributed.init_distributed`;
             default: a single process); ranks split each shard's chunks.
-        progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
+        on_progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
             every chunk this process finishes.
 
     Returns:
@@ -418,8 +421,8 @@ def certify_run(
         else:
             pending.append(chunk)
     done_inputs, new_inputs, chunks_done = skipped_inputs, 0, 0
-    if progress is not None:  # where this worker starts (after a resume: what is already on disk)
-        progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs))
+    if on_progress is not None:  # where this worker starts (after a resume: what is already on disk)
+        on_progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs))
     for chunk in pending:
         chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
         path = _chunk_path(run_dir, chunk)
@@ -452,9 +455,9 @@ def certify_run(
         chunks_done += 1
         new_inputs += len(chunk_indices)
         done_inputs += len(chunk_indices)
-        if progress is not None:
+        if on_progress is not None:
             elapsed = time.perf_counter() - start_time
-            progress(
+            on_progress(
                 RunProgress(
                     done_inputs=done_inputs,
                     total_inputs=my_total,
@@ -479,6 +482,12 @@ def certify_run(
         seconds=time.perf_counter() - start_time,
         metadata=final_meta,
     )
+
+
+def certify_run(run_dir: str | os.PathLike[str], *, progress: Callable[[RunProgress], None] | None = None,
+                **kwargs: Any) -> RunResult:
+    """The former name of :func:`sample_run` (it samples counts; the certificate comes later, from them)."""
+    return sample_run(run_dir, on_progress=progress, **kwargs)
 
 
 def _finalize(run_dir: Path) -> tuple[bool, dict[str, Any]]:
