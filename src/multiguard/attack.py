@@ -256,9 +256,7 @@ def attack_smoothed(
         smoother = MultiGuard(model, num_classes, sigma, k_prime=1 if k_prime is None else k_prime, clamp=clamp,
                               device=device)
     c = smoother.num_classes
-    k = check_int(k, "k", 1)
-    if k > c:
-        raise ValueError(f"k must be <= the number of classes ({c}), got {k}")
+    k = check_int(k, "k", 1, c, high_label="the number of classes")
     tensor = as_batch(x)
     num = tensor.shape[0]
     mask = as_label_mask(labels, num, c)

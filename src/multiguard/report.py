@@ -33,6 +33,7 @@ from .empirical import load_empirical
 from .files import atomic_write_bytes
 from .methods import METHODS as _METHODS
 from .runs import Run, load_run
+from .validation import check_alpha, check_choice
 
 __all__ = [
     "CSV_COLUMNS",
@@ -190,14 +191,11 @@ def compute_curves(
     k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1).
     """
     radius = np.asarray(radius, dtype=np.float64)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {', '.join(unknown)}")
+    for method in methods:
+        check_choice(method, "methods", METHODS)
     if not len(k) or not len(k_prime) or not len(alpha):
         raise ValueError("k, k_prime and alpha need at least one value each")
-    for a in alpha:
-        if not 0.0 < float(a) < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), got {a}")
+    alpha = [check_alpha(a) for a in alpha]
     run_names = _run_names(runs, names)
     for run in runs:
         for value in k:
