@@ -5,15 +5,15 @@ For a base classifier f that returns c scores, a noise level sigma and k' (``k_p
 ``f(x + eps)`` (ties broken by label index). Those counts give bounds on the label probabilities
 ``p_i = Pr(i in top-k'(f(x + eps)))``, and :mod:`multiguard.certify` turns the bounds into certified radii:
 below ``radii[e-1]``, at least e labels of L(x) stay among the k labels of largest p_i (Jia, Cao, Wang,
-Gong, NeurIPS 2022, Theorem 1). All the math lives in :mod:`multiguard.certify`; this module only samples.
+Gong, NeurIPS 2022, Theorem 1). All the math lives in :mod:`multiguard.certify` and the sampling loop in
+:mod:`multiguard.engine`; this module is the user-facing class that joins them, like Cohen et al.'s ``Smooth``.
 
-Ties: the top-k' of a score row is the first k' entries of a stable descending sort (``torch.sort(...,
-stable=True)``), so equal scores go to the lower label index; ``torch.topk`` makes no promise about ties
-and is used only where it provably gives the same answer (see ``_top_k_prime``).
+Ties: the top-k' of a score row is the first k' entries of a stable descending sort, so equal scores go to
+the lower label index (see :func:`multiguard.engine.top_k_prime`).
 
 Reproducibility: the noise of input ``x[i]`` is a function of ``(seed, index[i])`` only. Sample ``s`` of an
 input lies in noise block ``s // NOISE_BLOCK``; every block is drawn whole by one ``normal_`` call from a
-generator seeded with :func:`noise_seed` ``(seed, index, block, stream)``. Batch size, the other inputs
+generator seeded with :func:`multiguard.seeds.noise_seed` ``(seed, index, block, stream)``. Batch size, the other inputs
 sharing a forward batch, shards and resume points therefore change nothing (on the same device type: CUDA
 and CPU generators give different numbers).
 """
