@@ -125,11 +125,17 @@ def test_a_torn_chunk_is_redone(tmp_path: Path) -> None:
     reference = runs.load_run(tmp_path / "run").counts
     (tmp_path / "run" / "counts.npz").unlink()
     (tmp_path / "run" / "chunks" / "chunk-000001.npz").write_bytes(b"garbage")
-    (tmp_path / "run" / "chunks" / ".chunk-000002.npz.x.tmp").write_bytes(b"left by a kill")
+    stale = tmp_path / "run" / "chunks" / ".chunk-000002.npz.x.tmp"
+    stale.write_bytes(b"left by a kill long ago")
+    old = time.time() - runs.STALE_TMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    in_flight = tmp_path / "run" / "chunks" / ".chunk-000000.npz.y.tmp"
+    in_flight.write_bytes(b"another process writing now")
     result = _certify(tmp_path / "run", resume=True)
     assert result.chunks_done == 1 and result.complete
+    assert len(result.repairs) == 1 and "chunk-000001.npz is damaged" in result.repairs[0]
     np.testing.assert_array_equal(runs.load_run(tmp_path / "run").counts, reference)
-    assert not list((tmp_path / "run" / "chunks").glob(".*"))
+    assert [p.name for p in (tmp_path / "run" / "chunks").glob(".*")] == [in_flight.name]  # only the old one goes
 
 
 def test_select_inputs_and_parse_shard() -> None:

@@ -14,13 +14,23 @@ RUN_DIR layout::
       inputs.npz               indices (N,) int64: the dataset indices, in run order (chosen from seed)
       chunks/chunk-000000.npz  one file per finished chunk of ``chunk_size`` consecutive inputs:
                                start, indices (m,), labels (m, c) bool, counts (m, K, c) int64,
-                               seconds, device
+                               seconds, device, identity, identity_sha256
       counts.npz               written once every chunk exists: indices (N,), labels (N, c) bool,
                                counts (N, K, c) int64 with counts[i, k'-1, j] = number of the n samples
-                               whose top-k' contains label j
+                               whose top-k' contains label j; identity, identity_sha256
+
+``identity`` is the JSON text of the run's :data:`IDENTITY_FIELDS` (sigma, n, seed, dataset, checkpoint, ...)
+as they were when the counts were sampled, and ``identity_sha256`` its digest: a ``metadata.json`` edited by
+hand (a larger sigma would inflate every radius) or mixed up with another run's is refused, naming the field.
 
 Every file is written to a temporary name in its folder and renamed (``os.replace``), so a run killed at
-any moment (even ``kill -9``) leaves only whole files; ``resume`` redoes at most the chunk in flight.
+any moment (even ``kill -9``) leaves only whole files; ``resume`` redoes at most the chunk in flight. Files
+that were damaged afterwards (truncated by a copy, a full disk, a hand edit) are found too: a resume reads
+back every chunk it finds and samples again the ones that are not whole (saying which), and
+:func:`load_run` names a damaged file and says to resume. A temporary file is removed by the process that
+made it, or by a later process once it is older than :data:`STALE_TMP_SECONDS` (a younger one may be another
+shard's write in flight). ``n`` is at most :data:`MAX_N`, checked before any file is made.
+
 Chunk ``j`` belongs to worker ``j % num_workers``; a worker is one (shard, rank) pair of ``--shard I/N``
 and torch.distributed, so shards, ranks and resumes can be combined freely. Because the noise of an input
 depends only on ``(seed, dataset index)`` and a chunk's contents do not depend on who computes it, every way
@@ -30,7 +40,9 @@ of splitting the work gives bit-identical counts on the same device type.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -41,11 +53,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, create_exclusive_json, file_sha256
-from .validation import RunMismatchError
+from .files import (
+    TMP_SUFFIX,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    create_exclusive_json,
+    file_sha256,
+)
+from .validation import DamagedFileError, RunMismatchError, check_int, invalid
 
 __all__ = [
     "IDENTITY_FIELDS",
+    "MAX_N",
+    "STALE_TMP_SECONDS",
     "Run",
     "SingleProcess",
     "RunProgress",
@@ -88,6 +109,15 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "chunk_size",
 )
 
+# The most noisy samples per input a run takes: 10**9 forward passes per input is already far beyond any
+# budget, and every count and sum of counts (at most n * c) stays exact in the int64 counts.
+MAX_N = 10**9
+# A temporary file (``.<name>.<random>.tmp``) older than this is left over from a killed writer and may be
+# removed; a younger one may belong to another process writing right now (a shard, a rank) and is left alone.
+STALE_TMP_SECONDS = 24 * 3600.0
+# What to do about a damaged file of a run: sampling it again repairs the run.
+_REPAIR = "run the same multiguard certify command with --resume to redo it"
+
 
 class Sampler(Protocol):
     """What a run needs from the sampling engine (:class:`multiguard.smoothing.MultiGuard` fits)."""
@@ -98,6 +128,198 @@ class Sampler(Protocol):
 
 
 # ------------------------------------------------------------------------------------------- files
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class _DamagedRunFile(DamagedFileError):
+    """A file of a RUN_DIR that cannot be used as it is: ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str, advice: str) -> None:
+        super().__init__(f"run: {path} is damaged ({reason}); {advice}")
+        self.path, self.reason = path, reason
+
+
+class _EditedMetadata(DamagedFileError):
+    """``metadata.json`` disagrees with the identity stored with the counts (a hand edit or a mix-up)."""
+
+
+def _damaged(path: Path, reason: str, advice: str = _REPAIR) -> _DamagedRunFile:
+    return _DamagedRunFile(path, reason, advice)
+
+
+def _read_npz(path: Path, advice: str = _REPAIR) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file; :class:`DamagedFileError` naming the file if it cannot be read whole.
+
+    Whatever the bytes (truncated, random, a ``.npy``, pickled objects), the only error is that one: a file of
+    a run is data we wrote, so any failure to read it means it was damaged.
+    """
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise _damaged(path, "missing", advice) from None
+    except (PermissionError, IsADirectoryError):  # not damaged: the user's to fix (the CLI names the file)
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, MemoryError...: all mean damaged
+        raise _damaged(path, f"cannot be read: {_reason(exc)}", advice) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise _damaged(path, "not an .npz archive", advice)
+    try:
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except Exception as exc:  # noqa: BLE001 - a member cut short or not an array
+        raise _damaged(path, f"cannot be read: {_reason(exc)}", advice) from None
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    """``metadata.json`` as a dict; :class:`DamagedFileError` naming it if it is not a JSON object."""
+    advice = "run the same multiguard certify command with --resume to rewrite it"
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise _damaged(path, "missing", advice) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _damaged(path, f"not valid JSON: {_reason(exc)}", advice) from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, f"not a JSON object but {type(meta).__name__}", advice)
+    return meta
+
+
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The identity fields (:data:`IDENTITY_FIELDS`) a run's metadata holds."""
+    return {name: meta[name] for name in IDENTITY_FIELDS if name in meta}
+
+
+def _identity_arrays(meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What every chunk and ``counts.npz`` store of the run that sampled them: the identity fields as JSON
+    text and its SHA-256, so that a hand-edited ``metadata.json`` (or counts of another run) is detected."""
+    text = json.dumps(_jsonable(_identity(meta)), sort_keys=True, separators=(",", ":"))
+    return {"identity": np.str_(text), "identity_sha256": np.str_(hashlib.sha256(text.encode()).hexdigest())}
+
+
+def _same_value(old: Any, new: Any) -> bool:
+    if isinstance(old, float) or isinstance(new, float):
+        try:
+            return old is not None and new is not None and float(old) == float(new)
+        except (TypeError, ValueError):
+            return False
+    return old == new
+
+
+def _identity_disagreement(data: dict[str, np.ndarray], path: Path, meta: dict[str, Any]) -> str | None:
+    """The first identity field on which the counts in ``path`` and ``meta`` disagree, as
+    ``"<field>: ... has <value>, the counts were sampled with <value>"`` (None if they agree).
+
+    Files written before identities were stored carry none and are not checked; an identity that does not
+    match its digest is a damaged file.
+    """
+    if "identity" not in data:
+        return None
+    try:
+        text = str(data["identity"])
+        stored_digest = str(data["identity_sha256"])
+        if hashlib.sha256(text.encode()).hexdigest() != stored_digest:
+            raise ValueError("its identity does not match its digest")
+        stored = json.loads(text)
+        if not isinstance(stored, dict):
+            raise ValueError("its identity is not a JSON object")
+    except (KeyError, ValueError) as exc:
+        raise _damaged(path, _reason(exc)) from None
+    current = _identity(meta)
+    for name in IDENTITY_FIELDS:
+        if name not in stored and name not in current:
+            continue
+        old, new = stored.get(name, "(absent)"), current.get(name, "(absent)")
+        if not _same_value(old, new):
+            return f"{name}: {{source}} {new!r}, the counts were sampled with {old!r}"
+    return None
+
+
+def _check_identity(data: dict[str, np.ndarray], path: Path, meta: dict[str, Any], meta_path: Path) -> None:
+    """Refuse counts whose stored identity disagrees with ``metadata.json``, naming the first field that does."""
+    disagreement = _identity_disagreement(data, path, meta)
+    if disagreement is not None:
+        raise _EditedMetadata(
+            f"run: {meta_path} disagrees with the counts in {path} on "
+            + disagreement.format(source="metadata.json has")
+            + "; restore metadata.json (a certificate must use the settings the counts were sampled with)"
+        )
+
+
+def _check_metadata(meta: dict[str, Any], path: Path) -> None:
+    """The fields a report computes with have the right types and ranges (else DamagedFileError naming them)."""
+    try:
+        check_int(meta.get("n"), "n", 1, MAX_N)
+        check_int(meta.get("max_k_prime"), "max_k_prime", 1)
+        num_inputs = check_int(meta.get("num_inputs"), "num_inputs", 1)
+        chunk_size = check_int(meta.get("chunk_size"), "chunk_size", 1)
+        if meta.get("num_chunks") != _num_chunks(num_inputs, chunk_size):
+            raise invalid("num_chunks", f"{_num_chunks(num_inputs, chunk_size)} (num_inputs / chunk_size)",
+                          meta.get("num_chunks"))
+        if "num_classes" in meta:
+            check_int(meta["num_classes"], "num_classes", 1)
+        sigma = meta.get("sigma")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
+            raise invalid("sigma", "a number > 0", sigma)
+    except ValueError as exc:
+        raise _damaged(path, _reason(exc), "restore it, or certify the run again") from None
+
+
+def _check_counts(
+    data: dict[str, np.ndarray],
+    path: Path,
+    meta: dict[str, Any],
+    meta_path: Path,
+    indices: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """A chunk or ``counts.npz`` holds what the run's metadata promise (else DamagedFileError naming it):
+    ``indices`` (m,) equal to ``indices`` where given, ``labels`` (m, c) boolean, ``counts`` (m, K, c) integers
+    in [0, n] with K = max_k_prime and c = the run's number of classes, and the run's identity."""
+    _check_identity(data, path, meta, meta_path)  # first: an edited n must not pass for damaged counts
+    for key in ("indices", "labels", "counts"):
+        if key not in data:
+            raise _damaged(path, f"it has no {key!r} array")
+    stored, labels, counts = data["indices"], data["labels"], data["counts"]
+    if stored.ndim != 1 or stored.dtype.kind not in "iu":
+        raise _damaged(path, f"indices must be a 1-D integer array, got shape {stored.shape} of {stored.dtype}")
+    if indices is not None and not np.array_equal(stored, indices):
+        raise _damaged(path, "it holds other inputs than the run assigns to it")
+    m = stored.shape[0]
+    c = num_classes if num_classes is not None else meta.get("num_classes")
+    c = int(c) if c is not None else (counts.shape[2] if counts.ndim == 3 else -1)
+    expected = (m, int(meta["max_k_prime"]), c)
+    if counts.shape != expected or counts.dtype.kind not in "iu":
+        raise _damaged(path, f"counts must be integers of shape {expected}, got {counts.shape} of {counts.dtype}")
+    zero_one = labels.dtype.kind == "b" or (labels.dtype.kind in "iu" and ((labels == 0) | (labels == 1)).all())
+    if labels.shape != (m, c) or not zero_one:
+        raise _damaged(path, f"labels must be a 0/1 mask of shape {(m, c)}, got {labels.shape} of {labels.dtype}")
+    n = int(meta["n"])
+    if counts.size and (counts.min() < 0 or counts.max() > n):
+        raise _damaged(path, f"counts must lie in [0, n] = [0, {n}], found {int(counts.min())}..{int(counts.max())}")
+
+
+def _remove_stale_temporaries(run_dir: Path, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove the temporary files in RUN_DIR and its chunks folder older than ``older_than`` seconds.
+
+    A younger one may be another process's file in flight (a shard or rank writing its chunk); the atomic
+    writer removes its own temporary file on any error, so only a killed process leaves one behind.
+    """
+    removed = []
+    now = time.time()
+    for folder in (run_dir, run_dir / CHUNKS):
+        for path in folder.glob(f".*{TMP_SUFFIX}"):
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                continue
+    return removed
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -188,6 +410,7 @@ class RunProgress:
     seconds: float  # wall time of this session so far
     samples_per_second: float
     skipped_inputs: int  # inputs found finished on disk (resume)
+    repairs: tuple[str, ...] = ()  # what a resume found damaged and redoes (one line each)
 
 
 @dataclass
@@ -200,6 +423,7 @@ class RunResult:
     chunks_skipped: int  # chunks of this worker that were already on disk
     seconds: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    repairs: list[str] = field(default_factory=list)  # damaged files this process redid or rewrote, one line each
 
 
 def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
@@ -207,11 +431,7 @@ def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
         if name not in wanted:
             continue
         old, new = existing.get(name), wanted[name]
-        if isinstance(old, float) or isinstance(new, float):
-            same = old is not None and new is not None and float(old) == float(new)
-        else:
-            same = old == new
-        if not same:
+        if not _same_value(old, new):
             return f"{name}: the run has {old!r}, the arguments give {new!r}"
     return None
 
@@ -228,10 +448,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _stored_identity(run_dir: Path) -> tuple[Path, dict[str, np.ndarray]] | None:
+    """The first readable chunk (or counts.npz) of a run that carries an identity, with its arrays."""
+    for path in [run_dir / COUNTS, *sorted((run_dir / CHUNKS).glob("chunk-*.npz"))]:
+        try:
+            data = _read_npz(path)
+        except _DamagedRunFile:
+            continue
+        if "identity" in data:
+            return path, data
+    return None
+
+
 def _prepare_run_dir(
     run_dir: Path, metadata: dict[str, Any], indices: np.ndarray, *, resume: bool, joining: bool
-) -> dict[str, Any]:
-    """Create RUN_DIR with its metadata and inputs, or check an existing one against ``metadata``."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Create RUN_DIR with its metadata and inputs, or check an existing one against ``metadata``.
+
+    Returns the run's metadata and what was repaired: a damaged ``metadata.json`` is rewritten from the
+    arguments on resume when they agree with the identity stored with the counts, a damaged ``inputs.npz``
+    from the arguments (the inputs follow from them).
+    """
     meta_path = run_dir / METADATA
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out: {run_dir} exists and is not a folder")
@@ -246,10 +483,23 @@ def _prepare_run_dir(
     (run_dir / CHUNKS).mkdir(exist_ok=True)
     if created:
         atomic_write_npz(run_dir / INPUTS, indices=indices)
-        return metadata
-    existing = json.loads(meta_path.read_text())
+        return metadata, []
+    repairs: list[str] = []
     if not resume and not joining:
         raise ValueError(f"out: {run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
+    try:
+        existing = _read_metadata(meta_path)
+    except _DamagedRunFile as exc:
+        stored = _stored_identity(run_dir)
+        disagreement = None if stored is None else _identity_disagreement(stored[1], stored[0], metadata)
+        if disagreement is not None:  # the arguments must give the identity the counts were sampled with
+            raise RunMismatchError(f"resume: {run_dir} was made with different settings ("
+                                   + disagreement.format(source="the arguments give")
+                                   + f" in {stored[0]}; its {METADATA} is damaged)") from exc
+        atomic_write_json(meta_path, metadata)
+        agree = " (they agree with the settings stored with the counts)" if stored else ""
+        repairs.append(f"{meta_path} was damaged ({exc.reason}): rewritten from the arguments{agree}")
+        existing = metadata
     mismatch = _identity_mismatch(existing, metadata)
     if mismatch is not None:
         raise RunMismatchError(f"resume: {run_dir} was made with different settings ({mismatch})")
@@ -257,28 +507,30 @@ def _prepare_run_dir(
     if not inputs_path.exists():  # killed between metadata and inputs: the indices follow from the metadata
         atomic_write_npz(inputs_path, indices=indices)
     else:
-        with np.load(inputs_path) as stored:
-            if not np.array_equal(stored["indices"], indices):
+        try:
+            stored_indices = _read_npz(inputs_path).get("indices")
+        except _DamagedRunFile as exc:
+            atomic_write_npz(inputs_path, indices=indices)
+            repairs.append(f"{inputs_path} was damaged ({exc.reason}): rewritten from the arguments")
+        else:
+            if stored_indices is None or not np.array_equal(stored_indices, indices):
                 raise RunMismatchError(f"resume: {run_dir} certifies other inputs than the arguments select")
-    return existing
+    return existing, repairs
 
 
-def _read_chunk(path: Path) -> dict[str, np.ndarray] | None:
+def _chunk_problem(path: Path, meta: dict[str, Any], indices: np.ndarray, num_classes: int | None) -> str | None:
+    """Why the chunk at ``path`` cannot be used as it is (missing, damaged, other inputs), or None if it can.
+
+    A chunk sampled with other settings than ``metadata.json`` states is not a damaged chunk but an edited
+    metadata.json (or a chunk copied from another run): that raises, so that no sampling is thrown away.
+    """
+    if not path.exists():
+        return "missing"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-
-
-def _chunk_ok(path: Path, indices: np.ndarray, max_k_prime: int, num_classes: int | None) -> bool:
-    data = _read_chunk(path) if path.exists() else None
-    if data is None or not np.array_equal(data.get("indices"), indices):
-        return False
-    counts = data.get("counts")
-    if counts is None or counts.ndim != 3 or counts.shape[:2] != (len(indices), max_k_prime):
-        return False
-    return num_classes is None or counts.shape[2] == num_classes
+        _check_counts(_read_npz(path), path, meta, path.parent.parent / METADATA, indices, num_classes)
+    except _DamagedRunFile as exc:
+        return exc.reason
+    return None
 
 
 def load_batch(dataset: Any, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -343,11 +595,9 @@ def sample_run(
     """
     run_dir = Path(run_dir)
     context = context or SingleProcess()
-    n = int(n)
+    n = check_int(n, "n", 1, MAX_N)  # before any file is made
     max_k_prime = int(max_k_prime)
     chunk_size = int(chunk_size)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     if max_k_prime < 1:
         raise ValueError(f"max_k_prime must be >= 1, got {max_k_prime}")
     if chunk_size < 1:
@@ -390,9 +640,10 @@ def sample_run(
 
     # Rank 0 creates (or checks) the RUN_DIR first, so the others find it and only check.
     error: tuple[bool, str] | None = None  # (a settings mismatch?, the message)
+    repairs: list[str] = []
     if context.rank == 0:
         try:
-            _prepare_run_dir(run_dir, wanted, indices, resume=resume, joining=joining)
+            run_meta, repairs = _prepare_run_dir(run_dir, wanted, indices, resume=resume, joining=joining)
         except ValueError as exc:
             error = (isinstance(exc, RunMismatchError), str(exc))
     errors = context.all_gather(error)
@@ -400,10 +651,9 @@ def sample_run(
         mismatch, message = errors[0]
         raise (RunMismatchError if mismatch else ValueError)(message)
     if context.rank != 0:
-        _prepare_run_dir(run_dir, wanted, indices, resume=True, joining=True)
-    if not joining:  # a single process owns the run: clean temporary files a killed session left behind
-        for stale in [*run_dir.glob(".*.tmp"), *(run_dir / CHUNKS).glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)
+        run_meta, _ = _prepare_run_dir(run_dir, wanted, indices, resume=True, joining=True)
+    _remove_stale_temporaries(run_dir)  # only files older than any write: a younger one may be in flight
+    identity = _identity_arrays(run_meta)
 
     num_workers = num_shards * context.world_size
     worker = shard_index * context.world_size + context.rank
@@ -413,16 +663,20 @@ def sample_run(
     start_time = time.perf_counter()
     pending = []
     skipped_inputs = chunks_skipped = 0
-    for chunk in mine:
+    for chunk in mine:  # every chunk found is read back whole and checked; a damaged one is redone
         chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
-        if _chunk_ok(_chunk_path(run_dir, chunk), chunk_indices, max_k_prime, num_classes):
+        path = _chunk_path(run_dir, chunk)
+        problem = _chunk_problem(path, run_meta, chunk_indices, num_classes)
+        if problem is None:
             chunks_skipped += 1
             skipped_inputs += len(chunk_indices)
         else:
             pending.append(chunk)
+            if problem != "missing":
+                repairs.append(f"{path} is damaged ({problem}): sampling it again")
     done_inputs, new_inputs, chunks_done = skipped_inputs, 0, 0
     if on_progress is not None:  # where this worker starts (after a resume: what is already on disk)
-        on_progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs))
+        on_progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs, tuple(repairs)))
     for chunk in pending:
         chunk_indices = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
         path = _chunk_path(run_dir, chunk)
@@ -451,6 +705,7 @@ def sample_run(
             counts=counts,
             seconds=np.float64(seconds),
             device=np.str_(context.device),
+            **identity,
         )
         chunks_done += 1
         new_inputs += len(chunk_indices)
@@ -469,18 +724,24 @@ def sample_run(
             )
 
     context.barrier()
-    complete = False
-    final_meta: dict[str, Any] = json.loads((run_dir / METADATA).read_text())
+    complete, error = False, None
+    final_meta: dict[str, Any] = run_meta
     if context.rank == 0:
-        complete, final_meta = _finalize(run_dir)
-    statuses = context.all_gather(complete)
+        try:
+            complete, final_meta = _finalize(run_dir, repairs)
+        except ValueError as exc:  # a damaged chunk of another worker: every rank stops with the same message
+            error = str(exc)
+    statuses = context.all_gather((complete, error))
+    if statuses[0][1] is not None:
+        raise DamagedFileError(statuses[0][1])
     return RunResult(
         run_dir=run_dir,
-        complete=bool(statuses[0]),
+        complete=bool(statuses[0][0]),
         chunks_done=chunks_done,
         chunks_skipped=chunks_skipped,
         seconds=time.perf_counter() - start_time,
         metadata=final_meta,
+        repairs=repairs,
     )
 
 
@@ -490,16 +751,24 @@ def certify_run(run_dir: str | os.PathLike[str], *, progress: Callable[[RunProgr
     return sample_run(run_dir, on_progress=progress, **kwargs)
 
 
-def _finalize(run_dir: Path) -> tuple[bool, dict[str, Any]]:
-    """Merge the chunks into ``counts.npz`` if all exist; returns (complete, metadata)."""
-    meta = json.loads((run_dir / METADATA).read_text())
-    if (run_dir / COUNTS).exists() and meta.get("complete"):
-        return True, meta
+def _finalize(run_dir: Path, repairs: list[str]) -> tuple[bool, dict[str, Any]]:
+    """Merge the chunks into ``counts.npz`` if all exist; returns (complete, metadata).
+
+    A ``counts.npz`` that exists but does not read back whole is merged again (and said so in ``repairs``).
+    """
+    meta = _read_metadata(run_dir / METADATA)
+    counts_path = run_dir / COUNTS
+    if counts_path.exists() and meta.get("complete"):
+        try:
+            _read_counts(run_dir, meta)
+            return True, meta
+        except _DamagedRunFile as exc:
+            repairs.append(f"{counts_path} is damaged ({exc.reason}): merging the chunks into it again")
     merged = _merge_chunks(run_dir, meta)
     if merged is None:
         return False, meta
     indices, labels, counts, seconds, devices = merged
-    atomic_write_npz(run_dir / COUNTS, indices=indices, labels=labels, counts=counts)
+    atomic_write_npz(counts_path, indices=indices, labels=labels, counts=counts, **_identity_arrays(meta))
     meta.update(
         complete=True,
         completed_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -510,27 +779,51 @@ def _finalize(run_dir: Path) -> tuple[bool, dict[str, Any]]:
     return True, meta
 
 
+def _read_inputs(run_dir: Path, meta: dict[str, Any]) -> np.ndarray:
+    """The run's ``(num_inputs,)`` dataset indices from ``inputs.npz`` (DamagedFileError naming it if damaged)."""
+    path = run_dir / INPUTS
+    indices = _read_npz(path).get("indices")
+    if indices is None or indices.ndim != 1 or indices.dtype.kind not in "iu":
+        raise _damaged(path, "it has no 1-D integer 'indices' array")
+    if indices.shape[0] != int(meta["num_inputs"]):
+        raise _damaged(path, f"it holds {indices.shape[0]} inputs, metadata.json says {meta['num_inputs']}")
+    return indices
+
+
 def _merge_chunks(
     run_dir: Path, meta: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, list[str]] | None:
+    """The chunks of a run joined in run order, or None if one is missing; DamagedFileError naming the first
+    chunk that exists but does not read back whole or disagrees with the run."""
     chunk_size = int(meta["chunk_size"])
-    with np.load(run_dir / INPUTS) as stored:
-        indices = stored["indices"]
-    parts: list[dict[str, np.ndarray]] = []
-    for chunk in range(int(meta["num_chunks"])):
-        path = _chunk_path(run_dir, chunk)
-        data = _read_chunk(path) if path.exists() else None
-        want = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
-        if data is None or not np.array_equal(data["indices"], want):
-            return None
-        parts.append(data)
-    if not parts:
+    indices = _read_inputs(run_dir, meta)
+    paths = [_chunk_path(run_dir, chunk) for chunk in range(int(meta["num_chunks"]))]
+    if not paths or not all(path.exists() for path in paths):
         return None
+    parts: list[dict[str, np.ndarray]] = []
+    num_classes = meta.get("num_classes")
+    for chunk, path in enumerate(paths):
+        data = _read_npz(path)
+        want = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
+        _check_counts(data, path, meta, run_dir / METADATA, want, num_classes)
+        num_classes = data["counts"].shape[2]  # every chunk of the run has the first one's labels
+        parts.append(data)
     labels = np.concatenate([p["labels"] for p in parts]).astype(bool)
     counts = np.concatenate([p["counts"] for p in parts]).astype(np.int64)
-    seconds = float(sum(float(p["seconds"]) for p in parts))
-    devices = [str(p["device"]) for p in parts]
+    seconds = float(sum(float(p.get("seconds", 0.0)) for p in parts))
+    devices = [str(p.get("device", "unknown")) for p in parts]
     return indices, labels, counts, seconds, devices
+
+
+def _read_counts(run_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``counts.npz`` read back and checked against the run: ``(indices, labels, counts)``."""
+    path = run_dir / COUNTS
+    data = _read_npz(path)
+    indices = _read_inputs(run_dir, meta) if (run_dir / INPUTS).exists() else None
+    _check_counts(data, path, meta, run_dir / METADATA, indices)
+    if data["indices"].shape[0] != int(meta["num_inputs"]):
+        raise _damaged(path, f"it holds {data['indices'].shape[0]} inputs, metadata.json says {meta['num_inputs']}")
+    return data["indices"], data["labels"].astype(bool), data["counts"].astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -609,28 +902,47 @@ def load_run(path: str | os.PathLike[str], *, allow_partial: bool = False) -> Ru
     A complete run reads ``counts.npz``; if every chunk exists but ``counts.npz`` does not (the last shard
     was killed while merging) the chunks are merged in memory. ``allow_partial=True`` loads the finished
     chunks of an unfinished run (the inputs certified so far), otherwise an unfinished run is an error.
+
+    Every file is read back whole and checked against ``metadata.json``: shapes, indices, counts in [0, n],
+    and the identity (sigma, n, dataset, ...) stored with the counts, so that a certificate is never computed
+    with settings other than those the counts were sampled with. A file that fails raises
+    :class:`multiguard.validation.DamagedFileError` naming it and what to do.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run: {path} does not exist or is not a folder")
-    if not is_run(path):
-        raise ValueError(f"run: {path} is not a MultiGuard run (no valid {METADATA}; make one with multiguard certify)")
-    meta = json.loads((path / METADATA).read_text())
-    counts_path = path / COUNTS
-    if counts_path.exists():
-        with np.load(counts_path) as data:
-            return Run(path, meta, data["indices"], data["labels"].astype(bool), data["counts"].astype(np.int64))
-    merged = _merge_chunks(path, meta) if (path / INPUTS).exists() else None
+    meta_path = path / METADATA
+    if not meta_path.is_file():
+        raise ValueError(f"run: {path} is not a MultiGuard run (no {METADATA}; make one with multiguard certify)")
+    meta = _read_metadata(meta_path)
+    if "max_k_prime" not in meta and "format_version" not in meta:
+        raise ValueError(f"run: {path} is not a MultiGuard run ({meta_path} is not ours; make one with "
+                         "multiguard certify)")
+    _check_metadata(meta, meta_path)
+    if (path / COUNTS).exists():
+        return Run(path, meta, *_read_counts(path, meta))
+    merged = _merge_chunks(path, meta)
     if merged is not None:
         indices, labels, counts, _, _ = merged
         return Run(path, meta, indices, labels, counts)
     chunk_files = sorted((path / CHUNKS).glob("chunk-*.npz"))
     if not allow_partial or not chunk_files:
         raise ValueError(
-            f"run: {path} is unfinished ({len(chunk_files)} of {meta.get('num_chunks', '?')} chunks); "
+            f"run: {path} is unfinished ({len(chunk_files)} of {meta['num_chunks']} chunks); "
             "finish it with multiguard certify --resume"
         )
-    parts = [d for d in (_read_chunk(p) for p in chunk_files) if d is not None]
+    indices = _read_inputs(path, meta)
+    chunk_size = int(meta["chunk_size"])
+    parts = []
+    for chunk_file in chunk_files:
+        try:
+            chunk = int(chunk_file.stem.split("-")[1])
+        except (IndexError, ValueError):
+            raise _damaged(chunk_file, "not a chunk name of ours") from None
+        data = _read_npz(chunk_file)
+        want = indices[chunk * chunk_size : (chunk + 1) * chunk_size]
+        _check_counts(data, chunk_file, meta, meta_path, want, parts[0]["counts"].shape[2] if parts else None)
+        parts.append(data)
     return Run(
         path,
         meta,
