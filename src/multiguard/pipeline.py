@@ -64,6 +64,8 @@ class ProgressPrinter:
             self._started = True
             if self.header:
                 self.log(f"{self.prefix}: {self.header}")
+            for line in p.repairs:  # what a resume found damaged (a chunk cut short, ...) and redoes
+                self.log(f"{self.prefix}: {line}")
             if not p.skipped_inputs and not finished:
                 return
         elif not finished and now - self._last < self.every:
