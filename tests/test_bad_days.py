@@ -62,7 +62,7 @@ RUN_META = {"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"}
 def _certify(path: Path, **kwargs) -> runs.RunResult:
     args = dict(sampler=_smoother(), dataset=_Digits(), metadata=dict(RUN_META), **RUN_ARGS)
     args.update(kwargs)
-    return runs.certify_run(path, **args)
+    return runs.sample_run(path, **args)
 
 
 @pytest.fixture(scope="module")
