@@ -41,6 +41,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt"))
+        hint = f" such as {path / found[0]}" if found else ""
+        raise ValueError(f"checkpoint: {path} is a folder; give the checkpoint file{hint} (multiguard train --out)")
     if not path.is_file():
         raise ValueError(f"checkpoint: no such file: {path}")
     try:
@@ -50,7 +54,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (cannot load it: {reason})") from exc
     if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
         raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
-    if obj[CHECKPOINT_MARKER] > CHECKPOINT_FORMAT:
+    marker = obj[CHECKPOINT_MARKER]
+    if isinstance(marker, bool) or not isinstance(marker, int) or not isinstance(obj.get("meta"), dict):
+        raise ValueError(f"checkpoint: {path} is damaged (its {CHECKPOINT_MARKER!r} or 'meta' entry is not ours)")
+    if marker > CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path} has format {obj[CHECKPOINT_MARKER]}, newer than this "
                          f"MultiGuard ({__version__}) reads ({CHECKPOINT_FORMAT})")
     return obj

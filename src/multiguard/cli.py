@@ -1,26 +1,38 @@
 """The ``multiguard`` command: parses arguments, calls the library, prints.
 
 Commands: ``train``, ``datasets list|describe``, ``certify``, ``report``, ``attack``, ``predict``, ``demo``. Every
-command has ``--help``. A user's mistake (unknown dataset or arch, missing data, a file that is not ours,
-an impossible k, a bad radius grid, ...) prints one line ``multiguard: error: ...`` on stderr and exits
-with code 2; the library raises ``ValueError``/``FileNotFoundError`` naming the argument, and :func:`main`
-turns them into that line.
+command has ``--help``. Every failure is one line ``multiguard: error: ...`` on stderr that names the argument
+or file and says what to do, never a traceback (``--debug`` or ``MULTIGUARD_DEBUG=1`` shows it):
+
+- exit status 2 for the user's mistakes (an unknown or misspelt option, an unknown dataset or arch, missing
+  data, a file that is not ours or is damaged, an impossible k, a bad radius grid, an ``--out`` that holds
+  something else, a folder that cannot be read or written for lack of permission);
+- exit status 1 for failures of the machine (disk full, read-only file system, out of memory, an I/O error)
+  and for anything unexpected; after a full disk the same command (with ``--resume`` where it has one)
+  completes once space is freed, since every file is written whole or not at all.
+
+Options are never abbreviated: ``--n`` is not ``--names``. Nothing the user made is replaced without being
+asked: ``train --out`` over a checkpoint needs ``--resume`` or ``--overwrite``, ``certify --out`` over a run
+needs ``--resume``, ``report --out`` into a folder that is not a report needs ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["build_parser", "main"]
 
-EXIT_USAGE = 2
+EXIT_FAILURE = 1  # the machine failed (disk full, read-only, out of memory) or something unexpected happened
+EXIT_USAGE = 2  # the user's input is wrong
+DEBUG_ENV = "MULTIGUARD_DEBUG"  # set to 1 to see tracebacks (as --debug does)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -43,10 +55,62 @@ def _echo(line: str = "") -> None:
     print(line, flush=True)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     line = " ".join(str(message).split())  # one line, whatever the message held
     print(f"multiguard: error: {line}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (a half-typed option is an error, never another option: ``--n`` is not
+    ``--names``), whose usage errors are one line on stderr with exit status 2. Subparsers inherit both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``multiguard: error: <message> (see <prog> --help)`` and exit with status 2."""
+        line = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"multiguard: error: {line} (see {self.prog} --help)\n")
+
+
+# Errors of the user's input; any other OSError (disk full, read-only, I/O error) is the machine's.
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _belongs_to(path: object, out: object) -> bool:
+    """Whether ``path`` is ``out``, inside it, above it, or one of its temporary files or folders beside it."""
+    where, target = os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(out))  # type: ignore[arg-type]
+    beside = os.path.join(os.path.dirname(target), "." + os.path.basename(target) + ".")
+    return (where == target or where.startswith(target + os.sep) or target.startswith(where + os.sep)
+            or where.startswith(beside))
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
+    """The exit status and the one line that tell the user what failed and what to do."""
+    out = getattr(args, "out", None)
+    again = " with --resume" if getattr(args, "command", "") in ("certify", "train") else ""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        hint = "lower --batch-size or " if hasattr(args, "batch_size") else ""
+        return EXIT_FAILURE, f"out of memory ({exc or 'MemoryError'}); {hint}free memory, then run it again{again}"
+    if isinstance(exc, (ValueError, *_USER_OS_ERRORS)):
+        return EXIT_USAGE, str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else out
+        named = f"{where}" + ("" if out is None or not _belongs_to(where, out) else " (--out)" if str(where) == str(out)
+                              else f" (--out {out})")
+        if isinstance(exc, PermissionError):
+            return EXIT_USAGE, f"permission denied: {named}; choose a place you may read and write"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EXIT_FAILURE, (f"no space left on the device of {named}; no file was left half-written: free "
+                                  f"some space and run the same command again{again}")
+        if exc.errno == errno.EROFS:
+            return EXIT_FAILURE, f"read-only file system: cannot write {named}; choose an --out on a writable disk"
+        return EXIT_FAILURE, f"{exc.strerror or type(exc).__name__}: {named}"
+    return EXIT_FAILURE, (f"unexpected {type(exc).__name__}: {exc}; run again with --debug (or {DEBUG_ENV}=1) for "
+                          "the traceback")
 
 
 def _option_value(text: str) -> Any:
@@ -90,6 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out,
         resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         progress=not args.quiet,
         image_size=args.image_size,
@@ -207,6 +272,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         methods=args.methods,
         names=args.names,
         extra_curves=[empirical_curve(path) for path in args.attack or ()],
+        overwrite=args.overwrite,
     )
     if not args.quiet:
         _echo(result.summary)
@@ -307,15 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .methods import METHODS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="multiguard",
-        formatter_class=_Formatter,
         description=_wrap("MultiGuard: provably robust multi-label classification by randomized smoothing.\n\n"
         "A typical session: train a noise-robust model, certify it (the expensive sampling, saved in a "
         "RUN_DIR), then report curves for any k, k', alpha from the saved counts. `multiguard demo` does "
         "all three offline in about two minutes."),
     )
     parser.add_argument("--version", action="version", version=f"multiguard {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # train
@@ -343,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help="local weights (state dict or checkpoint) to start from")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers for image files")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
@@ -420,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
                    help="overlay the empirical curves of multiguard attack runs")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds other files (a previous report is always replaced)")
     p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for the report files")
     p.set_defaults(func=_cmd_report)
 
@@ -487,23 +556,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo")
     _add_device(p)
     p.set_defaults(func=_cmd_demo)
+    for command in [*sub.choices.values(), *dsub.choices.values()]:  # --debug after the command works too
+        command.set_defaults(command_parser=command)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the traceback of a failure (also: {DEBUG_ENV}=1)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``multiguard`` command; returns the exit code (2 with one line on stderr for user errors)."""
+    """Run the ``multiguard`` command; returns the exit status: 0, 2 for the user's errors, 1 for the machine's
+    (with one line on stderr, and a traceback only under ``--debug`` or ``MULTIGUARD_DEBUG=1``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so that its --help is the one named
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        return _fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         print("multiguard: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter shutdown from flushing again
         return 1
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (the traceback only when debugging)
+        if debug:
+            raise
+        code, line = _explain(exc, args)
+        return _fail(line, code)
 
 
 if __name__ == "__main__":  # pragma: no cover

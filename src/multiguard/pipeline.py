@@ -204,6 +204,9 @@ def predict_images(
 
     if not images:
         raise ValueError("images: name at least one image file")
+    for path in images:
+        if Path(path).is_dir():
+            raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
@@ -423,7 +426,7 @@ def run_demo(
         _, meta = train("multidigits", resume=True, **train_args)
     except ValueError:  # a model.pt from other settings (e.g. --quick after a full demo): train afresh
         log("      model.pt was trained with other settings: training a new one")
-        _, meta = train("multidigits", resume=False, **train_args)
+        _, meta = train("multidigits", resume=False, overwrite=True, **train_args)
     last = meta["metrics"][-1]
     log(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
     seconds["train"] = time.perf_counter() - started

@@ -22,6 +22,8 @@ import csv
 import io
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np
 
 from . import certify
 from .empirical import load_empirical
-from .files import atomic_write_bytes
+from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
 from .runs import Run, load_run
 from .validation import check_alpha, check_choice
@@ -72,6 +74,8 @@ METRICS: tuple[str, ...] = ("precision", "recall", "f1")
 DEFAULT_RADIUS_GRID = "0:3:0.05"
 DEFAULT_RADII = DEFAULT_RADIUS_GRID  # former name
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
+REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md")
 
 METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "Empirical under PGD attack"}
 METRIC_LABELS = {
@@ -129,6 +133,7 @@ def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
     Values are rounded to 12 decimals so that a grid such as ``0:3:0.05`` hits 0.25, 0.5 and 1.0 exactly.
     Raises ValueError naming ``radii`` for anything else, negative or non-finite radii.
     """
+    points = 0.0  # of a START:STOP:STEP grid, counted before any array is made
     if isinstance(text, str):
         spec = text.strip()
         try:
@@ -137,10 +142,11 @@ def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
                 if len(parts) != 3:
                     raise ValueError
                 start, stop, step = parts
-                if step <= 0 or stop < start:
+                if step <= 0 or stop < start or not all(math.isfinite(v) for v in parts):
                     raise ValueError
-                count = int(math.floor((stop - start) / step + 1e-9)) + 1
-                values = np.round(start + step * np.arange(count), 12)
+                points = (stop - start) / step + 1  # inf for a step too small to count
+                if math.isfinite(points) and points <= MAX_RADII + 1:
+                    values = np.round(start + step * np.arange(int(math.floor(points - 1 + 1e-9)) + 1), 12)
             else:
                 values = np.array([float(p) for p in spec.replace(" ", ",").split(",") if p], dtype=np.float64)
         except ValueError:
@@ -152,6 +158,8 @@ def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
             values = np.round(np.asarray(list(text), dtype=np.float64), 12)
         except (TypeError, ValueError):
             raise ValueError(f"radii must be numbers, got {text!r}") from None
+    if not math.isfinite(points) or points > MAX_RADII + 1 or values.size > MAX_RADII:
+        raise ValueError(f"radii must be a grid of at most {MAX_RADII} points (use a larger STEP), got {text!r}")
     if values.size == 0 or not np.all(np.isfinite(values)) or (values < 0).any():
         raise ValueError(f"radii must be finite and >= 0, got {text!r}")
     return np.unique(values)
@@ -461,6 +469,32 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
         raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
 
 
+def _is_report(folder: Path) -> bool:
+    """Whether ``folder`` holds a report written by :func:`make_report` and nothing else."""
+    names = {p.name for p in folder.iterdir()}
+    return "curves.csv" in names and names <= set(REPORT_FILES)
+
+
+def _place_report(staging: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished report in ``staging`` to ``out``: a rename where ``out`` is new, empty or a previous
+    report (which is swapped out, then removed); file by file (each an atomic replace) into a folder of other
+    files with ``overwrite``."""
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(staging, out)  # a rename: onto nothing, or onto an empty folder
+        return
+    if _is_report(out):
+        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old" + TMP_SUFFIX, dir=out.parent))
+        os.replace(out, previous)
+        os.replace(staging, out)
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    if not overwrite:  # checked before anything was computed too; another process may have written since
+        raise ValueError(f"out: {out} is not empty and holds no report; choose a new --out, or pass --overwrite")
+    for path in staging.iterdir():
+        os.replace(path, out / path.name)
+    staging.rmdir()
+
+
 def make_report(
     run_dirs: Sequence[str | os.PathLike[str]] | Sequence[Run],
     out: str | os.PathLike[str],
@@ -475,6 +509,7 @@ def make_report(
     extra_curves: Sequence[Curve] = (),
     title: str = "Certified robustness",
     radii: str | Sequence[float] | None = None,
+    overwrite: bool = False,
 ) -> Report:
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
 
@@ -483,26 +518,37 @@ def make_report(
     summary radii (0, 0.25, 0.5, 1 and ``summary_radii``), so every number of ``summary.md`` is also a row of
     ``curves.csv``. ``extra_curves`` (e.g. empirical curves under attack, on the same radii) are written and
     drawn alongside.
+
+    All or nothing: everything is computed and checked first, the files are written into a temporary folder
+    beside ``out`` and that folder is renamed to ``out``; a failure (a bad argument, a full disk) leaves
+    ``out`` as it was. ``out`` may be new, empty or a previous report (replaced); a folder holding other files
+    is refused unless ``overwrite`` (then the report's files are put into it, the others left alone).
     """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out) and not overwrite:
+        raise ValueError(f"out: {out} is not empty and holds no report; choose a new --out, or pass --overwrite")
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
+    for method in methods:
+        check_choice(method, "methods", METHODS)
+    if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
+        only = ", ".join(f"{m} ({_METHODS[m].label})" for m in methods)
+        raise ValueError(f"methods: {only} needs k' = 1 (a base classifier that predicts one label), got k' "
+                         f"{', '.join(str(kp) for kp in k_prime)}; add --k-prime 1 or another method")
     grid = parse_radius_grid(radius_grid if radii is None else radii)
     table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radius_grid(summary_radii)
                                                      if len(summary_radii) else np.zeros(0)]), 12))
     radius = np.unique(np.concatenate([grid, table_radii]))
+    if radius.size > MAX_RADII:
+        raise ValueError(f"radii must be a grid of at most {MAX_RADII} points with the summary radii, got "
+                         f"{radius.size}")
     curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods, names=names)
     curves += list(extra_curves)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "curves.csv"]
-    write_csv(curves, files[0])
-    for metric in METRICS:
-        path = out / f"{metric}.png"
-        plot_metric(curves, metric, path)
-        files.append(path)
+    if not curves:
+        raise ValueError("methods: no curve to report for these methods and k'")
     table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
     summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
     header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
@@ -510,6 +556,23 @@ def make_report(
                        f"arch {run.metadata.get('arch')}"
                        for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
-    atomic_write_bytes(out / "summary.md", text.encode())
-    files.append(out / "summary.md")
-    return Report(out=out, curves=curves, summary=text, files=files)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's 0700
+        write_csv(curves, staging / "curves.csv")
+        for metric in METRICS:
+            plot_metric(curves, metric, staging / f"{metric}.png")
+        atomic_write_bytes(staging / "summary.md", text.encode())
+        _place_report(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Report(out=out, curves=curves, summary=text, files=[out / name for name in REPORT_FILES])
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -227,6 +227,7 @@ def train(
     seed: int = 0,
     out: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
     image_size: int | None = None,
@@ -255,8 +256,9 @@ def train(
         loss: ``'asl'`` (gamma+ 0, gamma- 4, clip 0.05) or ``'bce'``.
         clamp: clamp noisy inputs to [0, 1] (training and noisy evaluation).
         seed: seeds everything (initialisation, data order, noise; multidigits' composition).
-        out: checkpoint path, rewritten atomically after each epoch; ``None``: no file. Without
-            ``resume`` an existing file there is replaced.
+        out: checkpoint path, rewritten atomically after each epoch; ``None``: no file. An existing file
+            there is never replaced unless asked: ``resume`` continues it, ``overwrite`` replaces it, and
+            without either ValueError is raised before any work.
         resume: continue from the checkpoint at ``out`` (from its last completed epoch) if it exists;
             its settings (dataset, arch, sigma, clamp, loss, lr, batch_size, seed, image_size, split,
             train_size) must match, ``epochs`` may be larger. Starts afresh if there is no file.
@@ -295,7 +297,7 @@ def train(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(settings, out=out, resume=resume, device=device, progress=progress, log=log)
+        return _train(settings, out=out, resume=resume, overwrite=overwrite, device=device, progress=progress, log=log)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -305,6 +307,7 @@ def _train(
     *,
     out: str | os.PathLike | None,
     resume: bool,
+    overwrite: bool,
     device: str | torch.device,
     progress: bool,
     log: Callable[[str], None] | None,
@@ -321,6 +324,12 @@ def _train(
     out_path = Path(out) if out is not None else None
     if resume and out_path is None:
         raise ValueError("resume: needs out, the checkpoint to continue")
+    if out_path is not None and out_path.is_dir():
+        raise ValueError(f"out: {out_path} is a folder; give the checkpoint file to write, e.g. "
+                         f"{out_path / 'model.pt'}")
+    if out_path is not None and out_path.exists() and not resume and not overwrite:  # never lose a trained model
+        raise ValueError(f"out: {out_path} already exists; continue training it with --resume, or replace it with "
+                         "--overwrite")
     if log is None:
         log = tqdm.write if progress else (lambda line: None)
 
