@@ -223,6 +223,12 @@ def test_n_beyond_the_limit_is_refused_before_any_file(tmp_path: Path, capsys) -
             _certify(tmp_path / "run", n=n)
         _one_line(caught.value, "n must be between 1 and 1000000000", str(n))
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="n must be between 1 and 1000000000"):  # predict and attack sample here
+        _smoother().sample_counts(torch.rand(1, 6), runs.MAX_N + 1)
+    result = run_in_process(capsys, "certify", "--checkpoint", str(tmp_path / "model.pt"), "--n", str(2**63),
+                            "--out", str(tmp_path / "run"))
+    assert_one_line_error_in_process(result, "n must be between 1 and 1000000000")  # before the checkpoint
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------- finding 10: other processes' files

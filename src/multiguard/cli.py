@@ -221,6 +221,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         say = _echo if context.rank == 0 else (lambda line: None)
         prefix = f"certify ({where})" if where else "certify"
         started = time.perf_counter()
+        printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
+            say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
+        )
         result = sample_checkpoint(
             args.checkpoint,
             args.out,
@@ -237,12 +240,13 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
-            on_progress=None if args.quiet or context.rank != 0 else ProgressPrinter(
-                say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
-            ),
+            on_progress=printer,
         )
         wall = time.perf_counter() - started
         meta = result.metadata
+        for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
+            if printer is None or line not in printer.repairs_shown:
+                say(f"{prefix}: {line}")
         if result.complete:
             say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")

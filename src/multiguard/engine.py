@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from .seeds import NOISE_BLOCK, noise_seed
-from .validation import check_bool, check_int, invalid
+from .validation import MAX_N, check_bool, check_int, invalid
 
 __all__ = ["SamplingEngine", "as_batch", "as_index", "eval_mode", "module_device_dtype", "top_k_prime"]
 
@@ -192,7 +192,7 @@ class SamplingEngine:
         ``start`` (default 0 for every input) lets a caller continue sampling where an earlier call
         stopped: samples ``[0, a)`` and then ``[a, b)`` add up to exactly the counts of ``[0, b)``.
         """
-        n = check_int(n, "n", 1)
+        n = check_int(n, "n", 1, MAX_N)
         seed = check_int(seed, "seed", 0)
         batch_size = check_int(batch_size, "batch_size", 1)
         progress = check_bool(progress, "progress")

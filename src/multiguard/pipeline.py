@@ -26,9 +26,9 @@ from .attack import attack_smoothed
 from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
 from .devices import resolve_device
 from .distributed import DistributedContext, init_distributed
-from .empirical import EmpiricalCurves, write_attack_dir
+from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
 from .seeds import attack_evaluation_seed
-from .validation import RunMismatchError, check_alpha, check_int
+from .validation import MAX_N, RunMismatchError, check_alpha, check_int
 
 __all__ = [
     "AttackRun",
@@ -56,6 +56,7 @@ class ProgressPrinter:
         self.log, self.n, self.every, self.prefix, self.header = log, int(n), float(every), prefix, header
         self._last = -1e9
         self._started = False
+        self.repairs_shown: tuple[str, ...] = ()  # the repairs of a resume printed so far
 
     def __call__(self, p: _runs.RunProgress) -> None:
         now = time.perf_counter()
@@ -66,6 +67,7 @@ class ProgressPrinter:
                 self.log(f"{self.prefix}: {self.header}")
             for line in p.repairs:  # what a resume found damaged (a chunk cut short, ...) and redoes
                 self.log(f"{self.prefix}: {line}")
+            self.repairs_shown = tuple(p.repairs)
             if not p.skipped_inputs and not finished:
                 return
         elif not finished and now - self._last < self.every:
@@ -111,6 +113,7 @@ def sample_checkpoint(
     root and split to the checkpoint's test split. ``context`` is a :func:`multiguard.distributed.init_distributed`
     context (made here from ``device`` when ``None``, and closed again).
     """
+    n = check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
     own_context = context is None
     context = context or init_distributed(device)
     try:
@@ -305,11 +308,14 @@ def run_attack(
     radii_arr = _as_radii(radii)
     k = check_int(k, "k", 1)
     k_prime = check_int(k_prime, "k_prime", 1)
-    n = check_int(n, "n", 1)
+    n = check_int(n, "n", 1, MAX_N)
     seed = check_int(seed, "seed", 0)
     alpha = check_alpha(alpha)
     log = log or (lambda line: None)
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {EMPIRICAL_CSV, PER_INPUT,
+                                                                                       SETTINGS}):
+        raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint_path, device=device)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)

@@ -61,7 +61,7 @@ from .files import (
     create_exclusive_json,
     file_sha256,
 )
-from .validation import DamagedFileError, RunMismatchError, check_int, invalid
+from .validation import MAX_N, DamagedFileError, RunMismatchError, check_int, invalid
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -109,9 +109,6 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "chunk_size",
 )
 
-# The most noisy samples per input a run takes: 10**9 forward passes per input is already far beyond any
-# budget, and every count and sum of counts (at most n * c) stays exact in the int64 counts.
-MAX_N = 10**9
 # A temporary file (``.<name>.<random>.tmp``) older than this is left over from a killed writer and may be
 # removed; a younger one may belong to another process writing right now (a shard, a rank) and is left alone.
 STALE_TMP_SECONDS = 24 * 3600.0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_N",
     "DamagedFileError",
     "RunMismatchError",
     "check_alpha",
@@ -29,6 +30,11 @@ __all__ = [
     "check_positive",
     "invalid",
 ]
+
+
+# The most noisy samples per input anything draws: 10**9 forward passes per input is far beyond any budget, and
+# every count and sum of counts stays exact in int64. Larger values are refused before any work or file.
+MAX_N = 10**9
 
 
 class RunMismatchError(ValueError):
