@@ -690,3 +690,38 @@ def test_a_csv_whose_header_starts_with_a_byte_order_mark_is_read(tmp_path: Path
     assert code == 0, err
     description = json.loads(out)
     assert description["images"] == 2 and description["label_counts"] == {"cat": 1, "dog": 2}
+
+
+def test_an_unexpected_failure_is_one_line_with_exit_status_1(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A model of the user's own that fails in its forward pass: no traceback unless asked for."""
+    (tmp_path / "failing_model.py").write_text(
+        "import torch\n\n\n"
+        "class Failing(torch.nn.Module):\n"
+        "    def __init__(self, num_classes):\n"
+        "        super().__init__()\n"
+        "        self.linear = torch.nn.Linear(1, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('the GPU kernel crashed')\n\n\n"
+        "def make(num_classes):\n"
+        "    return Failing(num_classes)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["train", "--arch", "failing_model:make", "--epochs", "1", "--train-size", "16", "--test-size", "8",
+            "--quiet", "--device", "cpu", "--out", str(tmp_path / "model.pt")]
+    code, _, err = run_in_process(capsys, *argv)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("multiguard: error: unexpected RuntimeError: the GPU kernel crashed") and "--debug" in err
+    assert not (tmp_path / "model.pt").exists()
+    with pytest.raises(RuntimeError, match="the GPU kernel crashed"):
+        from multiguard.cli import main
+
+        main([*argv, "--debug"])
+
+
+def test_a_checkpoint_of_random_bytes_through_the_command_line(tmp_path: Path, capsys) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(np.random.default_rng(5).bytes(5000))
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), "--device", "cpu", "--out",
+                            str(tmp_path / "run"))
+    assert_one_line_error_in_process(result, f"checkpoint: {checkpoint} is not a MultiGuard checkpoint")
+    assert not (tmp_path / "run").exists()

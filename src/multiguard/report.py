@@ -476,19 +476,18 @@ def _is_report(folder: Path) -> bool:
 
 
 def _place_report(staging: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished report in ``staging`` to ``out``: a rename where ``out`` is new, empty or a previous
-    report (which is swapped out, then removed); file by file (each an atomic replace) into a folder of other
-    files with ``overwrite``."""
-    if not out.exists() or not any(out.iterdir()):
-        os.replace(staging, out)  # a rename: onto nothing, or onto an empty folder
-        return
-    if _is_report(out):
-        previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old" + TMP_SUFFIX, dir=out.parent))
-        os.replace(out, previous)
-        os.replace(staging, out)
-        shutil.rmtree(previous, ignore_errors=True)
-        return
-    if not overwrite:  # checked before anything was computed too; another process may have written since
+    """Move the finished report in ``staging`` to ``out``: one rename where ``out`` does not exist yet; into an
+    existing folder (empty, a previous report, or with ``overwrite`` one holding other files, which are left
+    alone) file by file, each an atomic replace, so that the folder itself (perhaps the shell's working
+    directory) stays the same."""
+    if not out.exists():
+        try:
+            os.rename(staging, out)
+            return
+        except OSError:  # another process made out meanwhile
+            if not out.is_dir():
+                raise
+    if any(out.iterdir()) and not _is_report(out) and not overwrite:  # another process may have written since
         raise ValueError(f"out: {out} is not empty and holds no report; choose a new --out, or pass --overwrite")
     for path in staging.iterdir():
         os.replace(path, out / path.name)
@@ -520,9 +519,10 @@ def make_report(
     drawn alongside.
 
     All or nothing: everything is computed and checked first, the files are written into a temporary folder
-    beside ``out`` and that folder is renamed to ``out``; a failure (a bad argument, a full disk) leaves
-    ``out`` as it was. ``out`` may be new, empty or a previous report (replaced); a folder holding other files
-    is refused unless ``overwrite`` (then the report's files are put into it, the others left alone).
+    beside ``out`` and that folder is renamed to ``out`` (into an existing ``out``, the finished files are
+    moved in, one atomic replace each); a failure (a bad argument, a full disk) leaves ``out`` as it was.
+    ``out`` may be new, empty or a previous report (replaced); a folder holding other files is refused
+    unless ``overwrite`` (then the report's files are put into it, the others left alone).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -557,15 +557,16 @@ def make_report(
                        for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent))
+    place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
+    place.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=TMP_SUFFIX, dir=place.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's 0700
         write_csv(curves, staging / "curves.csv")
         for metric in METRICS:
             plot_metric(curves, metric, staging / f"{metric}.png")
         atomic_write_bytes(staging / "summary.md", text.encode())
-        _place_report(staging, out, overwrite)
+        _place_report(staging, place, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
