@@ -725,3 +725,43 @@ def test_a_checkpoint_of_random_bytes_through_the_command_line(tmp_path: Path, c
                             str(tmp_path / "run"))
     assert_one_line_error_in_process(result, f"checkpoint: {checkpoint} is not a MultiGuard checkpoint")
     assert not (tmp_path / "run").exists()
+
+
+def _dropping_meta(key: str):
+    def change(checkpoint: dict) -> None:
+        checkpoint["meta"].pop(key)
+
+    return change
+
+
+def test_checkpoints_with_parts_missing_or_edited_give_a_clean_error(tmp_path: Path) -> None:
+    from multiguard.checkpoints import load_checkpoint
+    from multiguard.train import train
+
+    real = tmp_path / "real.pt"
+    train("multidigits", epochs=1, train_size=16, test_size=8, batch_size=8, out=real, progress=False)
+    original = torch.load(real, weights_only=True)
+    first_weight = next(iter(original["state_dict"]))
+
+    def edited(change) -> dict:
+        copy = {**original, "meta": dict(original["meta"]), "state_dict": dict(original["state_dict"])}
+        change(copy)
+        return copy
+
+    cases = {
+        "marker of another type": lambda c: c.update(multiguard_checkpoint="1"),
+        "meta not a dict": lambda c: c.update(meta=[1, 2]),
+        "no state_dict": lambda c: c.pop("state_dict"),
+        "a weight missing": lambda c: c["state_dict"].pop(first_weight),
+        "a weight of another shape": lambda c: c["state_dict"].update({first_weight: torch.zeros(3)}),
+        **{f"meta without {key}": _dropping_meta(key)
+           for key in ("arch", "num_classes", "image_size", "in_channels", "class_names", "mean")},
+    }
+    victim = tmp_path / "model.pt"
+    for name, change in cases.items():
+        torch.save(edited(change), victim)
+        with pytest.raises(ValueError) as caught:
+            load_checkpoint(victim)
+        _one_line(caught.value, str(victim))
+        assert "checkpoint" in str(caught.value), name
+    load_checkpoint(real)  # the control: the original loads

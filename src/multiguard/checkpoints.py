@@ -79,9 +79,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """
     checkpoint = read_checkpoint(path)
     meta = checkpoint["meta"]
-    model = _build(meta)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.class_names = list(meta["class_names"])
+    try:
+        model = _build(meta)
+        model.load_state_dict(checkpoint["state_dict"])
+        model.class_names = list(meta["class_names"])
+    except KeyError as missing:  # a checkpoint of ours always has them: it was damaged or edited
+        raise ValueError(f"checkpoint: {path} is damaged (no {missing} in it)") from None
+    except RuntimeError as exc:  # load_state_dict: weights of other shapes or names than the model's
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint: {path} is damaged (its weights do not fit its model: {reason})") from None
     return model.to(resolve_device(device)).eval(), meta
 
 
