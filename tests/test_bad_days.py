@@ -8,8 +8,11 @@ runs as a user runs it (a subprocess) where that is what is tested, else through
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,9 @@ from clitools import (
     assert_one_line_error,
     assert_one_line_error_in_process,
     assert_same_counts,
+    command,
+    env,
+    load_counts,
     reference_run,
     run,
     run_in_process,
@@ -397,8 +403,6 @@ def test_train_on_the_command_line_keeps_the_model_unless_asked(tmp_path_factory
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -509,14 +513,8 @@ def test_folders_given_as_files_are_named(tmp_path_factory, tmp_path: Path, caps
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or shutil.which("setpriv") is None,
-                    reason="needs setpriv to run as another user")
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root needs setpriv to be nobody")
 def test_permission_denied_names_out(reference: Path, tmp_path: Path) -> None:
-    import os
-    import subprocess
-
-    from clitools import command, env
-
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     locked.chmod(0o555)
@@ -534,8 +532,6 @@ def test_permission_denied_names_out(reference: Path, tmp_path: Path) -> None:
 
 def _small_filesystems_work() -> bool:
     """Whether this machine lets an unprivileged user namespace mount a tmpfs (a real, small, full disk)."""
-    import subprocess
-
     if shutil.which("unshare") is None:
         return False
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
@@ -572,11 +568,6 @@ def test_a_full_disk_leaves_whole_files_and_the_same_command_completes(tmp_path_
     """certify, report and train on a real 4 MB file system filled up to a few KB: each fails with one line
     (exit 1, the file named), leaves only whole files, and completes once space is freed, with the results of
     an uninterrupted run."""
-    import os
-    import subprocess
-
-    from clitools import command, env, load_counts
-
     checkpoint, reference_dir = tiny_checkpoint(tmp_path_factory), reference_run(tmp_path_factory)
     disk, out, read_only = tmp_path / "disk", tmp_path / "out", tmp_path / "read-only"
     for folder in (disk, out, read_only):
@@ -619,9 +610,6 @@ def test_a_full_disk_in_process_leaves_whole_files_and_resume_completes(
     reference: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     """The same through the real writer on any machine: the fsync of the n-th file written fails with ENOSPC."""
-    import errno
-    import os
-
     real_fsync = os.fsync
 
     def full_after(count: int) -> None:
