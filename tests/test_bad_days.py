@@ -442,6 +442,13 @@ def test_a_report_never_writes_into_someone_elses_folder(reference: Path, tmp_pa
     second = (report / "curves.csv").read_text()
     assert first != second and ",2,1," in second.splitlines()[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "report"]  # no temporary folder left
+    killed, writing = tmp_path / ".report.killed.tmp", tmp_path / ".report.writing.tmp"
+    for folder in (killed, writing):
+        folder.mkdir()
+    old = killed.stat().st_mtime - runs.STALE_TMP_SECONDS - 60
+    os.utime(killed, (old, old))
+    assert run_in_process(capsys, "report", str(reference), "--quiet", "--out", str(report))[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writing.name, "mine", "report"]  # only the old one went
 
 
 # ------------------------------------------------------------------ finding 9: no abbreviations

@@ -18,12 +18,14 @@ passed to :func:`make_report` as ``extra_curves`` to be written and drawn alongs
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from . import certify
 from .empirical import load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
-from .runs import Run, load_run
+from .runs import STALE_TMP_SECONDS, Run, load_run
 from .validation import check_alpha, check_choice
 
 __all__ = [
@@ -559,6 +561,10 @@ def make_report(
 
     place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
     place.parent.mkdir(parents=True, exist_ok=True)
+    for stale in place.parent.glob(f".{place.name}.*{TMP_SUFFIX}"):  # left by a killed report, long ago
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=TMP_SUFFIX, dir=place.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's 0700
