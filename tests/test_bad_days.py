@@ -203,7 +203,7 @@ def test_a_report_refuses_metadata_that_disagree_with_the_counts(
     _one_line(caught.value, str(path / "metadata.json"), f" on {field}: ")
     # a resume must not take the edit for damaged counts and resample them: it refuses, naming the field
     (path / "counts.npz").unlink()
-    with pytest.raises(ValueError, match=f"{field}: |other inputs"):  # a new seed picks other inputs first
+    with pytest.raises(ValueError, match=f"{field}:? |other inputs"):  # a new seed picks other inputs first
         _certify(path, resume=True, **({field: value} if field in RUN_ARGS else {}),
                  metadata={**RUN_META, **({field: value} if field in RUN_META else {})})
     assert (path / "chunks" / "chunk-000000.npz").read_bytes() == (reference / "chunks" /
@@ -218,6 +218,15 @@ def test_a_report_on_an_edited_sigma_fails_on_the_command_line(reference: Path, 
     proc = run("report", str(path), "--out", str(tmp_path / "report"), check=False)
     assert_one_line_error(proc, str(path / "metadata.json"), "sigma", "5.0", "0.5")
     assert not (tmp_path / "report").exists()
+
+
+def test_a_run_records_the_sigma_its_counts_are_sampled_with(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:  # the sampler's noise is 0.5
+        _certify(tmp_path / "run", metadata={**RUN_META, "sigma": 0.25})
+    _one_line(caught.value, "sigma 0.25 is not the sampler's sigma 0.5")
+    assert not (tmp_path / "run").exists()
+    _certify(tmp_path / "run", metadata={"arch": "mlp"})
+    assert runs.load_run(tmp_path / "run").sigma == 0.5
 
 
 # -------------------------------------------------------------------------------- finding 6: n

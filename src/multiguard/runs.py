@@ -612,6 +612,13 @@ def sample_run(
         num_classes = len(dataset.class_names)
 
     wanted: dict[str, Any] = dict(metadata or {})
+    sampler_sigma = getattr(sampler, "sigma", None)  # MultiGuard's: the noise the counts are sampled with
+    if isinstance(sampler_sigma, (int, float)) and not isinstance(sampler_sigma, bool):
+        if "sigma" not in wanted:
+            wanted["sigma"] = float(sampler_sigma)
+        elif not _same_value(wanted["sigma"], float(sampler_sigma)):
+            raise ValueError(f"metadata: sigma {wanted['sigma']!r} is not the sampler's sigma {sampler_sigma!r} "
+                             "(the run must record the noise its counts are sampled with)")
     wanted.update(
         format_version=FORMAT_VERSION,
         n=n,
