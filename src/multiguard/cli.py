@@ -99,10 +99,11 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
         return EXIT_USAGE, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else out
-        if out is not None and _belongs_to(where, out) and ".tmp" in str(where):  # a temporary name: say --out
-            where = out
-        named = f"{where}" + ("" if out is None or not _belongs_to(where, out) else " (--out)" if str(where) == str(out)
-                              else f" (--out {out})")
+        named = "a file" if where is None else str(where)
+        if out is not None and _belongs_to(where, out):
+            if ".tmp" in named:  # a temporary name of the atomic writer: the user knows --out
+                where = named = str(out)
+            named += " (--out)" if str(where) == str(out) else f" (--out {out})"
         if isinstance(exc, PermissionError):
             return EXIT_USAGE, f"permission denied: {named}; choose a place you may read and write"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
