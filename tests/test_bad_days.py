@@ -613,6 +613,10 @@ def test_a_full_disk_leaves_whole_files_and_the_same_command_completes(tmp_path_
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
     assert sorted(os.listdir(out / "report")) == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
+    from multiguard.report import make_report
+
+    make_report([reference_dir], tmp_path / "expected")  # the same run, reported on a roomy disk
+    assert (out / "report" / "curves.csv").read_bytes() == (tmp_path / "expected" / "curves.csv").read_bytes()
     assert (out / "ro.rc").read_text().strip() == "1"
     read_only_error = (out / "ro.err").read_text().strip().splitlines()
     assert len(read_only_error) == 1 and "read-only file system" in read_only_error[0]
