@@ -417,6 +417,16 @@ def _umask() -> int:
     return mask
 
 
+def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path: Path) -> None:
+    from multiguard.pipeline import run_demo
+
+    (tmp_path / "model.pt").write_bytes(b"a model of mine, in another format")
+    with pytest.raises(ValueError) as caught:
+        run_demo(tmp_path, quick=True, device="cpu", log=lambda line: None)
+    _one_line(caught.value, str(tmp_path / "model.pt"), "not a MultiGuard checkpoint")
+    assert (tmp_path / "model.pt").read_bytes() == b"a model of mine, in another format"
+
+
 # --------------------------------------------------------------- finding 4: all-or-nothing reports
 
 

@@ -23,7 +23,7 @@ from . import certify as _certify
 from . import report as _report
 from . import runs as _runs
 from .attack import attack_smoothed
-from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+from .checkpoints import dataset_for_checkpoint, load_checkpoint, read_checkpoint, smoothed_from_checkpoint
 from .devices import resolve_device
 from .distributed import DistributedContext, init_distributed
 from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
@@ -430,7 +430,11 @@ def run_demo(
     )
     try:
         _, meta = train("multidigits", resume=True, **train_args)
-    except ValueError:  # a model.pt from other settings (e.g. --quick after a full demo): train afresh
+    except RunMismatchError:  # a demo model.pt from other settings (e.g. --quick after a full demo): train afresh
+        saved = read_checkpoint(checkpoint)["meta"]
+        if (saved.get("dataset"), saved.get("arch")) != ("multidigits", "small_cnn"):  # never replace a user's model
+            raise ValueError(f"out: {checkpoint} is a model of another kind ({saved.get('arch')} on "
+                             f"{saved.get('dataset')}), not the demo's; choose another --out") from None
         log("      model.pt was trained with other settings: training a new one")
         _, meta = train("multidigits", resume=False, overwrite=True, **train_args)
     last = meta["metrics"][-1]

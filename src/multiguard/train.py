@@ -53,7 +53,7 @@ from .files import atomic_write_bytes
 from .losses import make_loss
 from .models import create_model
 from .seeds import training_seed
-from .validation import check_float, check_int
+from .validation import RunMismatchError, check_float, check_int
 
 __all__ = ["CHECKPOINT_MARKER", "evaluate_map", "load_checkpoint", "read_checkpoint", "train"]
 
@@ -396,7 +396,7 @@ def _train(
                      for key in dict.fromkeys((*TrainSettings.resume_fields(), *_DERIVED_RESUME_KEYS))
                      if saved.get(key) != meta[key]]
         if different:
-            raise ValueError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
+            raise RunMismatchError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         for key in ("epoch", "metrics", "train_seconds", "mean", "std", "pretrained", "updated"):
