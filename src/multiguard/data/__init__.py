@@ -23,20 +23,22 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
 
 from . import coco, csvfolder, multidigits, nuswide, voc
-from ._common import DatasetFileError, MultiLabelImageDataset, load_image
+from ._common import DatasetFileError, MultiLabelImageDataset, inspect_images, load_image, mode_channels
 
 __all__ = [
     "DATASETS",
     "DatasetFileError",
     "DatasetInfo",
     "MultiLabelImageDataset",
+    "dataset_names",
     "default_splits",
     "describe",
     "format_description",
@@ -45,43 +47,83 @@ __all__ = [
 ]
 
 
+def _load_multidigits(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    return multidigits.load_multidigits(split=split, image_size=image_size, seed=seed, **options)
+
+
+def _load_voc2007(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    return voc.load_voc2007(root, split=split, image_size=image_size, **options)
+
+
+def _load_coco2014(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    return coco.load_coco2014(root, split=split, image_size=image_size)
+
+
+def _load_nuswide(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    return nuswide.load_nuswide(root, split=split, image_size=image_size)
+
+
+def _load_csv(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    return csvfolder.load_csv(root, split=split, image_size=image_size)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What :func:`get_dataset` knows about a dataset family."""
+    """One dataset family: everything the library, the command line and its help know about it.
+
+    Attributes:
+        name: the name users type (``--dataset NAME``).
+        description: one line for ``datasets list`` and help texts (the layout under the root).
+        train_split, test_split: the default splits.
+        image_size: default side S of the square inputs; ``None``: chosen from the images.
+        needs_root: whether the dataset lives in a folder the user gives (``--data-root``).
+        options: the names of the family's extra options (``--dataset-option KEY=VALUE``).
+        load: ``load(root, split, image_size, seed, **options) -> Dataset`` (``image_size`` may be
+            ``None``: the family's default).
+    """
 
     name: str
     description: str
     train_split: str
     test_split: str
-    image_size: int
+    image_size: int | None
     needs_root: bool
     options: tuple[str, ...]
+    load: Callable[..., Dataset] = field(repr=False, compare=False)
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "multidigits": DatasetInfo(
+# The one registry of dataset families: a new family is one module in this package and one entry here;
+# get_dataset, `multiguard datasets list` and the command line's help read everything from this table.
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+    DatasetInfo(
         "multidigits",
         "embedded: 2x2 grids of 1-4 scikit-learn handwritten digits, 10 classes, grayscale",
         multidigits.TRAIN_SPLIT, multidigits.TEST_SPLIT, multidigits.DEFAULT_IMAGE_SIZE, False,
-        ("size", "min_digits", "max_digits"),
+        ("size", "min_digits", "max_digits"), _load_multidigits,
     ),
-    "voc2007": DatasetInfo(
+    DatasetInfo(
         "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes",
-        voc.TRAIN_SPLIT, voc.TEST_SPLIT, voc.DEFAULT_IMAGE_SIZE, True, ("difficult_positive",),
+        voc.TRAIN_SPLIT, voc.TEST_SPLIT, voc.DEFAULT_IMAGE_SIZE, True, ("difficult_positive",), _load_voc2007,
     ),
-    "coco2014": DatasetInfo(
+    DatasetInfo(
         "coco2014", "MS-COCO 2014, root/annotations + root/{train,val}2014, 80 classes",
-        coco.TRAIN_SPLIT, coco.TEST_SPLIT, coco.DEFAULT_IMAGE_SIZE, True, (),
+        coco.TRAIN_SPLIT, coco.TEST_SPLIT, coco.DEFAULT_IMAGE_SIZE, True, (), _load_coco2014,
     ),
-    "nuswide": DatasetInfo(
+    DatasetInfo(
         "nuswide", "NUS-WIDE (ASL release), root/nus_wid_data.csv + Concepts81.txt, 81 classes",
-        nuswide.TRAIN_SPLIT, nuswide.TEST_SPLIT, nuswide.DEFAULT_IMAGE_SIZE, True, (),
+        nuswide.TRAIN_SPLIT, nuswide.TEST_SPLIT, nuswide.DEFAULT_IMAGE_SIZE, True, (), _load_nuswide,
     ),
-    "csv": DatasetInfo(
-        "csv", "your own: root/classes.txt + root/<split>.csv (path,labels joined by |)",
-        csvfolder.TRAIN_SPLIT, csvfolder.TEST_SPLIT, csvfolder.DEFAULT_IMAGE_SIZE, True, (),
+    DatasetInfo(
+        "csv", "your own images: root/classes.txt + root/<split>.csv (path,labels joined by |)",
+        csvfolder.TRAIN_SPLIT, csvfolder.TEST_SPLIT, csvfolder.DEFAULT_IMAGE_SIZE, True, (), _load_csv,
     ),
-}  # fmt: skip
+)}  # fmt: skip
+
+
+def dataset_names(conjunction: str = "or") -> str:
+    """The registered names as running text, e.g. ``'multidigits, voc2007, coco2014, nuswide or csv'`` (for help)."""
+    names = list(DATASETS)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 def _info(name: str) -> DatasetInfo:
@@ -110,7 +152,9 @@ def get_dataset(
         name: one of ``DATASETS``: ``multidigits``, ``voc2007``, ``coco2014``, ``nuswide``, ``csv``.
         root: the dataset folder (all but ``multidigits``, which is embedded).
         split: split name; ``None`` = the family's training split (see :func:`default_splits`).
-        image_size: side S of the square images; ``None`` = 32 for multidigits, 224 otherwise.
+        image_size: side S of the square images; ``None`` = the family's default: 32 for multidigits,
+            224 for voc2007, coco2014, nuswide; for csv, from the images (the larger side of their most
+            common size, at most 224; ``dataset.image_size_note`` says which).
         seed: only multidigits uses it: the dataset is a deterministic function of it.
         **options: family options: voc2007 ``difficult_positive`` (bool, default False:
             difficult-only objects count as negative); multidigits ``size`` (number of
@@ -134,19 +178,15 @@ def get_dataset(
         )
     split = info.train_split if split is None else split
     image_size = info.image_size if image_size is None else image_size
-    if name == "multidigits":
-        return multidigits.load_multidigits(split=split, image_size=image_size, seed=seed, **options)
-    if root is None:
-        raise ValueError(f"root: dataset {name!r} needs root, the folder holding it ({info.description})")
-    if not os.path.isdir(root):
-        raise DatasetFileError(f"dataset folder for {name} not found: expected {root}")
-    if name == "voc2007":
-        return voc.load_voc2007(root, split=split, image_size=image_size, **options)
-    if name == "coco2014":
-        return coco.load_coco2014(root, split=split, image_size=image_size)
-    if name == "nuswide":
-        return nuswide.load_nuswide(root, split=split, image_size=image_size)
-    return csvfolder.load_csv(root, split=split, image_size=image_size)
+    if info.needs_root:
+        if root is None:
+            raise ValueError(f"root: dataset {name!r} needs root, the folder holding it ({info.description})")
+        if not os.path.isdir(root):
+            raise DatasetFileError(
+                f"dataset folder for {name} not found: expected {os.path.abspath(root)} "
+                "(moved? give its new place with --data-root, or root= in Python)"
+            )
+    return info.load(root, split, image_size, seed, **options)
 
 
 def _labels_of(dataset: Dataset) -> tuple[torch.Tensor, list[str]]:
@@ -162,21 +202,52 @@ def _labels_of(dataset: Dataset) -> tuple[torch.Tensor, list[str]]:
     return torch.as_tensor(labels).float(), names
 
 
-def describe(dataset: Dataset) -> dict[str, Any]:
-    """Summary of a dataset's labels (read without loading images when it has ``labels``).
+def _image_check(dataset: Dataset, progress: bool | None) -> dict[str, Any]:
+    """:func:`inspect_images` of the files behind ``dataset`` (a Subset: only its images); tensors: their shape."""
+    base, indices = dataset, None
+    while isinstance(base, Subset):
+        inner = list(base.indices)
+        indices = inner if indices is None else [inner[i] for i in indices]
+        base = base.dataset
+    paths = getattr(base, "paths", None)
+    if paths is not None:
+        paths = list(paths) if indices is None else [base.paths[i] for i in indices]
+        return inspect_images(paths, progress=progress)
+    images = getattr(base, "images", None)
+    if isinstance(images, torch.Tensor):  # in memory: nothing to open; every image has the tensor's shape
+        count = len(dataset)
+        channels, height, width = images.shape[1:]
+        return {"checked": count, "unreadable": [], "sizes": {f"{width}x{height}": count} if count else {},
+                "modes": {("L" if channels == 1 else "RGB"): count} if count else {}}
+    return {"checked": 0, "unreadable": [], "sizes": {}, "modes": {}}
+
+
+def describe(dataset: Dataset, check_images: bool = True, progress: bool | None = None) -> dict[str, Any]:
+    """Summary of a dataset's labels and, with ``check_images``, of its image files.
+
+    Labels are read without loading images when the dataset has ``labels``. With
+    ``check_images`` every image file is opened and decoded (a tqdm bar for 1000 images or more
+    on a terminal; ``progress`` forces it on or off), so that a missing or corrupt file shows up
+    here rather than in the middle of training.
 
     Returns a dict with keys ``name``, ``split``, ``images``, ``classes``,
     ``class_names``, ``label_counts`` ({class: images holding it}),
     ``label_frequency`` ({class: fraction of images holding it}),
-    ``mean_labels_per_image`` and ``images_without_labels``.
+    ``mean_labels_per_image``, ``images_without_labels``, ``image_size`` (the side the images are
+    resized to) and ``image_size_note`` (why, where the size was chosen from the images); with
+    ``check_images`` also ``images_checked``, ``unreadable_images`` (a list of ``{"path", "error"}``),
+    ``image_sizes`` ({"WxH": count}, most common first) and ``image_modes`` ({PIL mode: count},
+    e.g. RGB, L for grayscale; every image is converted to ``in_channels`` when loaded).
     Format it with :func:`format_description`.
     """
     labels, names = _labels_of(dataset)
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
     n = labels.shape[0]
     counts = labels.gt(0).sum(0).tolist() if n else [0] * len(names)
     per_image = labels.gt(0).sum(1)
-    return {
+    description: dict[str, Any] = {
         "name": getattr(base, "name", type(base).__name__),
         "split": getattr(base, "split", None),
         "images": n,
@@ -186,7 +257,14 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         "label_frequency": {name: (c / n if n else 0.0) for name, c in zip(names, counts, strict=True)},
         "mean_labels_per_image": float(per_image.float().mean()) if n else 0.0,
         "images_without_labels": int((per_image == 0).sum()) if n else 0,
+        "image_size": getattr(base, "image_size", None),
+        "image_size_note": getattr(base, "image_size_note", None),
     }
+    if check_images:
+        check = _image_check(dataset, progress)
+        description.update(images_checked=check["checked"], unreadable_images=check["unreadable"],
+                           image_sizes=check["sizes"], image_modes=check["modes"])
+    return description
 
 
 def format_description(description: dict[str, Any] | list[dict[str, Any]]) -> str:
@@ -215,4 +293,43 @@ def format_description(description: dict[str, Any] | list[dict[str, Any]]) -> st
     out += [line(r) for r in rows[: len(names)]]
     out.append(line(["-" * w for w in widths]))
     out += [line(r) for r in rows[len(names):]]
+    notes = {d.get("image_size_note") or d.get("image_size") for d in descs}
+    for i, d in enumerate(descs):
+        out += _image_lines(d, len(descs) > 1, size_line=i == 0 or len(notes) > 1)
     return "\n".join(out)
+
+
+_MODE_NAMES = {"L": "grayscale", "1": "black and white", "P": "palette", "RGB": "colour", "RGBA": "colour + alpha",
+               "LA": "grayscale + alpha", "CMYK": "CMYK"}
+
+
+def _channels_text(mode: str) -> str:
+    channels = mode_channels(mode)
+    return "? channels" if channels is None else f"{channels} channel{'s' if channels > 1 else ''}"
+
+
+def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True) -> list[str]:
+    """The image-file part of :func:`format_description` for one description."""
+    head = f"{d['split'] or d['name']} images" if name_split else "images"
+    out = [""]
+    if size_line and d.get("image_size_note"):
+        out.append(f"model input: {d['image_size_note']}")
+    elif size_line and d.get("image_size"):
+        out.append(f"model input: image size {d['image_size']}")
+    if "images_checked" not in d:
+        return out
+    sizes = list(d["image_sizes"].items())
+    shown = ", ".join(f"{size} ({count})" for size, count in sizes[:4])
+    if len(sizes) > 4:
+        shown += f" and {len(sizes) - 4} other sizes ({sum(c for _, c in sizes[4:])})"
+    modes = ", ".join(f"{mode}{' ' + _MODE_NAMES[mode] if mode in _MODE_NAMES else ''} "
+                      f"[{_channels_text(mode)}] ({count})" for mode, count in d["image_modes"].items())
+    bad = d["unreadable_images"]
+    out.append(f"{head}: read {d['images_checked'] - len(bad)} of {d['images_checked']}; "
+               f"sizes {shown or 'none'}; modes {modes or 'none'}")
+    if bad:
+        out.append(f"{head}: {len(bad)} unreadable:")
+        out += [f"  {item['path']}: {item['error']}" for item in bad[:20]]
+        if len(bad) > 20:
+            out.append(f"  ... and {len(bad) - 20} more (--json lists all)")
+    return out

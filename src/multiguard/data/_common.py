@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +94,7 @@ class MultiLabelImageDataset(Dataset):
     """
 
     in_channels = 3
+    image_size_note: str | None = None  # why this image size, where it was chosen from the images
 
     def __init__(
         self,
@@ -126,6 +129,82 @@ class MultiLabelImageDataset(Dataset):
 
 
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file."""
-    with open(path, encoding="utf-8") as handle:
+    """Non-empty stripped lines of a UTF-8 text file (a byte-order mark, as Excel and Notepad write, is dropped)."""
+    with open(path, encoding="utf-8-sig") as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+# Images whose most common size is larger than this are resized to it when the size is chosen automatically.
+AUTO_IMAGE_SIZE_CAP = 224
+# At most this many images (evenly spread over the list) are opened to choose the size.
+AUTO_IMAGE_SIZE_SAMPLE = 1000
+
+
+def infer_image_size(paths: Sequence[Path], fallback: int = AUTO_IMAGE_SIZE_CAP) -> tuple[int, str]:
+    """Side ``S`` for square model inputs, from the images themselves, and a sentence saying why.
+
+    ``S`` is the larger side of the most common image size (width x height) among the images
+    (at most :data:`AUTO_IMAGE_SIZE_SAMPLE` of them, evenly spread), capped at
+    :data:`AUTO_IMAGE_SIZE_CAP` so that photos are not trained at full resolution. Only image
+    headers are read. Unreadable images are skipped; if none can be read, ``fallback``.
+    """
+    paths = list(paths)
+    if len(paths) > AUTO_IMAGE_SIZE_SAMPLE:
+        picks = np.linspace(0, len(paths) - 1, AUTO_IMAGE_SIZE_SAMPLE).round().astype(int)
+        paths = [paths[i] for i in picks]
+    sizes: Counter[tuple[int, int]] = Counter()
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes[img.size] += 1
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+            continue
+    if not sizes:
+        return fallback, f"image size {fallback} (the default: none of the {len(paths)} images could be read)"
+    (width, height), count = sizes.most_common(1)[0]
+    side = max(width, height)
+    why = f"the most common size, {width}x{height}, of {count} of the {sum(sizes.values())} images read"
+    if side > AUTO_IMAGE_SIZE_CAP:
+        return AUTO_IMAGE_SIZE_CAP, (f"image size {AUTO_IMAGE_SIZE_CAP} (images are resized down to it: {why}; "
+                                     "choose another with --image-size)")
+    return side, f"image size {side} ({why}; choose another with --image-size)"
+
+
+_MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "CMYK": 4,
+                  "LA": 2, "I": 1, "F": 1, "I;16": 1}
+
+
+def inspect_images(paths: Sequence[Path], progress: bool | None = None) -> dict[str, Any]:
+    """Open and decode every image: which cannot be read, their sizes and their colour modes.
+
+    Returns ``{"checked": N, "unreadable": [{"path", "error"}], "sizes": {"WxH": count}
+    (most common first), "modes": {"RGB": count, ...} (PIL modes; every image is converted to
+    RGB when loaded)}``. ``progress``: a tqdm bar; ``None`` shows it for 1000 images or more on a
+    terminal.
+    """
+    from tqdm.auto import tqdm
+
+    paths = list(paths)
+    disable = (None if len(paths) >= 1000 else True) if progress is None else not progress
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    unreadable: list[dict[str, str]] = []
+    for path in tqdm(paths, desc="opening images", unit="img", disable=disable, leave=False):
+        if not Path(path).is_file():
+            unreadable.append({"path": str(path), "error": "file not found"})
+            continue
+        try:
+            with Image.open(path) as img:
+                img.load()  # decodes the whole file: a truncated or corrupt image fails here, as in training
+                sizes[f"{img.size[0]}x{img.size[1]}"] += 1
+                modes[img.mode] += 1
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            unreadable.append({"path": str(path), "error": reason})
+    return {"checked": len(paths), "unreadable": unreadable, "sizes": dict(sizes.most_common()),
+            "modes": dict(modes.most_common())}
+
+
+def mode_channels(mode: str) -> int | None:
+    """Number of channels of a PIL image mode (``None`` if unknown)."""
+    return _MODE_CHANNELS.get(mode)
