@@ -38,6 +38,7 @@ __all__ = [
     "jia_certified_radii",
     "jia_intersection_size_from_radii",
     "label_probability_bounds",
+    "trivial_intersection_size",
 ]
 
 # In units of sigma, a radius at which Eq. 8 still holds with finite inputs is impossible: Phi(x - T) with
@@ -434,6 +435,23 @@ class CertifiedMetrics:
     f1: np.ndarray
     num_inputs: int
     num_empty: int
+
+
+def trivial_intersection_size(labels: object, k: int) -> np.ndarray:
+    """What any top-k keeps of L by counting alone: int64 ``(N,)`` (or a scalar for one ``(c,)`` mask).
+
+    k labels out of c leave out c - k of them, so at least ``|L| - (c - k)`` labels of L are in *every*
+    top-k, whatever the classifier and the perturbation. A certified size ``e <= max(0, |L| - (c - k))``
+    (which Theorem 1 certifies at every radius) says nothing about the model: keep k well below c.
+    """
+    array = np.asarray(labels)
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:
+        raise ValueError(f"labels must have shape (N, c) or (c,) with c >= 1, got shape {array.shape}")
+    mask = _as_label_mask(array, np.atleast_2d(array).shape)
+    num_classes = mask.shape[1]
+    k = check_int(k, "k", 1, num_classes)
+    sizes = np.maximum(0, mask.sum(axis=1) - (num_classes - k)).astype(np.int64)
+    return sizes[0] if array.ndim == 1 else sizes
 
 
 def certified_metrics(sizes: object, labels: object, k: int) -> CertifiedMetrics:

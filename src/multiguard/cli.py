@@ -51,6 +51,30 @@ def _wrap(text: str, width: int = 88) -> str:
     return "\n\n".join(textwrap.fill(" ".join(par.split()), width) for par in text.split("\n\n"))
 
 
+def _shown(text: str) -> str:
+    """A path, or an arch ``PATH.py:factory``, relative to the current folder where that is shorter."""
+    path, sep, rest = text.rpartition(":") if ".py:" in text else (text, "", "")
+    if not os.path.isabs(path):
+        return text
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return text
+    return relative + sep + rest if len(relative) < len(path) else text
+
+
+def _next_k(run_dir: str) -> tuple[int, str]:
+    """A k for the `next:` hint from the run's labels: about the mean label count, well below the classes."""
+    from .runs import load_run
+
+    labels = load_run(run_dir).labels
+    classes = labels.shape[1]
+    mean = float(labels.sum(1).mean()) if len(labels) else 1.0
+    k = max(1, min(int(-(-mean // 1)), max(1, classes // 2)))
+    return k, (f"k = {k}: about the {mean:.1f} labels per input, at most half the {classes} classes; "
+               "k' = 1 as in the paper")
+
+
 def _echo(line: str = "") -> None:
     print(line, flush=True)
 
@@ -167,13 +191,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_split=args.test_split,
         dataset_options=_dataset_options(args.dataset_option),
         pretrained=args.pretrained,
+        mean=args.mean,
+        std=args.std,
         num_workers=args.num_workers,
+        num_threads=args.threads,
         log=None if not args.quiet else (lambda line: None),
     )
     last = meta["metrics"][-1] if meta["metrics"] else None
     if last is not None:
-        _echo(f"trained {meta['arch']} on {meta['dataset']} ({meta['num_classes']} classes, sigma = {meta['sigma']:g}) "
-              f"for {meta['epoch']} epochs: test mAP clean {last['clean_map']:.4f}, noisy {last['noisy_map']:.4f}")
+        _echo(f"trained {_shown(meta['arch'])} on {meta['dataset']} ({meta['num_classes']} classes, "
+              f"sigma = {meta['sigma']:g}) for {meta['epoch']} epochs: test mAP clean {last['clean_map']:.4f}, "
+              f"noisy {last['noisy_map']:.4f}")
     _echo(f"checkpoint: {args.out}")
     return 0
 
@@ -227,6 +255,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
             say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
         )
+        quiet_say = (lambda line: None) if args.quiet else say
         result = sample_checkpoint(
             args.checkpoint,
             args.out,
@@ -243,6 +272,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
+            log=quiet_say,
             on_progress=printer,
         )
         wall = time.perf_counter() - started
@@ -253,7 +283,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         if result.complete:
             say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
-            say(f"next: multiguard report {args.out} --k 3 --k-prime 1 --out REPORT_DIR")
+            k, why = _next_k(args.out)
+            say(f"next: multiguard report {args.out} --k {k} --k-prime 1 --out REPORT_DIR   ({why})")
         else:
             status = runs.run_status(args.out)
             say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
@@ -267,7 +298,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import empirical_curve, make_report, parse_radius_grid
 
     summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
-    parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
+    if args.radii is not None:
+        parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
     result = make_report(
         args.runs,
         args.out,
@@ -331,7 +363,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for p in predictions:
         _echo(f"{p.path}: {', '.join(p.labels)}")
         for e, radius in enumerate(p.radii, start=1):
-            if radius > 0:
+            if e <= p.trivial:
+                _echo(f"  at least {e} of them: trivial, not a guarantee about the model: any {args.k} of the "
+                      f"{p.num_classes} classes keep at least {p.trivial} of these {args.k} labels (k well below "
+                      "the number of classes avoids this)")
+            elif radius > 0:
                 bound = "of any size" if radius == float("inf") else f"of l2 norm < {radius:.3f}"
                 _echo(f"  at least {e} of them stay{'s' if e == 1 else ''} predicted under every perturbation {bound}")
             else:
@@ -355,7 +391,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for key, label in (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)")):
         text = result.reports[key].summary
         start = text.find("## Certified top-k f1-score@R")
-        _echo(f"### {label}: " + text[start + 3 :].strip())
+        end = text.find("\n## ", start + 3)
+        _echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
         _echo()
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
@@ -378,6 +415,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``multiguard`` command."""
     from . import __version__
+    from .data import dataset_names
     from .methods import METHODS
 
     parser = _Parser(
@@ -395,10 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=_Formatter, help="train a base classifier on noisy inputs",
                        description=_wrap("Train a base multi-label classifier with Gaussian noise on every batch (ASL "
                        "loss, Adam), saving a checkpoint after each epoch."))
-    p.add_argument("--dataset", default="multidigits", help="multidigits, voc2007, coco2014, nuswide or csv")
-    p.add_argument("--data-root", default=None, help="dataset folder (all datasets but multidigits)")
+    p.add_argument("--dataset", default="multidigits", help=dataset_names())
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)")
     p.add_argument("--arch", default="small_cnn",
-                   help="small_cnn, timm:<name>, torchvision:<name> or package.module:factory")
+                   help="small_cnn, timm:<name>, torchvision:<name>, path/to/file.py:factory or module:factory "
+                   "(your function: takes num_classes, returns an nn.Module giving logits (B, num_classes); "
+                   "a module is found in the current folder or on sys.path; the checkpoint records the file's "
+                   "absolute path)")
     p.add_argument("--sigma", type=float, default=0.5, help="noise standard deviation (pixels in [0, 1])")
     p.add_argument("--epochs", type=int, default=8, help="epochs (a resumed run trains the missing ones)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
@@ -413,7 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default=None, help="evaluation split (default: the dataset's)")
     p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
                    help="dataset option, e.g. difficult_positive=true (repeatable)")
-    p.add_argument("--pretrained", default=None, help="local weights (state dict or checkpoint) to start from")
+    p.add_argument("--pretrained", default=None,
+                   help="weights to start from: imagenet (timm:/torchvision: models, downloaded into their own "
+                   "cache) or a local state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                   help="normalisation mean inside the model, 1 or C values (default: ImageNet statistics for "
+                   "timm:/torchvision:, none for small_cnn and your own models)")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                   help="normalisation std inside the model, 1 or C values (default: as --mean)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch while training (default: torch's; 1 is often fastest for small "
+                   "models on a busy machine)")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers for image files")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
@@ -431,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_datasets_list)
     q = dsub.add_parser("describe", formatter_class=_Formatter, help="label statistics of a dataset",
                         description=_wrap("Label counts and frequencies of a dataset's splits."))
-    q.add_argument("--dataset", required=True, help="multidigits, voc2007, coco2014, nuswide or csv")
+    q.add_argument("--dataset", required=True, help=dataset_names())
     q.add_argument("--data-root", default=None, help="dataset folder (all datasets but multidigits)")
     q.add_argument("--split", action="append", default=None,
                    help="split to describe (repeatable; default: the train and test splits)")
@@ -460,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "an abbreviation of its own options)")
     p.add_argument("--max-k-prime", type=int, default=None,
                    help="store counts for every k' <= this (default: min(5, number of classes))")
-    p.add_argument("--num-inputs", type=int, default=500, help="random test inputs to certify (0: all)")
+    p.add_argument("--num-inputs", type=int, default=500,
+                   help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
     p.add_argument("--seed", type=int, default=0, help="chooses the inputs and seeds the noise")
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's training sigma)")
     p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
@@ -477,7 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
         "report", formatter_class=_Formatter, help="curves, plots and tables from saved runs (no model)",
         description=_wrap("Certified top-k precision/recall/F1 curves of MultiGuard, MultiGuard with first terms only, "
         "and (where k' = 1) Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, "
-        "precision.png, recall.png, f1.png and summary.md into --out.\n\nThere is no --n-samples: a run stores "
+        "precision.png, recall.png, f1.png and summary.md into --out.\n\nIn the tables and plots: R is the l2 "
+        "norm of the perturbation (pixels in [0, 1]); e is the number of an input's true labels L certified to stay "
+        "among the k predicted labels under every perturbation of norm < R; certified precision@R = e/k, "
+        "recall@R = e/|L|, F1@R = 2e/(|L| + k), averaged over inputs; 'trivial: by counting alone' is the part "
+        "that any k of the c labels keep whatever the model (e <= |L| - (c - k)); 'empirical (attack)' is "
+        "measured at the inputs a PGD attack found (an upper bound, where certificates are lower bounds).\n\n"
+        "There is no --n-samples: a run stores "
         "each label's count summed over its n samples, so a smaller n cannot be read back from it. To study n, "
         "certify with several --n (each its own RUN_DIR) and pass them all here."),
     )
@@ -485,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
     p.add_argument("--k-prime", type=int, nargs="+", default=[1], help="labels the base classifier predicts")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.001], help="failure probability of the bounds")
-    p.add_argument("--radii", default="0:3:0.05", help="radius grid START:STOP:STEP or a comma list")
+    p.add_argument("--radii", default=None,
+                   help="radius grid START:STOP:STEP or a comma list (default: 0 to 4 sigma of the runs in steps of "
+                   "sigma/20, e.g. 0:2:0.025 at sigma = 0.5)")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),

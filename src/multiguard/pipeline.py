@@ -87,6 +87,18 @@ class ProgressPrinter:
 # ------------------------------------------------------------------------------------------ certify
 
 
+def capped_num_inputs(num_inputs: int | None, split_size: int, split: str, log: Log | None) -> int | None:
+    """``num_inputs``, or 0 (all) with a line through ``log`` when it exceeds the ``split_size`` inputs."""
+    if num_inputs is not None and int(num_inputs) > split_size > 0:
+        (log or (lambda line: None))(
+            f"--num-inputs {int(num_inputs)} is more than the {split_size} inputs of split {split}: using all "
+            f"{split_size}"
+        )
+        return 0
+    return num_inputs
+
+
+
 def sample_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -106,11 +118,13 @@ def sample_checkpoint(
     resume: bool = False,
     context: DistributedContext | None = None,
     on_progress: Callable[[_runs.RunProgress], None] | None = None,
+    log: Log | None = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
 
     ``sigma`` defaults to the training sigma, ``max_k_prime`` to min(5, number of classes), the dataset,
-    root and split to the checkpoint's test split. ``context`` is a :func:`multiguard.distributed.init_distributed`
+    root and split to the checkpoint's test split. A ``num_inputs`` larger than the split means the whole
+    split (said through ``log``). ``context`` is a :func:`multiguard.distributed.init_distributed`
     context (made here from ``device`` when ``None``, and closed again).
     """
     n = check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
@@ -120,6 +134,7 @@ def sample_checkpoint(
         checkpoint = Path(checkpoint)
         model, meta = load_checkpoint(checkpoint, device=context.device)
         data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
+        num_inputs = capped_num_inputs(num_inputs, len(data), info["split"], log)
         num_classes = int(meta["num_classes"])
         max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
                                 num_classes, high_label="the number of classes")
@@ -174,13 +189,18 @@ class ImagePrediction:
     path: str
     labels: list[str]  # the k predicted class names, most frequent first
     radii: list[float]  # radii[e-1]: at least e of ``labels`` stay predicted within this l2 radius
+    # e <= trivial holds by counting alone: any k of the c classes keep at least k - (c - k) of these k labels
+    trivial: int = 0
+    num_classes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (infinite radii become the string ``"inf"``)."""
+        """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
+        for e holds by counting alone, whatever the model)."""
         return {
             "image": self.path,
             "labels": self.labels,
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
+            "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
         }
 
 
@@ -218,8 +238,10 @@ def predict_images(
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
     names = list(meta["class_names"])
+    trivial = _certify.trivial_intersection_size(result.mask, k)
     return [
-        ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]])
+        ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
+                        trivial=int(trivial[i]), num_classes=num_classes)
         for i, path in enumerate(images)
     ]
 
@@ -324,7 +346,7 @@ def run_attack(
     k_prime = check_int(k_prime, "k_prime", 1, num_classes, high_label="the number of classes")
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
     sigma, clamp = smoother.sigma, smoother.clamp
-    indices = _runs.select_inputs(len(data), num_inputs, seed)
+    indices = _runs.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
     x, labels = _runs.load_batch(data, indices)
 
     certified = violations = None
@@ -336,14 +358,31 @@ def run_attack(
         )
     sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
     norms = np.zeros((len(indices), radii_arr.size))
+    # Blocks of inputs, so that progress shows; the noise of each input depends on (seed, index) only, so the
+    # result is the same as one call on all inputs.
+    block = max(1, batch_size // max(1, samples))
+    total = len(indices) * radii_arr.size
+    started = last = time.perf_counter()
+    log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
+        f"then n = {n} samples to measure")
     for j, radius in enumerate(radii_arr):
-        result = attack_smoothed(
-            smoother, x, labels, radius=float(radius), k=k, steps=steps, samples=samples, n=n, seed=seed,
-            index=indices, step_size=step_size, temperature=temperature, batch_size=batch_size,
-        )
-        sizes[:, j] = result.sizes
-        norms[:, j] = result.deltas.reshape(len(indices), -1).double().norm(dim=1).numpy()
-        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {result.sizes.mean():.3f} over {len(indices)} inputs")
+        for begin in range(0, len(indices), block):
+            part = slice(begin, begin + block)
+            result = attack_smoothed(
+                smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
+                seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
+            )
+            sizes[part, j] = result.sizes
+            norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
+            now = time.perf_counter()
+            done = j * len(indices) + min(begin + block, len(indices))
+            if now - last >= 5.0 and done < total:
+                last = now
+                left = (now - started) / done * (total - done)
+                log(f"attack: R = {radius:g}: {min(begin + block, len(indices))}/{len(indices)} inputs, "
+                    f"{now - started:.0f} s, about {left:.0f} s left")
+        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
+            f"({time.perf_counter() - started:.0f} s)")
     if certified is not None:
         violations = (sizes < certified).sum(axis=0).astype(np.int64)
 

@@ -53,6 +53,7 @@ __all__ = [
     "plot_figure",
     "plot_metric",
     "read_csv",
+    "sigma_radius_grid",
     "summary_markdown",
     "write_csv",
 ]
@@ -79,7 +80,24 @@ SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
 REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md")
 
-METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "Empirical under PGD attack"}
+METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "empirical (attack)"}
+TRIVIAL_LABEL = "trivial: by counting alone"
+RADIUS_GRID_STEPS_PER_SIGMA = 20  # the default grid: 0 to 4 sigma in steps of sigma / 20
+# What summary.md and `report --help` say about each column and name.
+COLUMN_HELP: dict[str, str] = {
+    "R": "the l2 norm of the perturbation (pixels in [0, 1]); every column R = r holds for all perturbations "
+         "of norm < r",
+    "precision": "certified top-k precision@R: e / k, e the number of true labels certified to stay among the "
+                 "k predicted under every perturbation of norm < R (mean over inputs)",
+    "recall": "certified top-k recall@R: e / |L|, L the input's true labels",
+    "f1": "certified top-k F1@R: 2e / (|L| + k)",
+    "k": "labels the smoothed classifier predicts; k': labels the base classifier votes for in each noisy copy",
+    "α": "probability that the bounds fail (per input); σ: the noise; n: noisy copies per input",
+    "trivial": f"'{TRIVIAL_LABEL}': what any k of the c labels keep of L whatever the model "
+               "(e <= |L| - (c - k)); it is part of every method's value at every R",
+    "attack": "'empirical (attack)': |L ∩ top-k| measured at the inputs an l2 PGD attack found (an upper bound "
+              "on the true robustness where a certificate is a lower bound)",
+}
 METRIC_LABELS = {
     "precision": "Certified top-k precision@R",
     "recall": "Certified top-k recall@R",
@@ -106,6 +124,8 @@ class Curve:
     num_inputs: int
     num_empty: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    trivial: dict[str, float] = field(default_factory=dict)  # metric -> its part that holds by counting alone
+    violations: np.ndarray | None = None  # attack curves: inputs below their certificate, per radius
 
     def metric(self, name: str) -> np.ndarray:
         """The ``precision``, ``recall`` or ``f1`` array."""
@@ -127,6 +147,14 @@ class Curve:
 
 
 # ------------------------------------------------------------------------------------------- radii
+
+
+def sigma_radius_grid(sigmas: Iterable[float]) -> np.ndarray:
+    """The default radius grid for runs with these noise levels: 0 to 4 sigma in steps of sigma / 20 (sigma
+    the largest), since no radius beyond about 2.4 sigma is certified with n = 1000 and alpha = 0.001."""
+    sigma = max(float(s) for s in sigmas)
+    step = sigma / RADIUS_GRID_STEPS_PER_SIGMA
+    return np.unique(np.round(step * np.arange(4 * RADIUS_GRID_STEPS_PER_SIGMA + 1), 12))
 
 
 def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
@@ -219,6 +247,11 @@ def compute_curves(
     curves: list[Curve] = []
     for run, name in zip(runs, run_names, strict=True):
         labels = run.labels
+        trivial: dict[int, dict[str, float]] = {}
+        for kk in k:
+            part = certify.certified_metrics(certify.trivial_intersection_size(labels, int(kk))[:, None], labels,
+                                             int(kk))
+            trivial[int(kk)] = {m: float(np.asarray(getattr(part, m))[0]) for m in METRICS}
         for kp in k_prime:
             for a in alpha:
                 lower, upper = certify.label_probability_bounds(run.counts_for(int(kp)), run.n, float(a))
@@ -243,6 +276,7 @@ def compute_curves(
                                 f1=np.asarray(metrics.f1, dtype=np.float64),
                                 num_inputs=metrics.num_inputs,
                                 num_empty=metrics.num_empty,
+                                trivial=dict(trivial[int(kk)]),
                             )
                         )
     return curves
@@ -316,19 +350,33 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
     settings = sorted({tuple(getattr(c, f) for f in varying) for c in curves})
     colors = [f"C{i % 10}" for i in range(len(settings))]
     method_colors = {"multiguard": "C3", "multiguard-first-terms": "C1", "jia": "C0"}
+    trivial_drawn: set[tuple] = set()
     for c in curves:
         setting = tuple(getattr(c, f) for f in varying)
         color = colors[settings.index(setting)] if varying else method_colors.get(c.method, "C2")
+        empirical = c.method not in _METHODS
         ax.plot(  # type: ignore[attr-defined]
             c.radius,
             c.metric(metric),
             linestyle=_LINESTYLES.get(c.method, "-."),
             color=color,
             linewidth=1.8,
+            marker="o" if empirical else None,
+            markersize=5,
             label=_curve_label(c, varying),
         )
+        level = c.trivial.get(metric, 0.0)
+        key = (c.run, c.k, level)
+        if level > 0 and key not in trivial_drawn:  # the part of every curve that holds by counting alone
+            trivial_drawn.add(key)
+            ax.axhline(level, color="0.55", linewidth=1.0, linestyle=(0, (1, 2)),  # type: ignore[attr-defined]
+                       label=f"{TRIVIAL_LABEL} (k={c.k})")
     ax.set_xlabel("Perturbation size R (ℓ2)")  # type: ignore[attr-defined]
-    ax.set_ylabel(METRIC_LABELS[metric])  # type: ignore[attr-defined]
+    mixed = any(c.method not in _METHODS for c in curves)
+    ylabel = METRIC_LABELS[metric]
+    if mixed:
+        ylabel = ylabel.replace("Certified t", "T") + "\n(certified; empirical under attack)"
+    ax.set_ylabel(ylabel)  # type: ignore[attr-defined]
     ax.set_ylim(-0.02, 1.02)  # type: ignore[attr-defined]
     ax.set_xlim(left=0.0)  # type: ignore[attr-defined]
     ax.grid(True, alpha=0.3)  # type: ignore[attr-defined]
@@ -422,6 +470,14 @@ def summary_markdown(
     empty = {c.run: c.num_empty for c in curves if c.num_empty}
     for run, count in empty.items():
         lines += [f"Run {run}: {count} inputs have no ground-truth label (they count as recall 0).", ""]
+    trivial_rows = {}  # one row per (run, k) whose labels make part of the certificate trivial
+    for c in curves:
+        if any(v > 0 for v in c.trivial.values()):
+            trivial_rows.setdefault((c.run, c.k), c)
+    if trivial_rows:
+        lines += [f"Part of these certificates is trivial: with c classes and k predicted, any k labels keep at "
+                  f"least |L| - (c - k) of an input's |L| labels, whatever the model; the rows '{TRIVIAL_LABEL}' "
+                  "give that part, which every method's value includes at every R. Keep k well below c.", ""]
     for metric in METRICS:
         lines += [f"## {METRIC_LABELS[metric]} (%)", ""]
         head = ["method", *[headers[f] for f in varying], *[f"R = {r:g}" for r in radii]]
@@ -431,7 +487,56 @@ def summary_markdown(
             cells = [METHOD_LABELS.get(c.method, c.method), *[_cell(getattr(c, f)) for f in varying]]
             cells += [f"{100 * c.at(metric, r):.1f}" for r in radii]
             lines.append("| " + " | ".join(cells) + " |")
+        for c in trivial_rows.values():
+            cells = [TRIVIAL_LABEL, *[_cell(getattr(c, f)) if f in ("run", "k", "sigma", "n", "num_inputs") else "any"
+                                      for f in varying]]
+            cells += [f"{100 * c.trivial[metric]:.1f}"] * len(radii)
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def attack_markdown(attack_curves: Sequence[Curve], certified: Sequence[Curve]) -> str:
+    """Tables of empirical curves under attack (in percent) beside the certified values of the same setting at
+    the same radii, and the count of inputs whose attacked size fell below their certified size."""
+    lines: list[str] = []
+    for a in attack_curves:
+        radii = [float(r) for r in a.radius]
+        lines += [f"## Under attack: {a.run} (k = {a.k}, k' = {a.k_prime}, {a.num_inputs} inputs) (%)", ""]
+        head = ["", *[f"R = {r:g}" for r in radii]]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
+        same = [c for c in certified if c.k == a.k and c.k_prime == a.k_prime and c.method == "multiguard"
+                and all(np.isclose(c.radius, r, atol=1e-9).any() for r in radii)]
+        for metric in METRICS:
+            short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
+            lines.append("| " + " | ".join([f"{short}, {METHOD_LABELS['attack']}",
+                                             *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
+            for c in same:
+                name = f"{short}, certified ({METHOD_LABELS['multiguard']}, run {c.run}, α = {c.alpha:g})"
+                lines.append("| " + " | ".join([name, *[f"{100 * c.at(metric, r):.1f}" for r in radii]]) + " |")
+        if a.violations is not None:
+            lines.append("| " + " | ".join(["inputs below their certificate (count)",
+                                             *[str(int(v)) for v in a.violations]]) + " |")
+        lines += ["", "The attack's values bound robustness from above, the certified ones from below; an input below "
+                  "its certificate is a failure of probability at most α (or Monte Carlo error of the measurement).",
+                  ""]
+    return "\n".join(lines)
+
+
+def explanations_markdown(curves: Sequence[Curve]) -> str:
+    """The section of summary.md that says what every method name and column means."""
+    lines = ["## Reading this report", ""]
+    for name in dict.fromkeys(c.method for c in curves):
+        if name in _METHODS:
+            lines.append(f"- **{_METHODS[name].label}**: {_METHODS[name].description}")
+    keys = ["R", "precision", "recall", "f1", "k", "α"]
+    if any(any(v > 0 for v in c.trivial.values()) for c in curves):
+        keys.append("trivial")
+    if any(c.method == "attack" for c in curves):
+        keys.append("attack")
+    lines += [f"- **{key}**: {COLUMN_HELP[key]}" for key in keys]
+    lines += ["- Every certified value holds with probability at least 1 - α over the sampling, for each input.", ""]
     return "\n".join(lines)
 
 
@@ -466,6 +571,7 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
             alpha=float(settings["alpha"]), sigma=float(settings["sigma"]), n=int(settings["n"]),
             radius=empirical.radius, precision=empirical.precision, recall=empirical.recall, f1=empirical.f1,
             num_inputs=empirical.num_inputs,
+            violations=None if settings.get("violations") is None else np.asarray(settings["violations"], np.int64),
         )
     except KeyError as missing:
         raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
@@ -503,7 +609,7 @@ def make_report(
     k: Sequence[int] = (3,),
     k_prime: Sequence[int] = (1,),
     alpha: Sequence[float] = (0.001,),
-    radius_grid: str | Sequence[float] = DEFAULT_RADIUS_GRID,
+    radius_grid: str | Sequence[float] | None = None,
     summary_radii: Sequence[float] = (),
     methods: Sequence[str] = METHODS,
     names: Sequence[str] | None = None,
@@ -515,10 +621,13 @@ def make_report(
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
 
     ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
-    read. The curves are evaluated on ``radius_grid`` (``radii`` is its former name) together with the
-    summary radii (0, 0.25, 0.5, 1 and ``summary_radii``), so every number of ``summary.md`` is also a row of
-    ``curves.csv``. ``extra_curves`` (e.g. empirical curves under attack, on the same radii) are written and
-    drawn alongside.
+    read. The curves are evaluated on ``radius_grid`` (``radii`` is its former name; ``None``: 0 to 4 sigma
+    of the runs, :func:`sigma_radius_grid`) together with the summary radii (0, 0.25, 0.5, 1 and
+    ``summary_radii``) and the radii of the ``extra_curves``, so every number of ``summary.md`` is also a row
+    of ``curves.csv``. ``extra_curves`` (e.g. empirical curves under attack) are written and drawn alongside;
+    those of method ``attack`` get their own tables in ``summary.md`` beside the certified values of the same
+    inputs, with the inputs that fell below their certificate. ``summary.md`` ends with what every name and
+    column means, and marks the part of each value that holds by counting alone (``trivial``).
 
     All or nothing: everything is computed and checked first, the files are written into a temporary folder
     beside ``out`` and that folder is renamed to ``out`` (into an existing ``out``, the finished files are
@@ -540,7 +649,11 @@ def make_report(
         only = ", ".join(f"{m} ({_METHODS[m].label})" for m in methods)
         raise ValueError(f"methods: {only} needs k' = 1 (a base classifier that predicts one label), got k' "
                          f"{', '.join(str(kp) for kp in k_prime)}; add --k-prime 1 or another method")
-    grid = parse_radius_grid(radius_grid if radii is None else radii)
+    spec = radius_grid if radii is None else radii
+    grid = sigma_radius_grid(run.sigma for run in runs) if spec is None else parse_radius_grid(spec)
+    extra_radii = [np.asarray(c.radius, dtype=np.float64) for c in extra_curves]
+    if extra_radii:
+        grid = np.unique(np.round(np.concatenate([grid, *extra_radii]), 12))
     table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radius_grid(summary_radii)
                                                      if len(summary_radii) else np.zeros(0)]), 12))
     radius = np.unique(np.concatenate([grid, table_radii]))
@@ -553,6 +666,10 @@ def make_report(
         raise ValueError("methods: no curve to report for these methods and k'")
     table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
     summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
+    attacks = [c for c in curves if c.method == "attack"]
+    if attacks:
+        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks, curves)
+    summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
                        f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
                        f"arch {run.metadata.get('arch')}"

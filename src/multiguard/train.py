@@ -34,6 +34,7 @@ import io
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,7 +52,7 @@ from .data import DATASETS, get_dataset
 from .devices import resolve_device
 from .files import atomic_write_bytes
 from .losses import make_loss
-from .models import create_model
+from .models import create_model, looks_like_probabilities
 from .seeds import training_seed
 from .validation import RunMismatchError, check_float, check_int
 
@@ -107,9 +108,12 @@ class TrainSettings:
                 set_(self, name, check_int(getattr(self, name), name, 1))
         set_(self, "clamp", bool(self.clamp))
         set_(self, "dataset_options", dict(self.dataset_options or {}))
-        for name in ("data_root", "pretrained"):
-            if getattr(self, name) is not None:
-                set_(self, name, os.fspath(getattr(self, name)))
+        if self.data_root is not None:  # absolute: a checkpoint is used from other folders
+            set_(self, "data_root", os.path.abspath(os.fspath(self.data_root)))
+        if self.pretrained is not None:
+            pretrained = os.fspath(self.pretrained)
+            set_(self, "pretrained", pretrained if pretrained.lower() == "imagenet" or not os.path.exists(pretrained)
+                 else os.path.abspath(pretrained))
 
     @classmethod
     def resume_fields(cls) -> tuple[str, ...]:
@@ -120,6 +124,18 @@ class TrainSettings:
 # Metadata keys, beyond TrainSettings.resume_fields(), that a resume compares: they follow from the settings
 # and the data (a resumed run must see the same split and classes).
 _DERIVED_RESUME_KEYS = ("image_size", "train_split", "train_size", "num_classes")
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _normalisation_origin(arch: str, mean: Any, std: Any) -> str:
+    if mean is not None or std is not None:
+        return "given"
+    if arch.startswith(("timm:", "torchvision:")):
+        return f"the ImageNet statistics of {arch.split(':')[0]}; --mean/--std choose others"
+    return "none: the default for small_cnn and your own models; --mean/--std choose others"
 
 
 def _fork_rng(device: torch.device):
@@ -386,6 +402,8 @@ def _train(
         torch.manual_seed(training_seed(seed, "init"))
         model = create_model(arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
                              pretrained=pretrained, mean=s.mean, std=s.std).to(device)
+    meta["arch"] = model.arch  # what rebuilds it from any folder (a factory file's absolute path)
+    meta["pretrained"] = model.pretrained
     meta["mean"], meta["std"] = model.mean, model.std
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -403,8 +421,15 @@ def _train(
             if key in saved:
                 meta[key] = saved[key]
         log(f"resuming {out_path} after epoch {meta['epoch']} of {epochs}")
+    note = getattr(base_train, "image_size_note", None)
+    if note and meta["epoch"] == 0:
+        log(f"{dataset}: {note}")
+    if meta["epoch"] == 0:  # a fresh start (a resumed run said it the first time)
+        log(f"normalisation inside the model: mean {_short(meta['mean'])}, std {_short(meta['std'])} "
+            f"({_normalisation_origin(arch, s.mean, s.std)}; recorded in the checkpoint)")
 
     steps = math.ceil(len(train_set) / batch_size)
+    checked_outputs = False
     for epoch in range(meta["epoch"] + 1, epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -419,7 +444,16 @@ def _train(
             for images, labels in bar:
                 images, labels = images.to(device), labels.to(device)
                 noisy = _add_noise(images, sigma, clamp, noise_gen)
-                batch_loss = criterion(model(noisy), labels)
+                logits = model(noisy)
+                if not checked_outputs:
+                    checked_outputs = True
+                    reason = looks_like_probabilities(model, logits)
+                    if reason:
+                        warnings.warn(
+                            f"the model {arch} seems to output probabilities, not logits ({reason}); MultiGuard's "
+                            "losses apply the sigmoid themselves: return the scores before any sigmoid",
+                            UserWarning, stacklevel=3)
+                batch_loss = criterion(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()
                 optimizer.step()

@@ -22,16 +22,14 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils.data import Dataset, Subset
-
-from . import coco, csvfolder, multidigits, nuswide, voc
-from ._common import DatasetFileError, MultiLabelImageDataset, inspect_images, load_image, mode_channels
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 __all__ = [
     "DATASETS",
@@ -46,24 +44,45 @@ __all__ = [
     "load_image",
 ]
 
+# Importing this package does not import torch (the command line reads the registry for its help): these
+# names load their module on first use.
+_LAZY = {"DatasetFileError": "._common", "MultiLabelImageDataset": "._common", "load_image": "._common",
+         "inspect_images": "._common", "describe": ".summary"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def _load_multidigits(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    from . import multidigits
+
     return multidigits.load_multidigits(split=split, image_size=image_size, seed=seed, **options)
 
 
 def _load_voc2007(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    from . import voc
+
     return voc.load_voc2007(root, split=split, image_size=image_size, **options)
 
 
 def _load_coco2014(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    from . import coco
+
     return coco.load_coco2014(root, split=split, image_size=image_size)
 
 
 def _load_nuswide(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    from . import nuswide
+
     return nuswide.load_nuswide(root, split=split, image_size=image_size)
 
 
 def _load_csv(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
+    from . import csvfolder
+
     return csvfolder.load_csv(root, split=split, image_size=image_size)
 
 
@@ -92,30 +111,31 @@ class DatasetInfo:
     load: Callable[..., Dataset] = field(repr=False, compare=False)
 
 
-# The one registry of dataset families: a new family is one module in this package and one entry here;
-# get_dataset, `multiguard datasets list` and the command line's help read everything from this table.
+# The one registry of dataset families: a new family is one module in this package and one entry here (its
+# loader is imported when first used, so reading the table needs no torch); get_dataset, `multiguard datasets
+# list` and the command line's help read everything from it.
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
     DatasetInfo(
         "multidigits",
         "embedded: 2x2 grids of 1-4 scikit-learn handwritten digits, 10 classes, grayscale",
-        multidigits.TRAIN_SPLIT, multidigits.TEST_SPLIT, multidigits.DEFAULT_IMAGE_SIZE, False,
+        "train", "test", 32, False,
         ("size", "min_digits", "max_digits"), _load_multidigits,
     ),
     DatasetInfo(
         "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes",
-        voc.TRAIN_SPLIT, voc.TEST_SPLIT, voc.DEFAULT_IMAGE_SIZE, True, ("difficult_positive",), _load_voc2007,
+        "trainval", "test", 224, True, ("difficult_positive",), _load_voc2007,
     ),
     DatasetInfo(
         "coco2014", "MS-COCO 2014, root/annotations + root/{train,val}2014, 80 classes",
-        coco.TRAIN_SPLIT, coco.TEST_SPLIT, coco.DEFAULT_IMAGE_SIZE, True, (), _load_coco2014,
+        "train", "val", 224, True, (), _load_coco2014,
     ),
     DatasetInfo(
         "nuswide", "NUS-WIDE (ASL release), root/nus_wid_data.csv + Concepts81.txt, 81 classes",
-        nuswide.TRAIN_SPLIT, nuswide.TEST_SPLIT, nuswide.DEFAULT_IMAGE_SIZE, True, (), _load_nuswide,
+        "train", "val", 224, True, (), _load_nuswide,
     ),
     DatasetInfo(
         "csv", "your own images: root/classes.txt + root/<split>.csv (path,labels joined by |)",
-        csvfolder.TRAIN_SPLIT, csvfolder.TEST_SPLIT, csvfolder.DEFAULT_IMAGE_SIZE, True, (), _load_csv,
+        "train", "test", None, True, (), _load_csv,
     ),
 )}  # fmt: skip
 
@@ -182,89 +202,13 @@ def get_dataset(
         if root is None:
             raise ValueError(f"root: dataset {name!r} needs root, the folder holding it ({info.description})")
         if not os.path.isdir(root):
+            from ._common import DatasetFileError
+
             raise DatasetFileError(
                 f"dataset folder for {name} not found: expected {os.path.abspath(root)} "
                 "(moved? give its new place with --data-root, or root= in Python)"
             )
     return info.load(root, split, image_size, seed, **options)
-
-
-def _labels_of(dataset: Dataset) -> tuple[torch.Tensor, list[str]]:
-    if isinstance(dataset, Subset):
-        labels, names = _labels_of(dataset.dataset)
-        return labels[torch.as_tensor(list(dataset.indices), dtype=torch.long)], names
-    names = list(dataset.class_names)
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        labels = torch.stack([dataset[i][1] for i in range(len(dataset))]) if len(dataset) else None
-    if labels is None:
-        labels = torch.zeros(0, len(names))
-    return torch.as_tensor(labels).float(), names
-
-
-def _image_check(dataset: Dataset, progress: bool | None) -> dict[str, Any]:
-    """:func:`inspect_images` of the files behind ``dataset`` (a Subset: only its images); tensors: their shape."""
-    base, indices = dataset, None
-    while isinstance(base, Subset):
-        inner = list(base.indices)
-        indices = inner if indices is None else [inner[i] for i in indices]
-        base = base.dataset
-    paths = getattr(base, "paths", None)
-    if paths is not None:
-        paths = list(paths) if indices is None else [base.paths[i] for i in indices]
-        return inspect_images(paths, progress=progress)
-    images = getattr(base, "images", None)
-    if isinstance(images, torch.Tensor):  # in memory: nothing to open; every image has the tensor's shape
-        count = len(dataset)
-        channels, height, width = images.shape[1:]
-        return {"checked": count, "unreadable": [], "sizes": {f"{width}x{height}": count} if count else {},
-                "modes": {("L" if channels == 1 else "RGB"): count} if count else {}}
-    return {"checked": 0, "unreadable": [], "sizes": {}, "modes": {}}
-
-
-def describe(dataset: Dataset, check_images: bool = True, progress: bool | None = None) -> dict[str, Any]:
-    """Summary of a dataset's labels and, with ``check_images``, of its image files.
-
-    Labels are read without loading images when the dataset has ``labels``. With
-    ``check_images`` every image file is opened and decoded (a tqdm bar for 1000 images or more
-    on a terminal; ``progress`` forces it on or off), so that a missing or corrupt file shows up
-    here rather than in the middle of training.
-
-    Returns a dict with keys ``name``, ``split``, ``images``, ``classes``,
-    ``class_names``, ``label_counts`` ({class: images holding it}),
-    ``label_frequency`` ({class: fraction of images holding it}),
-    ``mean_labels_per_image``, ``images_without_labels``, ``image_size`` (the side the images are
-    resized to) and ``image_size_note`` (why, where the size was chosen from the images); with
-    ``check_images`` also ``images_checked``, ``unreadable_images`` (a list of ``{"path", "error"}``),
-    ``image_sizes`` ({"WxH": count}, most common first) and ``image_modes`` ({PIL mode: count},
-    e.g. RGB, L for grayscale; every image is converted to ``in_channels`` when loaded).
-    Format it with :func:`format_description`.
-    """
-    labels, names = _labels_of(dataset)
-    base = dataset
-    while isinstance(base, Subset):
-        base = base.dataset
-    n = labels.shape[0]
-    counts = labels.gt(0).sum(0).tolist() if n else [0] * len(names)
-    per_image = labels.gt(0).sum(1)
-    description: dict[str, Any] = {
-        "name": getattr(base, "name", type(base).__name__),
-        "split": getattr(base, "split", None),
-        "images": n,
-        "classes": len(names),
-        "class_names": names,
-        "label_counts": dict(zip(names, (int(c) for c in counts), strict=True)),
-        "label_frequency": {name: (c / n if n else 0.0) for name, c in zip(names, counts, strict=True)},
-        "mean_labels_per_image": float(per_image.float().mean()) if n else 0.0,
-        "images_without_labels": int((per_image == 0).sum()) if n else 0,
-        "image_size": getattr(base, "image_size", None),
-        "image_size_note": getattr(base, "image_size_note", None),
-    }
-    if check_images:
-        check = _image_check(dataset, progress)
-        description.update(images_checked=check["checked"], unreadable_images=check["unreadable"],
-                           image_sizes=check["sizes"], image_modes=check["modes"])
-    return description
 
 
 def format_description(description: dict[str, Any] | list[dict[str, Any]]) -> str:
@@ -304,6 +248,8 @@ _MODE_NAMES = {"L": "grayscale", "1": "black and white", "P": "palette", "RGB": 
 
 
 def _channels_text(mode: str) -> str:
+    from ._common import mode_channels
+
     channels = mode_channels(mode)
     return "? channels" if channels is None else f"{channels} channel{'s' if channels > 1 else ''}"
 
