@@ -6,15 +6,19 @@ files are real Python files in temporary folders, and the command line runs as a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from clitools import assert_one_line_error, run
+from clitools import assert_one_line_error, env, run, run_in_process
 from PIL import Image, ImageDraw
 from torch import nn
 
@@ -311,3 +315,214 @@ def test_pretrained_imagenet_offline_names_the_local_file_alternative(tmp_path, 
                            "torchvision:resnet18")
     assert "get_model('resnet18', weights='DEFAULT')" in last and "--pretrained resnet18.pth" in last
     assert not os.path.exists(tmp_path / "m.pt")
+
+
+# ---------------------------------------------------------------- the README section, verbatim
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_section() -> str:
+    """The README's section "Your own data and model" (up to the next second-level heading)."""
+    text = README.read_text()
+    start = text.index("## Your own data and model")
+    return text[start:text.index("\n## ", start + 3)]
+
+
+def code_blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def shell_env() -> dict[str, str]:
+    """clitools' environment with this interpreter's folder (its `python` and `multiguard`) first on PATH."""
+    out = env()
+    out["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{out.get('PATH', '')}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def readme_project(tmp_path_factory):
+    """The section run as written in an empty folder: its files written from its code blocks, its shell block
+    run with bash, then its Python block. Returns the folder and what the shell block and Python printed."""
+    section = readme_section()
+    project = tmp_path_factory.mktemp("readme") / "my-project"
+    project.mkdir()
+    scripts = []
+    for block in code_blocks(section, "python"):
+        first = block.splitlines()[0]
+        named = re.match(r"# ([\w.-]+\.py)\b", first)
+        if named:
+            (project / named.group(1)).write_text(block)
+        else:
+            scripts.append(block)
+    shell = code_blocks(section, "bash")
+    assert len(shell) == 1 and len(scripts) == 1 and (project / "mymodels.py").is_file()
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", shell[0]], cwd=project, env=shell_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    python = subprocess.run([sys.executable, "-c", scripts[0]], cwd=project, env=shell_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert python.returncode == 0, python.stdout + python.stderr
+    return project, proc.stdout, python.stdout
+
+
+@pytest.mark.slow
+def test_readme_section_runs_verbatim(readme_project):
+    project, shell_out, python_out = readme_project
+    assert sorted(p.name for p in (project / "shapes" / "images").iterdir())[:2] == ["test-000.png", "test-001.jpg"]
+    # describe opened every image; train said which input size and normalisation it chose
+    assert "train images: read 400 of 400; sizes 32x32 (400)" in shell_out
+    assert "csv: image size 32 (the most common size, 32x32, of 440 of the 440 images read" in shell_out
+    assert "normalisation inside the model: mean [0, 0, 0], std [1, 1, 1] (none: the default" in shell_out
+    # certify: the default --num-inputs 500 is capped to the 40 test images, and the hint fits 5 classes
+    assert "--num-inputs 500 is more than the 40 inputs of split test: using all 40" in shell_out
+    assert re.search(r"next: multiguard report shapes-run --k 2 --k-prime 1 .*about the \d\.\d labels per input, at "
+                     r"most half the 5 classes", shell_out)
+    summary = (project / "shapes-report" / "summary.md").read_text()
+    assert "## Reading this report" in summary and "**MultiGuard, first terms only**:" in summary
+    assert "trivial: by counting alone" not in summary  # k = 2 of c = 5 with at most 3 labels: nothing trivial
+    with open(project / "shapes-report" / "curves.csv", newline="") as handle:
+        radii = sorted({float(row["radius"]) for row in csv.DictReader(handle)})
+    assert radii[-1] == pytest.approx(1.0) and radii[1] == pytest.approx(0.0125)  # 0 to 4 sigma, sigma/20 steps
+    assert "shapes/images/test-000.png: " in shell_out and "at least 1 of them" in shell_out
+    assert "predicted: [" in python_out and "certified top-2 recall at R = 0, 0.25, 0.5: [" in python_out
+    recall = [float(v) for v in re.findall(r"[\d.]+", python_out.rsplit("[", 1)[1])]
+    assert len(recall) == 3 and recall[0] > 0.5 and recall[0] >= recall[1] >= recall[2]  # the model learnt
+
+
+@pytest.mark.slow
+def test_checkpoint_from_another_folder_and_a_moved_dataset(readme_project, tmp_path):
+    project, _, _ = readme_project
+    checkpoint = project / "shapes-model.pt"
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
+    project = project.resolve()
+    assert meta["arch"] == f"{project / 'mymodels.py'}:tiny_cnn" and meta["data_root"] == str(project / "shapes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    image = project / "shapes" / "images" / "test-001.jpg"
+    out = run("predict", "--checkpoint", str(checkpoint), str(image), "--k", "2", "--n", "200", cwd=elsewhere)
+    assert f"{image}: " in out.stdout
+    run("certify", "--checkpoint", str(checkpoint), "--num-inputs", "2", "--n", "50", "--quiet", "--out", "run",
+        cwd=elsewhere)
+    moved = project / "shapes-moved"
+    (project / "shapes").rename(moved)
+    try:
+        proc = run("certify", "--checkpoint", str(checkpoint), "--num-inputs", "2", "--n", "50", "--out", "run2",
+                   cwd=elsewhere, check=False)
+        assert_one_line_error(proc, f"dataset folder for csv not found: expected {project / 'shapes'}", "--data-root")
+        run("certify", "--checkpoint", str(checkpoint), "--data-root", str(moved), "--num-inputs", "2", "--n", "50",
+            "--quiet", "--out", "run2", cwd=elsewhere)
+    finally:
+        moved.rename(project / "shapes")
+
+
+@pytest.mark.slow
+def test_trivial_certificates_are_marked(readme_project, capsys, tmp_path):
+    project, _, _ = readme_project
+    image = str(project / "shapes" / "images" / "test-000.png")
+    checkpoint = str(project / "shapes-model.pt")
+    code, out, _ = run_in_process(capsys, "predict", "--checkpoint", checkpoint, image, "--k", "4", "--n", "200",
+                                  "--json")
+    assert code == 0
+    assert json.loads(out)[0]["trivial"] == [True, True, True, False]  # any 4 of 5 classes keep 3 of these 4
+    code, out, _ = run_in_process(capsys, "predict", "--checkpoint", checkpoint, image, "--k", "4", "--n", "200")
+    assert out.count("trivial, not a guarantee about the model: any 4 of the 5 classes keep at least 3") == 3
+    code, out, _ = run_in_process(capsys, "predict", "--checkpoint", checkpoint, image, "--k", "2", "--n", "200",
+                                  "--json")
+    assert json.loads(out)[0]["trivial"] == [False, False]  # control: 2 of 5 keep nothing by counting
+    code, out, _ = run_in_process(capsys, "report", str(project / "shapes-run"), "--k", "2", "4", "--methods",
+                                  "multiguard", "--out", str(tmp_path / "rep"))
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| trivial: by counting alone | 4 |")]
+    assert len(rows) == 3 and "Keep k well below c." in summary
+    labels = np.load(project / "shapes-run" / "counts.npz")["labels"]
+    expected = np.mean(np.maximum(0, labels.sum(1) - 1) / labels.sum(1))  # recall part: (|L| - (5 - 4)) / |L|
+    assert f"{100 * expected:.1f}" in rows[1].split("|")[3]
+    assert not any(line.startswith("| trivial: by counting alone | 2 |") for line in summary.splitlines())
+
+
+@pytest.mark.slow
+def test_attack_in_the_summary(readme_project, tmp_path):
+    project, _, _ = readme_project
+    attack = run("attack", "--checkpoint", str(project / "shapes-model.pt"), "--radii", "0.1,0.3", "--k", "2",
+                 "--num-inputs", "4", "--steps", "2", "--samples", "4", "--n", "100", "--out", str(tmp_path / "att"))
+    assert "attack: 4 inputs x 2 radii" in attack.stdout and "attack: R = 0.3: mean |L ∩ top-k|" in attack.stdout
+    run("report", str(project / "shapes-run"), "--k", "2", "--attack", str(tmp_path / "att"), "--quiet", "--out",
+        str(tmp_path / "rep"))
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    section = summary[summary.index("## Under attack: att (k = 2, k' = 1, 4 inputs)"):]
+    assert "| recall, empirical (attack) |" in section and "| recall, certified (MultiGuard, run shapes-run" in section
+    assert re.search(r"\| inputs below their certificate \(count\) \| \d+ \| \d+ \|", section)
+    assert "**attack**: 'empirical (attack)'" in summary
+
+
+# ---------------------------------------------------------------- training, the command line, the Python API
+
+
+def test_train_records_normalisation_paths_and_warns_on_probabilities(tmp_path, factory_file, monkeypatch):
+    from multiguard.train import train
+
+    write_shapes_folder(tmp_path / "shapes", {"train": 8, "test": 4}, size=(16, 16))
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match=r"seems to output probabilities, not logits \(its last layer is Sigmoid\)"):
+        _, meta = train("csv", data_root="shapes", arch=f"project/{factory_file.name}:ends_in_sigmoid", epochs=1,
+                        mean=[0.5], std=[0.25], num_threads=1, progress=False, log=lines.append)
+    assert meta["data_root"] == str((tmp_path / "shapes").resolve())
+    assert meta["arch"] == f"{factory_file.resolve()}:ends_in_sigmoid"
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.25, 0.25, 0.25]
+    assert "normalisation inside the model: mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25] (given" in lines[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # control: a model returning logits trains without the warning
+        train("csv", data_root="shapes", arch=f"{factory_file}:tiny_cnn", epochs=1, progress=False)
+
+
+def test_train_flags_on_the_command_line(tmp_path, factory_file, capsys):
+    root = write_shapes_folder(tmp_path / "shapes", {"train": 8, "test": 4}, size=(16, 16))
+    out = tmp_path / "m.pt"
+    code, text, err = run_in_process(capsys, "train", "--dataset", "csv", "--data-root", str(root), "--arch",
+                                     f"{factory_file}:tiny_cnn", "--epochs", "1", "--mean", "0.4", "0.5", "0.6",
+                                     "--std", "0.2", "--threads", "1", "--out", str(out))
+    assert code == 0, err
+    assert "normalisation inside the model: mean [0.4, 0.5, 0.6], std [0.2, 0.2, 0.2] (given" in text
+    meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
+    assert meta["mean"] == pytest.approx([0.4, 0.5, 0.6]) and meta["std"] == pytest.approx([0.2] * 3)
+
+
+def test_help_names_the_registered_datasets(capsys, monkeypatch):
+    info = DatasetInfo("toyshapes", "test shapes", "fit", "check", 16, True, (), lambda *a, **k: None)
+    monkeypatch.setitem(DATASETS, "toyshapes", info)
+    code, out, _ = run_in_process(capsys, "train", "--help")
+    assert code == 0 and "multidigits, voc2007, coco2014, nuswide, csv or toyshapes" in " ".join(out.split())
+    code, out, _ = run_in_process(capsys, "report", "--help")
+    text = " ".join(out.split())
+    assert "recall@R = e/|L|" in text and "'trivial: by counting alone'" in text and "first terms only" in text
+
+
+def test_python_api_refuses_uint8_and_takes_one_image_and_index_lists():
+    from multiguard.smoothing import MultiGuard
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=5, image_size=16).eval()
+    smoothed = MultiGuard(model, num_classes=5, sigma=0.25)
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"x holds uint8 values; .*pass x.float\(\) / 255"):
+        smoothed.predict((image * 255).to(torch.uint8), k=2, n0=20, n=50)
+    with pytest.raises(ValueError, match=r"x has values up to 2\d\d.*pixels in \[0, 1\].*divide 0-255 images by 255"):
+        smoothed.certify((image * 255)[None], [[0, 1]], n=50, alpha=0.01, k=2)
+    one = smoothed.predict(image, k=2, n0=20, n=50)
+    batch = smoothed.predict(image[None], k=2, n0=20, n=50)
+    assert one.labels.shape == (1, 2)
+    np.testing.assert_array_equal(one.labels, batch.labels)
+    np.testing.assert_array_equal(one.radii, batch.radii)
+    images = torch.stack([image, image.flip(-1)])
+    by_index = smoothed.certify(images, [[0, 3], [2]], n=50, alpha=0.01, k=2)
+    mask = np.zeros((2, 5), dtype=bool)
+    mask[0, [0, 3]] = mask[1, 2] = True
+    by_mask = smoothed.certify(images, mask, n=50, alpha=0.01, k=2)
+    np.testing.assert_array_equal(by_index.labels, mask)
+    np.testing.assert_array_equal(by_index.radii, by_mask.radii)
+    single = smoothed.certify(image, [0, 3], n=50, alpha=0.01, k=2)  # one image, its label indices
+    np.testing.assert_array_equal(single.radii, by_mask.radii[:1])
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.4, got 7"):
+        smoothed.certify(images, [[0, 7], [2]], n=50, alpha=0.01, k=2)

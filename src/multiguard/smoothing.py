@@ -42,11 +42,41 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- validation
 
 
+def _index_rows(labels: object, num_inputs: int, num_classes: int) -> list | None:
+    """The rows of ``labels`` if it is a list of label index lists (one per input; one list for one input)."""
+    if not isinstance(labels, (list, tuple)):
+        return None
+    nested = bool(labels) and all(isinstance(row, (list, tuple, set, range, np.ndarray)) for row in labels)
+    rows = list(labels) if nested or num_inputs != 1 else [labels]
+    if len(rows) != num_inputs:
+        return None
+    values = [list(row) for row in rows]
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for row in values for v in row):
+        return None
+    if all(len(row) == num_classes and set(row) <= {0, 1} for row in values):
+        return None  # a 0/1 mask written as lists
+    return values
+
+
 def as_label_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarray:
-    """``labels`` as a bool ``(N, c)`` mask (a tensor or array of bools, or of 0 and 1)."""
+    """``labels`` as a bool ``(N, c)`` mask: a tensor or array of bools (or of 0 and 1), or label index lists
+    (``[[0, 2], [1]]``: one list per input; ``[0, 2]`` for a single input). A list of N rows of length c
+    holding only 0 and 1 is read as a mask."""
+    rows = _index_rows(labels, num_inputs, num_classes)
+    if rows is not None:
+        mask = np.zeros((num_inputs, num_classes), dtype=bool)
+        for i, row in enumerate(rows):
+            for j in row:
+                if not 0 <= int(j) < num_classes:
+                    raise ValueError(f"labels must hold class indices in 0..{num_classes - 1}, got {int(j)} for "
+                                     f"input {i}")
+                mask[i, int(j)] = True
+        return mask
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     mask = np.asarray(labels)
+    if mask.ndim == 1 and num_inputs == 1 and mask.shape == (num_classes,):
+        mask = mask[None]  # one input's mask
     if mask.shape != (num_inputs, num_classes):
         raise ValueError(
             f"labels must be an (N, c) = ({num_inputs}, {num_classes}) mask matching x, got shape {mask.shape}"
@@ -56,6 +86,35 @@ def as_label_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarr
             raise ValueError("labels must be a boolean mask (or hold only 0 and 1)")
         mask = mask.astype(bool)
     return mask
+
+
+def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
+    """``x`` as a batch for :meth:`MultiGuard.certify` and :meth:`MultiGuard.predict`, refusing what users pass
+    by mistake.
+
+    - Integer inputs (``uint8`` images in 0..255) are refused: sigma and the radii are in the units of x.
+    - One image ``(C, H, W)`` with C = 1 or 3 gets the batch axis: ``(1, C, H, W)``.
+    - With ``check_range``, an image batch ``(N, C, H, W)`` with values above 1 is refused (pixels belong in
+      [0, 1]; normalisation belongs inside the model).
+    """
+    tensor = as_batch(x)
+    if tensor.dtype == torch.bool or not tensor.is_floating_point():
+        raise ValueError(
+            f"x holds {str(tensor.dtype).replace('torch.', '')} values; MultiGuard adds noise of standard deviation "
+            "sigma in the units of x and the model was trained on pixels in [0, 1]: pass x.float() / 255 for "
+            "8-bit images"
+        )
+    if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
+        tensor = tensor.unsqueeze(0)  # one image (C, H, W)
+    if check_range and tensor.ndim == 4 and tensor.numel():
+        top = float(tensor.max())
+        if top > 1.0 + 1e-6:
+            raise ValueError(
+                f"x has values up to {top:g}, above 1: images must have pixels in [0, 1] (sigma and the radii are "
+                "in those units): divide 0-255 images by 255 and put any normalisation inside the model "
+                "(check_range=False for inputs that are not such images)"
+            )
+    return tensor
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -277,6 +336,7 @@ class MultiGuard:
         batch_size: int = 1000,
         progress: bool = False,
         second_terms: bool = True,
+        check_range: bool = True,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -288,13 +348,17 @@ class MultiGuard:
             n: noise samples per input; alpha: failure probability; k: labels the smoothed classifier
                 predicts. seed, index, batch_size, progress: as in :meth:`sample_counts`.
             second_terms: ``False`` drops the u- and v-terms of Theorem 1 (the paper's ablation).
+            check_range: refuse image batches with values above 1 (see :func:`as_image_batch`, which also
+                refuses integer inputs such as uint8 images and turns one image ``(C, H, W)`` into a batch of one).
+
+        ``labels`` may also be label index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
 
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`.
         """
         alpha = check_alpha(alpha)
         k = check_int(k, "k", 1, self.num_classes)
-        tensor = as_batch(x)
+        tensor = as_image_batch(x, check_range)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size, num_k=self.k_prime,
                                    stream=STREAM_ESTIMATION, progress=progress)[:, self.k_prime - 1]
@@ -327,6 +391,7 @@ class MultiGuard:
         index: np.ndarray | torch.Tensor | list[int] | None = None,
         batch_size: int = 1000,
         progress: bool = False,
+        check_range: bool = True,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -338,14 +403,18 @@ class MultiGuard:
         probabilities and certify L. Unlike Cohen et al.'s ``predict`` nothing abstains: a radius of 0 means
         no guarantee for that e.
 
+        ``x`` as in :meth:`certify` (one image ``(C, H, W)`` is a batch of one; uint8 and values above 1 are
+        refused unless ``check_range=False``).
+
         Returns:
-            a :class:`Prediction` with ``labels`` int64 ``(N, k)`` and ``radii`` float ``(N, k)``.
+            a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
+            them) and ``radii`` float ``(N, k)``.
         """
         k = check_int(k, "k", 1, self.num_classes)
         n0 = check_int(n0, "n0", 1)
         n = check_int(n, "n", 1)
         alpha = check_alpha(alpha)
-        tensor = as_batch(x)
+        tensor = as_image_batch(x, check_range)
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
         check_int(batch_size, "batch_size", 1)
