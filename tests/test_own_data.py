@@ -370,6 +370,8 @@ def readme_project(tmp_path_factory):
 def test_readme_section_runs_verbatim(readme_project):
     project, shell_out, python_out = readme_project
     assert sorted(p.name for p in (project / "shapes" / "images").iterdir())[:2] == ["test-000.png", "test-001.jpg"]
+    example = code_blocks(readme_section(), "text")[0]  # the section's csv example is what the script wrote
+    assert (project / "shapes" / "train.csv").read_text().startswith(example)
     # describe opened every image; train said which input size and normalisation it chose
     assert "train images: read 400 of 400; sizes 32x32 (400)" in shell_out
     assert "csv: image size 32 (the most common size, 32x32, of 440 of the 440 images read" in shell_out
@@ -385,13 +387,14 @@ def test_readme_section_runs_verbatim(readme_project):
         radii = sorted({float(row["radius"]) for row in csv.DictReader(handle)})
     assert radii[-1] == pytest.approx(1.0) and radii[1] == pytest.approx(0.0125)  # 0 to 4 sigma, sigma/20 steps
     assert "shapes/images/test-000.png: " in shell_out and "at least 1 of them" in shell_out
-    assert "predicted: [" in python_out and "certified top-2 recall at R = 0, 0.25, 0.5: [" in python_out
+    assert "predicted: [" in python_out and "at least 1 of them: " in python_out
+    assert "certified top-2 recall at R = 0, 0.25, 0.5: [" in python_out
     recall = [float(v) for v in re.findall(r"[\d.]+", python_out.rsplit("[", 1)[1])]
     assert len(recall) == 3 and recall[0] > 0.5 and recall[0] >= recall[1] >= recall[2]  # the model learnt
 
 
 @pytest.mark.slow
-def test_checkpoint_from_another_folder_and_a_moved_dataset(readme_project, tmp_path):
+def test_checkpoint_from_another_folder_and_a_moved_dataset(readme_project, tmp_path, capsys, monkeypatch):
     project, _, _ = readme_project
     checkpoint = project / "shapes-model.pt"
     meta = torch.load(checkpoint, map_location="cpu", weights_only=True)["meta"]
@@ -402,16 +405,19 @@ def test_checkpoint_from_another_folder_and_a_moved_dataset(readme_project, tmp_
     image = project / "shapes" / "images" / "test-001.jpg"
     out = run("predict", "--checkpoint", str(checkpoint), str(image), "--k", "2", "--n", "200", cwd=elsewhere)
     assert f"{image}: " in out.stdout
-    run("certify", "--checkpoint", str(checkpoint), "--num-inputs", "2", "--n", "50", "--quiet", "--out", "run",
-        cwd=elsewhere)
+    monkeypatch.chdir(elsewhere)  # the variants run in this process, from the other folder
+    code, _, err = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), "--num-inputs", "2", "--n", "50",
+                                  "--quiet", "--out", "run")
+    assert code == 0, err
     moved = project / "shapes-moved"
     (project / "shapes").rename(moved)
     try:
         proc = run("certify", "--checkpoint", str(checkpoint), "--num-inputs", "2", "--n", "50", "--out", "run2",
                    cwd=elsewhere, check=False)
         assert_one_line_error(proc, f"dataset folder for csv not found: expected {project / 'shapes'}", "--data-root")
-        run("certify", "--checkpoint", str(checkpoint), "--data-root", str(moved), "--num-inputs", "2", "--n", "50",
-            "--quiet", "--out", "run2", cwd=elsewhere)
+        code, _, err = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), "--data-root", str(moved),
+                                      "--num-inputs", "2", "--n", "50", "--quiet", "--out", "run2")
+        assert code == 0, err
     finally:
         moved.rename(project / "shapes")
 
@@ -442,13 +448,14 @@ def test_trivial_certificates_are_marked(readme_project, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_attack_in_the_summary(readme_project, tmp_path):
+def test_attack_in_the_summary(readme_project, tmp_path, capsys):
     project, _, _ = readme_project
     attack = run("attack", "--checkpoint", str(project / "shapes-model.pt"), "--radii", "0.1,0.3", "--k", "2",
                  "--num-inputs", "4", "--steps", "2", "--samples", "4", "--n", "100", "--out", str(tmp_path / "att"))
     assert "attack: 4 inputs x 2 radii" in attack.stdout and "attack: R = 0.3: mean |L ∩ top-k|" in attack.stdout
-    run("report", str(project / "shapes-run"), "--k", "2", "--attack", str(tmp_path / "att"), "--quiet", "--out",
-        str(tmp_path / "rep"))
+    code, _, err = run_in_process(capsys, "report", str(project / "shapes-run"), "--k", "2", "--attack",
+                                  str(tmp_path / "att"), "--quiet", "--out", str(tmp_path / "rep"))
+    assert code == 0, err
     summary = (tmp_path / "rep" / "summary.md").read_text()
     section = summary[summary.index("## Under attack: att (k = 2, k' = 1, 4 inputs)"):]
     assert "| recall, empirical (attack) |" in section and "| recall, certified (MultiGuard, run shapes-run" in section

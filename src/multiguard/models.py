@@ -28,6 +28,7 @@ checkpoint).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -136,32 +137,36 @@ def _on_sys_path(folder: Path) -> Iterator[None]:
 
 
 def _module_from_file(path: Path, arch: str):
-    """Import the Python file ``path`` (inside a package: as its dotted name, so relative imports work)."""
+    """Import the Python file ``path``: inside a package as its dotted name (so relative imports work), else
+    under a private module name (a file called ``code.py`` or ``models.py`` must not shadow another module)."""
     root, parts = path.parent, [path.stem]
     while (root / "__init__.py").is_file():
         parts.insert(0, root.name)
         root = root.parent
     name = ".".join(parts)
-    loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
-        return loaded, root
     try:
-        with _on_sys_path(root):
-            if len(parts) > 1 and loaded is None:
-                return importlib.import_module(name), root
-            # a plain file (or a name already taken by another module): load it under a name of its own
-            unique = name if loaded is None else f"_multiguard_arch_{abs(hash(os.fspath(path))):x}_{path.stem}"
-            spec = importlib.util.spec_from_file_location(unique, path)
-            if spec is None or spec.loader is None:
-                raise ValueError(f"arch: {path} is not a Python file (from {arch!r})")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[unique] = module
-            try:
+        if len(parts) > 1:
+            loaded = sys.modules.get(name)
+            if loaded is None:
+                with _on_sys_path(root):
+                    return importlib.import_module(name), root
+            if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
+                return loaded, root
+        private = f"_multiguard_arch_{hashlib.sha256(os.fsencode(path)).hexdigest()[:12]}_{path.stem}"
+        if private in sys.modules:
+            return sys.modules[private], root
+        spec = importlib.util.spec_from_file_location(private, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"arch: {path} is not a Python file (from {arch!r})")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[private] = module
+        try:
+            with _on_sys_path(path.parent):  # the file may import its neighbours
                 spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(unique, None)
-                raise
-            return module, root
+        except BaseException:
+            sys.modules.pop(private, None)
+            raise
+        return module, root
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's file failed to import: say which and why, in one line
