@@ -159,7 +159,7 @@ def test_csv_image_size_of_photos_is_capped(tmp_path):
     assert ds.image_size == 224 and "320x240" in ds.image_size_note and "224" in ds.image_size_note
 
 
-def test_describe_opens_every_image(tmp_path):
+def test_describe_opens_every_image(tmp_path, capsys):
     root = write_shapes_folder(tmp_path / "shapes", {"train": 6, "test": 4}, size=(24, 24))
     Image.new("L", (24, 24), 128).save(root / "images" / "train" / "0001.png")  # a grayscale image
     (root / "images" / "test" / "0001.png").unlink()  # deleted
@@ -171,16 +171,21 @@ def test_describe_opens_every_image(tmp_path):
     bad = {Path(item["path"]).name: item["error"] for item in test["unreadable_images"]}
     assert set(bad) == {"0001.png", "0002.png"} and bad["0001.png"] == "file not found"
 
-    proc = run("datasets", "describe", "--dataset", "csv", "--data-root", str(root))
+    proc = run("datasets", "describe", "--dataset", "csv", "--data-root", str(root), check=False)
+    assert_one_line_error(proc, "2 image files cannot be read (listed above)")
     assert "test images: 2 unreadable:" in proc.stdout
     assert f"{root / 'images' / 'test' / '0001.png'}: file not found" in proc.stdout
     assert str(root / "images" / "test" / "0002.png") in proc.stdout
     assert "train images: read 6 of 6; sizes 24x24 (6)" in proc.stdout
     assert "L grayscale [1 channel] (1)" in proc.stdout
     assert "model input: image size 24 (the most common size, 24x24" in proc.stdout
-    data = json.loads(run("datasets", "describe", "--dataset", "csv", "--data-root", str(root), "--split", "test",
-                          "--json").stdout)
-    assert len(data["unreadable_images"]) == 2 and data["images_checked"] == 4
+    code, out, _ = run_in_process(capsys, "datasets", "describe", "--dataset", "csv", "--data-root", str(root),
+                                  "--split", "test", "--json")
+    data = json.loads(out)
+    assert code == 2 and len(data["unreadable_images"]) == 2 and data["images_checked"] == 4
+    code, out, _ = run_in_process(capsys, "datasets", "describe", "--dataset", "csv", "--data-root", str(root),
+                                  "--split", "train")
+    assert code == 0 and "images: read 6 of 6" in out  # control: every image readable, exit code 0
 
 
 def test_a_dataset_is_added_in_one_place(tmp_path, monkeypatch):

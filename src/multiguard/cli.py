@@ -235,6 +235,10 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
         _echo(json.dumps(descriptions[0] if len(descriptions) == 1 else descriptions, indent=2))
     else:
         _echo(format_description(descriptions))
+    unreadable = sum(len(d.get("unreadable_images", ())) for d in descriptions)
+    if unreadable:
+        return _fail(f"{unreadable} image file{'s' if unreadable > 1 else ''} cannot be read (listed above); fix or "
+                     "remove them from the dataset before training")
     return 0
 
 
@@ -482,7 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_cmd_datasets_list)
     q = dsub.add_parser("describe", formatter_class=_Formatter, help="label statistics of a dataset",
-                        description=_wrap("Label counts and frequencies of a dataset's splits."))
+                        description=_wrap("Label counts and frequencies of a dataset's splits, and a check of "
+                        "every image file: it is opened and decoded, and the sizes and colour modes found are "
+                        "listed with the input size the model will use. Unreadable images (missing or corrupt) "
+                        "are listed and make the command exit with code 2."))
     q.add_argument("--dataset", required=True, help=dataset_names())
     q.add_argument("--data-root", default=None, help="dataset folder (all datasets but multidigits)")
     q.add_argument("--split", action="append", default=None,

@@ -535,7 +535,7 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
         keys.append("trivial")
     if any(c.method == "attack" for c in curves):
         keys.append("attack")
-    lines += [f"- **{key}**: {COLUMN_HELP[key]}" for key in keys]
+    lines += [f"- **{key}**: {COLUMN_HELP[key]}." for key in keys]
     lines += ["- Every certified value holds with probability at least 1 - α over the sampling, for each input.", ""]
     return "\n".join(lines)
 
@@ -557,6 +557,18 @@ class Report:
     curves: list[Curve]
     summary: str
     files: list[Path]
+
+
+def _shown_arch(arch: object) -> object:
+    """A factory's absolute file path relative to the current folder, where that is shorter."""
+    if not isinstance(arch, str) or ".py:" not in arch:
+        return arch
+    path, _, factory = arch.rpartition(":")
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return arch
+    return f"{relative}:{factory}" if os.path.isabs(path) and len(relative) < len(path) else arch
 
 
 def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
@@ -672,7 +684,7 @@ def make_report(
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
                        f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-                       f"arch {run.metadata.get('arch')}"
+                       f"arch {_shown_arch(run.metadata.get('arch'))}"
                        for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
 
