@@ -264,7 +264,7 @@ def train(
     Args:
         dataset: a name from ``multiguard.data.DATASETS`` (``multidigits``, ``voc2007``, ``coco2014``,
             ``nuswide``, ``csv``).
-        data_root: the dataset folder (not needed for multidigits).
+        data_root: the dataset folder (not needed for multidigits); recorded as an absolute path.
         arch: see :func:`multiguard.models.create_model` (``small_cnn``, ``timm:<name>``, ...).
         sigma: standard deviation of the training noise, in [0, 1] pixel units (0: no noise).
         epochs: total number of epochs (a resumed run trains the epochs still missing).
@@ -280,7 +280,8 @@ def train(
             train_size) must match, ``epochs`` may be larger. Starts afresh if there is no file.
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``, ... or ``'auto'``.
         progress: show tqdm progress bars and one line per epoch.
-        image_size: side S of the images; ``None``: the dataset's default (32 multidigits, 224 others).
+        image_size: side S of the images; ``None``: the dataset's default (32 multidigits, 224 for the paper's
+            datasets, from the images for csv).
         train_size, test_size: number of training / test images (multidigits: composed images,
             defaults 8000 / 2000; others: a seeded random subset; ``None``: all).
         train_split, test_split: split names; ``None``: the dataset's (e.g. trainval / test for VOC).
