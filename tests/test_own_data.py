@@ -202,6 +202,13 @@ def test_a_dataset_is_added_in_one_place(tmp_path, monkeypatch):
     ds = get_dataset("toyshapes", root=root)  # default split and image size from the entry
     assert ds.split == "fit" and ds.image_size == 16 and len(ds) == 3
     assert dataset_names("and").startswith("multidigits, voc2007, coco2014, nuswide, csv and")
+    from multiguard.data import coco, csvfolder, multidigits, nuswide, voc  # the families' own defaults agree
+
+    for module, name in ((multidigits, "multidigits"), (voc, "voc2007"), (coco, "coco2014"), (nuswide, "nuswide"),
+                         (csvfolder, "csv")):
+        entry = DATASETS[name]
+        assert (entry.train_split, entry.test_split, entry.image_size) == (
+            module.TRAIN_SPLIT, module.TEST_SPLIT, module.DEFAULT_IMAGE_SIZE), name
 
 
 def test_moved_dataset_names_data_root(tmp_path):

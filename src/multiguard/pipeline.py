@@ -98,7 +98,6 @@ def capped_num_inputs(num_inputs: int | None, split_size: int, split: str, log: 
     return num_inputs
 
 
-
 def sample_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
