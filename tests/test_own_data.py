@@ -506,6 +506,12 @@ def test_train_flags_on_the_command_line(tmp_path, factory_file, capsys):
     assert "normalisation inside the model: mean [0.4, 0.5, 0.6], std [0.2, 0.2, 0.2] (given" in text
     meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
     assert meta["mean"] == pytest.approx([0.4, 0.5, 0.6]) and meta["std"] == pytest.approx([0.2] * 3)
+    code, text, err = run_in_process(capsys, "train", "--dataset", "csv", "--data-root", str(root), "--arch",
+                                     f"{factory_file}:ends_in_sigmoid", "--epochs", "1", "--quiet", "--out", str(out))
+    assert code == 0 and err.strip().splitlines() == [
+        f"multiguard: warning: the model {factory_file}:ends_in_sigmoid seems to output probabilities, not logits "
+        "(its last layer is Sigmoid); MultiGuard's losses apply the sigmoid themselves: return the scores before "
+        "any sigmoid"]
 
 
 def test_help_names_the_registered_datasets(capsys, monkeypatch):

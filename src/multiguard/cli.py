@@ -25,6 +25,7 @@ import os
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -73,6 +74,14 @@ def _next_k(run_dir: str) -> tuple[int, str]:
     k = max(1, min(int(-(-mean // 1)), max(1, classes // 2)))
     return k, (f"k = {k}: about the {mean:.1f} labels per input, at most half the {classes} classes; "
                "k' = 1 as in the paper")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    from tqdm.auto import tqdm  # writes around any progress bar on the screen
+
+    text = " ".join(str(message).split())
+    tqdm.write(f"multiguard: warning: {text}", file=sys.stderr)
 
 
 def _echo(line: str = "") -> None:
@@ -647,7 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # library warnings as one line each, without the source location
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("multiguard: interrupted", file=sys.stderr)
         return 130

@@ -98,7 +98,7 @@ def load_csv(
     csv_path = require(root / f"{split}.csv", f"CSV file for split {split!r}")
     paths, rows = _read_split(root, csv_path, class_index)
     labels = torch.stack(rows) if rows else torch.zeros(0, len(class_names))
-    note = f"image size {image_size} (given)"
+    note = None  # the size was given
     if image_size is None:
         image_size, note = image_size_from_images(root)
     dataset = MultiLabelImageDataset("csv", split, paths, labels, class_names, image_size)
