@@ -186,6 +186,9 @@ def test_describe_opens_every_image(tmp_path, capsys):
     code, out, _ = run_in_process(capsys, "datasets", "describe", "--dataset", "csv", "--data-root", str(root),
                                   "--split", "train")
     assert code == 0 and "images: read 6 of 6" in out  # control: every image readable, exit code 0
+    code, out, _ = run_in_process(capsys, "datasets", "describe", "--dataset", "csv", "--data-root", str(root),
+                                  "--split", "test", "--labels-only")
+    assert code == 0 and "unreadable" not in out and "images without labels" in out  # labels only: no image opened
 
 
 def test_a_dataset_is_added_in_one_place(tmp_path, monkeypatch):

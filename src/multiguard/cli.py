@@ -237,7 +237,7 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
     options = _dataset_options(args.dataset_option)
     descriptions = [
         describe(get_dataset(args.dataset, root=args.data_root, split=split, image_size=args.image_size,
-                             seed=args.seed, **options))
+                             seed=args.seed, **options), check_images=not args.labels_only)
         for split in splits
     ]
     if args.json:
@@ -506,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-size", type=int, default=None, help="image side (labels do not depend on it)")
     q.add_argument("--seed", type=int, default=0, help="multidigits only: the seed that composes it")
     q.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
+    q.add_argument("--labels-only", action="store_true",
+                   help="do not open the images (quick on large datasets; missing or corrupt files go unnoticed)")
     q.add_argument("--json", action="store_true", help="print the description as JSON")
     q.set_defaults(func=_cmd_datasets_describe)
 
