@@ -554,3 +554,29 @@ def test_python_api_refuses_uint8_and_takes_one_image_and_index_lists():
     np.testing.assert_array_equal(single.radii, by_mask.radii[:1])
     with pytest.raises(ValueError, match=r"class indices in 0\.\.4, got 7"):
         smoothed.certify(images, [[0, 7], [2]], n=50, alpha=0.01, k=2)
+
+
+def test_pretrained_imagenet_found_in_timms_cache_loads_offline(tmp_path):
+    """Weights timm downloaded once (here: a real state_dict placed in the Hugging Face cache layout) are used
+    from the cache, with no network (the hub points at a closed local port)."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18")
+    repo = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(snapshot / "model.safetensors"))
+    torch.save(source.conv1.weight.detach(), tmp_path / "conv1.pt")
+    script = (
+        "import torch\n"
+        "from multiguard.models import create_model\n"
+        "model = create_model('timm:resnet18', num_classes=3, image_size=32, pretrained='imagenet')\n"
+        f"assert torch.equal(model.net.conv1.weight, torch.load({str(tmp_path / 'conv1.pt')!r}))\n"
+        "assert model.net.fc.out_features == 3 and model.pretrained == 'imagenet'\n"
+    )
+    child_env = {**env(), "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
