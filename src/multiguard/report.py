@@ -14,6 +14,11 @@ and ``summary.md`` (tables at a few radii, in percent).
 
 Curves of other origins (e.g. empirical robustness under an attack) are :class:`Curve` objects too and can be
 passed to :func:`make_report` as ``extra_curves`` to be written and drawn alongside.
+
+The default radius grid runs from 0 to 4 sigma (:func:`sigma_radius_grid`). Where k is close to the number of
+classes c, part of every certificate holds by counting alone (any k labels keep at least ``|L| - (c - k)`` of
+L, :func:`multiguard.certify.trivial_intersection_size`): ``summary.md`` gives that part in rows of its own and
+the plots draw it as a grey dotted line. ``summary.md`` ends with what every method name and column means.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 METHODS: tuple[str, ...] = tuple(_METHODS)  # the registered certification methods (multiguard.methods)
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
-DEFAULT_RADIUS_GRID = "0:3:0.05"
+DEFAULT_RADIUS_GRID = "0:3:0.05"  # the former default; make_report's default grid now follows sigma (sigma_radius_grid)
 DEFAULT_RADII = DEFAULT_RADIUS_GRID  # former name
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
