@@ -473,7 +473,7 @@ def test_attack_in_the_summary(readme_project, tmp_path, capsys):
     assert code == 0, err
     summary = (tmp_path / "rep" / "summary.md").read_text()
     section = summary[summary.index("## Under attack: att (k = 2, k' = 1, 4 inputs)"):]
-    assert "| recall, empirical (attack) |" in section and "| recall, certified (MultiGuard, run shapes-run" in section
+    assert "| recall, empirical (attack) |" in section and "| recall, certified (MultiGuard, α = 0.001) |" in section
     assert re.search(r"\| inputs below their certificate \(count\) \| \d+ \| \d+ \|", section)
     assert "**attack**: 'empirical (attack)'" in summary
 

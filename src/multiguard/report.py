@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import certify
-from .empirical import load_empirical
+from .empirical import PER_INPUT, load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
 from .runs import STALE_TMP_SECONDS, Run, load_run
@@ -131,6 +131,7 @@ class Curve:
     extra: dict[str, str] = field(default_factory=dict)
     trivial: dict[str, float] = field(default_factory=dict)  # metric -> its part that holds by counting alone
     violations: np.ndarray | None = None  # attack curves: inputs below their certificate, per radius
+    certified: dict[str, np.ndarray] | None = None  # attack curves: certified metrics of the same inputs
 
     def metric(self, name: str) -> np.ndarray:
         """The ``precision``, ``recall`` or ``f1`` array."""
@@ -351,14 +352,16 @@ def _curve_label(curve: Curve, varying: Sequence[str]) -> str:
 
 
 def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | None, legend: bool = True) -> None:
-    varying = _varying(curves, ("k", "k_prime", "alpha", "sigma", "n"))
-    settings = sorted({tuple(getattr(c, f) for f in varying) for c in curves})
+    certified = [c for c in curves if c.method in _METHODS]  # the settings of the certified curves set the colours
+    varying = _varying(certified or curves, ("k", "k_prime", "alpha", "sigma", "n"))
+    settings = sorted({tuple(getattr(c, f) for f in varying) for c in certified or curves})
     colors = [f"C{i % 10}" for i in range(len(settings))]
     method_colors = {"multiguard": "C3", "multiguard-first-terms": "C1", "jia": "C0"}
     trivial_drawn: set[tuple] = set()
     for c in curves:
         setting = tuple(getattr(c, f) for f in varying)
-        color = colors[settings.index(setting)] if varying else method_colors.get(c.method, "C2")
+        color = (colors[settings.index(setting)] if varying and setting in settings
+                 else method_colors.get(c.method, "C2"))
         empirical = c.method not in _METHODS
         ax.plot(  # type: ignore[attr-defined]
             c.radius,
@@ -413,17 +416,23 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
     """One PNG for one metric: a panel per run, a line per method and setting (the paper's Figure 1 style).
 
     Line style tells the method (solid MultiGuard, dashed first terms only, dotted Jia et al.); colour tells
-    the setting (k, k', alpha) when several are drawn.
+    the setting (k, k', alpha) when several are drawn. Curves of other methods (an attack's) are drawn with
+    markers, over the certified run's panel when there is one certified run.
     """
     plt = _pyplot()
-    runs = list(dict.fromkeys(c.run for c in curves))
+    # Curves of other origins (an attack) are drawn over the certified ones when there is one certified run.
+    certified_runs = list(dict.fromkeys(c.run for c in curves if c.method in _METHODS))
+    panel = {c.run: c.run for c in curves}
+    if len(certified_runs) == 1:
+        panel.update({c.run: certified_runs[0] for c in curves if c.method not in _METHODS})
+    runs = list(dict.fromkeys(panel[c.run] for c in curves))
     columns = min(len(runs), 3) or 1
     rows = -(-len(runs) // columns) or 1
-    crowded = max(sum(1 for c in curves if c.run == run) for run in runs) > 5 if runs else False
+    crowded = max(sum(1 for c in curves if panel[c.run] == run) for run in runs) > 5 if runs else False
     width = 7.4 if crowded else 4.6  # room for a legend beside the panel
     fig, axes = plt.subplots(rows, columns, figsize=(width * columns, 3.6 * rows), squeeze=False)  # type: ignore
     for i, run in enumerate(runs):
-        run_curves = [c for c in curves if c.run == run]
+        run_curves = [c for c in curves if panel[c.run] == run]
         first = run_curves[0]
         fixed = [f for f in ("k", "k_prime", "alpha") if f not in _varying(run_curves, ("k", "k_prime", "alpha"))]
         names = {"k": "k", "k_prime": "k'", "alpha": "α"}
@@ -501,31 +510,28 @@ def summary_markdown(
     return "\n".join(lines)
 
 
-def attack_markdown(attack_curves: Sequence[Curve], certified: Sequence[Curve]) -> str:
-    """Tables of empirical curves under attack (in percent) beside the certified values of the same setting at
-    the same radii, and the count of inputs whose attacked size fell below their certified size."""
+def attack_markdown(attack_curves: Sequence[Curve]) -> str:
+    """Tables of empirical curves under attack (in percent) beside MultiGuard's certified values for the same
+    inputs at the same radii, and the count of inputs whose attacked size fell below their certified size."""
     lines: list[str] = []
     for a in attack_curves:
         radii = [float(r) for r in a.radius]
         lines += [f"## Under attack: {a.run} (k = {a.k}, k' = {a.k_prime}, {a.num_inputs} inputs) (%)", ""]
-        head = ["", *[f"R = {r:g}" for r in radii]]
-        lines.append("| " + " | ".join(head) + " |")
+        lines.append("| " + " | ".join(["", *[f"R = {r:g}" for r in radii]]) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
-        same = [c for c in certified if c.k == a.k and c.k_prime == a.k_prime and c.method == "multiguard"
-                and all(np.isclose(c.radius, r, atol=1e-9).any() for r in radii)]
         for metric in METRICS:
             short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
             lines.append("| " + " | ".join([f"{short}, {METHOD_LABELS['attack']}",
                                              *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
-            for c in same:
-                name = f"{short}, certified ({METHOD_LABELS['multiguard']}, run {c.run}, α = {c.alpha:g})"
-                lines.append("| " + " | ".join([name, *[f"{100 * c.at(metric, r):.1f}" for r in radii]]) + " |")
+            if a.certified is not None:
+                lines.append("| " + " | ".join([f"{short}, certified ({METHOD_LABELS['multiguard']}, α = {a.alpha:g})",
+                                                 *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
         if a.violations is not None:
             lines.append("| " + " | ".join(["inputs below their certificate (count)",
                                              *[str(int(v)) for v in a.violations]]) + " |")
-        lines += ["", "The attack's values bound robustness from above, the certified ones from below; an input below "
-                  "its certificate is a failure of probability at most α (or Monte Carlo error of the measurement).",
-                  ""]
+        lines += ["", "The same inputs in every row. The attack's values bound robustness from above, the certified "
+                  "ones from below; an input below its certificate is a failure of probability at most α (or Monte "
+                  "Carlo error of the measurement).", ""]
     return "\n".join(lines)
 
 
@@ -582,6 +588,13 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
     lower one."""
     empirical = load_empirical(attack_dir)
     settings = empirical.settings
+    certified = None
+    per_input = Path(attack_dir) / PER_INPUT
+    if per_input.is_file():
+        with np.load(per_input) as arrays:
+            if "certified" in arrays.files and "labels" in arrays.files and len(arrays["labels"]):
+                part = certify.certified_metrics(arrays["certified"], arrays["labels"], int(settings.get("k", 1)))
+                certified = {m: np.asarray(getattr(part, m), dtype=np.float64) for m in METRICS}
     try:
         return Curve(
             run=Path(attack_dir).name, method="attack", k=int(settings["k"]), k_prime=int(settings["k_prime"]),
@@ -589,6 +602,7 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
             radius=empirical.radius, precision=empirical.precision, recall=empirical.recall, f1=empirical.f1,
             num_inputs=empirical.num_inputs,
             violations=None if settings.get("violations") is None else np.asarray(settings["violations"], np.int64),
+            certified=certified,
         )
     except KeyError as missing:
         raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
@@ -685,7 +699,7 @@ def make_report(
     summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
     attacks = [c for c in curves if c.method == "attack"]
     if attacks:
-        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks, curves)
+        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks)
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
                        f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
