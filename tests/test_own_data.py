@@ -510,7 +510,8 @@ def test_train_flags_on_the_command_line(tmp_path, factory_file, capsys):
     meta = torch.load(out, map_location="cpu", weights_only=True)["meta"]
     assert meta["mean"] == pytest.approx([0.4, 0.5, 0.6]) and meta["std"] == pytest.approx([0.2] * 3)
     code, text, err = run_in_process(capsys, "train", "--dataset", "csv", "--data-root", str(root), "--arch",
-                                     f"{factory_file}:ends_in_sigmoid", "--epochs", "1", "--quiet", "--out", str(out))
+                                     f"{factory_file}:ends_in_sigmoid", "--epochs", "1", "--quiet", "--out",
+                                     str(tmp_path / "sigmoid.pt"))
     assert code == 0 and err.strip().splitlines() == [
         f"multiguard: warning: the model {factory_file}:ends_in_sigmoid seems to output probabilities, not logits "
         "(its last layer is Sigmoid); MultiGuard's losses apply the sigmoid themselves: return the scores before "
