@@ -20,6 +20,7 @@ and CPU generators give different numbers).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from . import certify as _certify
+from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
 from .validation import check_alpha, check_bool, check_int, check_interval, check_positive, invalid
@@ -231,14 +233,22 @@ class MultiGuard:
             with (0, 1)). It is part of the base classifier, so certificates stay valid.
         device: where to sample. A module is moved there (``model.to(device)``). Default: the device of the
             module's first parameter or buffer, else the CPU.
-        autocast_dtype: run the forward under ``torch.autocast`` with this dtype (``torch.bfloat16`` or
-            ``torch.float16`` on CUDA). Off by default.
+        precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (the forward under ``torch.autocast`` with
+            that dtype) or ``"auto"``: bf16 + channels_last on CUDA GPUs and CPUs with native bf16, fp32
+            elsewhere (:func:`multiguard.acceleration.auto_precision`).
         channels_last: feed 4-D batches in channels_last memory format; a module is converted in place.
+            ``None`` (default): what ``precision`` implies (on where ``auto`` picks bf16, else off).
             The noise values are the same either way.
+        compile: run the model through ``torch.compile`` (one graph, compiled at the first forward; where
+            that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
+        autocast_dtype: the older spelling of ``precision``: ``torch.bfloat16`` or ``torch.float16``.
 
-    Noise is drawn on the model's device in the dtype of its first floating parameter (float32 for a
-    callable without parameters). Sampling runs under ``torch.inference_mode()`` with the module in eval
-    mode; each submodule's training flag is restored afterwards.
+    The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
+    hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
+    model's device in the dtype of its first floating parameter (float32 for a callable without parameters)
+    and added to the input in that dtype, before any autocast. Sampling runs under
+    ``torch.inference_mode()`` with the module in eval mode; each submodule's training flag is restored
+    afterwards.
     """
 
     def __init__(
@@ -250,7 +260,9 @@ class MultiGuard:
         clamp: tuple[float, float] | None = None,
         device: torch.device | str | None = None,
         autocast_dtype: torch.dtype | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
+        precision: str | None = None,
+        compile: bool = False,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -258,12 +270,11 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
-        if autocast_dtype is not None and (
-            not isinstance(autocast_dtype, torch.dtype) or not autocast_dtype.is_floating_point
-        ):
-            raise invalid("autocast_dtype", "None or a floating torch.dtype", autocast_dtype)
-        self.autocast_dtype = autocast_dtype
-        self.channels_last = bool(channels_last)
+        autocast_precision = precision_of_autocast_dtype(autocast_dtype)
+        if precision is None:
+            precision = autocast_precision
+        elif autocast_dtype is not None and precision != autocast_precision:
+            raise invalid("precision", f"{autocast_precision} to match autocast_dtype={autocast_dtype}", precision)
 
         module_device, module_dtype = module_device_dtype(model)
         if device is not None:
@@ -276,19 +287,51 @@ class MultiGuard:
         else:
             self.device = module_device if module_device is not None else torch.device("cpu")
         self.dtype = module_dtype if module_dtype is not None else torch.get_default_dtype()
+        self.mode = resolve_mode(precision, channels_last, compile, self.device)
+        self.autocast_dtype = self.mode.autocast_dtype
+        self.channels_last = self.mode.channels_last
         if self.channels_last and isinstance(model, torch.nn.Module):
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.compiled_model = CompiledModel(model) if self.mode.compile else None
         self.engine = SamplingEngine(
-            model, self.num_classes, self.sigma, clamp=self.clamp, device=self.device, dtype=self.dtype,
-            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+            self.compiled_model if self.compiled_model is not None else model, self.num_classes, self.sigma,
+            clamp=self.clamp, device=self.device, dtype=self.dtype, autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
         )
 
     def __repr__(self) -> str:
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
-            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype})"
+            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r})"
         )
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Wall time of the first forward with ``compile=True`` (compilation plus one batch), else ``None``:
+        ``None`` too before the first forward and where compiling failed (see :attr:`compile_fallback`)."""
+        return None if self.compiled_model is None else self.compiled_model.compile_seconds
+
+    @property
+    def compile_fallback(self) -> str | None:
+        """Why ``torch.compile`` failed and the model runs eagerly, or ``None``."""
+        return None if self.compiled_model is None else self.compiled_model.fallback_reason
+
+    def warm_up(self, x: torch.Tensor | np.ndarray, batch_size: int = 1000) -> float:
+        """Run one forward batch of ``batch_size`` noisy copies of ``x[0]`` now, so that compilation (with
+        ``compile=True``) and lazy initialisation happen here rather than inside the first timed sampling
+        call. Returns its wall time in seconds. The counts are thrown away; later counts do not change
+        (noise is seeded per input and sample).
+        """
+        batch_size = check_int(batch_size, "batch_size", 1)
+        tensor = as_batch(x)
+        if tensor.shape[0] == 0:
+            raise ValueError("x must hold at least one input to warm up on")
+        start = time.perf_counter()
+        self.engine.count(tensor[:1], batch_size, seed=0, batch_size=batch_size, num_k=1, stream=STREAM_ESTIMATION)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------- public
 
