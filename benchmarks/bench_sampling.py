@@ -12,12 +12,20 @@ rounds (the best round of each counts, so background load hurts all three alike)
              to the host every batch; every k' needs its own run.
 
 Goal: (a) within 5 % of (b) and faster than (c). Samples/s and ratios are printed; figures go in README.md.
+
+Modes (``--section modes``): the demo's model (``create_model("small_cnn")`` on 1x32x32 multidigits, 10
+labels) sampled by the engine in every mode of :mod:`multiguard.acceleration` (fp32, channels_last, bf16,
+bf16 + channels_last, fp16, and compiled variants) against the fp32 bare loop, plus bare loops in bf16 and
+compiled, all in interleaved rounds in the same process. A 2048 x 2048 GEMM in fp32 and in bf16 measures
+the machine's peak in the same run, and each figure is printed also as GFLOP/s and as a fraction of both
+peaks (FLOPs per sample counted by ``torch.utils.flop_counter``). Compile times are printed separately.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import time
 from collections.abc import Callable
 
@@ -25,6 +33,7 @@ import numpy as np
 import torch
 
 from multiguard import MultiGuard
+from multiguard.acceleration import has_native_bf16
 
 SIGMA = 0.5
 
@@ -176,6 +185,132 @@ def resnet50(n: int, batch_size: int, rounds: int) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------------- modes
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repeats: int = 3, rounds: int = 3) -> float:
+    """Best GFLOP/s of ``repeats`` back-to-back ``size x size`` matmuls in ``dtype``, over ``rounds``.
+
+    Timed like the models (:func:`clock`): process CPU time on the CPU, wall time on CUDA.
+    """
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device, generator=generator).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = clock(device)
+        for _ in range(repeats):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, clock(device) - start)
+    return 2 * size**3 * repeats / best / 1e9
+
+
+def clock(device: torch.device) -> float:
+    """The clock the modes section uses: process CPU time on the CPU (steady on a shared machine; with
+    ``--threads 1`` it is one core's work), wall time on CUDA."""
+    return time.process_time() if device.type == "cpu" else time.perf_counter()
+
+
+def flops_per_sample(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one forward of one input (convolutions and matmuls; ``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(example[:1])
+    return counter.get_total_flops()
+
+
+def bare_loop(
+    model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int, batch_size: int,
+    dtype: torch.dtype | None, channels_last: bool,
+) -> Callable[[], None]:
+    """The bare loop (b) in a mode: autocast with ``dtype`` (or none) and channels_last batches."""
+    def run() -> None:
+        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            bare(model, x, n, batch_size, 1, channels_last=channels_last)
+    return run
+
+
+MODES = [  # label, precision, channels_last, compile
+    ("fp32", "fp32", False, False),
+    ("channels_last", "fp32", True, False),
+    ("bf16", "bf16", False, False),
+    ("bf16 + channels_last", "bf16", True, False),
+    ("fp16", "fp16", False, False),
+    ("fp32 + compile", "fp32", False, True),
+    ("bf16 + channels_last + compile", "bf16", True, True),
+]
+
+
+def modes(n: int, batch_size: int, rounds: int, num_inputs: int, compile_modes: bool) -> None:
+    """The demo's CNN in every sampling mode against the fp32 bare loop, each as a fraction of GEMM peak."""
+    from multiguard.acceleration import CompiledModel
+    from multiguard.models import create_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    base = create_model("small_cnn", num_classes=10, image_size=32, in_channels=1).to(device).eval()
+    x = torch.rand(num_inputs, 1, 32, 32, device=device)
+    flops = flops_per_sample(base, x)
+    peak = {"fp32": gemm_peak(torch.float32, device), "bf16": gemm_peak(torch.bfloat16, device)}
+    clock_name = "CPU time" if device.type == "cpu" else "wall time"
+    print(f"\nModes: the demo's small_cnn (1x32x32, 10 labels, {flops / 1e6:.2f} MFLOP per sample), "
+          f"{num_inputs} inputs x n = {n}, batch {batch_size}, {device}, best of {rounds} rounds, by {clock_name}")
+    print(f"  native bf16 on this device: {has_native_bf16(device)}; 2048^3 GEMM peak by {clock_name}: "
+          f"fp32 {peak['fp32']:,.0f} GFLOP/s, bf16 {peak['bf16']:,.0f} GFLOP/s")
+
+    methods: dict[str, Callable[[], object]] = {}
+    compile_seconds: dict[str, str] = {}
+    for label, precision, channels_last, compile_model in MODES:
+        if compile_model and not compile_modes:
+            continue
+        guard = MultiGuard(copy.deepcopy(base), num_classes=10, sigma=SIGMA, precision=precision,
+                           channels_last=channels_last, compile=compile_model)
+        if compile_model:  # compile before timing; the time is reported apart
+            guard.warm_up(x, batch_size=batch_size)
+            compile_seconds[f"engine {label}"] = (
+                f"{guard.compile_seconds:.1f} s" if guard.compile_seconds is not None
+                else f"failed, runs eagerly: {guard.compile_fallback}"
+            )
+        methods[f"engine {label}"] = lambda guard=guard: engine(guard, x, n, batch_size)
+
+    methods["bare fp32 (baseline)"] = bare_loop(base, x, n, batch_size, None, False)
+    channels_last_model = copy.deepcopy(base).to(memory_format=torch.channels_last)
+    methods["bare bf16 + channels_last"] = bare_loop(channels_last_model, x, n, batch_size, torch.bfloat16, True)
+    if compile_modes:
+        for label, dtype, channels_last in (("fp32", None, False), ("bf16 + channels_last", torch.bfloat16, True)):
+            model = copy.deepcopy(base)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            compiled = CompiledModel(model)
+            run = bare_loop(compiled, x, n, batch_size, dtype, channels_last)
+            run()  # compiles at the first batch
+            compile_seconds[f"bare {label} + compile"] = (
+                f"{compiled.compile_seconds:.1f} s" if compiled.compile_seconds is not None
+                else f"failed, runs eagerly: {compiled.fallback_reason}"
+            )
+            methods[f"bare {label} + compile"] = run
+
+    times = best_times(methods, rounds, device)
+    samples = x.shape[0] * n
+    column = 1 if device.type == "cpu" else 0
+    baseline = times["bare fp32 (baseline)"][column]
+    print(f"  {'':38s} {'wall /s':>9s} {clock_name + ' /s':>13s} {'vs bare fp32':>12s} {'GFLOP/s':>8s}"
+          f" {'of fp32 peak':>12s} {'of bf16 peak':>12s}")
+    for name, measured in times.items():
+        rate = samples / measured[column]
+        gflops = rate * flops / 1e9
+        print(f"  {name:38s} {samples / measured[0]:9,.0f} {rate:13,.0f} {baseline / measured[column]:11.2f}x"
+              f" {gflops:8.1f} {100 * gflops / peak['fp32']:11.1f}% {100 * gflops / peak['bf16']:11.1f}%")
+    for label, text in compile_seconds.items():
+        print(f"  compile time, {label}: {text} (first batch included; not in the figures above)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
@@ -184,12 +319,20 @@ def main() -> None:
     parser.add_argument("--cnn-inputs", type=int, default=8)
     parser.add_argument("--mlp-inputs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--section", choices=("all", "engine", "modes"), default="all",
+                        help="engine: (a)/(b)/(c) above; modes: precision, channels_last, compile vs GEMM peak")
+    parser.add_argument("--modes-inputs", type=int, default=8, help="inputs in the modes section")
+    parser.add_argument("--no-compile", action="store_true", help="modes section without the compiled variants")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    if args.section in ("all", "modes"):
+        modes(args.n, args.batch_size, args.rounds, args.modes_inputs, not args.no_compile)
+    if args.section == "modes":
+        return
     cnn_x = torch.rand(args.cnn_inputs, 3, 32, 32, device=device)
     compare("small CNN, 3x32x32", small_cnn().to(device), cnn_x, args.n, args.batch_size, args.rounds)
     mlp_x = torch.rand(args.mlp_inputs, 784, device=device)

@@ -185,7 +185,9 @@ class CompiledModel(torch.nn.Module):
     eagerly where compiling it fails.
 
     Compilation happens at the first call, under the caller's contexts (inference mode, autocast, eval
-    mode, memory format), and is timed: :attr:`compile_seconds` is the wall time of that first call
+    mode, memory format), with inductor's freezing on: the weights are taken as constants (BatchNorm folded
+    into convolutions, oneDNN weight prepacking), so the compiled model must not be trained or edited
+    afterwards (build a new MultiGuard instead). The first call is timed: :attr:`compile_seconds` is the wall time of that first call
     (tracing, code generation and one forward). If compiling raises and the eager model succeeds on the
     same batch, the model runs eagerly from then on, :attr:`fallback_reason` says why and one line is
     logged (logger ``multiguard``); if the eager model fails too, its own error is raised.
@@ -227,7 +229,12 @@ class CompiledModel(torch.nn.Module):
     def _first_call(self, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         try:
-            scores = self._compiled(batch)
+            import torch._inductor.config as inductor_config
+
+            # Freezing folds the (fixed) weights into the graph: BatchNorm into the convolution, weights
+            # prepacked for oneDNN, ReLU fused. It is read when the graph compiles, which is now.
+            with inductor_config.patch(freezing=True):
+                scores = self._compiled(batch)
         except Exception as error:  # dynamo, inductor and the C compiler raise many types
             scores = self.model(batch)  # the model's own error, if it has one, is raised here
             self.compiled = False
