@@ -284,3 +284,108 @@ def test_compile_runs_the_fastest_mode_deterministically(caplog: pytest.LogCaptu
     else:
         assert guard.compiled_model.compiled is False and guard.compile_fallback
         np.testing.assert_array_equal(reference, eager)
+
+
+# --------------------------------------------------------------------------------- the command line
+
+
+def _write_pngs(folder: Path, count: int) -> list[str]:
+    from PIL import Image
+
+    from multiguard.data import get_dataset
+
+    images = get_dataset("multidigits", split="test", size=count, seed=0)
+    paths = []
+    for i in range(count):
+        path = folder / f"digit{i}.png"
+        Image.fromarray((images[i][0][0].numpy() * 255).round().astype(np.uint8), mode="L").save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.slow
+def test_the_mode_is_recorded_enforced_reported_and_reused(tmp_path_factory, tmp_path: Path, capsys) -> None:
+    import json
+
+    from clitools import assert_one_line_error_in_process, run, run_in_process, tiny_checkpoint
+
+    from multiguard.checkpoints import load_checkpoint, smoothed_from_checkpoint
+    from multiguard.modes import MODE_DEFAULTS
+    from multiguard.runs import load_batch, load_run
+
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))
+    out = tmp_path / "run"
+    common = ["--checkpoint", checkpoint, "--num-samples", "300", "--max-k-prime", "2", "--num-inputs", "6",
+              "--chunk-size", "3", "--seed", "5", "--device", "cpu", "--out", str(out)]
+    first = run("certify", *common, "--precision", "bf16", "--channels-last", "--shard", "0/2")
+    assert "sampling mode: bf16 + channels_last" in first.stdout
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert (metadata["precision"], metadata["channels_last"], metadata["compile"]) == ("bf16", True, False)
+
+    # A resume in another mode is refused, naming the field; in the same mode it finishes the run.
+    refused = run_in_process(capsys, "certify", *common, "--precision", "fp32", "--channels-last", "--resume")
+    assert_one_line_error_in_process(refused, "precision", "'bf16'", "'fp32'")
+    refused = run_in_process(capsys, "certify", *common, "--precision", "bf16", "--resume")
+    assert_one_line_error_in_process(refused, "channels_last")
+    assert not (out / "counts.npz").exists()
+    run("certify", *common, "--precision", "bf16", "--channels-last", "--resume", "--quiet")
+    run_dir = load_run(out)
+
+    # The report names the mode of every run.
+    code, _, _ = run_in_process(capsys, "report", str(out), "--k", "2", "--radii", "0:1:0.25", "--quiet",
+                                "--out", str(tmp_path / "report"))
+    assert code == 0 and "mode bf16 + channels_last" in (tmp_path / "report" / "summary.md").read_text()
+
+    # predict in the run's mode gives the run's counts for the same inputs and seed.
+    model, meta = load_checkpoint(checkpoint)
+    mode = {name: run_dir.metadata[name] for name in MODE_DEFAULTS}
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=2, **mode)
+    from multiguard.checkpoints import dataset_for_checkpoint
+
+    data, _ = dataset_for_checkpoint(meta)
+    x, _ = load_batch(data, run_dir.indices)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command line ran (clitools.env)
+    try:
+        prediction = smoother.predict(x, k=2, n0=50, n=300, seed=5, index=run_dir.indices)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(prediction.counts, run_dir.counts[:, 1])
+
+    # predict --mode-of takes the run's mode and says so in its output; mixing it with a mode flag is refused.
+    paths = _write_pngs(tmp_path, 1)
+    code, text, _ = run_in_process(capsys, "predict", "--checkpoint", checkpoint, *paths, "--n", "100", "--device",
+                                   "cpu", "--mode-of", str(out), "--json")
+    assert code == 0
+    assert json.loads(text)[0]["mode"] == {"precision": "bf16", "channels_last": True, "compile": False}
+    refused = run_in_process(capsys, "predict", "--checkpoint", checkpoint, *paths, "--mode-of", str(out),
+                             "--precision", "fp32")
+    assert_one_line_error_in_process(refused, "mode-of")
+
+    # attack certifies and measures in the mode it is given, and records it.
+    code, text, _ = run_in_process(capsys, "attack", "--checkpoint", checkpoint, "--num-inputs", "2", "--steps", "1",
+                                   "--samples", "4", "--n", "100", "--radii", "0.25", "--device", "cpu",
+                                   "--precision", "bf16", "--out", str(tmp_path / "attack"))
+    assert code == 0 and "sampling mode: bf16" in text
+    assert json.loads((tmp_path / "attack" / "attack.json").read_text())["precision"] == "bf16"
+
+
+@pytest.mark.slow
+def test_certify_compile_reports_compile_time_apart(tmp_path_factory, tmp_path: Path) -> None:
+    import json
+
+    from clitools import run, tiny_checkpoint
+
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))
+    out = tmp_path / "run"
+    proc = run("certify", "--checkpoint", checkpoint, "--num-samples", "200", "--num-inputs", "3", "--batch-size",
+               "200", "--device", "cpu", "--precision", "auto", "--compile", "--out", str(out))
+    native = has_native_bf16("cpu")
+    assert f"sampling mode: {'bf16 + channels_last' if native else 'fp32'} + compile (--precision auto on cpu)" \
+        in proc.stdout
+    if shutil.which("g++") or shutil.which("c++"):
+        assert "torch.compile: compiled in" in proc.stdout and "not counted in the sampling time" in proc.stdout
+    else:
+        assert "torch.compile: not compiled" in proc.stdout
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["compile"] is True and metadata["precision"] == ("bf16" if native else "fp32")

@@ -25,7 +25,7 @@ from multiguard.smoothing import MultiGuard
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.report", "multiguard.runs", "multiguard.empirical",
-              "multiguard.validation", "multiguard.files", "multiguard.seeds")
+              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
 
 
 def _module_name(path: Path) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .modes import AUTO_HELP, PRECISIONS, describe_mode
 from .validation import check_bool, check_choice, invalid
 
 __all__ = [
@@ -44,15 +45,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("multiguard")
-
-#: The values ``precision`` accepts; ``auto`` is resolved per device by :func:`auto_precision`.
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-#: What ``auto`` picks, in words (for help texts).
-AUTO_HELP = (
-    "auto picks bf16 + channels_last on CUDA GPUs with native bf16 (compute capability >= 8.0) and on CPUs "
-    "with native bf16 instructions (AVX512-BF16 or AMX-BF16), fp32 elsewhere"
-)
 
 _AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -129,8 +121,7 @@ class SamplingMode:
 
     def describe(self) -> str:
         """One short phrase, e.g. ``"bf16 + channels_last + compile"`` or ``"fp32"``."""
-        parts = [self.precision] + ["channels_last"] * self.channels_last + ["compile"] * self.compile
-        return " + ".join(parts)
+        return describe_mode(self.as_metadata())
 
     def as_metadata(self) -> dict[str, object]:
         """The JSON-able fields that identify the mode: ``precision``, ``channels_last``, ``compile``."""
@@ -187,10 +178,11 @@ class CompiledModel(torch.nn.Module):
     Compilation happens at the first call, under the caller's contexts (inference mode, autocast, eval
     mode, memory format), with inductor's freezing on: the weights are taken as constants (BatchNorm folded
     into convolutions, oneDNN weight prepacking), so the compiled model must not be trained or edited
-    afterwards (build a new MultiGuard instead). The first call is timed: :attr:`compile_seconds` is the wall time of that first call
-    (tracing, code generation and one forward). If compiling raises and the eager model succeeds on the
-    same batch, the model runs eagerly from then on, :attr:`fallback_reason` says why and one line is
-    logged (logger ``multiguard``); if the eager model fails too, its own error is raised.
+    afterwards (build a new MultiGuard instead). The first call is timed: :attr:`compile_seconds` is the
+    wall time of that first call (tracing, code generation and one forward). If compiling raises and the
+    eager model succeeds on the same batch, the model runs eagerly from then on, :attr:`fallback_reason`
+    says why and one line is logged (logger ``multiguard``); if the eager model fails too, its own error is
+    raised.
 
     Batches ``(B, *input_shape)``: the graph is compiled for the first batch's size B0, and a smaller batch
     is padded with zeros to B0, a larger one run in chunks of B0, so the graph compiles once. This assumes

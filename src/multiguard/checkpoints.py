@@ -142,9 +142,14 @@ def smoothed_from_checkpoint(
     k_prime: int = 1,
     sigma: float | None = None,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
 ) -> MultiGuard:
     """The smoothed classifier of a loaded checkpoint: its model, class count and clamp, with the training
-    sigma unless ``sigma`` is given (a checkpoint trained without noise needs one)."""
+    sigma unless ``sigma`` is given (a checkpoint trained without noise needs one). ``precision``,
+    ``channels_last`` and ``compile`` set the sampling mode (:mod:`multiguard.acceleration`), which is part of
+    the base classifier."""
     sigma = float(meta["sigma"]) if sigma is None else sigma
     if not sigma > 0:
         raise ValueError(
@@ -152,4 +157,5 @@ def smoothed_from_checkpoint(
         )
     clamp = (0.0, 1.0) if meta.get("clamp") else None
     return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
-                      clamp=clamp, device=None if device is None else resolve_device(device))
+                      clamp=clamp, device=None if device is None else resolve_device(device),
+                      precision=precision, channels_last=channels_last, compile=compile)

@@ -26,7 +26,7 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 __all__ = ["build_parser", "main"]
@@ -264,6 +264,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
         say = _echo if context.rank == 0 else (lambda line: None)
         prefix = f"certify ({where})" if where else "certify"
+        mode = _mode_args(args, context.device, say)
         started = time.perf_counter()
         printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
             say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
@@ -272,6 +273,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         result = sample_checkpoint(
             args.checkpoint,
             args.out,
+            **mode,
             dataset=args.dataset,
             data_root=args.data_root,
             split=args.split,
@@ -333,14 +335,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .pipeline import run_attack
 
+    mode = _mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else _echo)
     result = run_attack(
         args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
         dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
-        log=None if args.quiet else _echo,
+        log=None if args.quiet else _echo, **mode,
     )
     curves = result.curves
     _echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
@@ -355,8 +359,19 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .pipeline import predict_images
 
+    if args.mode_of is not None:
+        from .runs import load_run
+
+        if args.precision is not None or args.channels_last is not None or args.compile:
+            raise ValueError("mode-of: the mode comes from the run; leave out --precision, --channels-last, --compile")
+        recorded = load_run(args.mode_of).metadata
+        args.precision = recorded.get("precision", "fp32")
+        args.channels_last = bool(recorded.get("channels_last", False))
+        args.compile = bool(recorded.get("compile", False))
+    mode = _mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else _echo)
     predictions = predict_images(
         args.checkpoint,
         args.images,
@@ -369,6 +384,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         sigma=args.sigma,
         batch_size=args.batch_size,
         device=args.device,
+        **mode,
     )
     if args.json:
         _echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -396,7 +412,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mode = "quick demo" if args.quick else "demo"
     _echo(f"MultiGuard {mode}: offline, on the embedded multidigits dataset; files go to {args.out}/")
-    result = run_demo(args.out, quick=args.quick, device=args.device, log=_echo)
+    from .devices import resolve_device
+
+    mode = _mode_args(args, resolve_device(args.device), _echo)
+    result = run_demo(args.out, quick=args.quick, device=args.device, log=_echo, **mode)
     main_report = result.reports["report"]
     _echo()
     _echo(main_report.summary.rstrip())
@@ -423,6 +442,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+
+
+# The demo's default mode: the fastest safe one measured on the project's CPU (benchmarks/README.md).
+DEMO_COMPILE = True
+
+
+def _add_mode(parser: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
+    """--precision, --channels-last and --compile: the sampling mode, part of the base classifier."""
+    from .modes import AUTO_HELP, PRECISIONS
+
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None,
+        help=f"precision of the model's forward pass (default: {default}); the noise is still drawn and added in "
+        f"fp32, and certificates hold for the model run in this mode; {AUTO_HELP}",
+    )
+    parser.add_argument("--channels-last", action="store_true", default=None,
+                        help="feed batches in channels_last memory format (implied where --precision auto picks bf16)")
+    if compile_default:
+        parser.add_argument("--no-compile", dest="compile", action="store_false", default=True,
+                            help="do not compile the model with torch.compile (compiled by default)")
+    else:
+        parser.add_argument("--compile", action="store_true", default=False,
+                            help="compile the model with torch.compile before sampling (compile time reported "
+                            "apart; where it cannot compile, one line says so and the model runs uncompiled)")
+    parser.set_defaults(default_precision=default)
+
+
+def _mode_args(args: argparse.Namespace, device: object, say: Callable[[str], None]) -> dict[str, Any]:
+    """The mode arguments of a command, resolved for ``device`` and announced in one line."""
+    from .acceleration import resolve_mode
+
+    precision = args.precision or args.default_precision
+    mode = resolve_mode(precision, args.channels_last, args.compile, device)
+    how = f" (--precision auto on {device})" if precision == "auto" else ""
+    say(f"sampling mode: {mode.describe()}{how}")
+    return {"precision": mode.precision, "channels_last": mode.channels_last, "compile": mode.compile}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -540,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its settings must agree)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
+    _add_mode(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
     p.set_defaults(func=_cmd_certify)
 
@@ -607,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
+    _add_mode(p)
     p.add_argument("--out", required=True, metavar="ATTACK_DIR", help="folder for the attack's files")
     p.set_defaults(func=_cmd_attack)
 
@@ -628,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_device(p)
+    _add_mode(p)
+    p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
+                   help="use the sampling mode a certify run recorded (to claim that run's certificate)")
     p.set_defaults(func=_cmd_predict)
 
     # demo
@@ -641,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="multiguard-demo", help="folder for the demo's files")
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo")
     _add_device(p)
+    _add_mode(p, default="auto", compile_default=DEMO_COMPILE)
     p.set_defaults(func=_cmd_demo)
     for command in [*sub.choices.values(), *dsub.choices.values()]:  # --debug after the command works too
         command.set_defaults(command_parser=command)

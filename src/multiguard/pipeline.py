@@ -28,6 +28,7 @@ from .devices import resolve_device
 from .distributed import DistributedContext, init_distributed
 from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
 from .seeds import attack_evaluation_seed
+from .smoothing import MultiGuard
 from .validation import MAX_N, RunMismatchError, check_alpha, check_int
 
 __all__ = [
@@ -117,6 +118,9 @@ def sample_checkpoint(
     resume: bool = False,
     context: DistributedContext | None = None,
     on_progress: Callable[[_runs.RunProgress], None] | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
     log: Log | None = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
@@ -125,6 +129,12 @@ def sample_checkpoint(
     root and split to the checkpoint's test split. A ``num_inputs`` larger than the split means the whole
     split (said through ``log``). ``context`` is a :func:`multiguard.distributed.init_distributed`
     context (made here from ``device`` when ``None``, and closed again).
+
+    ``precision``, ``channels_last`` and ``compile`` set the sampling mode (:mod:`multiguard.acceleration`):
+    it is part of the base classifier, so it is recorded in the metadata as the identity fields
+    ``precision``, ``channels_last`` and ``compile`` (a resume in another mode is refused). With ``compile``
+    the model is compiled before sampling starts, and ``log`` gets one line with the compile time (kept out of
+    the sampling time and rate).
     """
     n = check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
     own_context = context is None
@@ -137,8 +147,11 @@ def sample_checkpoint(
         num_classes = int(meta["num_classes"])
         max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
                                 num_classes, high_label="the number of classes")
-        smoother = smoothed_from_checkpoint(model, meta, sigma=sigma, device=context.device)
+        smoother = smoothed_from_checkpoint(model, meta, sigma=sigma, device=context.device, precision=precision,
+                                            channels_last=channels_last, compile=compile)
         sigma, clamp = smoother.sigma, smoother.clamp
+        if smoother.mode.compile and len(data):
+            _compile_now(smoother, data[0][0][None], batch_size, log)
         metadata = {
             **info,
             "checkpoint": os.fspath(checkpoint),
@@ -149,6 +162,7 @@ def sample_checkpoint(
             "train_sigma": float(meta["sigma"]),
             "clamp": None if clamp is None else list(clamp),
             "torch_version": str(torch.__version__),
+            **smoother.mode.as_metadata(),
         }
         return _runs.sample_run(
             out,
@@ -172,6 +186,16 @@ def sample_checkpoint(
 
 
 
+def _compile_now(smoother: MultiGuard, example: torch.Tensor, batch_size: int, log: Log | None) -> None:
+    """Compile the smoother's model on one forward batch now and say how long it took (or that it fell back)."""
+    seconds = smoother.warm_up(example, batch_size=batch_size)
+    if log is not None:
+        if smoother.compile_seconds is not None:
+            log(f"torch.compile: compiled in {seconds:.1f} s (not counted in the sampling time)")
+        else:
+            log(f"torch.compile: not compiled, the model runs eagerly ({smoother.compile_fallback})")
+
+
 def certify_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
                        progress: Callable[[_runs.RunProgress], None] | None = None, **kwargs: Any) -> _runs.RunResult:
     """The former name of :func:`sample_checkpoint`."""
@@ -191,6 +215,7 @@ class ImagePrediction:
     # e <= trivial holds by counting alone: any k of the c classes keep at least k - (c - k) of these k labels
     trivial: int = 0
     num_classes: int = 0
+    mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -200,6 +225,7 @@ class ImagePrediction:
             "labels": self.labels,
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
+            "mode": self.mode,
         }
 
 
@@ -216,11 +242,16 @@ def predict_images(
     sigma: float | None = None,
     batch_size: int = 1000,
     device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
     With probability at least ``1 - alpha`` per image, at least e of the returned labels stay among the
     smoothed classifier's top k under any perturbation of l2 norm below ``radii[e-1]`` (pixels in [0, 1]).
+    The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
+    and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     """
     from .data import load_image
 
@@ -234,13 +265,15 @@ def predict_images(
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
     batch = torch.stack([load_image(path, size, channels) for path in images])
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
+                                        precision=precision, channels_last=channels_last, compile=compile)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
     names = list(meta["class_names"])
     trivial = _certify.trivial_intersection_size(result.mask, k)
+    mode = smoother.mode.as_metadata()
     return [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
-                        trivial=int(trivial[i]), num_classes=num_classes)
+                        trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode))
         for i, path in enumerate(images)
     ]
 
@@ -307,6 +340,9 @@ def run_attack(
     batch_size: int = 1000,
     device: str | torch.device = "auto",
     log: Callable[[str], None] | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
 ) -> AttackRun:
     """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
 
@@ -325,6 +361,10 @@ def run_attack(
 
     With ``certify`` the certified sizes come from n samples at ``x`` drawn exactly as a certify run with this
     ``seed`` draws them (bounds at ``alpha``, Theorem 1 with k and k').
+
+    ``precision``, ``channels_last`` and ``compile`` set the sampling mode of the smoothed classifier that is
+    certified and measured (the PGD steps take gradients of the model itself, uncompiled, in fp32); the mode
+    is recorded in ``attack.json``. Compare with a certify run made in the same mode.
     """
     radii_arr = _as_radii(radii)
     k = check_int(k, "k", 1)
@@ -343,10 +383,13 @@ def run_attack(
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     k_prime = check_int(k_prime, "k_prime", 1, num_classes, high_label="the number of classes")
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device)
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
+                                        precision=precision, channels_last=channels_last, compile=compile)
     sigma, clamp = smoother.sigma, smoother.clamp
     indices = _runs.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
     x, labels = _runs.load_batch(data, indices)
+    if smoother.mode.compile and len(indices):
+        _compile_now(smoother, x[:1], batch_size, log)
 
     certified = violations = None
     if certify:
@@ -400,7 +443,7 @@ def run_attack(
         "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
         "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,
         "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
-        "radii": radii_arr.tolist(),
+        "radii": radii_arr.tolist(), **smoother.mode.as_metadata(),
         "violations": None if violations is None else violations.tolist(),
     }  # fmt: skip
     write_attack_dir(out, curves, arrays, settings)
@@ -441,6 +484,9 @@ def run_demo(
     quick: bool = False,
     device: str = "auto",
     log: Log = print,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = True,
 ) -> DemoResult:
     """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
     n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
@@ -448,6 +494,9 @@ def run_demo(
     Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/`` and
     ``report-k-prime/`` (ablations), and ``figure.png`` (the three rows side by side, as the paper's
     Figure 1). Running it again reuses a finished model and run; a killed demo continues where it stopped.
+
+    Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
+    device has native bf16) and ``compile``; the run records the mode and the report names it.
     """
     from .train import train
 
@@ -485,6 +534,7 @@ def run_demo(
     certify_args: dict[str, Any] = dict(
         n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
         on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
+        precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
     )
     try:
         result = sample_checkpoint(checkpoint, run_dir, resume=True, **certify_args)

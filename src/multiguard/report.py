@@ -41,7 +41,7 @@ from . import certify
 from .empirical import PER_INPUT, load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
-from .runs import STALE_TMP_SECONDS, Run, load_run
+from .runs import STALE_TMP_SECONDS, Run, load_run, sampling_mode
 from .validation import check_alpha, check_choice
 
 __all__ = [
@@ -703,7 +703,7 @@ def make_report(
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
                        f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-                       f"arch {_shown_arch(run.metadata.get('arch'))}"
+                       f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
                        for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
 

@@ -61,6 +61,7 @@ from .files import (
     create_exclusive_json,
     file_sha256,
 )
+from .modes import MODE_DEFAULTS, describe_mode
 from .validation import MAX_N, DamagedFileError, RunMismatchError, check_int, invalid
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "load_batch",
     "load_run",
     "parse_shard",
+    "sampling_mode",
     "select_inputs",
 ]
 
@@ -107,6 +109,9 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "max_k_prime",
     "num_inputs",
     "chunk_size",
+    "precision",
+    "channels_last",
+    "compile",
 )
 
 # A temporary file (``.<name>.<random>.tmp``) older than this is left over from a killed writer and may be
@@ -114,6 +119,8 @@ IDENTITY_FIELDS: tuple[str, ...] = (
 STALE_TMP_SECONDS = 24 * 3600.0
 # What to do about a damaged file of a run: sampling it again repairs the run.
 _REPAIR = "run the same multiguard certify command with --resume to redo it"
+# Identity fields a run written before they existed lacks; such a run was sampled with these values.
+IDENTITY_DEFAULTS: dict[str, Any] = dict(MODE_DEFAULTS)
 
 
 class Sampler(Protocol):
@@ -427,7 +434,7 @@ def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
     for name in IDENTITY_FIELDS:
         if name not in wanted:
             continue
-        old, new = existing.get(name), wanted[name]
+        old, new = existing.get(name, IDENTITY_DEFAULTS.get(name)), wanted[name]
         if not _same_value(old, new):
             return f"{name}: the run has {old!r}, the arguments give {new!r}"
     return None
@@ -964,7 +971,14 @@ def run_status(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"chunks_done": done, "num_chunks": int(meta["num_chunks"]), "complete": (path / COUNTS).exists()}
 
 
+def sampling_mode(metadata: dict[str, Any]) -> str:
+    """The base classifier's sampling mode a run's metadata records, e.g. ``"bf16 + channels_last"``
+    (``"fp32"`` for a run written before modes were recorded)."""
+    return describe_mode(metadata)
+
+
 def describe_run(run: Run, fields: Sequence[str] = ("dataset", "split", "arch", "sigma", "n", "seed")) -> str:
     """One line naming a run and its main settings."""
     parts = [f"{name}={run.metadata.get(name)}" for name in fields if name in run.metadata]
+    parts.append(f"mode={sampling_mode(run.metadata)}")
     return f"{run.name} ({run.counts.shape[0]} inputs, k' <= {run.max_k_prime}; " + ", ".join(parts) + ")"
