@@ -389,3 +389,24 @@ def test_certify_compile_reports_compile_time_apart(tmp_path_factory, tmp_path: 
         assert "torch.compile: not compiled" in proc.stdout
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["compile"] is True and metadata["precision"] == ("bf16" if native else "fp32")
+
+
+def test_demo_defaults_to_the_fastest_safe_mode_and_help_says_what_auto_picks(capsys) -> None:
+    import inspect
+
+    from clitools import run_in_process
+
+    from multiguard.cli import build_parser
+    from multiguard.pipeline import run_demo
+
+    args = build_parser().parse_args(["demo"])
+    assert (args.precision or args.default_precision, args.channels_last, args.compile) == ("auto", None, True)
+    defaults = inspect.signature(run_demo).parameters
+    assert defaults["precision"].default == "auto" and defaults["compile"].default is True
+    args = build_parser().parse_args(["certify", "--checkpoint", "m.pt", "--out", "r"])
+    assert (args.precision or args.default_precision, args.channels_last, args.compile) == ("fp32", None, False)
+    for command, default in (("demo", "auto"), ("certify", "fp32"), ("predict", "fp32"), ("attack", "fp32")):
+        code, text, _ = run_in_process(capsys, command, "--help")
+        text = " ".join(text.split())
+        assert code == 0 and f"(default: {default})" in text and "auto picks bf16 + channels_last" in text
+        assert ("--no-compile" if command == "demo" else "--compile") in text
