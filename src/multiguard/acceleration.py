@@ -22,9 +22,10 @@ instructions (AVX512-BF16 or AMX-BF16), fp32 elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,19 @@ def resolve_mode(
 # --------------------------------------------------------------------------------------------- compilation
 
 
+@contextlib.contextmanager
+def _quiet_cuda_probe(device: torch.device) -> Iterator[None]:
+    """Off CUDA, silence torch's "No CUDA runtime is found" warning that the C++ build of a CPU graph logs."""
+    probe = logging.getLogger("torch.utils.cpp_extension")
+    level = probe.level
+    if device.type != "cuda":
+        probe.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        probe.setLevel(level)
+
+
 class CompiledModel(torch.nn.Module):
     """``model`` compiled by ``torch.compile`` into one whole graph with static shapes, or ``model`` run
     eagerly where compiling it fails.
@@ -225,7 +239,7 @@ class CompiledModel(torch.nn.Module):
 
             # Freezing folds the (fixed) weights into the graph: BatchNorm into the convolution, weights
             # prepacked for oneDNN, ReLU fused. It is read when the graph compiles, which is now.
-            with inductor_config.patch(freezing=True):
+            with inductor_config.patch(freezing=True), _quiet_cuda_probe(batch.device):
                 scores = self._compiled(batch)
         except Exception as error:  # dynamo, inductor and the C compiler raise many types
             scores = self.model(batch)  # the model's own error, if it has one, is raised here
