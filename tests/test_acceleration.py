@@ -55,8 +55,11 @@ class ModeRecorder(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x.clone())
-        enabled = torch.is_autocast_enabled("cpu")
-        self.autocast.append(torch.get_autocast_dtype("cpu") if enabled else None)
+        if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+            enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+        else:
+            enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        self.autocast.append(dtype if enabled else None)
         scores = self.linear(x.reshape(x.shape[0], -1))
         self.score_dtypes.append(scores.dtype)
         return scores
