@@ -209,6 +209,48 @@ class SamplingEngine:
         self._run(tensor, batches, starts, n, seed, index_arr, num_k, stream, progress, out)
         return out
 
+    def count_nested(
+        self,
+        x: object,
+        sizes: object,
+        *,
+        seed: int,
+        index: object = None,
+        batch_size: int = 1000,
+        num_k: int = 1,
+        stream: int = 0,
+        progress: bool = False,
+        start: object = None,
+    ) -> np.ndarray:
+        """Cumulative counts at a series of nested sample sizes: int64 ``(N, S, num_k, c)``.
+
+        ``sizes`` is a strictly increasing series of S sample sizes (e.g.
+        :func:`multiguard.certify.sample_size_schedule`); entry ``[i, s]`` equals ``count(x, sizes[s], ...)``
+        for input i exactly, the same samples with the same noise, at the cost of one call of
+        ``count(x, sizes[-1], ...)``: each sample's noise depends only on its position, so the samples
+        ``[sizes[s-1], sizes[s])`` are drawn once, in full batches over all inputs, and added on.
+        """
+        sizes_arr = np.asarray(sizes)
+        if (
+            sizes_arr.ndim != 1 or sizes_arr.size == 0 or sizes_arr.dtype.kind not in "iu"
+            or (sizes_arr < 1).any() or (np.diff(sizes_arr) <= 0).any()
+        ):
+            raise invalid("sizes", "a strictly increasing 1-D series of positive sample sizes", sizes)
+        tensor = as_batch(x)
+        num_inputs = tensor.shape[0]
+        first = np.zeros(num_inputs, dtype=np.int64) if start is None else np.asarray(start, dtype=np.int64)
+        out = np.zeros((num_inputs, sizes_arr.size, num_k, self.num_classes), dtype=np.int64)
+        done = 0
+        total = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
+        for position, size in enumerate(sizes_arr.tolist()):
+            total += self.count(
+                tensor, size - done, seed=seed, index=index, batch_size=batch_size, num_k=num_k, stream=stream,
+                progress=progress, start=first + done,
+            )
+            out[:, position] = total
+            done = size
+        return out
+
     # ---------------------------------------------------------------------------------------------- steps
 
     @staticmethod

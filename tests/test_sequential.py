@@ -1,0 +1,246 @@
+"""Sequential certification: nested counts, anytime-valid bounds, the stopping rule and its validity.
+
+The statistical tests simulate the whole sequential procedure (the real stopping rule of
+:func:`multiguard.certify.sequential_stopping_rule`, looking at the real schedule) on base classifiers of known
+label probabilities: a multinomial over labels for k' = 1 and a known law over top-k' sets for k' > 1. The
+target radius sits exactly at the radius the true probabilities certify, so the rule stops an input precisely
+when its bounds look better than the truth: the setting in which reusing fixed-n bounds at every look fails,
+and the controls show that it does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from multiguard import certify as cert
+from multiguard.engine import SamplingEngine
+
+# ------------------------------------------------------------------------------------------ schedules
+
+
+def test_sample_size_schedule_is_a_1_2_5_series_ending_at_n() -> None:
+    assert cert.sample_size_schedule(1000).tolist() == [100, 200, 500, 1000]
+    assert cert.sample_size_schedule(10_000).tolist() == [100, 200, 500, 1000, 2000, 5000, 10_000]
+    assert cert.sample_size_schedule(3000).tolist() == [100, 200, 500, 1000, 2000, 3000]
+    assert cert.sample_size_schedule(150).tolist() == [100, 150]
+    assert cert.sample_size_schedule(100).tolist() == [100]
+    assert cert.sample_size_schedule(60).tolist() == [60]
+    assert cert.sample_size_schedule(50, first=10).tolist() == [10, 20, 50]
+    with pytest.raises(ValueError, match="n must be"):
+        cert.sample_size_schedule(0)
+
+
+# ------------------------------------------------------------------------------------- anytime bounds
+
+
+def test_anytime_bounds_are_clopper_pearson_at_alpha_over_c_times_the_number_of_looks() -> None:
+    looks = np.array([100, 200, 500, 1000])
+    counts = np.array([[0, 37, 100, 63], [200, 1, 0, 199]])
+    n = np.array([100, 200])
+    alpha = 0.01
+    lower, upper = cert.anytime_label_probability_bounds(counts, n, alpha, looks)
+    level = alpha / (4 * 4)  # c = 4 labels, J = 4 looks
+    for row in range(2):
+        size = n[row]
+        for label, count in enumerate(counts[row]):
+            expect_low = 0.0 if count == 0 else stats.beta.ppf(level, count, size - count + 1)
+            expect_up = 1.0 if count == size else stats.beta.ppf(1 - level, count + 1, size - count)
+            assert lower[row, label] == pytest.approx(expect_low, rel=1e-12, abs=1e-300)
+            assert upper[row, label] == pytest.approx(expect_up, rel=1e-12)
+    # One look is the fixed-n procedure: the bounds of label_probability_bounds, exactly.
+    fixed = cert.label_probability_bounds(counts[0], 100, alpha)
+    single = cert.anytime_label_probability_bounds(counts[0], 100, alpha, [100])
+    np.testing.assert_array_equal(single[0], fixed[0])
+    np.testing.assert_array_equal(single[1], fixed[1])
+
+
+@pytest.mark.parametrize(
+    ("counts", "n", "looks", "message"),
+    [
+        ([1, 2], 150, [100, 200], "n must be one of the looks"),
+        ([1, 201], 200, [100, 200], r"counts must lie in \[0, n\]"),
+        ([1.5, 2], 200, [100, 200], "whole numbers"),
+        ([1, 2], 200, [200, 100], "looks must be strictly increasing"),
+        ([1, 2], 200, [], "looks must be a non-empty"),
+        ([[1, 2], [3, 4]], [100, 100, 100], [100], r"n must be an integer or \(2,\)"),
+    ],
+)
+def test_anytime_bounds_reject_bad_input(counts: object, n: object, looks: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cert.anytime_label_probability_bounds(counts, n, 0.01, looks)
+
+
+# -------------------------------------------------------------------------------------- stopping rule
+
+
+def simulate_nested_counts(
+    rng: np.random.Generator, weights: np.ndarray, sets: np.ndarray, looks: np.ndarray, trials: int
+) -> np.ndarray:
+    """``trials`` independent runs of a base classifier whose top-k' is ``sets[s]`` with probability
+    ``weights[s]``: cumulative counts ``(trials, J, c)`` at every look (each label's count at look j is
+    Binomial(looks[j], p_i) with ``p = weights @ sets``)."""
+    increments = np.diff(np.concatenate([[0], looks]))
+    draws = np.stack([rng.multinomial(m, weights, size=trials) for m in increments], axis=1)
+    return np.cumsum(draws, axis=1) @ sets
+
+
+def test_the_rule_stops_settled_and_hopeless_inputs_and_continues_the_others() -> None:
+    looks = np.array([100, 200, 500, 1000])
+    labels = np.array([[True, False, False]] * 3)
+    counts = np.array([[100, 0, 0], [50, 50, 0], [70, 30, 0]])  # certain / a coin flip / promising
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    decision = cert.sequential_stopping_rule(counts, 100, labels, **options)
+    # Row 0 certifies e = 1 = min(|L|, k) at once. Rows 1 and 2 certify nothing yet, and would if the 900
+    # samples still allowed all went to label 0 (50 + 900 of 1000): they go on.
+    assert decision.settled.tolist() == [True, False, False]
+    assert decision.intersection_size.tolist() == [1, 0, 0]
+    assert decision.stop.tolist() == [True, False, False]
+    assert decision.best_possible.tolist() == [1, 1, 1]
+    # At the last look but one, 200 of 500 can no longer reach the radius (700 of 1000 at best): it gives up.
+    late = cert.sequential_stopping_rule(np.array([[200, 300, 0]]), 500, labels[:1], **options)
+    assert late.stop.tolist() == [True] and late.best_possible.tolist() == [0]
+    # The last look always stops.
+    last = cert.sequential_stopping_rule(np.array([[700, 300, 0]]), 1000, labels[:1], **options)
+    assert last.stop.tolist() == [True] and not last.settled[0]
+
+
+@pytest.mark.parametrize("k_prime", [1, 2])
+def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int) -> None:
+    rng = np.random.default_rng(7 + k_prime)
+    c, trials, looks = 5, 400, np.array([100, 200, 500, 1000, 2000])
+    sets = np.eye(c, dtype=np.int64) if k_prime == 1 else np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                                                                     [0, 1, 0, 1, 0], [1, 0, 0, 0, 1]])
+    weights = rng.dirichlet(np.ones(sets.shape[0]), size=trials)  # a different classifier per trial
+    nested = np.stack([simulate_nested_counts(rng, w, sets, looks, 1)[0] for w in weights])
+    labels = rng.uniform(size=(trials, c)) < 0.4
+    options = dict(alpha=0.01, k=2, k_prime=k_prime, sigma=0.5, radius=0.1)
+    sizes = []
+    best = []
+    for j, size in enumerate(looks):
+        decision = cert.sequential_stopping_rule(nested[:, j], int(size), labels, looks=looks, **options)
+        sizes.append(decision.intersection_size)
+        best.append(decision.best_possible)
+    sizes_arr, best_arr = np.stack(sizes, axis=1), np.stack(best, axis=1)
+    for j in range(looks.size):
+        assert (sizes_arr[:, j:] <= best_arr[:, j : j + 1]).all()
+    assert (sizes_arr[:, -1] > sizes_arr[:, 0]).any()  # the check compares sizes that do change
+
+
+# ----------------------------------------------------------------------------- validity under stopping
+
+# (law over top-k' sets, sets, L, k, looks, alpha): the looks are the real 1-2-5 schedule, and a dense one.
+CASES = {
+    "k'=1, 1-2-5 looks to 10000": (
+        np.array([0.75, 0.25]), np.eye(2, dtype=np.int64), [0], 1, cert.sample_size_schedule(10_000), 0.1,
+    ),
+    "k'=1, 20 looks every 100 samples": (
+        np.array([0.75, 0.25]), np.eye(2, dtype=np.int64), [0], 1, np.arange(100, 2001, 100), 0.04,
+    ),
+    "k'=2, 1-2-5 looks to 10000": (
+        np.array([0.6, 0.3, 0.1]), np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]]), [0, 1], 2,
+        cert.sample_size_schedule(10_000), 0.1,
+    ),
+}
+
+
+def allowed(rate: float, trials: int) -> float:
+    """Largest failure fraction consistent with a true rate <= ``rate`` (one-sided binomial test at 1e-6)."""
+    return stats.binom.ppf(1 - 1e-6, trials, rate) / trials
+
+
+def failure_fraction(result: cert.SequentialCertificate, p: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of runs in which a bound read at the stop is wrong: lower_i > p_i (i in L) or upper_j < p_j."""
+    wrong = np.where(labels[None, :], result.lower > p[None, :], result.upper < p[None, :])
+    return float(wrong.any(axis=1).mean())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds_do_not(case: str) -> None:
+    weights, sets, members, k, looks, alpha = CASES[case]
+    k_prime = int(sets.sum(axis=1)[0])
+    p = weights @ sets
+    assert np.isclose(p.sum(), k_prime)
+    labels = np.zeros(p.size, dtype=bool)
+    labels[members] = True
+    d = min(len(members), k)
+    # The target radius: the one the true probabilities certify (just inside it).
+    radius = float(cert.certified_radii(p, p, labels, k=k, k_prime=k_prime, sigma=0.5)[d - 1]) * (1 - 1e-9)
+    trials = 20_000
+    nested = simulate_nested_counts(np.random.default_rng(2024), weights, sets, looks, trials)
+    masks = np.broadcast_to(labels, (trials, p.size))
+    options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius)
+
+    anytime = cert.sequential_certification(nested, masks, alpha=alpha, **options)
+    # Fixed-n bounds at level alpha reused at every look are exactly the anytime bounds at level J * alpha.
+    naive = cert.sequential_certification(nested, masks, alpha=alpha * looks.size, **options)
+    fails, naive_fails = failure_fraction(anytime, p, labels), failure_fraction(naive, p, labels)
+    print(f"\n[sequential] {case}: alpha={alpha}, R={radius:.4f}, {trials} runs: bounds read at the stop fail in "
+          f"{fails:.5f} (allowed {allowed(alpha, trials):.5f}); naive fixed-n bounds {naive_fails:.5f}; "
+          f"mean samples {anytime.samples.mean():.0f}")
+    assert np.unique(anytime.samples).size > 2  # runs stop at different looks: the stopping is real
+    assert fails <= allowed(alpha, trials)
+    assert naive_fails > allowed(alpha, trials)  # the check catches invalid bounds
+
+
+def test_sequential_certification_reads_the_counts_of_the_look_it_stops_at() -> None:
+    weights, sets, members, k, looks, alpha = CASES["k'=2, 1-2-5 looks to 10000"]
+    labels = np.zeros(3, dtype=bool)
+    labels[members] = True
+    nested = simulate_nested_counts(np.random.default_rng(3), weights, sets, looks, 300)
+    masks = np.broadcast_to(labels, (300, 3))
+    options = dict(alpha=0.001, k=k, k_prime=2, sigma=0.5)
+    result = cert.sequential_certification(nested, masks, looks=looks, radius=0.1, **options)
+    stopped = np.searchsorted(looks, result.samples)
+    np.testing.assert_array_equal(result.counts, nested[np.arange(300), stopped])
+    lower, upper = cert.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    np.testing.assert_array_equal(result.lower, lower)
+    np.testing.assert_array_equal(result.radii, cert.certified_radii(lower, upper, masks, k=k, k_prime=2, sigma=0.5))
+    # Every input stopped at its first look where the rule said so.
+    for j, size in enumerate(looks):
+        here = stopped >= j
+        decision = cert.sequential_stopping_rule(nested[here, j], int(size), masks[here], looks=looks,
+                                                 radius=0.1, **options)
+        np.testing.assert_array_equal(decision.stop, stopped[here] == j)
+        np.testing.assert_array_equal(
+            decision.intersection_size[decision.stop], cert.intersection_size_from_radii(result.radii[here], 0.1)[
+                decision.stop]
+        )
+
+
+# ------------------------------------------------------------------------------------------ nested counts
+
+
+class TinyCNN(torch.nn.Module):
+    def __init__(self, num_classes: int = 6) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_nested_counts_equal_separate_fixed_n_runs_with_the_same_seed() -> None:
+    torch.manual_seed(0)
+    model = TinyCNN()
+    with torch.no_grad():
+        model.head.weight.mul_(30)  # spread the scores so that the noise moves the top-k' around
+    x = torch.rand(7, 3, 8, 8)
+    engine = SamplingEngine(model, 6, 0.5, clamp=None, device=torch.device("cpu"), dtype=torch.float32)
+    sizes = cert.sample_size_schedule(730)  # [100, 200, 500, 730]: the last one ends inside a noise block
+    index = np.array([3, 14, 15, 92, 65, 35, 89])
+    nested = engine.count_nested(x, sizes, seed=5, index=index, batch_size=256, num_k=2)
+    assert nested.shape == (7, 4, 2, 6)
+    for position, size in enumerate(sizes):
+        alone = engine.count(x, int(size), seed=5, index=index, batch_size=333, num_k=2)
+        np.testing.assert_array_equal(nested[:, position], alone)
+    assert (np.diff(nested[:, :, 0, :].sum(axis=2), axis=1) > 0).all()
+    # Starting later continues the same sample stream.
+    later = engine.count_nested(x, [130, 430], seed=5, index=index, batch_size=64, num_k=2, start=np.full(7, 300))
+    first_300 = engine.count(x, 300, seed=5, index=index, num_k=2)
+    np.testing.assert_array_equal(later[:, 1], nested[:, 3] - first_300)
+    with pytest.raises(ValueError, match="sizes must be"):
+        engine.count_nested(x, [200, 100], seed=5)
