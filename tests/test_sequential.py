@@ -17,6 +17,7 @@ from scipy import stats
 
 from multiguard import certify as cert
 from multiguard.engine import SamplingEngine
+from multiguard.smoothing import MultiGuard
 
 # ------------------------------------------------------------------------------------------ schedules
 
@@ -244,3 +245,67 @@ def test_nested_counts_equal_separate_fixed_n_runs_with_the_same_seed() -> None:
     np.testing.assert_array_equal(later[:, 1], nested[:, 3] - first_300)
     with pytest.raises(ValueError, match="sizes must be"):
         engine.count_nested(x, [200, 100], seed=5)
+
+
+# ------------------------------------------------------------------------------- MultiGuard, sequentially
+
+
+def vector_problem(num: int, seed: int) -> tuple[torch.nn.Linear, torch.Tensor, np.ndarray]:
+    """Scores ``4 x`` of 6-vectors ``x`` in [0, 1]: each input's large coordinates are its likely labels, with
+    margins from clear to hopeless; L is each input's two largest coordinates (the likely top-2)."""
+    model = torch.nn.Linear(6, 6)
+    with torch.no_grad():
+        model.weight.copy_(4.0 * torch.eye(6))
+        model.bias.zero_()
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.0, size=(num, 6)) ** 3
+    labels = np.zeros((num, 6), dtype=bool)
+    np.put_along_axis(labels, np.argsort(-x, axis=1)[:, :2], True, axis=1)
+    return model, torch.as_tensor(x, dtype=torch.float32), labels
+
+
+@pytest.mark.parametrize("k_prime", [1, 2])
+def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(k_prime: int) -> None:
+    model, x, labels = vector_problem(12, seed=k_prime)
+    guard = MultiGuard(model, num_classes=6, sigma=0.25, k_prime=k_prime)
+    options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1)
+    result = guard.certify(x, labels, batch_size=300, **options)
+    looks = cert.sample_size_schedule(2000)
+    nested = guard.engine.count_nested(x, looks, seed=4, num_k=k_prime)[:, :, k_prime - 1]
+    replay = cert.sequential_certification(nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime,
+                                           sigma=0.25, radius=0.1)
+    np.testing.assert_array_equal(result.samples, replay.samples)
+    np.testing.assert_array_equal(result.counts, replay.counts)
+    np.testing.assert_array_equal(result.radii, replay.radii)
+    assert np.unique(result.samples).size >= 2  # inputs stop at different looks
+    assert result.stop_at_radius == 0.1 and result.n == 2000
+    # Batch size and the company of other inputs change nothing.
+    for batch_size in (7, 1000):
+        np.testing.assert_array_equal(guard.certify(x, labels, batch_size=batch_size, **options).radii, result.radii)
+    order = [5, 0, 11]
+    alone = guard.certify(x[order], labels[order], index=order, **options)
+    np.testing.assert_array_equal(alone.samples, result.samples[order])
+    np.testing.assert_array_equal(alone.radii, result.radii[order])
+    # Fixed n: every input used n samples.
+    fixed = guard.certify(x[:2], labels[:2], n=300, alpha=0.001, k=2)
+    assert fixed.samples.tolist() == [300, 300] and fixed.stop_at_radius is None
+
+
+def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> None:
+    model, x, _ = vector_problem(10, seed=5)
+    guard = MultiGuard(model, num_classes=6, sigma=0.25)
+    fixed = guard.predict(x, k=2, n=1000, seed=2)
+    result = guard.predict(x, k=2, n=1000, seed=2, stop_at_radius=0.05)
+    np.testing.assert_array_equal(result.labels, fixed.labels)  # the same selection samples
+    assert result.samples.min() < 1000 and fixed.samples.tolist() == [1000] * 10
+    looks = cert.sample_size_schedule(1000)
+    lower, upper = cert.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    np.testing.assert_array_equal(result.lower, lower)
+    np.testing.assert_array_equal(
+        result.radii, cert.certified_radii(lower, upper, result.mask, k=2, k_prime=1, sigma=0.25)
+    )
+    for i in np.flatnonzero(result.samples < 1000):  # an input that stopped early used the estimation stream
+        counts = guard.engine.count(x[i : i + 1], int(result.samples[i]), seed=2, index=[i])[0, 0]
+        np.testing.assert_array_equal(result.counts[i], counts)
+    with pytest.raises(ValueError, match="stop_at_radius"):
+        guard.predict(x, k=2, stop_at_radius=-1.0)

@@ -31,7 +31,15 @@ from . import certify as _certify
 from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
-from .validation import check_alpha, check_bool, check_int, check_interval, check_positive, invalid
+from .validation import (
+    check_alpha,
+    check_bool,
+    check_float,
+    check_int,
+    check_interval,
+    check_positive,
+    invalid,
+)
 
 __all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed", "smoothed_top_k"]
 
@@ -132,10 +140,14 @@ class Certificate:
     ``||delta||_2 < radii[i, e-1]``.
 
     Attributes:
-        counts: int64 ``(N, c)``: number of the n samples whose top-k' contains each label.
-        lower, upper: float ``(N, c)`` Clopper-Pearson bounds at ``alpha / c`` each.
+        counts: int64 ``(N, c)``: number of the samples whose top-k' contains each label (``samples[i]`` of
+            them for input i).
+        lower, upper: float ``(N, c)`` Clopper-Pearson bounds at ``alpha / c`` each (fixed n), or the
+            anytime-valid bounds of :func:`multiguard.certify.anytime_label_probability_bounds` (sequential).
         labels: bool ``(N, c)`` mask of L.
         radii: float ``(N, k)`` certified radius of each intersection size e = 1..k (``inf`` possible).
+        samples: int64 ``(N,)`` samples each input used: n for every input unless sampling stopped early.
+        stop_at_radius: the target radius R of sequential certification, or ``None`` (fixed n).
     """
 
     counts: np.ndarray
@@ -149,6 +161,8 @@ class Certificate:
     n: int
     alpha: float
     second_terms: bool = True
+    samples: np.ndarray | None = None
+    stop_at_radius: float | None = None
 
     def intersection_size(self, radius: float | np.ndarray) -> np.ndarray:
         """Certified intersection size e(R): int64 ``(N,)`` for a scalar R, ``(N, len(R))`` for an array."""
@@ -186,8 +200,11 @@ class Prediction:
         labels: int64 ``(N, k)``: the predicted labels, most frequent in the selection samples first.
         radii: float ``(N, k)``: with probability at least ``1 - alpha``, at least e of ``labels[i]`` stay in
             the smoothed top-k at every ``x[i] + delta`` with ``||delta||_2 < radii[i, e-1]``.
-        counts: int64 ``(N, c)`` estimation counts (n samples); ``selection_counts`` the n0 selection counts.
-        lower, upper: float ``(N, c)`` bounds from ``counts``.
+        counts: int64 ``(N, c)`` estimation counts (``samples[i]`` samples); ``selection_counts`` the n0
+            selection counts.
+        lower, upper: float ``(N, c)`` bounds from ``counts`` (anytime-valid ones when sampling stopped early).
+        samples: int64 ``(N,)`` estimation samples each input used (n unless ``stop_at_radius`` is set).
+        stop_at_radius: the target radius R of sequential certification, or ``None`` (fixed n).
     """
 
     labels: np.ndarray
@@ -202,6 +219,8 @@ class Prediction:
     n0: int
     n: int
     alpha: float
+    samples: np.ndarray | None = None
+    stop_at_radius: float | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -380,6 +399,7 @@ class MultiGuard:
         progress: bool = False,
         second_terms: bool = True,
         check_range: bool = True,
+        stop_at_radius: float | None = None,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -388,24 +408,42 @@ class MultiGuard:
 
         Args:
             x: ``(N, *input_shape)``; labels: ``(N, c)`` boolean mask of L (e.g. the ground truth).
-            n: noise samples per input; alpha: failure probability; k: labels the smoothed classifier
-                predicts. seed, index, batch_size, progress: as in :meth:`sample_counts`.
+            n: noise samples per input (the most any input gets when ``stop_at_radius`` is set); alpha: failure
+                probability; k: labels the smoothed classifier predicts. seed, index, batch_size, progress: as
+                in :meth:`sample_counts`.
             second_terms: ``False`` drops the u- and v-terms of Theorem 1 (the paper's ablation).
             check_range: refuse image batches with values above 1 (see :func:`as_image_batch`, which also
                 refuses integer inputs such as uint8 images and turns one image ``(C, H, W)`` into a batch of one).
 
         ``labels`` may also be label index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
+            stop_at_radius: a target radius R: sample in rounds at the looks of
+                :func:`multiguard.certify.sample_size_schedule` ``(n)`` and stop each input as soon as its
+                certified intersection size at R is settled (:func:`multiguard.certify.sequential_stopping_rule`).
+                The bounds are then the anytime-valid ones, and the radii are valid at every radius, not only
+                at R. The counts, and so the certificate, are those :func:`multiguard.certify.
+                sequential_certification` gives on the nested counts of the same seed.
 
         Returns:
-            a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`.
+            a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
+            and ``samples`` ``(N,)`` the samples each input used.
         """
         alpha = check_alpha(alpha)
         k = check_int(k, "k", 1, self.num_classes)
+        n = check_int(n, "n", 1)
         tensor = as_image_batch(x, check_range)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
-        counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size, num_k=self.k_prime,
-                                   stream=STREAM_ESTIMATION, progress=progress)[:, self.k_prime - 1]
-        lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        if stop_at_radius is None:
+            counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
+                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress)
+            counts = counts[:, self.k_prime - 1]
+            samples = np.full(tensor.shape[0], n, dtype=np.int64)
+            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        else:
+            stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
+            counts, samples, lower, upper = self._sample_sequentially(
+                tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
+                batch_size=batch_size, progress=progress,
+            )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
         )
@@ -421,7 +459,48 @@ class MultiGuard:
             n=int(n),
             alpha=alpha,
             second_terms=bool(second_terms),
+            samples=samples,
+            stop_at_radius=stop_at_radius,
         )
+
+    def _sample_sequentially(
+        self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
+        second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample each input look by look until the stopping rule stops it (estimation stream).
+
+        Returns ``(counts (N, c), samples (N,), lower, upper)``: each input's counts at the look it stopped
+        at, that look, and its anytime-valid bounds there. Each round samples only the inputs still going,
+        continuing their sample streams (``start``), so the counts are those of one long call, and stopped
+        inputs leave the forward batches to the others.
+        """
+        num_inputs = tensor.shape[0]
+        index_arr = as_index(index, num_inputs)
+        check_int(seed, "seed", 0)
+        check_bool(second_terms, "second_terms")
+        looks = _certify.sample_size_schedule(n)
+        counts = np.zeros((num_inputs, self.num_classes), dtype=np.int64)
+        samples = np.full(num_inputs, n, dtype=np.int64)
+        active = np.arange(num_inputs)
+        done = 0
+        for size in looks.tolist():
+            if active.size == 0:
+                break
+            rows = torch.as_tensor(active) if active.size < num_inputs else None
+            counts[active] += self.engine.count(
+                tensor if rows is None else tensor[rows], size - done, seed=seed, index=index_arr[active],
+                batch_size=batch_size, num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress,
+                start=np.full(active.size, done, dtype=np.int64),
+            )[:, self.k_prime - 1]
+            done = size
+            decision = _certify.sequential_stopping_rule(
+                counts[active], size, mask[active], looks=looks, alpha=alpha, k=k, k_prime=self.k_prime,
+                sigma=self.sigma, radius=radius, second_terms=second_terms,
+            )
+            samples[active[decision.stop]] = size
+            active = active[~decision.stop]
+        lower, upper = _certify.anytime_label_probability_bounds(counts, samples, alpha, looks)
+        return counts, samples, lower, upper
 
     def predict(
         self,
@@ -435,6 +514,7 @@ class MultiGuard:
         batch_size: int = 1000,
         progress: bool = False,
         check_range: bool = True,
+        stop_at_radius: float | None = None,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -449,6 +529,10 @@ class MultiGuard:
         ``x`` as in :meth:`certify` (one image ``(C, H, W)`` is a batch of one; uint8 and values above 1 are
         refused unless ``check_range=False``).
 
+        With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
+        as the number of its predicted labels certified at R is settled (all k, or no more reachable within
+        n), as in :meth:`certify`; the radii come from the anytime-valid bounds and hold at every radius.
+
         Returns:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
             them) and ``radii`` float ``(N, k)``.
@@ -457,6 +541,8 @@ class MultiGuard:
         n0 = check_int(n0, "n0", 1)
         n = check_int(n, "n", 1)
         alpha = check_alpha(alpha)
+        if stop_at_radius is not None:
+            stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         tensor = as_image_batch(x, check_range)
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -467,8 +553,15 @@ class MultiGuard:
         top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
-        counts = self.engine.count(tensor, n, stream=STREAM_ESTIMATION, **common)[:, self.k_prime - 1]
-        lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        if stop_at_radius is None:
+            counts = self.engine.count(tensor, n, stream=STREAM_ESTIMATION, **common)[:, self.k_prime - 1]
+            samples = np.full(tensor.shape[0], n, dtype=np.int64)
+            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        else:
+            counts, samples, lower, upper = self._sample_sequentially(
+                tensor, mask, n, alpha, k, stop_at_radius, True, seed=seed, index=index_arr,
+                batch_size=batch_size, progress=progress,
+            )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
             labels=top,
@@ -483,4 +576,6 @@ class MultiGuard:
             n0=n0,
             n=n,
             alpha=alpha,
+            samples=samples,
+            stop_at_radius=stop_at_radius,
         )
