@@ -309,3 +309,52 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
         np.testing.assert_array_equal(result.counts[i], counts)
     with pytest.raises(ValueError, match="stop_at_radius"):
         guard.predict(x, k=2, stop_at_radius=-1.0)
+
+
+# ---------------------------------------------------------------------------------- exact soundness, sampled
+
+
+def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius() -> None:
+    """Linear scores on a 1-D input (top-k' piecewise constant in the input) wrapped as a torch model and
+    certified sequentially with real sampling. From the exact smoothed probabilities on a fine grid of the
+    line, each e's break radius is the smallest ||delta|| at which fewer than e labels of L are surely in the
+    smoothed top-k; a certified radius beyond it is a failure. Failures stay within the alpha share of inputs
+    allowed, at every radius (not only the target one); the same search catches the radii doubled."""
+    from test_soundness import arrangement_1d, break_radii, probabilities_1d
+
+    rng = np.random.default_rng(11)
+    alpha, sigma, n, num = 0.01, 0.5, 2000, 60
+    checked = failures = inflated_failures = certified = 0
+    offsets = np.linspace(-4.0, 4.0, 8001)
+    stops = []
+    for problem, (c, k_prime, k) in enumerate([(3, 1, 1), (4, 1, 2), (5, 2, 2), (4, 2, 1)]):
+        w, b = rng.normal(size=c) * 2.0, rng.normal(size=c)
+        model = torch.nn.Linear(1, c)
+        with torch.no_grad():
+            model.weight.copy_(torch.as_tensor(w[:, None]))
+            model.bias.copy_(torch.as_tensor(b))
+        arrangement = arrangement_1d(w, b, k_prime)
+        x = rng.normal(size=num) * 1.5
+        p = probabilities_1d(*arrangement, x, sigma)
+        labels = np.zeros((num, c), dtype=bool)  # the smoothed top-d, d = 1 or 2: chosen before sampling
+        d = rng.integers(1, 3, size=num)
+        for i in range(num):
+            labels[i, np.argsort(-p[i], kind="stable")[: d[i]]] = True
+        guard = MultiGuard(model, num_classes=c, sigma=sigma, k_prime=k_prime)
+        result = guard.certify(torch.as_tensor(x[:, None]), labels, n=n, alpha=alpha, k=k, seed=problem,
+                               stop_at_radius=0.25)
+        stops.append(result.samples)
+        for i in range(num):
+            broke = break_radii(offsets[:, None], probabilities_1d(*arrangement, x[i] + offsets, sigma), labels[i], k)
+            radii = result.radii[i]
+            checked += 1
+            certified += bool((radii > 0).any())
+            failures += bool((radii > broke).any())
+            inflated_failures += bool((2.0 * radii > broke).any())
+    stops = np.concatenate(stops)
+    print(f"\n[sequential] exact 1-D: {checked} inputs, {certified} certify something, mean samples "
+          f"{stops.mean():.0f} of at most {n}; certified radii beyond the break radius: {failures} "
+          f"(allowed {allowed(alpha, checked) * checked:.0f}); radii doubled: {inflated_failures}")
+    assert certified >= checked // 3 and stops.min() < n
+    assert failures <= allowed(alpha, checked) * checked
+    assert inflated_failures > allowed(alpha, checked) * checked  # the search has teeth
