@@ -10,12 +10,30 @@ and the controls show that it does.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from clitools import (
+    assert_one_line_error_in_process,
+    assert_same_counts,
+    command,
+    env,
+    load_counts,
+    run,
+    run_in_process,
+    tiny_checkpoint,
+)
 from scipy import stats
 
 from multiguard import certify as cert
+from multiguard import report, runs
 from multiguard.engine import SamplingEngine
 from multiguard.smoothing import MultiGuard
 
@@ -358,3 +376,217 @@ def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius() 
     assert certified >= checked // 3 and stops.min() < n
     assert failures <= allowed(alpha, checked) * checked
     assert inflated_failures > allowed(alpha, checked) * checked  # the search has teeth
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+class VectorData:
+    """An in-memory dataset of 6-vectors with 6 labels (a real dataset, not a mock): each input's two largest
+    coordinates are its labels."""
+
+    class_names = list("abcdef")
+
+    def __init__(self, num: int = 14) -> None:
+        _, self.x, labels = vector_problem(num, seed=9)
+        self.y = torch.as_tensor(labels, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+RULE = {"radius": 0.1, "k": 2, "k_prime": 1, "alpha": 0.001}
+
+
+def certify_vectors(path: Path, **kwargs: object) -> runs.RunResult:
+    model, _, _ = vector_problem(1, seed=0)
+    args = dict(sampler=MultiGuard(model, 6, sigma=0.25), dataset=VectorData(), n=1000, max_k_prime=2, seed=3,
+                num_inputs=0, chunk_size=4, metadata={"sigma": 0.25, "arch": "linear", "dataset": "vectors"})
+    args.update(kwargs)
+    return runs.certify_run(path, **args)
+
+
+def test_a_run_stores_nested_counts_that_equal_runs_with_smaller_n(tmp_path: Path) -> None:
+    certify_vectors(tmp_path / "n1000")
+    certify_vectors(tmp_path / "n500", n=500, batch_size=170)
+    big, small = runs.load_run(tmp_path / "n1000"), runs.load_run(tmp_path / "n500")
+    assert big.sample_sizes.tolist() == [100, 200, 500, 1000] and big.stop_rule is None
+    assert big.nested_counts.shape == (14, 4, 2, 6)
+    np.testing.assert_array_equal(big.nested_counts[:, -1], big.counts)
+    at_500 = big.at_sample_size(500)
+    assert at_500.n == 500
+    np.testing.assert_array_equal(at_500.counts, small.counts)
+    np.testing.assert_array_equal(at_500.nested_counts, small.nested_counts)
+    with pytest.raises(ValueError, match=r"n must be one of the stored sample sizes \[100, 200, 500, 1000\]"):
+        big.at_sample_size(300)
+    # The report at n = 500 of the n = 1000 run is the report of the n = 500 run.
+    one = report.make_report([tmp_path / "n1000"], tmp_path / "r1", k=[2], names=["x"], n=[500])
+    two = report.make_report([tmp_path / "n500"], tmp_path / "r2", k=[2], names=["x"])
+    assert (tmp_path / "r1" / "curves.csv").read_bytes() == (tmp_path / "r2" / "curves.csv").read_bytes()
+    assert len(one.curves) == len(two.curves) == 3
+
+
+def test_a_run_written_before_nested_counts_still_loads_and_reports(tmp_path: Path) -> None:
+    certify_vectors(tmp_path / "run", n=300)
+    folder = tmp_path / "run"
+    # Make it a run of the earlier format: no nested counts, no sample sizes or rule in the metadata.
+    meta = json.loads((folder / "metadata.json").read_text())
+    del meta["sample_sizes"], meta["stop_rule"]
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    for path in [folder / "counts.npz", *sorted((folder / "chunks").glob("*.npz"))]:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files if key != "nested_counts"}
+        np.savez(path, **arrays)
+    old = runs.load_run(folder)
+    assert old.nested_counts is None and old.samples is None and old.sample_sizes is None
+    fresh = report.make_report([folder], tmp_path / "rep", k=[2])
+    assert fresh.curves[0].n == 300
+    with pytest.raises(ValueError, match="no nested counts"):
+        old.at_sample_size(100)
+    (folder / "counts.npz").unlink()  # chunks only, merged on load
+    np.testing.assert_array_equal(runs.load_run(folder).counts, old.counts)
+
+
+def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path) -> None:
+    reference = certify_vectors(tmp_path / "ref", stop_rule=RULE)
+    assert reference.complete and reference.metadata["stop_rule"] == RULE
+    stored = runs.load_run(tmp_path / "ref")
+    assert stored.samples.shape == (14,) and np.unique(stored.samples).size >= 2 and stored.samples.max() <= 1000
+    # Each input's counts are those of its first samples[i] samples, and the rule stopped it there.
+    model, _, _ = vector_problem(1, seed=0)
+    guard = MultiGuard(model, 6, sigma=0.25)
+    data = VectorData()
+    for i in range(14):
+        alone = guard.sample_counts(data.x[i : i + 1], int(stored.samples[i]), seed=3, index=[i], max_k_prime=2)
+        np.testing.assert_array_equal(stored.counts[i], alone[0])
+    replay = cert.sequential_certification(
+        guard.sample_nested_counts(data.x, cert.sample_size_schedule(1000), seed=3)[:, :, 0], stored.labels,
+        looks=cert.sample_size_schedule(1000), alpha=0.001, k=2, k_prime=1, sigma=0.25, radius=0.1,
+    )
+    np.testing.assert_array_equal(replay.samples, stored.samples)
+
+    certify_vectors(tmp_path / "batch", stop_rule=RULE, batch_size=77)
+    for shard in range(3):
+        certify_vectors(tmp_path / "shards", stop_rule=RULE, shard=(shard, 3))
+    partial = certify_vectors(tmp_path / "resumed", stop_rule=RULE, shard=(0, 2))  # as if killed half-way
+    assert not partial.complete
+    certify_vectors(tmp_path / "resumed", stop_rule=RULE, resume=True)
+    for name in ("batch", "shards", "resumed"):
+        other = runs.load_run(tmp_path / name)
+        for field in ("counts", "samples", "labels", "indices"):
+            np.testing.assert_array_equal(getattr(other, field), getattr(stored, field), err_msg=f"{name}: {field}")
+    # Another rule is another stored.
+    with pytest.raises(ValueError, match="stop_rule"):
+        certify_vectors(tmp_path / "ref", stop_rule={**RULE, "radius": 0.2}, resume=True)
+    with pytest.raises(ValueError, match="k_prime must be the sampler's k_prime"):
+        certify_vectors(tmp_path / "other", stop_rule={**RULE, "k_prime": 2})
+
+
+def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path) -> None:
+    certify_vectors(tmp_path / "seq", stop_rule=RULE)
+    stored = runs.load_run(tmp_path / "seq")
+    result = report.make_report([stored], tmp_path / "rep", k=[2], k_prime=[1, 2], methods=["multiguard"],
+                                radii="0,0.1,0.3")
+    looks = cert.sample_size_schedule(1000)
+    for curve in result.curves:
+        lower, upper = cert.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
+                                                             looks)
+        sizes = cert.certified_intersection_size(lower, upper, stored.labels, k=2, k_prime=curve.k_prime, sigma=0.25,
+                                                 radius=curve.radius)
+        np.testing.assert_allclose(curve.f1, cert.certified_metrics(sizes, stored.labels, 2).f1)
+    assert "sequential: sampling stopped per input once its certified size at R = 0.1" in result.summary
+    assert f"mean {stored.samples.mean():.0f}" in result.summary
+    with pytest.raises(ValueError, match="it is sequential"):
+        stored.at_sample_size(100)
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+@pytest.mark.slow
+def test_cli_report_at_n_equals_a_run_with_that_n(tmp_path_factory, tmp_path: Path, capsys) -> None:
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))
+    common = ["--max-k-prime", "1", "--num-inputs", "12", "--chunk-size", "5", "--seed", "3", "--device", "cpu",
+              "--quiet"]
+    run("certify", "--checkpoint", checkpoint, "--num-samples", "1000", *common, "--out", str(tmp_path / "n1000"))
+    run("certify", "--checkpoint", checkpoint, "--num-samples", "500", *common, "--out", str(tmp_path / "n500"))
+    report_args = ["--k", "3", "--radii", "0:1:0.05", "--names", "demo", "--quiet"]
+    run("report", str(tmp_path / "n1000"), "--n", "500", *report_args, "--out", str(tmp_path / "r1"))
+    run("report", str(tmp_path / "n500"), *report_args, "--out", str(tmp_path / "r2"))
+    assert (tmp_path / "r1" / "curves.csv").read_bytes() == (tmp_path / "r2" / "curves.csv").read_bytes()
+    code, text, _ = run_in_process(capsys, "report", str(tmp_path / "n1000"), "--n", "100", "200", "500", "1000",
+                                   *report_args, "--out", str(tmp_path / "r3"))
+    rows = [line for line in (tmp_path / "r3" / "summary.md").read_text().splitlines() if line.startswith("| MultiG")]
+    assert {row.split("|")[2].strip() for row in rows} == {"100", "200", "500", "1000"}  # the n column
+    assert code == 0 and "wrote" in text
+    assert_one_line_error_in_process(
+        run_in_process(capsys, "report", str(tmp_path / "n1000"), "--n", "300", "--out", str(tmp_path / "r4")),
+        "n must be one of the stored sample sizes",
+    )
+
+
+@pytest.mark.slow
+def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
+    tmp_path_factory, tmp_path: Path, capsys
+) -> None:
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))
+    args = ["certify", "--checkpoint", checkpoint, "--num-samples", "1000", "--max-k-prime", "2", "--num-inputs",
+            "20", "--chunk-size", "2", "--seed", "3", "--stop-at-radius", "0.25", "--k", "2", "--device", "cpu"]
+    reference = tmp_path / "reference"
+    text = run(*args, "--out", str(reference)).stdout
+    assert "sequential at R = 0.25 (at most n = 1000)" in text
+    meta = json.loads((reference / "metadata.json").read_text())
+    assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001}
+    samples = load_counts(reference)["samples"]
+    assert samples.shape == (20,) and samples.mean() < 1000
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*command(), *args, "--quiet", "--batch-size", "300", "--out", str(killed)], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((killed / "chunks").glob("chunk-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert 1 <= len(list((killed / "chunks").glob("chunk-*.npz"))) < 10
+    run(*args, "--quiet", "--out", str(killed), "--resume")
+    assert_same_counts(reference, killed)
+
+    shards = tmp_path / "shards"
+    procs = [subprocess.Popen([*command(), *args, "--quiet", "--out", str(shards), "--shard", f"{i}/2"], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    assert_same_counts(reference, shards)
+    code, summary, _ = run_in_process(capsys, "report", str(reference), "--k", "2", "--out", str(tmp_path / "rep"))
+    assert code == 0 and "sequential: sampling stopped per input" in summary
+
+
+@pytest.mark.slow
+def test_cli_predict_stops_early(tmp_path_factory, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from multiguard.data import get_dataset
+
+    images = get_dataset("multidigits", split="test", size=3, seed=0)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((images[i][0][0].numpy() * 255).round().astype(np.uint8), mode="L").save(path)
+        paths.append(str(path))
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))
+    common = ["predict", "--checkpoint", checkpoint, *paths, "--k", "2", "--n", "2000", "--device", "cpu", "--json"]
+    code, out, _ = run_in_process(capsys, *common, "--stop-at-radius", "0.1")
+    assert code == 0
+    sequential = json.loads(out)
+    code, out, _ = run_in_process(capsys, *common)
+    fixed = json.loads(out)
+    assert [p["labels"] for p in sequential] == [p["labels"] for p in fixed]
+    assert all(p["samples"] <= 2000 for p in sequential) and [p["samples"] for p in fixed] == [2000] * 3
+    code, text, _ = run_in_process(capsys, *common[:-1], "--stop-at-radius", "0.1")
+    assert code == 0 and "samples)" in text

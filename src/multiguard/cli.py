@@ -287,6 +287,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
+            stop_rule=None if args.stop_at_radius is None else {
+                "radius": args.stop_at_radius, "k": args.k, "k_prime": args.k_prime, "alpha": args.alpha,
+            },
             log=quiet_say,
             on_progress=printer,
         )
@@ -295,7 +298,12 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
             if printer is None or line not in printer.repairs_shown:
                 say(f"{prefix}: {line}")
-        if result.complete:
+        if result.complete and meta.get("stop_rule"):
+            used = runs.load_run(args.out).samples
+            say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
+                f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
+                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
+        elif result.complete:
             say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
             k, why = _next_k(args.out)
@@ -327,6 +335,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         names=args.names,
         extra_curves=[empirical_curve(path) for path in args.attack or ()],
         overwrite=args.overwrite,
+        n=args.n or (),
     )
     if not args.quiet:
         _echo(result.summary)
@@ -385,12 +394,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         **mode,
+        stop_at_radius=args.stop_at_radius,
     )
     if args.json:
         _echo(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0
     for p in predictions:
-        _echo(f"{p.path}: {', '.join(p.labels)}")
+        used = f" ({p.samples} samples)" if args.stop_at_radius is not None else ""
+        _echo(f"{p.path}: {', '.join(p.labels)}{used}")
         for e, radius in enumerate(p.radii, start=1):
             if e <= p.trivial:
                 _echo(f"  at least {e} of them: trivial, not a guarantee about the model: any {args.k} of the "
@@ -420,7 +431,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _echo()
     _echo(main_report.summary.rstrip())
     _echo()
-    for key, label in (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)")):
+    for key, label in (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
+                       ("report-n", "Impact of n (k' = 1, k = 3)")):
+        if key not in result.reports:
+            continue
         text = result.reports[key].summary
         start = text.find("## Certified top-k f1-score@R")
         end = text.find("\n## ", start + 3)
@@ -593,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
     p.add_argument("--shard", default=None, metavar="I/N", help="do only shard I of N (e.g. 0/4) of the chunks")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (its settings must agree)")
+    p.add_argument("--stop-at-radius", type=float, default=None, metavar="R",
+                   help="sequential certification: n becomes the most samples per input, and each input stops once "
+                   "its certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md")
+    p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
+    p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
+    p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     _add_mode(p)
@@ -610,9 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recall@R = e/|L|, F1@R = 2e/(|L| + k), averaged over inputs; 'trivial: by counting alone' is the part "
         "that any k of the c labels keep whatever the model (e <= |L| - (c - k)); 'empirical (attack)' is "
         "measured at the inputs a PGD attack found (an upper bound, where certificates are lower bounds).\n\n"
-        "There is no --n-samples: a run stores "
-        "each label's count summed over its n samples, so a smaller n cannot be read back from it. To study n, "
-        "certify with several --n (each its own RUN_DIR) and pass them all here."),
+        "The impact of n from one run: --n 100 200 500 1000 reads each run at those sample sizes (a run stores its "
+        "counts after 100, 200, 500, 1000, 2000, 5000, ... samples; each is the fixed-n experiment on the same "
+        "samples). A sequential run (certify --stop-at-radius) is reported with anytime-valid bounds: its curves "
+        "hold at every radius."),
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs written by multiguard certify")
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
@@ -626,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),
                    help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
+    p.add_argument("--n", type=int, nargs="+", default=None,
+                   help="read each run at these sample sizes (from its stored nested counts), e.g. 100 200 500 1000")
     p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
                    help="overlay the empirical curves of multiguard attack runs")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
@@ -683,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the noise")
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
+    p.add_argument("--stop-at-radius", type=float, default=None, metavar="R",
+                   help="stop sampling an image once how many of its labels are certified at R is settled (--n "
+                   "is then the most samples)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_device(p)
     _add_mode(p)

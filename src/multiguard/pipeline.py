@@ -122,13 +122,15 @@ def sample_checkpoint(
     channels_last: bool | None = None,
     compile: bool = False,
     log: Log | None = None,
+    stop_rule: dict[str, Any] | None = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
 
     ``sigma`` defaults to the training sigma, ``max_k_prime`` to min(5, number of classes), the dataset,
     root and split to the checkpoint's test split. A ``num_inputs`` larger than the split means the whole
     split (said through ``log``). ``context`` is a :func:`multiguard.distributed.init_distributed`
-    context (made here from ``device`` when ``None``, and closed again).
+    context (made here from ``device`` when ``None``, and closed again). ``stop_rule``
+    (``{radius, k, k_prime, alpha, futility}``) makes the run sequential (see :func:`multiguard.runs.sample_run`).
 
     ``precision``, ``channels_last`` and ``compile`` set the sampling mode (:mod:`multiguard.acceleration`):
     it is part of the base classifier, so it is recorded in the metadata as the identity fields
@@ -147,8 +149,10 @@ def sample_checkpoint(
         num_classes = int(meta["num_classes"])
         max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
                                 num_classes, high_label="the number of classes")
-        smoother = smoothed_from_checkpoint(model, meta, sigma=sigma, device=context.device, precision=precision,
-                                            channels_last=channels_last, compile=compile)
+        rule_k_prime = 1 if stop_rule is None else check_int(stop_rule.get("k_prime", 1), "k_prime", 1, max_k_prime,
+                                                             high_label="max_k_prime")
+        smoother = smoothed_from_checkpoint(model, meta, k_prime=rule_k_prime, sigma=sigma, device=context.device,
+                                            precision=precision, channels_last=channels_last, compile=compile)
         sigma, clamp = smoother.sigma, smoother.clamp
         if smoother.mode.compile and len(data):
             _compile_now(smoother, data[0][0][None], batch_size, log)
@@ -179,6 +183,7 @@ def sample_checkpoint(
             shard=shard,
             context=context,
             on_progress=on_progress,
+            stop_rule=stop_rule,
         )
     finally:
         if own_context:
@@ -216,6 +221,7 @@ class ImagePrediction:
     trivial: int = 0
     num_classes: int = 0
     mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
+    samples: int | None = None  # estimation samples used (n unless sampling stopped early)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -226,6 +232,7 @@ class ImagePrediction:
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
+            "samples": self.samples,
         }
 
 
@@ -245,6 +252,7 @@ def predict_images(
     precision: str = "fp32",
     channels_last: bool | None = None,
     compile: bool = False,
+    stop_at_radius: float | None = None,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -252,6 +260,8 @@ def predict_images(
     smoothed classifier's top k under any perturbation of l2 norm below ``radii[e-1]`` (pixels in [0, 1]).
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
+    ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
+    settled (n is then the most samples; see :meth:`MultiGuard.predict`); ``samples`` says how many it used.
     """
     from .data import load_image
 
@@ -267,13 +277,15 @@ def predict_images(
     batch = torch.stack([load_image(path, size, channels) for path in images])
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile)
-    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size)
+    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                              stop_at_radius=stop_at_radius)
     names = list(meta["class_names"])
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()
     return [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
-                        trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode))
+                        trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
+                        samples=int(result.samples[i]))
         for i, path in enumerate(images)
     ]
 
@@ -491,9 +503,10 @@ def run_demo(
     """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
     n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
 
-    Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/`` and
-    ``report-k-prime/`` (ablations), and ``figure.png`` (the three rows side by side, as the paper's
-    Figure 1). Running it again reuses a finished model and run; a killed demo continues where it stopped.
+    Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/``,
+    ``report-k-prime/`` and ``report-n/`` (ablations; the impact of n reads the run's nested counts at n = 100,
+    200, 500, 1000), and ``figure.png`` (the rows side by side, as the paper's Figure 1). Running it again
+    reuses a finished model and run; a killed demo continues where it stopped.
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
     device has native bf16) and ``compile``; the run records the mode and the report names it.
@@ -564,12 +577,21 @@ def run_demo(
             names=["multidigits"], radius_grid=grid, title="Impact of k (k' = 1)",
         ),
     }
+    sizes = run.sample_sizes
+    if run.nested_counts is not None and sizes is not None:  # a run from before nested counts has none
+        reports["report-n"] = _report.make_report(
+            [run], out / "report-n", k=[3], k_prime=[1], methods=["multiguard"], names=["multidigits"],
+            radius_grid=grid, n=[int(size) for size in sizes], title="Impact of n (k' = 1, k = 3)",
+        )
+    else:
+        log(f"      {run_dir} holds no nested counts (certified by an older version): no impact-of-n report")
     figure = out / "figure.png"
     _report.plot_figure(
         [
             ("MultiGuard vs Jia et al.", reports["report"].curves),
             ("Impact of k'", reports["report-k-prime"].curves),
             ("Impact of k", reports["report-k"].curves),
+            *([("Impact of n", reports["report-n"].curves)] if "report-n" in reports else []),
         ],
         figure,
     )

@@ -260,7 +260,7 @@ def compute_curves(
             trivial[int(kk)] = {m: float(np.asarray(getattr(part, m))[0]) for m in METRICS}
         for kp in k_prime:
             for a in alpha:
-                lower, upper = certify.label_probability_bounds(run.counts_for(int(kp)), run.n, float(a))
+                lower, upper = run_bounds(run, int(kp), float(a))
                 for kk in k:
                     for method in methods:
                         if _METHODS[method].k_prime_one_only and int(kp) != 1:
@@ -286,6 +286,32 @@ def compute_curves(
                             )
                         )
     return curves
+
+
+def run_bounds(run: Run, k_prime: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """A run's label probability bounds ``(N, c)`` for ``k_prime`` at ``alpha``: Clopper-Pearson at the run's n,
+    or for a sequential run the anytime-valid bounds at each input's stop (valid whatever k, k', alpha and
+    radius the report asks for, since they hold at every look)."""
+    counts = run.counts_for(k_prime)
+    if run.samples is None:
+        return certify.label_probability_bounds(counts, run.n, alpha)
+    return certify.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
+
+
+def _run_line(name: str, run: Run) -> str:
+    """One line describing a run for ``summary.md``; a sequential run's rule and samples used."""
+    line = (f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
+            f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
+            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}")
+    rule = run.stop_rule
+    if rule and run.samples is not None:
+        used = run.samples
+        shares = ", ".join(f"{(used == size).mean():.0%} at {size}" for size in run.sample_sizes)
+        line += (f"; sequential: sampling stopped per input once its certified size at R = {rule['radius']:g} "
+                 f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}) was settled; samples used: "
+                 f"mean {used.mean():.0f}, median {np.median(used):.0f}, at most {run.n} ({shares}); the "
+                 "bounds are anytime-valid, so the curves hold at every radius")
+    return line
 
 
 # --------------------------------------------------------------------------------------------- CSV
@@ -648,6 +674,7 @@ def make_report(
     title: str = "Certified robustness",
     radii: str | Sequence[float] | None = None,
     overwrite: bool = False,
+    n: Sequence[int] = (),
 ) -> Report:
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
 
@@ -665,6 +692,9 @@ def make_report(
     moved in, one atomic replace each); a failure (a bad argument, a full disk) leaves ``out`` as it was.
     ``out`` may be new, empty or a previous report (replaced); a folder holding other files is refused
     unless ``overwrite`` (then the report's files are put into it, the others left alone).
+
+    ``n``: read every run at these sample sizes (each one of its stored nested sizes, e.g. 100, 200, 500, 1000
+    of an n = 1000 run): each is the fixed-n experiment a run with that n would be, on the same samples.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -674,6 +704,10 @@ def make_report(
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
+    if len(n):
+        run_names = _run_names(runs, names)
+        names = [name for name in run_names for _ in n]
+        runs = [run.at_sample_size(size) for run in runs for size in n]
     for method in methods:
         check_choice(method, "methods", METHODS)
     if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
@@ -701,10 +735,7 @@ def make_report(
     if attacks:
         summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks)
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
-    header = "\n".join(f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
-                       f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-                       f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
-                       for name, run in zip(_run_names(runs, names), runs, strict=True))
+    header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
 
     place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way

@@ -14,14 +14,25 @@ RUN_DIR layout::
       inputs.npz               indices (N,) int64: the dataset indices, in run order (chosen from seed)
       chunks/chunk-000000.npz  one file per finished chunk of ``chunk_size`` consecutive inputs:
                                start, indices (m,), labels (m, c) bool, counts (m, K, c) int64,
-                               seconds, device, identity, identity_sha256
+                               seconds, device, identity, identity_sha256; a fixed-n run also nested_counts
+                               (m, S, K, c), a sequential run samples (m,)
       counts.npz               written once every chunk exists: indices (N,), labels (N, c) bool,
                                counts (N, K, c) int64 with counts[i, k'-1, j] = number of the n samples
-                               whose top-k' contains label j; identity, identity_sha256
+                               whose top-k' contains label j; identity, identity_sha256; and nested_counts
+                               (N, S, K, c) or samples (N,) as the chunks have them
 
 ``identity`` is the JSON text of the run's :data:`IDENTITY_FIELDS` (sigma, n, seed, dataset, checkpoint, ...)
 as they were when the counts were sampled, and ``identity_sha256`` its digest: a ``metadata.json`` edited by
 hand (a larger sigma would inflate every radius) or mixed up with another run's is refused, naming the field.
+
+Nested counts (fixed-n runs): ``nested_counts[i, s]`` are the counts of the first ``sample_sizes[s]`` samples
+(metadata ``sample_sizes``: :func:`multiguard.certify.sample_size_schedule` ``(n)``, e.g. 100, 200, 500,
+1000), the same samples a run with that n would draw: :meth:`Run.at_sample_size` reads a run at a smaller n.
+
+Sequential runs (metadata ``stop_rule``: radius, k, k_prime, alpha): each input was sampled look by look at
+``sample_sizes`` and stopped by :func:`multiguard.certify.sequential_stopping_rule`; ``counts`` are its counts
+at its stop (for every k' <= K) and ``samples`` how many samples it used. Their bounds are the anytime-valid
+ones. Runs written before these fields existed have neither and load as before.
 
 Every file is written to a temporary name in its folder and renamed (``os.replace``), so a run killed at
 any moment (even ``kill -9``) leaves only whole files; ``resume`` redoes at most the chunk in flight. Files
@@ -62,7 +73,15 @@ from .files import (
     file_sha256,
 )
 from .modes import MODE_DEFAULTS, describe_mode
-from .validation import MAX_N, DamagedFileError, RunMismatchError, check_int, invalid
+from .validation import (
+    MAX_N,
+    DamagedFileError,
+    RunMismatchError,
+    check_alpha,
+    check_float,
+    check_int,
+    invalid,
+)
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -112,6 +131,7 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "precision",
     "channels_last",
     "compile",
+    "stop_rule",
 )
 
 # A temporary file (``.<name>.<random>.tmp``) older than this is left over from a killed writer and may be
@@ -126,8 +146,18 @@ IDENTITY_DEFAULTS: dict[str, Any] = dict(MODE_DEFAULTS)
 class Sampler(Protocol):
     """What a run needs from the sampling engine (:class:`multiguard.smoothing.MultiGuard` fits)."""
 
-    def sample_counts(self, x: Any, n: int, *, seed: int, index: Any, batch_size: int, max_k_prime: int) -> Any:
-        """Counts ``(m, max_k_prime, c)`` of label membership in the top-k' of ``n`` noisy samples per row."""
+    def sample_nested_counts(
+        self, x: Any, sizes: Any, *, seed: int, index: Any, batch_size: int, max_k_prime: int
+    ) -> Any:
+        """Counts ``(m, S, max_k_prime, c)`` of label membership in the top-k' of the first ``sizes[s]`` noisy
+        samples per row."""
+        ...
+
+    def sample_sequential_counts(
+        self, x: Any, labels: Any, n: int, *, stop_at_radius: float, alpha: float, k: int, seed: int, index: Any,
+        batch_size: int, max_k_prime: int,
+    ) -> tuple[Any, Any]:
+        """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it."""
         ...
 
 
@@ -305,6 +335,18 @@ def _check_counts(
     n = int(meta["n"])
     if counts.size and (counts.min() < 0 or counts.max() > n):
         raise _damaged(path, f"counts must lie in [0, n] = [0, {n}], found {int(counts.min())}..{int(counts.max())}")
+    sizes = meta.get("sample_sizes")
+    if "nested_counts" in data:
+        nested = data["nested_counts"]
+        shape = (m, len(sizes or ()), *expected[1:])
+        if nested.shape != shape or nested.dtype.kind not in "iu" or not np.array_equal(nested[:, -1], counts):
+            raise _damaged(path, f"nested_counts must be integers of shape {shape} ending with the counts")
+        if nested.size and (nested.min() < 0 or (nested > np.asarray(sizes)[None, :, None, None]).any()):
+            raise _damaged(path, "nested_counts must lie in [0, n] at each of the sample sizes")
+    if "samples" in data:
+        used = data["samples"]
+        if used.shape != (m,) or not np.isin(used, sizes or ()).all() or (counts > used[:, None, None]).any():
+            raise _damaged(path, f"samples must be ({m},) looks of {sizes}, each at least the input's counts")
 
 
 def _remove_stale_temporaries(run_dir: Path, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
@@ -568,6 +610,7 @@ def sample_run(
     shard: tuple[int, int] = (0, 1),
     context: SingleProcess | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
+    stop_rule: dict[str, Any] | None = None,
 ) -> RunResult:
     """Sample counts for a fixed random subset of ``dataset`` into ``run_dir``, chunk by chunk.
 
@@ -592,6 +635,10 @@ def sample_run(
             default: a single process); ranks split each shard's chunks.
         on_progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
             every chunk this process finishes.
+        stop_rule: ``{"radius": R, "k": k, "k_prime": k', "alpha": alpha}`` makes the run sequential: n is then
+            the most samples an input gets, and each stops when its certified intersection size at R (with that
+            k, k' and alpha) is settled. The sampler's own ``k_prime`` must be the rule's. ``None``: fixed n,
+            with nested counts at :func:`multiguard.certify.sample_size_schedule` ``(n)``.
 
     Returns:
         A :class:`RunResult`. When the last chunk of the run lands (in whichever process), ``counts.npz`` is
@@ -611,6 +658,11 @@ def sample_run(
     shard_index, num_shards = shard
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
+    if stop_rule is not None:
+        stop_rule = _check_stop_rule(stop_rule, max_k_prime, getattr(sampler, "k_prime", None))
+    from .certify import sample_size_schedule  # SciPy loads here, not when the run module is imported
+
+    sizes = sample_size_schedule(n)
     indices = select_inputs(len(dataset), num_inputs, seed)
     total = len(indices)
     num_chunks = _num_chunks(total, chunk_size)
@@ -634,6 +686,8 @@ def sample_run(
         num_inputs=total,
         chunk_size=chunk_size,
         num_chunks=num_chunks,
+        sample_sizes=sizes.tolist(),
+        stop_rule=stop_rule,
         dataset_size=len(dataset),
         batch_size=int(batch_size),
         device=context.device,
@@ -685,7 +739,7 @@ def sample_run(
             pending.append(chunk)
             if problem != "missing":
                 repairs.append(f"{path} is damaged ({problem}): sampling it again")
-    done_inputs, new_inputs, chunks_done = skipped_inputs, 0, 0
+    done_inputs, new_inputs, chunks_done, new_samples = skipped_inputs, 0, 0, 0
     if on_progress is not None:  # where this worker starts (after a resume: what is already on disk)
         on_progress(RunProgress(done_inputs, my_total, 0, 0.0, 0.0, skipped_inputs, tuple(repairs)))
     for chunk in pending:
@@ -693,17 +747,23 @@ def sample_run(
         path = _chunk_path(run_dir, chunk)
         chunk_start = time.perf_counter()
         images, labels = load_batch(dataset, chunk_indices)
-        counts = sampler.sample_counts(
-            images,
-            n,
-            seed=int(seed),
-            index=chunk_indices,
-            batch_size=int(batch_size),
-            max_k_prime=max_k_prime,
-        )
-        counts = np.asarray(counts.detach().cpu() if hasattr(counts, "detach") else counts, dtype=np.int64)
-        if counts.ndim == 2:  # a sampler that ignores max_k_prime = 1 may drop the k' axis
-            counts = counts[:, None, :]
+        common = dict(seed=int(seed), index=chunk_indices, batch_size=int(batch_size), max_k_prime=max_k_prime)
+        extra: dict[str, np.ndarray] = {}
+        if stop_rule is None:
+            nested = np.asarray(sampler.sample_nested_counts(images, sizes, **common), dtype=np.int64)
+            expected = (len(chunk_indices), sizes.size, max_k_prime, labels.shape[1])
+            if nested.shape != expected:
+                raise ValueError(f"sampler returned nested counts of shape {nested.shape}, expected {expected}")
+            counts, extra["nested_counts"] = nested[:, -1], nested
+            new_samples += len(chunk_indices) * n
+        else:
+            counts, samples = sampler.sample_sequential_counts(
+                images, labels, n, stop_at_radius=stop_rule["radius"], alpha=stop_rule["alpha"], k=stop_rule["k"],
+                **common,
+            )
+            counts = np.asarray(counts, dtype=np.int64)
+            extra["samples"] = np.asarray(samples, dtype=np.int64)
+            new_samples += int(extra["samples"].sum())
         expected = (len(chunk_indices), max_k_prime, labels.shape[1])
         if counts.shape != expected:
             raise ValueError(f"sampler returned counts of shape {counts.shape}, expected {expected}")
@@ -717,6 +777,7 @@ def sample_run(
             seconds=np.float64(seconds),
             device=np.str_(context.device),
             **identity,
+            **extra,
         )
         chunks_done += 1
         new_inputs += len(chunk_indices)
@@ -729,7 +790,7 @@ def sample_run(
                     total_inputs=my_total,
                     new_inputs=new_inputs,
                     seconds=elapsed,
-                    samples_per_second=new_inputs * n / max(elapsed, 1e-9),
+                    samples_per_second=new_samples / max(elapsed, 1e-9),
                     skipped_inputs=skipped_inputs,
                 )
             )
@@ -778,8 +839,9 @@ def _finalize(run_dir: Path, repairs: list[str]) -> tuple[bool, dict[str, Any]]:
     merged = _merge_chunks(run_dir, meta)
     if merged is None:
         return False, meta
-    indices, labels, counts, seconds, devices = merged
-    atomic_write_npz(counts_path, indices=indices, labels=labels, counts=counts, **_identity_arrays(meta))
+    indices, labels, counts, seconds, devices, extra = merged
+    atomic_write_npz(counts_path, indices=indices, labels=labels, counts=counts, **_identity_arrays(meta),
+                     **extra)
     meta.update(
         complete=True,
         completed_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -803,7 +865,7 @@ def _read_inputs(run_dir: Path, meta: dict[str, Any]) -> np.ndarray:
 
 def _merge_chunks(
     run_dir: Path, meta: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, list[str]] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, list[str], dict[str, np.ndarray]] | None:
     """The chunks of a run joined in run order, or None if one is missing; DamagedFileError naming the first
     chunk that exists but does not read back whole or disagrees with the run."""
     chunk_size = int(meta["chunk_size"])
@@ -823,18 +885,51 @@ def _merge_chunks(
     counts = np.concatenate([p["counts"] for p in parts]).astype(np.int64)
     seconds = float(sum(float(p.get("seconds", 0.0)) for p in parts))
     devices = [str(p.get("device", "unknown")) for p in parts]
-    return indices, labels, counts, seconds, devices
+    return indices, labels, counts, seconds, devices, _merge_extras(parts)
 
 
-def _read_counts(run_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``counts.npz`` read back and checked against the run: ``(indices, labels, counts)``."""
+_EXTRAS = ("nested_counts", "samples")
+
+
+def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The optional per-input arrays that every part has (a run resumed across versions may lack them)."""
+    return {
+        name: np.concatenate([p[name] for p in parts]).astype(np.int64)
+        for name in _EXTRAS
+        if parts and all(name in p for p in parts)
+    }
+
+
+def _check_stop_rule(rule: dict[str, Any], max_k_prime: int, sampler_k_prime: int | None) -> dict[str, Any]:
+    """A sequential run's rule as a plain dict ``{radius, k, k_prime, alpha}``, checked."""
+    missing = {"radius", "k", "k_prime", "alpha"} - set(rule)
+    if missing:
+        raise ValueError(f"stop_rule must give radius, k, k_prime and alpha, missing {', '.join(sorted(missing))}")
+    checked = {
+        "radius": check_float(rule["radius"], "stop_at_radius", 0.0),
+        "k": check_int(rule["k"], "k", 1),
+        "k_prime": check_int(rule["k_prime"], "k_prime", 1, max_k_prime, high_label="max_k_prime"),
+        "alpha": check_alpha(rule["alpha"]),
+    }
+    if sampler_k_prime is not None and int(sampler_k_prime) != checked["k_prime"]:
+        raise ValueError(f"k_prime must be the sampler's k_prime ({sampler_k_prime}) for a sequential run, "
+                         f"got {checked['k_prime']}")
+    return checked
+
+
+def _read_counts(
+    run_dir: Path, meta: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``counts.npz`` read back and checked against the run: ``(indices, labels, counts, extras)``, the extras
+    being its nested counts or samples used where it has them."""
     path = run_dir / COUNTS
     data = _read_npz(path)
     indices = _read_inputs(run_dir, meta) if (run_dir / INPUTS).exists() else None
     _check_counts(data, path, meta, run_dir / METADATA, indices)
     if data["indices"].shape[0] != int(meta["num_inputs"]):
         raise _damaged(path, f"it holds {data['indices'].shape[0]} inputs, metadata.json says {meta['num_inputs']}")
-    return data["indices"], data["labels"].astype(bool), data["counts"].astype(np.int64)
+    return (data["indices"], data["labels"].astype(bool), data["counts"].astype(np.int64),
+            _merge_extras([data]))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -853,6 +948,34 @@ class Run:
     indices: np.ndarray
     labels: np.ndarray
     counts: np.ndarray
+    nested_counts: np.ndarray | None = None  # (N, S, K, c) at sample_sizes (fixed-n runs of this version)
+    samples: np.ndarray | None = None  # (N,) samples each input used (sequential runs)
+
+    @property
+    def sample_sizes(self) -> np.ndarray | None:
+        """The nested sample sizes (the looks of a sequential run), or ``None`` for a run without them."""
+        sizes = self.metadata.get("sample_sizes")
+        return None if sizes is None else np.asarray(sizes, dtype=np.int64)
+
+    @property
+    def stop_rule(self) -> dict[str, Any] | None:
+        """``{radius, k, k_prime, alpha}`` of a sequential run, ``None`` for a fixed-n run."""
+        return self.metadata.get("stop_rule")
+
+    def at_sample_size(self, n: int) -> Run:
+        """This run as if it had been certified with ``n`` samples per input (one of :attr:`sample_sizes`):
+        the counts of the first n samples, the very counts a run with that n draws (same seed and inputs)."""
+        n = int(n)
+        sizes = self.sample_sizes
+        if self.nested_counts is None or sizes is None:
+            reason = "it is sequential" if self.stop_rule else "it has no nested counts (certified before they existed)"
+            raise ValueError(f"n: run {self.path} cannot be read at another n: {reason}")
+        if n not in sizes:
+            raise ValueError(f"n must be one of the stored sample sizes {sizes.tolist()} of run {self.path}, got {n}")
+        j = int(np.flatnonzero(sizes == n)[0])
+        metadata = {**self.metadata, "n": n, "sample_sizes": sizes[: j + 1].tolist()}
+        return Run(self.path, metadata, self.indices, self.labels, self.nested_counts[:, j],
+                   nested_counts=self.nested_counts[:, : j + 1])
 
     @property
     def name(self) -> str:
@@ -931,11 +1054,12 @@ def load_run(path: str | os.PathLike[str], *, allow_partial: bool = False) -> Ru
                          "multiguard certify)")
     _check_metadata(meta, meta_path)
     if (path / COUNTS).exists():
-        return Run(path, meta, *_read_counts(path, meta))
+        indices, labels, counts, extra = _read_counts(path, meta)
+        return Run(path, meta, indices, labels, counts, **extra)
     merged = _merge_chunks(path, meta)
     if merged is not None:
-        indices, labels, counts, _, _ = merged
-        return Run(path, meta, indices, labels, counts)
+        indices, labels, counts, _, _, extra = merged
+        return Run(path, meta, indices, labels, counts, **extra)
     chunk_files = sorted((path / CHUNKS).glob("chunk-*.npz"))
     if not allow_partial or not chunk_files:
         raise ValueError(
@@ -960,6 +1084,7 @@ def load_run(path: str | os.PathLike[str], *, allow_partial: bool = False) -> Ru
         np.concatenate([p["indices"] for p in parts]),
         np.concatenate([p["labels"] for p in parts]).astype(bool),
         np.concatenate([p["counts"] for p in parts]).astype(np.int64),
+        **_merge_extras(parts),
     )
 
 

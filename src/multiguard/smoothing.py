@@ -440,9 +440,13 @@ class MultiGuard:
             lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         else:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            counts, samples, lower, upper = self._sample_sequentially(
+            counts, samples = self._sample_sequentially(
                 tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-                batch_size=batch_size, progress=progress,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime,
+            )
+            counts = counts[:, self.k_prime - 1]
+            lower, upper = _certify.anytime_label_probability_bounds(
+                counts, samples, alpha, _certify.sample_size_schedule(n)
             )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
@@ -463,23 +467,78 @@ class MultiGuard:
             stop_at_radius=stop_at_radius,
         )
 
+    def sample_nested_counts(
+        self,
+        x: torch.Tensor | np.ndarray,
+        sizes: np.ndarray | list[int],
+        seed: int = 0,
+        index: np.ndarray | torch.Tensor | list[int] | None = None,
+        batch_size: int = 1000,
+        max_k_prime: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Cumulative counts at nested sample sizes: int64 ``(N, S, K, c)``, ``[i, s]`` equal to
+        ``sample_counts(x, sizes[s], ..., max_k_prime=K)[i]`` exactly, for the cost of the largest size.
+
+        ``sizes`` is strictly increasing (e.g. :func:`multiguard.certify.sample_size_schedule` ``(n)``); K is
+        ``max_k_prime`` (default ``self.k_prime``). See :meth:`multiguard.engine.SamplingEngine.count_nested`.
+        """
+        num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
+        return self.engine.count_nested(x, sizes, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
+                                        stream=STREAM_ESTIMATION, progress=progress)
+
+    def sample_sequential_counts(
+        self,
+        x: torch.Tensor | np.ndarray,
+        labels: np.ndarray | torch.Tensor,
+        n: int,
+        *,
+        stop_at_radius: float,
+        alpha: float,
+        k: int,
+        seed: int = 0,
+        index: np.ndarray | torch.Tensor | list[int] | None = None,
+        batch_size: int = 1000,
+        max_k_prime: int | None = None,
+        second_terms: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
+
+        The looks are :func:`multiguard.certify.sample_size_schedule` ``(n)``; after each one,
+        :func:`multiguard.certify.sequential_stopping_rule` decides from the counts of ``self.k_prime`` (with
+        ``alpha``, ``k``, ``second_terms``) which inputs stop. Returns ``(counts, samples)``: int64
+        ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default ``self.k_prime``) of the samples each
+        input used, and int64 ``(N,)`` those numbers of samples (looks). The counts are those of the same
+        samples in a fixed-n call (same seed and index), cut at each input's stop.
+        """
+        tensor = as_batch(x)
+        mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
+        num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", self.k_prime,
+                                                                   self.num_classes)
+        return self._sample_sequentially(
+            tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
+            check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
+            batch_size=batch_size, progress=progress, num_k=num_k,
+        )
+
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
-        second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Sample each input look by look until the stopping rule stops it (estimation stream).
 
-        Returns ``(counts (N, c), samples (N,), lower, upper)``: each input's counts at the look it stopped
-        at, that look, and its anytime-valid bounds there. Each round samples only the inputs still going,
-        continuing their sample streams (``start``), so the counts are those of one long call, and stopped
-        inputs leave the forward batches to the others.
+        Returns ``(counts (N, num_k, c), samples (N,))``: each input's counts at the look it stopped at, and
+        that look. Each round samples only the inputs still going, continuing their sample streams
+        (``start``), so the counts are those of one long call, and stopped inputs leave the forward batches
+        to the others.
         """
         num_inputs = tensor.shape[0]
         index_arr = as_index(index, num_inputs)
         check_int(seed, "seed", 0)
         check_bool(second_terms, "second_terms")
         looks = _certify.sample_size_schedule(n)
-        counts = np.zeros((num_inputs, self.num_classes), dtype=np.int64)
+        counts = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
         samples = np.full(num_inputs, n, dtype=np.int64)
         active = np.arange(num_inputs)
         done = 0
@@ -489,18 +548,17 @@ class MultiGuard:
             rows = torch.as_tensor(active) if active.size < num_inputs else None
             counts[active] += self.engine.count(
                 tensor if rows is None else tensor[rows], size - done, seed=seed, index=index_arr[active],
-                batch_size=batch_size, num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress,
+                batch_size=batch_size, num_k=num_k, stream=STREAM_ESTIMATION, progress=progress,
                 start=np.full(active.size, done, dtype=np.int64),
-            )[:, self.k_prime - 1]
+            )
             done = size
             decision = _certify.sequential_stopping_rule(
-                counts[active], size, mask[active], looks=looks, alpha=alpha, k=k, k_prime=self.k_prime,
-                sigma=self.sigma, radius=radius, second_terms=second_terms,
+                counts[active, self.k_prime - 1], size, mask[active], looks=looks, alpha=alpha, k=k,
+                k_prime=self.k_prime, sigma=self.sigma, radius=radius, second_terms=second_terms,
             )
             samples[active[decision.stop]] = size
             active = active[~decision.stop]
-        lower, upper = _certify.anytime_label_probability_bounds(counts, samples, alpha, looks)
-        return counts, samples, lower, upper
+        return counts, samples
 
     def predict(
         self,
@@ -558,9 +616,13 @@ class MultiGuard:
             samples = np.full(tensor.shape[0], n, dtype=np.int64)
             lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         else:
-            counts, samples, lower, upper = self._sample_sequentially(
+            counts, samples = self._sample_sequentially(
                 tensor, mask, n, alpha, k, stop_at_radius, True, seed=seed, index=index_arr,
-                batch_size=batch_size, progress=progress,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime,
+            )
+            counts = counts[:, self.k_prime - 1]
+            lower, upper = _certify.anytime_label_probability_bounds(
+                counts, samples, alpha, _certify.sample_size_schedule(n)
             )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
