@@ -148,6 +148,25 @@ def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int)
     assert (sizes_arr[:, -1] > sizes_arr[:, 0]).any()  # the check compares sizes that do change
 
 
+def test_the_plausible_futility_rule_stops_no_later_than_the_remaining_one() -> None:
+    rng = np.random.default_rng(21)
+    c, trials, looks = 4, 2000, cert.sample_size_schedule(10_000)
+    weights = rng.dirichlet(np.full(c, 0.5), size=trials)
+    nested = np.stack([simulate_nested_counts(rng, w, np.eye(c, dtype=np.int64), looks, 1)[0] for w in weights])
+    labels = np.zeros((trials, c), dtype=bool)
+    labels[np.arange(trials), np.argmax(weights, axis=1)] = True  # L = the most likely label: often certified
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    remaining = cert.sequential_certification(nested, labels, futility="remaining", **options)
+    plausible = cert.sequential_certification(nested, labels, futility="plausible", **options)
+    assert (plausible.samples <= remaining.samples).all()
+    assert plausible.samples.mean() < 0.7 * remaining.samples.mean()
+    certified = (cert.intersection_size_from_radii(remaining.radii, 0.25) > 0).mean()
+    certified_plausible = (cert.intersection_size_from_radii(plausible.radii, 0.25) > 0).mean()
+    assert certified_plausible <= certified and certified_plausible > certified - 0.03
+    with pytest.raises(ValueError, match="futility must be one of"):
+        cert.sequential_stopping_rule(nested[:2, 0], 100, labels[:2], futility="never", **options)
+
+
 # ----------------------------------------------------------------------------- validity under stopping
 
 # (law over top-k' sets, sets, L, k, looks, alpha): the looks are the real 1-2-5 schedule, and a dense one.
@@ -176,8 +195,11 @@ def failure_fraction(result: cert.SequentialCertificate, p: np.ndarray, labels: 
     return float(wrong.any(axis=1).mean())
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds_do_not(case: str) -> None:
+@pytest.mark.parametrize(("case", "futility"), [(case, "remaining") for case in CASES]
+                         + [("k'=1, 1-2-5 looks to 10000", "plausible")])
+def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds_do_not(
+    case: str, futility: str
+) -> None:
     weights, sets, members, k, looks, alpha = CASES[case]
     k_prime = int(sets.sum(axis=1)[0])
     p = weights @ sets
@@ -190,13 +212,14 @@ def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds
     trials = 20_000
     nested = simulate_nested_counts(np.random.default_rng(2024), weights, sets, looks, trials)
     masks = np.broadcast_to(labels, (trials, p.size))
-    options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius)
+    options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius, futility=futility)
 
     anytime = cert.sequential_certification(nested, masks, alpha=alpha, **options)
     # Fixed-n bounds at level alpha reused at every look are exactly the anytime bounds at level J * alpha.
     naive = cert.sequential_certification(nested, masks, alpha=alpha * looks.size, **options)
     fails, naive_fails = failure_fraction(anytime, p, labels), failure_fraction(naive, p, labels)
-    print(f"\n[sequential] {case}: alpha={alpha}, R={radius:.4f}, {trials} runs: bounds read at the stop fail in "
+    print(f"\n[sequential] {case}, futility {futility}: alpha={alpha}, R={radius:.4f}, {trials} runs: bounds read "
+          f"at the stop fail in "
           f"{fails:.5f} (allowed {allowed(alpha, trials):.5f}); naive fixed-n bounds {naive_fails:.5f}; "
           f"mean samples {anytime.samples.mean():.0f}")
     assert np.unique(anytime.samples).size > 2  # runs stop at different looks: the stopping is real
@@ -452,7 +475,7 @@ def test_a_run_written_before_nested_counts_still_loads_and_reports(tmp_path: Pa
 
 def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path) -> None:
     reference = certify_vectors(tmp_path / "ref", stop_rule=RULE)
-    assert reference.complete and reference.metadata["stop_rule"] == RULE
+    assert reference.complete and reference.metadata["stop_rule"] == {**RULE, "futility": "remaining"}
     stored = runs.load_run(tmp_path / "ref")
     assert stored.samples.shape == (14,) and np.unique(stored.samples).size >= 2 and stored.samples.max() <= 1000
     # Each input's counts are those of its first samples[i] samples, and the rule stopped it there.
@@ -539,7 +562,7 @@ def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
     text = run(*args, "--out", str(reference)).stdout
     assert "sequential at R = 0.25 (at most n = 1000)" in text
     meta = json.loads((reference / "metadata.json").read_text())
-    assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001}
+    assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001, "futility": "remaining"}
     samples = load_counts(reference)["samples"]
     assert samples.shape == (20,) and samples.mean() < 1000
 

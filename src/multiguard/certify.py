@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-from .validation import check_alpha, check_int, check_positive
+from .validation import check_alpha, check_choice, check_int, check_positive
 
 __all__ = [
+    "FUTILITY_RULES",
     "CertifiedMetrics",
     "SequentialCertificate",
     "StoppingDecision",
@@ -632,6 +633,11 @@ def _intersection_size_at(
     return np.where(holds, e[None, :], 0).max(axis=1).astype(np.int64)
 
 
+FUTILITY_RULES = ("remaining", "plausible")
+"""When :func:`sequential_stopping_rule` gives up on an input: no outcome of the remaining samples could raise
+its certified size (``remaining``), or none the samples so far still make plausible could (``plausible``)."""
+
+
 @dataclass(frozen=True)
 class StoppingDecision:
     """The sequential stopping rule's verdict for N inputs at their current look.
@@ -659,17 +665,26 @@ def sequential_stopping_rule(
     sigma: float,
     radius: float,
     second_terms: bool = True,
+    futility: str = "remaining",
 ) -> StoppingDecision:
     """Should sampling stop for each input, given its counts at look ``n`` and a target radius R?
 
     An input stops when (a) its certified intersection size e(R), from
     :func:`anytime_label_probability_bounds` at this look, reached ``min(|L|, k)`` (nothing left to gain),
-    (b) even the most favourable outcome of the samples still allowed (up to ``looks[-1]``) cannot raise it,
-    or (c) this is the last look. For (b), every label of L is credited with all the remaining samples and
-    every label outside L with none, at the last look: Clopper-Pearson lower bounds grow with ``(n_i + m,
-    n + m)`` and upper bounds shrink with n at a fixed count, and e(R) grows with every lower bound of L and
-    falls with every upper bound outside L (Theorem 1), so no later look, whatever its counts, certifies more
-    than that ``best_possible``.
+    (b) the most favourable outcome of the samples still allowed (up to ``looks[-1]``) cannot raise it, or
+    (c) this is the last look. ``futility`` says which outcomes (b) considers:
+
+    - ``"remaining"``: any outcome of the remaining samples. Every label of L is credited with all the m
+      remaining samples and every label outside L with none, at the last look: Clopper-Pearson lower bounds
+      grow with ``(n_i + m, n + m)`` and upper bounds shrink with n at a fixed count, and e(R) grows with every
+      lower bound of L and falls with every upper bound outside L (Theorem 1), so no later look, whatever its
+      counts, certifies more than that ``best_possible``. An input that any continuation could improve goes
+      on, so e(R) at the stop is at least what these bounds give at the last look on the same samples.
+    - ``"plausible"``: the outcomes the samples so far still allow: the remaining samples arrive at the most
+      favourable label probabilities inside the current anytime bounds (the upper bound for each label of L,
+      the lower bound for each outside label), ``n_i + ceil(m upper_i)`` and ``n_j + floor(m lower_j)`` at the
+      last look. It stops inputs that only a continuation the data make implausible could improve, so it
+      uses far fewer samples and may certify a little less.
 
     The rule only decides when to stop: the bounds read at the stop are anytime-valid whatever the rule, so
     the guarantee of :func:`anytime_label_probability_bounds` holds for the certificate at the stop, at every
@@ -681,7 +696,9 @@ def sequential_stopping_rule(
         labels: ``(N, c)`` boolean mask of L, fixed before sampling.
         looks: the schedule of sample sizes (strictly increasing); ``looks[-1]`` is the most samples allowed.
         alpha, k, k_prime, sigma, second_terms: as in :func:`certified_radii`; radius: the target R >= 0.
+        futility: ``"remaining"`` or ``"plausible"``, as above.
     """
+    futility = check_choice(futility, "futility", FUTILITY_RULES)
     schedule = _as_looks(looks)
     counts_arr, _ = _as_float_matrix(counts, "counts")
     mask = _as_label_mask(labels, counts_arr.shape)
@@ -699,7 +716,12 @@ def sequential_stopping_rule(
     open_rows = ~settled & (sizes < last)
     if open_rows.any():
         remaining = (last - sizes[open_rows])[:, None]
-        favourable = np.where(mask[open_rows], counts_arr[open_rows] + remaining, counts_arr[open_rows])
+        if futility == "remaining":
+            gain_in, gain_out = remaining, 0
+        else:
+            gain_in = np.ceil(remaining * upper[open_rows])
+            gain_out = np.floor(remaining * lower[open_rows])
+        favourable = counts_arr[open_rows] + np.where(mask[open_rows], gain_in, gain_out)
         best_lower, best_upper = anytime_label_probability_bounds(favourable, last, alpha, schedule)
         best[open_rows] = _intersection_size_at(best_lower, best_upper, mask[open_rows], **options)
     stop = settled | (best <= now) | (sizes >= last)
@@ -735,15 +757,16 @@ def sequential_certification(
     sigma: float,
     radius: float,
     second_terms: bool = True,
+    futility: str = "remaining",
 ) -> SequentialCertificate:
     """Run sequential certification on counts already drawn at every look: the procedure, replayed exactly.
 
     ``nested_counts`` is ``(N, J, c)``: ``[i, j]`` counts the first ``looks[j]`` samples of input i (cumulative,
     as :meth:`multiguard.engine.SamplingEngine.count_nested` and the nested counts of a run give them). Each
     input looks at ``looks[0], looks[1], ...`` and stops at the first look where
-    :func:`sequential_stopping_rule` says so; the counts after that look are never read. Sampling those counts
-    look by look (as ``MultiGuard.certify(..., stop_at_radius=R)`` does) with the same seed gives the same
-    result with fewer forward passes.
+    :func:`sequential_stopping_rule` (with ``futility``) says so; the counts after that look are never read.
+    Sampling those counts look by look (as ``MultiGuard.certify(..., stop_at_radius=R)`` does) with the same
+    seed gives the same result with fewer forward passes.
 
     Guarantee: for each input, with probability at least ``1 - alpha``, at least e labels of L stay in the
     smoothed top-k at every ``x + delta`` with ``||delta||_2 < radii[e-1]``.
@@ -765,7 +788,7 @@ def sequential_certification(
             break
         decision = sequential_stopping_rule(
             nested[active, j], int(size), mask[active], looks=schedule, alpha=alpha, k=k, k_prime=k_prime,
-            sigma=sigma, radius=radius, second_terms=second_terms,
+            sigma=sigma, radius=radius, second_terms=second_terms, futility=futility,
         )
         stop_at[active[decision.stop]] = j
         active = active[~decision.stop]

@@ -289,6 +289,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             context=context,
             stop_rule=None if args.stop_at_radius is None else {
                 "radius": args.stop_at_radius, "k": args.k, "k_prime": args.k_prime, "alpha": args.alpha,
+                "futility": args.futility,
             },
             log=quiet_say,
             on_progress=printer,
@@ -395,6 +396,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         **mode,
         stop_at_radius=args.stop_at_radius,
+        futility=args.futility,
     )
     if args.json:
         _echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -613,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+    p.add_argument("--futility", default="remaining", choices=["remaining", "plausible"],
+                   help="with --stop-at-radius: give up on an input when no outcome of the remaining samples "
+                   "(remaining) or none the samples so far make plausible (plausible) could raise its size at R")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     _add_mode(p)
@@ -709,6 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R",
                    help="stop sampling an image once how many of its labels are certified at R is settled (--n "
                    "is then the most samples)")
+    p.add_argument("--futility", default="remaining", choices=["remaining", "plausible"],
+                   help="with --stop-at-radius: when to give up on an image (see certify --help)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_device(p)
     _add_mode(p)

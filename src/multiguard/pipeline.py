@@ -253,6 +253,7 @@ def predict_images(
     channels_last: bool | None = None,
     compile: bool = False,
     stop_at_radius: float | None = None,
+    futility: str = "remaining",
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -278,7 +279,7 @@ def predict_images(
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                              stop_at_radius=stop_at_radius)
+                              stop_at_radius=stop_at_radius, futility=futility)
     names = list(meta["class_names"])
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()

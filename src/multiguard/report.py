@@ -308,7 +308,8 @@ def _run_line(name: str, run: Run) -> str:
         used = run.samples
         shares = ", ".join(f"{(used == size).mean():.0%} at {size}" for size in run.sample_sizes)
         line += (f"; sequential: sampling stopped per input once its certified size at R = {rule['radius']:g} "
-                 f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}) was settled; samples used: "
+                 f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}, futility rule "
+                 f"{rule.get('futility', 'remaining')}) was settled; samples used: "
                  f"mean {used.mean():.0f}, median {np.median(used):.0f}, at most {run.n} ({shares}); the "
                  "bounds are anytime-valid, so the curves hold at every radius")
     return line

@@ -29,7 +29,7 @@ Nested counts (fixed-n runs): ``nested_counts[i, s]`` are the counts of the firs
 (metadata ``sample_sizes``: :func:`multiguard.certify.sample_size_schedule` ``(n)``, e.g. 100, 200, 500,
 1000), the same samples a run with that n would draw: :meth:`Run.at_sample_size` reads a run at a smaller n.
 
-Sequential runs (metadata ``stop_rule``: radius, k, k_prime, alpha): each input was sampled look by look at
+Sequential runs (metadata ``stop_rule``: radius, k, k_prime, alpha, futility): each input was sampled look by look at
 ``sample_sizes`` and stopped by :func:`multiguard.certify.sequential_stopping_rule`; ``counts`` are its counts
 at its stop (for every k' <= K) and ``samples`` how many samples it used. Their bounds are the anytime-valid
 ones. Runs written before these fields existed have neither and load as before.
@@ -78,6 +78,7 @@ from .validation import (
     DamagedFileError,
     RunMismatchError,
     check_alpha,
+    check_choice,
     check_float,
     check_int,
     invalid,
@@ -157,7 +158,8 @@ class Sampler(Protocol):
         self, x: Any, labels: Any, n: int, *, stop_at_radius: float, alpha: float, k: int, seed: int, index: Any,
         batch_size: int, max_k_prime: int,
     ) -> tuple[Any, Any]:
-        """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it."""
+        """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
+        (``futility`` is passed as a keyword too)."""
         ...
 
 
@@ -635,10 +637,11 @@ def sample_run(
             default: a single process); ranks split each shard's chunks.
         on_progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
             every chunk this process finishes.
-        stop_rule: ``{"radius": R, "k": k, "k_prime": k', "alpha": alpha}`` makes the run sequential: n is then
-            the most samples an input gets, and each stops when its certified intersection size at R (with that
-            k, k' and alpha) is settled. The sampler's own ``k_prime`` must be the rule's. ``None``: fixed n,
-            with nested counts at :func:`multiguard.certify.sample_size_schedule` ``(n)``.
+        stop_rule: ``{"radius": R, "k": k, "k_prime": k', "alpha": alpha, "futility": "remaining" or
+            "plausible"}`` makes the run sequential: n is then the most samples an input gets, and each stops when
+            its certified intersection size at R (with that k, k' and alpha) is settled. The sampler's own
+            ``k_prime`` must be the rule's. ``None``: fixed n, with nested counts at
+            :func:`multiguard.certify.sample_size_schedule` ``(n)``.
 
     Returns:
         A :class:`RunResult`. When the last chunk of the run lands (in whichever process), ``counts.npz`` is
@@ -759,7 +762,7 @@ def sample_run(
         else:
             counts, samples = sampler.sample_sequential_counts(
                 images, labels, n, stop_at_radius=stop_rule["radius"], alpha=stop_rule["alpha"], k=stop_rule["k"],
-                **common,
+                futility=stop_rule["futility"], **common,
             )
             counts = np.asarray(counts, dtype=np.int64)
             extra["samples"] = np.asarray(samples, dtype=np.int64)
@@ -901,7 +904,8 @@ def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 
 
 def _check_stop_rule(rule: dict[str, Any], max_k_prime: int, sampler_k_prime: int | None) -> dict[str, Any]:
-    """A sequential run's rule as a plain dict ``{radius, k, k_prime, alpha}``, checked."""
+    """A sequential run's rule as a plain dict ``{radius, k, k_prime, alpha, futility}``, checked (``futility``
+    defaults to ``"remaining"``)."""
     missing = {"radius", "k", "k_prime", "alpha"} - set(rule)
     if missing:
         raise ValueError(f"stop_rule must give radius, k, k_prime and alpha, missing {', '.join(sorted(missing))}")
@@ -910,6 +914,7 @@ def _check_stop_rule(rule: dict[str, Any], max_k_prime: int, sampler_k_prime: in
         "k": check_int(rule["k"], "k", 1),
         "k_prime": check_int(rule["k_prime"], "k_prime", 1, max_k_prime, high_label="max_k_prime"),
         "alpha": check_alpha(rule["alpha"]),
+        "futility": check_choice(rule.get("futility", "remaining"), "futility", ("remaining", "plausible")),
     }
     if sampler_k_prime is not None and int(sampler_k_prime) != checked["k_prime"]:
         raise ValueError(f"k_prime must be the sampler's k_prime ({sampler_k_prime}) for a sequential run, "
@@ -959,7 +964,7 @@ class Run:
 
     @property
     def stop_rule(self) -> dict[str, Any] | None:
-        """``{radius, k, k_prime, alpha}`` of a sequential run, ``None`` for a fixed-n run."""
+        """``{radius, k, k_prime, alpha, futility}`` of a sequential run, ``None`` for a fixed-n run."""
         return self.metadata.get("stop_rule")
 
     def at_sample_size(self, n: int) -> Run:

@@ -34,6 +34,7 @@ from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
 from .validation import (
     check_alpha,
     check_bool,
+    check_choice,
     check_float,
     check_int,
     check_interval,
@@ -400,6 +401,7 @@ class MultiGuard:
         second_terms: bool = True,
         check_range: bool = True,
         stop_at_radius: float | None = None,
+        futility: str = "remaining",
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -422,6 +424,9 @@ class MultiGuard:
                 The bounds are then the anytime-valid ones, and the radii are valid at every radius, not only
                 at R. The counts, and so the certificate, are those :func:`multiguard.certify.
                 sequential_certification` gives on the nested counts of the same seed.
+            futility: when the stopping rule gives up on an input (``"remaining"``: no outcome of the remaining
+                samples could raise its size at R; ``"plausible"``: none the samples so far make plausible could;
+                see :func:`multiguard.certify.sequential_stopping_rule`).
 
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
@@ -442,7 +447,7 @@ class MultiGuard:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
             counts, samples = self._sample_sequentially(
                 tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
             )
             counts = counts[:, self.k_prime - 1]
             lower, upper = _certify.anytime_label_probability_bounds(
@@ -502,12 +507,13 @@ class MultiGuard:
         max_k_prime: int | None = None,
         second_terms: bool = True,
         progress: bool = False,
+        futility: str = "remaining",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
         The looks are :func:`multiguard.certify.sample_size_schedule` ``(n)``; after each one,
         :func:`multiguard.certify.sequential_stopping_rule` decides from the counts of ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``) which inputs stop. Returns ``(counts, samples)``: int64
+        ``alpha``, ``k``, ``second_terms``, ``futility``) which inputs stop. Returns ``(counts, samples)``: int64
         ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default ``self.k_prime``) of the samples each
         input used, and int64 ``(N,)`` those numbers of samples (looks). The counts are those of the same
         samples in a fixed-n call (same seed and index), cut at each input's stop.
@@ -519,12 +525,13 @@ class MultiGuard:
         return self._sample_sequentially(
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=num_k,
+            batch_size=batch_size, progress=progress, num_k=num_k, futility=futility,
         )
 
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
         second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
+        futility: str = "remaining",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample each input look by look until the stopping rule stops it (estimation stream).
 
@@ -537,6 +544,7 @@ class MultiGuard:
         index_arr = as_index(index, num_inputs)
         check_int(seed, "seed", 0)
         check_bool(second_terms, "second_terms")
+        check_choice(futility, "futility", _certify.FUTILITY_RULES)
         looks = _certify.sample_size_schedule(n)
         counts = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
         samples = np.full(num_inputs, n, dtype=np.int64)
@@ -555,6 +563,7 @@ class MultiGuard:
             decision = _certify.sequential_stopping_rule(
                 counts[active, self.k_prime - 1], size, mask[active], looks=looks, alpha=alpha, k=k,
                 k_prime=self.k_prime, sigma=self.sigma, radius=radius, second_terms=second_terms,
+                futility=futility,
             )
             samples[active[decision.stop]] = size
             active = active[~decision.stop]
@@ -573,6 +582,7 @@ class MultiGuard:
         progress: bool = False,
         check_range: bool = True,
         stop_at_radius: float | None = None,
+        futility: str = "remaining",
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -589,7 +599,8 @@ class MultiGuard:
 
         With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
         as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n), as in :meth:`certify`; the radii come from the anytime-valid bounds and hold at every radius.
+        n; ``futility`` as in :meth:`certify`); the radii come from the anytime-valid bounds and hold at every
+        radius.
 
         Returns:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
@@ -601,6 +612,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
+            check_choice(futility, "futility", _certify.FUTILITY_RULES)
         tensor = as_image_batch(x, check_range)
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -618,7 +630,7 @@ class MultiGuard:
         else:
             counts, samples = self._sample_sequentially(
                 tensor, mask, n, alpha, k, stop_at_radius, True, seed=seed, index=index_arr,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
             )
             counts = counts[:, self.k_prime - 1]
             lower, upper = _certify.anytime_label_probability_bounds(
