@@ -1,6 +1,7 @@
 """Sequential certification against fixed n: forward passes, wall time and certified F1 at a target radius.
 
     python benchmarks/bench_sequential.py [--work bench-sequential] [--inputs 500] [--threads 1]
+                                          [--futility plausible|remaining]
 
 The demo's setting: small_cnn trained on multidigits with noise sigma = 0.5 exactly as ``multiguard demo``
 trains it (8 epochs of 8,000 images, lr 3e-3; reused from ``--work`` when present), 500 random test inputs
@@ -10,11 +11,13 @@ trains it (8 epochs of 8,000 images, lr 3e-3; reused from ``--work`` when presen
   5000, 10,000 give the fixed-n curve, each point exactly the run with that n);
 - sequential with at most 1000 and at most 10,000 samples (``MultiGuard.certify(..., stop_at_radius=R)``,
   timed), checked equal to the replay of the procedure on the nested counts; at most 2000 and 5000 are
-  replayed only (same samples, so the same result as running them).
+  replayed only (same samples, so the same result as running them). ``--futility`` picks the stopping rule's
+  futility test (see :func:`multiguard.certify.sequential_stopping_rule`).
 
 Prints a table (mean samples per input = forward passes, wall time, certified F1@R) and writes
-``sequential.png`` (F1@R against mean forward passes per input, fixed n as one curve, sequential as another)
-and ``results.json`` into ``--work``.
+``results-FUTILITY.json`` and ``sequential.png`` (F1@R against mean forward passes per input: fixed n as one
+curve, sequential as another for each futility rule whose results are in ``--work``) into ``--work``. The
+n = 10,000 counts are kept in ``--work/nested.npz`` with their sampling time and reused by later runs.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=500, help="random test inputs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="target radii R")
+    parser.add_argument("--futility", default="plausible", choices=list(cert.FUTILITY_RULES),
+                        help="when the stopping rule gives up on an input")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -90,7 +95,8 @@ def main() -> None:
         np.savez(nested_path, nested=nested, seconds=seconds_big, indices=indices)
     assert np.array_equal(nested[:, list(sizes).index(1000)], counts_1000), "nested counts differ from n = 1000"
 
-    results: dict = {"inputs": int(args.inputs), "threads": args.threads, "fixed": {}, "sequential": {}}
+    results: dict = {"inputs": int(args.inputs), "threads": args.threads, "futility": args.futility, "fixed": {},
+                     "sequential": {}}
     rows = []
     for radius in args.radii:
         fixed = {}
@@ -104,11 +110,11 @@ def main() -> None:
         for most in (1000, 2000, 5000, big):
             looks = cert.sample_size_schedule(most)
             replay = cert.sequential_certification(nested[:, : looks.size], labels, looks=looks, alpha=ALPHA, k=K,
-                                                   k_prime=K_PRIME, sigma=SIGMA, radius=radius)
+                                                   k_prime=K_PRIME, sigma=SIGMA, radius=radius, futility=args.futility)
             seconds = None
             if most in (1000, big):
                 result, seconds = timed(guard.certify, x, labels, n=most, alpha=ALPHA, k=K, stop_at_radius=radius,
-                                        **common)
+                                        futility=args.futility, **common)
                 assert np.array_equal(result.samples, replay.samples), "sequential run differs from its replay"
                 assert np.array_equal(result.radii, replay.radii)
             f1 = f1_at(replay.lower, replay.upper, labels, radius)
@@ -118,7 +124,8 @@ def main() -> None:
                 rows.append((radius, "sequential", most, float(replay.samples.mean()), seconds, f1))
         results["sequential"][str(radius)] = sequential
 
-    print(f"{args.inputs} inputs, k = {K}, k' = {K_PRIME}, sigma = {SIGMA}, alpha = {ALPHA}, {args.threads} thread(s)")
+    print(f"{args.inputs} inputs, k = {K}, k' = {K_PRIME}, sigma = {SIGMA}, alpha = {ALPHA}, {args.threads} thread(s), "
+          f"futility {args.futility}")
     print("| R | method | n (most) | mean samples per input | wall time | certified F1@R |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for radius, method, most, mean, seconds, f1 in rows:
@@ -130,12 +137,15 @@ def main() -> None:
         for most, entry in results["sequential"][str(radius)].items():
             print(f"sequential at R = {radius:g}, at most {most:,}: mean {entry['mean_samples']:.0f} samples, F1 "
                   f"{100 * entry['f1']:.1f} %, stopped at {entry['stopped_at']}")
-    (work / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.radii, work / "sequential.png")
-    print(f"wrote {work / 'results.json'} and {work / 'sequential.png'}")
+    written = work / f"results-{args.futility}.json"
+    written.write_text(json.dumps(results, indent=1))
+    every = [json.loads((work / f"results-{rule}.json").read_text()) for rule in cert.FUTILITY_RULES
+             if (work / f"results-{rule}.json").exists()]
+    plot(every, args.radii, work / "sequential.png")
+    print(f"wrote {written} and {work / 'sequential.png'}")
 
 
-def plot(results: dict, radii: list[float], path: Path) -> None:
+def plot(every: list[dict], radii: list[float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,15 +153,16 @@ def plot(results: dict, radii: list[float], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(radii), figsize=(5.2 * len(radii), 3.8), squeeze=False)
     for ax, radius in zip(axes[0], radii, strict=True):
-        fixed = results["fixed"][str(radius)]
-        sequential = results["sequential"][str(radius)]
-        ax.plot(list(fixed), [100 * v for v in fixed.values()], "o-", color="C0", label="fixed n")
-        means = [entry["mean_samples"] for entry in sequential.values()]
-        ax.plot(means, [100 * entry["f1"] for entry in sequential.values()], "s-", color="C3",
-                label="sequential (at most 1k, 2k, 5k, 10k)")
-        for most, entry in sequential.items():
-            ax.annotate(f"≤{int(most) // 1000}k", (entry["mean_samples"], 100 * entry["f1"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -10))
+        fixed = every[0]["fixed"][str(radius)]
+        ax.plot([int(n) for n in fixed], [100 * v for v in fixed.values()], "o-", color="C0", label="fixed n")
+        for color, results in zip(("C3", "C2"), every, strict=False):
+            sequential = results["sequential"][str(radius)]
+            means = [entry["mean_samples"] for entry in sequential.values()]
+            ax.plot(means, [100 * entry["f1"] for entry in sequential.values()], "s-", color=color,
+                    label=f"sequential, futility {results['futility']} (at most 1k, 2k, 5k, 10k)")
+            for most, entry in sequential.items():
+                ax.annotate(f"≤{int(most) // 1000}k", (entry["mean_samples"], 100 * entry["f1"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10), color=color)
         ax.set_xscale("log")
         ax.set_xlabel("mean forward passes per input")
         ax.set_ylabel(f"certified F1@{radius:g} (%)")

@@ -151,7 +151,8 @@ def test_help_on_every_command_shows_defaults(capsys) -> None:
         assert code == 0 and out.startswith("usage: multiguard " + " ".join(cmd)), cmd
         helps[" ".join(cmd)] = " ".join(out.split())
     assert "(default: 1000)" in helps["certify"] and "--shard I/N" in helps["certify"]
-    assert "(default: 0 to 4 sigma of the runs" in helps["report"] and "--n-samples" in helps["report"]  # says why
+    assert "(default: 0 to 4 sigma of the runs" in helps["report"]
+    assert "The impact of n from one run: --n" in helps["report"]
     assert "(default: 0.5)" in helps["train"] and "(default: multiguard-demo)" in helps["demo"]
 
 
