@@ -148,7 +148,7 @@ def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int)
     assert (sizes_arr[:, -1] > sizes_arr[:, 0]).any()  # the check compares sizes that do change
 
 
-def test_the_plausible_futility_rule_stops_no_later_than_the_remaining_one() -> None:
+def test_the_plausible_and_projected_futility_rules_stop_sooner() -> None:
     rng = np.random.default_rng(21)
     c, trials, looks = 4, 2000, cert.sample_size_schedule(10_000)
     weights = rng.dirichlet(np.full(c, 0.5), size=trials)
@@ -163,6 +163,11 @@ def test_the_plausible_futility_rule_stops_no_later_than_the_remaining_one() -> 
     certified = (cert.intersection_size_from_radii(remaining.radii, 0.25) > 0).mean()
     certified_plausible = (cert.intersection_size_from_radii(plausible.radii, 0.25) > 0).mean()
     assert certified_plausible <= certified and certified_plausible > certified - 0.03
+    projected = cert.sequential_certification(nested, labels, futility="projected", **options)
+    assert projected.samples.mean() < plausible.samples.mean()
+    from multiguard.cli import FUTILITY_CHOICES
+
+    assert FUTILITY_CHOICES == cert.FUTILITY_RULES  # the command line offers every rule
     with pytest.raises(ValueError, match="futility must be one of"):
         cert.sequential_stopping_rule(nested[:2, 0], 100, labels[:2], futility="never", **options)
 

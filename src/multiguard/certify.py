@@ -633,9 +633,10 @@ def _intersection_size_at(
     return np.where(holds, e[None, :], 0).max(axis=1).astype(np.int64)
 
 
-FUTILITY_RULES = ("remaining", "plausible")
+FUTILITY_RULES = ("remaining", "plausible", "projected")
 """When :func:`sequential_stopping_rule` gives up on an input: no outcome of the remaining samples could raise
-its certified size (``remaining``), or none the samples so far still make plausible could (``plausible``)."""
+its certified size (``remaining``), none the samples so far still make plausible could (``plausible``), or the
+remaining samples at the frequencies seen so far would not (``projected``)."""
 
 
 @dataclass(frozen=True)
@@ -684,7 +685,11 @@ def sequential_stopping_rule(
       favourable label probabilities inside the current anytime bounds (the upper bound for each label of L,
       the lower bound for each outside label), ``n_i + ceil(m upper_i)`` and ``n_j + floor(m lower_j)`` at the
       last look. It stops inputs that only a continuation the data make implausible could improve, so it
-      uses far fewer samples and may certify a little less.
+      uses fewer samples and may certify a little less.
+    - ``"projected"``: the expected outcome: the remaining samples arrive at the frequencies seen so far,
+      ``n_i + ceil(m n_i / n)`` for labels of L and ``n_j + floor(m n_j / n)`` outside. It stops every input
+      whose certified size would not grow if the label frequencies stayed as they are: the fewest samples,
+      and inputs whose frequencies would have drifted favourably are given up.
 
     The rule only decides when to stop: the bounds read at the stop are anytime-valid whatever the rule, so
     the guarantee of :func:`anytime_label_probability_bounds` holds for the certificate at the stop, at every
@@ -696,7 +701,7 @@ def sequential_stopping_rule(
         labels: ``(N, c)`` boolean mask of L, fixed before sampling.
         looks: the schedule of sample sizes (strictly increasing); ``looks[-1]`` is the most samples allowed.
         alpha, k, k_prime, sigma, second_terms: as in :func:`certified_radii`; radius: the target R >= 0.
-        futility: ``"remaining"`` or ``"plausible"``, as above.
+        futility: ``"remaining"``, ``"plausible"`` or ``"projected"``, as above.
     """
     futility = check_choice(futility, "futility", FUTILITY_RULES)
     schedule = _as_looks(looks)
@@ -718,9 +723,12 @@ def sequential_stopping_rule(
         remaining = (last - sizes[open_rows])[:, None]
         if futility == "remaining":
             gain_in, gain_out = remaining, 0
-        else:
+        elif futility == "plausible":
             gain_in = np.ceil(remaining * upper[open_rows])
             gain_out = np.floor(remaining * lower[open_rows])
+        else:
+            frequency = counts_arr[open_rows] / sizes[open_rows, None]
+            gain_in, gain_out = np.ceil(remaining * frequency), np.floor(remaining * frequency)
         favourable = counts_arr[open_rows] + np.where(mask[open_rows], gain_in, gain_out)
         best_lower, best_upper = anytime_label_probability_bounds(favourable, last, alpha, schedule)
         best[open_rows] = _intersection_size_at(best_lower, best_upper, mask[open_rows], **options)

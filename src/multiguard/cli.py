@@ -34,6 +34,7 @@ __all__ = ["build_parser", "main"]
 EXIT_FAILURE = 1  # the machine failed (disk full, read-only, out of memory) or something unexpected happened
 EXIT_USAGE = 2  # the user's input is wrong
 DEBUG_ENV = "MULTIGUARD_DEBUG"  # set to 1 to see tracebacks (as --debug does)
+FUTILITY_CHOICES = ("remaining", "plausible", "projected")  # multiguard.certify.FUTILITY_RULES, without SciPy
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -615,9 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
-    p.add_argument("--futility", default="remaining", choices=["remaining", "plausible"],
+    p.add_argument("--futility", default="remaining", choices=list(FUTILITY_CHOICES),
                    help="with --stop-at-radius: give up on an input when no outcome of the remaining samples "
-                   "(remaining) or none the samples so far make plausible (plausible) could raise its size at R")
+                   "(remaining), none the samples so far make plausible (plausible), or the remaining samples at the "
+                   "frequencies seen so far (projected) could raise its size at R")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     _add_mode(p)
@@ -714,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R",
                    help="stop sampling an image once how many of its labels are certified at R is settled (--n "
                    "is then the most samples)")
-    p.add_argument("--futility", default="remaining", choices=["remaining", "plausible"],
+    p.add_argument("--futility", default="remaining", choices=list(FUTILITY_CHOICES),
                    help="with --stop-at-radius: when to give up on an image (see certify --help)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_device(p)

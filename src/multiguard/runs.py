@@ -637,10 +637,10 @@ def sample_run(
             default: a single process); ranks split each shard's chunks.
         on_progress: called with a :class:`RunProgress` once before sampling (what is already on disk) and after
             every chunk this process finishes.
-        stop_rule: ``{"radius": R, "k": k, "k_prime": k', "alpha": alpha, "futility": "remaining" or
-            "plausible"}`` makes the run sequential: n is then the most samples an input gets, and each stops when
-            its certified intersection size at R (with that k, k' and alpha) is settled. The sampler's own
-            ``k_prime`` must be the rule's. ``None``: fixed n, with nested counts at
+        stop_rule: ``{"radius": R, "k": k, "k_prime": k', "alpha": alpha, "futility": one of
+            :data:`multiguard.certify.FUTILITY_RULES`}`` makes the run sequential: n is then the most samples an
+            input gets, and each stops when its certified intersection size at R (with that k, k' and alpha) is
+            settled. The sampler's own ``k_prime`` must be the rule's. ``None``: fixed n, with nested counts at
             :func:`multiguard.certify.sample_size_schedule` ``(n)``.
 
     Returns:
@@ -661,10 +661,10 @@ def sample_run(
     shard_index, num_shards = shard
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
-    if stop_rule is not None:
-        stop_rule = _check_stop_rule(stop_rule, max_k_prime, getattr(sampler, "k_prime", None))
-    from .certify import sample_size_schedule  # SciPy loads here, not when the run module is imported
+    from .certify import FUTILITY_RULES, sample_size_schedule  # SciPy loads here, not at import
 
+    if stop_rule is not None:
+        stop_rule = _check_stop_rule(stop_rule, max_k_prime, getattr(sampler, "k_prime", None), FUTILITY_RULES)
     sizes = sample_size_schedule(n)
     indices = select_inputs(len(dataset), num_inputs, seed)
     total = len(indices)
@@ -903,7 +903,9 @@ def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     }
 
 
-def _check_stop_rule(rule: dict[str, Any], max_k_prime: int, sampler_k_prime: int | None) -> dict[str, Any]:
+def _check_stop_rule(
+    rule: dict[str, Any], max_k_prime: int, sampler_k_prime: int | None, futility_rules: Sequence[str]
+) -> dict[str, Any]:
     """A sequential run's rule as a plain dict ``{radius, k, k_prime, alpha, futility}``, checked (``futility``
     defaults to ``"remaining"``)."""
     missing = {"radius", "k", "k_prime", "alpha"} - set(rule)
@@ -914,7 +916,7 @@ def _check_stop_rule(rule: dict[str, Any], max_k_prime: int, sampler_k_prime: in
         "k": check_int(rule["k"], "k", 1),
         "k_prime": check_int(rule["k_prime"], "k_prime", 1, max_k_prime, high_label="max_k_prime"),
         "alpha": check_alpha(rule["alpha"]),
-        "futility": check_choice(rule.get("futility", "remaining"), "futility", ("remaining", "plausible")),
+        "futility": check_choice(rule.get("futility", "remaining"), "futility", futility_rules),
     }
     if sampler_k_prime is not None and int(sampler_k_prime) != checked["k_prime"]:
         raise ValueError(f"k_prime must be the sampler's k_prime ({sampler_k_prime}) for a sequential run, "
