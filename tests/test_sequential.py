@@ -434,7 +434,7 @@ def certify_vectors(path: Path, **kwargs: object) -> runs.RunResult:
     args = dict(sampler=MultiGuard(model, 6, sigma=0.25), dataset=VectorData(), n=1000, max_k_prime=2, seed=3,
                 num_inputs=0, chunk_size=4, metadata={"sigma": 0.25, "arch": "linear", "dataset": "vectors"})
     args.update(kwargs)
-    return runs.certify_run(path, **args)
+    return runs.sample_run(path, **args)
 
 
 def test_a_run_stores_nested_counts_that_equal_runs_with_smaller_n(tmp_path: Path) -> None:
@@ -517,7 +517,7 @@ def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: P
     certify_vectors(tmp_path / "seq", stop_rule=RULE)
     stored = runs.load_run(tmp_path / "seq")
     result = report.make_report([stored], tmp_path / "rep", k=[2], k_prime=[1, 2], methods=["multiguard"],
-                                radii="0,0.1,0.3")
+                                radius_grid="0,0.1,0.3")
     looks = cert.sample_size_schedule(1000)
     for curve in result.curves:
         lower, upper = cert.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
