@@ -426,7 +426,8 @@ class MultiGuard:
                 sequential_certification` gives on the nested counts of the same seed.
             futility: when the stopping rule gives up on an input (``"remaining"``: no outcome of the remaining
                 samples could raise its size at R; ``"plausible"``: none the samples so far make plausible could;
-                see :func:`multiguard.certify.sequential_stopping_rule`).
+                ``"projected"``: the remaining samples at the frequencies seen so far would not; see
+                :func:`multiguard.certify.sequential_stopping_rule`). The guarantee is the same for all three.
 
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
