@@ -160,7 +160,7 @@ def plot(every: list[dict], radii: list[float], path: Path) -> None:
     for ax, radius in zip(axes[0], radii, strict=True):
         fixed = every[0]["fixed"][str(radius)]
         ax.plot([int(n) for n in fixed], [100 * v for v in fixed.values()], "o-", color="C0", label="fixed n")
-        for color, results in zip(("C3", "C2"), every, strict=False):
+        for color, results in zip(("C3", "C2", "C1"), every, strict=False):
             sequential = results["sequential"][str(radius)]
             means = [entry["mean_samples"] for entry in sequential.values()]
             ax.plot(means, [100 * entry["f1"] for entry in sequential.values()], "s-", color=color,
