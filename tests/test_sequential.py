@@ -460,13 +460,15 @@ def test_a_run_stores_nested_counts_that_equal_runs_with_smaller_n(tmp_path: Pat
 def test_a_run_written_before_nested_counts_still_loads_and_reports(tmp_path: Path) -> None:
     certify_vectors(tmp_path / "run", n=300)
     folder = tmp_path / "run"
-    # Make it a run of the earlier format: no nested counts, no sample sizes or rule in the metadata.
+    # Make it a run of an earlier format: no nested counts, no sample sizes or rule in the metadata (and no stored
+    # identity, which runs of that time did not have either).
     meta = json.loads((folder / "metadata.json").read_text())
     del meta["sample_sizes"], meta["stop_rule"]
     (folder / "metadata.json").write_text(json.dumps(meta))
     for path in [folder / "counts.npz", *sorted((folder / "chunks").glob("*.npz"))]:
         with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files if key != "nested_counts"}
+            arrays = {key: data[key] for key in data.files
+                      if key not in ("nested_counts", "identity", "identity_sha256")}
         np.savez(path, **arrays)
     old = runs.load_run(folder)
     assert old.nested_counts is None and old.samples is None and old.sample_sizes is None
