@@ -476,8 +476,8 @@ def test_a_report_never_writes_into_someone_elses_folder(reference: Path, tmp_pa
 def test_no_option_is_ever_abbreviated(reference: Path, tmp_path: Path, capsys) -> None:
     from multiguard.cli import build_parser
 
-    result = run_in_process(capsys, "report", str(reference), "--n", "500", "--out", str(tmp_path / "r"))
-    assert_one_line_error_in_process(result, "unrecognized arguments: --n", "multiguard report --help")
+    result = run_in_process(capsys, "report", str(reference), "--nam", "x", "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, "unrecognized arguments: --nam", "multiguard report --help")
     assert not (tmp_path / "r").exists()
     for argv in (["certify", "--check", "model.pt", "--out", "r"], ["train", "--epoch", "2", "--out", "m.pt"],
                  ["report", str(reference), "--out", "r", "--k-p", "2"], ["predict", "--checkpoint", "m.pt", "--js",
