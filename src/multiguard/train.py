@@ -446,14 +446,6 @@ def _train(
                 images, labels = images.to(device), labels.to(device)
                 noisy = _add_noise(images, sigma, clamp, noise_gen)
                 logits = model(noisy)
-                if not checked_outputs:
-                    checked_outputs = True
-                    reason = looks_like_probabilities(model, logits)
-                    if reason:
-                        warnings.warn(
-                            f"the model {arch} seems to output probabilities, not logits ({reason}); MultiGuard's "
-                            "losses apply the sigmoid themselves: return the scores before any sigmoid",
-                            UserWarning, stacklevel=3)
                 batch_loss = criterion(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 batch_loss.backward()
@@ -462,6 +454,16 @@ def _train(
                 count += len(images)
                 bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
             bar.close()
+        if not checked_outputs:
+            # After a first epoch, not at initialisation: a fresh logits model with small weights can put every
+            # output of a batch in [0, 1] by chance; once trained on labels, logits of absent labels go negative.
+            checked_outputs = True
+            reason = looks_like_probabilities(model, logits)
+            if reason:
+                warnings.warn(
+                    f"the model {arch} seems to output probabilities, not logits ({reason}); MultiGuard's "
+                    "losses apply the sigmoid themselves: return the scores before any sigmoid",
+                    UserWarning, stacklevel=3)
         clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
         noisy_map = evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
         seconds = time.perf_counter() - started
