@@ -1,0 +1,319 @@
+"""Denoised smoothing: a denoiser in front of a classifier you already have, and denoiser checkpoints.
+
+Randomized smoothing certifies *any* base classifier, so the base classifier may be a composition
+``classifier(denoiser(x + noise))`` (Salman et al., NeurIPS 2020): an off-the-shelf classifier trained on
+clean images, behind a denoiser trained once per noise level sigma and image domain. The certificate of
+:class:`multiguard.smoothing.MultiGuard` holds unchanged for :class:`DenoisedClassifier`; only its
+accuracy under noise depends on how well the denoiser restores the image.
+
+Usage::
+
+    from multiguard import MultiGuard
+    from multiguard.denoisers import DenoisedClassifier, load_denoiser, check_denoiser
+
+    denoiser, dmeta = load_denoiser("denoiser.pt")          # from multiguard.denoise_train.train_denoiser
+    check_denoiser(dmeta, sigma=0.5, image_size=32, in_channels=1)   # refuses another sigma or image size
+    smoothed = MultiGuard(DenoisedClassifier(denoiser, classifier), num_classes=10, sigma=0.5)
+
+Architectures (``arch``), each mapping ``(N, C, S, S) -> (N, C, S, S)`` in [0, 1] pixel units::
+
+    dncnn                   DnCNN-style residual network at full resolution, no BatchNorm: ``depth`` 3x3
+                            convolutions of ``width`` channels predict the noise, which is subtracted
+                            (defaults width 16, depth 4: a few times the cost of the demo's small_cnn)
+    unet                    a small U-Net whose convolutions all work below full resolution: ``levels``
+                            stride-2 stages of ``width``, 2 x ``width``, ... channels, transposed convolutions
+                            back up with skip connections, and a last convolution that also sees the noisy
+                            input (residual); a wide receptive field for few operations per pixel
+    package.module:factory  your own: ``factory(in_channels=C[, image_size=S])`` returning an nn.Module
+
+Denoiser checkpoints hold the weights and the metadata needed to rebuild and to check the denoiser
+(``sigma``, ``arch``, ``arch_options``, ``image_size``, ``in_channels``, ``dataset``, ``objective``, ...);
+they are written atomically (:func:`multiguard.files.atomic_write_bytes`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .devices import resolve_device
+from .files import atomic_write_bytes, file_sha256
+from .validation import check_int
+
+__all__ = [
+    "DENOISER_ARCHS",
+    "DENOISER_FORMAT",
+    "DENOISER_MARKER",
+    "DenoisedClassifier",
+    "DnCNN",
+    "SmallUNet",
+    "check_denoiser",
+    "create_denoiser",
+    "denoiser_record",
+    "load_denoiser",
+    "read_denoiser_checkpoint",
+    "save_denoiser_checkpoint",
+]
+
+DENOISER_MARKER = "multiguard_denoiser"
+DENOISER_FORMAT = 1
+DENOISER_ARCHS = ("dncnn", "unet")
+DENOISER_ARCH_FORMS = "'dncnn', 'unet' or 'package.module:factory'"
+
+
+class DnCNN(nn.Module):
+    """Residual denoiser at full resolution: ``x - net(x)`` with ``net`` ``depth`` 3x3 convolutions.
+
+    ``net``: conv(C -> width) + ReLU, ``depth - 2`` x [conv(width -> width) + ReLU], conv(width -> C).
+    Shapes: ``(N, C, S, S) -> (N, C, S, S)``, any S. No BatchNorm, so train and eval modes compute the same.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        in_channels = check_int(in_channels, "in_channels", 1)
+        width = check_int(width, "width", 1)
+        depth = check_int(depth, "depth", 2)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity: the noisy image itself
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.net(x)
+
+
+class SmallUNet(nn.Module):
+    """Residual U-Net whose convolutions all work below full resolution (cheap per sample, wide receptive field).
+
+    Encoder, per level l = 1..levels: stride-2 conv to ``width * 2**(l-1)`` channels + ReLU, then ``depth`` x
+    [conv + ReLU] at ``S / 2**l``. Decoder, per level from the bottom: 2x2 transposed conv up one level + ReLU,
+    concatenated with the encoder features of that level, conv + ReLU. Head: conv(width + C -> C) over the
+    full-resolution upsampled features and the noisy input, subtracted from the input (residual).
+    Shapes: ``(N, C, S, S) -> (N, C, S, S)``, S divisible by ``2**levels``.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 16, levels: int = 2, depth: int = 1) -> None:
+        super().__init__()
+        in_channels = check_int(in_channels, "in_channels", 1)
+        width = check_int(width, "width", 1)
+        self.levels = check_int(levels, "levels", 1)
+        depth = check_int(depth, "depth", 0)
+        widths = [width * 2**level for level in range(self.levels)]
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for channels in widths:
+            layers: list[nn.Module] = [nn.Conv2d(previous, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+            for _ in range(depth):
+                layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+            self.encoder.append(nn.Sequential(*layers))
+            previous = channels
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for level in reversed(range(self.levels)):  # from the bottom level up to full resolution
+            target = widths[level - 1] if level > 0 else width
+            self.up.append(nn.Sequential(nn.ConvTranspose2d(widths[level], target, 2, stride=2),
+                                         nn.ReLU(inplace=True)))
+            if level > 0:
+                self.merge.append(nn.Sequential(nn.Conv2d(2 * target, target, 3, padding=1), nn.ReLU(inplace=True)))
+        self.head = nn.Conv2d(width + in_channels, in_channels, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # starts as the identity
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = 2**self.levels
+        if x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"x: this unet denoiser needs an image size divisible by {step}, "
+                             f"got {tuple(x.shape[-2:])}")
+        skips = []
+        features = x
+        for block in self.encoder:
+            features = block(features)
+            skips.append(features)
+        features = skips.pop()
+        for i, up in enumerate(self.up):
+            features = up(features)
+            if skips:
+                features = self.merge[i](torch.cat((features, skips.pop()), dim=1))
+        return x - self.head(torch.cat((features, x), dim=1))
+
+
+class DenoisedClassifier(nn.Module):
+    """The base classifier of denoised smoothing: ``classifier(denoiser(x))``.
+
+    Give it to :class:`multiguard.smoothing.MultiGuard` like any model: the noise is added to ``x`` before
+    the denoiser, so the smoothed classifier certifies ``x -> classifier(denoiser(x + eps))`` with the same
+    guarantee as any base classifier. Shapes: ``(N, C, S, S)`` in [0, 1] -> logits ``(N, c)``. The
+    classifier's ``class_names`` (if any) are kept.
+    """
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        for value, name in ((denoiser, "denoiser"), (classifier, "classifier")):
+            if not isinstance(value, nn.Module):
+                raise ValueError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+        self.denoiser = denoiser
+        self.classifier = classifier
+        if hasattr(classifier, "class_names"):
+            self.class_names = list(classifier.class_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(x))
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+def _factory_denoiser(arch: str, in_channels: int, image_size: int) -> nn.Module:
+    module_name, _, factory_name = arch.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"arch: cannot import module {module_name!r} for {arch!r}: {exc}") from exc
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ValueError(f"arch: module {module_name!r} has no callable {factory_name!r}")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {key: value for key, value in (("in_channels", in_channels), ("image_size", image_size))
+              if takes_all or key in params}
+    net = factory(**kwargs)
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"arch: {arch!r} returned {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int) -> nn.Module:
+    """Build a denoiser ``(N, in_channels, image_size, image_size) -> same shape``, pixels in [0, 1].
+
+    Args:
+        arch: ``'dncnn'``, ``'unet'`` or ``'package.module:factory'`` (see the module docstring).
+        in_channels: C (1 for multidigits, 3 for colour images).
+        image_size: side S of the square images.
+        **options: ``width`` and ``depth`` of ``dncnn`` (defaults 16, 4); ``width``, ``levels`` and ``depth``
+            of ``unet`` (16, 2, 1); none for a factory.
+
+    Returns:
+        the denoiser, with ``arch`` and ``arch_options`` attributes (what a checkpoint needs to rebuild it;
+        ``arch_options`` holds every option of a built-in architecture, defaults included).
+    """
+    in_channels = check_int(in_channels, "in_channels", 1)
+    image_size = check_int(image_size, "image_size", 1)
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be one of {DENOISER_ARCH_FORMS}, got {arch!r}")
+    allowed = {"dncnn": {"width", "depth"}, "unet": {"width", "levels", "depth"}}.get(arch, set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"arch_options: {arch!r} takes {sorted(allowed) or 'no options'}, got {unknown}")
+    if arch == "dncnn":
+        net: nn.Module = DnCNN(in_channels, **options)
+    elif arch == "unet":
+        net = SmallUNet(in_channels, **options)
+        if image_size % 2**net.levels:
+            raise ValueError(f"image_size must be divisible by 2**levels = {2**net.levels} for the unet denoiser, "
+                             f"got {image_size}")
+    elif ":" in arch and all(part.isidentifier() for part in arch.replace(":", ".").split(".")):
+        net = _factory_denoiser(arch, in_channels, image_size)
+    else:
+        raise ValueError(f"arch must be one of {DENOISER_ARCH_FORMS}, got {arch!r}")
+    if arch in DENOISER_ARCHS:  # record every option, defaults included, so that equal denoisers compare equal
+        defaults = inspect.signature(type(net)).parameters
+        options = {key: options.get(key, defaults[key].default) for key in sorted(allowed)}
+    net.arch = arch
+    net.arch_options = dict(options)
+    return net
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def save_denoiser_checkpoint(path: str | os.PathLike, denoiser: nn.Module, meta: dict[str, Any],
+                             optimizer: dict[str, Any] | None = None) -> None:
+    """Write ``{multiguard_denoiser, state_dict, optimizer, meta}`` to ``path`` atomically (torch.save bytes).
+
+    ``meta`` must hold at least ``arch``, ``arch_options``, ``in_channels``, ``image_size`` and ``sigma``.
+    """
+    missing = [key for key in ("arch", "arch_options", "in_channels", "image_size", "sigma") if key not in meta]
+    if missing:
+        raise ValueError(f"meta: a denoiser checkpoint needs {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({DENOISER_MARKER: DENOISER_FORMAT,
+                "state_dict": {k: v.detach().cpu() for k, v in denoiser.state_dict().items()},
+                "optimizer": optimizer, "meta": meta}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_denoiser_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw denoiser checkpoint dict; ValueError naming the file if it is missing or not a denoiser."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"denoiser: no such file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"denoiser: {path} is not a MultiGuard denoiser (cannot load it: {reason})") from exc
+    if not isinstance(obj, dict) or DENOISER_MARKER not in obj:
+        hint = " (it is a classifier checkpoint: pass it as --checkpoint)" if (
+            isinstance(obj, dict) and "multiguard_checkpoint" in obj) else ""
+        raise ValueError(f"denoiser: {path} is not a MultiGuard denoiser (no {DENOISER_MARKER!r} key){hint}")
+    if obj[DENOISER_MARKER] > DENOISER_FORMAT:
+        raise ValueError(f"denoiser: {path} has format {obj[DENOISER_MARKER]}, newer than this MultiGuard "
+                         f"({__version__}) reads ({DENOISER_FORMAT})")
+    return obj
+
+
+def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the denoiser saved at ``path``: ``(denoiser in eval mode on device, meta)``."""
+    checkpoint = read_denoiser_checkpoint(path)
+    meta = checkpoint["meta"]
+    denoiser = create_denoiser(meta["arch"], int(meta["in_channels"]), int(meta["image_size"]),
+                               **dict(meta.get("arch_options") or {}))
+    denoiser.load_state_dict(checkpoint["state_dict"])
+    return denoiser.to(resolve_device(device)).eval(), meta
+
+
+def check_denoiser(meta: dict[str, Any], *, sigma: float, image_size: int, in_channels: int,
+                   path: str | os.PathLike | None = None) -> None:
+    """Refuse a denoiser trained for another noise level or image shape than the one it is used at.
+
+    A denoiser only removes the noise it was trained on: one trained at sigma = 0.25 leaves noise at
+    sigma = 0.5 in, and a classifier behind it is no better than without it. Raises ValueError naming the
+    denoiser and both values; the check is exact for sigma (``math.isclose`` at 1e-9).
+    """
+    name = f"denoiser {os.fspath(path)}" if path is not None else "denoiser"
+    trained = float(meta["sigma"])
+    if not math.isclose(trained, float(sigma), rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(f"{name} was trained for sigma = {trained:g}, not the sigma = {float(sigma):g} certified "
+                         "here: train one for this sigma (multiguard train-denoiser --sigma)")
+    if int(meta["image_size"]) != int(image_size) or int(meta["in_channels"]) != int(in_channels):
+        raise ValueError(f"{name} was trained on {meta['in_channels']}x{meta['image_size']}x{meta['image_size']} "
+                         f"images, not the {in_channels}x{image_size}x{image_size} images of this classifier")
+
+
+def denoiser_record(path: str | os.PathLike | None) -> dict[str, Any]:
+    """What a RUN_DIR or an ATTACK_DIR records about the denoiser in front of its classifier (``None`` values
+    without one): ``denoiser`` (path), ``denoiser_sha256`` (a resume must match it), and its ``arch``,
+    ``arch_options``, ``objective``, ``sigma``, ``dataset`` and ``epoch`` under ``denoiser_settings``."""
+    if path is None:
+        return {"denoiser": None, "denoiser_sha256": None, "denoiser_settings": None}
+    meta = read_denoiser_checkpoint(path)["meta"]
+    settings = {key: meta.get(key) for key in ("arch", "arch_options", "objective", "sigma", "dataset", "epoch",
+                                                 "classifier_sha256")}
+    return {"denoiser": os.fspath(path), "denoiser_sha256": file_sha256(path), "denoiser_settings": settings}
