@@ -124,7 +124,9 @@ def test_train_argument_errors(tmp_path):
         train("mnist")
     with pytest.raises(ValueError, match=r"sigma must be a number >= 0"):
         train("multidigits", sigma=-0.5)
-    with pytest.raises(ValueError, match=r"epochs must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 0"):
+        train("multidigits", epochs=-1)
+    with pytest.raises(ValueError, match=r"epochs: 0 epochs imports pretrained weights without training"):
         train("multidigits", epochs=0)
     with pytest.raises(ValueError, match=r"loss must be 'asl' or 'bce'"):
         train("multidigits", loss="hinge")

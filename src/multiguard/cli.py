@@ -1,8 +1,9 @@
 """The ``multiguard`` command: parses arguments, calls the library, prints.
 
-Commands: ``train``, ``datasets list|describe``, ``certify``, ``report``, ``attack``, ``predict``, ``demo``. Every
-command has ``--help``. Every failure is one line ``multiguard: error: ...`` on stderr that names the argument
-or file and says what to do, never a traceback (``--debug`` or ``MULTIGUARD_DEBUG=1`` shows it):
+Commands: ``train``, ``train-denoiser``, ``datasets list|describe``, ``certify``, ``report``, ``attack``,
+``predict``, ``demo``. Every command has ``--help``. Every failure is one line ``multiguard: error: ...`` on
+stderr that names the argument or file and says what to do, never a traceback (``--debug`` or
+``MULTIGUARD_DEBUG=1`` shows it):
 
 - exit status 2 for the user's mistakes (an unknown or misspelt option, an unknown dataset or arch, missing
   data, a file that is not ours or is damaged, an impossible k, a bad radius grid, an ``--out`` that holds
@@ -209,10 +210,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     last = meta["metrics"][-1] if meta["metrics"] else None
     if last is not None:
-        _echo(f"trained {_shown(meta['arch'])} on {meta['dataset']} ({meta['num_classes']} classes, "
-              f"sigma = {meta['sigma']:g}) for {meta['epoch']} epochs: test mAP clean {last['clean_map']:.4f}, "
-              f"noisy {last['noisy_map']:.4f}")
+        noisy = f", noisy {last['noisy_map']:.4f}" if meta["sigma"] > 0 else ""
+        if meta["epoch"] == 0:
+            what = f"imported {meta['pretrained']} as {_shown(meta['arch'])} without training"
+        else:
+            what = f"trained {_shown(meta['arch'])} for {meta['epoch']} epochs"
+        _echo(f"{what} on {meta['dataset']} ({meta['num_classes']} classes, sigma = {meta['sigma']:g}): "
+              f"test mAP clean {last['clean_map']:.4f}{noisy}")
     _echo(f"checkpoint: {args.out}")
+    return 0
+
+
+def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from .denoise_train import train_denoiser
+
+    arch_options = {key: int(value) for key, value in _dataset_options(args.arch_option).items()}
+    _, meta = train_denoiser(
+        args.dataset,
+        sigma=args.sigma,
+        arch=args.arch,
+        arch_options=arch_options,
+        objective=args.objective,
+        classifier=args.classifier,
+        pretrained=args.pretrained,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        clamp=args.clamp,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=not args.quiet,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        dataset_options=_dataset_options(args.dataset_option),
+        log=None if not args.quiet else (lambda line: None),
+    )
+    last = meta["metrics"][-1]
+    agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
+    _echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
+          f"{meta['dataset']} ({meta['in_channels']}x{meta['image_size']}x{meta['image_size']}) for {meta['epoch']} "
+          f"epochs: held-out MSE {last['test_mse']:.5f} (noisy input {last['noisy_mse']:.5f}){agreement}")
+    _echo(f"denoiser: {args.out} (use it with: multiguard certify --checkpoint CLASSIFIER --denoiser {args.out} ...)")
     return 0
 
 
@@ -293,6 +338,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 "futility": args.futility,
             },
             log=quiet_say,
+            denoiser=args.denoiser,
             on_progress=printer,
         )
         wall = time.perf_counter() - started
@@ -355,7 +401,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
-        log=None if args.quiet else _echo, **mode,
+        log=None if args.quiet else _echo, denoiser=args.denoiser, **mode,
     )
     curves = result.curves
     _echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
@@ -398,6 +444,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         **mode,
         stop_at_radius=args.stop_at_radius,
         futility=args.futility,
+        denoiser=args.denoiser,
     )
     if args.json:
         _echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -420,9 +467,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_denoised(args: argparse.Namespace) -> int:
+    from .pipeline import run_denoised_demo
+
+    started = time.perf_counter()
+    out = os.path.join(args.out, "denoised")
+    _echo(f"MultiGuard denoised-smoothing demo: offline, on the embedded multidigits dataset; files go to {out}/")
+    result = run_denoised_demo(out, device=args.device, log=_echo)
+    _echo()
+    _echo(result.report.summary.rstrip())
+    _echo()
+    timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
+    _echo(f"done in {time.perf_counter() - started:.0f} s ({timings}). Report: {result.report.out}/")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
+    if args.denoised:
+        return _cmd_demo_denoised(args)
     started = time.perf_counter()
     mode = "quick demo" if args.quick else "demo"
     _echo(f"MultiGuard {mode}: offline, on the embedded multidigits dataset; files go to {args.out}/")
@@ -527,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a module is found in the current folder or on sys.path; the checkpoint records the file's "
                    "absolute path)")
     p.add_argument("--sigma", type=float, default=0.5, help="noise standard deviation (pixels in [0, 1])")
-    p.add_argument("--epochs", type=int, default=8, help="epochs (a resumed run trains the missing ones)")
+    p.add_argument("--epochs", type=int, default=8,
+                   help="epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--loss", default="asl", choices=["asl", "bce"], help="training loss")
@@ -542,7 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset option, e.g. difficult_positive=true (repeatable)")
     p.add_argument("--pretrained", default=None,
                    help="weights to start from: imagenet (timm:/torchvision: models, downloaded into their own "
-                   "cache) or a local state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint")
+                   "cache) or a local state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint; with "
+                   "--epochs 0 they are the classifier, imported as they are (every tensor must fit) to certify "
+                   "without training")
     p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
                    help="normalisation mean inside the model, 1 or C values (default: ImageNet statistics for "
                    "timm:/torchvision:, none for small_cnn and your own models)")
@@ -558,6 +625,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
     p.set_defaults(func=_cmd_train)
+
+    # train-denoiser
+    p = sub.add_parser(
+        "train-denoiser", formatter_class=_Formatter, help="train a denoiser for a classifier trained without noise",
+        description=_wrap("Train a denoiser that removes Gaussian noise of --sigma from a dataset's images (denoised "
+        "smoothing): then `certify --denoiser` puts it in front of a classifier trained on clean images, and the "
+        "base classifier becomes classifier(denoiser(x + noise)). Objective mse needs no labels and no classifier; "
+        "stability makes the frozen --classifier say on denoised noisy images what it says on clean ones (no "
+        "labels either), best started from an mse denoiser with --pretrained. A checkpoint is saved after each "
+        "epoch."),
+    )
+    p.add_argument("--dataset", default=None, help="multidigits, voc2007, coco2014, nuswide or csv "
+                   "(default: the --classifier's dataset, else multidigits)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the --classifier's)")
+    p.add_argument("--sigma", type=float, required=True, help="the noise level to remove (pixels in [0, 1])")
+    p.add_argument("--arch", default="dncnn", help="dncnn, unet or package.module:factory")
+    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
+                   help="width, depth (dncnn; default 16, 4), levels (unet; width 16, levels 2, depth 1) (repeatable)")
+    p.add_argument("--objective", default="mse", choices=["mse", "stability"], help="training objective")
+    p.add_argument("--classifier", default=None,
+                   help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")
+    p.add_argument("--pretrained", default=None, help="denoiser checkpoint to start from (same arch)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs (a resumed run trains the missing ones)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--clamp", action="store_true", help="clamp noisy images to [0, 1] before the denoiser")
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and noise")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side (default: the classifier's, else the dataset's)")
+    p.add_argument("--train-size", type=int, default=None, help="train on a random subset of this many images")
+    p.add_argument("--test-size", type=int, default=None, help="measure on a random subset of this many images")
+    p.add_argument("--train-split", default=None, help="training split (default: the dataset's)")
+    p.add_argument("--test-split", default=None, help="held-out split (default: the dataset's)")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing denoiser at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_device(p)
+    p.add_argument("--out", required=True, help="denoiser checkpoint to write (e.g. denoiser.pt)")
+    p.set_defaults(func=_cmd_train_denoiser)
 
     # datasets
     p = sub.add_parser("datasets", formatter_class=_Formatter, help="list and describe datasets",
@@ -624,6 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_mode(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to write")
+    p.add_argument("--denoiser", default=None,
+                   help="denoiser checkpoint (multiguard train-denoiser) put in front of the classifier; it must "
+                   "have been trained for the same sigma and image size")
     p.set_defaults(func=_cmd_certify)
 
     # report
@@ -695,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_mode(p)
     p.add_argument("--out", required=True, metavar="ATTACK_DIR", help="folder for the attack's files")
+    p.add_argument("--denoiser", default=None,
+                   help="denoiser checkpoint (multiguard train-denoiser) put in front of the classifier; it must "
+                   "have been trained for the same sigma and image size")
     p.set_defaults(func=_cmd_attack)
 
     # predict
@@ -720,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --stop-at-radius: when to give up on an image (see certify --help)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_device(p)
+    p.add_argument("--denoiser", default=None,
+                   help="denoiser checkpoint (multiguard train-denoiser) put in front of the classifier; it must "
+                   "have been trained for the same sigma and image size")
     _add_mode(p)
     p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
                    help="use the sampling mode a certify run recorded (to claim that run's certificate)")
@@ -735,6 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="multiguard-demo", help="folder for the demo's files")
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo")
+    p.add_argument("--denoised", action="store_true",
+                   help="instead: denoised smoothing, a classifier trained without noise alone, behind an MSE and a "
+                   "stability denoiser, and a noise-trained one, certified on the same 100 inputs (into OUT/denoised)")
     _add_device(p)
     _add_mode(p, default="auto", compile_default=DEMO_COMPILE)
     p.set_defaults(func=_cmd_demo)

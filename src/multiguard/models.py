@@ -366,8 +366,10 @@ def _read_state_dict(path: str) -> dict:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def _load_state(net: nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``net``; tensors whose shape differs (a classifier head) are skipped with a warning."""
+def _load_state(net: nn.Module, state: dict, source: str, strict: bool = False) -> None:
+    """Load ``state`` into ``net``; tensors whose shape differs (a classifier head) are skipped with a warning,
+    or with ``strict`` refused: every tensor of ``net`` must then come from ``state`` and every one of
+    ``state`` be used."""
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not usable:
@@ -375,6 +377,10 @@ def _load_state(net: nn.Module, state: dict, source: str) -> None:
                          "another architecture?)")
     skipped = sorted(set(state) - set(usable))
     missing = sorted(set(own) - set(usable))
+    if strict and (skipped or missing):
+        raise ValueError(f"--pretrained {source}: does not fit the model as it is: {len(missing)} of its tensors "
+                         f"are not in the file or differ in shape {missing[:4]}, {len(skipped)} of the file's are "
+                         f"unused {skipped[:4]} (check --arch and the number of classes)")
     if skipped or missing:
         warnings.warn(
             f"pretrained: loaded {len(usable)} tensors from {source}; not loaded (left as initialised): "
@@ -503,6 +509,7 @@ def create_model(
     pretrained: str | os.PathLike | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    strict: bool = False,
 ) -> nn.Module:
     """Build a multi-label classifier ``(N, in_channels, image_size, image_size) in [0, 1] -> logits (N, num_classes)``.
 
@@ -521,6 +528,7 @@ def create_model(
             architecture's default: ImageNet statistics (or timm's pretrained config) for timm and
             torchvision models with 3 channels, no normalisation (0, 1) otherwise (small_cnn, your
             factories). One value is repeated over all channels.
+        strict: the ``pretrained`` weights must fit exactly (no tensor skipped either way), else ValueError.
 
     Returns:
         ``nn.Sequential(Normalize(mean, std), net)``: ``model[0]`` the normalisation, ``model.net``
@@ -559,7 +567,7 @@ def create_model(
     else:
         raise ValueError(f"arch must be one of {ARCH_FORMS}, got {arch!r}")
     if weights is not None and not imagenet:
-        _load_state(net, _read_state_dict(weights), weights)
+        _load_state(net, _read_state_dict(weights), weights, strict=strict)
     mean = list(default_mean if mean is None else mean)
     std = list(default_std if std is None else std)
     if len(mean) == 1:

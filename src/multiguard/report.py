@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -302,7 +303,8 @@ def _run_line(name: str, run: Run) -> str:
     """One line describing a run for ``summary.md``; a sequential run's rule and samples used."""
     line = (f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}")
+            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
+            + _denoiser_note(run.metadata))
     rule = run.stop_rule
     if rule and run.samples is not None:
         used = run.samples
@@ -658,6 +660,15 @@ def _place_report(staging: Path, out: Path, overwrite: bool) -> None:
     for path in staging.iterdir():
         os.replace(path, out / path.name)
     staging.rmdir()
+
+
+def _denoiser_note(metadata: dict[str, Any]) -> str:
+    """``, denoiser PATH (arch, objective)`` for a run certified behind a denoiser, else nothing."""
+    if not metadata.get("denoiser"):
+        return ""
+    settings = metadata.get("denoiser_settings") or {}
+    details = ", ".join(str(settings[key]) for key in ("arch", "objective") if settings.get(key))
+    return f", denoiser {metadata['denoiser']}" + (f" ({details})" if details else "")
 
 
 def make_report(

@@ -115,6 +115,7 @@ FORMAT_VERSION = 1
 IDENTITY_FIELDS: tuple[str, ...] = (
     "format_version",
     "checkpoint_sha256",
+    "denoiser_sha256",
     "arch",
     "dataset",
     "dataset_options",

@@ -98,7 +98,10 @@ class TrainSettings:
             raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known datasets are {sorted(DATASETS)}")
         set_ = object.__setattr__
         set_(self, "sigma", check_float(self.sigma, "sigma", 0.0))
-        set_(self, "epochs", check_int(self.epochs, "epochs", 1))
+        set_(self, "epochs", check_int(self.epochs, "epochs", 0))
+        if self.epochs == 0 and self.pretrained is None:
+            raise ValueError("epochs: 0 epochs imports pretrained weights without training: pass pretrained "
+                             "(--pretrained), the weights of the classifier to certify")
         set_(self, "batch_size", check_int(self.batch_size, "batch_size", 1))
         set_(self, "lr", check_float(self.lr, "lr", 0.0, low_open=True))
         set_(self, "seed", check_int(self.seed, "seed", 0))
@@ -213,6 +216,21 @@ def evaluate_map(
     return mean_average_precision(torch.cat(all_labels).numpy(), torch.cat(all_scores).numpy())
 
 
+def _evaluate_clean_and_noisy(model: nn.Module, test_set: Dataset, sigma: float, clamp: bool, seed: int,
+                              device: torch.device, num_workers: int) -> tuple[float, float]:
+    """``(clean mAP, noisy mAP)``; without noise (sigma = 0) the two are the same number, measured once."""
+    clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
+    if sigma == 0:
+        return clean_map, clean_map
+    return clean_map, evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
+
+
+def _write_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    _save_atomic({CHECKPOINT_MARKER: CHECKPOINT_FORMAT,
+                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "optimizer": optimizer.state_dict(), "meta": meta}, path)
+
+
 def _subset(dataset: Dataset, size: int | None, seed: int, tag: str) -> Dataset:
     if size is None or size >= len(dataset):
         return dataset
@@ -266,8 +284,11 @@ def train(
             ``nuswide``, ``csv``).
         data_root: the dataset folder (not needed for multidigits); recorded as an absolute path.
         arch: see :func:`multiguard.models.create_model` (``small_cnn``, ``timm:<name>``, ...).
-        sigma: standard deviation of the training noise, in [0, 1] pixel units (0: no noise).
-        epochs: total number of epochs (a resumed run trains the epochs still missing).
+        sigma: standard deviation of the training noise, in [0, 1] pixel units (0: no noise: a clean
+            classifier, to certify behind a denoiser, see :mod:`multiguard.denoisers`).
+        epochs: total number of epochs (a resumed run trains the epochs still missing). 0: no training, the
+            ``pretrained`` weights (which must then fit the model exactly) are measured once and saved as a
+            checkpoint (one metrics entry with epoch 0 and ``train_loss`` None), ready to certify.
         batch_size, lr: Adam's batch size and learning rate (paper: 32 and 1e-3).
         loss: ``'asl'`` (gamma+ 0, gamma- 4, clip 0.05) or ``'bce'``.
         clamp: clamp noisy inputs to [0, 1] (training and noisy evaluation).
@@ -402,7 +423,7 @@ def _train(
     with _fork_rng(device):
         torch.manual_seed(training_seed(seed, "init"))
         model = create_model(arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
-                             pretrained=pretrained, mean=s.mean, std=s.std).to(device)
+                             pretrained=pretrained, mean=s.mean, std=s.std, strict=epochs == 0).to(device)
     meta["arch"] = model.arch  # what rebuilds it from any folder (a factory file's absolute path)
     meta["pretrained"] = model.pretrained
     meta["mean"], meta["std"] = model.mean, model.std
@@ -464,8 +485,7 @@ def _train(
                     f"the model {arch} seems to output probabilities, not logits ({reason}); MultiGuard's "
                     "losses apply the sigmoid themselves: return the scores before any sigmoid",
                     UserWarning, stacklevel=3)
-        clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
-        noisy_map = evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
+        clean_map, noisy_map = _evaluate_clean_and_noisy(model, test_set, sigma, clamp, seed, device, num_workers)
         seconds = time.perf_counter() - started
         meta["metrics"].append({"epoch": epoch, "train_loss": total / count, "clean_map": clean_map,
                                 "noisy_map": noisy_map, "seconds": seconds})
@@ -473,12 +493,20 @@ def _train(
         meta["epochs"] = epochs
         meta["train_seconds"] += seconds
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log(f"epoch {epoch}/{epochs}: loss {total / count:.4f}, test mAP clean {clean_map:.4f}, "
-            f"noisy (sigma={sigma:g}) {noisy_map:.4f}, {seconds:.1f} s")
+        log(f"epoch {epoch}/{epochs}: loss {total / count:.4f}, test mAP clean {clean_map:.4f}"
+            + (f", noisy (sigma={sigma:g}) {noisy_map:.4f}" if sigma > 0 else " (no noise)") + f", {seconds:.1f} s")
         if out_path is not None:
-            _save_atomic({CHECKPOINT_MARKER: CHECKPOINT_FORMAT,
-                          "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                          "optimizer": optimizer.state_dict(), "meta": meta}, out_path)
+            _write_checkpoint(out_path, model, optimizer, meta)
+    if epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
+        started = time.perf_counter()
+        clean_map, noisy_map = _evaluate_clean_and_noisy(model, test_set, sigma, clamp, seed, device, num_workers)
+        meta["metrics"].append({"epoch": 0, "train_loss": None, "clean_map": clean_map, "noisy_map": noisy_map,
+                                "seconds": time.perf_counter() - started})
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        log(f"imported {pretrained} without training: test mAP clean {clean_map:.4f}"
+            + (f", noisy (sigma={sigma:g}) {noisy_map:.4f}" if sigma > 0 else ""))
+        if out_path is not None:
+            _write_checkpoint(out_path, model, optimizer, meta)
     meta["epochs"] = max(epochs, meta["epoch"])
     model.class_names = class_names
     return model.eval(), meta
