@@ -101,7 +101,9 @@ def test_user_factory_denoiser(tmp_path, monkeypatch) -> None:
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     denoiser = create_denoiser("my_denoisers:smooth", 2, 8)
-    assert denoiser(torch.rand(1, 2, 8, 8)).shape == (1, 2, 8, 8) and denoiser.arch == "my_denoisers:smooth"
+    assert denoiser(torch.rand(1, 2, 8, 8)).shape == (1, 2, 8, 8)
+    assert denoiser.arch == f"{tmp_path.resolve() / 'my_denoisers.py'}:smooth"  # rebuilt from any folder
+    assert create_denoiser(str(tmp_path / "my_denoisers.py") + ":smooth", 2, 8).arch == denoiser.arch
     assert denoiser.arch_options == {}
     assert create_denoiser("dncnn", 1, 8, width=8).arch_options == {"depth": 4, "width": 8}  # defaults recorded
     assert create_denoiser("unet", 1, 8).arch_options == {"depth": 1, "levels": 2, "width": 16}
@@ -111,7 +113,7 @@ def test_user_factory_denoiser(tmp_path, monkeypatch) -> None:
 
 
 def test_bad_arguments_name_themselves() -> None:
-    with pytest.raises(ValueError, match=r"arch must be one of 'dncnn', 'unet' or 'package.module:factory', got 'bm"):
+    with pytest.raises(ValueError, match=r"arch must be one of 'dncnn', 'unet', 'path/to/file.py:factory' or"):
         create_denoiser("bm3d", 1, 32)
     with pytest.raises(ValueError, match=r"arch_options: 'dncnn' takes \['depth', 'width'\], got \['channels'\]"):
         create_denoiser("dncnn", 1, 32, channels=8)
@@ -257,7 +259,7 @@ def test_train_epochs_zero_imports_a_state_dict_to_certify_without_training(tmp_
     with pytest.raises(ValueError, match="epochs: 0 epochs imports pretrained weights without training"):
         train(**options)
     torch.save(scrambled(tiny(3, 1, 32), 4).state_dict(), tmp_path / "three.pt")  # another head: must not pass
-    with pytest.raises(ValueError, match=r"pretrained: .*three\.pt does not fit the model as it is"):
+    with pytest.raises(ValueError, match=r"--pretrained .*three\.pt: does not fit the model as it is"):
         train(pretrained=tmp_path / "three.pt", **options)
     sys.modules.pop("my_nets", None)
 

@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the --classifier's dataset, else multidigits)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the --classifier's)")
     p.add_argument("--sigma", type=float, required=True, help="the noise level to remove (pixels in [0, 1])")
-    p.add_argument("--arch", default="dncnn", help="dncnn, unet or package.module:factory")
+    p.add_argument("--arch", default="dncnn", help="dncnn, unet, path/to/file.py:factory or package.module:factory")
     p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
                    help="width, depth (dncnn; default 16, 4), levels (unet; width 16, levels 2, depth 1) (repeatable)")
     p.add_argument("--objective", default="mse", choices=["mse", "stability"], help="training objective")

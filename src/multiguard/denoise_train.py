@@ -288,12 +288,12 @@ def _train_denoiser(
     with _fork_rng(device):
         torch.manual_seed(training_seed(seed, "init"))
         denoiser = create_denoiser(arch, in_channels, size, **meta["arch_options"]).to(device)
-    meta["arch_options"] = dict(denoiser.arch_options)  # defaults included
+    meta["arch"], meta["arch_options"] = denoiser.arch, dict(denoiser.arch_options)  # as recorded, defaults included
     if pretrained is not None:
         start = read_denoiser_checkpoint(pretrained)
-        if (start["meta"]["arch"], start["meta"].get("arch_options") or {}) != (arch, meta["arch_options"]):
+        if (start["meta"]["arch"], start["meta"].get("arch_options") or {}) != (meta["arch"], meta["arch_options"]):
             raise ValueError(f"pretrained: {pretrained} is a {start['meta']['arch']} denoiser with options "
-                             f"{start['meta'].get('arch_options')}, not {arch} with {meta['arch_options']}")
+                             f"{start['meta'].get('arch_options')}, not {meta['arch']} with {meta['arch_options']}")
         denoiser.load_state_dict(start["state_dict"])
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
 

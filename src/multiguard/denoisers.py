@@ -24,7 +24,10 @@ Architectures (``arch``), each mapping ``(N, C, S, S) -> (N, C, S, S)`` in [0, 1
                             stride-2 stages of ``width``, 2 x ``width``, ... channels, transposed convolutions
                             back up with skip connections, and a last convolution that also sees the noisy
                             input (residual); a wide receptive field for few operations per pixel
-    package.module:factory  your own: ``factory(in_channels=C[, image_size=S])`` returning an nn.Module
+    path/to/file.py:factory or package.module:factory
+                            your own: ``factory(in_channels=C[, image_size=S])`` returning an nn.Module, found
+                            as :func:`multiguard.models.resolve_factory` finds a classifier's factory (the
+                            checkpoint records the file's absolute path)
 
 Denoiser checkpoints hold the weights and the metadata needed to rebuild and to check the denoiser
 (``sigma``, ``arch``, ``arch_options``, ``image_size``, ``in_channels``, ``dataset``, ``objective``, ...);
@@ -33,7 +36,6 @@ they are written atomically (:func:`multiguard.files.atomic_write_bytes`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
 import math
@@ -47,6 +49,7 @@ from torch import nn
 from . import __version__
 from .devices import resolve_device
 from .files import atomic_write_bytes, file_sha256
+from .models import resolve_factory
 from .validation import check_int
 
 __all__ = [
@@ -67,7 +70,7 @@ __all__ = [
 DENOISER_MARKER = "multiguard_denoiser"
 DENOISER_FORMAT = 1
 DENOISER_ARCHS = ("dncnn", "unet")
-DENOISER_ARCH_FORMS = "'dncnn', 'unet' or 'package.module:factory'"
+DENOISER_ARCH_FORMS = "'dncnn', 'unet', 'path/to/file.py:factory' or 'package.module:factory'"
 
 
 class DnCNN(nn.Module):
@@ -175,15 +178,9 @@ class DenoisedClassifier(nn.Module):
 # ------------------------------------------------------------------------------------------- building
 
 
-def _factory_denoiser(arch: str, in_channels: int, image_size: int) -> nn.Module:
-    module_name, _, factory_name = arch.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"arch: cannot import module {module_name!r} for {arch!r}: {exc}") from exc
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        raise ValueError(f"arch: module {module_name!r} has no callable {factory_name!r}")
+def _factory_denoiser(arch: str, in_channels: int, image_size: int) -> tuple[nn.Module, str]:
+    """A user's denoiser and the arch to record (the factory file's absolute path, as for classifiers)."""
+    factory, recorded, _ = resolve_factory(arch)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -191,17 +188,22 @@ def _factory_denoiser(arch: str, in_channels: int, image_size: int) -> nn.Module
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {key: value for key, value in (("in_channels", in_channels), ("image_size", image_size))
               if takes_all or key in params}
-    net = factory(**kwargs)
+    try:
+        net = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed: one line naming it and the call
+        call = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ValueError(f"arch: denoiser factory {arch} failed when called with ({call}): {exc}") from exc
     if not isinstance(net, nn.Module):
         raise ValueError(f"arch: {arch!r} returned {type(net).__name__}, not a torch.nn.Module")
-    return net
+    return net, recorded
 
 
 def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int) -> nn.Module:
     """Build a denoiser ``(N, in_channels, image_size, image_size) -> same shape``, pixels in [0, 1].
 
     Args:
-        arch: ``'dncnn'``, ``'unet'`` or ``'package.module:factory'`` (see the module docstring).
+        arch: ``'dncnn'``, ``'unet'``, ``'path/to/file.py:factory'`` or ``'package.module:factory'`` (see the
+            module docstring).
         in_channels: C (1 for multidigits, 3 for colour images).
         image_size: side S of the square images.
         **options: ``width`` and ``depth`` of ``dncnn`` (defaults 16, 4); ``width``, ``levels`` and ``depth``
@@ -209,7 +211,8 @@ def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int
 
     Returns:
         the denoiser, with ``arch`` and ``arch_options`` attributes (what a checkpoint needs to rebuild it;
-        ``arch_options`` holds every option of a built-in architecture, defaults included).
+        ``arch_options`` holds every option of a built-in architecture, defaults included; ``arch`` of a
+        factory is its file's absolute path).
     """
     in_channels = check_int(in_channels, "in_channels", 1)
     image_size = check_int(image_size, "image_size", 1)
@@ -226,8 +229,8 @@ def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int
         if image_size % 2**net.levels:
             raise ValueError(f"image_size must be divisible by 2**levels = {2**net.levels} for the unet denoiser, "
                              f"got {image_size}")
-    elif ":" in arch and all(part.isidentifier() for part in arch.replace(":", ".").split(".")):
-        net = _factory_denoiser(arch, in_channels, image_size)
+    elif ":" in arch:
+        net, arch = _factory_denoiser(arch, in_channels, image_size)
     else:
         raise ValueError(f"arch must be one of {DENOISER_ARCH_FORMS}, got {arch!r}")
     if arch in DENOISER_ARCHS:  # record every option, defaults included, so that equal denoisers compare equal
