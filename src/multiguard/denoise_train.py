@@ -33,7 +33,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,7 +44,7 @@ from . import __version__
 from .data import DATASETS, get_dataset
 from .denoisers import create_denoiser, read_denoiser_checkpoint, save_denoiser_checkpoint
 from .devices import resolve_device
-from .files import file_sha256
+from .files import check_output_file, file_sha256
 from .seeds import training_seed
 from .train import _add_noise, _base_and_indices, _batches, _fork_rng, _subset, load_checkpoint
 from .validation import RunMismatchError, check_bool, check_choice, check_float, check_int
@@ -222,15 +221,7 @@ def _train_denoiser(
     if objective == "stability" and classifier is None:
         raise ValueError("classifier: the stability objective needs a classifier checkpoint (--classifier)")
     device = resolve_device(device)
-    out_path = Path(out) if out is not None else None
-    if resume and out_path is None:
-        raise ValueError("resume: needs out, the checkpoint to continue")
-    if out_path is not None and out_path.is_dir():
-        raise ValueError(f"out: {out_path} is a folder; give the denoiser file to write, e.g. "
-                         f"{out_path / 'denoiser.pt'}")
-    if out_path is not None and out_path.exists() and not resume and not overwrite:  # never lose a trained one
-        raise ValueError(f"out: {out_path} already exists; continue training it with --resume, or replace it with "
-                         "--overwrite")
+    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="denoiser.pt")
     if log is None:
         log = tqdm.write if progress else (lambda line: None)
 

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_npz",
+    "check_output_file",
     "create_exclusive_json",
     "file_mode",
     "file_sha256",
@@ -115,3 +116,19 @@ def create_exclusive_json(path: str | os.PathLike[str], obj: Any) -> bool:
             return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_file(out: str | os.PathLike[str] | None, *, resume: bool, overwrite: bool,
+                      example: str) -> Path | None:
+    """The file a training writes, checked before any work: never a folder, and never an existing file
+    unless the caller continues it (``resume``) or replaces it on purpose (``overwrite``). ``example`` is the
+    file name the message suggests inside a folder. Returns ``out`` as a path (``None`` stays ``None``)."""
+    path = Path(out) if out is not None else None
+    if resume and path is None:
+        raise ValueError("resume: needs out, the checkpoint to continue")
+    if path is not None and path.is_dir():
+        raise ValueError(f"out: {path} is a folder; give the file to write, e.g. {path / example}")
+    if path is not None and path.exists() and not resume and not overwrite:  # never lose a trained model
+        raise ValueError(f"out: {path} already exists; continue training it with --resume, or replace it with "
+                         "--overwrite")
+    return path

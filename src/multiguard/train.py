@@ -50,7 +50,7 @@ from . import __version__
 from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, load_checkpoint, read_checkpoint
 from .data import DATASETS, get_dataset
 from .devices import resolve_device
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, check_output_file
 from .losses import make_loss
 from .models import create_model, looks_like_probabilities
 from .seeds import training_seed
@@ -359,15 +359,7 @@ def _train(
     train_split, test_split, pretrained, num_workers = s.train_split, s.test_split, s.pretrained, s.num_workers
     criterion = make_loss(loss)
     device = resolve_device(device)
-    out_path = Path(out) if out is not None else None
-    if resume and out_path is None:
-        raise ValueError("resume: needs out, the checkpoint to continue")
-    if out_path is not None and out_path.is_dir():
-        raise ValueError(f"out: {out_path} is a folder; give the checkpoint file to write, e.g. "
-                         f"{out_path / 'model.pt'}")
-    if out_path is not None and out_path.exists() and not resume and not overwrite:  # never lose a trained model
-        raise ValueError(f"out: {out_path} already exists; continue training it with --resume, or replace it with "
-                         "--overwrite")
+    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="model.pt")
     if log is None:
         log = tqdm.write if progress else (lambda line: None)
 
