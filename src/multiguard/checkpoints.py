@@ -18,7 +18,7 @@ from torch import nn
 from . import __version__
 from .data import get_dataset
 from .devices import resolve_device
-from .models import create_model
+from .models import create_model, read_torch_file
 from .smoothing import MultiGuard
 from .validation import check_positive
 
@@ -41,17 +41,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
     """
     path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        hint = f" such as {path / found[0]}" if found else ""
-        raise ValueError(f"checkpoint: {path} is a folder; give the checkpoint file{hint} (multiguard train --out)")
-    if not path.is_file():
-        raise ValueError(f"checkpoint: no such file: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (cannot load it: {reason})") from exc
+    obj = read_torch_file(path, "checkpoint", "MultiGuard checkpoint", "multiguard train --out")
     if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
         raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
     marker = obj[CHECKPOINT_MARKER]

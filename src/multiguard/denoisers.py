@@ -49,7 +49,7 @@ from torch import nn
 from . import __version__
 from .devices import resolve_device
 from .files import atomic_write_bytes, file_sha256
-from .models import resolve_factory
+from .models import read_torch_file, resolve_factory
 from .validation import check_int
 
 __all__ = [
@@ -265,13 +265,7 @@ def save_denoiser_checkpoint(path: str | os.PathLike, denoiser: nn.Module, meta:
 def read_denoiser_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw denoiser checkpoint dict; ValueError naming the file if it is missing or not a denoiser."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"denoiser: no such file: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"denoiser: {path} is not a MultiGuard denoiser (cannot load it: {reason})") from exc
+    obj = read_torch_file(path, "denoiser", "MultiGuard denoiser", "multiguard train-denoiser --out")
     if not isinstance(obj, dict) or DENOISER_MARKER not in obj:
         hint = " (it is a classifier checkpoint: pass it as --checkpoint)" if (
             isinstance(obj, dict) and "multiguard_checkpoint" in obj) else ""
