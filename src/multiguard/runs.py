@@ -126,6 +126,7 @@ IDENTITY_FIELDS: tuple[str, ...] = (
     "sigma",
     "clamp",
     "n",
+    "sample_sizes",
     "seed",
     "max_k_prime",
     "num_inputs",
