@@ -507,6 +507,21 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _runs.RunResult:
+    """A demo's RUN_DIR, finished: continued where a killed demo left it, or started over (saying so) when it
+    holds a run with other settings (e.g. a --quick run after a full one). ``say`` tells the user; ``kwargs``
+    go to :func:`sample_checkpoint`."""
+    try:
+        result = sample_checkpoint(checkpoint, run_dir, resume=True, **kwargs)
+    except RunMismatchError as exc:
+        say(f"{run_dir} holds a run with other settings ({exc}); starting it over")
+        shutil.rmtree(run_dir)
+        result = sample_checkpoint(checkpoint, run_dir, resume=False, **kwargs)
+    if not result.complete:
+        raise ValueError(f"run: {run_dir} is unfinished")
+    return result
+
+
 def run_demo(
     out: str | os.PathLike[str] = "multiguard-demo",
     *,
@@ -566,14 +581,7 @@ def run_demo(
         on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
         precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
     )
-    try:
-        result = sample_checkpoint(checkpoint, run_dir, resume=True, **certify_args)
-    except RunMismatchError as exc:
-        log(f"      {run_dir} holds a run with other settings ({exc}); starting it over")
-        shutil.rmtree(run_dir)
-        result = sample_checkpoint(checkpoint, run_dir, resume=False, **certify_args)
-    if not result.complete:
-        raise ValueError(f"run: {run_dir} is unfinished")
+    _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
     seconds["certify"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -699,14 +707,7 @@ def run_denoised_demo(
         args: dict[str, Any] = dict(n=settings["n"], max_k_prime=1, num_inputs=settings["num_inputs"], seed=seed,
                                     sigma=sigma, device=device, denoiser=denoiser,
                                     on_progress=ProgressPrinter(indent, settings["n"], prefix=name))
-        try:
-            result = sample_checkpoint(checkpoint, run_dir, resume=True, **args)
-        except RunMismatchError as exc:
-            indent(f"{run_dir} holds a run with other settings ({exc}); starting it over")
-            shutil.rmtree(run_dir)
-            result = sample_checkpoint(checkpoint, run_dir, resume=False, **args)
-        if not result.complete:
-            raise ValueError(f"run: {run_dir} is unfinished")
+        _demo_run(checkpoint, run_dir, indent, **args)
         run_dirs[name] = run_dir
     seconds["certify"] = time.perf_counter() - started
 
