@@ -96,7 +96,8 @@ class Optional:
 
 
 def setting(default: Any = dataclasses.MISSING, *, identity: bool = False,
-            check: Callable[[Any, str], Any] | None = None, flag: str | None = None, help: str = "", legacy: Any = _NO_LEGACY,  # noqa: A002
+            check: Callable[[Any, str], Any] | None = None, flag: str | None = None,
+            help: str = "", legacy: Any = _NO_LEGACY,  # noqa: A002
             default_factory: Any = dataclasses.MISSING, cli: bool = True, **argparse_options: Any) -> Any:
     """A settings field.
 
