@@ -18,7 +18,7 @@ Training objectives are registered in :data:`TRAINING_OBJECTIVES` (``info``: ``t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,11 @@ from .settings import Interval, OneOf, Optional, Settings, setting
 from .validation import check_bool
 
 __all__ = [
+    "LOSSES",
     "TRAINING_OBJECTIVES",
     "DenoiserTrainSettings",
     "TrainSettings",
+    "check_loss",
     "objective_names",
     "parse_options",
 ]
@@ -45,22 +47,28 @@ TRAINING_OBJECTIVES.register("stability", "multiguard.objectives:stability", tra
                              help="the frozen classifier says on denoised noisy images what it says on clean ones")
 
 
+LOSSES: Registry[Any] = Registry("loss", argument="--loss")
+LOSSES.register("asl", "multiguard.losses:paper_asl",
+                help="asymmetric loss, the paper's (gamma+ 0, gamma- 4, clip 0.05)")
+LOSSES.register("bce", "multiguard.losses:bce", help="binary cross-entropy")
+
+
 def objective_names(trains: str) -> tuple[str, ...]:
     """The registered objectives that train a ``trains`` (``"classifier"`` or ``"denoiser"``)."""
     return tuple(e.name for e in TRAINING_OBJECTIVES.entries() if e.info.get("trains") == trains)
 
 
 class _Choices:
-    """argparse ``choices`` read from the registry when parsing, so that objectives registered later count."""
+    """argparse ``choices`` read when parsing (``names()``), so that extensions registered later count."""
 
-    def __init__(self, trains: str) -> None:
-        self.trains = trains
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self.names = names
 
     def __contains__(self, value: object) -> bool:
-        return value in objective_names(self.trains)
+        return value in self.names()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(objective_names(self.trains))
+        return iter(self.names())
 
 
 def _option_value(text: str) -> Any:
@@ -124,9 +132,12 @@ def _path(value: Any, name: str) -> str:
     return os.fspath(value)
 
 
-def _loss(value: Any, name: str) -> str:
-    if value not in ("asl", "bce"):
-        raise ValueError(f"loss must be 'asl' or 'bce', got {value!r}")
+def check_loss(value: Any, name: str = "loss") -> str:
+    """``value`` if it names a registered loss; ``ValueError("loss must be 'asl' or 'bce', got ...")`` otherwise."""
+    if value not in LOSSES:
+        quoted = [repr(n) for n in LOSSES.names()]
+        allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
@@ -159,7 +170,7 @@ class TrainSettings(Settings):
                           "epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
     batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
     lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
-    loss: str = setting("asl", identity=True, check=_loss, choices=["asl", "bce"], help="training loss")
+    loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
     clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
                           help="clamp noisy inputs to [0, 1] (also when certifying)")
     seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
@@ -222,7 +233,7 @@ class DenoiserTrainSettings(Settings):
         metavar="KEY=VALUE",
         help="width, depth (dncnn; default 16, 4), levels (unet; width 16, levels 2, depth 1) (repeatable)")
     objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
-                             choices=_Choices("denoiser"), help="training objective")
+                             choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
     classifier: str | None = setting(
         None, check=Optional(_path),
         help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")
