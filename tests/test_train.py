@@ -209,6 +209,8 @@ def test_train_options_built_from_the_settings_match_the_command_line():
         offered = [a for a in built._actions if a.option_strings and a.dest != "help"]
         assert len(offered) >= 15, command
         parsed = from_namespace(cls, built.parse_args(["--sigma", "0.5"]))
+        flags = [a.option_strings[0] for a in offered]
+        assert flags == [flag for flag in today if flag in flags], command  # in today's order too
         for action in offered:
             flag = action.option_strings[0]
             old = today[flag]
@@ -228,7 +230,7 @@ def test_settings_from_the_command_line_parse_key_value_options_and_check_every_
                               "--objective", "mse"])
     settings = from_namespace(DenoiserTrainSettings, args)
     assert settings.arch_options == {"width": 8} and settings.dataset_options == {"digits": 3}
-    assert settings.identity_fields() == ("sigma", "dataset", "arch", "arch_options", "objective", "batch_size", "lr",
+    assert settings.identity_fields() == ("dataset", "sigma", "arch", "arch_options", "objective", "batch_size", "lr",
                                           "clamp", "seed")
     assert TrainSettings.resume_fields() == ("dataset", "arch", "sigma", "batch_size", "lr", "loss", "clamp", "seed",
                                              "objective")

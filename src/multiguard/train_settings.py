@@ -214,19 +214,19 @@ class TrainSettings(Settings):
         return cls.identity_fields()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DenoiserTrainSettings(Settings):
     """What :func:`multiguard.denoise_train.train_denoiser` trains; the identity fields must match the checkpoint a
     resumed training continues. See :func:`multiguard.denoise_train.train_denoiser` for each field."""
 
     option_names = False
 
-    sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
-                           help="the noise level to remove (pixels in [0, 1])")
     dataset: str | None = setting(None, identity=True, check=Optional(_dataset),
                                   help="multidigits, voc2007, coco2014, nuswide or csv "
                                   "(default: the --classifier's dataset, else multidigits)")
     data_root: str | None = setting(None, check=Optional(_path), help="dataset folder (default: the --classifier's)")
+    sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
+                           help="the noise level to remove (pixels in [0, 1])")
     arch: str = setting("dncnn", identity=True, help="dncnn, unet, path/to/file.py:factory or package.module:factory")
     arch_options: dict[str, int] = setting(
         default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
