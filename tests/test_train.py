@@ -295,3 +295,23 @@ def test_a_registered_training_objective_is_usable_by_name(tmp_path):
         TRAINING_OBJECTIVES.unregister("l1")
     with pytest.raises(ValueError, match=r"objective must be one of 'mse', 'stability', got 'l1'"):
         train_denoiser(objective="l1", **options)
+
+
+def test_a_checkpoint_written_before_the_training_core_resumes_and_has_the_same_keys(tmp_path):
+    """tests/data/old_run/model.pt was written by the code before the settings values (see its README): a
+    checkpoint written today has the same keys and metadata keys, and the old one resumes exactly."""
+    import shutil
+    from pathlib import Path
+
+    old = Path(__file__).parent / "data" / "old_run" / "model.pt"
+    shutil.copyfile(old, tmp_path / "model.pt")
+    options = {"train_size": 200, "test_size": 50, "num_threads": 1, "progress": False}
+    lines: list[str] = []
+    resumed, meta = train(epochs=2, out=tmp_path / "model.pt", resume=True, log=lines.append, **options)
+    assert lines[0] == f"resuming {tmp_path / 'model.pt'} after epoch 1 of 2"
+    fresh, fresh_meta = train(epochs=2, out=tmp_path / "fresh.pt", **options)
+    assert weights_equal(resumed, fresh)
+    saved_old, saved_new = torch.load(old, weights_only=True), torch.load(tmp_path / "fresh.pt", weights_only=True)
+    assert saved_old.keys() == saved_new.keys()
+    assert list(saved_old["meta"]) == list(saved_new["meta"])  # the same keys, in the same order
+    assert saved_old["meta"]["metrics"][0].keys() == saved_new["meta"]["metrics"][0].keys()
