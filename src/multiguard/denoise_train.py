@@ -259,7 +259,9 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
             save_denoiser_checkpoint(out_path, denoiser, meta, optimizer.state_dict())
 
     objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, classifier=frozen))
-    TrainingLoop(denoiser, optimizer, objective, train_set, s.batch_size, s.seed, device, evaluate,
-                 _describe(s.objective, frozen), save, progress=progress).run(meta, s.epochs, log)
+    loop = TrainingLoop(model=denoiser, optimizer=optimizer, objective=objective, train_set=train_set,
+                        batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
+                        describe=_describe(s.objective, frozen), save=save, progress=progress)
+    loop.run(meta, s.epochs, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])
     return denoiser.eval(), meta

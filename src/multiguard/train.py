@@ -294,8 +294,10 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
             write_checkpoint(out_path, model, meta, optimizer.state_dict())
 
     objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, criterion=make_loss(s.loss)))
-    loop = TrainingLoop(model, optimizer, objective, train_set, s.batch_size, s.seed, device, evaluate,
-                        _describe(s.sigma), save, _warn_if_probabilities(s.arch), s.num_workers, progress)
+    loop = TrainingLoop(model=model, optimizer=optimizer, objective=objective, train_set=train_set,
+                        batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
+                        describe=_describe(s.sigma), save=save, check_outputs=_warn_if_probabilities(s.arch),
+                        num_workers=s.num_workers, progress=progress)
     loop.run(meta, s.epochs, log)
     if s.epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
         started = time.perf_counter()
