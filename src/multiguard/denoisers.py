@@ -37,19 +37,22 @@ they are written atomically (:func:`multiguard.files.atomic_write_bytes`).
 from __future__ import annotations
 
 import inspect
-import io
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
+from .checkpoint_files import (  # the denoiser file format lives there; these names stay importable from here
+    DENOISER_FORMAT,
+    DENOISER_MARKER,
+    read_denoiser_checkpoint,
+    save_denoiser_checkpoint,
+)
 from .devices import resolve_device
-from .files import atomic_write_bytes, file_sha256
-from .models import read_torch_file, resolve_factory
+from .files import file_sha256
+from .models import resolve_factory
 from .validation import check_int
 
 __all__ = [
@@ -67,8 +70,6 @@ __all__ = [
     "save_denoiser_checkpoint",
 ]
 
-DENOISER_MARKER = "multiguard_denoiser"
-DENOISER_FORMAT = 1
 DENOISER_ARCHS = ("dncnn", "unet")
 DENOISER_ARCH_FORMS = "'dncnn', 'unet', 'path/to/file.py:factory' or 'package.module:factory'"
 
@@ -242,38 +243,6 @@ def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
-
-
-def save_denoiser_checkpoint(path: str | os.PathLike, denoiser: nn.Module, meta: dict[str, Any],
-                             optimizer: dict[str, Any] | None = None) -> None:
-    """Write ``{multiguard_denoiser, state_dict, optimizer, meta}`` to ``path`` atomically (torch.save bytes).
-
-    ``meta`` must hold at least ``arch``, ``arch_options``, ``in_channels``, ``image_size`` and ``sigma``.
-    """
-    missing = [key for key in ("arch", "arch_options", "in_channels", "image_size", "sigma") if key not in meta]
-    if missing:
-        raise ValueError(f"meta: a denoiser checkpoint needs {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({DENOISER_MARKER: DENOISER_FORMAT,
-                "state_dict": {k: v.detach().cpu() for k, v in denoiser.state_dict().items()},
-                "optimizer": optimizer, "meta": meta}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_denoiser_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw denoiser checkpoint dict; ValueError naming the file if it is missing or not a denoiser."""
-    path = Path(path)
-    obj = read_torch_file(path, "denoiser", "MultiGuard denoiser", "multiguard train-denoiser --out")
-    if not isinstance(obj, dict) or DENOISER_MARKER not in obj:
-        hint = " (it is a classifier checkpoint: pass it as --checkpoint)" if (
-            isinstance(obj, dict) and "multiguard_checkpoint" in obj) else ""
-        raise ValueError(f"denoiser: {path} is not a MultiGuard denoiser (no {DENOISER_MARKER!r} key){hint}")
-    if obj[DENOISER_MARKER] > DENOISER_FORMAT:
-        raise ValueError(f"denoiser: {path} has format {obj[DENOISER_MARKER]}, newer than this MultiGuard "
-                         f"({__version__}) reads ({DENOISER_FORMAT})")
-    return obj
 
 
 def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -41,10 +41,11 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from .checkpoint_files import read_torch_file  # noqa: F401 - its old import path (moved there)
 
 __all__ = [
     "ARCH_FORMS",
@@ -341,24 +342,6 @@ def _pretrained_source(pretrained: object) -> str | None:
                              f"(made with {_SAVE_STATE_DICT}) or 'imagenet'")
     raise ValueError(f"--pretrained {pretrained}: no such file; give {PRETRAINED_FORMS} (a state_dict file is made "
                      f"with {_SAVE_STATE_DICT})")
-
-
-def read_torch_file(path: str | os.PathLike, argument: str, kind: str, made_by: str) -> Any:
-    """What ``torch.load`` reads from a file of ours (``weights_only``: no code is unpickled), or a one-line
-    ValueError naming ``argument`` and the file: a folder (with a ``*.pt`` inside it suggested), a missing
-    file, or one torch cannot read as a ``kind`` (e.g. ``"MultiGuard checkpoint"``). ``made_by`` names the
-    command that writes such files."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        hint = f" such as {path / found[0]}" if found else ""
-        raise ValueError(f"{argument}: {path} is a folder; give the {argument} file{hint} ({made_by})")
-    if not path.is_file():
-        raise ValueError(f"{argument}: no such file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        raise ValueError(f"{argument}: {path} is not a {kind} (cannot load it: {_first_line(exc)})") from exc
 
 
 def _read_state_dict(path: str) -> dict:
