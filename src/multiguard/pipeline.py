@@ -329,18 +329,6 @@ class AttackRun:
     delta_norms: np.ndarray
 
 
-def _as_radii(radii: object) -> np.ndarray:
-    if isinstance(radii, str):
-        try:
-            radii = [float(part) for part in radii.split(",") if part.strip()]
-        except ValueError:
-            raise ValueError(f"radii must be comma-separated numbers, got {radii!r}") from None
-    array = np.atleast_1d(np.asarray(radii, dtype=np.float64))
-    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all() or (array < 0).any():
-        raise ValueError(f"radii must be a non-empty list of finite radii >= 0, got {radii!r}")
-    return array
-
-
 def run_attack(
     checkpoint_path: str | os.PathLike[str],
     *,
@@ -393,7 +381,7 @@ def run_attack(
     ``denoiser``: a denoiser checkpoint in front of the classifier; the attack then differentiates through it
     (``attack.json`` records it).
     """
-    radii_arr = _as_radii(radii)
+    radii_arr = _report.parse_radius_grid(radii)
     k = check_int(k, "k", 1)
     k_prime = check_int(k_prime, "k_prime", 1)
     n = check_int(n, "n", 1, MAX_N)
