@@ -16,11 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import multiguard
-from multiguard import runs
-from multiguard.smoothing import MultiGuard
 
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
@@ -226,15 +223,9 @@ BLOCK_TORCH = (
 
 
 def _tiny_run(tmp_path: Path) -> Path:
-    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
-    model = torch.nn.Linear(2, 3, bias=False)
-    model.weight.data.copy_(weights)
-    data = [(torch.tensor([float(i % 3), 1.0 - (i % 2)]), torch.tensor([1.0, 0.0, float(i % 2)])) for i in range(6)]
-    smoother = MultiGuard(model, 3, sigma=0.5)
-    result = runs.certify_run(tmp_path / "run", sampler=smoother, dataset=data, n=200, max_k_prime=2,
-                              num_inputs=0, chunk_size=2, metadata={"sigma": 0.5, "dataset": "toy"})
-    assert result.complete
-    return result.run_dir
+    from conftest import make_tiny_run
+
+    return make_tiny_run(tmp_path / "run")
 
 
 def test_certify_and_report_run_with_torch_unimportable(tmp_path):
