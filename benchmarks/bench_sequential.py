@@ -32,7 +32,7 @@ import torch
 
 from multiguard import certify as cert
 from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-from multiguard.pipeline import DEMO_SETTINGS
+from multiguard.demo import DEMO_SETTINGS
 from multiguard.runs import load_batch, select_inputs
 from multiguard.train import train
 

@@ -19,7 +19,7 @@ from multiguard.attack import (
     load_empirical,
     smoothed_top_k,
 )
-from multiguard.pipeline import run_attack
+from multiguard.attack_run import run_attack
 from multiguard.seeds import attack_evaluation_seed
 from multiguard.smoothing import MultiGuard
 

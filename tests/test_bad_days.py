@@ -419,7 +419,7 @@ def _umask() -> int:
 
 
 def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path: Path) -> None:
-    from multiguard.pipeline import run_demo
+    from multiguard.demo import run_demo
 
     (tmp_path / "model.pt").write_bytes(b"a model of mine, in another format")
     with pytest.raises(ValueError) as caught:

@@ -141,6 +141,12 @@ def test_each_retired_name_warns_naming_the_new_one_and_still_works(tiny_run, tm
         report.make_report([tiny_run], tmp_path / "both", radii="0:1:0.5", radius_grid="0:1:0.5")
     with pytest.raises(AttributeError):
         report.no_such_name  # noqa: B018 - the shim serves only the retired names
+    from multiguard import attack_run, demo, pipeline
+
+    with pytest.warns(DeprecationWarning, match=r"multiguard\.demo\.run_demo"):
+        assert pipeline.run_demo is demo.run_demo
+    with pytest.warns(DeprecationWarning, match=r"multiguard\.attack_run\.run_attack"):
+        assert pipeline.run_attack is attack_run.run_attack
 
 
 # ------------------------------------------------------------------------------------------- README examples

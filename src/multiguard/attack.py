@@ -22,7 +22,7 @@ and of any certification run), the smoothed top-k taken on the counts (ties by l
 Usage::
 
     from multiguard.attack import attack_smoothed
-    from multiguard.pipeline import run_attack
+    from multiguard.attack_run import run_attack
     from multiguard.empirical import load_empirical
 
     result = attack_smoothed(model, x, labels, radius=0.5, k=3, k_prime=1, sigma=0.5, n=1000)

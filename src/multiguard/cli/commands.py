@@ -208,7 +208,8 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
 def _cmd_certify(args: argparse.Namespace) -> int:
     from .. import runs
     from ..distributed import init_distributed
-    from ..pipeline import ProgressPrinter, sample_checkpoint
+    from ..pipeline import sample_checkpoint
+    from ..progress import ProgressPrinter
 
     shard = runs.parse_shard(args.shard)
     context = init_distributed(args.device)
@@ -300,8 +301,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
+    from ..attack_run import run_attack
     from ..devices import resolve_device
-    from ..pipeline import run_attack
 
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
     result = run_attack(
@@ -325,7 +326,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
-    from ..pipeline import predict_images
+    from ..predict import predict_images
 
     if args.mode_of is not None:
         from ..runs import load_run
@@ -376,7 +377,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_denoised(args: argparse.Namespace) -> int:
-    from ..pipeline import run_denoised_demo
+    from ..demo import run_denoised_demo
 
     started = time.perf_counter()
     out = os.path.join(args.out, "denoised")
@@ -391,7 +392,7 @@ def _cmd_demo_denoised(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..pipeline import run_demo
+    from ..demo import run_demo
 
     if args.denoised:
         return _cmd_demo_denoised(args)
