@@ -20,11 +20,13 @@ import torch
 
 import multiguard
 from multiguard import runs
+from multiguard.runspec import RunSpec
 from multiguard.smoothing import MultiGuard
 
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
-TORCH_FREE = ("multiguard.certify", "multiguard.report", "multiguard.runs", "multiguard.empirical",
+TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
+              "multiguard.runfolder", "multiguard.runspec", "multiguard.base_classifier", "multiguard.empirical",
               "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
 
 
@@ -166,8 +168,8 @@ def _tiny_run(tmp_path: Path) -> Path:
     model.weight.data.copy_(weights)
     data = [(torch.tensor([float(i % 3), 1.0 - (i % 2)]), torch.tensor([1.0, 0.0, float(i % 2)])) for i in range(6)]
     smoother = MultiGuard(model, 3, sigma=0.5)
-    result = runs.certify_run(tmp_path / "run", sampler=smoother, dataset=data, n=200, max_k_prime=2,
-                              num_inputs=0, chunk_size=2, metadata={"sigma": 0.5, "dataset": "toy"})
+    spec = RunSpec(n=200, max_k_prime=2, num_inputs=0, chunk_size=2, sigma=0.5, dataset="toy")
+    result = runs.sample_run(tmp_path / "run", spec, sampler=smoother, dataset=data)
     assert result.complete
     return result.run_dir
 

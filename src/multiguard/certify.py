@@ -1,4 +1,5 @@
-"""The MultiGuard certificate: label probability bounds, Theorem 1, certified radii, the Jia et al. baseline.
+"""The MultiGuard certificate at a fixed n: label probability bounds, Theorem 1, certified radii, the Jia et al.
+baseline. The sequential procedure built on it (looks, anytime bounds, stopping rule) is :mod:`multiguard.sequential`.
 
 Pure NumPy/SciPy; no torch. Everything is batched: ``counts``, ``lower``, ``upper`` and ``labels`` are
 ``(N, c)`` arrays (a single ``(c,)`` row works too and gives results without the batch axis). ``labels`` is a
@@ -20,6 +21,7 @@ their limits (``Phi(Phi^-1(0) + t) = 0``, ``Phi(Phi^-1(1) - t) = 1``) and nothin
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -565,9 +567,8 @@ def intersection_size_at(
 
 
 def _sequential(name: str) -> object:
-    from . import sequential
-
-    return getattr(sequential, name)
+    # Named by string, as registry targets are: the sequential procedure builds on this module, not the reverse.
+    return getattr(importlib.import_module("multiguard.sequential"), name)
 
 
 # The sequential procedure moved to multiguard.sequential.
