@@ -183,3 +183,25 @@ def test_the_readme_method_example_runs(tiny_run, tmp_path):
     floor = [row for row in rows if ",none," in row]
     assert floor and all([float(v) for v in row.split(",")[-4:-1]] == [0.0, 0.0, 0.0] for row in floor), floor[:3]
     assert any(",multiguard," in row for row in rows) and run_dir.is_dir()
+
+
+@pytest.mark.slow
+def test_a_registered_futility_rule_is_a_choice_of_certify(tmp_path, capsys, tiny_model_checkpoint):
+    from multiguard.sequential import FUTILITY_RULES
+
+    args = ["certify", "--checkpoint", str(tiny_model_checkpoint), "--num-samples", "1000", "--num-inputs", "4",
+            "--chunk-size", "2", "--stop-at-radius", "0.25", "--k", "2", "--device", "cpu", "--quiet"]
+    result = run_in_process(capsys, *args, "--futility", "remaining-again", "--out", str(tmp_path / "refused"))
+    assert_one_line_error_in_process(result, "invalid choice: 'remaining-again'")  # control: not a choice before
+    assert run_in_process(capsys, *args, "--futility", "remaining", "--out", str(tmp_path / "remaining"))[0] == 0
+    FUTILITY_RULES.register("remaining-again", FUTILITY_RULES.get("remaining"), help="remaining, by another name")
+    try:
+        assert "remaining-again" in " ".join(run_in_process(capsys, "certify", "--help")[1].split())
+        code, _, err = run_in_process(capsys, *args, "--futility", "remaining-again", "--out", str(tmp_path / "again"))
+        assert code == 0, err
+    finally:
+        FUTILITY_RULES.unregister("remaining-again")
+    assert json.loads((tmp_path / "again" / "metadata.json").read_text())["stop_rule"]["futility"] == "remaining-again"
+    same, other = load_counts(tmp_path / "again"), load_counts(tmp_path / "remaining")
+    for key in ("counts", "samples"):
+        np.testing.assert_array_equal(same[key], other[key], err_msg=key)

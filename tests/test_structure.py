@@ -21,7 +21,8 @@ import multiguard
 
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
-TORCH_FREE = ("multiguard.certify", "multiguard.report", "multiguard.runs", "multiguard.empirical",
+TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
+              "multiguard.runfolder", "multiguard.runspec", "multiguard.base_classifier", "multiguard.empirical",
               "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
 
 
@@ -135,12 +136,14 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
     ("training, attack, checkpoints, data, runs", frozenset({
         "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "losses", "runs",
+        "runfolder", "base_classifier",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
         "data.voc"})),
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),
     ("engine", frozenset({"engine"})),
     ("certificate math, registries and utilities", frozenset({
-        "", "certify", "methods", "empirical", "modes", "architectures", "registry", "deprecation", "settings",
+        "", "certify", "sequential", "runspec", "methods", "empirical", "modes", "architectures", "registry",
+        "deprecation", "settings",
         "validation", "files", "seeds", "devices"})),
 )
 

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import runs as _runs
-from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-from .denoisers import denoiser_record
+from .base_classifier import BaseClassifierSpec, ModeSpec
+from .checkpoints import dataset_for_checkpoint
 from .deprecation import deprecated_names
 from .distributed import DistributedContext, init_distributed
 from .predict import ImagePrediction, predict_images
 from .progress import Log, ProgressPrinter
+from .runspec import RunSpec, StopRule
 from .smoothing import MultiGuard
 from .validation import MAX_N, check_int
 
@@ -31,7 +31,7 @@ __all__ = [
     "Log",
     "ProgressPrinter",
     "capped_num_inputs",
-    "certify_checkpoint",
+    "certify_base_classifier",
     "predict_images",
     "sample_checkpoint",
 ]
@@ -43,13 +43,15 @@ def _moved(module: str, name: str) -> tuple[str, object]:
     return (f"multiguard.{module}.{name}", lambda: getattr(importlib.import_module(f"multiguard.{module}"), name))
 
 
-# Steps that moved to their own modules; importing them from here still works, with a DeprecationWarning.
+# Retired names and steps that moved to their own modules: importing them from here still works, with a
+# DeprecationWarning naming the new name.
 __getattr__ = deprecated_names(__name__, {
-    name: _moved(module, name) for module, names in (
+    "certify_checkpoint": ("multiguard.pipeline.sample_checkpoint", lambda: _certify_checkpoint),
+    **{name: _moved(module, name) for module, names in (
         ("attack_run", ("AttackRun", "run_attack")),
         ("demo", ("DEMO_SETTINGS", "DENOISED_DEMO_SETTINGS", "DemoResult", "DenoisedDemoResult", "run_demo",
                   "run_denoised_demo")),
-    ) for name in names
+    ) for name in names},
 })
 
 # ------------------------------------------------------------------------------------------ certify
@@ -89,79 +91,89 @@ def sample_checkpoint(
     channels_last: bool | None = None,
     compile: bool = False,
     log: Log | None = None,
-    stop_rule: dict[str, Any] | None = None,
+    stop_rule: StopRule | dict[str, Any] | None = None,
     denoiser: str | os.PathLike[str] | None = None,
+    mode: Any = None,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
+
+    A keyword front for :func:`certify_base_classifier`: it makes the
+    :class:`~multiguard.base_classifier.BaseClassifierSpec` (checkpoint, ``denoiser``, ``sigma``, the sampling
+    mode: ``mode`` whole, or ``precision``, ``channels_last``, ``compile``) and passes the plan on.
 
     ``sigma`` defaults to the training sigma, ``max_k_prime`` to min(5, number of classes), the dataset,
     root and split to the checkpoint's test split. A ``num_inputs`` larger than the split means the whole
     split (said through ``log``). ``context`` is a :func:`multiguard.distributed.init_distributed`
-    context (made here from ``device`` when ``None``, and closed again). ``stop_rule``
-    (``{radius, k, k_prime, alpha, futility}``) makes the run sequential (see :func:`multiguard.runs.sample_run`).
-
-    ``precision``, ``channels_last`` and ``compile`` set the sampling mode (:mod:`multiguard.acceleration`):
-    it is part of the base classifier, so it is recorded in the metadata as the identity fields
-    ``precision``, ``channels_last`` and ``compile`` (a resume in another mode is refused). With ``compile``
-    the model is compiled before sampling starts, and ``log`` gets one line with the compile time (kept out of
-    the sampling time and rate).
-
-    ``denoiser``: a denoiser checkpoint put in front of the classifier (denoised smoothing); the run records
-    its path, digest and settings, and a resume must use the same one.
+    context (made here from ``device`` when ``None``, and closed again). ``stop_rule`` (a
+    :class:`~multiguard.runspec.StopRule` or ``{radius, k, k_prime, alpha, futility}``) makes the run
+    sequential.
     """
-    n = check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
+    stop_rule = StopRule.coerce(stop_rule)
+    check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
+    mode = mode if mode is not None else ModeSpec(precision, channels_last, compile)
     own_context = context is None
     context = context or init_distributed(device)
     try:
-        checkpoint = Path(checkpoint)
-        model, meta = load_checkpoint(checkpoint, device=context.device)
-        data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
-        num_inputs = capped_num_inputs(num_inputs, len(data), info["split"], log)
-        num_classes = int(meta["num_classes"])
-        max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
-                                num_classes, high_label="the number of classes")
-        rule_k_prime = 1 if stop_rule is None else check_int(stop_rule.get("k_prime", 1), "k_prime", 1, max_k_prime,
-                                                             high_label="max_k_prime")
-        smoother = smoothed_from_checkpoint(model, meta, k_prime=rule_k_prime, sigma=sigma, device=context.device,
-                                            precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser)
-        sigma, clamp = smoother.sigma, smoother.clamp
-        if smoother.mode.compile and len(data):
-            _compile_now(smoother, data[0][0][None], batch_size, log)
-        metadata = {
-            **info,
-            **denoiser_record(denoiser),
-            "checkpoint": os.fspath(checkpoint),
-            "checkpoint_sha256": _runs.file_sha256(checkpoint),
-            "arch": meta["arch"],
-            "num_classes": num_classes,
-            "sigma": sigma,
-            "train_sigma": float(meta["sigma"]),
-            "clamp": None if clamp is None else list(clamp),
-            "torch_version": str(torch.__version__),
-            **smoother.mode.as_metadata(),
-        }
-        return _runs.sample_run(
-            out,
-            sampler=smoother,
-            dataset=data,
-            n=n,
-            max_k_prime=max_k_prime,
-            seed=seed,
-            num_inputs=num_inputs,
-            chunk_size=chunk_size,
-            batch_size=batch_size,
-            metadata=metadata,
-            resume=resume,
-            shard=shard,
-            context=context,
-            on_progress=on_progress,
-            stop_rule=stop_rule,
+        base = BaseClassifierSpec(checkpoint, sigma=sigma, mode=mode, denoiser=denoiser, device=context.device,
+                                  k_prime=1 if stop_rule is None else stop_rule.k_prime)
+        return certify_base_classifier(
+            base, out, dataset=dataset, data_root=data_root, split=split, n=n, max_k_prime=max_k_prime,
+            num_inputs=num_inputs, seed=seed, batch_size=batch_size, chunk_size=chunk_size, stop_rule=stop_rule,
+            shard=shard, resume=resume, context=context, on_progress=on_progress, log=log,
         )
     finally:
         if own_context:
             context.close()
 
+
+def certify_base_classifier(
+    base: BaseClassifierSpec,
+    out: str | os.PathLike[str],
+    *,
+    dataset: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    n: int = 1000,
+    max_k_prime: int | None = None,
+    num_inputs: int | None = 500,
+    seed: int = 0,
+    batch_size: int = 1000,
+    chunk_size: int = 10,
+    stop_rule: StopRule | None = None,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    context: DistributedContext | None = None,
+    on_progress: Callable[[_runs.RunProgress], None] | None = None,
+    log: Log | None = None,
+) -> _runs.RunResult:
+    """Sample the counts of the base classifier ``base`` on a dataset split into the RUN_DIR ``out``.
+
+    Steps: load the smoothed classifier once (``base.load()``), rebuild the checkpoint's dataset split, make
+    the :class:`~multiguard.runspec.RunSpec` from the plan, the base classifier's and the data's records,
+    compile the model now with ``compile`` (one line through ``log`` with the compile time, kept out of the
+    sampling rate), and run :func:`multiguard.runs.sample_run`.
+    """
+    context = context or _runs.SingleProcess(device=base.resolved_device)
+    meta = base.checkpoint_meta
+    data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
+    num_inputs = capped_num_inputs(num_inputs, len(data), info["split"], log)
+    num_classes = int(meta["num_classes"])
+    max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
+                            num_classes, high_label="the number of classes")
+    if stop_rule is not None:
+        check_int(stop_rule.k_prime, "k_prime", 1, max_k_prime, high_label="max_k_prime")
+    smoother = base.load()
+    spec = RunSpec(
+        **base.run_fields(), dataset=info["dataset"], dataset_options=info["dataset_options"], split=info["split"],
+        image_size=info["image_size"], n=n, seed=seed, max_k_prime=max_k_prime,
+        num_inputs=num_inputs, chunk_size=chunk_size,
+        batch_size=batch_size, stop_rule=stop_rule,
+        record={"data_root": info["data_root"], "class_names": info["class_names"], **base.record()},
+    )
+    if smoother.mode.compile and len(data):
+        _compile_now(smoother, data[0][0][None], batch_size, log)
+    return _runs.sample_run(out, spec, sampler=smoother, dataset=data, resume=resume, shard=shard, context=context,
+                            on_progress=on_progress)
 
 
 def _compile_now(smoother: MultiGuard, example: torch.Tensor, batch_size: int, log: Log | None) -> None:
@@ -174,9 +186,8 @@ def _compile_now(smoother: MultiGuard, example: torch.Tensor, batch_size: int, l
             log(f"torch.compile: not compiled, the model runs eagerly ({smoother.compile_fallback})")
 
 
-def certify_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                       progress: Callable[[_runs.RunProgress], None] | None = None, **kwargs: Any) -> _runs.RunResult:
+def _certify_checkpoint(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                        progress: Callable[[_runs.RunProgress], None] | None = None, **kwargs: Any
+                        ) -> _runs.RunResult:
     """The former name of :func:`sample_checkpoint`."""
     return sample_checkpoint(checkpoint, out, on_progress=progress, **kwargs)
-
-

@@ -28,9 +28,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from .commands import COMMANDS, fail
-from .options import DEBUG_ENV, EXIT_FAILURE, EXIT_USAGE, FUTILITY_CHOICES, Formatter, Parser, wrap
+from .options import DEBUG_ENV, EXIT_FAILURE, EXIT_USAGE, Formatter, Parser, wrap
 
-__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_USAGE", "FUTILITY_CHOICES", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FUTILITY_CHOICES":  # the futility rules' names (multiguard.sequential.FUTILITY_RULES)
+        from ..sequential import FUTILITY_RULES
+
+        return FUTILITY_RULES.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,

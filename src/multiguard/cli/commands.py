@@ -207,9 +207,11 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
 
 def _cmd_certify(args: argparse.Namespace) -> int:
     from .. import runs
+    from ..base_classifier import ModeSpec
     from ..distributed import init_distributed
     from ..pipeline import sample_checkpoint
     from ..progress import ProgressPrinter
+    from ..runspec import StopRule
 
     shard = runs.parse_shard(args.shard)
     context = init_distributed(args.device)
@@ -228,7 +230,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         result = sample_checkpoint(
             args.checkpoint,
             args.out,
-            **mode,
+            mode=ModeSpec(**mode),
             dataset=args.dataset,
             data_root=args.data_root,
             split=args.split,
@@ -242,10 +244,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             shard=shard,
             resume=args.resume,
             context=context,
-            stop_rule=None if args.stop_at_radius is None else {
-                "radius": args.stop_at_radius, "k": args.k, "k_prime": args.k_prime, "alpha": args.alpha,
-                "futility": args.futility,
-            },
+            stop_rule=None if args.stop_at_radius is None else StopRule(
+                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha, futility=args.futility),
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
@@ -536,9 +536,8 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     add_stop_rule(
         p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
         "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
-        futility_help="with --stop-at-radius: give up on an input when no outcome of the remaining samples "
-        "(remaining), none the samples so far make plausible (plausible), or the remaining samples at the "
-        "frequencies seen so far (projected) could raise its size at R")
+        futility_help="with --stop-at-radius: give up on an input when none of these outcomes of its remaining "
+        "samples could raise its size at R")
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")

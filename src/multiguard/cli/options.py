@@ -17,7 +17,6 @@ __all__ = [
     "DEMO_COMPILE",
     "EXIT_FAILURE",
     "EXIT_USAGE",
-    "FUTILITY_CHOICES",
     "Parser",
     "add_device",
     "add_mode",
@@ -34,7 +33,15 @@ __all__ = [
 EXIT_FAILURE = 1  # the machine failed (disk full, read-only, out of memory) or something unexpected happened
 EXIT_USAGE = 2  # the user's input is wrong
 DEBUG_ENV = "MULTIGUARD_DEBUG"  # set to 1 to see tracebacks (as --debug does)
-FUTILITY_CHOICES = ("remaining", "plausible", "projected")  # multiguard.certify.FUTILITY_RULES, without SciPy
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FUTILITY_CHOICES":  # the futility rules' names, read from their registry at use
+        from ..sequential import FUTILITY_RULES
+
+        return FUTILITY_RULES.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The demo's default mode: the fastest safe one measured on the project's CPU (benchmarks/README.md).
 DEMO_COMPILE = True
@@ -148,9 +155,13 @@ def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "c
 
 
 def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
-    """Sequential certification: --stop-at-radius and --futility (the rules of the futility registry)."""
+    """Sequential certification: --stop-at-radius and --futility, whose choices and help are the entries of
+    :data:`multiguard.sequential.FUTILITY_RULES`."""
+    from ..sequential import FUTILITY_RULES
+
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
-    p.add_argument("--futility", default="remaining", choices=list(FUTILITY_CHOICES), help=futility_help)
+    p.add_argument("--futility", default="remaining", choices=FUTILITY_RULES.names(),
+                   help=f"{futility_help} ({FUTILITY_RULES.help_text()})")
 
 
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
