@@ -22,6 +22,7 @@ from .devices import resolve_device
 from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
 from .pipeline import _compile_now, capped_num_inputs
 from .seeds import attack_evaluation_seed
+from .smoothing import MultiGuard
 from .validation import MAX_N, check_alpha, check_int
 
 __all__ = ["AttackRun", "run_attack"]
@@ -111,10 +112,7 @@ def run_attack(
     seed = check_int(seed, "seed", 0)
     alpha = check_alpha(alpha)
     log = log or (lambda line: None)
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {EMPIRICAL_CSV, PER_INPUT,
-                                                                                       SETTINGS}):
-        raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
+    out = _attack_out(out_dir)
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint_path, device=device)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
@@ -137,33 +135,9 @@ def run_attack(
         certified = _certify.certified_intersection_size(
             lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
         )
-    sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
-    norms = np.zeros((len(indices), radii_arr.size))
-    # Blocks of inputs, so that progress shows; the noise of each input depends on (seed, index) only, so the
-    # result is the same as one call on all inputs.
-    block = max(1, batch_size // max(1, samples))
-    total = len(indices) * radii_arr.size
-    started = last = time.perf_counter()
-    log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
-        f"then n = {n} samples to measure")
-    for j, radius in enumerate(radii_arr):
-        for begin in range(0, len(indices), block):
-            part = slice(begin, begin + block)
-            result = attack_smoothed(
-                smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
-                seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
-            )
-            sizes[part, j] = result.sizes
-            norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
-            now = time.perf_counter()
-            done = j * len(indices) + min(begin + block, len(indices))
-            if now - last >= 5.0 and done < total:
-                last = now
-                left = (now - started) / done * (total - done)
-                log(f"attack: R = {radius:g}: {min(begin + block, len(indices))}/{len(indices)} inputs, "
-                    f"{now - started:.0f} s, about {left:.0f} s left")
-        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
-            f"({time.perf_counter() - started:.0f} s)")
+    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
+                                    n=n, seed=seed, step_size=step_size, temperature=temperature,
+                                    batch_size=batch_size, log=log)
     if certified is not None:
         violations = (sizes < certified).sum(axis=0).astype(np.int64)
 
@@ -193,3 +167,45 @@ def run_attack(
     )
 
 
+def _attack_out(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` as a Path, refused (ValueError naming --out) if it holds other files than an attack's."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {EMPIRICAL_CSV, PER_INPUT,
+                                                                                       SETTINGS}):
+        raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
+    return out
+
+
+def _attack_at_radii(smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
+                     radii_arr: np.ndarray, *, k: int, steps: int, samples: int, n: int, seed: int,
+                     step_size: float | None, temperature: float, batch_size: int,
+                     log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """PGD at each radius on every input, in blocks so that progress shows (the noise of an input depends on
+    ``(seed, index)`` only, so blocks give what one call on all inputs gives): the empirical sizes
+    ``|L ∩ top-k|`` and the perturbation norms, both ``(num_inputs, len(radii_arr))``."""
+    sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
+    norms = np.zeros((len(indices), radii_arr.size))
+    block = max(1, batch_size // max(1, samples))
+    total = len(indices) * radii_arr.size
+    started = last = time.perf_counter()
+    log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
+        f"then n = {n} samples to measure")
+    for j, radius in enumerate(radii_arr):
+        for begin in range(0, len(indices), block):
+            part = slice(begin, begin + block)
+            result = attack_smoothed(
+                smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
+                seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
+            )
+            sizes[part, j] = result.sizes
+            norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
+            now = time.perf_counter()
+            done = j * len(indices) + min(begin + block, len(indices))
+            if now - last >= 5.0 and done < total:
+                last = now
+                left = (now - started) / done * (total - done)
+                log(f"attack: R = {radius:g}: {min(begin + block, len(indices))}/{len(indices)} inputs, "
+                    f"{now - started:.0f} s, about {left:.0f} s left")
+        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
+            f"({time.perf_counter() - started:.0f} s)")
+    return sizes, norms
