@@ -36,7 +36,7 @@ from multiguard import certify as cert
 from multiguard import report, runs
 from multiguard import sequential as seq
 from multiguard.engine import SamplingEngine
-from multiguard.runspec import RunSpec
+from multiguard.runspec import RunSpec, StopRule
 from multiguard.smoothing import MultiGuard
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -172,6 +172,48 @@ def test_the_plausible_and_projected_futility_rules_stop_sooner() -> None:
     assert FUTILITY_CHOICES == seq.FUTILITY_RULES.names()  # the command line offers every rule
     with pytest.raises(ValueError, match="futility must be one of"):
         seq.sequential_stopping_rule(nested[:2, 0], 100, labels[:2], futility="never", **options)
+
+
+def test_a_registered_futility_rule_is_used_by_the_rule_the_stop_rule_and_the_sampler() -> None:
+    """One registration makes a futility rule a choice everywhere: the stopping rule calls it, a StopRule
+    accepts it, MultiGuard samples with it (and the command line lists FUTILITY_RULES' names)."""
+    rng = np.random.default_rng(5)
+    looks = seq.sample_size_schedule(1000)
+    weights = rng.dirichlet(np.full(3, 0.5), size=40)
+    nested = np.stack([simulate_nested_counts(rng, w, np.eye(3, dtype=np.int64), looks, 1)[0] for w in weights])
+    labels = np.zeros((40, 3), dtype=bool)
+    labels[np.arange(40), np.argmax(weights, axis=1)] = True
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    calls = []
+
+    def hopeless(counts, n, lower, upper, remaining):  # noqa: ANN001, ANN202 - the rule's documented arguments
+        """no later sample helps: give up at once"""
+        calls.append(counts.shape)
+        return np.zeros_like(remaining), 0
+
+    seq.FUTILITY_RULES.register("test-hopeless", hopeless)
+    seq.FUTILITY_RULES.register("test-remaining", seq.FUTILITY_RULES.get("remaining"))
+    try:
+        assert StopRule(radius=0.25, k=1, k_prime=1, alpha=0.001, futility="test-hopeless").futility == "test-hopeless"
+        result = seq.sequential_certification(nested, labels, futility="test-hopeless", **options)
+        assert calls and (result.samples == looks[0]).all()  # every input stopped at the first look
+        control = seq.sequential_certification(nested, labels, futility="remaining", **options)
+        assert (control.samples > looks[0]).any()  # the control goes on: the new rule made the difference
+        same = seq.sequential_certification(nested, labels, futility="test-remaining", **options)
+        np.testing.assert_array_equal(same.samples, control.samples)
+        model, _, _ = vector_problem(1, seed=0)
+        guard = MultiGuard(model, 6, sigma=0.25)
+        x = VectorData().x[:3]
+        mask = np.zeros((3, 6), dtype=bool)
+        mask[:, 0] = True
+        certificate = guard.certify(x, mask, n=1000, alpha=0.001, k=2, stop_at_radius=0.1, futility="test-hopeless",
+                                    check_range=False)
+        assert (certificate.samples == 100).all()
+    finally:
+        seq.FUTILITY_RULES.unregister("test-hopeless")
+        seq.FUTILITY_RULES.unregister("test-remaining")
+    with pytest.raises(ValueError, match="futility must be one of"):
+        StopRule(radius=0.25, k=1, k_prime=1, alpha=0.001, futility="test-hopeless")
 
 
 # ----------------------------------------------------------------------------- validity under stopping

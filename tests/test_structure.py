@@ -22,7 +22,7 @@ import multiguard
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
-              "multiguard.runfolder", "multiguard.runspec", "multiguard.base_classifier", "multiguard.empirical",
+              "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical",
               "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import certify
+from . import certify, sequential
 from .deprecation import deprecated_names, warn_deprecated
 from .empirical import PER_INPUT, load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
@@ -307,7 +307,7 @@ def run_bounds(run: Run, k_prime: int, alpha: float) -> tuple[np.ndarray, np.nda
     counts = run.counts_for(k_prime)
     if run.samples is None:
         return certify.label_probability_bounds(counts, run.n, alpha)
-    return certify.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
+    return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
 
 
 def _run_line(name: str, run: Run) -> str:

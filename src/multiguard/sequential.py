@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .registry import Registry
-from .validation import check_alpha, check_int
+from .validation import check_alpha, check_choice, check_int
 
 __all__ = [
     "FUTILITY_RULES",
     "SequentialCertificate",
     "StoppingDecision",
     "anytime_label_probability_bounds",
+    "futility_rule",
     "sample_size_schedule",
     "sample_until_stopped",
     "sequential_certification",
@@ -69,6 +70,11 @@ def _projected(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.n
     """The remaining samples arrive at the label frequencies seen so far."""
     frequency = counts / n
     return np.ceil(remaining * frequency), np.floor(remaining * frequency)
+
+
+def futility_rule(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray | int]]:
+    """The futility rule registered as ``name`` (ValueError naming ``futility`` and the choices otherwise)."""
+    return FUTILITY_RULES.get(check_choice(name, "futility", FUTILITY_RULES.names()))
 
 
 def _math():  # noqa: ANN202 - the certificate module (SciPy), loaded on first use
@@ -247,7 +253,7 @@ def sequential_stopping_rule(
         alpha, k, k_prime, sigma, second_terms: as in :func:`certified_radii`; radius: the target R >= 0.
         futility: ``"remaining"``, ``"plausible"`` or ``"projected"``, as above.
     """
-    rule = FUTILITY_RULES.get(futility)
+    rule = futility_rule(futility)
     certify = _math()
     schedule = _as_looks(looks)
     counts_arr, _ = certify._as_float_matrix(counts, "counts")
@@ -372,7 +378,7 @@ def sample_until_stopped(
     Returns ``(counts (N, num_k, c), samples (N,))``: each input's counts at the look it stopped at, and that
     look.
     """
-    FUTILITY_RULES.entry(futility)  # before any sample is drawn
+    futility_rule(futility)  # before any sample is drawn
     looks = sample_size_schedule(n)
     num_inputs, num_classes = labels.shape
     counts = np.zeros((num_inputs, num_k, num_classes), dtype=np.int64)

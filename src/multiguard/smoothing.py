@@ -573,7 +573,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            _sequential.FUTILITY_RULES.entry(futility)
+            _sequential.futility_rule(futility)
         tensor = as_image_batch(x, check_range)
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
