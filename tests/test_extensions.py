@@ -205,3 +205,14 @@ def test_a_registered_futility_rule_is_a_choice_of_certify(tmp_path, capsys, tin
     same, other = load_counts(tmp_path / "again"), load_counts(tmp_path / "remaining")
     for key in ("counts", "samples"):
         np.testing.assert_array_equal(same[key], other[key], err_msg=key)
+
+
+def test_the_composed_flag_is_read_from_the_dataset_registry(monkeypatch, capsys):
+    from multiguard.data import DATASETS, DatasetInfo, is_composed
+
+    assert is_composed("multidigits") and not is_composed("voc2007") and not is_composed("no-such-dataset")
+    info = DatasetInfo("toygrid", "composed toy", "train", "test", 8, False, (), lambda *a, **k: None, composed=True)
+    monkeypatch.setitem(DATASETS, "toygrid", info)
+    assert is_composed("toygrid")
+    help_text = " ".join(run_in_process(capsys, "datasets", "describe", "--help")[1].split())
+    assert "multidigits and toygrid only: the seed that composes it" in help_text
