@@ -149,8 +149,9 @@ def test_modes_resolve_and_describe_themselves() -> None:
     assert mode.as_metadata() == {"precision": "bf16", "channels_last": True, "compile": True}
     assert resolve_mode("fp16").autocast_dtype == torch.float16 and resolve_mode("fp32").autocast_dtype is None
     assert set(PRECISIONS) == {"fp32", "bf16", "fp16", "auto"}
-    # The older spelling still works and means the same mode.
-    guard = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, autocast_dtype=torch.bfloat16)
+    # The older spelling still works (with a DeprecationWarning) and means the same mode.
+    with pytest.warns(DeprecationWarning, match="precision"):
+        guard = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, autocast_dtype=torch.bfloat16)
     assert guard.mode == SamplingMode("bf16") and "bf16" in repr(guard)
 
 

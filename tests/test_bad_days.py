@@ -34,6 +34,7 @@ from clitools import (
 )
 
 from multiguard import MultiGuard, runs
+from multiguard.runspec import RunSpec
 from multiguard.validation import DamagedFileError
 
 # ------------------------------------------------------------------------------ a small real run
@@ -67,9 +68,12 @@ RUN_META = {"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"}
 
 
 def _certify(path: Path, **kwargs) -> runs.RunResult:
+    """Sample the reference run's settings (``kwargs`` change them, or add resume, shard, ...) into ``path``."""
     args = dict(sampler=_smoother(), dataset=_Digits(), metadata=dict(RUN_META), **RUN_ARGS)
     args.update(kwargs)
-    return runs.sample_run(path, **args)
+    call = {key: args.pop(key) for key in list(args) if key in ("sampler", "dataset", "resume", "shard", "context",
+                                                                "on_progress")}
+    return runs.sample_run(path, RunSpec.from_arguments(**args), **call)
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +423,7 @@ def _umask() -> int:
 
 
 def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path: Path) -> None:
-    from multiguard.pipeline import run_demo
+    from multiguard.demo import run_demo
 
     (tmp_path / "model.pt").write_bytes(b"a model of mine, in another format")
     with pytest.raises(ValueError) as caught:

@@ -28,6 +28,7 @@ from clitools import (
 )
 
 from multiguard import MultiGuard, runs
+from multiguard.runspec import RunSpec
 
 # ------------------------------------------------------------------------------ library, small model
 
@@ -55,11 +56,16 @@ def _smoother() -> MultiGuard:
     return MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
 
 
+PLAN = dict(n=200, max_k_prime=3, seed=1, num_inputs=12, chunk_size=5, sigma=0.5, arch="mlp", dataset="digits",
+            split="test")
+
+
 def _certify(path: Path, **kwargs) -> runs.RunResult:
-    args = dict(sampler=_smoother(), dataset=_Digits(), n=200, max_k_prime=3, seed=1, num_inputs=12,
-                chunk_size=5, metadata={"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"})
+    plan = dict(PLAN)
+    plan.update({name: kwargs.pop(name) for name in list(kwargs) if name in RunSpec.__dataclass_fields__})
+    args = dict(sampler=_smoother(), dataset=_Digits())
     args.update(kwargs)
-    return runs.certify_run(path, **args)
+    return runs.sample_run(path, RunSpec(**plan), **args)
 
 
 def test_run_layout_and_load(tmp_path: Path) -> None:
@@ -113,7 +119,7 @@ def test_existing_run_needs_resume_and_matching_settings(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="n: the run has 200"):
         _certify(tmp_path / "run", n=300, resume=True)
     with pytest.raises(ValueError, match="sigma"):
-        _certify(tmp_path / "run", resume=True, metadata={"sigma": 0.25})
+        _certify(tmp_path / "run", resume=True, sigma=0.25)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
