@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from multiguard import MultiGuard, certify, report, runs
+from multiguard.runspec import RunSpec
 
 
 class _Blobs:
@@ -40,10 +41,9 @@ def run_dir(tmp_path_factory) -> Path:
         model.weight[:, :6] = 4.0 * torch.eye(6)
         model.bias.zero_()
     out = tmp_path_factory.mktemp("report") / "run"
-    runs.certify_run(
-        out, sampler=MultiGuard(model, 6, sigma=0.25, device="cpu"), dataset=_Blobs(), n=400, max_k_prime=3,
-        num_inputs=30, chunk_size=10, metadata={"sigma": 0.25, "arch": "linear", "dataset": "blobs", "split": "test"},
-    )
+    spec = RunSpec(n=400, max_k_prime=3, num_inputs=30, chunk_size=10, sigma=0.25, arch="linear", dataset="blobs",
+                   split="test")
+    runs.sample_run(out, spec, sampler=MultiGuard(model, 6, sigma=0.25, device="cpu"), dataset=_Blobs())
     return out
 
 
