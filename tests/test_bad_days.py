@@ -67,13 +67,10 @@ RUN_ARGS = dict(n=60, max_k_prime=2, seed=1, num_inputs=12, chunk_size=5)
 RUN_META = {"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"}
 
 
-def _certify(path: Path, **kwargs) -> runs.RunResult:
-    """Sample the reference run's settings (``kwargs`` change them, or add resume, shard, ...) into ``path``."""
-    args = dict(sampler=_smoother(), dataset=_Digits(), metadata=dict(RUN_META), **RUN_ARGS)
-    args.update(kwargs)
-    call = {key: args.pop(key) for key in list(args) if key in ("sampler", "dataset", "resume", "shard", "context",
-                                                                "on_progress")}
-    return runs.sample_run(path, RunSpec.from_arguments(**args), **call)
+def _certify(path: Path, *, metadata: dict | None = None, **kwargs) -> runs.RunResult:
+    plan = {**RUN_ARGS, **{name: kwargs.pop(name) for name in list(kwargs) if name in RUN_ARGS}}
+    spec = RunSpec.from_arguments(metadata=dict(RUN_META) if metadata is None else metadata, **plan)
+    return runs.sample_run(path, spec, sampler=_smoother(), dataset=_Digits(), **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ class BaseClassifierSpec:
     sigma: float | None = None
     mode: Any = field(default_factory=ModeSpec)
     denoiser: Path | None = None
-    device: str = "auto"
+    device: str | None = "auto"
     k_prime: int = 1
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -85,7 +85,10 @@ class BaseClassifierSpec:
 
     @property
     def resolved_device(self) -> str:
-        """The device, resolved once (``"auto"``: CUDA where available, else the CPU)."""
+        """The device: ``"auto"`` (or ``None``) resolved once to CUDA where available, else the CPU; a named
+        device (e.g. the torchrun context's, already resolved) as given (checked where the model loads)."""
+        if self.device not in (None, "auto"):
+            return str(self.device)
 
         def resolve() -> str:
             from .devices import resolve_device
