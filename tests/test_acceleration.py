@@ -401,7 +401,7 @@ def test_demo_defaults_to_the_fastest_safe_mode_and_help_says_what_auto_picks(ca
     from clitools import run_in_process
 
     from multiguard.cli import build_parser
-    from multiguard.pipeline import run_demo
+    from multiguard.demo import run_demo
 
     args = build_parser().parse_args(["demo"])
     assert (args.precision or args.default_precision, args.channels_last, args.compile) == ("auto", None, True)

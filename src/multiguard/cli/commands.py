@@ -26,7 +26,6 @@ from .options import (
     add_output,
     add_sampling,
     add_stop_rule,
-    add_training,
     dataset_options,
     mode_args,
     wrap,
@@ -85,37 +84,12 @@ def fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..settings import from_namespace
     from ..train import train
+    from ..train_settings import TrainSettings
 
-    _, meta = train(
-        args.dataset,
-        data_root=args.data_root,
-        arch=args.arch,
-        sigma=args.sigma,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        loss=args.loss,
-        clamp=args.clamp,
-        seed=args.seed,
-        out=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        progress=not args.quiet,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        dataset_options=dataset_options(args.dataset_option),
-        pretrained=args.pretrained,
-        mean=args.mean,
-        std=args.std,
-        num_workers=args.num_workers,
-        num_threads=args.threads,
-        log=None if not args.quiet else (lambda line: None),
-    )
+    _, meta = train(from_namespace(TrainSettings, args), out=args.out, resume=args.resume, overwrite=args.overwrite,
+                    device=args.device, progress=not args.quiet, log=None if not args.quiet else (lambda line: None))
     last = meta["metrics"][-1] if meta["metrics"] else None
     if last is not None:
         noisy = f", noisy {last['noisy_map']:.4f}" if meta["sigma"] > 0 else ""
@@ -131,35 +105,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     from ..denoise_train import train_denoiser
+    from ..settings import from_namespace
+    from ..train_settings import DenoiserTrainSettings
 
-    arch_options = {key: int(value) for key, value in dataset_options(args.arch_option).items()}
-    _, meta = train_denoiser(
-        args.dataset,
-        sigma=args.sigma,
-        arch=args.arch,
-        arch_options=arch_options,
-        objective=args.objective,
-        classifier=args.classifier,
-        pretrained=args.pretrained,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        clamp=args.clamp,
-        seed=args.seed,
-        out=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        device=args.device,
-        progress=not args.quiet,
-        data_root=args.data_root,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        dataset_options=dataset_options(args.dataset_option),
-        log=None if not args.quiet else (lambda line: None),
-    )
+    _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
+                             overwrite=args.overwrite, device=args.device, progress=not args.quiet,
+                             log=None if not args.quiet else (lambda line: None))
     last = meta["metrics"][-1]
     agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
     echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
@@ -432,71 +383,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    from ..architectures import ARCHITECTURES
-    from ..data import dataset_names
+    from ..settings import add_arguments
+    from ..train_settings import TrainSettings
 
-    add_training(
-        p, epochs=8, batch_size=32, dataset_default="multidigits", dataset_help=dataset_names(),
-        epochs_help="epochs (a resumed run trains the missing ones; 0: import --pretrained without training)",
-        clamp_help="clamp noisy inputs to [0, 1] (also when certifying)",
-        data_root_help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)",
-        image_size_help="image side (default: 32 multidigits, 224 others)",
-        test_size_help="evaluate on a random subset of this many images",
-        test_split_help="evaluation split (default: the dataset's)",
-        dataset_option_help="dataset option, e.g. difficult_positive=true (repeatable)",
-    )
-    p.add_argument("--arch", default="small_cnn",
-                   help=f"{', '.join(ARCHITECTURES.names())}, timm:<name>, torchvision:<name>, path/to/file.py:factory "
-                   "or module:factory (your function: takes num_classes, returns an nn.Module giving logits "
-                   "(B, num_classes); a module is found in the current folder or on sys.path; the checkpoint records "
-                   "the file's absolute path)")
-    p.add_argument("--sigma", type=float, default=0.5, help="noise standard deviation (pixels in [0, 1])")
-    p.add_argument("--loss", default="asl", choices=["asl", "bce"], help="training loss")
-    p.add_argument("--pretrained", default=None,
-                   help="weights to start from: imagenet (timm:/torchvision: models, downloaded into their own "
-                   "cache) or a local state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint; with "
-                   "--epochs 0 they are the classifier, imported as they are (every tensor must fit) to certify "
-                   "without training")
-    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
-                   help="normalisation mean inside the model, 1 or C values (default: ImageNet statistics for "
-                   "timm:/torchvision:, none for small_cnn and your own models)")
-    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
-                   help="normalisation std inside the model, 1 or C values (default: as --mean)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch while training (default: torch's; 1 is often fastest for small "
-                   "models on a busy machine)")
-    p.add_argument("--num-workers", type=int, default=0, help="data loader workers for image files")
+    add_arguments(p, TrainSettings)  # every setting once, on its field: flag, default, check, help
+    add_device(p)
     add_output(p, metavar=None, help="checkpoint file to write (e.g. model.pt)",
                resume="continue the checkpoint at --out", overwrite="replace an existing checkpoint at --out")
 
 
 def _train_denoiser_options(p: argparse.ArgumentParser) -> None:
-    from ..architectures import DENOISER_ARCHITECTURES
-    from ..data import dataset_names
+    from ..settings import add_arguments
+    from ..train_settings import DenoiserTrainSettings
 
-    add_training(
-        p, epochs=4, batch_size=64, dataset_default=None,
-        dataset_help=f"{dataset_names()} (default: the --classifier's dataset, else multidigits)",
-        epochs_help="epochs (a resumed run trains the missing ones)",
-        clamp_help="clamp noisy images to [0, 1] before the denoiser",
-        data_root_help="dataset folder (default: the --classifier's)",
-        image_size_help="image side (default: the classifier's, else the dataset's)",
-        test_size_help="measure on a random subset of this many images",
-        test_split_help="held-out split (default: the dataset's)",
-        dataset_option_help="dataset option (repeatable)",
-    )
-    p.add_argument("--sigma", type=float, required=True, help="the noise level to remove (pixels in [0, 1])")
-    p.add_argument("--arch", default="dncnn",
-                   help=f"{', '.join(DENOISER_ARCHITECTURES.names())}, path/to/file.py:factory or "
-                   f"package.module:factory ({DENOISER_ARCHITECTURES.help_text()})")
-    p.add_argument("--arch-option", action="append", metavar="KEY=VALUE",
-                   help="options of a registered architecture: " + "; ".join(
-                       f"{e.name}: {', '.join(e.info.get('options', ())) or 'none'}"
-                       for e in DENOISER_ARCHITECTURES.entries()) + " (repeatable)")
-    p.add_argument("--objective", default="mse", choices=["mse", "stability"], help="training objective")
-    p.add_argument("--classifier", default=None,
-                   help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")
-    p.add_argument("--pretrained", default=None, help="denoiser checkpoint to start from (same arch)")
+    add_arguments(p, DenoiserTrainSettings)
+    add_device(p)
     add_output(p, metavar=None, help="denoiser checkpoint to write (e.g. denoiser.pt)",
                resume="continue the checkpoint at --out", overwrite="replace an existing denoiser at --out")
 

@@ -24,7 +24,6 @@ __all__ = [
     "add_output",
     "add_sampling",
     "add_stop_rule",
-    "add_training",
     "dataset_options",
     "mode_args",
     "wrap",
@@ -175,27 +174,6 @@ def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, re
     if quiet is not None:
         p.add_argument("--quiet", action="store_true", help=quiet)
     p.add_argument("--out", required=required, default=default, metavar=metavar, help=help)
-
-
-def add_training(p: argparse.ArgumentParser, *, epochs: int, epochs_help: str, batch_size: int, clamp_help: str,
-                 dataset_help: str, dataset_default: str | None, data_root_help: str, image_size_help: str,
-                 test_size_help: str, test_split_help: str, dataset_option_help: str) -> None:
-    """What both training commands take: the dataset and its splits, epochs, batch size, learning rate, clamping
-    and the seed."""
-    p.add_argument("--dataset", default=dataset_default, help=dataset_help)
-    p.add_argument("--data-root", default=None, help=data_root_help)
-    p.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
-    p.add_argument("--batch-size", type=int, default=batch_size, help="training batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--clamp", action="store_true", help=clamp_help)
-    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and noise")
-    p.add_argument("--image-size", type=int, default=None, help=image_size_help)
-    p.add_argument("--train-size", type=int, default=None, help="train on a random subset of this many images")
-    p.add_argument("--test-size", type=int, default=None, help=test_size_help)
-    p.add_argument("--train-split", default=None, help="training split (default: the dataset's)")
-    p.add_argument("--test-split", default=None, help=test_split_help)
-    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help=dataset_option_help)
-    add_device(p)
 
 
 def mode_args(args: argparse.Namespace, device: object, say: Callable[[str], None]) -> dict[str, Any]:
