@@ -113,7 +113,7 @@ def model_data(work: Path, name: str, threads: int) -> dict:
 
 def trained_model(folder: Path, *, seed: int, sigma: float) -> Path:
     """``multiguard demo``'s model with this seed and sigma, trained into ``folder`` unless already there."""
-    from multiguard.pipeline import DEMO_SETTINGS
+    from multiguard.demo import DEMO_SETTINGS
     from multiguard.train import train
 
     checkpoint = folder / "model.pt"
