@@ -13,31 +13,30 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from multiguard import bounds_read
 from multiguard import certify as cert
 
 
 def test_the_number_of_bounds_each_certificate_reads() -> None:
     labels = np.array([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 1]], dtype=bool)
-    assert bounds_read.multiguard_bounds_read(labels).tolist() == [5, 5, 5, 5]
-    assert bounds_read.jia_bounds_read(labels).tolist() == [5, 5, 7, 9]
-    assert bounds_read.jia_bounds_read(labels[3]).tolist() == [9]
+    assert cert.multiguard_bounds_read(labels).tolist() == [5, 5, 5, 5]
+    assert cert.jia_bounds_read(labels).tolist() == [5, 5, 7, 9]
+    assert cert.jia_bounds_read(labels[3]).tolist() == [9]
 
 
 def test_bounds_reading_b_are_clopper_pearson_at_alpha_over_b() -> None:
     counts = np.array([[0, 370, 630], [1000, 0, 0]])
-    lower, upper = bounds_read.label_probability_bounds_reading(counts, 1000, 0.01, np.array([3, 5]))
+    lower, upper = cert.label_probability_bounds(counts, 1000, 0.01, np.array([3, 5]))
     for row, b in enumerate((3, 5)):
         for label, count in enumerate(counts[row]):
             expect_low = 0.0 if count == 0 else stats.beta.ppf(0.01 / b, count, 1000 - count + 1)
             expect_up = 1.0 if count == 1000 else stats.beta.ppf(1 - 0.01 / b, count + 1, 1000 - count)
             assert lower[row, label] == pytest.approx(expect_low, rel=1e-12, abs=1e-300)
             assert upper[row, label] == pytest.approx(expect_up, rel=1e-12)
-    same = bounds_read.label_probability_bounds_reading(counts, 1000, 0.01, 3)  # b = c: the usual bounds
+    same = cert.label_probability_bounds(counts, 1000, 0.01, 3)  # b = c: the usual bounds
     np.testing.assert_array_equal(same[0], cert.label_probability_bounds(counts, 1000, 0.01)[0])
     np.testing.assert_array_equal(same[1], cert.label_probability_bounds(counts, 1000, 0.01)[1])
     with pytest.raises(ValueError, match="bounds_read must be"):
-        bounds_read.label_probability_bounds_reading(counts, 1000, 0.01, np.array([3, 0]))
+        cert.label_probability_bounds(counts, 1000, 0.01, np.array([3, 0]))
 
 
 def test_multiguard_reads_c_bounds_and_jia_reads_the_upper_bounds_of_l_too() -> None:
@@ -68,13 +67,13 @@ def test_jia_at_alpha_over_c_plus_l_holds_at_1_minus_alpha_and_the_papers_accoun
     alpha, n, trials = 0.2, 1000, 20_000
     counts = np.random.default_rng(7).multinomial(n, p, size=trials)
     masks = np.broadcast_to(labels, counts.shape)
-    read = bounds_read.jia_bounds_read(masks)
+    read = cert.jia_bounds_read(masks)
     assert set(read.tolist()) == {7}
 
     def wrong(lower: np.ndarray, upper: np.ndarray) -> float:  # the bounds Jia reads: lower of L, every upper
         return float(((lower > p) & labels | (upper < p)).any(axis=1).mean())
 
-    stated = wrong(*bounds_read.label_probability_bounds_reading(counts, n, alpha, read))
+    stated = wrong(*cert.label_probability_bounds(counts, n, alpha, read))
     paper = wrong(*cert.label_probability_bounds(counts, n, alpha))
     limit = stats.binom.ppf(1 - 1e-6, trials, alpha) / trials
     print(f"\n[jia] bounds read wrong: at alpha/(c+|L|) {stated:.4f}, at alpha/c (the paper) {paper:.4f}; "

@@ -16,46 +16,46 @@ import pytest
 from scipy import stats
 
 from multiguard import certify as cert
-from multiguard import spending
+from multiguard import sequential as seq
 from multiguard.seeds import NOISE_BLOCK
 
 # ---------------------------------------------------------------------------------------- schedule, weights
 
 
 def test_the_fine_schedule_looks_about_20_percent_apart_in_whole_noise_blocks() -> None:
-    assert spending.fine_sample_size_schedule(1000).tolist() == [100, 200, 300, 400, 500, 600, 800, 1000]
-    assert spending.fine_sample_size_schedule(10_000).tolist() == [
+    assert seq.fine_sample_size_schedule(1000).tolist() == [100, 200, 300, 400, 500, 600, 800, 1000]
+    assert seq.fine_sample_size_schedule(10_000).tolist() == [
         100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10_000
     ]
-    assert spending.fine_sample_size_schedule(2300).tolist()[-3:] == [1500, 2000, 2300]  # cut at n
-    assert spending.fine_sample_size_schedule(100).tolist() == [100]
-    assert spending.fine_sample_size_schedule(60).tolist() == [60]
+    assert seq.fine_sample_size_schedule(2300).tolist()[-3:] == [1500, 2000, 2300]  # cut at n
+    assert seq.fine_sample_size_schedule(100).tolist() == [100]
+    assert seq.fine_sample_size_schedule(60).tolist() == [60]
     for n in (1000, 7300, 50_000):
-        looks = spending.fine_sample_size_schedule(n)
+        looks = seq.fine_sample_size_schedule(n)
         assert (looks[:-1] % NOISE_BLOCK == 0).all() and looks[-1] == n
         assert (looks[1:] / looks[:-1]).max() <= 2.0  # never a gap larger than 100 -> 200
-    assert spending.look_schedule(1000, "1-2-5").tolist() == [100, 200, 500, 1000]
+    assert seq.look_schedule(1000, "1-2-5").tolist() == [100, 200, 500, 1000]
     with pytest.raises(ValueError, match="schedule must be one of"):
-        spending.look_schedule(1000, "dense")
+        seq.look_schedule(1000, "dense")
 
 
 def test_spending_weights_put_the_stated_share_last_and_never_spend_more_than_alpha() -> None:
-    weights = spending.spending_weights(5, 0.75)
+    weights = seq.spending_weights(5, 0.75)
     np.testing.assert_allclose(weights, [0.0625, 0.0625, 0.0625, 0.0625, 0.75])
     assert weights.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(spending.spending_weights(4), [0.25] * 4)
-    assert spending.spending_weights(1, 0.3).tolist() == [1.0]
+    np.testing.assert_allclose(seq.spending_weights(4, None), [0.25] * 4)
+    assert seq.spending_weights(1, 0.3).tolist() == [1.0]
     looks = np.array([100, 200, 300])
-    with pytest.raises(ValueError, match="weights must sum to at most 1"):
-        spending.spent_label_probability_bounds([[10, 90]], 100, 0.01, looks, [0.5, 0.3, 0.3])
-    with pytest.raises(ValueError, match="weights must be 3 finite shares"):
-        spending.spent_label_probability_bounds([[10, 90]], 100, 0.01, looks, [0.5, 0.5])
-    with pytest.raises(ValueError, match="last_share must be"):
-        spending.spending_weights(3, 0.0)
-    with pytest.raises(ValueError, match="weights must sum to at most 1"):
-        spending.spent_sequential_certification(np.array([[[50, 50], [100, 100], [150, 150]]]),
+    with pytest.raises(ValueError, match="spending weights must sum to at most 1"):
+        seq.anytime_label_probability_bounds([[10, 90]], 100, 0.01, looks, [0.5, 0.3, 0.3])
+    with pytest.raises(ValueError, match="spending must be None, a share"):
+        seq.anytime_label_probability_bounds([[10, 90]], 100, 0.01, looks, [0.5, 0.5])
+    with pytest.raises(ValueError, match="spending must be"):
+        seq.spending_weights(3, 0.0)
+    with pytest.raises(ValueError, match="spending weights must sum to at most 1"):
+        seq.sequential_certification(np.array([[[50, 50], [100, 100], [150, 150]]]),
                                                 [[True, False]], looks=looks, alpha=0.01, k=1, k_prime=1,
-                                                sigma=0.5, radius=0.1, weights=[0.4, 0.4, 0.4])
+                                                sigma=0.5, radius=0.1, spending=[0.4, 0.4, 0.4])
 
 
 def test_spent_bounds_are_clopper_pearson_at_alpha_times_the_looks_share_over_c() -> None:
@@ -64,7 +64,7 @@ def test_spent_bounds_are_clopper_pearson_at_alpha_times_the_looks_share_over_c(
     counts = np.array([[0, 37, 63], [200, 0, 0], [130, 250, 120]])
     n = np.array([100, 200, 500])
     alpha = 0.01
-    lower, upper = spending.spent_label_probability_bounds(counts, n, alpha, looks, weights)
+    lower, upper = seq.anytime_label_probability_bounds(counts, n, alpha, looks, weights)
     for row in range(3):
         level = alpha * weights[row] / 3
         for label, count in enumerate(counts[row]):
@@ -72,25 +72,10 @@ def test_spent_bounds_are_clopper_pearson_at_alpha_times_the_looks_share_over_c(
             expect_up = 1.0 if count == n[row] else stats.beta.ppf(1 - level, count + 1, n[row] - count)
             assert lower[row, label] == pytest.approx(expect_low, rel=1e-12, abs=1e-300)
             assert upper[row, label] == pytest.approx(expect_up, rel=1e-12)
-    # Equal shares are the anytime bounds of certify, to the last bit.
-    equal = spending.spent_label_probability_bounds(counts, n, alpha, looks)
-    anytime = cert.anytime_label_probability_bounds(counts, n, alpha, looks)
-    np.testing.assert_array_equal(equal[0], anytime[0])
-    np.testing.assert_array_equal(equal[1], anytime[1])
-
-
-def test_equal_shares_and_the_old_rules_replay_exactly_as_before() -> None:
-    rng = np.random.default_rng(5)
-    c, trials, looks = 4, 300, cert.sample_size_schedule(5000)
-    weights = rng.dirichlet(np.ones(c), size=trials)
-    nested = np.stack([simulate(rng, w, looks) for w in weights])
-    labels = rng.uniform(size=(trials, c)) < 0.4
-    options = dict(looks=looks, alpha=0.001, k=2, k_prime=1, sigma=0.5, radius=0.2)
-    for futility in cert.FUTILITY_RULES:
-        old = cert.sequential_certification(nested, labels, futility=futility, **options)
-        new = spending.spent_sequential_certification(nested, labels, futility=futility, **options)
-        np.testing.assert_array_equal(new.samples, old.samples)
-        np.testing.assert_array_equal(new.radii, old.radii)
+    # No spending given: equal shares, alpha / (c J) at every look, as runs written before spending existed.
+    equal = seq.anytime_label_probability_bounds(counts, n, alpha, looks)
+    level = alpha / (3 * 3)
+    assert equal[0][2, 1] == stats.beta.ppf(level, 250, 251) and equal[1][1, 1] == stats.beta.ppf(1 - level, 1, 200)
 
 
 def simulate(rng: np.random.Generator, p: np.ndarray, looks: np.ndarray, trials: int | None = None) -> np.ndarray:
@@ -105,30 +90,30 @@ def simulate(rng: np.random.Generator, p: np.ndarray, looks: np.ndarray, trials:
 
 def test_the_margin_rule_credits_the_clopper_pearson_bound_at_level_gamma() -> None:
     counts = np.array([[30.0, 60.0, 10.0]])
-    mask = np.array([[True, False, False]])
-    sizes, remaining = np.array([100]), np.array([400])
-    got = spending.favourable_counts(counts, sizes, remaining, mask, "margin", lower=None, upper=None, margin=0.2)
+    rule = seq.FUTILITY_RULES.get("margin")
+    assert seq.FUTILITY_RULES.entry("margin").info["parameters"] == ("margin",)
+    gain_in, gain_out = rule(counts, np.array([[100]]), None, None, np.array([[400]]), margin=0.2)
     upper_0 = stats.beta.ppf(0.8, 31, 70)  # one-sided Clopper-Pearson upper bound at level 0.2
     lower_1, lower_2 = stats.beta.ppf(0.2, 60, 41), stats.beta.ppf(0.2, 10, 91)
-    np.testing.assert_array_equal(got, [[30 + np.ceil(400 * upper_0), 60 + np.floor(400 * lower_1),
-                                         10 + np.floor(400 * lower_2)]])
+    assert gain_in[0, 0] == np.ceil(400 * upper_0)
+    np.testing.assert_array_equal(gain_out[0, 1:], [np.floor(400 * lower_1), np.floor(400 * lower_2)])
     assert 0.30 < upper_0 < 0.36 and 0.55 < lower_1 < 0.6
 
 
 def test_a_larger_margin_stops_sooner_and_small_margins_approach_plausible() -> None:
     rng = np.random.default_rng(21)
     c, trials = 4, 1500
-    looks = spending.fine_sample_size_schedule(10_000)
+    looks = seq.fine_sample_size_schedule(10_000)
     weights = rng.dirichlet(np.full(c, 0.5), size=trials)
     nested = np.stack([simulate(rng, w, looks) for w in weights])
     labels = np.zeros((trials, c), dtype=bool)
     labels[np.arange(trials), np.argmax(weights, axis=1)] = True
-    shares = spending.spending_weights(looks.size, 0.75)
-    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25, weights=shares)
-    means = [spending.spent_sequential_certification(nested, labels, futility="margin", margin=gamma,
+    shares = seq.spending_weights(looks.size, 0.75)
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25, spending=shares)
+    means = [seq.sequential_certification(nested, labels, futility="margin", margin=gamma,
                                                      **options).samples.mean() for gamma in (0.01, 0.2, 0.5)]
-    plausible = spending.spent_sequential_certification(nested, labels, futility="plausible", **options)
-    projected = spending.spent_sequential_certification(nested, labels, futility="projected", **options)
+    plausible = seq.sequential_certification(nested, labels, futility="plausible", **options)
+    projected = seq.sequential_certification(nested, labels, futility="projected", **options)
     assert means[0] > means[1] > means[2]
     assert plausible.samples.mean() > means[0]  # plausible credits the bound at alpha w / c, below 0.01
     assert abs(means[2] - projected.samples.mean()) < 0.1 * projected.samples.mean()  # gamma = 1/2: about projected
@@ -195,8 +180,8 @@ RULES = {
 
 def calibration_setup(rule: str, radius_factor: float) -> tuple[np.ndarray, np.ndarray | None, dict, np.ndarray]:
     schedule, share, futility = RULES[rule]
-    looks = spending.look_schedule(CAL_N, schedule)
-    weights = None if share is None else spending.spending_weights(looks.size, share)
+    looks = seq.look_schedule(CAL_N, schedule)
+    weights = None if share is None else seq.spending_weights(looks.size, share)
     options = dict(looks=looks, k=1, k_prime=1, sigma=0.5, radius=true_radius() * radius_factor, futility=futility)
     rng = np.random.default_rng(2026)
     increments = np.diff(np.concatenate([[0], looks]))
@@ -213,11 +198,11 @@ def test_the_failure_rate_at_the_stop_is_its_exact_value_and_within_alpha(rule: 
     looks, weights, options, nested = calibration_setup(rule, radius_factor)
 
     def decide(counts: np.ndarray, n: int) -> np.ndarray:
-        return spending.spent_stopping_rule(counts, n, np.broadcast_to([True, False], counts.shape), alpha=CAL_ALPHA,
-                                            weights=weights, **options).stop
+        return seq.sequential_stopping_rule(counts, n, np.broadcast_to([True, False], counts.shape), alpha=CAL_ALPHA,
+                                            spending=weights, **options).stop
 
     exact = exact_failure_probability(looks, weights, decide)
-    result = spending.spent_sequential_certification(nested, MASKS, alpha=CAL_ALPHA, weights=weights, **options)
+    result = seq.sequential_certification(nested, MASKS, alpha=CAL_ALPHA, spending=weights, **options)
     fails = failure_fraction(result.lower, result.upper)
     low, high = within(exact)
     print(f"\n[calibration] {rule}, R = {radius_factor:g} x the true radius: exact failure probability {exact:.4f} "
@@ -236,12 +221,12 @@ def test_mutants_fail_calibration() -> None:
         looks, weights, options, nested = calibration_setup(rule, radius_factor)
 
         def decide(counts: np.ndarray, n: int, options: dict = options, weights: np.ndarray = weights) -> np.ndarray:
-            return spending.spent_stopping_rule(counts, n, np.broadcast_to([True, False], counts.shape),
-                                                alpha=CAL_ALPHA, weights=weights, **options).stop
+            return seq.sequential_stopping_rule(counts, n, np.broadcast_to([True, False], counts.shape),
+                                                alpha=CAL_ALPHA, spending=weights, **options).stop
 
         exact = exact_failure_probability(looks, weights, decide)
         limit = within(exact)[1]
-        valid = spending.spent_sequential_certification(nested, MASKS, alpha=CAL_ALPHA, weights=weights, **options)
+        valid = seq.sequential_certification(nested, MASKS, alpha=CAL_ALPHA, spending=weights, **options)
         # (1) stop by the real rule, but certify with the fixed-n bounds of the look it stopped at
         fixed_lower, fixed_upper = np.zeros((TRIALS, 2)), np.zeros((TRIALS, 2))
         for size in np.unique(valid.samples):
@@ -249,16 +234,16 @@ def test_mutants_fail_calibration() -> None:
             fixed_lower[rows], fixed_upper[rows] = cert.label_probability_bounds(valid.counts[rows], int(size),
                                                                                  CAL_ALPHA)
         # (2) half the look penalty: every look's level doubled (as if the weights were counted once too few)
-        half = spending.spent_sequential_certification(nested, MASKS, alpha=2 * CAL_ALPHA, weights=weights,
+        half = seq.sequential_certification(nested, MASKS, alpha=2 * CAL_ALPHA, spending=weights,
                                                        **options)
         # (3) weights summing above 1 (3/4 last, and 1/4 at *each* earlier look): refused by validation, and here
         # run anyway through the equivalent valid weights with alpha scaled by their sum
-        over = spending.spending_weights(looks.size, 0.75)
+        over = seq.spending_weights(looks.size, 0.75)
         over[:-1] = 0.25
         with pytest.raises(ValueError, match="sum to at most 1"):
-            spending.spent_sequential_certification(nested, MASKS, alpha=CAL_ALPHA, weights=over, **options)
-        inflated = spending.spent_sequential_certification(nested, MASKS, alpha=CAL_ALPHA * over.sum(),
-                                                           weights=over / over.sum(), **options)
+            seq.sequential_certification(nested, MASKS, alpha=CAL_ALPHA, spending=over, **options)
+        inflated = seq.sequential_certification(nested, MASKS, alpha=CAL_ALPHA * over.sum(),
+                                                           spending=over / over.sum(), **options)
         rates = {"fixed-n bounds at the stop": failure_fraction(fixed_lower, fixed_upper),
                  "half the look penalty": failure_fraction(half.lower, half.upper),
                  "weights above 1": failure_fraction(inflated.lower, inflated.upper)}

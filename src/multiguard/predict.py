@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from . import certify as _certify
+from . import sequential as _sequential
 from .checkpoints import load_checkpoint, smoothed_from_checkpoint
 from .devices import resolve_device
 from .validation import check_int
@@ -33,6 +35,7 @@ class ImagePrediction:
     num_classes: int = 0
     mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
     samples: int | None = None  # estimation samples used (n unless sampling stopped early)
+    batch_seconds: float | None = None  # wall time of sampling and certifying the whole batch of images
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -44,6 +47,7 @@ class ImagePrediction:
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
             "samples": self.samples,
+            "batch_seconds": self.batch_seconds,
         }
 
 
@@ -64,7 +68,10 @@ def predict_images(
     channels_last: bool | None = None,
     compile: bool = False,
     stop_at_radius: float | None = None,
-    futility: str = "remaining",
+    futility: str = _sequential.DEFAULT_FUTILITY,
+    schedule: str = _sequential.DEFAULT_SCHEDULE,
+    spending: float | None = _sequential.DEFAULT_SPENDING,
+    margin: float = _sequential.DEFAULT_MARGIN,
     denoiser: str | os.PathLike[str] | None = None,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
@@ -74,7 +81,9 @@ def predict_images(
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; see :meth:`MultiGuard.predict`); ``samples`` says how many it used.
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
+    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
     """
     from .data import load_image
@@ -92,15 +101,18 @@ def predict_images(
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser)
+    started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                              stop_at_radius=stop_at_radius, futility=futility)
+                              stop_at_radius=stop_at_radius, futility=futility, schedule=schedule,
+                              spending=spending, margin=margin)
+    seconds = time.perf_counter() - started
     names = list(meta["class_names"])
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()
     return [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]))
+                        samples=int(result.samples[i]), batch_seconds=seconds)
         for i, path in enumerate(images)
     ]
 

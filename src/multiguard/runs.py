@@ -317,7 +317,8 @@ def _plan_run(spec: RunSpec, sampler: Any, dataset: Any, context: Any, shard: tu
     """The inputs (drawn from the seed), the looks, and the metadata a new run starts with."""
     from .sequential import sample_size_schedule  # SciPy loads here, not at import
 
-    sizes = sample_size_schedule(spec.n)
+    # fixed n: the nested sizes of the 1-2-5 series; sequential: the looks of the rule's schedule
+    sizes = sample_size_schedule(spec.n) if spec.stop_rule is None else spec.stop_rule.looks(spec.n)
     indices = select_inputs(len(dataset), spec.num_inputs, spec.seed)
     num_classes = getattr(dataset, "num_classes", None)
     if num_classes is None and getattr(dataset, "class_names", None) is not None:
@@ -403,8 +404,8 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
         counts, extra, drawn = nested[:, -1], {"nested_counts": nested}, len(chunk_indices) * spec.n
     else:
         counts, samples = sampler.sample_sequential_counts(
-            images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k,
-            futility=rule.futility, **common,
+            images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k, **rule.procedure(),
+            **common,
         )
         counts = np.asarray(counts, dtype=np.int64)
         extra = {"samples": np.asarray(samples, dtype=np.int64)}

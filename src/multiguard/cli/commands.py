@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..registry import Registry
 from .options import (
@@ -28,6 +29,7 @@ from .options import (
     add_stop_rule,
     dataset_options,
     mode_args,
+    stop_rule_options,
     wrap,
 )
 
@@ -196,7 +198,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             resume=args.resume,
             context=context,
             stop_rule=None if args.stop_at_radius is None else StopRule(
-                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha, futility=args.futility),
+                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha,
+                **stop_rule_options(args, _stored_stop_rule(args.out) if args.resume else None)),
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
@@ -303,12 +306,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         **mode,
         stop_at_radius=args.stop_at_radius,
-        futility=args.futility,
+        **stop_rule_options(args),
         denoiser=args.denoiser,
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0
+    if args.stop_at_radius is not None and predictions:
+        used = [p.samples for p in predictions]
+        echo(f"sequential at R = {args.stop_at_radius:g} (at most n = {args.n}): {len(predictions)} image(s), "
+             f"{sum(used) / len(used):.0f} estimation samples per image on average, "
+             f"{predictions[0].batch_seconds:.2f} s for all of them")
     for p in predictions:
         used = f" ({p.samples} samples)" if args.stop_at_radius is not None else ""
         echo(f"{p.path}: {', '.join(p.labels)}{used}")
@@ -423,6 +431,16 @@ def _datasets_describe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
+def _stored_stop_rule(run_dir: str) -> dict | None:
+    """The stop rule a run folder was written with (None without one), so that --resume continues it with its
+    own rule where the command line leaves the rule's options out."""
+    path = Path(run_dir) / "metadata.json"
+    try:
+        return json.loads(path.read_text()).get("stop_rule")
+    except (OSError, ValueError):
+        return None
+
+
 def _certify_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_aliases=("--num-samples",),
@@ -447,7 +465,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
-    from ..methods import METHODS
+    from ..methods import METHODS, default_methods
 
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs written by multiguard certify")
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
@@ -458,7 +476,7 @@ def _report_options(p: argparse.ArgumentParser) -> None:
                    "sigma/20, e.g. 0:2:0.025 at sigma = 0.5)")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),
+    p.add_argument("--methods", nargs="+", default=list(default_methods()), metavar="METHOD", choices=list(METHODS),
                    help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
     p.add_argument("--n", type=int, nargs="+", default=None,
