@@ -13,8 +13,9 @@ at most 10,000 samples per input.
 Every figure comes from one set of samples per model: the counts of each input after every 100 samples up to
 10,000 (``MultiGuard.sample_nested_counts``, kept in ``--work/MODEL/nested100.npz`` and reused). Each such
 count is exactly what a fixed-n run with that n draws, and each sequential procedure is replayed on them
-(``multiguard.spending.spent_sequential_certification``): the replay is what running the procedure gives
-(``--live`` checks it for the default procedure at most 1,000 samples, timed).
+(``multiguard.sequential.sequential_certification``): the replay is what running the procedure gives
+(``--live N`` checks it on the first N inputs of the first model: ``MultiGuard.certify(..., stop_at_radius=R)``
+with the default rule at most 1,000 samples, timed, against the replay: samples, counts and radii equal).
 
 Columns, per (model, R, most samples):
 
@@ -42,7 +43,7 @@ import numpy as np
 from scipy import stats
 
 from multiguard import certify as cert
-from multiguard import spending
+from multiguard import sequential as seq
 
 K, K_PRIME, ALPHA, SEED, NUM_INPUTS = 3, 1, 0.001, 0, 500
 MOST = (1000, 10_000)
@@ -60,13 +61,13 @@ class Procedure:
     futility rule and margin gamma (read by ``margin`` only)."""
 
     schedule: str
-    last_share: float | None
+    spending: float | None
     futility: str
-    margin: float = 0.2
+    margin: float = seq.DEFAULT_MARGIN
 
     @property
     def name(self) -> str:
-        spend = "equal shares" if self.last_share is None else f"{self.last_share:g} of alpha last"
+        spend = "equal shares" if self.spending is None else f"{self.spending:g} of alpha last"
         rule = f"margin gamma={self.margin:g}" if self.futility == "margin" else self.futility
         return f"{rule}, {self.schedule}, {spend}"
 
@@ -75,7 +76,7 @@ PROCEDURES = {
     "remaining": Procedure("1-2-5", None, "remaining"),
     "plausible": Procedure("1-2-5", None, "plausible"),
     "projected": Procedure("1-2-5", None, "projected"),
-    "default": Procedure("fine", 0.75, "margin", 0.2),
+    "default": Procedure(seq.DEFAULT_SCHEDULE, seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN),
 }
 
 
@@ -165,14 +166,13 @@ def oracle_samples(counts: np.ndarray, most: int, labels: np.ndarray, sigma: flo
 
 def replay(data: dict, procedure: Procedure, most: int, radius: float, rows: np.ndarray | None = None
            ) -> cert.SequentialCertificate:
-    looks = spending.look_schedule(most, procedure.schedule)
-    weights = None if procedure.last_share is None else spending.spending_weights(looks.size, procedure.last_share)
+    looks = seq.look_schedule(most, procedure.schedule)
     nested, labels = counts_at(data, looks), data["labels"]
     if rows is not None:
         nested, labels = nested[rows], labels[rows]
-    return spending.spent_sequential_certification(
+    return seq.sequential_certification(
         nested, labels, looks=looks, alpha=ALPHA, k=K, k_prime=K_PRIME, sigma=float(data["sigma"]), radius=radius,
-        weights=weights, futility=procedure.futility, margin=procedure.margin,
+        spending=procedure.spending, futility=procedure.futility, margin=procedure.margin,
     )
 
 
@@ -214,6 +214,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sampling only)")
     parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="target radii R")
     parser.add_argument("--search", action="store_true", help="also replay a grid of schedules, shares and margins")
+    parser.add_argument("--live", type=int, default=0, metavar="N",
+                        help="check live sampling against the replay on the first N inputs of the first model")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -253,9 +255,43 @@ def main() -> None:
             f"{h['mean_samples']:,.0f} samples, {100 * h['f1_change']:+.1f} points" for h in halves))
     if args.search:
         print_search(results, procedures)
+    if args.live:
+        results["live"] = live_check(work, args.models[0], args.live, args.radii, args.threads)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, args.radii, work / "sequential.png")
     print(f"wrote {work / 'results.json'} and {work / 'sequential.png'}")
+
+
+def live_check(work: Path, model: str, num: int, radii: list[float], threads: int) -> dict:
+    """Run the default rule live on the first ``num`` inputs (at most 1,000 samples) and check it equals the
+    replay on the stored counts; returns the wall time and samples per radius."""
+    import torch
+
+    from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+    from multiguard.runs import load_batch
+
+    torch.set_num_threads(threads)
+    data = model_data(work, model, threads)
+    loaded, meta = load_checkpoint(trained_model(work / model, **MODELS[model]), device="cpu")
+    dataset, _ = dataset_for_checkpoint(meta)
+    guard = smoothed_from_checkpoint(loaded, meta, k_prime=K_PRIME, device="cpu", precision="bf16",
+                                     channels_last=True, compile=True)
+    indices = data["indices"][:num]
+    images, labels = load_batch(dataset, indices)
+    out = {}
+    for radius in radii:
+        start = time.perf_counter()
+        live = guard.certify(torch.as_tensor(images), labels, n=MOST[0], alpha=ALPHA, k=K, stop_at_radius=radius,
+                             seed=SEED, index=indices, batch_size=1000)
+        seconds = time.perf_counter() - start
+        replayed = replay(data, PROCEDURES["default"], MOST[0], radius, rows=np.arange(num))
+        assert np.array_equal(live.samples, replayed.samples), "live samples differ from the replay"
+        assert np.array_equal(live.counts, replayed.counts), "live counts differ from the replay"
+        assert np.array_equal(live.radii, replayed.radii), "live radii differ from the replay"
+        out[str(radius)] = {"seconds": seconds, "mean_samples": float(live.samples.mean())}
+        print(f"live = replay on {num} inputs at R = {radius:g}: {live.samples.mean():.0f} samples per input, "
+              f"{seconds:.1f} s")
+    return out
 
 
 def print_search(results: dict, procedures: dict[str, Procedure]) -> None:

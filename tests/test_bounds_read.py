@@ -83,3 +83,30 @@ def test_jia_at_alpha_over_c_plus_l_holds_at_1_minus_alpha_and_the_papers_accoun
     # MultiGuard's c bounds at alpha / c: within alpha.
     lower, upper = cert.label_probability_bounds(counts, n, alpha)
     assert float(((lower > p) & labels | (upper < p) & ~labels).any(axis=1).mean()) <= limit
+
+
+def test_a_report_computes_jia_at_c_plus_l_bounds_and_jia_paper_at_c(tmp_path) -> None:  # noqa: ANN001
+    """Through the method registry: ``jia`` reads its bounds at alpha / (c + |L|), ``jia-paper`` at alpha / c;
+    ``jia-paper`` is computed only when asked for."""
+    from test_sequential import certify_vectors
+
+    from multiguard import report, runs
+
+    certify_vectors(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
+    assert set(run.labels.sum(axis=1).tolist()) == {2}  # |L| = 2 everywhere: B = c + 2 for Jia
+    result = report.make_report([run], tmp_path / "rep", k=[2], methods=["jia", "jia-paper"])
+    grid = result.curves[0].radius
+    counts = run.counts_for(1)
+    expected = {}
+    for method, read in (("jia", cert.jia_bounds_read(run.labels)), ("jia-paper", None)):
+        lower, upper = cert.label_probability_bounds(counts, run.n, 0.001, read)
+        sizes = cert.jia_intersection_size_from_radii(cert.jia_certified_radii(lower, upper, run.labels, k=2,
+                                                                               sigma=0.25), grid)
+        expected[method] = cert.certified_metrics(sizes, run.labels, 2).f1
+    for curve in result.curves:
+        np.testing.assert_allclose(curve.f1, expected[curve.method])
+    assert {curve.method for curve in result.curves} == {"jia", "jia-paper"}
+    assert (expected["jia"] <= expected["jia-paper"]).all()
+    default = report.make_report([run], tmp_path / "rep2", k=[2])
+    assert "jia-paper" not in {curve.method for curve in default.curves} and "jia" in {c.method for c in default.curves}

@@ -699,3 +699,10 @@ def test_cli_predict_stops_early(tmp_path_factory, tmp_path: Path, capsys) -> No
     assert all(p["samples"] <= 2000 for p in sequential) and [p["samples"] for p in fixed] == [2000] * 3
     code, text, _ = run_in_process(capsys, *common[:-1], "--stop-at-radius", "0.1")
     assert code == 0 and "samples)" in text
+    mean = sum(p["samples"] for p in sequential) / 3
+    assert f"sequential at R = 0.1 (at most n = 2000): 3 image(s), {mean:.0f} estimation samples per image" in text
+    assert " s for all of them" in text and all(p["batch_seconds"] > 0 for p in sequential)
+    # The stopping rule's options reach predict: the legacy rule stops each image at a 1-2-5 look.
+    code, out, _ = run_in_process(capsys, *common, "--stop-at-radius", "0.1", "--futility", "remaining",
+                                  "--schedule", "1-2-5", "--spending", "equal")
+    assert code == 0 and {p["samples"] for p in json.loads(out)} <= {100, 200, 500, 1000, 2000}
