@@ -17,8 +17,18 @@ and a :class:`multiguard.runspec.StopRule` value)::
 
 It gets, for the open rows, ``counts`` ``(M, c)`` at look ``n`` ``(M, 1)``, their anytime bounds ``lower``,
 ``upper`` ``(M, c)`` and the ``remaining`` samples ``(M, 1)``, and returns the extra counts credited to the
-labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). Any rule is sound: it only decides
-when to stop, and the bounds read at the stop are anytime-valid.
+labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). A rule with a setting declares it
+(``parameters=("margin",)`` in the registration: it is then called with ``margin=`` gamma, ``--futility-margin``
+on the command line). Any rule is sound: it only decides when to stop, and the bounds read at the stop are
+anytime-valid.
+
+The looks come from a schedule of :data:`SCHEDULES` (``fine``, the default: about 20 % apart; ``1-2-5``, the
+looks of runs written before schedules existed), and alpha is spent over them by :func:`spending_weights`
+(the default: three quarters at the last look, the rest in equal shares; ``None``: equal shares, as older
+runs): at look j each bound read is at level ``alpha w_j / c``, and the weights sum to at most 1, so the bounds
+read at any stopping time hold with probability ``1 - alpha``. The defaults (:data:`DEFAULT_FUTILITY`,
+:data:`DEFAULT_SCHEDULE`, :data:`DEFAULT_SPENDING`, :data:`DEFAULT_MARGIN`) are those of
+:class:`multiguard.runspec.StopRule`; docs/sequential.md says why.
 """
 
 from __future__ import annotations
