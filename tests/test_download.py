@@ -359,3 +359,16 @@ def test_a_bad_manifest_is_one_line_naming_the_file_and_the_field(tmp_path, chan
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match=r"manifest: cannot read .*broken\.json as JSON"):
         load_manifest("voc2007", tmp_path / "broken.json")
+
+
+def test_the_downloader_does_not_import_torch_and_names_the_files_the_loader_reads():
+    import subprocess
+    import sys
+
+    code = ("import sys, multiguard.data.download as d; d.shipped_manifest(); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from multiguard.data import download, nuswide
+
+    assert (download.NUSWIDE_CSV, download.NUSWIDE_CONCEPTS) == (nuswide.CSV_NAME, nuswide.CONCEPTS_NAME)

@@ -66,6 +66,8 @@ USER_AGENT = "multiguard-datasets-download (+https://github.com)"
 TIMEOUT_S = 60.0
 CHECKSUMS = ("md5", "sha256")  # the algorithms a manifest may give, each checked when given
 UNPACKERS = ("tar", "zip", "none")
+# The NUS-WIDE file names multiguard.data.nuswide reads (repeated here: importing that loader imports torch).
+NUSWIDE_CSV, NUSWIDE_CONCEPTS = "nus_wid_data.csv", "Concepts81.txt"
 
 
 class DownloadError(RuntimeError):
@@ -517,15 +519,13 @@ def _missing_images(name: str, root: Path) -> str | None:
     """For a dataset with steps done by hand: what is still missing (one line), or None when nothing is."""
     if name != "nuswide":
         return "the files fetched by hand are not checked for this dataset"
-    from .nuswide import CSV_NAME
-
-    with open(root / CSV_NAME, encoding="utf-8", newline="") as handle:
+    with open(root / NUSWIDE_CSV, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         header = [name.strip().lower() for name in next(reader, [])]
         column = next(i for key in ("path", "file", "image") for i, name in enumerate(header) if key in name)
         paths = [row[column].strip() for row in reader if row]
     missing = sum(1 for p in paths if not (root / p).is_file())
-    return f"{missing} of the {len(paths)} images listed in {root / CSV_NAME} are not in {root}" if missing else None
+    return f"{missing} of the {len(paths)} images listed in {root / NUSWIDE_CSV} are not in {root}" if missing else None
 
 
 def download_dataset(
@@ -574,11 +574,9 @@ def download_dataset(
         fetched.append(item.name)
     manual: list[str] = []
     if entry.concepts:
-        from .nuswide import CONCEPTS_NAME
-
-        if not (root / CONCEPTS_NAME).exists():
-            atomic_write_bytes(root / CONCEPTS_NAME, ("\n".join(entry.concepts) + "\n").encode())
-            log(f"{CONCEPTS_NAME}: wrote the {len(entry.concepts)} class names (the manifest's concept list)")
+        if not (root / NUSWIDE_CONCEPTS).exists():
+            atomic_write_bytes(root / NUSWIDE_CONCEPTS, ("\n".join(entry.concepts) + "\n").encode())
+            log(f"{NUSWIDE_CONCEPTS}: wrote the {len(entry.concepts)} class names (the manifest's concept list)")
     if entry.manual:
         missing = _missing_images(name, root)
         if missing:
