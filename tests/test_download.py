@@ -372,3 +372,14 @@ def test_the_downloader_does_not_import_torch_and_names_the_files_the_loader_rea
     from multiguard.data import download, nuswide
 
     assert (download.NUSWIDE_CSV, download.NUSWIDE_CONCEPTS) == (nuswide.CSV_NAME, nuswide.CONCEPTS_NAME)
+
+
+def test_a_local_file_url_works_as_a_mirror(tmp_path):
+    data = voc_tar("test")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / VOC_NAMES["test"]).write_bytes(data)
+    url = (tmp_path / "cache" / VOC_NAMES["test"]).as_uri()
+    manifest = write_manifest(tmp_path / "m.json", {"voc2007": {"files": [
+        file_entry(VOC_NAMES["test"], data, [closed_port_url(), url], "tar", VOC_CHECK["test"])]}})
+    download_dataset("voc2007", tmp_path / "root", manifest=manifest, progress=False, log=lambda _: None)
+    assert len(get_dataset("voc2007", root=tmp_path / "root", split="test")) == 2
