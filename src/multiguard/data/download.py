@@ -348,9 +348,9 @@ def fetch_file(
 
     URLs are tried in order; within one URL a dropped connection is resumed with a Range request up to
     ``retries`` times as long as bytes keep arriving. The bytes live in ``NAME.part`` until the size and every
-    checksum match (and ``validate(path)``, where given, returns None rather than a reason), then are renamed to
-    ``NAME``. A ``NAME`` already there that matches is used as it is (an
-    archive fetched by hand can be put there); one that does not is removed and fetched again.
+    checksum match (and ``validate(path)``, where given, returns None rather than a reason), then are renamed
+    to ``NAME``. A ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put
+    there); one that does not is removed and fetched again.
 
     Raises:
         DownloadError: every URL failed; one line per URL and what to do. A non-empty ``NAME.part`` is kept
@@ -358,6 +358,7 @@ def fetch_file(
     """
     folder = Path(folder)
     final, part = folder / entry.name, folder / f"{entry.name}.part"
+
     def problem_of(path: Path) -> str | None:
         problem = _check_bytes(path, entry)
         return problem if problem is not None or validate is None else validate(path)
