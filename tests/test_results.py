@@ -111,8 +111,23 @@ def test_results_document_leaves_attack_curves_out_and_checks_names(tmp_path):
     curves = compute_curves([run], k=(3,), k_prime=(1,), radius=[0.0, 0.5])
     with pytest.raises(ValueError, match="names must give one name per run"):
         results_document(curves, [run], [])
-    with pytest.raises(ValueError, match=r"curve of run 'run_fixed' has no run among \['x'\]"):
+    with pytest.raises(ValueError, match=r"curve of run 'run_fixed' \(n = 300\) has no run among \['x'\]"):
         results_document(curves, [run], ["x"])
+
+
+def test_one_run_read_at_several_n_gets_an_id_per_n(tmp_path):
+    run = load_run(OLD / "run_fixed")
+    at = [run.at_sample_size(size) for size in (100, 300)]
+    curves = compute_curves(at, k=(3,), k_prime=(1,), radius=[0.0, 0.25], names=["run_fixed", "run_fixed"])
+    document = write_results(tmp_path / RESULTS_FILE, curves, at, ["run_fixed", "run_fixed"])
+    assert [r["id"] for r in document["runs"]] == ["run_fixed@n=100", "run_fixed@n=300"]
+    assert [r["cost"]["samples"] for r in document["runs"]] == [600, 1800]
+    assert {r["run"] for r in document["records"]} == {"run_fixed@n=100", "run_fixed@n=300"}
+    expected = {(r["method"], float(r["radius"])): float(r["f1"]) for r in expected_rows("fixed")
+                if r["k"] == "3" and r["k_prime"] == "1"}
+    at_300 = [r for r in document["records"] if r["run"] == "run_fixed@n=300"]
+    assert at_300 and all(r["certified_f1"] == pytest.approx(expected[(r["method"], r["radius"])], abs=1e-9)
+                          for r in at_300)  # read at its own n: the run itself
 
 
 def test_compare_puts_two_runs_in_one_table(tmp_path):

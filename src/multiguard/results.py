@@ -127,25 +127,40 @@ def _round(value: float) -> float:
     return round(float(value), DIGITS)
 
 
+def _run_ids(runs: Sequence[Any], names: Sequence[str]) -> list[str]:
+    """A distinct id per run: its name, or ``NAME@n=N`` where one run is read at several sample sizes
+    (``report --n``), which gives several runs one name."""
+    if len(set(names)) == len(names):
+        return [str(name) for name in names]
+    ids = [f"{name}@n={int(run.metadata['n'])}" for run, name in zip(runs, names, strict=True)]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"names must tell the runs apart, got {list(names)}")
+    return ids
+
+
 def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence[str],
                      title: str = "Certified robustness") -> dict[str, Any]:
-    """The ``results.json`` document of a report: ``runs`` (each ``runs[i]`` named ``names[i]``, as the
-    curves name them) and one record per curve and radius of the certified curves (curves of method
-    ``attack``, empirical, are not results of a certificate and are left out)."""
+    """The ``results.json`` document of a report: ``runs`` (``runs[i]`` is called ``names[i]`` by the curves;
+    where one run is read at several n, its ids become ``NAME@n=N``) and one record per curve and radius of
+    the certified curves (curves of method ``attack``, empirical, are not results of a certificate and are
+    left out)."""
     from . import __version__
 
     if len(names) != len(runs):
         raise ValueError(f"names must give one name per run ({len(runs)}), got {len(names)}")
-    known = set(names)
+    ids = _run_ids(runs, names)
+    by_curve = {(str(name), int(run.metadata["n"])): run_id for run, name, run_id in zip(runs, names, ids, strict=True)}
     records = []
     for curve in curves:
         if curve.method == "attack":
             continue
-        if curve.run not in known:
-            raise ValueError(f"curves: curve of run {curve.run!r} has no run among {sorted(known)}")
+        run_id = by_curve.get((curve.run, int(curve.n)))
+        if run_id is None:
+            raise ValueError(f"curves: curve of run {curve.run!r} (n = {curve.n}) has no run among "
+                             f"{sorted({str(name) for name in names})}")
         for j, radius in enumerate(np.asarray(curve.radius, dtype=np.float64)):
             records.append({
-                "run": curve.run, "method": curve.method, "k": int(curve.k), "k_prime": int(curve.k_prime),
+                "run": run_id, "method": curve.method, "k": int(curve.k), "k_prime": int(curve.k_prime),
                 "alpha": float(curve.alpha), "radius": _round(radius),
                 "certified_precision": _round(curve.precision[j]), "certified_recall": _round(curve.recall[j]),
                 "certified_f1": _round(curve.f1[j]), "num_inputs": int(curve.num_inputs),
@@ -155,8 +170,8 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
         "schema_version": SCHEMA_VERSION,
         "multiguard_version": __version__,
         "title": title,
-        "runs": [{**run_identity(run, name), "cost": run_cost(run), "software": _software(run.metadata)}
-                 for run, name in zip(runs, names, strict=True)],
+        "runs": [{**run_identity(run, run_id), "cost": run_cost(run), "software": _software(run.metadata)}
+                 for run, run_id in zip(runs, ids, strict=True)],
         "records": records,
     }
 
