@@ -37,6 +37,9 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     drop_after: dict[str, list[int]] = field(default_factory=dict)  # path -> byte counts of the next drops
     ignore_range: set[str] = field(default_factory=set)
+    stall_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the response hangs
+    stalled: threading.Event = field(default_factory=threading.Event)  # set once a response hangs
+    release: threading.Event = field(default_factory=threading.Event)  # set to end the hanging responses
     bytes_sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
@@ -74,6 +77,15 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
+            stall = served.stall_after.pop(path, None)
+            if stall is not None:  # send part of the file, then hang (a client killed now leaves its .part)
+                self.wfile.write(body[:stall])
+                self.wfile.flush()
+                served.bytes_sent[path] += min(stall, len(body))
+                served.stalled.set()
+                served.release.wait(60)
+                self.close_connection = True
+                return
             drops = served.drop_after.get(path)
             if drops:
                 cut = drops.pop(0)
@@ -100,6 +112,7 @@ def http_server():
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", served
     finally:
+        served.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)

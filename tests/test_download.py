@@ -383,3 +383,40 @@ def test_a_local_file_url_works_as_a_mirror(tmp_path):
         file_entry(VOC_NAMES["test"], data, [closed_port_url(), url], "tar", VOC_CHECK["test"])]}})
     download_dataset("voc2007", tmp_path / "root", manifest=manifest, progress=False, log=lambda _: None)
     assert len(get_dataset("voc2007", root=tmp_path / "root", split="test")) == 2
+
+
+def test_a_process_killed_mid_download_leaves_only_a_part_and_the_next_run_resumes_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "voc"
+    name = VOC_NAMES["trainval"]
+    with http_server() as (base, served):
+        manifest = voc_manifest(tmp_path, base, served)
+        size = len(served.files[f"/{name}"])
+        cut = size // 3
+        served.stall_after[f"/{name}"] = cut  # the first response sends a third, then hangs
+        code = ("import sys; from multiguard.data.download import download_dataset; "
+                "download_dataset('voc2007', sys.argv[1], manifest=sys.argv[2], progress=False)")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(manifest)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert served.stalled.wait(60)
+            part = root / DOWNLOAD_DIR / f"{name}.part"
+            for _ in range(200):  # the bytes sent reach the file
+                if part.exists() and part.stat().st_size == cut:
+                    break
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(30)
+        assert part.stat().st_size == cut and not (root / DOWNLOAD_DIR / name).exists()
+        assert not (root / "VOCdevkit").exists()
+        served.release.set()
+        download_dataset("voc2007", root, manifest=manifest, progress=False, log=lambda _: None)
+        assert (f"/{name}", f"bytes={cut}-") in served.requests
+        assert served.bytes_sent[f"/{name}"] == size  # the kept third was not sent again
+    assert_voc_loads(root)

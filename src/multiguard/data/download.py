@@ -317,15 +317,17 @@ def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool, timeout
             disable=not progress, leave=False, file=sys.stderr,
         ) as bar:
             received = start
+            read = getattr(response, "read1", response.read)  # what has arrived, not a full block: a kill loses little
             while True:
                 try:
-                    block = response.read(CHUNK_BYTES)
+                    block = read(CHUNK_BYTES)
                 except (TimeoutError, http.client.IncompleteRead, OSError) as exc:
                     where = f"{received} of {expected or '?'} bytes"
                     raise _Dropped(f"connection lost after {where} ({_short(exc)})") from None
                 if not block:
                     break
                 handle.write(block)
+                handle.flush()
                 received += len(block)
                 bar.update(len(block))
             handle.flush()
