@@ -102,7 +102,21 @@ def test_nuswide_split_is_the_csv_and_every_listed_image_is_checked(tmp_path):
 
 
 def test_verify_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="name: unknown dataset 'imagenet'"):
+    with pytest.raises(ValueError, match="name: verify checks a dataset folder: one of coco2014, csv, nuswide, "
+                                         "voc2007, got 'imagenet'"):
         verify_dataset("imagenet", tmp_path)
     with pytest.raises(ValueError, match=r"root: .*nowhere is not a folder .*datasets download voc2007"):
         verify_dataset("voc2007", tmp_path / "nowhere")
+
+
+def test_your_own_csv_dataset_is_checked_without_official_counts(tmp_path):
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    (tmp_path / "train.csv").write_text("path,labels\na.jpg,cat\nb.jpg,dog|cat\n")
+    (tmp_path / "test.csv").write_text("path,labels\nc.jpg,dog\n")
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes((5, 5, 5)))
+    (tmp_path / "b.jpg").write_bytes(b"broken")
+    report = verify_dataset("csv", tmp_path, progress=False)
+    train, test = report.splits
+    assert train.expected is None and train.images == 2
+    assert [p.split(": ")[1] for p in train.problems] == ["corrupt image"]
+    assert test.problems == [f"test: missing image: {tmp_path / 'c.jpg'}"]

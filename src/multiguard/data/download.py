@@ -57,6 +57,7 @@ __all__ = [
     "fetch_file",
     "file_is_unpacked",
     "load_manifest",
+    "manifest_entries",
 ]
 
 DOWNLOAD_DIR = ".multiguard-downloads"  # under ROOT: archives in flight (.part), checked archives, .done markers
@@ -227,15 +228,21 @@ def shipped_manifest() -> dict[str, DatasetManifest]:
     return _parse_manifest(json.loads(text), "multiguard/data/manifest.json")
 
 
+def manifest_entries(manifest: str | os.PathLike[str] | None = None) -> dict[str, DatasetManifest]:
+    """Every dataset's manifest entry: the shipped ones, replaced by those of the user's file ``manifest``."""
+    entries = shipped_manifest()
+    if manifest is not None:
+        entries.update(_parse_manifest(_read_json(Path(manifest), "manifest"), str(manifest)))
+    return entries
+
+
 def load_manifest(name: str, manifest: str | os.PathLike[str] | None = None) -> DatasetManifest:
     """The manifest entry of dataset ``name``: from the user's file ``manifest`` if it names it, else shipped.
 
     Raises ValueError naming ``manifest`` for an unreadable or malformed file, and naming ``name`` for a
     dataset neither file knows.
     """
-    entries = shipped_manifest()
-    if manifest is not None:
-        entries.update(_parse_manifest(_read_json(Path(manifest), "manifest"), str(manifest)))
+    entries = manifest_entries(manifest)
     if name not in entries:
         raise ValueError(f"name: no download is known for dataset {name!r}; downloadable datasets are "
                          f"{', '.join(sorted(entries))}")

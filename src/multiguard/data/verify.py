@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import DATASETS, format_description, get_dataset
-from .download import DatasetManifest, load_manifest
+from .download import DatasetManifest, manifest_entries
 
 __all__ = ["SplitCheck", "VerifyReport", "verify_dataset"]
 
@@ -161,11 +161,13 @@ def verify_dataset(
             whether they exist; only the label files and the counts are checked).
 
     Raises:
-        ValueError: an unknown dataset, one without a manifest entry, or a bad manifest (naming it).
+        ValueError: an unknown dataset (or one without a folder), or a bad manifest (naming it). A dataset
+            without a manifest entry (``csv``) has no official counts: its files and images are checked.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name: unknown dataset {name!r}; known datasets are {sorted(DATASETS)}")
-    entry = load_manifest(name, manifest)
+    if name not in DATASETS or not DATASETS[name].needs_root:
+        known = sorted(n for n, info in DATASETS.items() if info.needs_root)
+        raise ValueError(f"name: verify checks a dataset folder: one of {', '.join(known)}, got {name!r}")
+    entry = manifest_entries(manifest).get(name) or DatasetManifest(name, name, "", (), None, source="none")
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"root: {root} is not a folder (fetch the data first: multiguard datasets download "
