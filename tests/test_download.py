@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import command, env, run
 from data_server import (
     COCO_IMAGES,
     VOC_CLASSES,
@@ -389,7 +390,6 @@ def test_a_process_killed_mid_download_leaves_only_a_part_and_the_next_run_resum
     import os
     import signal
     import subprocess
-    import sys
     import time
 
     root = tmp_path / "voc"
@@ -399,24 +399,85 @@ def test_a_process_killed_mid_download_leaves_only_a_part_and_the_next_run_resum
         size = len(served.files[f"/{name}"])
         cut = size // 3
         served.stall_after[f"/{name}"] = cut  # the first response sends a third, then hangs
-        code = ("import sys; from multiguard.data.download import download_dataset; "
-                "download_dataset('voc2007', sys.argv[1], manifest=sys.argv[2], progress=False)")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(manifest)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([*command(), "datasets", "download", "voc2007", "--root", str(root), "--manifest",
+                                 str(manifest)], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        part = root / DOWNLOAD_DIR / f"{name}.part"
         try:
             assert served.stalled.wait(60)
-            part = root / DOWNLOAD_DIR / f"{name}.part"
             for _ in range(200):  # the bytes sent reach the file
                 if part.exists() and part.stat().st_size == cut:
                     break
                 time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)  # as a power cut or a killed job would
         finally:
             proc.wait(30)
         assert part.stat().st_size == cut and not (root / DOWNLOAD_DIR / name).exists()
         assert not (root / "VOCdevkit").exists()
         served.release.set()
-        download_dataset("voc2007", root, manifest=manifest, progress=False, log=lambda _: None)
+        again = run("datasets", "download", "voc2007", "--root", str(root), "--manifest", str(manifest), "--quiet")
+        assert f"voc2007 is in {root}" in again.stdout
         assert (f"/{name}", f"bytes={cut}-") in served.requests
         assert served.bytes_sent[f"/{name}"] == size  # the kept third was not sent again
     assert_voc_loads(root)
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def test_command_line_download_verify_and_a_second_run_that_does_nothing(tmp_path):
+    root = tmp_path / "voc"
+    with http_server() as (base, served):
+        manifest = voc_manifest(tmp_path, base, served)
+        first = run("datasets", "download", "voc2007", "--root", str(root), "--manifest", str(manifest))
+        assert f"{VOC_NAMES['trainval']}: fetched, checked and unpacked into {root}" in first.stdout
+        assert f"next: multiguard datasets verify voc2007 --root {root}" in first.stdout
+        requests = len(served.requests)
+        second = run("datasets", "download", "voc2007", "--root", str(root), "--manifest", str(manifest))
+        assert len(served.requests) == requests
+    assert f"voc2007 in {root} is complete: nothing to download" in second.stdout
+    assert f"{VOC_NAMES['test']}: already in {root} (left alone)" in second.stdout
+    verified = run("datasets", "verify", "voc2007", "--root", str(root), "--manifest", str(manifest),
+                   "--split", "trainval")
+    assert "trainval: 3 images (official: 3); ok" in verified.stdout and verified.stdout.rstrip().endswith("verify: ok")
+
+
+def test_command_line_no_network_one_line_per_url_what_to_do_exit_1(tmp_path):
+    root = tmp_path / "voc"
+    name = VOC_NAMES["trainval"]
+    urls = [closed_port_url(f"/{name}"), closed_port_url(f"/mirror/{name}")]
+    manifest = write_manifest(tmp_path / "m.json", {"voc2007": {"files": [
+        file_entry(name, b"x" * 10, urls, "tar", VOC_CHECK["trainval"])]}})
+    proc = run("datasets", "download", "voc2007", "--root", str(root), "--manifest", str(manifest), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"multiguard: error: {name}: could not be fetched from any of its 2 URLs:"
+    assert [line.removeprefix("multiguard: error:").strip().split(": ")[0] for line in lines[1:3]] == urls
+    assert lines[3].startswith("multiguard: error: what to do: check the network") and len(lines) == 4
+    assert sorted(root.rglob("*")) == []
+
+
+def test_command_line_nuswide_says_what_to_fetch_by_hand_exit_1(tmp_path):
+    root = tmp_path / "nus"
+    with http_server() as (base, served):
+        served.files["/nus_wid_data.csv"] = b",filepath,label,split_name\n0,images/a.jpg,\"['sky']\",train\n"
+        shipped = json.loads((Path(__file__).parents[1] / "src/multiguard/data/manifest.json").read_text())
+        nus = dict(shipped["datasets"]["nuswide"], files=[
+            {"name": "nus_wid_data.csv", "urls": [f"{base}/nus_wid_data.csv"], "size": None, "checksum_note": "none",
+             "unpack": "none", "check": ["nus_wid_data.csv"], "licence": "test"}])
+        manifest = write_manifest(tmp_path / "m.json", {"nuswide": nus})
+        proc = run("datasets", "download", "nuswide", "--root", str(root), "--manifest", str(manifest), check=False)
+    assert proc.returncode == 1
+    assert "drive.google.com" in proc.stdout and f"Unpack it into {root} so that" in proc.stdout
+    assert proc.stderr.strip() == (f"multiguard: error: nuswide in {root} is not complete: do the steps above by "
+                                   "hand, then run this command again")
+
+
+def test_command_line_bad_manifest_and_unknown_name_are_one_line_errors(tmp_path):
+    from clitools import assert_one_line_error
+
+    (tmp_path / "bad.json").write_text("{")
+    assert_one_line_error(run("datasets", "download", "voc2007", "--root", str(tmp_path / "r"), "--manifest",
+                              str(tmp_path / "bad.json"), check=False), "bad.json")
+    assert_one_line_error(run("datasets", "download", "imagenet", "--root", str(tmp_path), check=False),
+                          "invalid choice: 'imagenet'")
+    assert not (tmp_path / "r").exists()

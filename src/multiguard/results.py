@@ -41,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "compare_results",
     "read_results",
+    "results_bytes",
     "results_document",
     "run_cost",
     "run_identity",
@@ -176,7 +177,8 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
     }
 
 
-def _dumps(document: dict[str, Any]) -> bytes:
+def results_bytes(document: dict[str, Any]) -> bytes:
+    """``document`` as the bytes of ``results.json`` (sorted keys, so equal documents give equal files)."""
     return (json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
@@ -185,7 +187,7 @@ def write_results(path: str | os.PathLike[str], curves: Sequence[Any], runs: Seq
     """Write :func:`results_document` to ``path`` atomically (validated first) and return it."""
     document = results_document(curves, runs, names, title=title)
     validate_results(document)
-    atomic_write_bytes(path, _dumps(document))
+    atomic_write_bytes(path, results_bytes(document))
     return document
 
 

@@ -293,7 +293,7 @@ class _Dropped(ConnectionError):
     """The server closed the connection before the whole file arrived (the part so far is kept)."""
 
 
-def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool, timeout: float) -> None:
+def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool | None, timeout: float) -> None:
     """Append ``url``'s bytes to ``part``, from its current length on (an HTTP Range request when > 0)."""
     start = part.stat().st_size if part.exists() else 0
     if entry.size is not None and start >= entry.size:
@@ -321,7 +321,7 @@ def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool, timeout
 
         with open(part, "ab" if start else "wb") as handle, tqdm(
             total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.name,
-            disable=not progress, leave=False, file=sys.stderr,
+            disable=None if progress is None else not progress, leave=False, file=sys.stderr,
         ) as bar:
             received = start
             read = getattr(response, "read1", response.read)  # what has arrived, not a full block: a kill loses little
@@ -347,7 +347,7 @@ def fetch_file(
     entry: ManifestFile,
     folder: str | os.PathLike[str],
     *,
-    progress: bool = True,
+    progress: bool | None = None,
     retries: int = 3,
     timeout: float = TIMEOUT_S,
     log: Callable[[str], None] = print,
@@ -355,11 +355,12 @@ def fetch_file(
 ) -> Path:
     """Download ``entry`` into ``folder`` and return the checked file ``folder/entry.name``.
 
-    URLs are tried in order; within one URL a dropped connection is resumed with a Range request up to
-    ``retries`` times as long as bytes keep arriving. The bytes live in ``NAME.part`` until the size and every
-    checksum match (and ``validate(path)``, where given, returns None rather than a reason), then are renamed
-    to ``NAME``. A ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put
-    there); one that does not is removed and fetched again.
+    ``progress``: a tqdm bar on stderr (``None``: only on a terminal). URLs are tried in order; within one
+    URL a dropped connection is resumed with a Range request up to ``retries`` times as long as bytes keep
+    arriving. The bytes live in ``NAME.part`` until the size and every checksum match (and
+    ``validate(path)``, where given, returns None rather than a reason), then are renamed to ``NAME``. A
+    ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put there); one
+    that does not is removed and fetched again.
 
     Raises:
         DownloadError: every URL failed; one line per URL and what to do. A non-empty ``NAME.part`` is kept
@@ -543,7 +544,7 @@ def download_dataset(
     root: str | os.PathLike[str],
     *,
     manifest: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     retries: int = 3,
     timeout: float = TIMEOUT_S,
     keep_archives: bool = False,
