@@ -160,3 +160,26 @@ def test_compare_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "multiguard-results", "schema_version": 1}))
     with pytest.raises(ValueError, match=r"compare: .*bad\.json: runs: must be a list"):
         read_results(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def test_command_line_report_writes_results_and_compares_two_runs(tmp_path):
+    from clitools import assert_one_line_error, run
+
+    run("report", str(OLD / "run_fixed"), "--k", "3", "--k-prime", "1", "--quiet", "--out", str(tmp_path / "fixed"))
+    document = read_results(tmp_path / "fixed" / RESULTS_FILE)  # validated
+    assert {r["run"] for r in document["records"]} == {"run_fixed"}
+    run("report", str(OLD / "run_sequential"), "--quiet", "--out", str(tmp_path / "sequential"))
+    compared = run("report", "--compare", str(tmp_path / "fixed"), str(tmp_path / "sequential" / RESULTS_FILE),
+                   "--metric", "recall")
+    assert "## Certified recall (%) at radius R" in compared.stdout
+    assert "| fixed " in compared.stdout and "| sequential " in compared.stdout
+    both = run("report", str(OLD / "run_fixed"), "--k", "3", "--quiet", "--out", str(tmp_path / "again"),
+               "--compare", str(tmp_path / "fixed"))
+    assert "The runs differ in: nothing of the above." in both.stdout  # the same run, reported twice
+    assert (tmp_path / "again" / RESULTS_FILE).read_bytes() == (tmp_path / "fixed" / RESULTS_FILE).read_bytes()
+    assert_one_line_error(run("report", check=False), "give RUN_DIRs", "--compare")
+    assert_one_line_error(run("report", str(OLD / "run_fixed"), check=False), "--out REPORT_DIR")
+    assert_one_line_error(run("report", "--compare", str(tmp_path / "nothing.json"), check=False), "nothing.json")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from multiguard import MultiGuard, runs
+from multiguard.runspec import RunSpec
 from multiguard.shards import auto_shard, resolve_shard
 
 
@@ -78,9 +79,10 @@ class _Data:
 def _certify(path: Path, shard: tuple[int, int]) -> runs.RunResult:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    return runs.certify_run(path, sampler=MultiGuard(model, num_classes=4, sigma=0.5, device="cpu"), dataset=_Data(),
-                            n=100, max_k_prime=2, seed=1, num_inputs=20, chunk_size=3, shard=shard,
-                            metadata={"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"})
+    spec = RunSpec(n=100, max_k_prime=2, seed=1, num_inputs=20, chunk_size=3, sigma=0.5, arch="mlp",
+                   dataset="digits", split="test")
+    return runs.sample_run(path, spec, sampler=MultiGuard(model, num_classes=4, sigma=0.5, device="cpu"),
+                           dataset=_Data(), shard=shard)
 
 
 def test_a_job_array_with_auto_writes_the_chunks_and_counts_of_explicit_shards(tmp_path):
@@ -96,3 +98,35 @@ def test_a_job_array_with_auto_writes_the_chunks_and_counts_of_explicit_shards(t
     whole = _certify(tmp_path / "whole", (0, 1))
     assert whole.complete
     np.testing.assert_array_equal(runs.load_run(tmp_path / "auto").counts, runs.load_run(tmp_path / "whole").counts)
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+@pytest.mark.slow
+def test_command_line_job_array_with_shard_auto_gives_the_counts_of_one_process(tmp_path_factory, tmp_path):
+    import subprocess
+
+    from clitools import CERTIFY_ARGS, assert_same_counts, command, env, reference_run, tiny_checkpoint
+
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    reference = reference_run(tmp_path_factory)
+    out = tmp_path / "run"
+    for task in (1, 2):  # sbatch --array=1-2, the tasks one after the other
+        proc = subprocess.run([*command(), "certify", "--checkpoint", str(checkpoint), *CERTIFY_ARGS, "--device",
+                               "cpu", "--out", str(out), "--shard", "auto"], env={**env(), **array(task, 1, 2)},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert f"--shard auto: SLURM job array: task {task} is shard {task - 1} of 2" in proc.stdout
+    assert_same_counts(reference, out)
+
+
+def test_command_line_shard_auto_outside_a_job_array_is_one_line(capsys, monkeypatch, tmp_path):
+    from clitools import assert_one_line_error_in_process, run_in_process
+
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    result = run_in_process(capsys, "certify", "--checkpoint", str(tmp_path / "model.pt"), "--shard", "auto",
+                            "--out", str(tmp_path / "run"))
+    assert_one_line_error_in_process(result, "shard: --shard auto found no SLURM job array")
+    assert not (tmp_path / "run").exists()

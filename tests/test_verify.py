@@ -120,3 +120,21 @@ def test_your_own_csv_dataset_is_checked_without_official_counts(tmp_path):
     assert train.expected is None and train.images == 2
     assert [p.split(": ")[1] for p in train.problems] == ["corrupt image"]
     assert test.problems == [f"test: missing image: {tmp_path / 'c.jpg'}"]
+
+
+def test_command_line_verify_names_each_problem_and_exits_1(tmp_path):
+    from clitools import run
+
+    images = unpack_voc(tmp_path)
+    (images / "000007.jpg").unlink()
+    manifest = manifest_with_counts(tmp_path / "m.json", "voc2007", splits={"trainval": 3, "test": 5})
+    proc = run("datasets", "verify", "voc2007", "--root", str(tmp_path), "--manifest", str(manifest), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"trainval: missing image: {images / '000007.jpg'}" in proc.stdout
+    assert "test: wrong split count: 2 images where the official count is 5" in proc.stdout
+    assert "mean labels/image" in proc.stdout
+    assert proc.stderr.startswith("multiguard: error: 2 problem(s) in ") and len(proc.stderr.splitlines()) == 1
+    as_json = run("datasets", "verify", "voc2007", "--root", str(tmp_path), "--manifest", str(manifest), "--json",
+                  check=False)
+    found = json.loads(as_json.stdout)
+    assert found["ok"] is False and found["splits"][0]["missing"] == [str(images / "000007.jpg")]
