@@ -648,13 +648,15 @@ COMMANDS.register("certify", Command(_cmd_certify, wrap(
     "Draw n noisy samples of each of --num-inputs random inputs (chosen from --seed) and save, for every k' <= "
     "--max-k-prime, how often each label is in the model's top k'. Chunks are saved atomically: a killed run "
     "continues with --resume.\n\nScale out: `torchrun --nproc-per-node G -m multiguard certify --num-samples 1000 "
-    "...` (one GPU per rank), or --shard I/N for job arrays; all write the same RUN_DIR and give the same counts as "
-    "one process."), _certify_options), help="sample counts into a RUN_DIR (resumable, shardable)")
+    "...` (one GPU per rank), or --shard I/N for job arrays (--shard auto in a SLURM job array: the task's shard from "
+    "SLURM_ARRAY_TASK_ID); all write the same RUN_DIR and give the same counts as one process."), _certify_options),
+    help="sample counts into a RUN_DIR (resumable, shardable)")
 COMMANDS.register("report", Command(_cmd_report, wrap(
     "Certified top-k precision/recall/F1 curves of MultiGuard, MultiGuard with first terms only, and (where k' = 1) "
-    "Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, precision.png, recall.png, f1.png and "
-    "summary.md into --out.\n\nIn the tables and plots: R is the l2 norm of the perturbation (pixels in [0, 1]); e "
-    "is the number of an input's true labels L certified to stay among the k predicted labels under every "
+    "Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, precision.png, recall.png, f1.png, "
+    "summary.md and results.json (the curves as data, docs/results.md) into --out; --compare puts results.json files "
+    "of several reports in one table.\n\nIn the tables and plots: R is the l2 norm of the perturbation (pixels in "
+    "[0, 1]); e is the number of an input's true labels L certified to stay among the k predicted labels under every "
     "perturbation of norm < R; certified precision@R = e/k, recall@R = e/|L|, F1@R = 2e/(|L| + k), averaged over "
     "inputs; 'trivial: by counting alone' is the part that any k of the c labels keep whatever the model (e <= |L| "
     "- (c - k)); 'empirical (attack)' is measured at the inputs a PGD attack found (an upper bound, where "
