@@ -45,7 +45,7 @@ def test_train_certify_report_end_to_end_without_the_model(tmp_path_factory, tmp
                    "--summary-radii", "0.3", "--out", str(tmp_path / "report"))
     assert "## Certified top-k f1-score@R (%)" in reported.stdout and "R = 0.3" in reported.stdout
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert files == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
+    assert files == ["curves.csv", "f1.png", "precision.png", "recall.png", "results.json", "summary.md"]
     for name in ("precision.png", "recall.png", "f1.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,8 @@ once, and from them the certified intersection size at every radius of the grid.
 
 Outputs, in REPORT_DIR: ``curves.csv`` (columns :data:`CSV_COLUMNS`, metrics as fractions in [0, 1]),
 ``precision.png``, ``recall.png``, ``f1.png`` (one panel per run, in the style of the paper's Figure 1)
-and ``summary.md`` (tables at a few radii, in percent).
+``summary.md`` (tables at a few radii, in percent) and ``results.json`` (the certified curves as data with the runs'
+identities and sampling cost, :mod:`multiguard.results`, docs/results.md).
 
 Curves of other origins (e.g. empirical robustness under an attack) are :class:`Curve` objects too and can be
 passed to :func:`make_report` as ``extra_curves`` to be written and drawn alongside.
@@ -44,6 +45,7 @@ from .empirical import PER_INPUT, load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
 from .methods import default_methods
+from .results import RESULTS_FILE, results_bytes, results_document, validate_results
 from .runs import STALE_TMP_SECONDS, Run, load_run, sampling_mode
 from .validation import check_alpha, check_choice
 
@@ -82,7 +84,7 @@ METHODS: tuple[str, ...] = tuple(_METHODS)  # the built-in methods; the registry
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
-REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md")
+REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md", "results.json")
 
 ATTACK_LABEL = "empirical (attack)"
 TRIVIAL_LABEL = "trivial: by counting alone"
@@ -722,7 +724,8 @@ def make_report(
     overwrite: bool = False,
     n: Sequence[int] = (),
 ) -> Report:
-    """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
+    """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png``, ``summary.md`` and ``results.json``
+    (:mod:`multiguard.results`) into ``out``.
 
     ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
     read. The curves are evaluated on ``radius_grid`` (``radii``: its former name, deprecated; ``None``: 0 to 4 sigma
@@ -789,6 +792,8 @@ def make_report(
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
+    results = results_document(curves, runs, _run_names(runs, names), title=title)
+    validate_results(results)
 
     place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
     place.parent.mkdir(parents=True, exist_ok=True)
@@ -803,6 +808,7 @@ def make_report(
         for metric in METRICS:
             plot_metric(curves, metric, staging / f"{metric}.png")
         atomic_write_bytes(staging / "summary.md", text.encode())
+        atomic_write_bytes(staging / RESULTS_FILE, results_bytes(results))
         _place_report(staging, place, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,8 +1,9 @@
 """The ``multiguard`` command: parses arguments, calls the library, prints.
 
-Commands: ``train``, ``train-denoiser``, ``datasets list|describe``, ``certify``, ``report``, ``attack``,
-``predict``, ``demo``. Every command has ``--help``. Every failure is one line ``multiguard: error: ...`` on
-stderr that names the argument or file and says what to do, never a traceback (``--debug`` or
+Commands: ``train``, ``train-denoiser``, ``datasets list|describe|download|verify``, ``certify``, ``report``,
+``attack``, ``predict``, ``demo``. Every command has ``--help``. Every failure is one line ``multiguard: error:
+...`` on stderr (``datasets download`` that fetched nothing: one such line per URL tried, then what to do)
+that names the argument or file and says what to do, never a traceback (``--debug`` or
 ``MULTIGUARD_DEBUG=1`` shows it):
 
 - exit status 2 for the user's mistakes (an unknown or misspelt option, an unknown dataset or arch, missing
@@ -10,7 +11,9 @@ stderr that names the argument or file and says what to do, never a traceback (`
   something else, a folder that cannot be read or written for lack of permission);
 - exit status 1 for failures of the machine (disk full, read-only file system, out of memory, an I/O error)
   and for anything unexpected; after a full disk the same command (with ``--resume`` where it has one)
-  completes once space is freed, since every file is written whole or not at all.
+  completes once space is freed, since every file is written whole or not at all; and for data that is not
+  there yet (``datasets download`` that could not fetch a file or waits for files fetched by hand,
+  ``datasets verify`` that found problems).
 
 Options are never abbreviated: ``--n`` is not ``--names``. Nothing the user made is replaced without being
 asked: ``train --out`` over a checkpoint needs ``--resume`` or ``--overwrite``, ``certify --out`` over a run

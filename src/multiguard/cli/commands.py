@@ -20,12 +20,15 @@ from pathlib import Path
 from ..registry import Registry
 from .options import (
     DEMO_COMPILE,
+    EXIT_FAILURE,
     EXIT_USAGE,
+    add_dataset_folder,
     add_device,
     add_mode,
     add_model_source,
     add_output,
     add_sampling,
+    add_shard,
     add_stop_rule,
     dataset_options,
     mode_args,
@@ -158,6 +161,52 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets_download(args: argparse.Namespace) -> int:
+    from ..data.download import DownloadError, download_dataset
+
+    say = (lambda line: None) if args.quiet else echo
+    try:
+        result = download_dataset(args.name, args.root, manifest=args.manifest, progress=False if args.quiet else None,
+                                  retries=args.retries, keep_archives=args.keep_archives, log=say)
+    except DownloadError as exc:  # one line per URL tried, then what to do
+        for line in exc.lines:
+            print(f"multiguard: error: {line.rstrip()}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    for name in result.present:
+        say(f"{name}: already in {args.root} (left alone)")
+    for name in result.fetched:
+        say(f"{name}: fetched, checked and unpacked into {args.root}")
+    if result.manual:
+        for line in result.manual:
+            echo(line)
+        return fail(f"{args.name} in {args.root} is not complete: do the steps above by hand, then run this command "
+                    "again", EXIT_FAILURE)
+    if not result.fetched:
+        echo(f"{args.name} in {args.root} is complete: nothing to download")
+    else:
+        echo(f"{args.name} is in {args.root}")
+    echo(f"next: multiguard datasets verify {args.name} --root {args.root}")
+    return 0
+
+
+def _cmd_datasets_verify(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..data.verify import verify_dataset
+
+    report = verify_dataset(args.name, args.root, splits=args.split, manifest=args.manifest,
+                            check_images=not args.labels_only, progress=False if args.json else None)
+    if args.json:
+        echo(json.dumps({"name": report.name, "root": str(report.root), "ok": report.ok,
+                         "splits": [{**asdict(check), "ok": check.ok} for check in report.splits]}, indent=2))
+    else:
+        echo(report.text())
+    if not report.ok:
+        return fail(f"{len(report.problems)} problem(s) in {args.root} (listed above): fix them, or fetch the "
+                    f"data again (multiguard datasets download {args.name} --root {args.root})", EXIT_FAILURE)
+    return 0
+
+
 def _cmd_certify(args: argparse.Namespace) -> int:
     from .. import runs
     from ..base_classifier import ModeSpec
@@ -165,8 +214,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from ..pipeline import sample_checkpoint
     from ..progress import ProgressPrinter
     from ..runspec import StopRule
+    from ..shards import auto_shard
 
-    shard = runs.parse_shard(args.shard)
+    place = auto_shard() if str(args.shard).strip().lower() == "auto" else None
+    shard = runs.parse_shard(args.shard) if place is None else (place.index, place.count)
     context = init_distributed(args.device)
     try:
         where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
@@ -174,6 +225,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
         say = echo if context.rank == 0 else (lambda line: None)
         prefix = f"certify ({where})" if where else "certify"
+        if place is not None and not args.quiet:
+            say(f"{prefix}: --shard auto: {place.source}")
         mode = mode_args(args, context.device, say)
         started = time.perf_counter()
         printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
@@ -230,27 +283,37 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..report import empirical_curve, make_report, parse_radius_grid
+    from ..results import RESULTS_FILE, compare_results
 
-    summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
-    if args.radii is not None:
-        parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
-    result = make_report(
-        args.runs,
-        args.out,
-        k=args.k,
-        k_prime=args.k_prime,
-        alpha=args.alpha,
-        radius_grid=args.radii,
-        summary_radii=summary_radii,
-        methods=args.methods,
-        names=args.names,
-        extra_curves=[empirical_curve(path) for path in args.attack or ()],
-        overwrite=args.overwrite,
-        n=args.n or (),
-    )
-    if not args.quiet:
-        echo(result.summary)
-    echo("wrote " + ", ".join(str(p) for p in result.files))
+    if not args.runs and not args.compare:
+        raise ValueError("runs: give RUN_DIRs to report (with --out), or --compare RESULTS.json ... to compare reports")
+    compared = list(args.compare or ())
+    if args.runs:
+        if args.out is None:
+            raise ValueError("out: give --out REPORT_DIR, the folder for the report of the runs")
+        summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
+        if args.radii is not None:
+            parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
+        result = make_report(
+            args.runs,
+            args.out,
+            k=args.k,
+            k_prime=args.k_prime,
+            alpha=args.alpha,
+            radius_grid=args.radii,
+            summary_radii=summary_radii,
+            methods=args.methods,
+            names=args.names,
+            extra_curves=[empirical_curve(path) for path in args.attack or ()],
+            overwrite=args.overwrite,
+            n=args.n or (),
+        )
+        if not args.quiet:
+            echo(result.summary)
+        echo("wrote " + ", ".join(str(p) for p in result.files))
+        compared = [os.path.join(args.out, RESULTS_FILE), *compared] if compared else []
+    if compared:
+        echo(compare_results(compared, metrics=args.metric).rstrip())
     return 0
 
 
@@ -352,6 +415,7 @@ def _cmd_demo_denoised(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
+    from ..report import REPORT_FILES
 
     if args.denoised:
         return _cmd_demo_denoised(args)
@@ -381,7 +445,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     echo(f"  {'model':<15} {result.checkpoint}")
     echo(f"  {'counts':<15} {result.run_dir}/ (metadata.json, counts.npz, chunks/)")
     for key, rep in result.reports.items():
-        echo(f"  {key:<15} {rep.out}/ (curves.csv, precision.png, recall.png, f1.png, summary.md)")
+        echo(f"  {key:<15} {rep.out}/ ({', '.join(REPORT_FILES)})")
     echo(f"  {'figure':<15} {result.figure}")
     return 0
 
@@ -441,6 +505,30 @@ def _stored_stop_rule(run_dir: str) -> dict | None:
         return None
 
 
+def _datasets_download_options(p: argparse.ArgumentParser) -> None:
+    from ..data.download import downloadable_names
+
+    add_dataset_folder(p, names=downloadable_names(),
+                       root_help="the dataset folder to fill (made if missing): give it as --data-root when training")
+    p.add_argument("--keep-archives", action="store_true",
+                   help="keep the checked archives in ROOT/.multiguard-downloads after unpacking them")
+    p.add_argument("--retries", type=int, default=3,
+                   help="resumes of a dropped connection per URL (while bytes keep arriving) before the next URL")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _datasets_verify_options(p: argparse.ArgumentParser) -> None:
+    from ..data import DATASETS
+
+    add_dataset_folder(p, names=[name for name, info in DATASETS.items() if info.needs_root],
+                       root_help="the dataset folder (as given to --data-root)")
+    p.add_argument("--split", action="append", default=None,
+                   help="split to check (repeatable; default: the train and test splits)")
+    p.add_argument("--labels-only", action="store_true",
+                   help="do not open the images (counts and label files only; missing or corrupt images go unnoticed)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+
 def _certify_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_aliases=("--num-samples",),
@@ -451,7 +539,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-inputs", type=int, default=500,
                    help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
     p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
-    p.add_argument("--shard", default=None, metavar="I/N", help="do only shard I of N (e.g. 0/4) of the chunks")
+    add_shard(p)
     add_stop_rule(
         p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
         "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
@@ -467,7 +555,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
 def _report_options(p: argparse.ArgumentParser) -> None:
     from ..methods import METHODS, default_methods
 
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs written by multiguard certify")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="runs written by multiguard certify")
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
     p.add_argument("--k-prime", type=int, nargs="+", default=[1], help="labels the base classifier predicts")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.001], help="failure probability of the bounds")
@@ -483,7 +571,13 @@ def _report_options(p: argparse.ArgumentParser) -> None:
                    help="read each run at these sample sizes (from its stored nested counts), e.g. 100 200 500 1000")
     p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
                    help="overlay the empirical curves of multiguard attack runs")
-    add_output(p, metavar="REPORT_DIR", help="folder for the report files", quiet="do not print the summary",
+    p.add_argument("--compare", nargs="+", default=None, metavar="RESULTS",
+                   help="put these results.json files (or report folders) in one table, after the report of the "
+                   "RUN_DIRs if any; see docs/results.md")
+    p.add_argument("--metric", nargs="+", default=["f1"], choices=["precision", "recall", "f1"],
+                   help="with --compare: the certified metrics to tabulate")
+    add_output(p, metavar="REPORT_DIR", help="folder for the report files (needed with RUN_DIRs)", required=False,
+               quiet="do not print the summary",
                overwrite="write into an --out that holds other files (a previous report is always replaced)")
 
 
@@ -542,7 +636,9 @@ COMMANDS.register("train-denoiser", Command(_cmd_train_denoiser, wrap(
     "--classifier say on denoised noisy images what it says on clean ones (no labels either), best started from an "
     "mse denoiser with --pretrained. A checkpoint is saved after each epoch."), _train_denoiser_options),
     help="train a denoiser for a classifier trained without noise")
-COMMANDS.register("datasets", Command(None, wrap("List the dataset families, or describe one dataset's labels."),
+COMMANDS.register("datasets", Command(None, wrap(
+    "List the dataset families, describe one dataset's labels, download a dataset into the layout its loader reads, "
+    "or verify a dataset folder."),
     subcommands=(
         ("list", "the dataset families", Command(_cmd_datasets_list, "", _datasets_list_options)),
         ("describe", "label statistics of a dataset", Command(_cmd_datasets_describe, wrap(
@@ -550,18 +646,35 @@ COMMANDS.register("datasets", Command(None, wrap("List the dataset families, or 
             "decoded, and the sizes and colour modes found are listed with the input size the model will use. "
             "Unreadable images (missing or corrupt) are listed and make the command exit with code 2."),
             _datasets_describe_options)),
-    )), help="list and describe datasets")
+        ("download", "fetch a dataset into the layout its loader reads", Command(_cmd_datasets_download, wrap(
+            "Fetch and unpack voc2007 or coco2014 into --root, from the URLs of the manifest shipped with multiguard "
+            "(official hosts first, then mirrors; --manifest FILE for your own): each file is resumed after an "
+            "interruption (HTTP Range), checked against its published size and checksums before it gets its final "
+            "name, and unpacked into the exact layout the loaders read. Files already there are left alone. A file "
+            "no URL could deliver: one line per URL tried and what to do, exit status 1. nuswide: fetches the ASL "
+            "split and says exactly which files to fetch by hand and where to put them, then checks them (exit status "
+            "1 until they are there). See docs/datasets.md."), _datasets_download_options)),
+        ("verify", "check a dataset folder before training", Command(_cmd_datasets_verify, wrap(
+            "Check a dataset folder: every file the loader needs is present and parses, each split's image count "
+            "against the official one (VOC 2007 trainval 5,011 and test 4,952; COCO 2014 train 82,783 and val "
+            "40,504 images, 82,081 and 40,137 of them labelled; NUS-WIDE: every image its csv lists), every image "
+            "opened and decoded, and the label statistics `datasets describe` prints. Each problem is one line "
+            "naming the split and the file (missing image, corrupt image, wrong split count); any problem: exit "
+            "status 1."), _datasets_verify_options)),
+    )), help="list, describe, download and verify datasets")
 COMMANDS.register("certify", Command(_cmd_certify, wrap(
     "Draw n noisy samples of each of --num-inputs random inputs (chosen from --seed) and save, for every k' <= "
     "--max-k-prime, how often each label is in the model's top k'. Chunks are saved atomically: a killed run "
     "continues with --resume.\n\nScale out: `torchrun --nproc-per-node G -m multiguard certify --num-samples 1000 "
-    "...` (one GPU per rank), or --shard I/N for job arrays; all write the same RUN_DIR and give the same counts as "
-    "one process."), _certify_options), help="sample counts into a RUN_DIR (resumable, shardable)")
+    "...` (one GPU per rank), or --shard I/N for job arrays (--shard auto in a SLURM job array: the task's shard from "
+    "SLURM_ARRAY_TASK_ID); all write the same RUN_DIR and give the same counts as one process."), _certify_options),
+    help="sample counts into a RUN_DIR (resumable, shardable)")
 COMMANDS.register("report", Command(_cmd_report, wrap(
     "Certified top-k precision/recall/F1 curves of MultiGuard, MultiGuard with first terms only, and (where k' = 1) "
-    "Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, precision.png, recall.png, f1.png and "
-    "summary.md into --out.\n\nIn the tables and plots: R is the l2 norm of the perturbation (pixels in [0, 1]); e "
-    "is the number of an input's true labels L certified to stay among the k predicted labels under every "
+    "Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, precision.png, recall.png, f1.png, "
+    "summary.md and results.json (the curves as data, docs/results.md) into --out; --compare puts results.json files "
+    "of several reports in one table.\n\nIn the tables and plots: R is the l2 norm of the perturbation (pixels in "
+    "[0, 1]); e is the number of an input's true labels L certified to stay among the k predicted labels under every "
     "perturbation of norm < R; certified precision@R = e/k, recall@R = e/|L|, F1@R = 2e/(|L| + k), averaged over "
     "inputs; 'trivial: by counting alone' is the part that any k of the c labels keep whatever the model (e <= |L| "
     "- (c - k)); 'empirical (attack)' is measured at the inputs a PGD attack found (an upper bound, where "

@@ -21,8 +21,10 @@ __all__ = [
     "add_device",
     "add_mode",
     "add_model_source",
+    "add_dataset_folder",
     "add_output",
     "add_sampling",
+    "add_shard",
     "add_stop_rule",
     "dataset_options",
     "mode_args",
@@ -204,6 +206,25 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
             "schedule": base.schedule if args.schedule is None else args.schedule,
             "spending": spending,
             "margin": base.margin if args.futility_margin is None else args.futility_margin}
+
+
+def add_shard(p: argparse.ArgumentParser) -> None:
+    """--shard: this job's part of a run's chunks, ``I/N`` or ``auto`` (from a SLURM job array,
+    :mod:`multiguard.shards`)."""
+    p.add_argument("--shard", default=None, metavar="I/N|auto",
+                   help="do only shard I of N (e.g. 0/4) of the chunks; auto: this task's shard of a SLURM job array "
+                   "(SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT), with torchrun's ranks splitting it further")
+
+
+def add_dataset_folder(p: argparse.ArgumentParser, *, names: list[str], root_help: str) -> None:
+    """A dataset in a folder: NAME (one of ``names``), --root and --manifest (a user's manifest of URLs, sizes,
+    checksums and official counts that replaces the shipped entries it names)."""
+    p.add_argument("name", metavar="NAME", choices=names, help=" or ".join([", ".join(names[:-1]), names[-1]])
+                   if len(names) > 1 else names[0])
+    p.add_argument("--root", required=True, help=root_help)
+    p.add_argument("--manifest", default=None, metavar="FILE",
+                   help="your own manifest (same format as the shipped one, see docs/datasets.md): its datasets "
+                   "replace the shipped entries, e.g. to use an institutional mirror")
 
 
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
