@@ -1,23 +1,26 @@
 """The thresholded certificate against MultiGuard's top-k certificate: certified F1 at R = 0, 0.25, 0.5, 1.
 
     python benchmarks/bench_thresholded.py [--checkpoint multiguard-demo/model.pt] [--inputs 500] [--n 1000]
-                                           [--validation 2000] [--work bench-thresholded] [--threads 1]
+                                           [--validation 300] [--work bench-thresholded] [--threads 1]
 
-The demo's setting: its checkpoint (small_cnn trained on multidigits with Gaussian noise, sigma = 0.5), 500
-test inputs chosen as a run with seed 0 chooses them, n = 1000 noisy samples each, alpha = 0.001, L = the
-ground truth. ONE pass of noisy samples per input gives every count compared here: the top-k' counts for
-k' = 1..3 and each label's on-count for every threshold vector (so both certificates read the same samples).
+The demo's setting: its checkpoint (small_cnn trained on multidigits with Gaussian noise, sigma = 0.5), the 500
+test inputs a run with seed 0 certifies, n = 1000 noisy samples each, alpha = 0.001, L = the ground truth.
+ONE pass of noisy samples per input gives every count compared here: the top-k' counts for k' = 1..3 and each
+label's on-count for every threshold (both certificates read the same samples; the logits are kept in
+``--work/logits.npz`` and reused when the settings match).
 
-Thresholded certificates (docs/certificate.md, "The thresholded certificate"):
+Thresholds chosen on validation use ``--validation`` test images that are NOT among the certified inputs (a
+disjoint held-out split the model never trained on), with their own n noisy samples each:
 
-- ``logit > 0``, q = 1/2 and another q: a label is on in a noisy copy when its logit is positive (its
-  sigmoid probability above 1/2);
-- ``F1-best tau``, q = 1/2: per-label thresholds chosen on a validation split disjoint from the certified
-  inputs: ``--validation`` images of the TRAIN split, each with one draw of the same noise, each label's
-  F1-best cut of its logits there (:func:`multiguard.thresholded.f1_best_thresholds`).
+- ``logit > 0``: a label is on in a noisy copy when its logit is positive (its sigmoid probability above 1/2);
+  q = 1/2 and q = 0.3;
+- ``F1-best tau``: each label's F1-best cut of the base classifier's logits on the noisy validation images (the
+  first 20 noise draws of each; :func:`multiguard.thresholded.f1_best_thresholds`), q = 1/2;
+- ``certified-F1 tau``: each label's threshold, among 41 quantiles of its validation logits, that maximises
+  its certified F1 summed over R = 0, 0.25, 0.5, 1 on the validation images
+  (:func:`multiguard.thresholded.certified_f1_thresholds`), q = 1/2.
 
-MultiGuard top-k for k = 1..5 and k' = 1..3 (15 certificates); the table shows the best at each radius (and
-which (k, k') it was). The counts are kept in ``--work/counts.npz`` and reused when the settings match.
+MultiGuard top-k for k = 1..5 and k' = 1..3 (15 certificates); "best" rows take the best at each radius.
 """
 
 from __future__ import annotations
@@ -38,56 +41,36 @@ from multiguard.runs import load_batch, select_inputs
 ALPHA, SEED = 0.001, 0
 RADII = np.array([0.0, 0.25, 0.5, 1.0])
 KS, K_PRIMES = range(1, 6), range(1, 4)
-OTHER_Q = (0.3, 0.7)
 
 
-def noisy_logits(model: torch.nn.Module, images: np.ndarray, copies: int, sigma: float, seed: int,
-                 batch: int = 1000) -> np.ndarray:
-    """``(M * copies, c)`` logits of ``copies`` noisy copies of each image (x + noise, unclamped, as the demo's
-    base classifier sees them)."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.as_tensor(images).repeat_interleave(copies, dim=0)
+def noisy_logits(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, n: int, sigma: float,
+                 stream: int) -> tuple[np.ndarray, float]:
+    """float32 ``(N, n, c)`` logits of n noisy copies ``x + sigma * eps`` of each image (noise seeded by the
+    dataset index and ``stream``), and the seconds it took."""
     out = []
-    with torch.inference_mode():
-        for start in range(0, x.shape[0], batch):
-            chunk = x[start : start + batch]
-            out.append(model(chunk + sigma * torch.randn(chunk.shape, generator=generator)).numpy())
-    return np.concatenate(out)
-
-
-def count_pass(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, n: int, sigma: float,
-               thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """One pass of n noisy copies per input: top-k' counts ``(N, 3, c)`` and on-counts ``(N, T, c)`` for each of
-    the T threshold vectors ``(T, c)``, from the same logits; and the seconds it took."""
-    num, c = images.shape[0], thresholds.shape[1]
-    top_counts = np.zeros((num, len(K_PRIMES), c), dtype=np.int64)
-    on_counts = np.zeros((num, thresholds.shape[0], c), dtype=np.int64)
     start = time.perf_counter()
     with torch.inference_mode():
-        for row in range(num):
-            generator = torch.Generator().manual_seed(SEED * 1_000_003 + int(indices[row]))
+        for row in range(images.shape[0]):
+            generator = torch.Generator().manual_seed(stream * 1_000_003 + int(indices[row]))
             x = torch.as_tensor(images[row])
-            noise = torch.randn((n, *x.shape), generator=generator)
-            logits = model(x + sigma * noise)
-            order = torch.topk(logits, len(K_PRIMES), dim=1).indices.numpy()
-            for j in range(len(K_PRIMES)):
-                top_counts[row, j] = np.bincount(order[:, : j + 1].ravel(), minlength=c)
-            on_counts[row] = (logits.numpy()[None, :, :] > thresholds[:, None, :]).sum(axis=1)
+            out.append(model(x + sigma * torch.randn((n, *x.shape), generator=generator)).numpy())
             if (row + 1) % 100 == 0:
-                print(f"  counted {row + 1}/{num} inputs, {time.perf_counter() - start:.0f} s", flush=True)
-    return top_counts, on_counts, time.perf_counter() - start
+                print(f"  {row + 1}/{images.shape[0]} inputs, {time.perf_counter() - start:.0f} s", flush=True)
+    return np.stack(out).astype(np.float32), time.perf_counter() - start
 
 
-def top_k_table(top_counts: np.ndarray, labels: np.ndarray, n: int, sigma: float) -> dict:
-    """Certified F1 / precision / recall at RADII for every (k, k'): ``{(k, k'): {metric: (R,)}}``."""
-    table = {}
-    for k_prime in K_PRIMES:
-        lower, upper = cert.label_probability_bounds(top_counts[:, k_prime - 1], n, ALPHA)
-        for k in KS:
-            radii = cert.certified_radii(lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma)
-            metrics = cert.certified_metrics(cert.intersection_size_from_radii(radii, RADII), labels, k)
-            table[(k, k_prime)] = {"f1": metrics.f1, "precision": metrics.precision, "recall": metrics.recall}
-    return table
+def top_k_counts(logits: np.ndarray, k_prime: int) -> np.ndarray:
+    """``(N, c)``: how many of each input's noisy copies had each label among their top k' logits."""
+    order = np.argsort(-logits, axis=2, kind="stable")[:, :, :k_prime]
+    c = logits.shape[2]
+    return np.stack([np.bincount(row.ravel(), minlength=c) for row in order])
+
+
+def on_counts(logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``(N, c)`` on-counts for one threshold vector ``(c,)``, or ``(N, G, c)`` for ``(G, c)``."""
+    if thresholds.ndim == 1:
+        return (logits > thresholds).sum(axis=1)
+    return np.stack([(logits > row).sum(axis=1) for row in thresholds], axis=1)
 
 
 def main() -> None:
@@ -95,7 +78,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="/work/wt/demo/multiguard-demo/model.pt")
     parser.add_argument("--inputs", type=int, default=500)
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--validation", type=int, default=2000, help="noisy train images to choose thresholds on")
+    parser.add_argument("--validation", type=int, default=300, help="held-out test images to choose thresholds on")
     parser.add_argument("--work", default="bench-thresholded")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -106,76 +89,84 @@ def main() -> None:
     model, meta = load_checkpoint(args.checkpoint, device="cpu")
     sigma = float(meta["sigma"])
     test, _ = dataset_for_checkpoint(meta)
-    train, _ = dataset_for_checkpoint(meta, split=meta["train_split"])
     indices = select_inputs(len(test), args.inputs, SEED)
+    held_out = np.setdiff1d(np.arange(len(test)), indices)
+    val_indices = np.sort(np.random.default_rng(SEED + 1).choice(held_out, args.validation, replace=False))
+    assert not np.isin(val_indices, indices).any()
     images, labels = load_batch(test, indices)
+    val_images, val_labels = load_batch(test, val_indices)
 
-    # Thresholds on the validation split (train images, never the certified test inputs).
-    val_indices = select_inputs(len(train), min(args.validation, len(train)), SEED + 1)
-    val_images, val_labels = load_batch(train, val_indices)
-    val_logits = noisy_logits(model, val_images, 1, sigma, seed=SEED + 7)
-    tuned = th.f1_best_thresholds(val_logits, val_labels, default=0.0)
-    thresholds = np.stack([np.zeros(len(tuned)), tuned])
-    names = ["logit > 0", "F1-best tau"]
-
-    key = {"checkpoint": str(Path(args.checkpoint).resolve()), "inputs": args.inputs, "n": args.n,
-           "validation": args.validation, "thresholds": thresholds.round(12).tolist()}
-    cache = work / "counts.npz"
+    key = json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()), "inputs": args.inputs, "n": args.n,
+                      "validation": args.validation})
+    cache = work / "logits.npz"
     stored = dict(np.load(cache, allow_pickle=False)) if cache.exists() else {}
-    if stored and json.loads(str(stored["key"])) == key:
-        top_counts, on_counts, seconds = stored["top_counts"], stored["on_counts"], float(stored["seconds"])
+    if stored and str(stored["key"]) == key:
+        logits, val_logits, seconds = stored["logits"], stored["val_logits"], float(stored["seconds"])
     else:
-        print(f"counting: {args.inputs} inputs x {args.n} noisy samples, one pass, {args.threads} thread(s)")
-        top_counts, on_counts, seconds = count_pass(model, images, indices, args.n, sigma, thresholds)
-        np.savez(cache, key=json.dumps(key), top_counts=top_counts, on_counts=on_counts, seconds=seconds)
+        print(f"sampling: {args.inputs} certified + {args.validation} validation inputs x {args.n} noisy copies")
+        logits, seconds = noisy_logits(model, images, indices, args.n, sigma, stream=0)
+        val_logits, _ = noisy_logits(model, val_images, val_indices, args.n, sigma, stream=1)
+        np.savez(cache, key=key, logits=logits, val_logits=val_logits, seconds=seconds)
+    c = logits.shape[2]
 
-    rows = []  # (name, metric arrays (R,), extra)
-    for t, name in enumerate(names):
-        for q in (th.DEFAULT_Q, *OTHER_Q) if t == 0 else (th.DEFAULT_Q,):
-            certificate = th.certify_thresholded(on_counts[:, t], args.n, alpha=ALPHA, sigma=sigma, q=q)
-            m = certificate.metrics(labels, RADII)
-            rows.append((f"thresholded, {name}, q = {q:g}", m))
-    top = top_k_table(top_counts, labels, args.n, sigma)
-    best = {metric: np.array([max(v[metric][r] for v in top.values()) for r in range(RADII.size)])
-            for metric in ("f1", "precision", "recall")}
-    argbest = [max(top, key=lambda kk, r=r: top[kk]["f1"][r]) for r in range(RADII.size)]
+    # Thresholds from the validation images only.
+    draws = min(20, args.n)
+    f1_tau = th.f1_best_thresholds(val_logits[:, :draws].reshape(-1, c), np.repeat(val_labels, draws, axis=0))
+    candidates = np.quantile(val_logits.reshape(-1, c), np.linspace(0.02, 0.98, 41), axis=0)
+    cert_tau = th.certified_f1_thresholds(candidates, on_counts(val_logits, candidates), args.n, val_labels,
+                                          alpha=ALPHA, sigma=sigma, q=th.DEFAULT_Q, radii=RADII)
 
-    print(f"\n{args.inputs} test inputs, sigma = {sigma:g}, n = {args.n}, alpha = {ALPHA}, "
-          f"{labels.sum(1).mean():.2f} true labels per input; counting pass {seconds:.0f} s "
-          f"({args.inputs * args.n / seconds:,.0f} samples/s, {args.threads} thread(s))")
-    print(f"F1-best thresholds (logits) on {len(val_indices)} noisy train images: {np.round(tuned, 2).tolist()}")
-    head = " | ".join(f"R = {r:g}" for r in RADII)
-    print(f"\n| certified F1 (%) | {head} |\n|---|" + "---:|" * RADII.size)
+    variants = [("logit > 0", np.zeros(c), 0.5), ("logit > 0", np.zeros(c), 0.3),
+                ("F1-best tau", f1_tau, 0.5), ("certified-F1 tau", cert_tau, 0.5)]
+    rows = []
+    for name, tau, q in variants:
+        certificate = th.certify_thresholded(on_counts(logits, tau), args.n, alpha=ALPHA, sigma=sigma, q=q)
+        rows.append((f"thresholded, {name}, q = {q:g}", certificate.metrics(labels, RADII)))
+    top = {}
+    for k_prime in K_PRIMES:
+        lower, upper = cert.label_probability_bounds(top_k_counts(logits, k_prime), args.n, ALPHA)
+        for k in KS:
+            radii = cert.certified_radii(lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma)
+            top[(k, k_prime)] = cert.certified_metrics(cert.intersection_size_from_radii(radii, RADII), labels, k)
+    best_top = np.array([max(m.f1[r] for m in top.values()) for r in range(RADII.size)])
+    which_top = [max(top, key=lambda kk, r=r: top[kk].f1[r]) for r in range(RADII.size)]
+    best_th = np.array([max(m.f1[r] for _, m in rows) for r in range(RADII.size)])
+
+    print(f"\n{args.inputs} test inputs ({labels.sum(1).mean():.2f} true labels each), sigma = {sigma:g}, "
+          f"n = {args.n}, alpha = {ALPHA}; sampling {seconds:.0f} s ({args.inputs * args.n / seconds:,.0f} "
+          f"samples/s, {args.threads} thread(s)); thresholds from {args.validation} held-out test images")
+    print(f"F1-best tau: {np.round(f1_tau, 2).tolist()}\ncertified-F1 tau: {np.round(cert_tau, 2).tolist()}")
+    print("\n| certified F1 (%) | " + " | ".join(f"R = {r:g}" for r in RADII) + " |\n|---|" + "---:|" * RADII.size)
     for name, m in rows:
         print(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in m.f1) + " |")
-    print("| best MultiGuard top-k (k = 1..5, k' = 1..3) | "
-          + " | ".join(f"{100 * v:.1f} (k={k}, k'={kp})" for v, (k, kp) in zip(best["f1"], argbest, strict=True))
-          + " |")
+    print("| thresholded, best of the rows above at each R | " + " | ".join(f"{100 * v:.1f}" for v in best_th) + " |")
+    print("| MultiGuard top-k, best of k = 1..5, k' = 1..3 at each R | " + " | ".join(
+        f"{100 * v:.1f} (k = {k}, k' = {kp})" for v, (k, kp) in zip(best_top, which_top, strict=True)) + " |")
     for k_prime in K_PRIMES:
         for k in KS:
-            if (k, k_prime) in argbest or k == 3:
+            if (k, k_prime) in which_top or (k, k_prime) == (3, 1):
                 print(f"| MultiGuard top-{k}, k' = {k_prime} | "
-                      + " | ".join(f"{100 * v:.1f}" for v in top[(k, k_prime)]["f1"]) + " |")
-    print("\nthresholded rows in detail (precision / recall / F1 / Hamming accuracy %, labels certified on and "
-          "undecided per input):")
+                      + " | ".join(f"{100 * v:.1f}" for v in top[(k, k_prime)].f1) + " |")
+    print("\nprecision / recall / Hamming accuracy (%), labels certified on / undecided per input:")
     for name, m in rows:
-        cells = [f"R={r:g}: {100 * p:.1f}/{100 * rc:.1f}/{100 * f:.1f}/{100 * h:.1f}, on {o:.2f}, undecided {u:.2f}"
-                 for r, p, rc, f, h, o, u in zip(RADII, m.precision, m.recall, m.f1, m.hamming, m.certified_on,
-                                                 m.undecided, strict=True)]
-        print(f"  {name}: " + "; ".join(cells))
-    print("  best top-k precision / recall at each R: "
-          + "; ".join(f"R={r:g}: {100 * p:.1f}/{100 * rc:.1f}" for r, p, rc in
-                      zip(RADII, best["precision"], best["recall"], strict=True)))
-    main_row = rows[0][1].f1
-    gaps = 100 * (main_row - best["f1"])
-    print("\nthresholded (logit > 0, q = 1/2) minus best top-k, F1 points: "
-          + ", ".join(f"R={r:g}: {g:+.1f}" for r, g in zip(RADII, gaps, strict=True)))
+        print(f"  {name}: " + "; ".join(
+            f"R={r:g}: {100 * p:.1f}/{100 * rc:.1f}/{100 * h:.1f}, {o:.2f}/{u:.2f}" for r, p, rc, h, o, u in
+            zip(RADII, m.precision, m.recall, m.hamming, m.certified_on, m.undecided, strict=True)))
+    for r, (k, kp) in enumerate(which_top):
+        print(f"  best top-k at R={RADII[r]:g} (k = {k}, k' = {kp}): precision {100 * top[(k, kp)].precision[r]:.1f}, "
+              f"recall {100 * top[(k, kp)].recall[r]:.1f}")
+    for name, m in rows:
+        print(f"{name} minus best top-k (F1 points): "
+              + ", ".join(f"R={r:g}: {100 * g:+.1f}" for r, g in zip(RADII, m.f1 - best_top, strict=True)))
+    print("best thresholded minus best top-k (F1 points): "
+          + ", ".join(f"R={r:g}: {100 * g:+.1f}" for r, g in zip(RADII, best_th - best_top, strict=True)))
     (work / "results.json").write_text(json.dumps({
-        "settings": key, "seconds": seconds, "radii": RADII.tolist(),
+        "settings": json.loads(key), "seconds": seconds, "radii": RADII.tolist(),
+        "thresholds": {"f1_best": f1_tau.tolist(), "certified_f1": cert_tau.tolist()},
         "thresholded": {name: {"f1": m.f1.tolist(), "precision": m.precision.tolist(), "recall": m.recall.tolist(),
                                "hamming": m.hamming.tolist(), "undecided": m.undecided.tolist()} for name, m in rows},
-        "top_k": {f"k={k},k'={kp}": {metric: v.tolist() for metric, v in entry.items()}
-                  for (k, kp), entry in top.items()},
+        "top_k": {f"k={k},k'={kp}": {"f1": m.f1.tolist(), "precision": m.precision.tolist(),
+                                    "recall": m.recall.tolist()} for (k, kp), m in top.items()},
     }, indent=1))
 
 

@@ -18,6 +18,7 @@ from multiguard.thresholded import (
     ON,
     UNDECIDED,
     anytime_on_probability_bounds,
+    certified_f1_thresholds,
     certified_label_radii,
     certified_sets,
     certify_thresholded,
@@ -277,3 +278,33 @@ def test_f1_best_thresholds_match_a_direct_search() -> None:
         best = max(f1_score(labels[:, label], scores[:, label] > t) for t in candidates)
         assert f1_score(labels[:, label], scores[:, label] > tau[label]) == pytest.approx(best)
         assert not np.isin(tau[label], scores[:, label])  # a cut between scores: '>' and '>=' agree
+
+
+def test_certified_f1_thresholds_match_a_direct_search() -> None:
+    """Each label's threshold maximises its certified F1 summed over the radii, computed here per candidate by
+    certifying all c labels at that candidate (the level alpha / (2c) of the real certificate)."""
+    rng = np.random.default_rng(8)
+    m, g, c, n, alpha, sigma = 60, 7, 4, 200, 0.01, 0.5
+    labels = rng.random((m, c)) < 0.4
+    labels[:, 3] = False
+    candidates = np.sort(rng.normal(size=(g, c)), axis=0)
+    p = np.clip(0.5 + 0.45 * np.where(labels, 1, -1)[:, None, :] * rng.random((m, 1, c))
+                - 0.1 * candidates[None], 0, 1)
+    on_counts = rng.binomial(n, p)  # (m, g, c)
+    radii = (0.0, 0.3)
+    tau = certified_f1_thresholds(candidates, on_counts, n, labels, alpha=alpha, sigma=sigma, radii=radii)
+    assert tau[3] == 0.0
+    scores = np.zeros((g, c))
+    for cand in range(g):
+        cert = certify_thresholded(on_counts[:, cand], n, alpha=alpha, sigma=sigma)
+        for radius in radii:
+            a, b = cert.sets(radius)
+            for label in range(c):
+                tp = int((a[:, label] & labels[:, label]).sum())
+                fp = int((b[:, label] & ~labels[:, label]).sum())
+                fn = int((~a[:, label] & labels[:, label]).sum())
+                scores[cand, label] += 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    for label in range(3):
+        chosen = np.flatnonzero(candidates[:, label] == tau[label])
+        assert chosen.size == 1 and scores[chosen[0], label] == pytest.approx(scores[:, label].max())
+    assert (scores[:, :3].max(axis=0) > scores[:, :3].min(axis=0)).all()  # the choice matters for every label

@@ -57,6 +57,7 @@ __all__ = [
     "ThresholdedCertificate",
     "ThresholdedMetrics",
     "anytime_on_probability_bounds",
+    "certified_f1_thresholds",
     "certified_label_radii",
     "certified_sets",
     "certify_thresholded",
@@ -387,4 +388,50 @@ def f1_best_thresholds(scores: object, labels: object, *, default: float = 0.0) 
         f1 = 2.0 * true_positives / (predicted + positive.sum())
         best = np.flatnonzero(f1 >= f1.max() - 1e-12)
         thresholds[label] = cuts[best[np.argmin(np.abs(cuts[best] - default))]]
+    return thresholds
+
+
+def certified_f1_thresholds(candidates: object, on_counts: object, n: int, labels: object, *, alpha: float,
+                            sigma: float, q: float = DEFAULT_Q, radii: object = (0.0, 0.25, 0.5, 1.0),
+                            default: float = 0.0) -> np.ndarray:
+    """Per-label thresholds that maximise each label's certified F1 on held-out inputs: float64 ``(c,)``.
+
+    ``candidates`` float ``(G, c)``: G candidate thresholds per label; ``on_counts`` int ``(M, G, c)``: for each
+    of M held-out inputs (disjoint from the inputs to be certified) and each candidate, how many of its n noisy
+    samples had the label's score above that candidate; ``labels`` ``(M, c)`` their true labels. For label i
+    and candidate g the certificate is computed as it will be (bounds at ``alpha / (2c)``, q, sigma); at each
+    radius R of ``radii`` the label's certified F1 over the M inputs is ``2 TP / (2 TP + FP + FN)`` with TP the
+    inputs where i is true and certified on, FP those where it is false and not certified off, FN those where it
+    is true and not certified on (the worst case of every undecided label, as :func:`set_metric_bounds`
+    counts it). The chosen candidate maximises the sum over ``radii``; ties go to the candidate nearest
+    ``default``; a label without a positive example keeps ``default``.
+    """
+    cand, _ = _as_matrix(candidates, "candidates")
+    counts = np.asarray(on_counts)
+    if counts.ndim != 3 or counts.shape[1:] != cand.shape:
+        raise invalid("on_counts", f"an array of shape (M, G, c) = (M, {cand.shape[0]}, {cand.shape[1]})",
+                      f"shape {counts.shape}")
+    c = cand.shape[1]
+    mask = _as_mask(np.atleast_2d(np.asarray(labels)), "labels", (counts.shape[0], c))
+    grid, _ = _as_radius(radii)
+    default = check_float(default, "default")
+    alpha = check_alpha(alpha)
+    # Bounds at the certificate's level alpha / (2c), whatever the shape the counts are passed in.
+    lower, upper = label_probability_bounds(counts.reshape(-1, c), n, alpha / 2.0)
+    on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
+    on, off = on.reshape(counts.shape), off.reshape(counts.shape)
+    truth = mask[:, None, :]
+    score = np.zeros(cand.shape)
+    for radius in grid:
+        certified_on, possibly_on = on > radius, ~(off > radius)
+        tp = (certified_on & truth).sum(axis=0)
+        fp = (possibly_on & ~truth).sum(axis=0)
+        fn = (~certified_on & truth).sum(axis=0)
+        score += np.where(tp > 0, 2.0 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    thresholds = np.full(c, default)
+    for label in range(c):
+        if not mask[:, label].any():
+            continue
+        best = np.flatnonzero(score[:, label] >= score[:, label].max() - 1e-12)
+        thresholds[label] = cand[best[np.argmin(np.abs(cand[best, label] - default))], label]
     return thresholds
