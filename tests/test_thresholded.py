@@ -25,8 +25,10 @@ from multiguard.thresholded import (
     f1_best_thresholds,
     label_status,
     on_probability_bounds,
+    sequential_thresholded_certification,
     set_metric_bounds,
     thresholded_metrics,
+    thresholded_stopping_rule,
 )
 
 # ------------------------------------------------------------------------------------------ brute force
@@ -218,47 +220,74 @@ def test_joint_guarantee_over_labels_is_calibrated_and_the_uncorrected_bounds_ar
         assert uncorrected > allowed(alpha, trials)
 
 
-def test_calibration_under_the_sequential_stopping_rule() -> None:
-    """Anytime bounds read at a data-dependent look (stop as soon as some label is decided at R = 0) fail at
-    most alpha; the fixed-n bounds read at that look (no correction for the looks) fail more often."""
-    rng = np.random.default_rng(3)
-    c, trials, sigma, q, alpha = 6, 20_000, 0.5, 0.5, 0.05
+def nested_counts(rng: np.random.Generator, p: np.ndarray, looks: np.ndarray, trials: int) -> np.ndarray:
+    """``(trials, J, c)`` cumulative on-counts of Binomial samples with probabilities p, read at each look."""
+    steps = np.diff(np.concatenate([[0], looks]))
+    return rng.binomial(steps[None, :, None], p[None, None, :], size=(trials, looks.size, p.size)).cumsum(axis=1)
+
+
+@pytest.mark.parametrize("p", [[0.5], [0.5, 0.5, 0.52, 0.9, 0.1]], ids=["one label at q", "five labels"])
+@pytest.mark.parametrize("futility", ["remaining", "projected"])
+def test_calibration_under_the_sequential_stopping_rule(p: list[float], futility: str) -> None:
+    """The certificate at the look where :func:`thresholded_stopping_rule` stops fails at most alpha. With one
+    label at q (the rule stops as soon as it is decided, so every look is a chance to be wrong), the fixed-n
+    bounds read under the same rule fail visibly more often: the anytime correction is needed."""
+    rng = np.random.default_rng(3 + len(p))
+    p_arr = np.array(p)
+    trials, sigma, q, alpha, radius = 20_000, 0.5, 0.5, 0.05, 0.0
     looks = np.array([100, 200, 500, 1000])
-    p = np.concatenate([np.full(5, q), [0.52]])  # near q: every early decision is a risk taken
-    increments = rng.binomial(np.diff(np.concatenate([[0], looks]))[None, :, None], p[None, None, :],
-                              size=(trials, looks.size, c))
-    nested = increments.cumsum(axis=1)
-    stop_any = np.full(trials, looks.size - 1)
-    stop_fixed = np.full(trials, looks.size - 1)
-    open_any = np.ones(trials, dtype=bool)
-    open_fixed = np.ones(trials, dtype=bool)
+    nested = nested_counts(rng, p_arr, looks, trials)
+    cert = sequential_thresholded_certification(nested, looks=looks, alpha=alpha, sigma=sigma, q=q, radius=radius,
+                                                futility=futility)
+    rate = wrong_statements(cert.on_radius, cert.off_radius, p_arr, sigma, q).mean()
+    # The control: the same stopping rule, reading fixed-n bounds at every look (no correction for the looks).
+    open_rows = np.ones(trials, dtype=bool)
+    naive_on = np.zeros(nested.shape[::2])
+    naive_off = np.zeros(nested.shape[::2])
     for j, size in enumerate(looks):
-        lower, upper = anytime_on_probability_bounds(nested[:, j], int(size), alpha, looks)
-        on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
-        decided = ((on > 0) | (off > 0)).any(axis=1)  # stop at the first look where something is decided
-        stop_any[open_any & decided] = j
-        open_any &= ~decided
         lower, upper = on_probability_bounds(nested[:, j], int(size), alpha)
         on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
-        decided = ((on > 0) | (off > 0)).any(axis=1)
-        stop_fixed[open_fixed & decided] = j
-        open_fixed &= ~decided
-    rows = np.arange(trials)
-    lower, upper = anytime_on_probability_bounds(nested[rows, stop_any], looks[stop_any], alpha, looks)
-    on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
-    rate = wrong_statements(on, off, p, sigma, q).mean()
-    counts = nested[rows, stop_fixed]
-    lower = np.empty(counts.shape)
-    upper = np.empty(counts.shape)
-    for size in np.unique(looks[stop_fixed]):
-        sel = looks[stop_fixed] == size
-        lower[sel], upper[sel] = on_probability_bounds(counts[sel], int(size), alpha)
-    on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
-    naive = wrong_statements(on, off, p, sigma, q).mean()
-    print(f"\n[thresholded] sequential calibration alpha={alpha} looks={looks.tolist()}: anytime {rate:.5f} "
-          f"(allowed {allowed(alpha, trials):.5f}); fixed-n bounds at the stopping look: {naive:.5f}")
+        stop = ((on > radius) | (off > radius)).all(axis=1) | (j == looks.size - 1)
+        take = open_rows & stop
+        naive_on[take], naive_off[take] = on[take], off[take]
+        open_rows &= ~stop
+    naive = wrong_statements(naive_on, naive_off, p_arr, sigma, q).mean()
+    print(f"\n[thresholded] sequential calibration p={p} futility={futility} alpha={alpha} looks={looks.tolist()}: "
+          f"anytime {rate:.5f} (allowed {allowed(alpha, trials):.5f}), mean samples {cert.n.mean():.0f}; fixed-n "
+          f"bounds under the same rule: {naive:.5f}")
     assert rate <= allowed(alpha, trials)
-    assert naive > allowed(alpha, trials)
+    if len(p) == 1:
+        assert naive > allowed(alpha, trials)
+
+
+def test_sequential_replay_and_the_remaining_rule_never_gives_up_too_early() -> None:
+    rng = np.random.default_rng(12)
+    trials, sigma, q, alpha, radius = 400, 0.5, 0.5, 0.001, 1.0
+    looks = np.array([100, 200, 500, 1000])
+    far = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])  # all decided before the last look
+    near = np.array([0.99, 0.02, 0.6, 0.45, 0.8, 0.3])  # some decidable only with many samples, or never
+    nested = np.concatenate([nested_counts(rng, far, looks, trials // 2), nested_counts(rng, near, looks, trials // 2)])
+    cert = sequential_thresholded_certification(nested, looks=looks, alpha=alpha, sigma=sigma, q=q, radius=radius)
+    stopped_at = np.searchsorted(looks, cert.n)
+    all_decided = ((cert.on_radius > radius) | (cert.off_radius > radius)).all(axis=1)
+    gave_up = (cert.n < looks[-1]) & ~all_decided
+    print(f"\n[thresholded] sequential replay: stopped with every label decided {all_decided.sum()}, gave up early "
+          f"{gave_up.sum()}, ran to the last look {(cert.n == looks[-1]).sum()} (of {trials})")
+    assert (all_decided & (cert.n < looks[-1])).any() and gave_up.any() and (cert.n == looks[-1]).any()
+    for row in range(trials):
+        j = stopped_at[row]
+        assert np.array_equal(cert.on_counts[row], nested[row, j])
+        # A look-by-look check of the rule: it did not stop earlier, and it stopped here.
+        for earlier in range(j + 1):
+            decision = thresholded_stopping_rule(nested[row, earlier][None], int(looks[earlier]), looks=looks,
+                                                 alpha=alpha, sigma=sigma, q=q, radius=radius)
+            assert decision.stop[0] == (earlier == j)
+        # 'remaining': labels undecided at the stop are decided at no later look.
+        lower, upper = anytime_on_probability_bounds(nested[row, j:], looks[j:], alpha, looks)
+        on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
+        decided_later = (on > radius) | (off > radius)
+        decided_now = (cert.on_radius[row] > radius) | (cert.off_radius[row] > radius)
+        assert not (decided_later & ~decided_now).any()
 
 
 # ------------------------------------------------------------------------------------------- thresholds

@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_Q",
     "ThresholdedCertificate",
     "ThresholdedMetrics",
+    "ThresholdedStoppingDecision",
     "anytime_on_probability_bounds",
     "certified_f1_thresholds",
     "certified_label_radii",
@@ -64,8 +65,10 @@ __all__ = [
     "f1_best_thresholds",
     "label_status",
     "on_probability_bounds",
+    "sequential_thresholded_certification",
     "set_metric_bounds",
     "thresholded_metrics",
+    "thresholded_stopping_rule",
 ]
 
 DEFAULT_Q = 0.5
@@ -168,12 +171,18 @@ def certified_label_radii(lower: object, upper: object, *, sigma: float, q: floa
         raise invalid("lower", "<= upper for every label", "a lower bound above its upper bound")
     sigma = check_positive(sigma, "sigma")
     z_q = float(special.ndtri(_check_q(q)))
-    with np.errstate(invalid="ignore"):
-        on = sigma * (special.ndtri(lower_arr) - z_q)
-        off = sigma * (z_q - special.ndtri(upper_arr))
-    on = np.where(on > 0, on, 0.0)  # also -inf (lower = 0) -> 0
-    off = np.where(off > 0, off, 0.0)
+    on, off = _on_radius(lower_arr, sigma, z_q), _off_radius(upper_arr, sigma, z_q)
     return (on[0], off[0]) if single else (on, off)
+
+
+def _on_radius(lower: np.ndarray, sigma: float, z_q: float) -> np.ndarray:
+    on = sigma * (special.ndtri(lower) - z_q)
+    return np.where(on > 0, on, 0.0)  # also -inf (lower = 0) -> 0
+
+
+def _off_radius(upper: np.ndarray, sigma: float, z_q: float) -> np.ndarray:
+    off = sigma * (z_q - special.ndtri(upper))
+    return np.where(off > 0, off, 0.0)
 
 
 def _radii_pair(on_radius: object, off_radius: object) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -435,3 +444,107 @@ def certified_f1_thresholds(candidates: object, on_counts: object, n: int, label
         best = np.flatnonzero(score[:, label] >= score[:, label].max() - 1e-12)
         thresholds[label] = cand[best[np.argmin(np.abs(cand[best, label] - default))], label]
     return thresholds
+
+
+# ------------------------------------------------------------------------------ sequential certification
+
+
+@dataclass(frozen=True)
+class ThresholdedStoppingDecision:
+    """The thresholded stopping rule's verdict for N inputs at their current look: ``stop`` bool ``(N,)``;
+    ``decided`` int64 ``(N,)`` labels certified on or off at R now; ``decidable`` int64 ``(N,)`` labels some
+    later look could still decide (an upper bound, under the futility rule)."""
+
+    stop: np.ndarray
+    decided: np.ndarray
+    decidable: np.ndarray
+
+
+def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, alpha: float, sigma: float,
+                              q: float = DEFAULT_Q, radius: float, futility: str = "remaining"
+                              ) -> ThresholdedStoppingDecision:
+    """Should sampling stop for each input, given its on-counts at look ``n`` and a target radius R?
+
+    An input stops when every label is decided at R (certified on or off, from
+    :func:`anytime_on_probability_bounds` at this look), when no undecided label can be decided at the last look
+    by any continuation ``futility`` considers, or at the last look. The continuations, for an undecided label
+    with count n_i after n samples and m samples left: ``"remaining"``: any (on in all m, for the on side; in
+    none, for the off side); ``"plausible"``: at the most favourable probability inside the current bounds
+    (``n_i + ceil(m upper_i)`` and ``n_i + floor(m lower_i)``); ``"projected"``: at the frequency seen so far
+    (``n_i + ceil(m n_i / n)`` and ``n_i + floor(m n_i / n)``). Lower bounds grow with the count and upper bounds
+    fall as it shrinks, so ``"remaining"`` never gives up on a label a later look could decide.
+
+    The rule only decides when to stop; the anytime bounds hold at whatever look it stops, so the certificate
+    then holds with probability at least ``1 - alpha``, at every radius and for every label.
+    """
+    from .certify import FUTILITY_RULES, _as_looks, _as_row_sizes
+    from .validation import check_choice
+
+    futility = check_choice(futility, "futility", FUTILITY_RULES)
+    schedule = _as_looks(looks)
+    counts, _ = _as_matrix(on_counts, "on_counts", low=0.0)
+    sizes = _as_row_sizes(n, counts.shape[0], schedule)
+    radius_arr, scalar = _as_radius(radius)
+    if not scalar:
+        raise invalid("radius", "a single number >= 0", radius)
+    target = float(radius_arr[0])
+    lower, upper = anytime_on_probability_bounds(counts, sizes, alpha, schedule)
+    on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
+    decided = (on > target) | (off > target)
+    last = int(schedule[-1])
+    decidable = decided.copy()
+    open_rows = ~decided.all(axis=1) & (sizes < last)
+    if open_rows.any():
+        remaining = (last - sizes[open_rows])[:, None]
+        now = counts[open_rows]
+        if futility == "remaining":
+            best_on, best_off = now + remaining, now
+        elif futility == "plausible":
+            best_on = now + np.ceil(remaining * upper[open_rows])
+            best_off = now + np.floor(remaining * lower[open_rows])
+        else:
+            frequency = now / sizes[open_rows, None]
+            best_on, best_off = now + np.ceil(remaining * frequency), now + np.floor(remaining * frequency)
+        on_lower, _ = anytime_on_probability_bounds(np.minimum(best_on, last), last, alpha, schedule)
+        _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule)
+        z_q = float(special.ndtri(q))
+        could_on = _on_radius(on_lower, float(sigma), z_q) > target
+        could_off = _off_radius(off_upper, float(sigma), z_q) > target
+        decidable[open_rows] |= could_on | could_off
+    decided_count = decided.sum(axis=1)
+    decidable_count = decidable.sum(axis=1)
+    stop = (decided_count == counts.shape[1]) | (decidable_count <= decided_count) | (sizes >= last)
+    return ThresholdedStoppingDecision(stop=stop, decided=decided_count.astype(np.int64),
+                                       decidable=decidable_count.astype(np.int64))
+
+
+def sequential_thresholded_certification(nested_on_counts: object, *, looks: object, alpha: float, sigma: float,
+                                         q: float = DEFAULT_Q, radius: float, futility: str = "remaining"
+                                         ) -> ThresholdedCertificate:
+    """Sequential thresholded certification replayed on counts drawn at every look: ``(N, J, c)`` on-counts,
+    ``[i, j]`` of the first ``looks[j]`` samples. Each input stops at the first look where
+    :func:`thresholded_stopping_rule` says so; its certificate comes from the anytime bounds there.
+    ``n`` of the result is int64 ``(N,)``: the samples each input used."""
+    from .certify import _as_looks
+
+    schedule = _as_looks(looks)
+    nested = np.asarray(nested_on_counts)
+    if nested.ndim != 3 or nested.shape[1] != schedule.size or nested.dtype.kind not in "iu":
+        raise invalid("nested_on_counts", f"an integer array of shape (N, J, c) with J = {schedule.size} looks",
+                      f"{nested.dtype} of shape {nested.shape}")
+    num = nested.shape[0]
+    stop_at = np.full(num, schedule.size - 1)
+    active = np.arange(num)
+    for j, size in enumerate(schedule):
+        if active.size == 0:
+            break
+        decision = thresholded_stopping_rule(nested[active, j], int(size), looks=schedule, alpha=alpha, sigma=sigma,
+                                             q=q, radius=radius, futility=futility)
+        stop_at[active[decision.stop]] = j
+        active = active[~decision.stop]
+    counts = nested[np.arange(num), stop_at].astype(np.int64)
+    samples = schedule[stop_at]
+    lower, upper = anytime_on_probability_bounds(counts, samples, alpha, schedule)
+    on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
+    return ThresholdedCertificate(on_counts=counts, n=samples, lower=lower, upper=upper, on_radius=on,
+                                  off_radius=off, sigma=float(sigma), q=float(q), alpha=float(alpha))
