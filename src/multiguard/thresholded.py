@@ -255,15 +255,14 @@ def set_metric_bounds(certified_on: object, possibly_on: object, labels: object)
     worst_size = (a | (b & ~y)).sum(axis=-1).astype(np.float64)  # |A + (U - Y)|
     size_b = b.sum(axis=-1)
     d = np.broadcast_to(y.sum(axis=-1), true_positives.shape).astype(np.float64)
-    both_empty_possible = (size_b == 0) & (d == 0)  # then S = Y = {} is the only choice
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(worst_size > 0, true_positives / worst_size, np.where(d == 0, 1.0, 0.0))
         recall = np.where(d > 0, true_positives / d, np.where(size_b == 0, 1.0, 0.0))
         f1 = np.where(worst_size + d > 0, 2.0 * true_positives / (worst_size + d), 1.0)
     wrong = (a & ~y).sum(axis=-1) + (b & ~a).sum(axis=-1) + (y & ~b).sum(axis=-1)
     hamming = 1.0 - wrong / c
-    # worst_size == 0 with d == 0 means A and U - Y are empty and Y is empty, so B is empty: both empty.
-    assert not ((worst_size == 0) & (d == 0) & ~both_empty_possible).any()
+    # worst_size == 0 with d == 0: A, U - Y and Y are empty, so B is empty and S = Y = {} is the only choice
+    # (precision 1). With d > 0 it means A is empty, and S = A = {} gives precision 0.
     return {"precision": precision, "recall": recall, "f1": f1, "hamming": hamming}
 
 
