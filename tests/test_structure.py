@@ -23,7 +23,8 @@ PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
               "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical",
-              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
+              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes",
+              "multiguard.thresholded", "multiguard.thresholds")
 
 
 def _module_name(path: Path) -> str:
@@ -142,7 +143,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),
     ("engine", frozenset({"engine"})),
     ("certificate math, registries and utilities", frozenset({
-        "", "certify", "sequential", "runspec", "methods", "empirical", "modes", "architectures", "registry",
+        "", "certify", "sequential", "thresholded", "thresholds", "runspec", "methods", "empirical", "modes",
+        "architectures", "registry",
         "deprecation", "settings",
         "validation", "files", "seeds", "devices"})),
 )

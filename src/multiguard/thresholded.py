@@ -49,7 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from .certify import anytime_label_probability_bounds, label_probability_bounds
+from .certify import label_probability_bounds
+from .sequential import _as_looks, _as_row_sizes, anytime_label_probability_bounds, futility_rule
 from .validation import check_alpha, check_float, check_positive, invalid
 
 __all__ = [
@@ -466,20 +467,19 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
 
     An input stops when every label is decided at R (certified on or off, from
     :func:`anytime_on_probability_bounds` at this look), when no undecided label can be decided at the last look
-    by any continuation ``futility`` considers, or at the last look. The continuations, for an undecided label
-    with count n_i after n samples and m samples left: ``"remaining"``: any (on in all m, for the on side; in
-    none, for the off side); ``"plausible"``: at the most favourable probability inside the current bounds
-    (``n_i + ceil(m upper_i)`` and ``n_i + floor(m lower_i)``); ``"projected"``: at the frequency seen so far
-    (``n_i + ceil(m n_i / n)`` and ``n_i + floor(m n_i / n)``). Lower bounds grow with the count and upper bounds
-    fall as it shrinks, so ``"remaining"`` never gives up on a label a later look could decide.
+    by the continuation the ``futility`` rule considers most favourable, or at the last look. The rules are
+    those of :data:`multiguard.sequential.FUTILITY_RULES` (a registered rule works here too): a rule returns the
+    extra counts it credits to "labels of L" and "labels outside L"; here the first is what a label gets on its
+    way to being certified on and the second on its way to being certified off. For an undecided label with
+    count n_i after n samples and m left: ``"remaining"``: on in all m (on side), in none (off side);
+    ``"plausible"``: ``n_i + ceil(m upper_i)`` and ``n_i + floor(m lower_i)``; ``"projected"``: at the frequency
+    seen so far. Lower bounds grow with the count and upper bounds fall as it shrinks, so ``"remaining"`` never
+    gives up on a label a later look could decide.
 
     The rule only decides when to stop; the anytime bounds hold at whatever look it stops, so the certificate
     then holds with probability at least ``1 - alpha``, at every radius and for every label.
     """
-    from .certify import FUTILITY_RULES, _as_looks, _as_row_sizes
-    from .validation import check_choice
-
-    futility = check_choice(futility, "futility", FUTILITY_RULES)
+    rule = futility_rule(futility)
     schedule = _as_looks(looks)
     counts, _ = _as_matrix(on_counts, "on_counts", low=0.0)
     sizes = _as_row_sizes(n, counts.shape[0], schedule)
@@ -496,15 +496,10 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
     if open_rows.any():
         remaining = (last - sizes[open_rows])[:, None]
         now = counts[open_rows]
-        if futility == "remaining":
-            best_on, best_off = now + remaining, now
-        elif futility == "plausible":
-            best_on = now + np.ceil(remaining * upper[open_rows])
-            best_off = now + np.floor(remaining * lower[open_rows])
-        else:
-            frequency = now / sizes[open_rows, None]
-            best_on, best_off = now + np.ceil(remaining * frequency), now + np.floor(remaining * frequency)
-        on_lower, _ = anytime_on_probability_bounds(np.minimum(best_on, last), last, alpha, schedule)
+        gain_on, gain_off = rule(now, sizes[open_rows, None], lower[open_rows], upper[open_rows], remaining)
+        best_on = now + np.clip(gain_on, 0, remaining)
+        best_off = now + np.clip(gain_off, 0, remaining)
+        on_lower, _ = anytime_on_probability_bounds(best_on, last, alpha, schedule)
         _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule)
         z_q = float(special.ndtri(q))
         could_on = _on_radius(on_lower, float(sigma), z_q) > target
@@ -524,8 +519,6 @@ def sequential_thresholded_certification(nested_on_counts: object, *, looks: obj
     ``[i, j]`` of the first ``looks[j]`` samples. Each input stops at the first look where
     :func:`thresholded_stopping_rule` says so; its certificate comes from the anytime bounds there.
     ``n`` of the result is int64 ``(N,)``: the samples each input used."""
-    from .certify import _as_looks
-
     schedule = _as_looks(looks)
     nested = np.asarray(nested_on_counts)
     if nested.ndim != 3 or nested.shape[1] != schedule.size or nested.dtype.kind not in "iu":
