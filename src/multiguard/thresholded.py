@@ -351,10 +351,17 @@ class ThresholdedCertificate:
         return thresholded_metrics(self.on_radius, self.off_radius, labels, radius)
 
 
-def certify_thresholded(on_counts: object, n: int, *, alpha: float, sigma: float, q: float = DEFAULT_Q
-                        ) -> ThresholdedCertificate:
-    """Bounds (:func:`on_probability_bounds`) and per-label radii (:func:`certified_label_radii`) in one call."""
-    lower, upper = on_probability_bounds(on_counts, n, alpha)
+def certify_thresholded(on_counts: object, n: object, *, alpha: float, sigma: float, q: float = DEFAULT_Q,
+                        looks: object = None) -> ThresholdedCertificate:
+    """Bounds (:func:`on_probability_bounds`) and per-label radii (:func:`certified_label_radii`) in one call.
+
+    With ``looks`` (the schedule of a sequential procedure), ``n`` is each row's look (a scalar or ``(N,)``) and
+    the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`)."""
+    if looks is None:
+        lower, upper = on_probability_bounds(on_counts, n, alpha)
+    else:
+        lower, upper = anytime_on_probability_bounds(on_counts, n, alpha, looks)
+        n = np.broadcast_to(np.asarray(n, dtype=np.int64), np.atleast_2d(np.asarray(on_counts)).shape[:1]).copy()
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     return ThresholdedCertificate(
         on_counts=np.asarray(on_counts).astype(np.int64), n=n, lower=lower, upper=upper, on_radius=on,
