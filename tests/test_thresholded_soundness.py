@@ -4,7 +4,8 @@ Each label of the base classifier is a half-space rule, ``s_i(z) = w_i . z + b_i
 when ``s_i(z) > tau_i``. Its smoothed on-probability is exact, ``p_i(x) = Phi((w_i . x + b_i - tau_i) / sigma)``,
 and the smoothed classifier's decision for label i flips exactly on the hyperplane where ``p_i = q``, so the
 exact flip radius of a label at x is known: ``sigma |Phi^-1(p_i(x)) - Phi^-1(q)|``, reached along ``-+ w_i``.
-The certificate, computed from counts of real Gaussian noise through the torch model, must claim no label
+The certificate, computed from counts of real Gaussian noise through the torch model (counted by the sampling
+engine, as ``MultiGuard.certify`` counts them), must claim no label
 on (or off) beyond that radius for more than the alpha share of inputs that its guarantee allows; the same
 certificate with inflated radii must fail that check (so it can fail). A second check perturbs each input
 along every ``+- w_i`` and in random directions and asks the definition directly: the exact smoothed set at
@@ -18,7 +19,9 @@ import pytest
 import torch
 from scipy import stats
 
+from multiguard import MultiGuard
 from multiguard.thresholded import certified_sets, certify_thresholded
+from multiguard.thresholds import LabelThresholds
 
 
 class HalfSpaces(torch.nn.Module):
@@ -48,17 +51,12 @@ def exact_on_probability(model: HalfSpaces, tau: np.ndarray, points: np.ndarray,
     return stats.norm.cdf((points @ w.T + b - tau) / sigma)
 
 
-def plain_loop_on_counts(model: torch.nn.Module, tau: np.ndarray, x: np.ndarray, n: int, sigma: float,
-                         seed: int) -> np.ndarray:
-    """``(N, c)``: for each input, how many of n noisy copies had each label's score above its threshold."""
-    generator = torch.Generator().manual_seed(seed)
-    counts = np.zeros((x.shape[0], tau.size), dtype=np.int64)
-    with torch.no_grad():
-        for row in range(x.shape[0]):
-            noisy = torch.from_numpy(x[row]) + sigma * torch.randn((n, x.shape[1]), generator=generator,
-                                                                   dtype=torch.float64)
-            counts[row] = (model(noisy).numpy() > tau).sum(axis=0)
-    return counts
+def engine_on_counts(model: torch.nn.Module, tau: np.ndarray, x: np.ndarray, n: int, sigma: float,
+                     seed: int) -> np.ndarray:
+    """``(N, c)``: for each input, how many of n noisy copies had each label's score above its threshold, counted
+    by the sampling engine (``MultiGuard.sample_on_counts``, noise in the model's float64)."""
+    guard = MultiGuard(model, num_classes=tau.size, sigma=sigma, thresholds=LabelThresholds(tuple(tau), "score"))
+    return guard.sample_on_counts(x, n, seed=seed)
 
 
 def allowed_failures(alpha: float, trials: int) -> int:
@@ -72,7 +70,7 @@ def test_no_label_certified_beyond_its_exact_flip_radius_more_often_than_alpha(q
     c, dim, sigma, n, alpha, num = 6, 3, 0.5, 500, 0.05, 400
     model, tau = random_classifier(rng, c, dim)
     x = rng.normal(size=(num, dim)) * 0.6
-    counts = plain_loop_on_counts(model, tau, x, n, sigma, seed=int(q * 1000))
+    counts = engine_on_counts(model, tau, x, n, sigma, seed=int(q * 1000))
     p = exact_on_probability(model, tau, x, sigma)
     exact_on = np.maximum(sigma * (stats.norm.ppf(p) - stats.norm.ppf(q)), 0.0)
     exact_off = np.maximum(sigma * (stats.norm.ppf(q) - stats.norm.ppf(p)), 0.0)
@@ -102,7 +100,7 @@ def test_the_exact_smoothed_set_lies_between_a_and_b_under_perturbations() -> No
     c, dim, sigma, n, alpha, num, q = 5, 3, 0.25, 1000, 0.001, 150, 0.5
     model, tau = random_classifier(rng, c, dim)
     x = rng.normal(size=(num, dim)) * 0.4
-    cert = certify_thresholded(plain_loop_on_counts(model, tau, x, n, sigma, seed=3), n, alpha=alpha,
+    cert = certify_thresholded(engine_on_counts(model, tau, x, n, sigma, seed=3), n, alpha=alpha,
                                sigma=sigma, q=q)
     w = model.linear.weight.detach().numpy()
     radii = np.array([0.0, 0.05, 0.1, 0.2, 0.4])
