@@ -274,6 +274,26 @@ class SamplingEngine:
             done = size
         return out
 
+    def noisy_scores(self, x: object, n: int, *, seed: int, index: object = None, stream: int = 0) -> np.ndarray:
+        """float64 ``(N, n, c)``: the base classifier's scores on n noisy copies of each input, the noise drawn as
+        :meth:`count` draws it (the same samples for the same seed, index and stream)."""
+        n = check_int(n, "n", 1, MAX_N)
+        tensor = as_batch(x)
+        index_arr = as_index(index, tensor.shape[0])
+        out = np.zeros((tensor.shape[0], n, self.num_classes))
+        input_shape = tuple(tensor.shape[1:])
+        buffer = torch.empty((n, *input_shape), dtype=self.dtype, device=self.device)
+        cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=self.dtype, device=self.device),
+                 "key": None}
+        generator = torch.Generator(device=self.device)
+        with torch.inference_mode(), eval_mode(self.model):
+            for i in range(tensor.shape[0]):
+                self._draw_noise(buffer, [_Segment(i, 0, n, 0)], np.zeros(tensor.shape[0], dtype=np.int64), seed,
+                                 index_arr, stream, cache, generator)
+                row = tensor[i].to(device=self.device, dtype=self.dtype)
+                out[i] = self._forward(buffer.mul(self.sigma).add_(row)).float().cpu().numpy()
+        return out
+
     # ---------------------------------------------------------------------------------------------- steps
 
     @staticmethod

@@ -29,7 +29,7 @@ import numpy as np
 from .registry import Registry
 from .validation import check_choice, check_float, invalid
 
-__all__ = ["SCALES", "THRESHOLD_RULES", "LabelThresholds", "read_threshold_file"]
+__all__ = ["SCALES", "THRESHOLD_RULES", "LabelThresholds", "parse_threshold", "read_threshold_file"]
 
 SCALES = ("probability", "score")
 """What a threshold is compared with: ``sigmoid(score)`` or the raw score."""
@@ -156,6 +156,24 @@ def read_threshold_file(path: str | os.PathLike[str], class_names: Sequence[str]
         return LabelThresholds(tuple(values), scale, f"file {text_path}")
     except ValueError as exc:
         raise ValueError(f"threshold file {text_path}: {exc}") from None
+
+
+def parse_threshold(value: object, class_names: Sequence[str], scale: str = "probability") -> LabelThresholds:
+    """``--threshold``'s value: a number (one threshold for every label), a file with one per label
+    (:func:`read_threshold_file`), or already a :class:`LabelThresholds` (returned as it is)."""
+    if isinstance(value, LabelThresholds):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return LabelThresholds.single(float(value), scale)
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        if not os.path.exists(text):
+            raise ValueError(f"threshold must be a number or a file with one threshold per label, got {text!r} "
+                             "(no such file)") from None
+        return read_threshold_file(text, class_names, scale)
+    return LabelThresholds.single(number, scale)
 
 
 # ---------------------------------------------------------------------------------------------- rules

@@ -26,6 +26,7 @@ from .options import (
     add_output,
     add_sampling,
     add_stop_rule,
+    add_thresholds,
     dataset_options,
     mode_args,
     wrap,
@@ -200,6 +201,11 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
+            thresholds=args.threshold,
+            threshold_scale=args.threshold_scale,
+            threshold_rule=args.threshold_rule,
+            threshold_split=args.threshold_split,
+            threshold_inputs=args.threshold_inputs,
         )
         wall = time.perf_counter() - started
         meta = result.metadata
@@ -215,7 +221,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
             k, why = _next_k(args.out)
-            say(f"next: multiguard report {args.out} --k {k} --k-prime 1 --out REPORT_DIR   ({why})")
+            methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
+            say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
         else:
             status = runs.run_status(args.out)
             say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
@@ -442,6 +449,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+    add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")
 
