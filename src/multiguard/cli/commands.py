@@ -251,6 +251,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         extra_curves=[empirical_curve(path) for path in args.attack or ()],
         overwrite=args.overwrite,
         n=args.n or (),
+        q=args.q,
     )
     if not args.quiet:
         echo(result.summary)
@@ -466,8 +467,12 @@ def _report_options(p: argparse.ArgumentParser) -> None:
                    "sigma/20, e.g. 0:2:0.025 at sigma = 0.5)")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),
-                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", choices=list(METHODS),
+                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items())
+                   + " (default: every method the runs support)")
+    p.add_argument("--q", type=float, nargs="+", default=[0.5],
+                   help="per-label (threshold) curves: a label is predicted when it is on in more than a share q of "
+                   "the noise (a smaller q: more recall, less precision)")
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
     p.add_argument("--n", type=int, nargs="+", default=None,
                    help="read each run at these sample sizes (from its stored nested counts), e.g. 100 200 500 1000")
