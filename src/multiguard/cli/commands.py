@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..registry import Registry
 from .options import (
@@ -313,6 +315,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         stop_at_radius=args.stop_at_radius,
         futility=args.futility,
         denoiser=args.denoiser,
+        thresholds=args.threshold,
+        threshold_scale=args.threshold_scale,
+        q=args.q,
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -330,9 +335,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 echo(f"  at least {e} of them stay{'s' if e == 1 else ''} predicted under every perturbation {bound}")
             else:
                 echo(f"  {e} of them: no guarantee")
+        if p.certified_on is not None:
+            _echo_thresholded(p, args.q)
     echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
           "pixels in [0, 1])")
     return 0
+
+
+def _echo_thresholded(p: Any, q: float) -> None:
+    """The thresholded certificate of one image: labels certified on and off (each with the l2 radius below
+    which it stays so), and the undecided ones."""
+
+    def listed(pairs: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{name} < {r:.3f}" if math.isfinite(r) else f"{name} (any radius)" for name, r in pairs)
+
+    echo(f"  per label (thresholded, q = {q:g}; each label with the l2 radius below which its state is certified):")
+    echo("    certified on:  " + (listed(p.certified_on) if p.certified_on else "none"))
+    echo("    undecided:     " + (", ".join(p.undecided) if p.undecided else "none"))
+    echo("    certified off: " + (listed(p.certified_off) if p.certified_off else "none"))
 
 
 def _cmd_demo_denoised(args: argparse.Namespace) -> int:
@@ -507,6 +527,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    add_thresholds(p, rule=False)
+    p.add_argument("--q", type=float, default=0.5,
+                   help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
                    help="use the sampling mode a certify run recorded (to claim that run's certificate)")
