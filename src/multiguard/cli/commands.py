@@ -395,6 +395,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         end = text.find("\n## ", start + 3)
         echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
         echo()
+    if "report-thresholded" in result.reports:
+        from ..demo import thresholded_vs_top_k
+
+        echo("### Thresholded vs top-k (the same run's samples; a label is on in a noisy copy when its probability > "
+             "0.5; docs/certificate.md)")
+        echo()
+        echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
+        echo()
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
     echo(f"done in {total:.0f} s ({timings}). Files:")
