@@ -360,6 +360,8 @@ def _run_line(name: str, run: Run) -> str:
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
             f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
             + _denoiser_note(run.metadata))
+    if run.thresholds is not None:
+        line += f", thresholds {run.thresholds.describe()}"
     rule = run.stop_rule
     if rule and run.samples is not None:
         used = run.samples

@@ -89,7 +89,8 @@ class Sampler(Protocol):
         self, x: Any, sizes: Any, *, seed: int, index: Any, batch_size: int, max_k_prime: int
     ) -> Any:
         """Counts ``(m, S, max_k_prime, c)`` of label membership in the top-k' of the first ``sizes[s]`` noisy
-        samples per row."""
+        samples per row (with ``with_on_counts=True``, for a run with thresholds, also the per-label on-counts
+        ``(m, S, c)`` of the same samples, as a second array)."""
         ...
 
     def sample_sequential_counts(
@@ -97,7 +98,8 @@ class Sampler(Protocol):
         batch_size: int, max_k_prime: int,
     ) -> tuple[Any, Any]:
         """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
-        (``futility`` is passed as a keyword too)."""
+        (``futility`` is passed as a keyword too; with ``with_on_counts=True`` a third array, the per-label
+        on-counts ``(m, c)`` at each row's stop)."""
         ...
 
 
