@@ -169,3 +169,14 @@ def test_predict_prints_labels_on_undecided_and_off(project: Path, tmp_path: Pat
     entry = json.loads(out)[0]["thresholded"]
     names = set(entry["on"]) | set(entry["undecided"]) | set(entry["off"])
     assert len(names) == 10 and not set(entry["on"]) & set(entry["off"])
+
+
+def test_a_report_on_a_run_whose_thresholds_were_edited_is_refused(thresholded_run: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    edited = tmp_path / "edited"
+    shutil.copytree(thresholded_run, edited)
+    meta = json.loads((edited / "metadata.json").read_text())
+    meta["thresholds"] = {"values": [0.2], "scale": "probability"}  # would certify another classifier
+    (edited / "metadata.json").write_text(json.dumps(meta))
+    result = run_in_process(capsys, "report", str(edited), "--methods", "threshold", "--out", str(tmp_path / "rep"))
+    assert_one_line_error_in_process(result, "thresholds:", "the counts were sampled with")

@@ -198,7 +198,10 @@ def _identity_disagreement(data: dict[str, np.ndarray], path: Path, meta: dict[s
             continue
         old, new = stored.get(name, "(absent)"), current.get(name, "(absent)")
         if not _same_value(old, new):
-            return f"{name}: {{source}} {new!r}, the counts were sampled with {old!r}"
+            def shown(value: Any) -> str:  # braces of a dict value survive the caller's .format(source=...)
+                return repr(value).replace("{", "{{").replace("}", "}}")
+
+            return f"{name}: {{source}} {shown(new)}, the counts were sampled with {shown(old)}"
     return None
 
 
