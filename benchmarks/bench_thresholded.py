@@ -5,12 +5,13 @@
 
 The demo's setting: its checkpoint (small_cnn trained on multidigits with Gaussian noise, sigma = 0.5), the 500
 test inputs a run with seed 0 certifies, n = 1000 noisy samples each, alpha = 0.001, L = the ground truth.
-ONE pass of noisy samples per input gives every count compared here: the top-k' counts for k' = 1..3 and each
-label's on-count for every threshold (both certificates read the same samples; the logits are kept in
-``--work/logits.npz`` and reused when the settings match).
+ONE pass of the sampling engine (``SamplingEngine.count`` with threshold rows) gives every count compared here:
+the top-k' counts for k' = 1..3 and each label's on-count for every threshold vector (both certificates read
+the same samples).
 
 Thresholds chosen on validation use ``--validation`` test images that are NOT among the certified inputs (a
-disjoint held-out split the model never trained on), with their own n noisy samples each:
+disjoint held-out split the model never trained on), with n noisy copies each from a noise stream of their own
+(``SamplingEngine.noisy_scores``, ``STREAM_THRESHOLDS``):
 
 - ``logit > 0``: a label is on in a noisy copy when its logit is positive (its sigmoid probability above 1/2);
   q = 1/2 and q = 0.3;
@@ -37,33 +38,12 @@ from multiguard import certify as cert
 from multiguard import thresholded as th
 from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint
 from multiguard.runs import load_batch, select_inputs
+from multiguard.seeds import STREAM_THRESHOLDS
+from multiguard.smoothing import MultiGuard
 
 ALPHA, SEED = 0.001, 0
 RADII = np.array([0.0, 0.25, 0.5, 1.0])
 KS, K_PRIMES = range(1, 6), range(1, 4)
-
-
-def noisy_logits(model: torch.nn.Module, images: np.ndarray, indices: np.ndarray, n: int, sigma: float,
-                 stream: int) -> tuple[np.ndarray, float]:
-    """float32 ``(N, n, c)`` logits of n noisy copies ``x + sigma * eps`` of each image (noise seeded by the
-    dataset index and ``stream``), and the seconds it took."""
-    out = []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for row in range(images.shape[0]):
-            generator = torch.Generator().manual_seed(stream * 1_000_003 + int(indices[row]))
-            x = torch.as_tensor(images[row])
-            out.append(model(x + sigma * torch.randn((n, *x.shape), generator=generator)).numpy())
-            if (row + 1) % 100 == 0:
-                print(f"  {row + 1}/{images.shape[0]} inputs, {time.perf_counter() - start:.0f} s", flush=True)
-    return np.stack(out).astype(np.float32), time.perf_counter() - start
-
-
-def top_k_counts(logits: np.ndarray, k_prime: int) -> np.ndarray:
-    """``(N, c)``: how many of each input's noisy copies had each label among their top k' logits."""
-    order = np.argsort(-logits, axis=2, kind="stable")[:, :, :k_prime]
-    c = logits.shape[2]
-    return np.stack([np.bincount(row.ravel(), minlength=c) for row in order])
 
 
 def on_counts(logits: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -96,35 +76,35 @@ def main() -> None:
     images, labels = load_batch(test, indices)
     val_images, val_labels = load_batch(test, val_indices)
 
+    guard = MultiGuard(model, num_classes=int(meta["num_classes"]), sigma=sigma)  # fp32, the engine's noise
+    c = guard.num_classes
+    # Thresholds from the validation images only: their scores on n noisy copies (a noise stream of their own).
+    start = time.perf_counter()
+    val_scores = guard.engine.noisy_scores(val_images, args.n, seed=SEED, index=val_indices, stream=STREAM_THRESHOLDS)
+    val_seconds = time.perf_counter() - start
+    draws = min(20, args.n)
+    f1_tau = th.f1_best_thresholds(val_scores[:, :draws].reshape(-1, c), np.repeat(val_labels, draws, axis=0))
+    candidates = np.quantile(val_scores.reshape(-1, c), np.linspace(0.02, 0.98, 41), axis=0)
+    cert_tau = th.certified_f1_thresholds(candidates, on_counts(val_scores, candidates), args.n, val_labels,
+                                          alpha=ALPHA, sigma=sigma, q=th.DEFAULT_Q, radii=RADII)
+    # ONE engine pass over the certified inputs: top-k' counts for k' = 1..3 and the on-counts of the three
+    # threshold vectors, from the same forward passes.
+    rows_tau = np.stack([np.zeros(c), f1_tau, cert_tau])
+    start = time.perf_counter()
+    both = guard.engine.count(images, args.n, seed=SEED, index=indices, num_k=len(K_PRIMES), thresholds=rows_tau)
+    seconds = time.perf_counter() - start
+    top_counts, on = both[:, : len(K_PRIMES)], both[:, len(K_PRIMES):]
+
+    variants = [("logit > 0", 0, 0.5), ("logit > 0", 0, 0.3), ("F1-best tau", 1, 0.5), ("certified-F1 tau", 2, 0.5)]
+    rows = []
+    for name, t, q in variants:
+        certificate = th.certify_thresholded(on[:, t], args.n, alpha=ALPHA, sigma=sigma, q=q)
+        rows.append((f"thresholded, {name}, q = {q:g}", certificate.metrics(labels, RADII)))
     key = json.dumps({"checkpoint": str(Path(args.checkpoint).resolve()), "inputs": args.inputs, "n": args.n,
                       "validation": args.validation})
-    cache = work / "logits.npz"
-    stored = dict(np.load(cache, allow_pickle=False)) if cache.exists() else {}
-    if stored and str(stored["key"]) == key:
-        logits, val_logits, seconds = stored["logits"], stored["val_logits"], float(stored["seconds"])
-    else:
-        print(f"sampling: {args.inputs} certified + {args.validation} validation inputs x {args.n} noisy copies")
-        logits, seconds = noisy_logits(model, images, indices, args.n, sigma, stream=0)
-        val_logits, _ = noisy_logits(model, val_images, val_indices, args.n, sigma, stream=1)
-        np.savez(cache, key=key, logits=logits, val_logits=val_logits, seconds=seconds)
-    c = logits.shape[2]
-
-    # Thresholds from the validation images only.
-    draws = min(20, args.n)
-    f1_tau = th.f1_best_thresholds(val_logits[:, :draws].reshape(-1, c), np.repeat(val_labels, draws, axis=0))
-    candidates = np.quantile(val_logits.reshape(-1, c), np.linspace(0.02, 0.98, 41), axis=0)
-    cert_tau = th.certified_f1_thresholds(candidates, on_counts(val_logits, candidates), args.n, val_labels,
-                                          alpha=ALPHA, sigma=sigma, q=th.DEFAULT_Q, radii=RADII)
-
-    variants = [("logit > 0", np.zeros(c), 0.5), ("logit > 0", np.zeros(c), 0.3),
-                ("F1-best tau", f1_tau, 0.5), ("certified-F1 tau", cert_tau, 0.5)]
-    rows = []
-    for name, tau, q in variants:
-        certificate = th.certify_thresholded(on_counts(logits, tau), args.n, alpha=ALPHA, sigma=sigma, q=q)
-        rows.append((f"thresholded, {name}, q = {q:g}", certificate.metrics(labels, RADII)))
     top = {}
     for k_prime in K_PRIMES:
-        lower, upper = cert.label_probability_bounds(top_k_counts(logits, k_prime), args.n, ALPHA)
+        lower, upper = cert.label_probability_bounds(top_counts[:, k_prime - 1], args.n, ALPHA)
         for k in KS:
             radii = cert.certified_radii(lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma)
             top[(k, k_prime)] = cert.certified_metrics(cert.intersection_size_from_radii(radii, RADII), labels, k)
@@ -133,8 +113,9 @@ def main() -> None:
     best_th = np.array([max(m.f1[r] for _, m in rows) for r in range(RADII.size)])
 
     print(f"\n{args.inputs} test inputs ({labels.sum(1).mean():.2f} true labels each), sigma = {sigma:g}, "
-          f"n = {args.n}, alpha = {ALPHA}; sampling {seconds:.0f} s ({args.inputs * args.n / seconds:,.0f} "
-          f"samples/s, {args.threads} thread(s)); thresholds from {args.validation} held-out test images")
+          f"n = {args.n}, alpha = {ALPHA}; one engine pass {seconds:.0f} s ({args.inputs * args.n / seconds:,.0f} "
+          f"samples/s, {args.threads} thread(s)); thresholds from {args.validation} held-out test images "
+          f"({val_seconds:.0f} s)")
     print(f"F1-best tau: {np.round(f1_tau, 2).tolist()}\ncertified-F1 tau: {np.round(cert_tau, 2).tolist()}")
     print("\n| certified F1 (%) | " + " | ".join(f"R = {r:g}" for r in RADII) + " |\n|---|" + "---:|" * RADII.size)
     for name, m in rows:
