@@ -140,8 +140,8 @@ class RunSpec(Settings):
     precision: str = setting("fp32", identity=True, legacy="fp32")
     channels_last: bool = setting(False, identity=True, legacy=False)
     compile: bool = setting(False, identity=True, legacy=False)
-    thresholds: Any = setting(None, identity=True, check=_thresholds, legacy=None)
     stop_rule: StopRule | None = setting(None, identity=True, check=_stop_rule, legacy=None)
+    thresholds: Any = setting(None, identity=True, check=_thresholds, legacy=None)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 
