@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
               "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical", "multiguard.results",
-              "multiguard.shards", "multiguard.data.download",
+              "multiguard.shards", "multiguard.data.download", "multiguard.thresholded", "multiguard.thresholds",
               "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
 
 
@@ -143,7 +143,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),
     ("engine", frozenset({"engine"})),
     ("certificate math, registries and utilities", frozenset({
-        "", "certify", "sequential", "runspec", "methods", "empirical", "results", "modes", "architectures", "registry",
+        "", "certify", "sequential", "thresholded", "thresholds", "runspec", "methods", "empirical", "results", "modes",
+        "architectures", "registry",
         "deprecation", "settings",
         "validation", "files", "seeds", "devices"})),
 )

@@ -59,6 +59,9 @@ class BaseClassifierSpec:
             ``"auto"`` (resolved once, on first use).
         k_prime: the base classifier's top-k' (what a sequential run's stop rule reads; counts are stored for
             every k' anyway).
+        thresholds: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`) of a thresholded base
+            classifier, or ``None``: a run then stores each label's on-counts beside the top-k' counts, and the
+            thresholds are part of its identity.
 
     :meth:`load` builds the smoothed classifier once; :attr:`checkpoint_meta`, :attr:`checkpoint_sha256` and
     :attr:`denoiser_sha256` read each file once.
@@ -70,6 +73,7 @@ class BaseClassifierSpec:
     denoiser: Path | None = None
     device: str | None = "auto"
     k_prime: int = 1
+    thresholds: Any = None
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,7 +136,7 @@ class BaseClassifierSpec:
             return smoothed_from_checkpoint(
                 model, meta, k_prime=self.k_prime, sigma=self.sigma, device=self.resolved_device,
                 precision=self.mode.precision, channels_last=self.mode.channels_last, compile=self.mode.compile,
-                denoiser=self.denoiser,
+                denoiser=self.denoiser, thresholds=self.thresholds,
             )
 
         return self._once("smoothed", build)
@@ -164,6 +168,7 @@ class BaseClassifierSpec:
             "sigma": smoother.sigma,
             "clamp": None if smoother.clamp is None else list(smoother.clamp),
             **smoother.mode.as_metadata(),
+            "thresholds": None if self.thresholds is None else self.thresholds.identity(),
         }
 
     def record(self) -> dict[str, Any]:
@@ -173,5 +178,7 @@ class BaseClassifierSpec:
 
         record = self.denoiser_record()
         del record["denoiser_sha256"]  # an identity field (run_fields)
+        if self.thresholds is not None:
+            record["thresholds_source"] = self.thresholds.source
         return {**record, "checkpoint": os.fspath(self.checkpoint),
                 "train_sigma": float(self.checkpoint_meta["sigma"]), "torch_version": str(torch.__version__)}

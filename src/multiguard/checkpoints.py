@@ -115,6 +115,7 @@ def smoothed_from_checkpoint(
     channels_last: bool | None = None,
     compile: bool = False,
     denoiser: str | os.PathLike | None = None,
+    thresholds: Any = None,
 ) -> MultiGuard:
     """The smoothed classifier of a loaded checkpoint: its model, class count and clamp, with the training
     sigma unless ``sigma`` is given (a checkpoint trained without noise needs one). ``precision``,
@@ -125,6 +126,9 @@ def smoothed_from_checkpoint(
     model: the base classifier becomes ``model(denoiser(x + noise))`` (denoised smoothing; the certificate is
     the same; the sampling mode covers the denoiser too). A denoiser trained for another sigma or image size
     is refused with a ValueError.
+
+    ``thresholds``: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`) of a thresholded base
+    classifier (``MultiGuard(thresholds=...)``), or ``None``.
     """
     sigma = float(meta["sigma"]) if sigma is None else sigma
     if not sigma > 0:
@@ -142,4 +146,4 @@ def smoothed_from_checkpoint(
         model = DenoisedClassifier(denoiser_model, model)
     return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
                       clamp=clamp, device=None if device is None else resolve_device(device),
-                      precision=precision, channels_last=channels_last, compile=compile)
+                      precision=precision, channels_last=channels_last, compile=compile, thresholds=thresholds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,14 @@ __all__ = ["METHODS", "CertificationMethod", "default_methods", "register_method
 SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, np.ndarray], np.ndarray]
 """``sizes(lower, upper, labels, k, k_prime, sigma, radius) -> int64 (N, len(radius))``: certified
 intersection sizes at each radius from bounds ``(N, c)`` and label masks ``(N, c)``."""
+
+PerLabelFunction = Callable[..., Any]
+"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None)`` -> an object with
+``precision``, ``recall``, ``f1`` ``(len(radius),)``, ``num_inputs`` and ``num_empty``: certified metrics of a
+classifier that decides each label on its own, from per-label on-counts ``(N, c)`` of ``samples`` ``(N,)`` noisy
+copies (``looks``: the schedule of a sequential run, else ``None``; ``spending``: how that run's stopping rule
+spent alpha over its looks, :func:`multiguard.sequential.spending_weights`, ``None`` for equal shares), label
+masks ``(N, c)`` and the cut ``q``."""
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,15 @@ class CertificationMethod:
         linestyle: matplotlib line style of its curves.
         description: one sentence for ``--help`` and ``summary.md``.
         k_prime_one_only: the method certifies a base classifier with k' = 1 only (skipped for other k').
-        sizes: see :data:`SizesFunction`.
+        sizes: see :data:`SizesFunction` (a top-k method: curves per k and k'); ``None`` for a per-label method.
         color: matplotlib colour of its curves where the settings do not vary.
         bounds_read: ``bounds_read(labels (N, c)) -> int64 (N,)``, how many one-sided bounds the certificate
             reads per input; the report computes its bounds at level ``alpha / bounds_read`` each, so that its
             certificates hold at ``1 - alpha``. ``None``: c (a lower bound per label of L, an upper bound per
-            label outside L), as MultiGuard's (docs/certificate.md).
+            label outside L), as MultiGuard's (docs/certificate.md). A top-k method's field only.
         default: reports compute it unless ``--methods`` names others (False: only when named).
+        per_label: see :data:`PerLabelFunction`: a method that certifies per-label decisions from a run's
+            on-counts (runs certified with thresholds), with curves per cut q instead of per k and k'.
     """
 
     name: str
@@ -44,10 +55,17 @@ class CertificationMethod:
     linestyle: str
     description: str
     k_prime_one_only: bool
-    sizes: SizesFunction
+    sizes: SizesFunction | None
     color: str = "C2"
     bounds_read: Callable[[np.ndarray], np.ndarray] | None = None
     default: bool = True
+    per_label: PerLabelFunction | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sizes is None) == (self.per_label is None):
+            raise ValueError(f"method {self.name!r} needs exactly one of sizes (top-k) and per_label")
+        if self.per_label is not None and self.bounds_read is not None:
+            raise ValueError(f"method {self.name!r}: bounds_read is a top-k method's field (per_label reads its own)")
 
 
 def _multiguard_sizes(second_terms: bool) -> SizesFunction:
@@ -67,6 +85,15 @@ def _jia_sizes(lower, upper, labels, k, k_prime, sigma, radius):  # noqa: ANN001
     return certify.jia_intersection_size_from_radii(
         certify.jia_certified_radii(lower, upper, labels, k=k, sigma=sigma), radius
     )
+
+
+def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None):  # noqa: ANN001, ANN202
+    from . import thresholded
+
+    n = samples if looks is not None else int(samples[0])
+    certificate = thresholded.certify_thresholded(on_counts, n, alpha=alpha, sigma=sigma, q=q, looks=looks,
+                                                  spending=spending)
+    return certificate.metrics(labels, radius)
 
 
 METHODS: dict[str, CertificationMethod] = {}
@@ -112,5 +139,12 @@ register_method(CertificationMethod(
     "jia-paper", "Jia et al. (paper's accounting)", "-.",
     "the baseline as the MultiGuard paper computes it: each bound at alpha / c, so its certificates hold at "
     "1 - alpha (c + |L|) / c only; for comparison with published figures (k' = 1 only).",
-    True, _jia_sizes, color="C4", default=False,
+    True, _jia_sizes, color="C5", default=False,
+))
+register_method(CertificationMethod(
+    "threshold", "thresholded (per label)", "-.",
+    "per-label decisions (a label is predicted when its score passes its threshold in more than a share q of the "
+    "noise), certified label by label; precision, recall and F1 of the worst predicted set between the labels "
+    "certified on and those not certified off (runs certified with --threshold; docs/certificate.md).",
+    False, None, color="C4", per_label=_thresholded_metrics,
 ))

@@ -36,6 +36,10 @@ class ImagePrediction:
     mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
     samples: int | None = None  # estimation samples used (n unless sampling stopped early)
     batch_seconds: float | None = None  # wall time of sampling and certifying the whole batch of images
+    # with thresholds: labels certified on (name, radius), undecided (names), certified off (name, radius)
+    certified_on: list[tuple[str, float]] | None = None
+    undecided: list[str] | None = None
+    certified_off: list[tuple[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -48,6 +52,11 @@ class ImagePrediction:
             "mode": self.mode,
             "samples": self.samples,
             "batch_seconds": self.batch_seconds,
+            **({} if self.certified_on is None else {"thresholded": {
+                "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
+                "undecided": list(self.undecided or []),
+                "off": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_off or []},
+            }}),
         }
 
 
@@ -73,6 +82,9 @@ def predict_images(
     spending: float | None = _sequential.DEFAULT_SPENDING,
     margin: float = _sequential.DEFAULT_MARGIN,
     denoiser: str | os.PathLike[str] | None = None,
+    thresholds: Any = None,
+    threshold_scale: str = "probability",
+    q: float = 0.5,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -85,6 +97,12 @@ def predict_images(
     rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+
+    ``thresholds`` (a number, a file with one per label, or a :class:`~multiguard.thresholds.LabelThresholds`;
+    ``threshold_scale``): the thresholded certificate too, from the same estimation samples at cut ``q``: each
+    prediction's ``certified_on`` (labels with their radius), ``undecided`` and ``certified_off`` (with the
+    radius up to which they stay off); these statements hold together with the top-k ones, with probability at
+    least ``1 - alpha`` for each image.
     """
     from .data import load_image
 
@@ -98,22 +116,34 @@ def predict_images(
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
     batch = torch.stack([load_image(path, size, channels) for path in images])
+    names = list(meta["class_names"])
+    if thresholds is not None:
+        from .thresholds import parse_threshold
+
+        thresholds = parse_threshold(thresholds, names, threshold_scale)
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser)
+                                        denoiser=denoiser, thresholds=thresholds)
     started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
                               stop_at_radius=stop_at_radius, futility=futility, schedule=schedule,
-                              spending=spending, margin=margin)
+                              spending=spending, margin=margin, q=q)
     seconds = time.perf_counter() - started
-    names = list(meta["class_names"])
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()
-    return [
+    predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
                         samples=int(result.samples[i]), batch_seconds=seconds)
         for i, path in enumerate(images)
     ]
+    if result.thresholded is not None:
+        on, off = result.thresholded.on_radius, result.thresholded.off_radius
+        for i, prediction in enumerate(predictions):
+            order = np.argsort(-on[i], kind="stable")
+            prediction.certified_on = [(names[j], float(on[i, j])) for j in order if on[i, j] > 0]
+            prediction.undecided = [names[j] for j in range(num_classes) if on[i, j] == 0 and off[i, j] == 0]
+            prediction.certified_off = [(names[j], float(off[i, j])) for j in range(num_classes) if off[i, j] > 0]
+    return predictions
 
 

@@ -47,7 +47,7 @@ from .methods import METHODS as _METHODS
 from .methods import default_methods
 from .results import RESULTS_FILE, results_bytes, results_document, validate_results
 from .runs import STALE_TMP_SECONDS, Run, load_run, sampling_mode
-from .validation import check_alpha, check_choice
+from .validation import check_alpha, check_choice, check_float
 
 __all__ = [
     "CSV_COLUMNS",
@@ -99,6 +99,10 @@ COLUMN_HELP: dict[str, str] = {
     "f1": "certified top-k F1@R: 2e / (|L| + k)",
     "k": "labels the smoothed classifier predicts; k': labels the base classifier votes for in each noisy copy",
     "α": "probability that the bounds fail (per input); σ: the noise; n: noisy copies per input",
+    "q": "per-label rows (thresholded): a label is predicted when its score passes its threshold in more than "
+         "a share q of the noise; their precision, recall and F1 are those of the worst predicted set between "
+         "the labels certified on and those not certified off at R (an empty prediction has precision 0 on an "
+         "input with labels), where top-k rows count e of k predicted labels; k and k' do not apply (-)",
     "trivial": f"'{TRIVIAL_LABEL}': what any k of the c labels keep of L whatever the model "
                "(e <= |L| - (c - k)); it is part of every method's value at every R",
     "attack": "'empirical (attack)': |L ∩ top-k| measured at the inputs an l2 PGD attack found (an upper bound "
@@ -137,6 +141,7 @@ class Curve:
     trivial: dict[str, float] = field(default_factory=dict)  # metric -> its part that holds by counting alone
     violations: np.ndarray | None = None  # attack curves: inputs below their certificate, per radius
     certified: dict[str, np.ndarray] | None = None  # attack curves: certified metrics of the same inputs
+    q: float | None = None  # per-label (thresholded) curves: the cut q; their k and k_prime are 0 (not used)
 
     def metric(self, name: str) -> np.ndarray:
         """The ``precision``, ``recall`` or ``f1`` array."""
@@ -153,8 +158,10 @@ class Curve:
 
     @property
     def setting(self) -> tuple[str, str, int, int, float]:
-        """(run, method, k, k_prime, alpha): what tells two curves of a report apart."""
-        return (self.run, self.method, self.k, self.k_prime, self.alpha)
+        """(run, method, k, k_prime, alpha): what tells two curves of a report apart (and q for per-label
+        curves, appended)."""
+        base = (self.run, self.method, self.k, self.k_prime, self.alpha)
+        return base if self.q is None else (*base, self.q)  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------- radii
@@ -241,17 +248,30 @@ def compute_curves(
     radius: Sequence[float] | np.ndarray = (0.0,),
     methods: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    q: Sequence[float] = (0.5,),
 ) -> list[Curve]:
-    """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1).
+    """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1), and for every
+    per-label method (``threshold``) every run x alpha x q, from the run's on-counts.
 
     Bounds are computed once per (run, k', alpha) and radii once per (k, method); the metrics at all radii
     follow from the radii. Raises ValueError naming the argument for a k beyond a run's number of classes, a
-    k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1).
+    k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1), a q outside (0, 1), and a
+    per-label method asked for by name on a run without on-counts. ``methods=None`` means every registered
+    method the runs support (per-label methods only for runs certified with thresholds).
     """
     radius = np.asarray(radius, dtype=np.float64)
-    methods = default_methods() if methods is None else methods  # every registered method reports compute by default
+    explicit = methods is not None
+    methods = default_methods() if methods is None else methods  # every method reports compute by default
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
+    q = [check_float(value, "q", 0.0, 1.0, low_open=True, high_open=True) for value in q]
+    per_label = [m for m in methods if _METHODS[m].per_label is not None]
+    methods = [m for m in methods if _METHODS[m].sizes is not None]
+    if explicit:
+        for run in runs:
+            if per_label and run.on_counts is None:
+                raise ValueError(f"methods: {per_label[0]} needs per-label on-counts, and run {run.path} has none "
+                                 "(certify it with --threshold or --threshold-rule)")
     if not len(k) or not len(k_prime) or not len(alpha):
         raise ValueError("k, k_prime and alpha need at least one value each")
     alpha = [check_alpha(a) for a in alpha]
@@ -305,6 +325,34 @@ def compute_curves(
                                 trivial=dict(trivial[int(kk)]),
                             )
                         )
+        curves += _per_label_curves(run, name, per_label, alpha, q, radius)
+    return curves
+
+
+def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequence[float], q: Sequence[float],
+                      radius: np.ndarray) -> list[Curve]:
+    """The curves of the per-label methods on one run (none for a run without on-counts): per alpha and q,
+    from the on-counts of each input's samples (for a sequential run, anytime-valid bounds at the run's looks
+    with alpha spent as its stopping rule spent it)."""
+    if run.on_counts is None or not methods:
+        return []
+    samples = run.samples if run.samples is not None else np.full(run.on_counts.shape[0], run.n, dtype=np.int64)
+    looks = run.sample_sizes if run.samples is not None else None
+    # A sequential run's anytime bounds spend alpha over its looks as its stopping rule did (equal shares for a
+    # run written before spending could be chosen), as run_bounds does for the top-k methods.
+    spending = (run.stop_rule or {}).get("spending") if looks is not None else None
+    curves = []
+    for method in methods:
+        for a in alpha:
+            for cut in q:
+                metrics = _METHODS[method].per_label(run.on_counts, samples, looks, run.labels, run.sigma, float(a),
+                                                     float(cut), radius, spending=spending)
+                curves.append(Curve(
+                    run=name, method=method, k=0, k_prime=0, alpha=float(a), sigma=run.sigma, n=run.n,
+                    radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
+                    recall=np.asarray(metrics.recall, dtype=np.float64), f1=np.asarray(metrics.f1, dtype=np.float64),
+                    num_inputs=int(metrics.num_inputs), num_empty=int(metrics.num_empty), q=float(cut),
+                ))
     return curves
 
 
@@ -341,6 +389,8 @@ def _run_line(name: str, run: Run) -> str:
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
             f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
             + _denoiser_note(run.metadata))
+    if run.thresholds is not None:
+        line += f", thresholds {run.thresholds.describe()}"
     rule = run.stop_rule
     if rule and run.samples is not None:
         used = run.samples
@@ -362,31 +412,36 @@ def _fmt(value: float) -> str:
 
 
 def write_csv(curves: Sequence[Curve], path: str | os.PathLike[str]) -> None:
-    """Write ``curves`` to ``path`` (atomically), one row per curve and radius, columns :data:`CSV_COLUMNS`."""
+    """Write ``curves`` to ``path`` (atomically), one row per curve and radius, columns :data:`CSV_COLUMNS`
+    (and a last column ``q`` where per-label curves are among them: their cut, empty for the others; their k
+    and k' are 0)."""
+    with_q = any(c.q is not None for c in curves)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + (("q",) if with_q else ()))
     for c in curves:
         for i, r in enumerate(c.radius):
             writer.writerow(
                 [c.run, c.method, c.k, c.k_prime, _fmt(c.alpha), _fmt(c.sigma), c.n, _fmt(r),
                  _fmt(c.precision[i]), _fmt(c.recall[i]), _fmt(c.f1[i]), c.num_inputs]
+                + ([] if not with_q else ["" if c.q is None else _fmt(c.q)])
             )
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
     """Read a ``curves.csv`` back into :class:`Curve` objects (rows grouped by run, method, k, k', alpha)."""
-    groups: dict[tuple[str, str, int, int, float], list[dict[str, str]]] = {}
+    groups: dict[tuple[str, str, int, int, float, str], list[dict[str, str]]] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        if tuple(reader.fieldnames or ()) not in (CSV_COLUMNS, CSV_COLUMNS + ("q",)):
             raise ValueError(f"{path} does not have the columns {','.join(CSV_COLUMNS)}")
         for row in reader:
-            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]))
+            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]),
+                   row.get("q") or "")
             groups.setdefault(key, []).append(row)
     curves = []
-    for (run, method, k, k_prime, alpha), rows in groups.items():
+    for (run, method, k, k_prime, alpha, cut), rows in groups.items():
         curves.append(
             Curve(
                 run=run, method=method, k=k, k_prime=k_prime, alpha=alpha,
@@ -396,6 +451,7 @@ def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
                 recall=np.array([float(r["recall"]) for r in rows]),
                 f1=np.array([float(r["f1"]) for r in rows]),
                 num_inputs=int(rows[0]["num_inputs"]),
+                q=float(cut) if cut else None,
             )
         )
     return curves
@@ -411,7 +467,11 @@ def _varying(curves: Sequence[Curve], fields: Sequence[str]) -> list[str]:
 def _curve_label(curve: Curve, varying: Sequence[str]) -> str:
     parts = [_label(curve.method)]
     names = {"k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n"}
-    details = [f"{names[f]}={getattr(curve, f):g}" for f in varying if f in names]
+    per_label = curve.q is not None
+    details = [f"{names[f]}={getattr(curve, f):g}" for f in varying
+               if f in names and not (per_label and f in ("k", "k_prime"))]
+    if per_label:
+        details.append(f"q={curve.q:g}")
     if details:
         parts.append(", ".join(details))
     return ", ".join(parts)
@@ -447,6 +507,8 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
     ax.set_xlabel("Perturbation size R (ℓ2)")  # type: ignore[attr-defined]
     mixed = any(c.method not in _METHODS for c in curves)
     ylabel = METRIC_LABELS[metric]
+    if any(c.q is not None for c in curves):
+        ylabel = ylabel.replace("top-k ", "")
     if mixed:
         ylabel = ylabel.replace("Certified t", "T") + "\n(certified; empirical under attack)"
     ax.set_ylabel(ylabel)  # type: ignore[attr-defined]
@@ -536,8 +598,8 @@ def summary_markdown(
     curves' grid. Columns that are the same for every row are stated once above the tables."""
     if not curves:
         raise ValueError("curves must not be empty")
-    candidates = ("run", "k", "k_prime", "alpha", "sigma", "n", "num_inputs")
-    headers = {"run": "run", "k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n",
+    candidates = ("run", "k", "k_prime", "q", "alpha", "sigma", "n", "num_inputs")
+    headers = {"run": "run", "k": "k", "k_prime": "k'", "q": "q", "alpha": "α", "sigma": "σ", "n": "n",
                "num_inputs": "inputs"}
     varying = _varying(curves, candidates)
     fixed = [f for f in candidates if f not in varying]
@@ -557,13 +619,15 @@ def summary_markdown(
         lines += [f"Part of these certificates is trivial: with c classes and k predicted, any k labels keep at "
                   f"least |L| - (c - k) of an input's |L| labels, whatever the model; the rows '{TRIVIAL_LABEL}' "
                   "give that part, which every method's value includes at every R. Keep k well below c.", ""]
+    per_label = any(c.q is not None for c in curves)
     for metric in METRICS:
-        lines += [f"## {METRIC_LABELS[metric]} (%)", ""]
+        heading = METRIC_LABELS[metric].replace("top-k ", "") if per_label else METRIC_LABELS[metric]
+        lines += [f"## {heading} (%)", ""]
         head = ["method", *[headers[f] for f in varying], *[f"R = {r:g}" for r in radii]]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for c in curves:
-            cells = [_label(c.method), *[_cell(getattr(c, f)) for f in varying]]
+            cells = [_label(c.method), *[_setting_cell(c, f) for f in varying]]
             cells += [f"{100 * c.at(metric, r):.1f}" for r in radii]
             lines.append("| " + " | ".join(cells) + " |")
         for c in trivial_rows.values():
@@ -607,6 +671,8 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
         if name in _METHODS:
             lines.append(f"- **{_METHODS[name].label}**: {_METHODS[name].description}")
     keys = ["R", "precision", "recall", "f1", "k", "α"]
+    if any(c.q is not None for c in curves):
+        keys.append("q")
     if any(any(v > 0 for v in c.trivial.values()) for c in curves):
         keys.append("trivial")
     if any(c.method == "attack" for c in curves):
@@ -614,6 +680,14 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
     lines += [f"- **{key}**: {COLUMN_HELP[key]}." for key in keys]
     lines += ["- Every certified value holds with probability at least 1 - α over the sampling, for each input.", ""]
     return "\n".join(lines)
+
+
+def _setting_cell(curve: Curve, field_name: str) -> str:
+    """A setting's table cell: ``-`` where the setting does not apply (k and k' of a per-label curve, q of a
+    top-k one)."""
+    if (curve.q is not None and field_name in ("k", "k_prime")) or (curve.q is None and field_name == "q"):
+        return "-"
+    return _cell(getattr(curve, field_name))
 
 
 def _cell(value: object) -> str:
@@ -723,6 +797,7 @@ def make_report(
     radii: str | Sequence[float] | None = None,
     overwrite: bool = False,
     n: Sequence[int] = (),
+    q: Sequence[float] = (0.5,),
 ) -> Report:
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png``, ``summary.md`` and ``results.json``
     (:mod:`multiguard.results`) into ``out``.
@@ -744,6 +819,9 @@ def make_report(
 
     ``n``: read every run at these sample sizes (each one of its stored nested sizes, e.g. 100, 200, 500, 1000
     of an n = 1000 run): each is the fixed-n experiment a run with that n would be, on the same samples.
+
+    ``q``: the cuts of the per-label (thresholded) curves, drawn beside the top-k ones for runs certified with
+    thresholds (``methods=None``: every method the runs support).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -757,7 +835,8 @@ def make_report(
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]
         runs = [run.at_sample_size(size) for run in runs for size in n]
-    methods = default_methods() if methods is None else methods  # every registered method reports compute by default
+    explicit_methods = methods
+    methods = default_methods() if methods is None else methods  # every method reports compute by default
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
     if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
@@ -780,7 +859,8 @@ def make_report(
     if radius.size > MAX_RADII:
         raise ValueError(f"radii must be a grid of at most {MAX_RADII} points with the summary radii, got "
                          f"{radius.size}")
-    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods, names=names)
+    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=explicit_methods,
+                            names=names, q=q)
     curves += list(extra_curves)
     if not curves:
         raise ValueError("methods: no curve to report for these methods and k'")

@@ -162,6 +162,7 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
         for j, radius in enumerate(np.asarray(curve.radius, dtype=np.float64)):
             records.append({
                 "run": run_id, "method": curve.method, "k": int(curve.k), "k_prime": int(curve.k_prime),
+                "q": None if getattr(curve, "q", None) is None else float(curve.q),
                 "alpha": float(curve.alpha), "radius": _round(radius),
                 "certified_precision": _round(curve.precision[j]), "certified_recall": _round(curve.recall[j]),
                 "certified_f1": _round(curve.f1[j]), "num_inputs": int(curve.num_inputs),
@@ -213,7 +214,8 @@ _COST_FIELDS = {"samples": ((int,), True), "wall_time_s": ((float, int, type(Non
                 "world_size": ((int, type(None)), False), "num_shards": ((int, type(None)), False)}
 _RECORD_FIELDS = {
     "run": ((str,), True), "method": ((str,), True), "k": ((int,), True), "k_prime": ((int,), True),
-    "alpha": ((float,), True), "radius": ((float, int), True), "certified_precision": ((float, int), True),
+    "q": ((float, type(None)), False), "alpha": ((float,), True), "radius": ((float, int), True),
+    "certified_precision": ((float, int), True),
     "certified_recall": ((float, int), True), "certified_f1": ((float, int), True), "num_inputs": ((int,), True),
 }
 
@@ -270,8 +272,11 @@ def validate_results(document: Any) -> None:
         _check_fields(record, _RECORD_FIELDS, where)
         if record["run"] not in ids:
             raise ValueError(f"results: {where}.run: {record['run']!r} is not one of the runs {sorted(ids)}")
-        if record["k"] < 1 or record["k_prime"] < 1:
-            raise ValueError(f"results: {where}: k and k_prime must be >= 1")
+        q = record.get("q")
+        if q is None and (record["k"] < 1 or record["k_prime"] < 1):
+            raise ValueError(f"results: {where}: k and k_prime must be >= 1 (top-k records)")
+        if q is not None and (record["k"] != 0 or record["k_prime"] != 0 or not 0 < q < 1):
+            raise ValueError(f"results: {where}: a per-label record (q = {q}) has k = k_prime = 0 and q in (0, 1)")
         if not 0 < record["alpha"] < 1:
             raise ValueError(f"results: {where}.alpha: must be in (0, 1), got {record['alpha']}")
         if record["radius"] < 0:
@@ -280,9 +285,9 @@ def validate_results(document: Any) -> None:
             value = record[f"certified_{metric}"]
             if not 0 <= value <= 1:
                 raise ValueError(f"results: {where}.certified_{metric}: must be in [0, 1], got {value}")
-        key = (record["run"], record["method"], record["k"], record["k_prime"], record["alpha"], record["radius"])
+        key = (record["run"], record["method"], record["k"], record["k_prime"], q, record["alpha"], record["radius"])
         if key in seen:
-            raise ValueError(f"results: {where}: (run, method, k, k', alpha, radius) {key} appears twice")
+            raise ValueError(f"results: {where}: (run, method, k, k', q, alpha, radius) {key} appears twice")
         seen.add(key)
 
 
@@ -381,7 +386,10 @@ def compare_results(
         table: dict[tuple, dict[float, float]] = {}
         for label, document in zip(labels, documents, strict=True):
             for record in document["records"]:
-                key = (label, record["run"], record["method"], record["k"], record["k_prime"], record["alpha"])
+                q = record.get("q")
+                method = record["method"] if q is None else f"{record['method']} (q = {q:g})"
+                k, k_prime = (record["k"], record["k_prime"]) if q is None else ("-", "-")
+                key = (label, record["run"], method, k, k_prime, record["alpha"])
                 table.setdefault(key, {})[record["radius"]] = record[f"certified_{metric}"]
         rows = [[*map(str, key[:5]), f"{key[5]:g}", *(f"{100 * values[r]:.1f}" if r in values else "-"
                                                        for r in chosen)] for key, values in table.items()]

@@ -89,7 +89,8 @@ class Sampler(Protocol):
         self, x: Any, sizes: Any, *, seed: int, index: Any, batch_size: int, max_k_prime: int
     ) -> Any:
         """Counts ``(m, S, max_k_prime, c)`` of label membership in the top-k' of the first ``sizes[s]`` noisy
-        samples per row."""
+        samples per row (with ``with_on_counts=True``, for a run with thresholds, also the per-label on-counts
+        ``(m, S, c)`` of the same samples, as a second array)."""
         ...
 
     def sample_sequential_counts(
@@ -97,7 +98,9 @@ class Sampler(Protocol):
         batch_size: int, max_k_prime: int,
     ) -> tuple[Any, Any]:
         """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
-        (``futility`` is passed as a keyword too)."""
+        (the rule's ``futility``, ``schedule``, ``spending`` and ``margin`` are passed as keywords too,
+        :meth:`multiguard.runspec.StopRule.procedure`; with ``with_on_counts=True`` a third array, the per-label
+        on-counts ``(m, c)`` at each row's stop)."""
         ...
 
 
@@ -306,6 +309,11 @@ def _check_arguments(spec: RunSpec, sampler: Any, shard: tuple[int, int]) -> Non
     shard_index, num_shards = shard
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
+    sampler_thresholds = getattr(sampler, "thresholds", None)
+    have = None if sampler_thresholds is None else sampler_thresholds.identity()
+    if spec.thresholds != have and not (spec.thresholds is None and sampler_thresholds is None):
+        raise ValueError(f"thresholds: the run spec has {spec.thresholds!r}, the sampler {have!r} (they are part "
+                         "of the base classifier: give the sampler the spec's)")
     sampler_k_prime = getattr(sampler, "k_prime", None)
     rule = spec.stop_rule
     if rule is not None and sampler_k_prime is not None and int(sampler_k_prime) != rule.k_prime:
@@ -395,20 +403,30 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
     drawn."""
     spec = plan.spec
     common = dict(seed=spec.seed, index=chunk_indices, batch_size=spec.batch_size, max_k_prime=spec.max_k_prime)
+    if spec.thresholds is not None:  # the per-label on-counts, from the same forward passes
+        common["with_on_counts"] = True
     rule = spec.stop_rule
     if rule is None:
-        nested = np.asarray(sampler.sample_nested_counts(images, plan.sizes, **common), dtype=np.int64)
+        result = sampler.sample_nested_counts(images, plan.sizes, **common)
+        nested, nested_on = result if spec.thresholds is not None else (result, None)
+        nested = np.asarray(nested, dtype=np.int64)
         expected = (len(chunk_indices), plan.sizes.size, spec.max_k_prime, labels.shape[1])
         if nested.shape != expected:
             raise ValueError(f"sampler returned nested counts of shape {nested.shape}, expected {expected}")
         counts, extra, drawn = nested[:, -1], {"nested_counts": nested}, len(chunk_indices) * spec.n
+        if nested_on is not None:
+            extra["nested_on_counts"] = np.asarray(nested_on, dtype=np.int64)
+            extra["on_counts"] = extra["nested_on_counts"][:, -1]
     else:
-        counts, samples = sampler.sample_sequential_counts(
+        result = sampler.sample_sequential_counts(
             images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k, **rule.procedure(),
             **common,
         )
+        counts, samples = result[0], result[1]
         counts = np.asarray(counts, dtype=np.int64)
         extra = {"samples": np.asarray(samples, dtype=np.int64)}
+        if spec.thresholds is not None:
+            extra["on_counts"] = np.asarray(result[2], dtype=np.int64)
         drawn = int(extra["samples"].sum())
     expected = (len(chunk_indices), spec.max_k_prime, labels.shape[1])
     if counts.shape != expected:

@@ -110,6 +110,20 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _thresholds(value: Any, name: str) -> dict[str, Any] | None:
+    """``None``, or the identity of per-label thresholds (``{"values": [...], "scale": ...}``; a
+    :class:`multiguard.thresholds.LabelThresholds` is turned into it), checked."""
+    if value is None:
+        return None
+    from .thresholds import LabelThresholds
+
+    if isinstance(value, LabelThresholds):
+        return value.identity()
+    if not isinstance(value, Mapping) or "values" not in value:
+        raise ValueError(f"{name} must be None or {{'values': [...], 'scale': ...}}, got {value!r}")
+    return LabelThresholds.from_identity(dict(value)).identity()
+
+
 def _any_int(value: Any, name: str) -> int:
     return check_int(value, name)
 
@@ -124,7 +138,8 @@ class RunSpec(Settings):
 
     The base classifier and the data (:meth:`multiguard.base_classifier.BaseClassifierSpec.run_fields` and
     the dataset's record fill them): ``checkpoint_sha256``, ``denoiser_sha256``, ``arch``, ``num_classes``,
-    ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), ``dataset``,
+    ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), the per-label
+    ``thresholds`` of a thresholded base classifier (then per-label on-counts are stored too), ``dataset``,
     ``dataset_options``, ``split``, ``dataset_size``, ``image_size``. ``record`` holds descriptive fields
     (checkpoint path, class names, versions, ...) that go into ``metadata.json`` but not into the identity.
 
@@ -157,6 +172,7 @@ class RunSpec(Settings):
     channels_last: bool = setting(False, identity=True, legacy=False)
     compile: bool = setting(False, identity=True, legacy=False)
     stop_rule: StopRule | None = setting(None, identity=True, check=_stop_rule, legacy=None)
+    thresholds: Any = setting(None, identity=True, check=_thresholds, legacy=None)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 

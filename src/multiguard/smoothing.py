@@ -29,11 +29,13 @@ import torch
 
 from . import certify as _certify
 from . import sequential as _sequential
+from . import thresholded as _thresholded
 from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
 from .certify import as_label_mask
 from .deprecation import warn_deprecated
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
+from .thresholds import LabelThresholds
 from .validation import (
     check_alpha,
     check_bool,
@@ -125,6 +127,14 @@ class Certificate:
     second_terms: bool = True
     samples: np.ndarray | None = None
     stop_at_radius: float | None = None
+    thresholded: _thresholded.ThresholdedCertificate | None = None
+
+    def thresholded_metrics(self, radius: float | np.ndarray) -> _thresholded.ThresholdedMetrics:
+        """Certified precision, recall, F1 and Hamming accuracy of the thresholded classifier against ``labels``
+        (the classifier must have thresholds: ``MultiGuard(..., thresholds=...)``)."""
+        if self.thresholded is None:
+            raise ValueError("thresholds: this certificate has no thresholded part (MultiGuard(..., thresholds=...))")
+        return self.thresholded.metrics(self.labels, radius)
 
     def intersection_size(self, radius: float | np.ndarray) -> np.ndarray:
         """Certified intersection size e(R): int64 ``(N,)`` for a scalar R, ``(N, len(R))`` for an array."""
@@ -183,6 +193,7 @@ class Prediction:
     alpha: float
     samples: np.ndarray | None = None
     stop_at_radius: float | None = None
+    thresholded: _thresholded.ThresholdedCertificate | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -224,6 +235,10 @@ class MultiGuard:
             that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
         autocast_dtype: deprecated (warns): the older spelling of ``precision``, ``torch.bfloat16`` or
             ``torch.float16``.
+        thresholds: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`, or one probability for
+            every label): the base classifier then also decides each label on its own (on when its score passes
+            its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
+            (:mod:`multiguard.thresholded`) from the same samples as the top-k one. Part of the base classifier.
 
     The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
     hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
@@ -245,6 +260,7 @@ class MultiGuard:
         channels_last: bool | None = None,
         precision: str | None = None,
         compile: bool = False,
+        thresholds: LabelThresholds | float | None = None,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -252,6 +268,10 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
+        if thresholds is not None and not isinstance(thresholds, LabelThresholds):
+            thresholds = LabelThresholds.single(thresholds)
+        self.thresholds: LabelThresholds | None = thresholds
+        self.score_thresholds = None if thresholds is None else thresholds.score_thresholds(self.num_classes)
         if autocast_dtype is not None:
             warn_deprecated("MultiGuard(autocast_dtype=...)", "MultiGuard(precision='bf16' or 'fp16')")
         autocast_precision = precision_of_autocast_dtype(autocast_dtype)
@@ -285,9 +305,11 @@ class MultiGuard:
         )
 
     def __repr__(self) -> str:
+        thresholds = "" if self.thresholds is None else f", thresholds={self.thresholds.describe()!r}"
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
-            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r})"
+            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r}"
+            f"{thresholds})"
         )
 
     @property
@@ -351,6 +373,30 @@ class MultiGuard:
                                    stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
 
+    def _need_thresholds(self) -> np.ndarray:
+        if self.score_thresholds is None:
+            raise ValueError("thresholds: this MultiGuard has none (MultiGuard(..., thresholds=0.5) or a "
+                             "LabelThresholds)")
+        return self.score_thresholds
+
+    def sample_on_counts(
+        self,
+        x: torch.Tensor | np.ndarray,
+        n: int,
+        seed: int = 0,
+        index: np.ndarray | torch.Tensor | list[int] | None = None,
+        batch_size: int = 1000,
+        progress: bool = False,
+        thresholds: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Per-label on-counts over n noisy copies of each input: int64 ``(N, c)``, how many had each label's
+        score above its threshold (the classifier's, or ``thresholds``: float score thresholds ``(c,)``, or
+        ``(T, c)`` for T sets at once, giving ``(N, T, c)``). Same noise as :meth:`sample_counts`."""
+        rows = self._need_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        counts = self.engine.count(x, n, seed=seed, index=index, batch_size=batch_size, num_k=1,
+                                   stream=STREAM_ESTIMATION, progress=progress, thresholds=rows)
+        return counts[:, 1] if np.ndim(rows) == 1 else counts[:, 1:]
+
     def certify(
         self,
         x: torch.Tensor | np.ndarray,
@@ -369,6 +415,7 @@ class MultiGuard:
         schedule: str = _sequential.DEFAULT_SCHEDULE,
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
+        q: float = _thresholded.DEFAULT_Q,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -401,20 +448,26 @@ class MultiGuard:
                 over them (:func:`multiguard.sequential.spending_weights`: the share at the last look, ``None``
                 for equal shares, or one weight per look summing to at most 1) and gamma of ``"margin"``.
 
+            q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
+                more than a share q of the noise; :mod:`multiguard.thresholded`).
+
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
-            and ``samples`` ``(N,)`` the samples each input used.
+            and ``samples`` ``(N,)`` the samples each input used; with thresholds, ``thresholded`` (a
+            :class:`multiguard.thresholded.ThresholdedCertificate`: per-label on / off radii) from the same
+            samples, its bounds holding for all labels at once with probability at least ``1 - alpha``.
         """
         alpha = check_alpha(alpha)
         k = check_int(k, "k", 1, self.num_classes)
         n = check_int(n, "n", 1)
+        q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
         tensor = as_image_batch(x, check_range)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-        counts, samples, lower, upper = self._estimate(
+        counts, samples, lower, upper, thresholded = self._estimate(
             tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), second_terms,
-            seed=seed, index=index, batch_size=batch_size, progress=progress,
+            seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
@@ -433,6 +486,7 @@ class MultiGuard:
             second_terms=bool(second_terms),
             samples=samples,
             stop_at_radius=stop_at_radius,
+            thresholded=thresholded,
         )
 
     def sample_nested_counts(
@@ -444,16 +498,21 @@ class MultiGuard:
         batch_size: int = 1000,
         max_k_prime: int | None = None,
         progress: bool = False,
-    ) -> np.ndarray:
+        with_on_counts: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Cumulative counts at nested sample sizes: int64 ``(N, S, K, c)``, ``[i, s]`` equal to
         ``sample_counts(x, sizes[s], ..., max_k_prime=K)[i]`` exactly, for the cost of the largest size.
 
         ``sizes`` is strictly increasing (e.g. :func:`multiguard.sequential.sample_size_schedule` ``(n)``); K is
         ``max_k_prime`` (default ``self.k_prime``). See :meth:`multiguard.engine.SamplingEngine.count_nested`.
+        ``with_on_counts`` (a classifier with thresholds): also the per-label on-counts ``(N, S, c)`` of the same
+        samples, returned as a second array.
         """
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
-        return self.engine.count_nested(x, sizes, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
-                                        stream=STREAM_ESTIMATION, progress=progress)
+        thresholds = self._need_thresholds() if check_bool(with_on_counts, "with_on_counts") else None
+        nested = self.engine.count_nested(x, sizes, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
+                                          stream=STREAM_ESTIMATION, progress=progress, thresholds=thresholds)
+        return nested if thresholds is None else (nested[:, :, :num_k], nested[:, :, num_k])
 
     def sample_sequential_counts(
         self,
@@ -474,7 +533,8 @@ class MultiGuard:
         schedule: str = _sequential.DEFAULT_SCHEDULE,
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        with_on_counts: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
         The looks are :func:`multiguard.sequential.look_schedule` ``(n, schedule)``; after each one,
@@ -483,56 +543,79 @@ class MultiGuard:
         ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
         ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
         The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
-        stop.
+        stop. ``with_on_counts`` (a classifier with thresholds): also the per-label on-counts ``(N, c)`` of those
+        samples, a third array.
         """
         tensor = as_batch(x)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", self.k_prime,
                                                                    self.num_classes)
-        return self._sample_sequentially(
+        thresholds = self._need_thresholds() if check_bool(with_on_counts, "with_on_counts") else None
+        counts, samples = self._sample_sequentially(
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=num_k,
+            batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
             procedure=_procedure(futility, schedule, spending, margin),
         )
+        if thresholds is None:
+            return counts, samples
+        return counts[:, :num_k], samples, counts[:, num_k]
 
     # ------------------------------------------------------------------------------------------ estimation
 
     def _estimate(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, stop_at_radius: float | None,
         procedure: dict, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        q: float = _thresholded.DEFAULT_Q,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, _thresholded.ThresholdedCertificate | None]:
         """The one estimation path of :meth:`certify` and :meth:`predict`: counts of ``self.k_prime`` over the
-        estimation stream and their bounds, ``(counts (N, c), samples (N,), lower, upper)``.
+        estimation stream and their bounds, ``(counts (N, c), samples (N,), lower, upper, thresholded)``; with
+        thresholds, the per-label on-counts of the same forward passes give ``thresholded`` (else ``None``).
 
         Fixed n: n samples per input, Clopper-Pearson bounds (:func:`multiguard.certify.label_probability_bounds`).
         With ``stop_at_radius``: the sequential procedure (:func:`multiguard.sequential.sample_until_stopped`),
-        anytime-valid bounds at each input's stop."""
+        anytime-valid bounds at each input's stop (for the on-counts too)."""
+        thresholds = self.score_thresholds
         if stop_at_radius is None:
             counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
-                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress)
-            counts = counts[:, self.k_prime - 1]
+                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress,
+                                       thresholds=thresholds)
             samples = np.full(tensor.shape[0], n, dtype=np.int64)
-            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
-            return counts, samples, lower, upper
-        counts, samples = self._sample_sequentially(
-            tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=self.k_prime, procedure=procedure,
-        )
+            looks = None
+            sample_sizes: object = n
+        else:
+            counts, samples = self._sample_sequentially(
+                tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, procedure=procedure,
+                thresholds=thresholds,
+            )
+            # The looks and spending the stopping rule used: the anytime bounds of both certificates must be
+            # those the rule read, or they would not hold at the rule's stopping time.
+            looks = _sequential.look_schedule(n, procedure["schedule"])
+            sample_sizes = samples
+        thresholded = None
+        if thresholds is not None:
+            thresholded = _thresholded.certify_thresholded(
+                counts[:, self.k_prime], sample_sizes, alpha=alpha, sigma=self.sigma, q=q, looks=looks,
+                spending=None if looks is None else procedure["spending"],
+            )
         counts = counts[:, self.k_prime - 1]
-        lower, upper = _sequential.anytime_label_probability_bounds(
-            counts, samples, alpha, _sequential.look_schedule(n, procedure["schedule"]), procedure["spending"]
-        )
-        return counts, samples, lower, upper
+        if looks is None:
+            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        else:
+            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks,
+                                                                        procedure["spending"])
+        return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
         second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
-        procedure: dict,
+        procedure: dict, thresholds: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`multiguard.sequential.sample_until_stopped` on this classifier's estimation stream: each round
         samples only the inputs still going, continuing their sample streams, so stopped inputs leave the
-        forward batches to the others. Returns ``(counts (N, num_k, c), samples (N,))``."""
+        forward batches to the others. Returns ``(counts (N, num_k, c), samples (N,))`` (``(N, num_k + 1, c)``
+        with ``thresholds``: the on-counts last, cut at the same stop)."""
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)
         check_bool(second_terms, "second_terms")
@@ -541,10 +624,11 @@ class MultiGuard:
             subset = tensor if rows.size == tensor.shape[0] else tensor[torch.as_tensor(rows)]
             return self.engine.count(subset, size - done, seed=seed, index=index_arr[rows], batch_size=batch_size,
                                      num_k=num_k, stream=STREAM_ESTIMATION, progress=progress,
-                                     start=np.full(rows.size, done, dtype=np.int64))
+                                     start=np.full(rows.size, done, dtype=np.int64), thresholds=thresholds)
 
+        rows = num_k + (0 if thresholds is None else 1)  # the on-counts ride along; the rule reads k' only
         return _sequential.sample_until_stopped(
-            count, mask, n, num_k=num_k, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
+            count, mask, n, num_k=rows, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
             second_terms=second_terms, **procedure,
         )
 
@@ -565,6 +649,7 @@ class MultiGuard:
         schedule: str = _sequential.DEFAULT_SCHEDULE,
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
+        q: float = _thresholded.DEFAULT_Q,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -584,11 +669,17 @@ class MultiGuard:
         n; ``futility``, ``schedule``, ``spending`` and ``margin`` as in :meth:`certify`); the radii come from
         the anytime-valid bounds and hold at every radius.
 
+        With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
+        certificate of the same estimation samples at cut ``q``: per label, certified on up to ``on_radius``,
+        certified off up to ``off_radius``, or undecided (``status()``); no selection samples are needed, the
+        bounds hold for all labels at once.
+
         Returns:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
             them) and ``radii`` float ``(N, k)``.
         """
         k = check_int(k, "k", 1, self.num_classes)
+        q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
         n0 = check_int(n0, "n0", 1)
         n = check_int(n, "n", 1)
         alpha = check_alpha(alpha)
@@ -607,9 +698,9 @@ class MultiGuard:
         top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
-        counts, samples, lower, upper = self._estimate(
+        counts, samples, lower, upper, thresholded = self._estimate(
             tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), True,
-            seed=seed, index=index_arr, batch_size=batch_size, progress=progress,
+            seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
@@ -627,4 +718,5 @@ class MultiGuard:
             alpha=alpha,
             samples=samples,
             stop_at_radius=stop_at_radius,
+            thresholded=thresholded,
         )

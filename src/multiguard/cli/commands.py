@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..registry import Registry
 from .options import (
@@ -30,6 +32,7 @@ from .options import (
     add_sampling,
     add_shard,
     add_stop_rule,
+    add_thresholds,
     dataset_options,
     mode_args,
     stop_rule_options,
@@ -256,6 +259,11 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
+            thresholds=args.threshold,
+            threshold_scale=args.threshold_scale,
+            threshold_rule=args.threshold_rule,
+            threshold_split=args.threshold_split,
+            threshold_inputs=args.threshold_inputs,
         )
         wall = time.perf_counter() - started
         meta = result.metadata
@@ -271,7 +279,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
             k, why = _next_k(args.out)
-            say(f"next: multiguard report {args.out} --k {k} --k-prime 1 --out REPORT_DIR   ({why})")
+            methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
+            say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
         else:
             status = runs.run_status(args.out)
             say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
@@ -307,6 +316,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             extra_curves=[empirical_curve(path) for path in args.attack or ()],
             overwrite=args.overwrite,
             n=args.n or (),
+            q=args.q,
         )
         if not args.quiet:
             echo(result.summary)
@@ -371,6 +381,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         stop_at_radius=args.stop_at_radius,
         **stop_rule_options(args),
         denoiser=args.denoiser,
+        thresholds=args.threshold,
+        threshold_scale=args.threshold_scale,
+        q=args.q,
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -393,9 +406,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 echo(f"  at least {e} of them stay{'s' if e == 1 else ''} predicted under every perturbation {bound}")
             else:
                 echo(f"  {e} of them: no guarantee")
+        if p.certified_on is not None:
+            _echo_thresholded(p, args.q)
     echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
           "pixels in [0, 1])")
     return 0
+
+
+def _echo_thresholded(p: Any, q: float) -> None:
+    """The thresholded certificate of one image: labels certified on and off (each with the l2 radius below
+    which it stays so), and the undecided ones."""
+
+    def listed(pairs: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{name} < {r:.3f}" if math.isfinite(r) else f"{name} (any radius)" for name, r in pairs)
+
+    echo(f"  per label (thresholded, q = {q:g}; each label with the l2 radius below which its state is certified):")
+    echo("    certified on:  " + (listed(p.certified_on) if p.certified_on else "none"))
+    echo("    undecided:     " + (", ".join(p.undecided) if p.undecided else "none"))
+    echo("    certified off: " + (listed(p.certified_off) if p.certified_off else "none"))
 
 
 def _cmd_demo_denoised(args: argparse.Namespace) -> int:
@@ -438,6 +466,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         start = text.find("## Certified top-k f1-score@R")
         end = text.find("\n## ", start + 3)
         echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
+        echo()
+    if "report-thresholded" in result.reports:
+        from ..demo import thresholded_vs_top_k
+
+        echo("### Thresholded vs top-k (the same run's samples; a label is on in a noisy copy when its probability > "
+             "0.5; docs/certificate.md)")
+        echo()
+        echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
         echo()
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
@@ -548,12 +584,13 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+    add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
-    from ..methods import METHODS, default_methods
+    from ..methods import METHODS
 
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="runs written by multiguard certify")
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
@@ -564,8 +601,13 @@ def _report_options(p: argparse.ArgumentParser) -> None:
                    "sigma/20, e.g. 0:2:0.025 at sigma = 0.5)")
     p.add_argument("--summary-radii", default=None,
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
-    p.add_argument("--methods", nargs="+", default=list(default_methods()), metavar="METHOD", choices=list(METHODS),
-                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", choices=list(METHODS),
+                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items())
+                   + " (default: every method the runs support, except "
+                   + ", ".join(name for name, m in METHODS.items() if not m.default) + ", computed only when named)")
+    p.add_argument("--q", type=float, nargs="+", default=[0.5],
+                   help="per-label (threshold) curves: a label is predicted when it is on in more than a share q of "
+                   "the noise (a smaller q: more recall, less precision)")
     p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
     p.add_argument("--n", type=int, nargs="+", default=None,
                    help="read each run at these sample sizes (from its stored nested counts), e.g. 100 200 500 1000")
@@ -606,6 +648,9 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    add_thresholds(p, rule=False)
+    p.add_argument("--q", type=float, default=0.5,
+                   help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
                    help="use the sampling mode a certify run recorded (to claim that run's certificate)")

@@ -26,6 +26,7 @@ __all__ = [
     "add_sampling",
     "add_shard",
     "add_stop_rule",
+    "add_thresholds",
     "dataset_options",
     "mode_args",
     "stop_rule_options",
@@ -225,6 +226,27 @@ def add_dataset_folder(p: argparse.ArgumentParser, *, names: list[str], root_hel
     p.add_argument("--manifest", default=None, metavar="FILE",
                    help="your own manifest (same format as the shipped one, see docs/datasets.md): its datasets "
                    "replace the shipped entries, e.g. to use an institutional mirror")
+
+
+def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
+    """A thresholded base classifier: --threshold (a number or a file with one per label), --threshold-scale,
+    and with ``rule`` --threshold-rule (choices and help from :data:`multiguard.thresholds.THRESHOLD_RULES`),
+    --threshold-split, --threshold-inputs."""
+    p.add_argument("--threshold", default=None, metavar="TAU|FILE",
+                   help="certify per-label decisions too: label i is on in a noisy copy when its score passes its "
+                   "threshold (one number for every label, or a file with one per label: a number a line in class "
+                   "order, or 'name number' lines); part of the base classifier (default: none)")
+    p.add_argument("--threshold-scale", default="probability", choices=["probability", "score"],
+                   help="what --threshold is compared with: sigmoid(score) (probability) or the raw score (logit)")
+    if rule:
+        from ..thresholds import THRESHOLD_RULES
+
+        p.add_argument("--threshold-rule", default=None, choices=THRESHOLD_RULES.names(),
+                       help="choose per-label thresholds (on the score scale) on --threshold-inputs images of "
+                       f"--threshold-split, none of them certified ({THRESHOLD_RULES.help_text()})")
+        p.add_argument("--threshold-split", default=None,
+                       help="split to choose thresholds on (default: the checkpoint's training split)")
+        p.add_argument("--threshold-inputs", type=int, default=300, help="images to choose thresholds on")
 
 
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
