@@ -9,6 +9,7 @@ torch models.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,489 @@ def test_coco_describe_text_says_how_many_images_are_left_out(tmp_path, capsys):
                                   "--split", "val", "--labels-only")
     assert code == 0
     assert "1 image left out: listed in the annotation file without any annotation" in out
+
+
+# ================================================================ the run, the model and the command line
+# Phase 2 (after the second structure step): marked as expected failures until fixed.
+
+PHASE2 = pytest.mark.xfail(reason="issue 22, phase 2", strict=True)
+CLASSES = ("red", "green", "blue", "dark", "light", "stripe")
+SMALL = ["--num-samples", "100", "--num-inputs", "4", "--chunk-size", "2", "--max-k-prime", "2", "--device", "cpu",
+         "--quiet"]
+FACTORY = """import torch.nn as nn
+
+
+def net(num_classes, image_size=8, in_channels=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, 16), nn.ReLU(),
+                         nn.Linear(16, num_classes))
+"""
+
+
+def _write_colour_folder(root: Path, classes: tuple[str, ...] = CLASSES, rename: dict[str, str] | None = None) -> Path:
+    """A csv folder of 8x8 PNGs: image i carries class j when bit j of i is set (real files, 16 a split)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rename = rename or {}
+    (root / "classes.txt").write_text("\n".join(rename.get(c, c) for c in classes) + "\n")
+    for split in ("train", "test"):
+        rows = ["path,labels"]
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "images" / f"{split}{i}.png")
+            names = [rename.get(c, c) for j, c in enumerate(CLASSES) if (i >> (j % 4)) & 1]
+            rows.append(f"images/{split}{i}.png,{'|'.join(names)}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory) -> dict[str, Path]:
+    """A model from the user's own file, trained one epoch on a csv folder of 6 classes; and that folder."""
+    from multiguard.cli import main
+
+    folder = tmp_path_factory.mktemp("own")
+    data = _write_colour_folder(folder / "data")
+    factory = folder / "mynet.py"
+    factory.write_text(FACTORY)
+    checkpoint = folder / "model.pt"
+    assert main(["train", "--dataset", "csv", "--data-root", str(data), "--arch", f"{factory}:net", "--sigma", "0.25",
+                 "--epochs", "1", "--quiet", "--device", "cpu", "--out", str(checkpoint)]) == 0
+    return {"data": data, "factory": factory, "checkpoint": checkpoint, "folder": folder}
+
+
+def _own_copy(own_model: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the checkpoint with its own copy of the factory file (so a test may edit the file)."""
+    import shutil
+
+    from multiguard.checkpoints import load_checkpoint_file, save_checkpoint_file  # noqa: F401
+
+    factory = tmp_path / "mynet.py"
+    shutil.copy(own_model["factory"], factory)
+    checkpoint = tmp_path / "model.pt"
+    payload = torch.load(own_model["checkpoint"], map_location="cpu", weights_only=False)
+    payload["meta"]["arch"] = payload["meta"]["arch"].replace(str(own_model["factory"]), str(factory))
+    torch.save(payload, checkpoint)
+    return checkpoint, factory
+
+
+# --------------------------------------------------------------------------- 2: the class list and order
+
+
+@PHASE2
+def test_a_reordered_class_list_is_refused_naming_the_permutation(own_model, tmp_path, capsys):
+    reordered = _write_colour_folder(tmp_path / "reordered", classes=CLASSES[::-1])
+    out = tmp_path / "run"
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), "--data-root",
+                            str(reordered), *SMALL, "--out", str(out))
+    assert_one_line_error_in_process(result, "classes", "another order", "'stripe'", str(reordered / "classes.txt"))
+    assert not out.exists()
+    result = run_in_process(capsys, "attack", "--checkpoint", str(own_model["checkpoint"]), "--data-root",
+                            str(reordered), "--radii", "0.25", "--num-inputs", "2", "--steps", "1", "--samples", "2",
+                            "--n", "20", "--device", "cpu", "--quiet", "--out", str(tmp_path / "att"))
+    assert_one_line_error_in_process(result, "another order")
+    # control: the same classes in the same order (another copy of the folder) certifies
+    same = _write_colour_folder(tmp_path / "same")
+    code, out_text, err = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]),
+                                         "--data-root", str(same), *SMALL, "--out", str(tmp_path / "ok"))
+    assert code == 0, err
+
+
+@PHASE2
+def test_a_renamed_class_is_refused_by_name(own_model, tmp_path, capsys):
+    renamed = _write_colour_folder(tmp_path / "renamed", rename={"stripe": "striped"})
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), "--data-root",
+                            str(renamed), *SMALL, "--out", str(tmp_path / "run"))
+    assert_one_line_error_in_process(result, "'stripe'", "'striped'")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ 3: the model file's content is identity
+
+
+@PHASE2
+def test_a_changed_model_file_is_refused_on_resume_and_named_on_certify_and_predict(own_model, tmp_path, capsys):
+    checkpoint, factory = _own_copy(own_model, tmp_path)
+    out = tmp_path / "run"
+    code, _, err = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out", str(out))
+    assert code == 0, err
+    # control: the unchanged file resumes (nothing to do) without a word about the file
+    code, out_text, err = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out",
+                                         str(out), "--resume")
+    assert code == 0 and str(factory) not in out_text + err
+    # the same weights, another forward: the run's counts came from the old code
+    factory.write_text(FACTORY.replace("nn.ReLU()", "nn.Tanh()"))
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out", str(out),
+                            "--resume")
+    assert_one_line_error_in_process(result, str(factory), "changed")
+    code, out_text, err = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out",
+                                         str(tmp_path / "fresh"))
+    assert code == 0 and f"{factory}" in err and "changed since" in err, (out_text, err)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "x.png")
+    code, out_text, err = run_in_process(capsys, "predict", "--checkpoint", str(checkpoint), "--n", "40", "--n0",
+                                         "10", "--device", "cpu", str(tmp_path / "x.png"))
+    assert code == 0 and f"{factory}" in err and "changed since" in err, (out_text, err)
+
+
+@PHASE2
+def test_a_model_file_whose_layers_changed_is_not_called_a_damaged_checkpoint(own_model, tmp_path, capsys):
+    checkpoint, factory = _own_copy(own_model, tmp_path)
+    factory.write_text(FACTORY.replace("nn.Linear(16, num_classes)", "nn.Linear(16, 5), nn.Linear(5, num_classes)"))
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out", str(tmp_path / "r"))
+    code, out, err = result
+    assert_one_line_error_in_process(result, str(factory), "changed since")
+    assert "damaged" not in err
+
+
+# ---------------------------------------------------------------- 4 and 7: attack folders and report --attack
+
+
+def _attack(capsys, checkpoint: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return run_in_process(capsys, "attack", "--checkpoint", str(checkpoint), "--radii", "0.25", "--num-inputs", "4",
+                          "--steps", "1", "--samples", "2", "--n", "40", "--device", "cpu", "--quiet", "--out",
+                          str(out), *extra)
+
+
+@PHASE2
+def test_report_attack_refuses_an_attack_on_another_checkpoint(own_model, tmp_path, capsys):
+    checkpoint, _ = _own_copy(own_model, tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), *SMALL, "--out", str(run_dir))[0] == 0
+    other = tmp_path / "other.pt"
+    from multiguard.cli import main
+
+    assert main(["train", "--dataset", "csv", "--data-root", str(own_model["data"]), "--arch",
+                 f"{own_model['factory']}:net", "--sigma", "0.25", "--epochs", "1", "--seed", "7", "--quiet",
+                 "--device", "cpu", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert _attack(capsys, other, tmp_path / "att-other")[0] == 0
+    result = run_in_process(capsys, "report", str(run_dir), "--attack", str(tmp_path / "att-other"), "--k", "1",
+                            "--out", str(tmp_path / "rep"))
+    assert_one_line_error_in_process(result, "attack", str(tmp_path / "att-other"), "checkpoint")
+    assert not (tmp_path / "rep").exists()
+    # control: an attack on the run's own checkpoint is overlaid, and its table says which inputs and n
+    assert _attack(capsys, checkpoint, tmp_path / "att")[0] == 0
+    code, out, err = run_in_process(capsys, "report", str(run_dir), "--attack", str(tmp_path / "att"), "--k", "3",
+                                    "--out", str(tmp_path / "rep"))
+    assert code == 0, err
+    assert "certified column: the attack's 4 inputs at n = 40" in out
+
+
+@PHASE2
+def test_attack_refuses_to_replace_an_attack_without_overwrite(own_model, tmp_path, capsys):
+    out = tmp_path / "att"
+    assert _attack(capsys, own_model["checkpoint"], out)[0] == 0
+    before = (out / "empirical.csv").read_bytes()
+    result = run_in_process(capsys, "attack", "--checkpoint", str(own_model["checkpoint"]), "--radii", "0.5",
+                            "--num-inputs", "4", "--steps", "1", "--samples", "2", "--n", "40", "--device", "cpu",
+                            "--quiet", "--out", str(out))
+    assert_one_line_error_in_process(result, str(out), "--overwrite")
+    assert (out / "empirical.csv").read_bytes() == before
+    code, _, err = run_in_process(capsys, "attack", "--checkpoint", str(own_model["checkpoint"]), "--radii", "0.5",
+                                  "--num-inputs", "4", "--steps", "1", "--samples", "2", "--n", "40", "--device",
+                                  "cpu", "--quiet", "--out", str(out), "--overwrite")
+    assert code == 0, err
+    assert (out / "empirical.csv").read_bytes() != before
+
+
+# ---------------------------------------------------------------------------- 8: settings before folders
+
+
+@PHASE2
+def test_invalid_settings_create_no_folder_for_any_command(own_model, tmp_path, capsys):
+    ck = str(own_model["checkpoint"])
+    cases = {
+        "certify": ["certify", "--checkpoint", ck, *SMALL, "--stop-at-radius", "0.25", "--k", "9"],
+        "attack": ["attack", "--checkpoint", ck, "--radii", "0.25", "--k", "9", "--device", "cpu"],
+        "train": ["train", "--dataset", "csv", "--data-root", str(own_model["data"]), "--arch", "small_cnn",
+                  "--sigma", "0.25", "--lr", "-1", "--device", "cpu"],
+        "train-denoiser": ["train-denoiser", "--dataset", "multidigits", "--sigma", "0.5", "--arch", "dncnn",
+                           "--arch-option", "depth=0", "--device", "cpu"],
+    }
+    for name, args in cases.items():
+        out = tmp_path / name / "inner" / ("model.pt" if name.startswith("train") else "out")
+        result = run_in_process(capsys, *args, "--out", str(out))
+        assert_one_line_error_in_process(result)
+        assert not (tmp_path / name).exists(), name
+    # the corrected certify command then runs, without --resume
+    code, _, err = run_in_process(capsys, "certify", "--checkpoint", ck, *SMALL, "--stop-at-radius", "0.25", "--k",
+                                  "3", "--out", str(tmp_path / "certify" / "inner" / "out"))
+    assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------- 11: metadata
+
+@PHASE2
+def test_metadata_without_sigma_is_repaired_by_resume_as_the_readme_promises(own_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                          str(out))[0] == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    del meta["sigma"]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    result = run_in_process(capsys, "report", str(out), "--out", str(tmp_path / "rep"))
+    assert_one_line_error_in_process(result, "metadata.json", "sigma", "certify --resume")
+    code, out_text, err = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL,
+                                         "--out", str(out), "--resume")
+    assert code == 0, err
+    assert json.loads((out / "metadata.json").read_text())["sigma"] == 0.25
+    assert run_in_process(capsys, "report", str(out), "--out", str(tmp_path / "rep"))[0] == 0
+
+
+# ------------------------------------------------------------------------------------------- friction
+
+
+@PHASE2
+@pytest.mark.parametrize(("value", "needles"), [("-0.5", ("sigma", "-0.5")), ("nan", ("sigma", "nan"))])
+def test_a_bad_sigma_is_not_blamed_on_training_without_noise(own_model, tmp_path, capsys, value, needles):
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--sigma", value,
+                            "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, *needles)
+    assert "without noise" not in result[2]
+
+
+@PHASE2
+def test_a_negative_seed_names_the_option(own_model, tmp_path, capsys):
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--seed", "-1",
+                            "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, "seed", "-1")
+
+
+@PHASE2
+def test_k_without_stop_at_radius_is_refused(own_model, tmp_path, capsys):
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--k", "2",
+                            "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, "--k", "--stop-at-radius")
+    assert not (tmp_path / "r").exists()
+
+
+@PHASE2
+def test_a_bare_resume_lists_every_changed_setting_at_once(own_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                          str(out))[0] == 0
+    changed = [a if a != "100" else "120" for a in SMALL]
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *changed, "--seed", "9",
+                            "--out", str(out), "--resume")
+    assert_one_line_error_in_process(result, "n: the run has 100", "seed: the run has 0")
+
+
+@PHASE2
+def test_resume_with_fewer_epochs_says_so(own_model, tmp_path, capsys):
+    checkpoint, factory = _own_copy(own_model, tmp_path)
+    train = ["train", "--dataset", "csv", "--data-root", str(own_model["data"]), "--arch", f"{factory}:net", "--sigma",
+             "0.25", "--quiet", "--device", "cpu", "--out", str(checkpoint), "--resume"]
+    assert run_in_process(capsys, *train, "--epochs", "2")[0] == 0  # control: more epochs train the missing one
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["meta"]["epoch"] == 2
+    before = checkpoint.read_bytes()
+    result = run_in_process(capsys, *train, "--epochs", "1")
+    assert_one_line_error_in_process(result, "epochs", "2", "1")
+    assert checkpoint.read_bytes() == before
+
+
+@PHASE2
+def test_train_denoiser_checks_arch_options_before_any_work(tmp_path, capsys):
+    import time
+
+    started = time.perf_counter()
+    result = run_in_process(capsys, "train-denoiser", "--dataset", "multidigits", "--sigma", "0.5", "--arch", "unet",
+                            "--arch-option", "levels=10", "--device", "cpu", "--out", str(tmp_path / "d.pt"))
+    assert_one_line_error_in_process(result, "arch-option", "levels")
+    assert time.perf_counter() - started < 5.0  # refused before the data and the training (it took 23 s)
+    result = run_in_process(capsys, "train-denoiser", "--dataset", "multidigits", "--sigma", "0.5", "--arch", "unet",
+                            "--arch-option", "width=abc", "--device", "cpu", "--out", str(tmp_path / "d.pt"))
+    assert_one_line_error_in_process(result, "arch-option", "width", "'abc'")
+    assert "int()" not in result[2]
+
+
+@PHASE2
+def test_a_path_component_over_255_characters_is_a_user_error(own_model, tmp_path, capsys):
+    out = tmp_path / ("a" * 300)
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out", str(out))
+    assert_one_line_error_in_process(result, "out", "255")
+
+
+@PHASE2
+def test_python_api_errors_name_the_shape_and_the_device():
+    from multiguard import MultiGuard
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 4))
+    guard = MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
+    for x, needle in ((torch.rand(16, 16, 3), "(16, 16, 3)"), (torch.rand(1, 2, 3, 16, 16), "5"),
+                      (torch.rand(2, 16, 16), "2 channels")):
+        with pytest.raises(ValueError, match=None) as caught:
+            guard.predict(x, k=1, n0=10, n=20)
+        assert needle in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    assert guard.predict(torch.rand(3, 16, 16), k=1, n0=10, n=20) is not None  # control
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: cuda"):
+            MultiGuard(model, num_classes=4, sigma=0.5, device="cuda")
+
+
+@PHASE2
+def test_train_quiet_prints_nothing(tmp_path, capsys):
+    code, out, err = run_in_process(capsys, "train", "--dataset", "multidigits", "--arch", "small_cnn", "--sigma",
+                                    "0.5", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--quiet",
+                                    "--device", "cpu", "--out", str(tmp_path / "m.pt"))
+    assert code == 0 and out == "" and err == "", (out, err)
+
+
+@PHASE2
+def test_a_full_stdout_is_blamed_on_stdout_not_on_out(own_model, tmp_path):
+    import subprocess
+
+    from clitools import command, env
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*command(), "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL[:-1],
+                               "--out", str(tmp_path / "run")], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env=env(), timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "stdout" in proc.stderr and "--out" not in proc.stderr, proc.stderr
+
+
+def test_predict_refuses_a_batch_with_an_unreadable_image_before_sampling(own_model, tmp_path, capsys, monkeypatch):
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "good.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "huge.png")
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "1000")
+    result = run_in_process(capsys, "predict", "--checkpoint", str(own_model["checkpoint"]), "--n", "40", "--n0", "10",
+                            "--device", "cpu", str(tmp_path / "good.png"), str(tmp_path / "huge.png"))
+    assert_one_line_error_in_process(result, str(tmp_path / "huge.png"), MAX_IMAGE_PIXELS_ENV)
+    assert "good.png" not in result[1]
+
+
+@PHASE2
+def test_a_killed_reports_temporary_folder_is_removed_by_the_next_report(own_model, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    assert run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                          str(run_dir))[0] == 0
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    from multiguard.files import staging_folder_name
+
+    left = tmp_path / staging_folder_name(tmp_path / "rep", dead_pid)
+    left.mkdir()
+    (left / "f1.png").write_bytes(b"x" * 1000)
+    alive = tmp_path / staging_folder_name(tmp_path / "rep", os.getpid())  # control: a live report's folder stays
+    alive.mkdir()
+    assert run_in_process(capsys, "report", str(run_dir), "--out", str(tmp_path / "rep"))[0] == 0
+    assert not left.exists() and alive.exists()
+
+
+@PHASE2
+def test_two_processes_writing_one_run_dir_are_refused(own_model, tmp_path, capsys):
+    from multiguard.runs import run_lock
+
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir, shard=(0, 1), rank=0):
+        result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                                str(run_dir))
+        assert_one_line_error_in_process(result, str(run_dir), "another process", str(os.getpid()))
+    assert run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                          str(run_dir), "--resume")[0] == 0  # control: the lock is gone with its holder
+
+
+@PHASE2
+def test_report_with_an_ascii_terminal_and_a_tex_like_run_name(own_model, tmp_path):
+    import subprocess
+
+    from clitools import command, env
+
+    from multiguard.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out", str(run_dir)]) == 0
+    environment = dict(env(), PYTHONIOENCODING="ascii")
+    proc = subprocess.run([*command(), "report", str(run_dir), "--names", "$x_{", "--out", str(tmp_path / "rep")],
+                          capture_output=True, text=True, env=environment, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "rep" / "f1.png").stat().st_size > 1000
+    assert "$x_{" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+@PHASE2
+def test_predict_gives_the_same_answer_for_the_same_image(own_model, tmp_path, capsys):
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), (200, 20, 30)).save(tmp_path / "b.png")
+    args = ["predict", "--checkpoint", str(own_model["checkpoint"]), "--n", "200", "--n0", "20", "--k", "2",
+            "--device", "cpu", "--json"]
+    code, out, err = run_in_process(capsys, *args, str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                                    str(tmp_path / "a.png"))
+    assert code == 0, err
+    first, _, third = json.loads(out)
+    assert first["labels"] == third["labels"] and first["radii"] == third["radii"]
+    code, out, err = run_in_process(capsys, *args, str(tmp_path / "a.png"))
+    assert json.loads(out)[0]["radii"] == first["radii"]  # its position in the batch does not matter
+
+
+@PHASE2
+def test_mode_of_refuses_a_run_of_another_checkpoint(own_model, tmp_path, capsys):
+    checkpoint, _ = _own_copy(own_model, tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--out",
+                          str(run_dir))[0] == 0
+    other = tmp_path / "other.pt"
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] + 1.0
+    torch.save(payload, other)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    result = run_in_process(capsys, "predict", "--checkpoint", str(other), "--mode-of", str(run_dir), "--n", "40",
+                            "--n0", "10", "--device", "cpu", str(tmp_path / "x.png"))
+    assert_one_line_error_in_process(result, "mode-of", str(run_dir), "checkpoint")
+    code, _, err = run_in_process(capsys, "predict", "--checkpoint", str(own_model["checkpoint"]), "--mode-of",
+                                  str(run_dir), "--n", "40", "--n0", "10", "--device", "cpu", str(tmp_path / "x.png"))
+    assert code == 0, err
+
+
+@PHASE2
+def test_nan_in_training_evaluation_names_the_model_and_keeps_the_epoch(own_model, tmp_path, capsys):
+    (tmp_path / "nanmodel.py").write_text(
+        "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self, c, s, ch):\n"
+        "        super().__init__()\n        self.f = nn.Sequential(nn.Flatten(), nn.Linear(ch * s * s, c))\n\n"
+        "    def forward(self, x):\n        y = self.f(x)\n"
+        "        return y if self.training else y * float('nan')\n\n\n"
+        "def net(num_classes, image_size=8, in_channels=3):\n    return Net(num_classes, image_size, in_channels)\n")
+    result = run_in_process(capsys, "train", "--dataset", "csv", "--data-root", str(own_model["data"]), "--arch",
+                            f"{tmp_path / 'nanmodel.py'}:net", "--sigma", "0.25", "--epochs", "1", "--quiet",
+                            "--device", "cpu", "--out", str(tmp_path / "m.pt"))
+    assert_one_line_error_in_process(result, "NaN", "epoch 1")
+    assert "Input contains NaN" not in result[2]
+
+
+@PHASE2
+def test_a_fresh_logits_model_without_batchnorm_is_not_taken_for_probabilities():
+    from multiguard.models import looks_like_probabilities
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    with torch.no_grad():
+        plain[2].bias.fill_(0.5)  # small weights, positive bias: every output of a batch in [0, 1]
+        outputs = plain(torch.rand(32, 8))
+    assert bool(outputs.ge(0).all() and outputs.le(1).all())
+    assert looks_like_probabilities(plain, outputs) is None
+    # control: a model that does output probabilities (near 0 and near 1) is still caught
+    probabilities = torch.cat([torch.full((16, 5), 0.02), torch.full((16, 5), 0.97)])
+    assert looks_like_probabilities(plain, probabilities) is not None
+    assert looks_like_probabilities(torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Sigmoid())) is not None
+
+
+@PHASE2
+def test_the_denoiser_folder_hint_does_not_suggest_a_classifier(own_model, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(own_model["checkpoint"], folder / "model.pt")  # a classifier, not a denoiser
+    result = run_in_process(capsys, "certify", "--checkpoint", str(own_model["checkpoint"]), *SMALL, "--denoiser",
+                            str(folder), "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, "denoiser", str(folder), "train-denoiser")
+    assert "model.pt" not in result[2]
+
+
+@PHASE2
+def test_the_demo_table_names_the_sampling_mode_it_was_made_with():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    caption = readme[readme.index("(k' = 1, k = 3, sigma = 0.5, n = 1000"):][:600]
+    assert "sampling mode" in caption and "reproducible" in caption

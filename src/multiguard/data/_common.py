@@ -254,6 +254,7 @@ class MultiLabelImageDataset(Dataset):
 
     Attributes:
         class_names: the c class names in label order.
+        class_list_file: the file they were read from (csv's classes.txt), ``None`` for a fixed list.
         labels: float tensor ``(N, c)`` of all labels (read without loading images).
         paths: the N image paths.
         in_channels: 3 (images are converted to RGB).
@@ -263,6 +264,7 @@ class MultiLabelImageDataset(Dataset):
 
     in_channels = 3
     image_size_note: str | None = None  # why this image size, where it was chosen from the images
+    class_list_file: Path | None = None  # the file the class names and their order were read from, if any
 
     def __init__(
         self,

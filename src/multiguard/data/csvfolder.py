@@ -99,7 +99,8 @@ def load_csv(
     ``image_size=None``: ``S`` from the images (:func:`image_size_from_images`), said in ``image_size_note``.
     """
     root = Path(root)
-    class_names = read_class_list(require(root / "classes.txt", "class list"))
+    class_list_file = require(root / "classes.txt", "class list")
+    class_names = read_class_list(class_list_file)
     class_index = {name: i for i, name in enumerate(class_names)}
     csv_path = require(root / f"{split}.csv", f"CSV file for split {split!r}")
     paths, rows = _read_split(root, csv_path, class_index)
@@ -109,4 +110,5 @@ def load_csv(
         image_size, note = image_size_from_images(root)
     dataset = MultiLabelImageDataset("csv", split, paths, labels, class_names, image_size)
     dataset.image_size_note = note
+    dataset.class_list_file = class_list_file
     return dataset

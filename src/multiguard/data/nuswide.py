@@ -59,7 +59,8 @@ def load_nuswide(
         split = "val"
     root = Path(root)
     csv_path = require(root / CSV_NAME, "NUS-WIDE label file")
-    class_names = read_class_list(require(root / CONCEPTS_NAME, "NUS-WIDE concept list"))
+    class_list_file = require(root / CONCEPTS_NAME, "NUS-WIDE concept list")
+    class_names = read_class_list(class_list_file)
     class_index = {name: i for i, name in enumerate(class_names)}
     paths, rows = [], []
     with open_text(csv_path) as handle:
@@ -82,4 +83,6 @@ def load_nuswide(
     if not rows:
         raise ValueError(f"split {split!r} has no rows in {csv_path}")
     labels = torch.stack(rows)
-    return MultiLabelImageDataset("nuswide", split, paths, labels, class_names, image_size)
+    dataset = MultiLabelImageDataset("nuswide", split, paths, labels, class_names, image_size)
+    dataset.class_list_file = class_list_file
+    return dataset
