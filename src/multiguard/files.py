@@ -152,7 +152,8 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created if missing) for the duration of the block.
 
     The lock is advisory (``fcntl.flock``): the operating system releases it when its holder exits, also after
-    ``kill -9``, so a lock is never left behind. The holder's process id and host are written into the file.
+    ``kill -9``, so a lock is never left behind (the file is removed when the block ends; one a killed holder
+    left is simply locked again). The holder's process id and host are written into the file.
     If another process holds it, raises a one-line ValueError: ``"<what>: another process (pid N on HOST) is
     writing it; ..."``. Where ``fcntl`` does not exist (Windows) the block runs without a lock.
     """
@@ -162,23 +163,32 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
-    try:
+    for _ in range(10):  # the file may be removed by its last holder between our open and our lock: open again
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise ValueError(f"{what}: another process ({holder}) is writing it; wait for it to finish or stop "
                              "it (two processes writing one folder would both do the same work)") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    else:  # pragma: no cover - ten holders in a row removed it under us
+        raise ValueError(f"{what}: its lock file {path} keeps changing; is another process starting?")
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still held: a process that opened it now finds it gone and opens a new one
+        os.close(fd)  # releases the lock
 
 
 STALE_STAGING_SECONDS = 24 * 3600.0  # a staging folder of another host (whose process cannot be asked) this old

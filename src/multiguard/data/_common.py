@@ -214,6 +214,40 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
     return tensor
 
 
+def class_list_difference(expected: Sequence[str], found: Sequence[str], limit: int = 4) -> str | None:
+    """How the class list ``found`` (a dataset's) differs from ``expected`` (a model's), or ``None`` if equal.
+
+    One phrase for a one-line error: the same classes in another order name the permutation (each moved class
+    with its position in both lists, 1-based, at most ``limit`` of them); otherwise the classes only one list
+    has (``'stripe'`` in the model, ``'striped'`` in the dataset) or the different lengths.
+    """
+    expected, found = [str(c) for c in expected], [str(c) for c in found]
+    if expected == found:
+        return None
+
+    def some(names: list[str]) -> str:
+        shown = ", ".join(repr(n) for n in names[:limit])
+        return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+    if sorted(expected) == sorted(found) and len(set(found)) == len(found):
+        where = {name: i for i, name in enumerate(expected)}
+        moved = [f"{name!r} is class {i + 1} here, {where[name] + 1} in the model" for i, name in enumerate(found)
+                 if where[name] != i]
+        shown = "; ".join(moved[:limit]) + (f"; and {len(moved) - limit} more" if len(moved) > limit else "")
+        return (f"the same {len(found)} classes in another order ({shown}): the labels would be read against "
+                f"the wrong outputs; list them in the model's order {some(expected)}")
+    only_model = [c for c in expected if c not in set(found)]
+    only_data = [c for c in found if c not in set(expected)]
+    parts = []
+    if only_model:
+        parts.append(f"the model has {some(only_model)}")
+    if only_data:
+        parts.append(f"the dataset has {some(only_data)}")
+    if not parts:
+        parts.append(f"the model has {len(expected)} classes, the dataset {len(found)}")
+    return "other classes than the model's: " + ", ".join(parts) + " that the other lacks"
+
+
 _TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
