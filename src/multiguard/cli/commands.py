@@ -193,7 +193,8 @@ def _check_stop_rule_options(args: argparse.Namespace) -> None:
 
 def _settings_from_run(args: argparse.Namespace) -> list[str]:
     """On ``--resume``: every setting of the run not given on the command line is taken from its metadata.json
-    (so that ``certify --checkpoint C --out RUN_DIR --resume`` continues the run as it was made). Returns the
+    (so that ``certify --checkpoint C --out RUN_DIR --resume`` continues the run as it was made; the sampling
+    mode only as a whole, when none of its options is given). Returns the
     ``name = value`` of those that differ from the command's defaults; nothing when the run has no readable
     metadata (the run folder's own checks then speak)."""
     path = os.path.join(args.out, "metadata.json")
@@ -211,6 +212,9 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
     if isinstance(rule, dict) and "stop_at_radius" not in given:
         settings += [("stop_at_radius", "radius"), *((name, name) for name in _STOP_RULE_OPTIONS)]
         meta = {**meta, **{key: rule.get(key) for key in ("radius", *_STOP_RULE_OPTIONS)}}
+    mode = {"precision", "channels_last", "compile"}
+    if given & mode:  # a sampling mode is taken whole: one given on the command line is compared as it is
+        settings = [(dest, key) for dest, key in settings if dest not in mode]
     for dest, key in settings:
         if dest in given or meta.get(key) is None or not hasattr(args, dest):
             continue
