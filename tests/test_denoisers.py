@@ -298,7 +298,8 @@ def test_clean_classifier_and_denoiser_from_the_command_line(tmp_path, capsys) -
         "arch": "unet", "arch_options": {"width": 4}, "in_channels": 1, "image_size": 32, "sigma": 0.5})
     assert_one_line_error_in_process(run_in_process(capsys, *certify_args, "--resume", "--denoiser", str(other)),
                                      "denoiser_sha256")
-    assert_one_line_error_in_process(run_in_process(capsys, *certify_args, "--resume"), "denoiser_sha256")
+    code, _, err = run_in_process(capsys, *certify_args, "--resume")  # without --denoiser: the run's own (issue 22)
+    assert code == 0 and json.loads((run_dir / "metadata.json").read_text())["denoiser"] == str(denoiser), err
     code, out, _ = run_in_process(capsys, "report", str(run_dir), "--out", str(tmp_path / "report"))
     assert code == 0 and f"denoiser {denoiser} (unet, mse)" in out
 
