@@ -107,8 +107,6 @@ class RunSpec(Settings):
     format_version: int = setting(FORMAT_VERSION, identity=True, check=_any_int, legacy=FORMAT_VERSION)
     checkpoint_sha256: str | None = setting(None, identity=True, legacy=None)
     denoiser_sha256: str | None = setting(None, identity=True, legacy=None)
-    # the Python file defining the model, for a file factory: the checkpoint holds the weights, not the code
-    model_file_sha256: str | None = setting(None, identity=True, legacy=None)
     arch: str | None = setting(None, identity=True, legacy=None)
     dataset: str | None = setting(None, identity=True, legacy=None)
     dataset_options: Any = setting(None, identity=True, legacy=None)
@@ -129,6 +127,8 @@ class RunSpec(Settings):
     channels_last: bool = setting(False, identity=True, legacy=False)
     compile: bool = setting(False, identity=True, legacy=False)
     stop_rule: StopRule | None = setting(None, identity=True, check=_stop_rule, legacy=None)
+    # the Python file defining the model, for a file factory: the checkpoint holds the weights, not the code
+    model_file_sha256: str | None = setting(None, identity=True, legacy=None)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 
