@@ -77,8 +77,8 @@ def test_attack_writes_empirical_curves_that_report_overlays(tmp_path_factory, t
     checkpoint = tiny_checkpoint(tmp_path_factory)
     attack_dir = tmp_path / "attack"
     attacked = run("attack", "--checkpoint", str(checkpoint), "--radii", "0,0.5", "--k", "3", "--num-inputs", "6",
-                   "--steps", "3", "--samples", "8", "--n", "200", "--seed", "3", "--device", "cpu", "--quiet",
-                   "--out", str(attack_dir))
+                   "--steps", "3", "--samples", "8", "--n", "200", "--seed", "3", "--device", "cpu",
+                   "--out", str(attack_dir))  # not --quiet: the table is checked
     assert "below certificate" in attacked.stdout
     with open(attack_dir / "empirical.csv", newline="") as handle:
         reader = csv.DictReader(handle)

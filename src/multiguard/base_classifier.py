@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import file_sha256
-from .validation import check_bool, check_choice, check_int
+from .validation import check_bool, check_choice, check_int, check_positive
 
 __all__ = ["BaseClassifierSpec", "ModeSpec"]
 
@@ -81,6 +81,8 @@ class BaseClassifierSpec:
         if self.denoiser is not None:
             object.__setattr__(self, "denoiser", Path(self.denoiser))
         check_int(self.k_prime, "k_prime", 1)
+        if self.sigma is not None:  # before any file is read or made
+            object.__setattr__(self, "sigma", check_positive(self.sigma, "sigma"))
 
     def _once(self, key: str, make: Any) -> Any:
         if key not in self._cache:
@@ -160,8 +162,10 @@ class BaseClassifierSpec:
     def run_fields(self) -> dict[str, Any]:
         """The fields of :class:`multiguard.runspec.RunSpec` this base classifier decides (loads it)."""
         smoother = self.load()
+        model = self._loaded()[0]
         return {
             "checkpoint_sha256": self.checkpoint_sha256,
+            "model_file_sha256": getattr(model, "arch_file_sha256", None),
             "denoiser_sha256": self.denoiser_sha256,
             "arch": self.checkpoint_meta["arch"],
             "num_classes": int(self.checkpoint_meta["num_classes"]),
@@ -180,5 +184,8 @@ class BaseClassifierSpec:
         del record["denoiser_sha256"]  # an identity field (run_fields)
         if self.thresholds is not None:
             record["thresholds_source"] = self.thresholds.source
+        model_file = getattr(self._loaded()[0], "arch_file", None)
+        if model_file is not None:  # the file behind model_file_sha256 (a file factory's)
+            record["model_file"] = os.fspath(model_file)
         return {**record, "checkpoint": os.fspath(self.checkpoint),
                 "train_sigma": float(self.checkpoint_meta["sigma"]), "torch_version": str(torch.__version__)}

@@ -192,7 +192,8 @@ def certify_base_classifier(
     num_classes = int(meta["num_classes"])
     max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
                             num_classes, high_label="the number of classes")
-    if stop_rule is not None:
+    if stop_rule is not None:  # every setting checked before the RUN_DIR is made
+        check_int(stop_rule.k, "k", 1, num_classes, high_label="the number of classes")
         check_int(stop_rule.k_prime, "k_prime", 1, max_k_prime, high_label="max_k_prime")
     smoother = base.load()
     spec = RunSpec(

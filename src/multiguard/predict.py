@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -60,6 +61,15 @@ class ImagePrediction:
         }
 
 
+def content_index(images: torch.Tensor) -> np.ndarray:
+    """int64 ``(N,)``: each image's noise index from its pixels (the first 56 bits of the SHA-256 of the image as
+    the model sees it), so that an image gets the same noise, and the same answer, wherever it stands in the
+    list and however often it is named."""
+    arrays = images.detach().cpu().contiguous().numpy()
+    return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
+                    dtype=np.int64)
+
+
 def predict_images(
     checkpoint: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -103,6 +113,9 @@ def predict_images(
     prediction's ``certified_on`` (labels with their radius), ``undecided`` and ``certified_off`` (with the
     radius up to which they stay off); these statements hold together with the top-k ones, with probability at
     least ``1 - alpha`` for each image.
+
+    The noise of each image is seeded from ``seed`` and the image's content (:func:`content_index`): the same
+    image gets the same labels and radii wherever it stands in ``images``.
     """
     from .data import load_image
 
@@ -125,9 +138,9 @@ def predict_images(
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser, thresholds=thresholds)
     started = time.perf_counter()
-    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                              stop_at_radius=stop_at_radius, futility=futility, schedule=schedule,
-                              spending=spending, margin=margin, q=q)
+    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
+                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                              schedule=schedule, spending=spending, margin=margin, q=q)
     seconds = time.perf_counter() - started
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()

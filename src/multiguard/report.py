@@ -24,14 +24,11 @@ the plots draw it as a grey dotted line. ``summary.md`` ends with what every met
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +38,12 @@ import numpy as np
 
 from . import certify, sequential
 from .deprecation import deprecated_names, warn_deprecated
-from .empirical import PER_INPUT, load_empirical
-from .files import TMP_SUFFIX, atomic_write_bytes
+from .empirical import PER_INPUT, attack_run_mismatch, load_empirical
+from .files import atomic_write_bytes, remove_abandoned_staging, staging_folder
 from .methods import METHODS as _METHODS
 from .methods import default_methods
 from .results import RESULTS_FILE, results_bytes, results_document, validate_results
-from .runs import STALE_TMP_SECONDS, Run, load_run, sampling_mode
+from .runs import Run, load_run, sampling_mode
 from .validation import check_alpha, check_choice, check_float
 
 __all__ = [
@@ -564,8 +561,9 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
         fixed = [f for f in ("k", "k_prime", "alpha") if f not in _varying(run_curves, ("k", "k_prime", "alpha"))]
         names = {"k": "k", "k_prime": "k'", "alpha": "α"}
         setting = ", ".join(f"{names[f]}={getattr(first, f):g}" for f in fixed)
-        title = f"{run} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs" + (f"; {setting})" if setting
-                                                                                       else ")")
+        shown = run.replace("$", r"\$")  # a run's name is text, never matplotlib math ("$x_{$" would not parse)
+        title = f"{shown} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs" + (f"; {setting})" if setting
+                                                                                         else ")")
         _draw_panel(axes[i // columns][i % columns], run_curves, metric, title)
     for j in range(len(runs), rows * columns):
         axes[j // columns][j % columns].axis("off")
@@ -660,7 +658,9 @@ def attack_markdown(attack_curves: Sequence[Curve]) -> str:
                                              *[str(int(v)) for v in a.violations]]) + " |")
         lines += ["", "The same inputs in every row. The attack's values bound robustness from above, the certified "
                   "ones from below; an input below its certificate is a failure of probability at most α (or Monte "
-                  "Carlo error of the measurement).", ""]
+                  "Carlo error of the measurement)."
+                  + (f" The certified column: the attack's {a.num_inputs} inputs at n = {a.n}, sampled by the attack "
+                     "(not the inputs and n of the tables above)." if a.certified is not None else ""), ""]
     return "\n".join(lines)
 
 
@@ -781,6 +781,25 @@ def _denoiser_note(metadata: dict[str, Any]) -> str:
     return f", denoiser {metadata['denoiser']}" + (f" ({details})" if details else "")
 
 
+def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: Sequence[int],
+                    k_prime: Sequence[int]) -> Curve:
+    """The empirical curve of ``attack_dir``, refused (ValueError naming each field) when it attacked another
+    model, data or noise than a run it is drawn over, or another k or k' than the report shows."""
+    curve = empirical_curve(attack_dir)
+    settings = load_empirical(attack_dir).settings
+    for run in runs:
+        mismatch = attack_run_mismatch(settings, run.metadata)
+        if mismatch is not None:
+            raise ValueError(f"attack: {attack_dir} did not attack what run {run.path} certified ({mismatch}); "
+                             "attack the run's checkpoint on its data, or report the two apart")
+    for name, value, shown in (("k", curve.k, k), ("k_prime", curve.k_prime, k_prime)):
+        if int(value) not in [int(v) for v in shown]:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"attack: {attack_dir} attacked the top-k with {name} = {value}, but the report shows "
+                             f"{name} = {', '.join(str(v) for v in shown)}; add {flag} {value}")
+    return curve
+
+
 def make_report(
     run_dirs: Sequence[str | os.PathLike[str]] | Sequence[Run],
     out: str | os.PathLike[str],
@@ -798,6 +817,7 @@ def make_report(
     overwrite: bool = False,
     n: Sequence[int] = (),
     q: Sequence[float] = (0.5,),
+    attacks: Sequence[str | os.PathLike[str]] = (),
 ) -> Report:
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png``, ``summary.md`` and ``results.json``
     (:mod:`multiguard.results`) into ``out``.
@@ -822,6 +842,10 @@ def make_report(
 
     ``q``: the cuts of the per-label (thresholded) curves, drawn beside the top-k ones for runs certified with
     thresholds (``methods=None``: every method the runs support).
+    ``attacks``: ATTACK_DIRs of ``multiguard attack`` to overlay (as ``extra_curves``), each checked first
+    against every run (:func:`multiguard.empirical.attack_run_mismatch`: the same checkpoint, model file,
+    denoiser, dataset, split and sigma) and against ``k`` and ``k_prime`` (its k and k' among them); a
+    mismatch is a ValueError naming the attack, the run and each field.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -831,6 +855,7 @@ def make_report(
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
+    extra_curves = [*extra_curves, *(_checked_attack(path, runs, k, k_prime) for path in attacks)]
     if len(n):
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]
@@ -877,13 +902,9 @@ def make_report(
 
     place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
     place.parent.mkdir(parents=True, exist_ok=True)
-    for stale in place.parent.glob(f".{place.name}.*{TMP_SUFFIX}"):  # left by a killed report, long ago
-        with contextlib.suppress(OSError):
-            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
-                shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=TMP_SUFFIX, dir=place.parent))
+    remove_abandoned_staging(place)  # left by a killed report whose process is gone
+    staging = staging_folder(place)
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's 0700
         write_csv(curves, staging / "curves.csv")
         for metric in METRICS:
             plot_metric(curves, metric, staging / f"{metric}.png")
@@ -894,9 +915,3 @@ def make_report(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Report(out=out, curves=curves, summary=text, files=[out / name for name in REPORT_FILES])
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

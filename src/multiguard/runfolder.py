@@ -227,6 +227,12 @@ def _check_identity(data: dict[str, np.ndarray], path: Path, meta: dict[str, Any
         )
 
 
+# What repairs a damaged metadata.json: a resume rewrites it from the arguments when they agree with the identity
+# stored with the counts (README, "When things go wrong").
+_REWRITE_METADATA = ("rewrite it with multiguard certify --resume and the run's arguments (checked against the "
+                     "settings stored with the counts)")
+
+
 def _check_metadata(meta: dict[str, Any], path: Path) -> None:
     """The fields a report computes with have the right types and ranges (else DamagedFileError naming them)."""
     try:
@@ -243,7 +249,7 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
             raise invalid("sigma", "a number > 0", sigma)
     except ValueError as exc:
-        raise _damaged(path, _reason(exc), "restore it, or certify the run again") from None
+        raise _damaged(path, _reason(exc), _REWRITE_METADATA) from None
 
 
 def _check_counts(
@@ -369,13 +375,19 @@ def _stored_identity(run_dir: Path) -> tuple[Path, dict[str, np.ndarray]] | None
 
 
 def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Every identity field on which the run and the arguments disagree, in one phrase (``None`` if none).
+
+    A file's SHA-256 (``checkpoint_sha256``, ``model_file_sha256``, ``denoiser_sha256``) names the file."""
+    found = []
     for name in IDENTITY_FIELDS:
         if name not in wanted:
             continue
         old, new = existing.get(name, IDENTITY_DEFAULTS.get(name)), wanted[name]
         if not _same_value(_comparable(name, old), _comparable(name, new)):
-            return f"{name}: the run has {old!r}, the arguments give {new!r}"
-    return None
+            path = wanted.get(name.removesuffix("_sha256")) if name.endswith("_sha256") else None
+            about = f" ({path} changed since the run was made)" if old is not None and new is not None and path else ""
+            found.append(f"{name}: the run has {old!r}, the arguments give {new!r}{about}")
+    return "; ".join(found) or None
 
 
 def _prepare_run_dir(
@@ -407,6 +419,7 @@ def _prepare_run_dir(
         raise ValueError(f"out: {run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
     try:
         existing = _read_metadata(meta_path)
+        _check_metadata(existing, meta_path)  # a field missing or out of range: damaged, repaired like the rest
     except _DamagedRunFile as exc:
         stored = _stored_identity(run_dir)
         disagreement = None if stored is None else _identity_disagreement(stored[1], stored[0], metadata)

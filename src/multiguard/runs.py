@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .deprecation import deprecated_names, warn_deprecated
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, file_sha256
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, exclusive_lock, file_sha256
 from .runfolder import (
     STALE_TMP_SECONDS,
     Run,
@@ -72,6 +72,7 @@ __all__ = [
     "load_batch",
     "load_run",
     "parse_shard",
+    "run_lock",
     "run_status",
     "sample_run",
     "sampling_mode",
@@ -236,6 +237,15 @@ class _Work:
     chunks_skipped: int
 
 
+def run_lock(run_dir: str | os.PathLike[str], *, shard: tuple[int, int] = (0, 1), rank: int = 0) -> Any:
+    """The lock one worker (shard I of N, torchrun rank r) holds on a RUN_DIR while it samples: a second process
+    doing the same worker's chunks is refused in one line naming the holder (shards and ranks of one job hold
+    their own locks, so they share the folder). Released with its holder, also after ``kill -9``
+    (:func:`multiguard.files.exclusive_lock`); the lock file is hidden in the RUN_DIR."""
+    path = Path(run_dir) / f".lock-shard-{shard[0]}-of-{shard[1]}-rank-{rank}"
+    return exclusive_lock(path, f"out: {run_dir}")
+
+
 def sample_run(
     run_dir: str | os.PathLike[str],
     spec: RunSpec | None = None,
@@ -277,11 +287,15 @@ def sample_run(
     _check_arguments(spec, sampler, shard)
     plan = _plan_run(spec, sampler, dataset, context, shard)
     run_dir = Path(run_dir)
-    run_meta, repairs = _open_run_dir(run_dir, plan, context, resume=resume, joining=shard[1] > 1)
-    work = _assign_work(run_dir, plan, run_meta, context, shard, repairs)
-    start_time = time.perf_counter()
-    chunks_done = _sample_chunks(run_dir, plan, work, sampler, dataset, context, run_meta, on_progress, repairs)
-    complete, final_meta = _finish_run(run_dir, context, run_meta, repairs)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"out: {run_dir} exists and is not a folder")
+    run_dir.mkdir(parents=True, exist_ok=True)  # every setting checked: the folder may be made now
+    with run_lock(run_dir, shard=shard, rank=context.rank):
+        run_meta, repairs = _open_run_dir(run_dir, plan, context, resume=resume, joining=shard[1] > 1)
+        work = _assign_work(run_dir, plan, run_meta, context, shard, repairs)
+        start_time = time.perf_counter()
+        chunks_done = _sample_chunks(run_dir, plan, work, sampler, dataset, context, run_meta, on_progress, repairs)
+        complete, final_meta = _finish_run(run_dir, context, run_meta, repairs)
     return RunResult(run_dir=run_dir, complete=complete, chunks_done=chunks_done,
                      chunks_skipped=work.chunks_skipped, seconds=time.perf_counter() - start_time,
                      metadata=final_meta, repairs=repairs)

@@ -33,6 +33,7 @@ from . import thresholded as _thresholded
 from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
 from .certify import as_label_mask
 from .deprecation import warn_deprecated
+from .devices import resolve_device
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
 from .thresholds import LabelThresholds
@@ -62,12 +63,28 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
+def image_channels(model: object) -> int | None:
+    """The channels a model's images must have: the ``in_channels`` of its first layer when that is a 2-D
+    convolution (``None`` otherwise: a model of vectors, or one whose first layer says nothing)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return int(module.in_channels)
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.LazyLinear)):
+            return None
+    return None
+
+
+def as_image_batch(x: object, check_range: bool = True, channels: int | None = None) -> torch.Tensor:
     """``x`` as a batch for :meth:`MultiGuard.certify` and :meth:`MultiGuard.predict`, refusing what users pass
     by mistake.
 
     - Integer inputs (``uint8`` images in 0..255) are refused: sigma and the radii are in the units of x.
-    - One image ``(C, H, W)`` with C = 1 or 3 gets the batch axis: ``(1, C, H, W)``.
+    - One image ``(C, H, W)`` with C = 1 or 3 (or ``channels``) gets the batch axis: ``(1, C, H, W)``.
+    - With ``channels`` (the model takes images of that many channels, see :func:`image_channels`), anything
+      but ``(C, H, W)`` or ``(N, C, H, W)`` with C = ``channels`` is refused in one line naming the shape: an
+      image in height x width x channels layout (as PIL and NumPy hold it) says how to permute it.
     - With ``check_range``, an image batch ``(N, C, H, W)`` with values above 1 is refused (pixels belong in
       [0, 1]; normalisation belongs inside the model).
     """
@@ -78,7 +95,23 @@ def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
             "sigma in the units of x and the model was trained on pixels in [0, 1]: pass x.float() / 255 for "
             "8-bit images"
         )
-    if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
+    shape = tuple(tensor.shape)
+    if channels is not None:
+        if tensor.ndim == 3 and shape[0] != channels and shape[-1] == channels:
+            raise ValueError(f"x of shape {shape} is one image in height x width x channels layout; MultiGuard "
+                             f"takes (C, H, W): pass x.permute(2, 0, 1)")
+        if tensor.ndim == 4 and shape[1] != channels and shape[-1] == channels:
+            raise ValueError(f"x of shape {shape} is a batch in N x height x width x channels layout; MultiGuard "
+                             f"takes (N, C, H, W): pass x.permute(0, 3, 1, 2)")
+        if tensor.ndim not in (3, 4):
+            raise ValueError(f"x has {tensor.ndim} dimensions (shape {shape}); the model takes images: one "
+                             f"(C, H, W) or a batch (N, C, H, W) with C = {channels}")
+        if shape[-3] != channels:
+            raise ValueError(f"x of shape {shape} has images of {shape[-3]} channels; the model's first layer "
+                             f"takes {channels} channels (one image is (C, H, W), a batch (N, C, H, W))")
+        if tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)
+    elif tensor.ndim == 3 and tensor.shape[0] in (1, 3):
         tensor = tensor.unsqueeze(0)  # one image (C, H, W)
     if check_range and tensor.ndim == 4 and tensor.numel():
         top = float(tensor.max())
@@ -282,10 +315,7 @@ class MultiGuard:
 
         module_device, module_dtype = module_device_dtype(model)
         if device is not None:
-            try:
-                self.device = torch.device(device)
-            except (TypeError, RuntimeError):
-                raise invalid("device", "a torch device", device) from None
+            self.device = resolve_device(device)  # "cuda" where there is none: one line naming the device
             if isinstance(model, torch.nn.Module):
                 model.to(self.device)
         else:
@@ -461,7 +491,7 @@ class MultiGuard:
         k = check_int(k, "k", 1, self.num_classes)
         n = check_int(n, "n", 1)
         q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
-        tensor = as_image_batch(x, check_range)
+        tensor = as_image_batch(x, check_range, image_channels(self.model))
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
@@ -687,7 +717,7 @@ class MultiGuard:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
             _sequential.futility_rule(futility)
             _sequential.look_schedule(n, schedule)
-        tensor = as_image_batch(x, check_range)
+        tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
         check_int(batch_size, "batch_size", 1)

@@ -77,8 +77,20 @@ def _next_k(run_dir: str) -> tuple[int, str]:
                "k' = 1 as in the paper")
 
 
+class OutputStreamError(OSError):
+    """Writing to stdout failed (e.g. it is redirected to a full disk): the output, not --out, is at fault."""
+
+
 def echo(line: str = "") -> None:
-    print(line, flush=True)
+    """Print one line to stdout now; a failing stdout raises :class:`OutputStreamError` (a closed pipe, as
+    ``| head`` makes, stays a BrokenPipeError: the command stops quietly)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more to it, nor at interpreter shutdown
+        raise OutputStreamError(exc.errno, exc.strerror or str(exc)) from exc
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -99,6 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _, meta = train(from_namespace(TrainSettings, args), out=args.out, resume=args.resume, overwrite=args.overwrite,
                     device=args.device, progress=not args.quiet, log=None if not args.quiet else (lambda line: None))
     last = meta["metrics"][-1] if meta["metrics"] else None
+    if args.quiet:  # --quiet: nothing on stdout (the checkpoint's metrics hold what these lines say)
+        return 0
     if last is not None:
         noisy = f", noisy {last['noisy_map']:.4f}" if meta["sigma"] > 0 else ""
         if meta["epoch"] == 0:
@@ -121,6 +135,8 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
                              log=None if not args.quiet else (lambda line: None))
     last = meta["metrics"][-1]
     agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
+    if args.quiet:
+        return 0
     echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
           f"{meta['dataset']} ({meta['in_channels']}x{meta['image_size']}x{meta['image_size']}) for {meta['epoch']} "
           f"epochs: held-out MSE {last['test_mse']:.5f} (noisy input {last['noisy_mse']:.5f}){agreement}")
@@ -210,6 +226,59 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+_STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
+# certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
+_RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("chunk_size", "chunk_size"),
+                 ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
+                 ("dataset", "dataset"), ("data_root", "data_root"), ("split", "split"),
+                 ("denoiser", "denoiser"), ("precision", "precision"), ("channels_last", "channels_last"),
+                 ("compile", "compile"))
+
+
+def _check_stop_rule_options(args: argparse.Namespace) -> None:
+    """--k, --k-prime, --alpha and --futility set the stopping rule: without --stop-at-radius they would be
+    ignored, so they are refused (a fixed-n run stores counts for every k, k' and alpha)."""
+    given = [name for name in _STOP_RULE_OPTIONS if name in getattr(args, "given", ())]
+    if given and args.stop_at_radius is None and "stop_at_radius" not in getattr(args, "given", ()):
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{given[0]}: {flags} only set the stopping rule of --stop-at-radius, which is not given; "
+                         "a fixed-n run stores counts for every k, k' and alpha: choose them in multiguard report")
+
+
+def _settings_from_run(args: argparse.Namespace) -> list[str]:
+    """On ``--resume``: every setting of the run not given on the command line is taken from its metadata.json
+    (so that ``certify --checkpoint C --out RUN_DIR --resume`` continues the run as it was made; the sampling
+    mode only as a whole, when none of its options is given). Returns the
+    ``name = value`` of those that differ from the command's defaults; nothing when the run has no readable
+    metadata (the run folder's own checks then speak)."""
+    path = os.path.join(args.out, "metadata.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(meta, dict):
+        return []
+    given = getattr(args, "given", frozenset())
+    taken = []
+    settings = list(_RUN_SETTINGS)
+    rule = meta.get("stop_rule")
+    if isinstance(rule, dict) and "stop_at_radius" not in given:
+        settings += [("stop_at_radius", "radius"), *((name, name) for name in _STOP_RULE_OPTIONS)]
+        meta = {**meta, **{key: rule.get(key) for key in ("radius", *_STOP_RULE_OPTIONS)}}
+    mode = {"precision", "channels_last", "compile"}
+    if given & mode:  # a sampling mode is taken whole: one given on the command line is compared as it is
+        settings = [(dest, key) for dest, key in settings if dest not in mode]
+    for dest, key in settings:
+        if dest in given or meta.get(key) is None or not hasattr(args, dest):
+            continue
+        value = meta[key]
+        if getattr(args, dest) != value:
+            taken.append(f"{dest} = {value}")
+        setattr(args, dest, value)
+    return taken
+
+
 def _cmd_certify(args: argparse.Namespace) -> int:
     from .. import runs
     from ..base_classifier import ModeSpec
@@ -221,6 +290,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
     place = auto_shard() if str(args.shard).strip().lower() == "auto" else None
     shard = runs.parse_shard(args.shard) if place is None else (place.index, place.count)
+    _check_stop_rule_options(args)
+    from_run = _settings_from_run(args) if args.resume else []
     context = init_distributed(args.device)
     try:
         where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
@@ -230,12 +301,14 @@ def _cmd_certify(args: argparse.Namespace) -> int:
         prefix = f"certify ({where})" if where else "certify"
         if place is not None and not args.quiet:
             say(f"{prefix}: --shard auto: {place.source}")
-        mode = mode_args(args, context.device, say)
+        quiet_say = (lambda line: None) if args.quiet else say
+        mode = mode_args(args, context.device, quiet_say)
         started = time.perf_counter()
         printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
             say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
         )
-        quiet_say = (lambda line: None) if args.quiet else say
+        if from_run:
+            quiet_say(f"resume: as the run was made (not given here): {', '.join(from_run)}")
         result = sample_checkpoint(
             args.checkpoint,
             args.out,
@@ -272,18 +345,18 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 say(f"{prefix}: {line}")
         if result.complete and meta.get("stop_rule"):
             used = runs.load_run(args.out).samples
-            say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
+            quiet_say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
                 f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
         elif result.complete:
-            say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
+            quiet_say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
             k, why = _next_k(args.out)
             methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
-            say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
+            quiet_say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
         else:
             status = runs.run_status(args.out)
-            say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
+            quiet_say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
                 f"{status['num_chunks']} chunks: the last shard to finish writes counts.npz")
         return 0
     finally:
@@ -291,7 +364,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..report import empirical_curve, make_report, parse_radius_grid
+    from ..report import make_report, parse_radius_grid
     from ..results import RESULTS_FILE, compare_results
 
     if not args.runs and not args.compare:
@@ -313,7 +386,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             summary_radii=summary_radii,
             methods=args.methods,
             names=args.names,
-            extra_curves=[empirical_curve(path) for path in args.attack or ()],
+            attacks=args.attack or (),
             overwrite=args.overwrite,
             n=args.n or (),
             q=args.q,
@@ -337,8 +410,11 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
-        log=None if args.quiet else echo, denoiser=args.denoiser, **mode,
+        log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
+        **mode,
     )
+    if args.quiet:  # the numbers are in ATTACK_DIR
+        return 0
     curves = result.curves
     echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
     echo("  radius  precision  recall      f1" + ("  below certificate" if result.violations is not None else ""))
@@ -351,6 +427,20 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_same_checkpoint(recorded: dict, checkpoint: str, run_dir: str) -> None:
+    """--mode-of: the run's mode is claimed for the run's own model only; a run of another checkpoint (by the
+    SHA-256 it recorded) is refused, naming both."""
+    from ..files import file_sha256
+
+    if not os.path.isfile(checkpoint):
+        return  # the checkpoint's own loading names the missing file
+    theirs, ours = recorded.get("checkpoint_sha256"), file_sha256(checkpoint)
+    if theirs is not None and theirs != ours:
+        raise ValueError(f"mode-of: {run_dir} was certified with another checkpoint ({recorded.get('checkpoint')}, "
+                         f"SHA-256 {str(theirs)[:12]}...) than --checkpoint {checkpoint} (SHA-256 {ours[:12]}...); "
+                         "its certificate holds for its own model: give the run of this checkpoint")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..predict import predict_images
@@ -361,6 +451,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if args.precision is not None or args.channels_last is not None or args.compile:
             raise ValueError("mode-of: the mode comes from the run; leave out --precision, --channels-last, --compile")
         recorded = load_run(args.mode_of).metadata
+        _check_same_checkpoint(recorded, args.checkpoint, args.mode_of)
         args.precision = recorded.get("precision", "fp32")
         args.channels_last = bool(recorded.get("channels_last", False))
         args.compile = bool(recorded.get("compile", False))
@@ -475,6 +566,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         echo()
         echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
         echo()
+    from ..runs import load_run, sampling_mode
+
+    echo(f"These tables are reproducible in sampling mode {sampling_mode(load_run(result.run_dir).metadata)} (the "
+         "seeds fix the model, the inputs and every noise sample; another mode is another base classifier).")
+    echo()
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
     echo(f"done in {total:.0f} s ({timings}). Files:")
@@ -634,7 +730,9 @@ def _attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
     p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
-    add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files")
+    add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
+               resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
+               overwrite="replace the attack in --out")
 
 
 def _predict_options(p: argparse.ArgumentParser) -> None:
