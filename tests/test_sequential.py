@@ -676,6 +676,17 @@ def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
     assert code == 0 and "sequential: sampling stopped per input" in summary
 
 
+@pytest.mark.parametrize("option", [("--schedule", "1-2-5"), ("--spending", "equal"), ("--futility-margin", "0.3")])
+def test_cli_procedure_options_without_stop_at_radius_are_refused(tmp_path: Path, capsys, option: tuple) -> None:
+    """--schedule, --spending and --futility-margin only set the stopping rule: a fixed-n certify refuses them
+    (as --k and --futility) before any folder is written."""
+    checkpoint = Path(__file__).parent / "data" / "old_run" / "model.pt"
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), "--num-samples", "100",
+                            "--num-inputs", "2", "--device", "cpu", *option, "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, option[0], "--stop-at-radius")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_cli_predict_stops_early(tmp_path_factory, tmp_path: Path, capsys) -> None:
     from PIL import Image

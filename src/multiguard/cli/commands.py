@@ -227,6 +227,8 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
 
 
 _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
+# the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
+_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("chunk_size", "chunk_size"),
                  ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
@@ -236,9 +238,10 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
-    """--k, --k-prime, --alpha and --futility set the stopping rule: without --stop-at-radius they would be
-    ignored, so they are refused (a fixed-n run stores counts for every k, k' and alpha)."""
-    given = [name for name in _STOP_RULE_OPTIONS if name in getattr(args, "given", ())]
+    """--k, --k-prime, --alpha, --futility, --futility-margin, --schedule and --spending set the stopping rule:
+    without --stop-at-radius they would be ignored, so they are refused (a fixed-n run stores counts for every
+    k, k' and alpha)."""
+    given = [name for name in (*_STOP_RULE_OPTIONS, *_PROCEDURE_OPTIONS) if name in getattr(args, "given", ())]
     if given and args.stop_at_radius is None and "stop_at_radius" not in getattr(args, "given", ()):
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ValueError(f"{given[0]}: {flags} only set the stopping rule of --stop-at-radius, which is not given; "
