@@ -365,6 +365,8 @@ class TrainingLoop:
             if self.check_outputs is not None and epoch == first and self.rank == 0:
                 self.check_outputs(self.model, outputs)
             measures = self.evaluate(self.evaluated_model()) if self.rank == 0 else {}
+            if self.dist is not None and self.world_size > 1:  # every rank returns the same metadata
+                measures = self.dist.all_gather(measures)[0]
             seconds = time.perf_counter() - started
             rate = samples / trained if trained > 0 else float("nan")
             meta["metrics"].append({"epoch": epoch, "train_loss": train_loss, **measures, "seconds": seconds,
