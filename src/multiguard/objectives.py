@@ -157,18 +157,23 @@ def vote(context: ObjectiveContext) -> Step:
     vote term raises the smoothed top-1 frequency of every true label, which Theorem 1's lower bounds read.
 
     Options: ``copies`` m (default 2), ``weight`` lambda (default 1), ``temperature`` T of the soft vote
-    (default 1), ``warmup`` (fraction of training over which lambda ramps up; default 0)."""
-    context.check_options("vote", ("copies", "weight", "temperature", "warmup"))
+    (default 1), ``consistency`` mu: plus ``mu * consistency_loss`` (default 0: none), ``warmup`` (fraction of
+    training over which both weights ramp up; default 0)."""
+    context.check_options("vote", ("copies", "weight", "temperature", "consistency", "warmup"))
     copies = context.option("copies", 2, int, 1, "vote")
     weight = context.option("weight", 1.0, float, 0, "vote")
     temperature = context.option("temperature", 1.0, float, 1e-6, "vote")
+    agreement = context.option("consistency", 0.0, float, 0, "vote")
     warmup = context.option("warmup", 0.0, float, 0, "vote")
 
     def step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         logits = _noisy_copies(model, images, copies, context, noise)
         task = sum(context.criterion(z, labels) for z in logits) / copies
-        loss = task + ramp(weight, warmup, context.clock.fraction) * vote_loss(logits, labels, temperature)
+        scale = ramp(1.0, warmup, context.clock.fraction)
+        loss = task + scale * weight * vote_loss(logits, labels, temperature)
+        if agreement > 0:
+            loss = loss + scale * agreement * consistency_loss(logits)
         return loss, logits[-1]
 
     return step

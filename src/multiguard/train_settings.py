@@ -49,7 +49,7 @@ TRAINING_OBJECTIVES.register("consistency", "multiguard.objectives:consistency",
                              "(options copies, weight, entropy, warmup)")
 TRAINING_OBJECTIVES.register("vote", "multiguard.objectives:vote", trains="classifier",
                              help="the loss on m noisy copies plus lambda times the cross-entropy of their soft "
-                             "top-1 vote on the label set (options copies, weight, temperature, warmup)")
+                             "top-1 vote on the label set (options copies, weight, temperature, consistency, warmup)")
 TRAINING_OBJECTIVES.register("mse", "multiguard.objectives:mse", trains="denoiser",
                              help="mean squared error between the denoised noisy image and the clean one")
 TRAINING_OBJECTIVES.register("stability", "multiguard.objectives:stability", trains="denoiser",
@@ -275,7 +275,7 @@ class TrainSettings(Settings):
         default_factory=dict, identity=True, check=_objective_options, legacy={}, flag="--objective-option",
         action="append", metavar="KEY=VALUE",
         help="objective option, e.g. weight=5 copies=2 (consistency: copies, weight, entropy, warmup; vote: copies, "
-        "weight, temperature, warmup) (repeatable)")
+        "weight, temperature, consistency, warmup) (repeatable)")
 
     recipe: str | None = setting(
         None, check=Optional(OneOf(lambda: RECIPES.names())), choices=_Choices(lambda: RECIPES.names()),
