@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint
-from .data import get_dataset
+from .data import get_dataset, is_composed
 from .devices import resolve_device
 from .models import create_model
 from .smoothing import MultiGuard
@@ -80,7 +80,7 @@ def dataset_for_checkpoint(
     split = split or (meta.get("test_split") if same else None)
     options: dict[str, Any] = dict(meta.get("dataset_options") or {}) if same else {}
     seed = int(meta.get("seed", 0))
-    if name == "multidigits" and same:
+    if is_composed(name) and same:  # composed datasets: the split's size is a dataset option
         sizes = {meta.get("test_split"): meta.get("test_size"), meta.get("train_split"): meta.get("train_size")}
         if sizes.get(split) and "size" not in options:
             options["size"] = int(sizes[split])
@@ -91,7 +91,7 @@ def dataset_for_checkpoint(
             f"dataset: {name} has {num_classes} classes but the checkpoint's model predicts {meta['num_classes']}"
         )
     options_record = dict(options)
-    if name == "multidigits":
+    if is_composed(name):  # composed from the seed
         options_record["seed"] = seed
     info = {
         "dataset": name,

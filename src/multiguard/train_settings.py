@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .architectures import ARCHITECTURES, DENOISER_ARCHITECTURES
 from .data import DATASETS, dataset_names
 from .registry import Registry
 from .settings import Interval, OneOf, Optional, Settings, setting
@@ -223,15 +224,15 @@ class TrainSettings(Settings):
 
     option_names = False  # messages name fields as the library's arguments, e.g. "sigma must be ..."
 
-    dataset: str = setting("multidigits", identity=True, check=_dataset, help=dataset_names())
+    dataset: str = setting("multidigits", identity=True, check=_dataset, help=dataset_names)
     data_root: str | None = setting(
         None, check=Optional(_absolute),
         help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)")
     arch: str = setting(
         "small_cnn", identity=True,
-        help="small_cnn, timm:<name>, torchvision:<name>, path/to/file.py:factory or module:factory (your function: "
-        "takes num_classes, returns an nn.Module giving logits (B, num_classes); a module is found in the current "
-        "folder or on sys.path; the checkpoint records the file's absolute path)")
+        help=lambda: f"{', '.join(ARCHITECTURES.names())}, timm:<name>, torchvision:<name>, path/to/file.py:factory "
+        "or module:factory (your function: takes num_classes, returns an nn.Module giving logits (B, num_classes); a "
+        "module is found in the current folder or on sys.path; the checkpoint records the file's absolute path)")
     sigma: float = setting(0.5, identity=True, check=Interval(float, 0.0),
                            help="noise standard deviation (pixels in [0, 1])")
     epochs: int = setting(8, check=Interval(int, 0), help=
@@ -328,16 +329,19 @@ class DenoiserTrainSettings(Settings):
     option_names = False
 
     dataset: str | None = setting(None, identity=True, check=Optional(_dataset),
-                                  help="multidigits, voc2007, coco2014, nuswide or csv "
-                                  "(default: the --classifier's dataset, else multidigits)")
+                                  help=lambda: f"{dataset_names()} (default: the --classifier's dataset, else "
+                                  "multidigits)")
     data_root: str | None = setting(None, check=Optional(_path), help="dataset folder (default: the --classifier's)")
     sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
                            help="the noise level to remove (pixels in [0, 1])")
-    arch: str = setting("dncnn", identity=True, help="dncnn, unet, path/to/file.py:factory or package.module:factory")
+    arch: str = setting("dncnn", identity=True, help=lambda: f"{', '.join(DENOISER_ARCHITECTURES.names())}, "
+                        f"path/to/file.py:factory or package.module:factory ({DENOISER_ARCHITECTURES.help_text()})")
     arch_options: dict[str, int] = setting(
         default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
         metavar="KEY=VALUE",
-        help="width, depth (dncnn; default 16, 4), levels (unet; width 16, levels 2, depth 1) (repeatable)")
+        help=lambda: "options of a registered architecture: " + "; ".join(
+            f"{e.name}: {', '.join(e.info.get('options', ())) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
+        + " (repeatable)")
     objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
                              choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
     classifier: str | None = setting(

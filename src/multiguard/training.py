@@ -151,7 +151,7 @@ def load_splits(dataset: str, data_root: Any, image_size: int | None, seed: int,
     train_split = info.train_split if train_split is None else train_split
     test_split = info.test_split if test_split is None else test_split
     common = {"root": data_root, "image_size": image_size, "seed": seed, **options}
-    if dataset == "multidigits":  # composed images: the size is a dataset option
+    if info.composed:  # composed images: the size is a dataset option
         train_set = get_dataset(dataset, split=train_split, **common, **({"size": train_size} if train_size else {}))
         test_set = get_dataset(dataset, split=test_split, **common, **({"size": test_size} if test_size else {}))
     else:
