@@ -136,7 +136,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
     ("training, attack, checkpoints, data, runs", frozenset({
         "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "losses", "runs",
-        "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
+        "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files", "augment",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
         "data.voc"})),
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),

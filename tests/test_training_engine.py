@@ -230,3 +230,25 @@ def test_the_paper_recipes_set_what_the_issue_names():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert TrainSettings().objective == "gaussian" and TrainSettings().recipe is None  # the demo's default
+
+
+def test_the_command_line_recipe_prints_its_values_and_every_given_option_wins(tmp_path, capsys):
+    """`multiguard train --recipe NAME`: every recipe value printed and recorded; an option given on the command
+    line overrides it, even where the option's value is its own default (--sigma 0.5 against the recipe's 0.25)."""
+    from multiguard.cli import main
+
+    RECIPES.register("test-cli", {"sigma": 0.25, "epochs": 2, "schedule": "cosine", "warmup": 0.5},
+                     help="a tiny recipe for this test")
+    try:
+        out = tmp_path / "r.pt"
+        status = main(["train", "--recipe", "test-cli", "--sigma", "0.5", "--epochs", "1", "--train-size", "64",
+                       "--test-size", "32", "--threads", "1", "--out", str(out)])
+        printed = capsys.readouterr().out
+        assert status == 0
+        assert "recipe test-cli: sigma 0.25, epochs 2, schedule cosine, warmup 0.5" in printed
+        assert "sigma: 0.5 (given; the recipe says 0.25)" in printed
+        saved = read_checkpoint(out)["meta"]
+        assert (saved["sigma"], saved["epochs"], saved["schedule"], saved["warmup"]) == (0.5, 1, "cosine", 0.5)
+        assert saved["recipe"]["overridden"] == {"sigma": [0.25, 0.5], "epochs": [2, 1]}
+    finally:
+        RECIPES.unregister("test-cli")

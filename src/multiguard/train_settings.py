@@ -238,7 +238,8 @@ class TrainSettings(Settings):
     epochs: int = setting(8, check=Interval(int, 0), help=
                           "epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
     batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
-    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="learning rate (the peak of a --schedule)")
     loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
     clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
                           help="clamp noisy inputs to [0, 1] (also when certifying)")
@@ -351,7 +352,8 @@ class DenoiserTrainSettings(Settings):
                                      help="denoiser checkpoint to start from (same arch)")
     epochs: int = setting(4, check=Interval(int, 1), help="epochs (a resumed run trains the missing ones)")
     batch_size: int = setting(64, identity=True, check=Interval(int, 1), help="training batch size")
-    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="Adam learning rate")
     clamp: bool = setting(False, identity=True, check=check_bool, action="store_true",
                           help="clamp noisy images to [0, 1] before the denoiser")
     seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
