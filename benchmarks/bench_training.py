@@ -132,10 +132,13 @@ def throughput(args: argparse.Namespace) -> None:
                                                           "compile": True}))
     for arch in args.arch:
         size = 32 if arch == "small_cnn" else args.image_size
+        model = arch
+        if arch == "torchvision:resnet18":  # multidigits is grey: the same network behind a channel copy
+            model = f"{Path(__file__).resolve().parent / 'grey_models.py'}:torchvision_resnet18"
         base = None
         runs = [(label, mode, 1) for label, mode in modes] + [("fp32", modes[0][1], 2)]
         for label, mode, processes in runs:
-            spec = {"arch": arch, "image_size": size, "epochs": args.epochs, "train_size": args.train_size,
+            spec = {"arch": model, "image_size": size, "epochs": args.epochs, "train_size": args.train_size,
                     "test_size": args.test_size, "batch_size": args.batch_size, "lr": args.lr, "sigma": 0.5,
                     "seed": 0, **mode}
             result = _run_training(spec, processes, args.threads)

@@ -250,7 +250,7 @@ def resume_from(path: Path, read: Callable[[Path], dict], meta: dict[str, Any], 
     saved = checkpoint["meta"]
     legacy = legacy or {}
     different = [f"{key}: saved {saved.get(key, legacy.get(key))!r}, now {value!r}"
-                 for key, value in current.items() if saved.get(key, legacy.get(key)) != value]
+                 for key, value in current.items() if not _same(saved.get(key, legacy.get(key)), value)]
     if different:
         raise RunMismatchError(f"resume: {path} was trained with other settings ({'; '.join(different)})")
     train_state = checkpoint.get("train_state") or {}
@@ -295,6 +295,13 @@ def micro_batches(dataset: Dataset, plan: list[list[torch.Tensor]],
     loader = DataLoader(dataset, batch_sampler=[part.tolist() for part in flat], num_workers=num_workers)
     for images, labels in loader:
         yield images, labels.float()
+
+
+def _same(saved: Any, now: Any) -> bool:
+    """Equal, a list and a tuple of the same items counting as equal (metadata keeps sequences as lists)."""
+    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
+        return list(saved) == list(now)
+    return saved == now
 
 
 @dataclass
