@@ -55,7 +55,8 @@ def objectives(args: argparse.Namespace) -> None:
     images, labels = test.images[: args.inputs], test.labels[: args.inputs].numpy()
     print(f"multidigits: {args.epochs} epochs of {args.train_size} images, batch {args.batch_size}, lr {args.lr:g}, "
           f"sigma {args.sigma:g}, seed {args.seed}; certify {len(images)} test inputs, n = {args.n}, k = {args.k}, "
-          f"k' = {args.k_prime}, alpha = {args.alpha:g}; torch threads {torch.get_num_threads()}", flush=True)
+          f"k' = {args.k_prime}, alpha = {args.alpha:g}; torch threads {torch.get_num_threads()}"
+          + "".join(f"; {key} {value}" for key, value in _extra(args).items()), flush=True)
     print("| objective | F1 R=" + " | R=".join(f"{r:g}" for r in RADII) + " | mAP clean | mAP noisy | train s |")
     print("|---|" + "---|" * (len(RADII) + 3), flush=True)
     for text in args.objective:
@@ -82,7 +83,7 @@ def objectives(args: argparse.Namespace) -> None:
 
 def _extra(args: argparse.Namespace) -> dict:
     extra = {}
-    for key in ("precision", "schedule", "ema"):
+    for key in ("precision", "schedule", "warmup", "ema"):
         value = getattr(args, key, None)
         if value is not None:
             extra[key] = value
@@ -169,6 +170,9 @@ def main() -> None:
     p.add_argument("--k-prime", type=int, default=1)
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--json", default=None, help="append one JSON line per objective to this file")
+    p.add_argument("--ema", type=float, default=None, help="train every objective with EMA weights of this decay")
+    p.add_argument("--schedule", default=None, help="train every objective with this lr schedule")
+    p.add_argument("--warmup", type=float, default=None, help="the schedule's warm-up fraction")
     p = sub.add_parser("throughput", help="training samples/s per precision and process count")
     p.add_argument("--arch", action="append", default=None, help="small_cnn, torchvision:resnet18, ... (repeatable)")
     p.add_argument("--image-size", type=int, default=64, help="image side for models other than small_cnn")
