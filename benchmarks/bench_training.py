@@ -3,6 +3,8 @@
     # objectives: train each, certify 500 test inputs, certified top-k F1 at R = 0, 0.25, 0.5, 1 (+ mAP, time)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py objectives \\
         --objective gaussian --objective consistency:weight=5 --objective vote:weight=1
+    # ceiling: certified F1 of ideal k' = 1 votes on the same inputs (no training)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py ceiling
     # throughput: samples/s of fp32 against bf16 + channels_last (+ compile), one process against two (gloo)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py throughput \\
         --arch small_cnn --arch torchvision:resnet18
@@ -12,6 +14,10 @@ images, batch 32, lr 3e-3, sigma 0.5 by default), then its model certifies the s
 the test split, n = 1000 noisy samples each, k' = 1, alpha = 0.001, k = 3) and the certified top-k F1 at each
 radius is printed, with the last epoch's mAP (clean and with one noise draw) and the training time. ``--json``
 appends one line per objective to a file (the exploration of weights is a list of ``--objective`` values).
+
+``ceiling``: the certified F1 of ideal k' = 1 base classifiers (the vote split evenly over some labels of L,
+none outside) on the same inputs: what no objective can exceed, and where spreading and concentrating the vote
+trade small radii against large ones.
 
 ``throughput``: training samples/s per configuration over a few timed steps after a warm-up (best of rounds),
 and for precision the mAP after a short training at that precision. Figures: benchmarks/README.md.
@@ -88,6 +94,37 @@ def _extra(args: argparse.Namespace) -> dict:
         if value is not None:
             extra[key] = value
     return extra
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    """Certified F1 of ideal k' = 1 base classifiers on the same inputs: the vote split evenly over ``s`` labels of
+    L (all of L if it has fewer) and never outside L, as exact counts of n samples; and the best ``s`` per input
+    and radius. What no training objective can exceed with this n, alpha, k, sigma."""
+    test = get_dataset("multidigits", split="test", seed=args.seed)
+    labels = test.labels[: args.inputs].numpy().astype(bool)
+    radii = np.asarray(RADII)
+    best = np.zeros((len(labels), len(radii)), dtype=np.int64)
+    print(f"ideal votes on {len(labels)} multidigits test inputs, n = {args.n}, k = {args.k}, k' = 1, "
+          f"alpha = {args.alpha:g}, sigma = {args.sigma:g}")
+    print("| vote spread evenly over | F1 R=" + " | R=".join(f"{r:g}" for r in RADII) + " |")
+    print("|---|" + "---|" * len(RADII))
+    for spread in range(1, labels.shape[1] + 1):
+        counts = np.zeros(labels.shape, dtype=np.int64)
+        for row, mask in enumerate(labels):
+            chosen = np.flatnonzero(mask)[:spread]
+            if len(chosen) == 0:
+                continue
+            counts[row, chosen] = args.n // len(chosen)
+            counts[row, chosen[0]] += args.n - counts[row, chosen].sum()
+        lower, upper = label_probability_bounds(counts, args.n, args.alpha)
+        sizes = certified_intersection_size(lower, upper, labels, k=args.k, k_prime=1, sigma=args.sigma,
+                                            radius=radii)
+        best = np.maximum(best, sizes)
+        if spread <= 4:
+            f1 = certified_metrics(sizes, labels, args.k).f1
+            print(f"| {spread} label(s) of L | " + " | ".join(f"{100 * v:.1f}" for v in f1) + " |")
+    f1 = certified_metrics(best, labels, args.k).f1
+    print("| the best spread per input and radius | " + " | ".join(f"{100 * v:.1f}" for v in f1) + " |")
 
 
 # ------------------------------------------------------------------------------------------------- throughput
@@ -173,6 +210,13 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=None, help="train every objective with EMA weights of this decay")
     p.add_argument("--schedule", default=None, help="train every objective with this lr schedule")
     p.add_argument("--warmup", type=float, default=None, help="the schedule's warm-up fraction")
+    p = sub.add_parser("ceiling", help="certified F1 of ideal k' = 1 votes on the same inputs")
+    p.add_argument("--inputs", type=int, default=500)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--sigma", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("throughput", help="training samples/s per precision and process count")
     p.add_argument("--arch", action="append", default=None, help="small_cnn, torchvision:resnet18, ... (repeatable)")
     p.add_argument("--image-size", type=int, default=64, help="image side for models other than small_cnn")
@@ -187,6 +231,8 @@ def main() -> None:
     if args.command == "objectives":
         args.objective = args.objective or ["gaussian", "consistency:weight=5"]
         objectives(args)
+    elif args.command == "ceiling":
+        ceiling(args)
     else:
         args.arch = args.arch or ["small_cnn", "torchvision:resnet18"]
         throughput(args)
