@@ -174,7 +174,7 @@ def throughput(args: argparse.Namespace) -> None:
         if arch == "torchvision:resnet18":  # multidigits is grey: the same network behind a channel copy
             model = f"{Path(__file__).resolve().parent / 'grey_models.py'}:torchvision_resnet18"
         base = None
-        runs = [(label, mode, 1) for label, mode in modes] + [("fp32", modes[0][1], 2)]
+        runs = [(label, mode, 1) for label, mode in modes] + ([("fp32", modes[0][1], 2)] if args.two else [])
         for label, mode, processes in runs:
             spec = {"arch": model, "image_size": size, "epochs": args.epochs, "train_size": args.train_size,
                     "test_size": args.test_size, "batch_size": args.batch_size, "lr": args.lr, "sigma": 0.5,
@@ -227,6 +227,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1, help="OMP threads per process")
     p.add_argument("--compile", action="store_true", help="also bf16 + channels_last + torch.compile")
+    p.add_argument("--one-process", dest="two", action="store_false", help="skip the two-process run")
     args = parser.parse_args()
     if args.command == "objectives":
         args.objective = args.objective or ["gaussian", "consistency:weight=5"]
