@@ -160,8 +160,9 @@ def _run_training(spec: dict, processes: int, threads: int) -> dict:
 
 
 def throughput(args: argparse.Namespace) -> None:
-    print(f"training throughput, multidigits; {args.train_size} images per epoch, batch {args.batch_size}, "
-          f"{args.epochs} epochs (samples/s of the fastest epoch after the first), torch {torch.__version__}")
+    print(f"training throughput on {args.device}, multidigits; {args.train_size} images per epoch, "
+          f"batch {args.batch_size}, {args.epochs} epochs (samples/s of the fastest epoch after the first), "
+          f"torch {torch.__version__}")
     print("| model | size | configuration | processes | samples/s | x fp32 | mAP clean | mAP noisy |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
     modes = [("fp32", {"precision": "fp32"}), ("bf16 + channels_last", {"precision": "bf16", "channels_last": True})]
@@ -178,7 +179,7 @@ def throughput(args: argparse.Namespace) -> None:
         for label, mode, processes in runs:
             spec = {"arch": model, "image_size": size, "epochs": args.epochs, "train_size": args.train_size,
                     "test_size": args.test_size, "batch_size": args.batch_size, "lr": args.lr, "sigma": 0.5,
-                    "seed": 0, **mode}
+                    "seed": 0, "device": args.device, **mode}
             result = _run_training(spec, processes, args.threads)
             epochs = result["metrics"]
             best = max(e["samples_per_second"] for e in (epochs[1:] or epochs))
@@ -228,6 +229,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="OMP threads per process")
     p.add_argument("--compile", action="store_true", help="also bf16 + channels_last + torch.compile")
     p.add_argument("--one-process", dest="two", action="store_false", help="skip the two-process run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (two processes on cuda: one GPU each)")
     args = parser.parse_args()
     if args.command == "objectives":
         args.objective = args.objective or ["gaussian", "consistency:weight=5"]
