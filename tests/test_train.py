@@ -205,7 +205,8 @@ TRAIN_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "
                "--warmup", "--ema", "--augment", "--precision", "--channels-last", "--compile", "--accumulate"}
 DENOISER_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "--clamp", "--seed", "--image-size",
                   "--train-size", "--test-size", "--train-split", "--test-split", "--dataset-option", "--sigma",
-                  "--arch", "--arch-option", "--objective", "--classifier", "--pretrained"}
+                  "--arch", "--arch-option", "--objective", "--classifier", "--pretrained", "--precision",
+                  "--channels-last"}
 COMMON_FLAGS = {"-h", "--device", "--resume", "--overwrite", "--quiet", "--out", "--debug"}
 
 

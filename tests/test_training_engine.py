@@ -254,3 +254,21 @@ def test_the_command_line_recipe_prints_its_values_and_every_given_option_wins(t
         assert saved["recipe"]["overridden"] == {"sigma": [0.25, 0.5], "epochs": [2, 1]}
     finally:
         RECIPES.unregister("test-cli")
+
+
+def test_denoisers_train_on_the_same_engine_under_torchrun_in_bf16(tmp_path):
+    """`torchrun ... -m multiguard train-denoiser --precision bf16 --channels-last`: two gloo processes train a
+    denoiser on the same core, rank 0 writes one checkpoint, which loads and denoises."""
+    from multiguard.denoisers import load_denoiser
+
+    out = tmp_path / "d.pt"
+    command = torchrun("--sigma", "0.5", "--epochs", "1", "--train-size", "64", "--test-size", "16",
+                       "--batch-size", "16", "--precision", "bf16", "--channels-last", "--out", str(out))
+    command[command.index("train")] = "train-denoiser"
+    done = subprocess.run(command, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained a dncnn denoiser") == 1  # rank 0 reports for the job
+    denoiser, meta = load_denoiser(out)
+    assert meta["epoch"] == 1 and meta["metrics"][0]["test_mse"] < meta["metrics"][0]["noisy_mse"]
+    with torch.no_grad():
+        assert denoiser(torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)

@@ -367,6 +367,12 @@ class DenoiserTrainSettings(Settings):
                                               action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
     num_threads: int | None = setting(None, check=Optional(Interval(int, 1)), flag="--threads", cli=False,
                                       help="CPU threads for torch while training (default: torch's)")
+    precision: str = setting("fp32", check=OneOf(("fp32", "bf16", "fp16", "auto")),
+                             choices=("fp32", "bf16", "fp16", "auto"),
+                             help="training precision: autocast to bf16 or fp16 (fp16 with a gradient scaler); auto: "
+                             "bf16 + channels_last where the device computes bf16 natively, else fp32")
+    channels_last: bool = setting(False, check=check_bool, action="store_true",
+                                  help="channels_last memory format for the denoiser and batches")
 
     def _check(self) -> None:
         entry = TRAINING_OBJECTIVES.entry(self.objective)

@@ -120,6 +120,8 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
                              overwrite=args.overwrite, device=args.device, progress=not args.quiet,
                              log=None if not args.quiet else (lambda line: None))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for the job
+        return 0
     last = meta["metrics"][-1]
     agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
     echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
