@@ -138,6 +138,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("training, attack, checkpoints, data, runs", frozenset({
         "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "losses", "runs",
         "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files", "shards",
+        "augment",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
         "data.voc", "data.download", "data.verify"})),
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),

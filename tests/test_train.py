@@ -199,10 +199,14 @@ def test_trained_weights_for_a_seed_are_those_of_the_code_before_the_training_co
 # command line was built from the settings' fields), less the ones every command has.
 TRAIN_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "--clamp", "--seed", "--image-size",
                "--train-size", "--test-size", "--train-split", "--test-split", "--dataset-option", "--arch", "--sigma",
-               "--loss", "--pretrained", "--mean", "--std", "--threads", "--num-workers"}
+               "--loss", "--pretrained", "--mean", "--std", "--threads", "--num-workers",
+               # the training engine (issue 18)
+               "--objective", "--objective-option", "--recipe", "--optimizer", "--weight-decay", "--schedule",
+               "--warmup", "--ema", "--augment", "--precision", "--channels-last", "--compile", "--accumulate"}
 DENOISER_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "--clamp", "--seed", "--image-size",
                   "--train-size", "--test-size", "--train-split", "--test-split", "--dataset-option", "--sigma",
-                  "--arch", "--arch-option", "--objective", "--classifier", "--pretrained"}
+                  "--arch", "--arch-option", "--objective", "--classifier", "--pretrained", "--precision",
+                  "--channels-last"}
 COMMON_FLAGS = {"-h", "--device", "--resume", "--overwrite", "--quiet", "--out", "--debug"}
 
 
@@ -234,12 +238,13 @@ def test_settings_from_the_command_line_parse_key_value_options_and_check_every_
     assert settings.identity_fields() == ("dataset", "sigma", "arch", "arch_options", "objective", "batch_size", "lr",
                                           "clamp", "seed")
     assert TrainSettings.resume_fields() == ("dataset", "arch", "sigma", "batch_size", "lr", "loss", "clamp", "seed",
-                                             "objective")
+                                             "objective", "objective_options", "optimizer", "weight_decay",
+                                             "schedule", "warmup", "ema", "augment")
     with pytest.raises(ValueError, match=r"^dataset-option must look like KEY=VALUE, got 'digits'$"):
         DenoiserTrainSettings(sigma=0.5, dataset_options=["digits"])
     with pytest.raises(ValueError, match=r"^num_threads must be an integer >= 1, got 0$"):
         TrainSettings(num_threads=0)
-    with pytest.raises(ValueError, match=r"^objective must be one of 'gaussian', got 'mse'$"):
+    with pytest.raises(ValueError, match=r"^objective must be one of 'gaussian', 'consistency', 'vote', got 'mse'$"):
         TrainSettings(objective="mse")  # a denoiser objective: not one that trains classifiers
 
 
@@ -314,5 +319,9 @@ def test_a_checkpoint_written_before_the_training_core_resumes_and_has_the_same_
     assert weights_equal(resumed, fresh)
     saved_old, saved_new = torch.load(old, weights_only=True), torch.load(tmp_path / "fresh.pt", weights_only=True)
     assert saved_old.keys() == saved_new.keys()
-    assert list(saved_old["meta"]) == list(saved_new["meta"])  # the same keys, in the same order
-    assert saved_old["meta"]["metrics"][0].keys() == saved_new["meta"]["metrics"][0].keys()
+    # the same keys, in the same order, then those the training engine added (issue 18)
+    engine_keys = ["objective", "objective_options", "optimizer", "weight_decay", "schedule", "warmup", "ema",
+                   "augment", "precision", "channels_last", "compile", "accumulate", "weights", "recipe", "world_size"]
+    assert [k for k in saved_new["meta"] if k not in engine_keys] == list(saved_old["meta"])
+    assert set(saved_new["meta"]) - set(saved_old["meta"]) == set(engine_keys)
+    assert list(saved_new["meta"]["metrics"][0]) == [*saved_old["meta"]["metrics"][0], "samples_per_second"]

@@ -68,14 +68,17 @@ class CheckpointFile:
     others: tuple[tuple[str, str], ...] = ()
 
     def write(self, path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
-              optimizer: Mapping[str, Any] | None = None) -> None:
-        """Write ``{marker: version, state_dict (on the CPU), optimizer, meta}`` to ``path`` atomically."""
+              optimizer: Mapping[str, Any] | None = None, train_state: Mapping[str, Any] | None = None) -> None:
+        """Write ``{marker: version, state_dict (on the CPU), optimizer, meta}`` to ``path`` atomically, with
+        ``train_state`` (what resuming needs beyond these: the trained weights where ``state_dict`` holds the EMA
+        weights, the schedule, the gradient scaler, the EMA) where given."""
         missing = [key for key in self.required_meta if key not in meta]
         if missing:
             raise ValueError(f"meta: a {self.argument} checkpoint needs {missing}")
         save_torch_atomic({self.marker: self.version,
                            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                           "optimizer": optimizer, "meta": meta}, path)
+                           "optimizer": optimizer, "meta": meta,
+                           **({"train_state": _to_cpu(train_state)} if train_state else {})}, path)
 
     def read(self, path: str | os.PathLike) -> dict[str, Any]:
         """The raw checkpoint dict (keys ``marker``, ``state_dict``, ``optimizer``, ``meta``); ValueError naming
@@ -154,9 +157,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def write_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
-                     optimizer: Mapping[str, Any] | None = None) -> None:
-    """Write a classifier checkpoint atomically (see :data:`CLASSIFIER_FILE`)."""
-    CLASSIFIER_FILE.write(path, model, meta, optimizer)
+                     optimizer: Mapping[str, Any] | None = None, train_state: Mapping[str, Any] | None = None) -> None:
+    """Write a classifier checkpoint atomically (see :data:`CLASSIFIER_FILE`): ``state_dict`` holds the weights
+    ``model`` serves (``meta["weights"]``: ``"ema"`` or ``"trained"``), ``train_state`` what a resume needs."""
+    CLASSIFIER_FILE.write(path, model, meta, optimizer, train_state)
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
 
 
 def save_denoiser_checkpoint(path: str | os.PathLike, denoiser: nn.Module, meta: dict[str, Any],

@@ -57,6 +57,7 @@ from .training import (
     make_log,
     make_optimizer,
     path_or_none,
+    resolve_precision,
     resume_from,
     settings_from,
     torch_threads,
@@ -229,9 +230,17 @@ def _describe(objective: str, classifier: nn.Module | None):
 def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike | None, resume: bool,
                     overwrite: bool, device: str | torch.device, progress: bool,
                     log: Log | None) -> tuple[nn.Module, dict[str, Any]]:
+    dist = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per rank
+        from .distributed import init_distributed
+
+        dist = init_distributed(str(device))
+        device = torch.device(dist.device)
     device = resolve_device(device)
     out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="denoiser.pt")
-    log = make_log(progress, log)
+    log = make_log(progress and (dist is None or dist.rank == 0), log)
+    if dist is not None and dist.rank != 0:
+        log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
     s, frozen, classifier_meta = _with_classifier(settings, device)
     train_set, test_set, train_split, test_split = load_splits(
         s.dataset, s.data_root, s.image_size, s.seed, s.train_split, s.test_split, s.train_size, s.test_size,
@@ -258,10 +267,21 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         if out_path is not None:
             save_denoiser_checkpoint(out_path, denoiser, meta, optimizer.state_dict())
 
+    autocast_dtype, implied_channels_last = resolve_precision(s.precision, device)
+    channels_last = s.channels_last or implied_channels_last
+    if channels_last:
+        denoiser = denoiser.to(memory_format=torch.channels_last)
+    forward: nn.Module = denoiser
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
     objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, classifier=frozen))
     loop = TrainingLoop(model=denoiser, optimizer=optimizer, objective=objective, train_set=train_set,
                         batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
-                        describe=_describe(s.objective, frozen), save=save, progress=progress)
+                        describe=_describe(s.objective, frozen), save=save, progress=progress, forward=forward,
+                        scaler=scaler, autocast_dtype=autocast_dtype, channels_last=channels_last, dist=dist)
     loop.run(meta, s.epochs, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])
-    return denoiser.eval(), meta
+    return denoiser.to(memory_format=torch.contiguous_format).eval(), meta

@@ -41,7 +41,7 @@ STREAM_THRESHOLDS = 3
 
 _ATTACK_EVALUATION_TAG = 0xA77AC
 
-TRAINING_TAGS = {"init": 1, "epoch": 2, "eval_noise": 3, "subset_train": 4, "subset_test": 5}
+TRAINING_TAGS = {"init": 1, "epoch": 2, "eval_noise": 3, "subset_train": 4, "subset_test": 5, "rank_noise": 6}
 """Purposes of the seeds training derives (model initialisation, each epoch's order and noise, ...)."""
 
 

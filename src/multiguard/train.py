@@ -30,6 +30,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -42,15 +43,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import __version__
+from .augment import compose
 from .checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint, write_checkpoint
 from .checkpoints import load_checkpoint
 from .devices import resolve_device
 from .files import check_output_file
 from .losses import make_loss
 from .models import create_model, looks_like_probabilities
-from .objectives import ObjectiveContext
+from .objectives import ObjectiveContext, TrainingClock
 from .seeds import training_seed
-from .train_settings import TRAINING_OBJECTIVES, TrainSettings
+from .train_settings import TRAINING_OBJECTIVES, TrainSettings, with_recipe
 from .training import (
     Log,
     NonFiniteOutputsError,
@@ -59,11 +61,14 @@ from .training import (
     base_and_indices,
     batches,
     fork_rng,
+    global_batches,
     identity_now,
     legacy_values,
     load_splits,
     make_log,
     make_optimizer,
+    make_scheduler,
+    resolve_precision,
     resume_from,
     settings_from,
     torch_threads,
@@ -216,9 +221,23 @@ def train(
         metrics, train_seconds, updated``; ``metrics`` a list with one dict per epoch: ``epoch,
         train_loss, clean_map, noisy_map, seconds``.
     """
+    recipe: dict[str, Any] = {}
+    if isinstance(settings, TrainSettings):
+        if fields.get("recipe", settings.recipe):
+            # a settings value: the fields it sets away from their defaults count as given
+            explicit = {**_non_default_fields(settings), **fields}
+            fields, recipe = with_recipe({**explicit, "recipe": fields.get("recipe", settings.recipe)})
+            settings = TrainSettings(**fields)
+            fields = {}
+    elif fields.get("recipe"):
+        # the dataset argument counts as given where it is not the default (a recipe names its dataset)
+        explicit = {**({"dataset": settings} if settings != "multidigits" else {}), **fields}
+        fields, recipe = with_recipe(explicit)
+        settings = fields.pop("dataset", "multidigits")
     settings = settings_from(TrainSettings, settings, "dataset", fields)
     with torch_threads(settings.num_threads):
-        return _train(settings, out=out, resume=resume, overwrite=overwrite, device=device, progress=progress, log=log)
+        return _train(settings, out=out, resume=resume, overwrite=overwrite, device=device, progress=progress, log=log,
+                      recipe=recipe)
 
 
 def checkpoint_metadata(settings: TrainSettings, train_set: Dataset, test_set: Dataset, train_split: str,
@@ -233,9 +252,13 @@ def checkpoint_metadata(settings: TrainSettings, train_set: Dataset, test_set: D
         "train_split": train_split, "test_split": test_split, "train_size": len(train_set), "test_size": len(test_set),
         "class_names": class_names, "num_classes": len(class_names), "arch": s.arch,
         "image_size": int(base.image_size), "in_channels": int(getattr(base, "in_channels", 3)),
-        "pretrained": s.pretrained, "sigma": s.sigma, "clamp": bool(s.clamp), "loss": s.loss, "lr": s.lr,
+        "pretrained": s.pretrained, "sigma": s.sigma, "clamp": bool(s.clamp), "loss": s.loss, "objective": s.objective,
+        "objective_options": dict(s.objective_options), "lr": s.lr,
         "batch_size": s.batch_size, "seed": s.seed, "epochs": s.epochs, "epoch": 0, "metrics": [],
-        "train_seconds": 0.0,
+        "train_seconds": 0.0, "optimizer": s.optimizer, "weight_decay": s.weight_decay, "schedule": s.schedule,
+        "warmup": s.warmup, "ema": s.ema, "augment": list(s.augment), "precision": s.precision,
+        "channels_last": bool(s.channels_last), "compile": bool(s.compile), "accumulate": s.accumulate,
+        "weights": "trained" if s.ema is None else "ema", "recipe": {},
     }  # fmt: skip
 
 
@@ -278,35 +301,91 @@ def _describe(sigma: float):
 
 
 def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bool, overwrite: bool,
-           device: str | torch.device, progress: bool, log: Log | None) -> tuple[nn.Module, dict]:
+           device: str | torch.device, progress: bool, log: Log | None,
+           recipe: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
     s = settings
+    dist = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per rank
+        from .distributed import init_distributed
+
+        dist = init_distributed(str(device))
+        device = torch.device(dist.device)
     device = resolve_device(device)
     out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="model.pt")
-    log = make_log(progress, log)
+    log = make_log(progress and (dist is None or dist.rank == 0), log)
+    if dist is not None and dist.rank != 0:
+        log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
+    if recipe:
+        _announce_recipe(recipe, log)
     train_set, test_set, train_split, test_split = load_splits(
         s.dataset, s.data_root, s.image_size, s.seed, s.train_split, s.test_split, s.train_size, s.test_size,
         dict(s.dataset_options))
     meta = checkpoint_metadata(s, train_set, test_set, train_split, test_split)
+    meta["recipe"] = dict(recipe or {})
+    meta["world_size"] = 1 if dist is None else dist.world_size
     model = _build_model(s, meta, device)
-    optimizer = make_optimizer(model.parameters(), s.lr)
+    autocast_dtype, implied_channels_last = resolve_precision(s.precision, device)
+    channels_last = s.channels_last or implied_channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, s.lr, s.optimizer, s.weight_decay)
+    world = 1 if dist is None else dist.world_size
+    steps_per_epoch = len(global_batches(torch.arange(len(train_set)), s.batch_size, 0, world))
+    scheduler = (None if s.schedule == "constant" and s.warmup == 0
+                 else make_scheduler(optimizer, s.schedule, max(1, s.epochs) * steps_per_epoch, s.warmup))
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    ema = None
+    if s.ema is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=s.ema)
+
+    def restore(state: dict[str, Any]) -> None:
+        for name, part in (("scheduler", scheduler), ("scaler", scaler), ("ema", ema)):
+            if part is not None and name in state:
+                (part.module if name == "ema" else part).load_state_dict(state[name])
+
     if resume and out_path is not None and out_path.exists():
         resume_from(out_path, read_checkpoint, meta, identity_now(s, meta, _DERIVED_RESUME_KEYS), _RESTORED_KEYS,
-                    model, optimizer, log, legacy_values(TrainSettings))
+                    model, optimizer, log, legacy_values(TrainSettings), restore=restore)
     _announce(s, meta, base_and_indices(train_set)[0], log)
+
+    forward: nn.Module = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if s.compile:
+        forward = torch.compile(forward)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
         return _evaluate_clean_and_noisy(trained, test_set, s.sigma, s.clamp, s.seed, device, s.num_workers)
 
     def save(meta: dict[str, Any]) -> None:
         if out_path is not None:
-            write_checkpoint(out_path, model, meta, optimizer.state_dict())
+            served = model if ema is None else ema.module
+            state: dict[str, Any] = {}
+            if ema is not None:
+                state["model"], state["ema"] = model.state_dict(), ema.module.state_dict()
+            if scheduler is not None:
+                state["scheduler"] = scheduler.state_dict()
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            write_checkpoint(out_path, served, meta, optimizer.state_dict(), state or None)
 
-    objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, criterion=make_loss(s.loss)))
+    clock = TrainingClock()
+    objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(
+        s.sigma, s.clamp, criterion=make_loss(s.loss), options=dict(s.objective_options), clock=clock))
     loop = TrainingLoop(model=model, optimizer=optimizer, objective=objective, train_set=train_set,
                         batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
                         describe=_describe(s.sigma), save=save, check_outputs=_warn_if_probabilities(s.arch),
-                        num_workers=s.num_workers, progress=progress)
+                        num_workers=s.num_workers, progress=progress, clock=clock, forward=forward,
+                        scheduler=scheduler, scaler=scaler, ema=ema, autocast_dtype=autocast_dtype,
+                        channels_last=channels_last, accumulate=s.accumulate, augment=compose(s.augment), dist=dist)
     loop.run(meta, s.epochs, log)
+    if ema is not None:
+        model = ema.module
+    model = model.to(memory_format=torch.contiguous_format)
     if s.epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
         started = time.perf_counter()
         measures = evaluate(model)
@@ -318,6 +397,24 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
     meta["epochs"] = max(s.epochs, meta["epoch"])
     model.class_names = list(meta["class_names"])
     return model.eval(), meta
+
+
+def _non_default_fields(settings: TrainSettings) -> dict[str, Any]:
+    defaults = TrainSettings()
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(TrainSettings)
+            if getattr(settings, f.name) != getattr(defaults, f.name)}
+
+
+def _announce_recipe(recipe: dict[str, Any], log: Log) -> None:
+    """Print every value the recipe sets, and which explicit options replaced which of them."""
+    values = ", ".join(f"{key} {_shown_value(value)}" for key, value in recipe["values"].items())
+    log(f"recipe {recipe['name']}: {values}")
+    for key, (was, now) in recipe["overridden"].items():
+        log(f"  {key}: {_shown_value(now)} (given; the recipe says {_shown_value(was)})")
+
+
+def _shown_value(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _announce(settings: TrainSettings, meta: dict[str, Any], base_train: Dataset, log: Log) -> None:

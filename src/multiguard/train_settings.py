@@ -29,18 +29,28 @@ from .settings import Interval, OneOf, Optional, Settings, setting
 from .validation import check_bool
 
 __all__ = [
+    "AUGMENTATIONS",
     "LOSSES",
+    "RECIPES",
     "TRAINING_OBJECTIVES",
     "DenoiserTrainSettings",
     "TrainSettings",
     "check_loss",
     "objective_names",
     "parse_options",
+    "recipe_values",
+    "with_recipe",
 ]
 
 TRAINING_OBJECTIVES: Registry[Any] = Registry("training objective", argument="--objective")
 TRAINING_OBJECTIVES.register("gaussian", "multiguard.objectives:gaussian", trains="classifier",
                              help="the loss on inputs with fresh Gaussian noise on every batch")
+TRAINING_OBJECTIVES.register("consistency", "multiguard.objectives:consistency", trains="classifier",
+                             help="the loss on m noisy copies plus lambda times their per-label disagreement "
+                             "(options copies, weight, entropy, warmup)")
+TRAINING_OBJECTIVES.register("vote", "multiguard.objectives:vote", trains="classifier",
+                             help="the loss on m noisy copies plus lambda times the cross-entropy of their soft "
+                             "top-1 vote on the label set (options copies, weight, temperature, consistency, warmup)")
 TRAINING_OBJECTIVES.register("mse", "multiguard.objectives:mse", trains="denoiser",
                              help="mean squared error between the denoised noisy image and the clean one")
 TRAINING_OBJECTIVES.register("stability", "multiguard.objectives:stability", trains="denoiser",
@@ -52,6 +62,52 @@ LOSSES: Registry[Any] = Registry("loss", argument="--loss")
 LOSSES.register("asl", "multiguard.losses:paper_asl",
                 help="asymmetric loss, the paper's (gamma+ 0, gamma- 4, clip 0.05)")
 LOSSES.register("bce", "multiguard.losses:bce", help="binary cross-entropy")
+
+
+AUGMENTATIONS: Registry[Any] = Registry("augmentation", argument="--augment")
+AUGMENTATIONS.register("flip", "multiguard.augment:flip", help="horizontal flip with probability 1/2")
+AUGMENTATIONS.register("cutout", "multiguard.augment:cutout",
+                       help="cutout: one random rectangle (up to half the side) set to random noise, probability 1/2 "
+                       "(torchvision RandomErasing)")
+AUGMENTATIONS.register("randaugment", "multiguard.augment:randaugment",
+                       help="RandAugment, 2 operations of magnitude 9 (torchvision)")
+
+# The paper's base classifiers as ASL trains them (Ridnik et al. 2021, section on MS-COCO training: TResNet-L
+# pretrained on ImageNet, 448 px, Adam with true weight decay 1e-4, one-cycle up to lr 2e-4, batch 128, EMA of the
+# weights, cutout + RandAugment, mixed precision, ASL gamma- 4, gamma+ 0, clip 0.05) and MultiGuard's noise.
+_ASL_RECIPE = {
+    "arch": "timm:tresnet_l", "pretrained": "imagenet", "image_size": 448, "loss": "asl", "sigma": 0.5,
+    "batch_size": 128, "lr": 2e-4, "optimizer": "adamw", "weight_decay": 1e-4, "schedule": "onecycle",
+    "warmup": 0.2, "ema": 0.9997, "augment": ("flip", "cutout", "randaugment"), "precision": "auto",
+    "channels_last": True,
+}  # fmt: skip
+RECIPES: Registry[Any] = Registry("recipe", argument="--recipe")
+RECIPES.register("asl-voc2007", {**_ASL_RECIPE, "dataset": "voc2007", "epochs": 40},
+                 help="the paper's VOC 2007 classifier (5,011 trainval images), ASL's recipe")
+RECIPES.register("asl-coco2014", {**_ASL_RECIPE, "dataset": "coco2014", "epochs": 40},
+                 help="the paper's MS-COCO 2014 classifier (82,081 train images), ASL's recipe")
+RECIPES.register("asl-nuswide", {**_ASL_RECIPE, "dataset": "nuswide", "epochs": 40},
+                 help="the paper's NUS-WIDE classifier (about 154,000 train images), ASL's recipe")
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The settings the recipe ``name`` sets (a copy); UnknownNameError naming the recipes otherwise."""
+    return dict(RECIPES.get(name))
+
+
+def with_recipe(explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(fields, recipe record)``: ``explicit`` fields (what the caller gave) over the values of the recipe it
+    names (``explicit["recipe"]``; none: ``explicit`` unchanged and an empty record). The record is what a
+    checkpoint stores and the trainer prints: ``{name, values (the recipe's), overridden (explicit fields that
+    replaced a recipe value: {field: [recipe value, value used]})}``."""
+    name = explicit.get("recipe")
+    if not name:
+        return dict(explicit), {}
+    values = recipe_values(name)
+    fields = {**values, **explicit}
+    overridden = {key: [values[key], explicit[key]] for key in values
+                  if key in explicit and explicit[key] != values[key]}
+    return fields, {"name": name, "values": values, "overridden": overridden}
 
 
 def objective_names(trains: str) -> tuple[str, ...]:
@@ -118,6 +174,18 @@ def _arch_options(value: Any, name: str) -> dict[str, int]:
     return options
 
 
+def _objective_options(value: Any, name: str) -> dict[str, Any]:
+    return parse_options(value, "objective-option")
+
+
+def _augmentations(value: Any, name: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for item in names:
+        if item not in AUGMENTATIONS:
+            raise ValueError(f"{name}: unknown augmentation {item!r}; known: {', '.join(AUGMENTATIONS.names())}")
+    return names
+
+
 def _flag(value: Any, name: str) -> bool:
     return bool(value)
 
@@ -174,7 +242,8 @@ class TrainSettings(Settings):
     epochs: int = setting(8, check=Interval(int, 0), help=
                           "epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
     batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
-    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="learning rate (the peak of a --schedule)")
     loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
     clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
                           help="clamp noisy inputs to [0, 1] (also when certifying)")
@@ -206,7 +275,45 @@ class TrainSettings(Settings):
         "machine)")
     num_workers: int = setting(0, check=Interval(int, 0), help="data loader workers for image files")
     objective: str = setting("gaussian", identity=True, check=OneOf(lambda: objective_names("classifier")),
-                             legacy="gaussian", cli=False, help="training objective")
+                             legacy="gaussian", choices=_Choices(lambda: objective_names("classifier")),
+                             help="training objective (docs/training.md: what each optimises)")
+    objective_options: dict[str, Any] = setting(
+        default_factory=dict, identity=True, check=_objective_options, legacy={}, flag="--objective-option",
+        action="append", metavar="KEY=VALUE",
+        help="objective option, e.g. weight=5 copies=2 (consistency: copies, weight, entropy, warmup; vote: copies, "
+        "weight, temperature, consistency, warmup) (repeatable)")
+
+    recipe: str | None = setting(
+        None, check=Optional(OneOf(lambda: RECIPES.names())), choices=_Choices(lambda: RECIPES.names()),
+        help="a registered recipe: the settings it names (printed in full, recorded in the checkpoint); every "
+        "option given explicitly overrides its value")
+    optimizer: str = setting("adam", identity=True, check=OneOf(("adam", "adamw")), legacy="adam",
+                             choices=("adam", "adamw"), help="optimiser (adamw: decoupled weight decay)")
+    weight_decay: float = setting(0.0, identity=True, check=Interval(float, 0.0), legacy=0.0,
+                                  help="weight decay (not on biases and normalisation weights)")
+    schedule: str = setting("constant", identity=True, check=OneOf(("constant", "cosine", "onecycle")),
+                            legacy="constant", choices=("constant", "cosine", "onecycle"),
+                            help="learning-rate schedule, stepped every optimiser step (lr is its peak)")
+    warmup: float = setting(0.0, identity=True, check=Interval(float, 0.0, 1.0), legacy=0.0,
+                            help="fraction of the optimiser steps the schedule warms up over")
+    ema: float | None = setting(
+        None, identity=True, check=Optional(Interval(float, 0.0, 1.0, open_low=True)), legacy=None, type=float,
+        metavar="DECAY", help="keep an exponential moving average of the weights with this decay (e.g. 0.999; timm "
+        "ModelEmaV3): evaluated each epoch and saved as the checkpoint's weights")
+    augment: tuple[str, ...] = setting(
+        (), identity=True, check=_augmentations, legacy=(), nargs="+", metavar="NAME",
+        help="image augmentations before the noise: flip, cutout, randaugment (none by default; multidigits' "
+        "digits should not be flipped)")
+    precision: str = setting("fp32", check=OneOf(("fp32", "bf16", "fp16", "auto")),
+                             choices=("fp32", "bf16", "fp16", "auto"),
+                             help="training precision: autocast to bf16 or fp16 (fp16 with a gradient scaler); auto: "
+                             "bf16 + channels_last where the device computes bf16 natively, else fp32")
+    channels_last: bool = setting(False, check=_flag, action="store_true",
+                                  help="channels_last memory format for the model and batches")
+    compile: bool = setting(False, check=_flag, action="store_true", help="train through torch.compile")
+    accumulate: int = setting(1, check=Interval(int, 1), metavar="K",
+                              help="split each batch into K micro-batches, gradients accumulated (same result, less "
+                              "memory)")
 
     def _check(self) -> None:
         if self.epochs == 0 and self.pretrained is None:
@@ -249,7 +356,8 @@ class DenoiserTrainSettings(Settings):
                                      help="denoiser checkpoint to start from (same arch)")
     epochs: int = setting(4, check=Interval(int, 1), help="epochs (a resumed run trains the missing ones)")
     batch_size: int = setting(64, identity=True, check=Interval(int, 1), help="training batch size")
-    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="Adam learning rate")
     clamp: bool = setting(False, identity=True, check=check_bool, action="store_true",
                           help="clamp noisy images to [0, 1] before the denoiser")
     seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
@@ -263,6 +371,12 @@ class DenoiserTrainSettings(Settings):
                                               action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
     num_threads: int | None = setting(None, check=Optional(Interval(int, 1)), flag="--threads", cli=False,
                                       help="CPU threads for torch while training (default: torch's)")
+    precision: str = setting("fp32", check=OneOf(("fp32", "bf16", "fp16", "auto")),
+                             choices=("fp32", "bf16", "fp16", "auto"),
+                             help="training precision: autocast to bf16 or fp16 (fp16 with a gradient scaler); auto: "
+                             "bf16 + channels_last where the device computes bf16 natively, else fp32")
+    channels_last: bool = setting(False, check=check_bool, action="store_true",
+                                  help="channels_last memory format for the denoiser and batches")
 
     def _check(self) -> None:
         entry = TRAINING_OBJECTIVES.entry(self.objective)

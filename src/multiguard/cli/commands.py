@@ -9,6 +9,7 @@ shared groups of :mod:`multiguard.cli.options`). Registering one makes ``multigu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -108,8 +109,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import train
     from ..train_settings import TrainSettings
 
-    _, meta = train(from_namespace(TrainSettings, args), out=args.out, resume=args.resume, overwrite=args.overwrite,
-                    device=args.device, progress=not args.quiet, log=None if not args.quiet else (lambda line: None))
+    run = {"out": args.out, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,
+           "progress": not args.quiet, "log": None if not args.quiet else (lambda line: None)}
+    if getattr(args, "recipe", None):  # the recipe's values, each replaced by an option given explicitly
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)
+                 if getattr(args, f.name, None) is not None}
+        _, meta = train(**given, **run)
+    else:
+        _, meta = train(from_namespace(TrainSettings, args), **run)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for the job
+        return 0
     last = meta["metrics"][-1] if meta["metrics"] else None
     if args.quiet:  # --quiet: nothing on stdout (the checkpoint's metrics hold what these lines say)
         return 0
@@ -133,6 +142,8 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
                              overwrite=args.overwrite, device=args.device, progress=not args.quiet,
                              log=None if not args.quiet else (lambda line: None))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for the job
+        return 0
     last = meta["metrics"][-1]
     agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
     if args.quiet:
