@@ -173,7 +173,7 @@ def main() -> None:
         gain = result["f1@0.25"] - clean
         share = result["f1@0.25"] / reference if reference > 0 else float("nan")
         met = "yes" if arch and gain >= 0.15 and share >= 0.8 else ("no" if arch else "")
-        print(f"| {name} | {100 * result['f1@0']:.1f} | {100 * result['f1@0.25']:.1f} | "
+        print(f"| {name} | {100 * result['f1@0.0']:.1f} | {100 * result['f1@0.25']:.1f} | "
               f"{100 * result['f1@0.5']:.1f} | {100 * gain:+.1f} | {100 * share:.0f} | {relative:.1f} | "
               f"{100 * result['f1@0.25'] / relative:.2f} | {met} |")
     print(f"(percent; reference for 'percent of noise-trained': "

@@ -67,6 +67,7 @@ from .validation import check_float, check_int
 __all__ = [
     "DIFFUSION_EXTRA",
     "DiffusionDenoiser",
+    "diffusers_denoiser",
     "load_diffusion_denoiser",
     "nearest_timestep",
     "resize_noise_gain",
@@ -343,3 +344,20 @@ def load_diffusion_denoiser(source: str | os.PathLike, *, sigma: float, image_si
                                  source=recorded, revision=commit, weights_sha256=_folder_digest(folder),
                                  class_label=class_label)
     return denoiser.to(device)
+
+
+def diffusers_denoiser(spec: str, *, sigma: float, image_size: int, in_channels: int,
+                       device: str | torch.device = "cpu") -> DiffusionDenoiser:
+    """The ``diffusers:<spec>`` denoiser source (:data:`multiguard.denoiser_sources.DENOISER_SOURCES`).
+
+    ``spec``: a local folder or a Hugging Face model id, optionally ``@revision`` (``google/ddpm-cifar10-32@main``)
+    and ``#class_label`` for a class-conditional model (``openai/diffusers-cd_imagenet64_l2#0``).
+    """
+    rest, _, label = spec.partition("#")
+    if label and not label.isdigit():
+        raise ValueError(f"denoiser: diffusers:{spec}: the class label after '#' must be an integer, got {label!r}")
+    source, revision = rest, None
+    if "@" in rest and not Path(rest).expanduser().exists():
+        source, _, revision = rest.rpartition("@")
+    return load_diffusion_denoiser(source, sigma=sigma, image_size=image_size, in_channels=in_channels,
+                                   revision=revision or None, class_label=int(label) if label else None, device=device)
