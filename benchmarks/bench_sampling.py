@@ -166,7 +166,8 @@ def resnet50(n: int, batch_size: int, rounds: int) -> None:
     x = torch.rand(4, 3, 224, 224, device=device)
     for label, dtype, channels_last in (("fp32", None, False), ("bf16 + channels_last", torch.bfloat16, True)):
         model = torchvision.models.resnet50(weights=None, num_classes=80).to(device).eval()
-        guard = MultiGuard(model, num_classes=80, sigma=SIGMA, autocast_dtype=dtype, channels_last=channels_last)
+        guard = MultiGuard(model, num_classes=80, sigma=SIGMA, precision="fp32" if dtype is None else "bf16",
+                           channels_last=channels_last)
 
         def run_bare(
             model: torch.nn.Module = model, dtype: torch.dtype | None = dtype, cl: bool = channels_last

@@ -12,7 +12,7 @@ trains it (8 epochs of 8,000 images, lr 3e-3; reused from ``--work`` when presen
 - sequential with at most 1000 and at most 10,000 samples (``MultiGuard.certify(..., stop_at_radius=R)``,
   timed), checked equal to the replay of the procedure on the nested counts; at most 2000 and 5000 are
   replayed only (same samples, so the same result as running them; ``--replay-only`` replays all four).
-  ``--futility`` picks the stopping rule's futility test (see :func:`multiguard.certify.sequential_stopping_rule`).
+  ``--futility`` picks the stopping rule's futility test (see :func:`multiguard.sequential.sequential_stopping_rule`).
 
 Prints a table (mean samples per input = forward passes, wall time, certified F1@R) and writes
 ``results-FUTILITY.json`` and ``sequential.png`` (F1@R against mean forward passes per input: fixed n as one
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from multiguard import certify as cert
+from multiguard import sequential as seq
 from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-from multiguard.pipeline import DEMO_SETTINGS
+from multiguard.demo import DEMO_SETTINGS
 from multiguard.runs import load_batch, select_inputs
 from multiguard.train import train
 
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=500, help="random test inputs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="target radii R")
-    parser.add_argument("--futility", default="plausible", choices=list(cert.FUTILITY_RULES),
+    parser.add_argument("--futility", default="plausible", choices=list(seq.FUTILITY_RULES.names()),
                         help="when the stopping rule gives up on an input")
     parser.add_argument("--replay-only", action="store_true",
                         help="sequential figures from the replay on the stored counts only (no timed runs)")
@@ -84,7 +85,7 @@ def main() -> None:
     x = torch.as_tensor(images)
     common = dict(seed=SEED, index=indices, batch_size=1000)
     big = 10_000
-    sizes = cert.sample_size_schedule(big)
+    sizes = seq.sample_size_schedule(big)
 
     # The fixed-n samples are the expensive part: kept in nested.npz with the time they took, and reused.
     nested_path = work / "nested.npz"
@@ -112,8 +113,8 @@ def main() -> None:
         rows.append((radius, "fixed", big, float(big), seconds_big, fixed[big]))
         sequential = {}
         for most in (1000, 2000, 5000, big):
-            looks = cert.sample_size_schedule(most)
-            replay = cert.sequential_certification(nested[:, : looks.size], labels, looks=looks, alpha=ALPHA, k=K,
+            looks = seq.sample_size_schedule(most)
+            replay = seq.sequential_certification(nested[:, : looks.size], labels, looks=looks, alpha=ALPHA, k=K,
                                                    k_prime=K_PRIME, sigma=SIGMA, radius=radius, futility=args.futility)
             seconds = None
             if most in (1000, big) and not args.replay_only:
@@ -144,7 +145,7 @@ def main() -> None:
                   f"{100 * entry['f1']:.1f} %, stopped at {entry['stopped_at']}")
     written = work / f"results-{args.futility}.json"
     written.write_text(json.dumps(results, indent=1))
-    every = [json.loads((work / f"results-{rule}.json").read_text()) for rule in cert.FUTILITY_RULES
+    every = [json.loads((work / f"results-{rule}.json").read_text()) for rule in seq.FUTILITY_RULES.names()
              if (work / f"results-{rule}.json").exists()]
     plot(every, args.radii, work / "sequential.png")
     print(f"wrote {written} and {work / 'sequential.png'}")

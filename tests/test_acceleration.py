@@ -149,8 +149,9 @@ def test_modes_resolve_and_describe_themselves() -> None:
     assert mode.as_metadata() == {"precision": "bf16", "channels_last": True, "compile": True}
     assert resolve_mode("fp16").autocast_dtype == torch.float16 and resolve_mode("fp32").autocast_dtype is None
     assert set(PRECISIONS) == {"fp32", "bf16", "fp16", "auto"}
-    # The older spelling still works and means the same mode.
-    guard = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, autocast_dtype=torch.bfloat16)
+    # The older spelling still works (with a DeprecationWarning) and means the same mode.
+    with pytest.warns(DeprecationWarning, match="precision"):
+        guard = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, autocast_dtype=torch.bfloat16)
     assert guard.mode == SamplingMode("bf16") and "bf16" in repr(guard)
 
 
@@ -400,7 +401,7 @@ def test_demo_defaults_to_the_fastest_safe_mode_and_help_says_what_auto_picks(ca
     from clitools import run_in_process
 
     from multiguard.cli import build_parser
-    from multiguard.pipeline import run_demo
+    from multiguard.demo import run_demo
 
     args = build_parser().parse_args(["demo"])
     assert (args.precision or args.default_precision, args.channels_last, args.compile) == ("auto", None, True)

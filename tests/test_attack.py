@@ -16,11 +16,11 @@ from scipy import stats
 from multiguard.attack import (
     EMPIRICAL_COLUMNS,
     attack_smoothed,
-    evaluation_seed,
     load_empirical,
     smoothed_top_k,
 )
-from multiguard.pipeline import run_attack
+from multiguard.attack_run import run_attack
+from multiguard.seeds import attack_evaluation_seed
 from multiguard.smoothing import MultiGuard
 
 # A linear toy: label 0 scores z_0, label 1 scores -z_0, label 2 scores z_1 - 0.5. At x = (0.4, 0) with
@@ -91,7 +91,7 @@ def test_radius_zero_is_the_clean_measurement_and_results_are_reproducible() -> 
                         input_range=None, seed=3, index=[2, 0])
     assert torch.equal(a.deltas[[2, 0]], b.deltas)  # the noise of an input depends on (seed, index) only
     assert (a.counts[[2, 0]] == b.counts).all()
-    assert evaluation_seed(0) != 0 and evaluation_seed(0) == evaluation_seed(0)
+    assert attack_evaluation_seed(0) != 0 and attack_evaluation_seed(0) == attack_evaluation_seed(0)
 
 
 def test_smoothed_top_k_breaks_ties_by_label_index() -> None:

@@ -34,6 +34,7 @@ from clitools import (
 )
 
 from multiguard import MultiGuard, runs
+from multiguard.runspec import RunSpec
 from multiguard.validation import DamagedFileError
 
 # ------------------------------------------------------------------------------ a small real run
@@ -66,10 +67,10 @@ RUN_ARGS = dict(n=60, max_k_prime=2, seed=1, num_inputs=12, chunk_size=5)
 RUN_META = {"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"}
 
 
-def _certify(path: Path, **kwargs) -> runs.RunResult:
-    args = dict(sampler=_smoother(), dataset=_Digits(), metadata=dict(RUN_META), **RUN_ARGS)
-    args.update(kwargs)
-    return runs.sample_run(path, **args)
+def _certify(path: Path, *, metadata: dict | None = None, **kwargs) -> runs.RunResult:
+    plan = {**RUN_ARGS, **{name: kwargs.pop(name) for name in list(kwargs) if name in RUN_ARGS}}
+    spec = RunSpec.from_arguments(metadata=dict(RUN_META) if metadata is None else metadata, **plan)
+    return runs.sample_run(path, spec, sampler=_smoother(), dataset=_Digits(), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -419,7 +420,7 @@ def _umask() -> int:
 
 
 def test_the_demo_never_replaces_a_file_it_did_not_make(tmp_path: Path) -> None:
-    from multiguard.pipeline import run_demo
+    from multiguard.demo import run_demo
 
     (tmp_path / "model.pt").write_bytes(b"a model of mine, in another format")
     with pytest.raises(ValueError) as caught:

@@ -130,6 +130,7 @@ def test_predict_names_labels_and_radii(tmp_path_factory, tmp_path: Path, capsys
         assert len(radii) == 2 and radii[0] >= radii[1] >= 0
 
 
+@pytest.mark.slow
 def test_datasets_describe_and_list(capsys) -> None:
     text = run("datasets", "describe", "--dataset", "multidigits", "--split", "test")
     assert "multidigits: 10 classes" in text.stdout and "images" in text.stdout
@@ -160,6 +161,7 @@ def test_help_on_every_command_shows_defaults(capsys) -> None:
 # Each error of the list runs once as a user runs it (a subprocess); variants run in-process.
 
 
+@pytest.mark.slow
 def test_error_unknown_dataset() -> None:
     assert_one_line_error(run("datasets", "describe", "--dataset", "imagenet-z", check=False), "imagenet-z")
 
@@ -169,12 +171,14 @@ def _error(capsys, args: list[str], *needles: str) -> None:
     assert_one_line_error_in_process(run_in_process(capsys, *args), *needles)
 
 
+@pytest.mark.slow
 def test_error_missing_data_root(tmp_path: Path, capsys) -> None:
     proc = run("datasets", "describe", "--dataset", "voc2007", "--data-root", str(tmp_path / "nowhere"), check=False)
     assert_one_line_error(proc, "nowhere")
     _error(capsys, ["datasets", "describe", "--dataset", "voc2007"], "root")
 
 
+@pytest.mark.slow
 def test_error_unknown_arch(tmp_path: Path) -> None:
     proc = run("train", "--arch", "resnet-9000", "--epochs", "1", "--train-size", "20", "--test-size", "20",
                "--out", str(tmp_path / "m.pt"), check=False)
@@ -182,6 +186,7 @@ def test_error_unknown_arch(tmp_path: Path) -> None:
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow
 def test_error_checkpoint_that_is_not_ours(tmp_path: Path, capsys) -> None:
     bogus = tmp_path / "model.pt"
     bogus.write_text("not a checkpoint\n")

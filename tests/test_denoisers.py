@@ -337,15 +337,15 @@ def test_denoiser_raises_certified_f1_of_a_clean_classifier(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_denoised_demo_certifies_four_variants_on_the_same_inputs_and_resumes(tmp_path, monkeypatch) -> None:
-    from multiguard import pipeline
+    from multiguard import demo
     from multiguard.runs import load_run
 
     tiny = {"classifier": {"epochs": 1, "train_size": 200, "test_size": 50, "lr": 3e-3},
             "denoiser": {"arch": "dncnn", "train_size": 200, "test_size": 50, "mse_epochs": 1, "stability_epochs": 1},
             "num_inputs": 4, "n": 100}
-    monkeypatch.setattr(pipeline, "DENOISED_DEMO_SETTINGS", tiny)
+    monkeypatch.setattr(demo, "DENOISED_DEMO_SETTINGS", tiny)
     lines: list[str] = []
-    result = pipeline.run_denoised_demo(tmp_path / "demo", device="cpu", log=lines.append)
+    result = demo.run_denoised_demo(tmp_path / "demo", device="cpu", log=lines.append)
     assert list(result.runs) == ["clean alone", "clean + MSE denoiser", "clean + stability denoiser", "noise-trained"]
     runs = {name: load_run(path) for name, path in result.runs.items()}
     assert all(np.array_equal(run.indices, runs["clean alone"].indices) for run in runs.values())  # same inputs
@@ -354,5 +354,5 @@ def test_denoised_demo_certifies_four_variants_on_the_same_inputs_and_resumes(tm
     assert runs["clean alone"].metadata["train_sigma"] == 0.0 and runs["noise-trained"].metadata["train_sigma"] == 0.5
     assert "denoiser-stability.pt (dncnn, stability)" in result.report.summary
     again: list[str] = []
-    pipeline.run_denoised_demo(tmp_path / "demo", device="cpu", log=again.append)
+    demo.run_denoised_demo(tmp_path / "demo", device="cpu", log=again.append)
     assert sum("4 found on disk" in line for line in again) == 4  # nothing sampled twice

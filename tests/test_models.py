@@ -34,6 +34,7 @@ def test_normalisation_is_a_layer_inside_the_model():
     assert "normalize.mean" in model.state_dict() and model.std == [0.2, 0.2, 0.2]
 
 
+@pytest.mark.slow
 def test_timm_and_torchvision_models_build_offline():
     timm_model = create_model("timm:resnet18", num_classes=5, image_size=32)
     assert timm_model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 5)

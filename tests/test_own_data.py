@@ -159,6 +159,7 @@ def test_csv_image_size_of_photos_is_capped(tmp_path):
     assert ds.image_size == 224 and "320x240" in ds.image_size_note and "224" in ds.image_size_note
 
 
+@pytest.mark.slow
 def test_describe_opens_every_image(tmp_path, capsys):
     root = write_shapes_folder(tmp_path / "shapes", {"train": 6, "test": 4}, size=(24, 24))
     Image.new("L", (24, 24), 128).save(root / "images" / "train" / "0001.png")  # a grayscale image
@@ -246,6 +247,7 @@ def test_module_factory_found_in_the_current_folder(tmp_path, factory_file, monk
         create_model("no_such_models:tiny_cnn", num_classes=3, image_size=8)
 
 
+@pytest.mark.slow
 def test_module_factory_from_the_current_folder_on_the_command_line(tmp_path, factory_file):
     """The console script does not put the current folder on sys.path: a model module there is found anyway."""
     root = write_shapes_folder(tmp_path / "shapes", {"train": 8, "test": 4}, size=(16, 16))
@@ -272,6 +274,7 @@ def test_factory_mistakes_are_one_line_naming_factory_and_fix(factory_file, fact
         assert needle in message, (needle, message)
 
 
+@pytest.mark.slow
 def test_factory_mistake_on_the_command_line_is_one_line(tmp_path, factory_file):
     root = write_shapes_folder(tmp_path / "shapes", {"train": 4, "test": 2}, size=(16, 16))
     proc = run("train", "--dataset", "csv", "--data-root", str(root), "--arch", f"{factory_file}:other_name",
@@ -310,6 +313,7 @@ def test_pickled_whole_model_says_how_to_save_a_state_dict(tmp_path):
         create_model("small_cnn", 3, 16, pretrained="imagenet")
 
 
+@pytest.mark.slow
 def test_pretrained_imagenet_offline_names_the_local_file_alternative(tmp_path, monkeypatch):
     """Where the weights cannot be downloaded (here: the hub and the proxy point at a closed local port)."""
     root = write_shapes_folder(tmp_path / "shapes", {"train": 4, "test": 2}, size=(16, 16))
@@ -559,6 +563,7 @@ def test_python_api_refuses_uint8_and_takes_one_image_and_index_lists():
         smoothed.certify(images, [[0, 7], [2]], n=50, alpha=0.01, k=2)
 
 
+@pytest.mark.slow
 def test_pretrained_imagenet_found_in_timms_cache_loads_offline(tmp_path):
     """Weights timm downloaded once (here: a real state_dict placed in the Hugging Face cache layout) are used
     from the cache, with no network (the hub points at a closed local port)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from multiguard import MultiGuard, certify, report, runs
+from multiguard.runspec import RunSpec
 
 
 class _Blobs:
@@ -40,24 +41,23 @@ def run_dir(tmp_path_factory) -> Path:
         model.weight[:, :6] = 4.0 * torch.eye(6)
         model.bias.zero_()
     out = tmp_path_factory.mktemp("report") / "run"
-    runs.certify_run(
-        out, sampler=MultiGuard(model, 6, sigma=0.25, device="cpu"), dataset=_Blobs(), n=400, max_k_prime=3,
-        num_inputs=30, chunk_size=10, metadata={"sigma": 0.25, "arch": "linear", "dataset": "blobs", "split": "test"},
-    )
+    spec = RunSpec(n=400, max_k_prime=3, num_inputs=30, chunk_size=10, sigma=0.25, arch="linear", dataset="blobs",
+                   split="test")
+    runs.sample_run(out, spec, sampler=MultiGuard(model, 6, sigma=0.25, device="cpu"), dataset=_Blobs())
     return out
 
 
-def test_parse_radii() -> None:
-    grid = report.parse_radii("0:3:0.05")
+def test_parse_radius_grid() -> None:
+    grid = report.parse_radius_grid("0:3:0.05")
     assert len(grid) == 61 and grid[0] == 0.0 and grid[-1] == 3.0
     for r in (0.25, 0.5, 1.0):
         assert r in grid.tolist()  # exact, so summary radii hit the grid
-    np.testing.assert_array_equal(report.parse_radii("1, 0.5,0"), [0.0, 0.5, 1.0])
-    np.testing.assert_array_equal(report.parse_radii([0.5, 0.25]), [0.25, 0.5])
-    assert report.parse_radii("0.7").tolist() == [0.7]
+    np.testing.assert_array_equal(report.parse_radius_grid("1, 0.5,0"), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(report.parse_radius_grid([0.5, 0.25]), [0.25, 0.5])
+    assert report.parse_radius_grid("0.7").tolist() == [0.7]
     for bad in ("0:abc", "0:1", "1:0:0.1", "0:1:0", "-1", "", "nan", "0:1:0.1:2"):
         with pytest.raises(ValueError, match="radii"):
-            report.parse_radii(bad)
+            report.parse_radius_grid(bad)
 
 
 def test_curves_match_certify_directly(run_dir: Path) -> None:
@@ -77,7 +77,7 @@ def test_curves_match_certify_directly(run_dir: Path) -> None:
 def test_methods_order_and_jia_only_for_k_prime_1(run_dir: Path) -> None:
     run = runs.load_run(run_dir)
     curves = report.compute_curves([run], k=[1, 3], k_prime=[1, 2], alpha=[0.001, 0.1],
-                                   radius=report.parse_radii("0:1:0.05"))
+                                   radius=report.parse_radius_grid("0:1:0.05"))
     assert {c.method for c in curves if c.k_prime == 2} == {"multiguard", "multiguard-first-terms"}
     assert len(curves) == 2 * 2 * (3 + 2)
     by_setting = {c.setting: c for c in curves}
@@ -106,7 +106,7 @@ def test_bad_arguments_name_themselves(run_dir: Path) -> None:
 
 
 def test_make_report_files_csv_and_summary(run_dir: Path, tmp_path: Path) -> None:
-    result = report.make_report([run_dir, run_dir], tmp_path / "rep", k=[2, 3], k_prime=[1], radii="0:2:0.1",
+    result = report.make_report([run_dir, run_dir], tmp_path / "rep", k=[2, 3], k_prime=[1], radius_grid="0:2:0.1",
                                 summary_radii=[0.3], names=["a", "b"])
     names = sorted(p.name for p in (tmp_path / "rep").iterdir())
     assert names == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
@@ -129,18 +129,18 @@ def test_make_report_files_csv_and_summary(run_dir: Path, tmp_path: Path) -> Non
 
 
 def test_extra_curves_are_drawn_and_written(run_dir: Path, tmp_path: Path) -> None:
-    radius = report.parse_radii("0:1:0.25")
+    radius = report.parse_radius_grid("0:1:0.25")
     extra = report.Curve(run="run", method="attack-pgd", k=3, k_prime=1, alpha=0.001, sigma=0.25, n=400,
                          radius=radius, precision=np.linspace(0.9, 0.5, 5), recall=np.linspace(1.0, 0.6, 5),
                          f1=np.linspace(0.95, 0.55, 5), num_inputs=30)
-    result = report.make_report([run_dir], tmp_path / "rep", radii="0:1:0.25", extra_curves=[extra])
+    result = report.make_report([run_dir], tmp_path / "rep", radius_grid="0:1:0.25", extra_curves=[extra])
     assert any(c.method == "attack-pgd" for c in report.read_csv(tmp_path / "rep" / "curves.csv"))
     assert "attack-pgd" in result.summary
 
 
 def test_plot_figure(run_dir: Path, tmp_path: Path) -> None:
     run = runs.load_run(run_dir)
-    grid = report.parse_radii("0:1:0.1")
+    grid = report.parse_radius_grid("0:1:0.1")
     rows = [("compare", report.compute_curves([run], radius=grid)),
             ("k'", report.compute_curves([run], k_prime=[1, 2, 3], methods=["multiguard"], radius=grid))]
     report.plot_figure(rows, tmp_path / "figure.png")

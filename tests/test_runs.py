@@ -28,6 +28,7 @@ from clitools import (
 )
 
 from multiguard import MultiGuard, runs
+from multiguard.runspec import RunSpec, StopRule
 
 # ------------------------------------------------------------------------------ library, small model
 
@@ -55,11 +56,16 @@ def _smoother() -> MultiGuard:
     return MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
 
 
+PLAN = dict(n=200, max_k_prime=3, seed=1, num_inputs=12, chunk_size=5, sigma=0.5, arch="mlp", dataset="digits",
+            split="test")
+
+
 def _certify(path: Path, **kwargs) -> runs.RunResult:
-    args = dict(sampler=_smoother(), dataset=_Digits(), n=200, max_k_prime=3, seed=1, num_inputs=12,
-                chunk_size=5, metadata={"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"})
+    plan = dict(PLAN)
+    plan.update({name: kwargs.pop(name) for name in list(kwargs) if name in RunSpec.__dataclass_fields__})
+    args = dict(sampler=_smoother(), dataset=_Digits())
     args.update(kwargs)
-    return runs.certify_run(path, **args)
+    return runs.sample_run(path, RunSpec(**plan), **args)
 
 
 def test_run_layout_and_load(tmp_path: Path) -> None:
@@ -113,7 +119,7 @@ def test_existing_run_needs_resume_and_matching_settings(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="n: the run has 200"):
         _certify(tmp_path / "run", n=300, resume=True)
     with pytest.raises(ValueError, match="sigma"):
-        _certify(tmp_path / "run", resume=True, metadata={"sigma": 0.25})
+        _certify(tmp_path / "run", resume=True, sigma=0.25)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
@@ -253,3 +259,40 @@ def test_torchrun_two_gloo_processes_give_identical_counts(tmp_path_factory, tmp
     assert_same_counts(reference, out)
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["complete"] and meta["world_size"] == 2
+
+
+def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
+    # The identity fields of runs written before settings became values, in their order.
+    assert runs.IDENTITY_FIELDS == (
+        "format_version", "checkpoint_sha256", "denoiser_sha256", "arch", "dataset", "dataset_options", "split",
+        "dataset_size", "image_size", "num_classes", "sigma", "clamp", "n", "sample_sizes", "seed", "max_k_prime",
+        "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule",
+    )
+    old = {"n": 200, "max_k_prime": 3, "seed": 1, "num_inputs": 12, "chunk_size": 5, "sigma": 0.5,
+           "sample_sizes": [100, 200], "format_version": 1}  # written before sampling modes were recorded
+    spec = RunSpec.from_dict(old)
+    assert (spec.precision, spec.channels_last, spec.compile) == ("fp32", False, False)
+    assert spec.identity()["sample_sizes"] == [100, 200] and spec.stop_rule is None
+    assert spec.digest() == RunSpec.from_dict({**old, "precision": "fp32"}).digest()
+    assert spec.digest() != RunSpec.from_dict({**old, "sigma": 0.25}).digest()
+    rule = {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001}
+    sequential = RunSpec(n=1000, max_k_prime=2, stop_rule=rule)
+    assert sequential.stop_rule == StopRule(0.25, 2, 1, 0.001, "remaining") and sequential.sequential
+    assert sequential.metadata()["stop_rule"] == {**rule, "futility": "remaining"}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"n": 0}, "n must be"), ({"chunk_size": 0}, "chunk_size"), ({"batch_size": 0}, "batch_size"),
+    ({"max_k_prime": 0}, "max_k_prime"), ({"stop_rule": {"radius": -1, "k": 1, "k_prime": 1, "alpha": 0.01}},
+                                          "stop_at_radius"),
+    ({"stop_rule": {"radius": 0.5, "k": 1, "k_prime": 1, "alpha": 2}}, "alpha"),
+    ({"stop_rule": {"radius": 0.5, "k": 1, "k_prime": 4, "alpha": 0.01}}, "k_prime must be <= max_k_prime"),
+    ({"stop_rule": {"radius": 0.5, "k": 1, "k_prime": 2, "alpha": 0.01}}, "the sampler.s k_prime"),
+    ({"stop_rule": {"radius": 0.5, "k": 1}}, "missing alpha, k_prime"),
+    ({"stop_rule": {"radius": 0.5, "k": 1, "k_prime": 1, "alpha": 0.01, "futility": "never"}}, "futility"),
+])
+def test_a_bad_run_spec_is_refused_naming_the_setting_before_any_file(tmp_path: Path, changes: dict,
+                                                                      message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _certify(tmp_path / "run", **changes)
+    assert not (tmp_path / "run").exists()

@@ -1,7 +1,7 @@
 """Sequential certification: nested counts, anytime-valid bounds, the stopping rule and its validity.
 
 The statistical tests simulate the whole sequential procedure (the real stopping rule of
-:func:`multiguard.certify.sequential_stopping_rule`, looking at the real schedule) on base classifiers of known
+:func:`multiguard.sequential.sequential_stopping_rule`, looking at the real schedule) on base classifiers of known
 label probabilities: a multinomial over labels for k' = 1 and a known law over top-k' sets for k' > 1. The
 target radius sits exactly at the radius the true probabilities certify, so the rule stops an input precisely
 when its bounds look better than the truth: the setting in which reusing fixed-n bounds at every look fails,
@@ -34,22 +34,24 @@ from scipy import stats
 
 from multiguard import certify as cert
 from multiguard import report, runs
+from multiguard import sequential as seq
 from multiguard.engine import SamplingEngine
+from multiguard.runspec import RunSpec, StopRule
 from multiguard.smoothing import MultiGuard
 
 # ------------------------------------------------------------------------------------------ schedules
 
 
 def test_sample_size_schedule_is_a_1_2_5_series_ending_at_n() -> None:
-    assert cert.sample_size_schedule(1000).tolist() == [100, 200, 500, 1000]
-    assert cert.sample_size_schedule(10_000).tolist() == [100, 200, 500, 1000, 2000, 5000, 10_000]
-    assert cert.sample_size_schedule(3000).tolist() == [100, 200, 500, 1000, 2000, 3000]
-    assert cert.sample_size_schedule(150).tolist() == [100, 150]
-    assert cert.sample_size_schedule(100).tolist() == [100]
-    assert cert.sample_size_schedule(60).tolist() == [60]
-    assert cert.sample_size_schedule(50, first=10).tolist() == [10, 20, 50]
+    assert seq.sample_size_schedule(1000).tolist() == [100, 200, 500, 1000]
+    assert seq.sample_size_schedule(10_000).tolist() == [100, 200, 500, 1000, 2000, 5000, 10_000]
+    assert seq.sample_size_schedule(3000).tolist() == [100, 200, 500, 1000, 2000, 3000]
+    assert seq.sample_size_schedule(150).tolist() == [100, 150]
+    assert seq.sample_size_schedule(100).tolist() == [100]
+    assert seq.sample_size_schedule(60).tolist() == [60]
+    assert seq.sample_size_schedule(50, first=10).tolist() == [10, 20, 50]
     with pytest.raises(ValueError, match="n must be"):
-        cert.sample_size_schedule(0)
+        seq.sample_size_schedule(0)
 
 
 # ------------------------------------------------------------------------------------- anytime bounds
@@ -60,7 +62,7 @@ def test_anytime_bounds_are_clopper_pearson_at_alpha_over_c_times_the_number_of_
     counts = np.array([[0, 37, 100, 63], [200, 1, 0, 199]])
     n = np.array([100, 200])
     alpha = 0.01
-    lower, upper = cert.anytime_label_probability_bounds(counts, n, alpha, looks)
+    lower, upper = seq.anytime_label_probability_bounds(counts, n, alpha, looks)
     level = alpha / (4 * 4)  # c = 4 labels, J = 4 looks
     for row in range(2):
         size = n[row]
@@ -71,7 +73,7 @@ def test_anytime_bounds_are_clopper_pearson_at_alpha_over_c_times_the_number_of_
             assert upper[row, label] == pytest.approx(expect_up, rel=1e-12)
     # One look is the fixed-n procedure: the bounds of label_probability_bounds, exactly.
     fixed = cert.label_probability_bounds(counts[0], 100, alpha)
-    single = cert.anytime_label_probability_bounds(counts[0], 100, alpha, [100])
+    single = seq.anytime_label_probability_bounds(counts[0], 100, alpha, [100])
     np.testing.assert_array_equal(single[0], fixed[0])
     np.testing.assert_array_equal(single[1], fixed[1])
 
@@ -89,7 +91,7 @@ def test_anytime_bounds_are_clopper_pearson_at_alpha_over_c_times_the_number_of_
 )
 def test_anytime_bounds_reject_bad_input(counts: object, n: object, looks: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        cert.anytime_label_probability_bounds(counts, n, 0.01, looks)
+        seq.anytime_label_probability_bounds(counts, n, 0.01, looks)
 
 
 # -------------------------------------------------------------------------------------- stopping rule
@@ -111,7 +113,7 @@ def test_the_rule_stops_settled_and_hopeless_inputs_and_continues_the_others() -
     labels = np.array([[True, False, False]] * 3)
     counts = np.array([[100, 0, 0], [50, 50, 0], [70, 30, 0]])  # certain / a coin flip / promising
     options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
-    decision = cert.sequential_stopping_rule(counts, 100, labels, **options)
+    decision = seq.sequential_stopping_rule(counts, 100, labels, **options)
     # Row 0 certifies e = 1 = min(|L|, k) at once. Rows 1 and 2 certify nothing yet, and would if the 900
     # samples still allowed all went to label 0 (50 + 900 of 1000): they go on.
     assert decision.settled.tolist() == [True, False, False]
@@ -119,10 +121,10 @@ def test_the_rule_stops_settled_and_hopeless_inputs_and_continues_the_others() -
     assert decision.stop.tolist() == [True, False, False]
     assert decision.best_possible.tolist() == [1, 1, 1]
     # At the last look but one, 200 of 500 can no longer reach the radius (700 of 1000 at best): it gives up.
-    late = cert.sequential_stopping_rule(np.array([[200, 300, 0]]), 500, labels[:1], **options)
+    late = seq.sequential_stopping_rule(np.array([[200, 300, 0]]), 500, labels[:1], **options)
     assert late.stop.tolist() == [True] and late.best_possible.tolist() == [0]
     # The last look always stops.
-    last = cert.sequential_stopping_rule(np.array([[700, 300, 0]]), 1000, labels[:1], **options)
+    last = seq.sequential_stopping_rule(np.array([[700, 300, 0]]), 1000, labels[:1], **options)
     assert last.stop.tolist() == [True] and not last.settled[0]
 
 
@@ -139,7 +141,7 @@ def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int)
     sizes = []
     best = []
     for j, size in enumerate(looks):
-        decision = cert.sequential_stopping_rule(nested[:, j], int(size), labels, looks=looks, **options)
+        decision = seq.sequential_stopping_rule(nested[:, j], int(size), labels, looks=looks, **options)
         sizes.append(decision.intersection_size)
         best.append(decision.best_possible)
     sizes_arr, best_arr = np.stack(sizes, axis=1), np.stack(best, axis=1)
@@ -150,26 +152,68 @@ def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int)
 
 def test_the_plausible_and_projected_futility_rules_stop_sooner() -> None:
     rng = np.random.default_rng(21)
-    c, trials, looks = 4, 2000, cert.sample_size_schedule(10_000)
+    c, trials, looks = 4, 2000, seq.sample_size_schedule(10_000)
     weights = rng.dirichlet(np.full(c, 0.5), size=trials)
     nested = np.stack([simulate_nested_counts(rng, w, np.eye(c, dtype=np.int64), looks, 1)[0] for w in weights])
     labels = np.zeros((trials, c), dtype=bool)
     labels[np.arange(trials), np.argmax(weights, axis=1)] = True  # L = the most likely label: often certified
     options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
-    remaining = cert.sequential_certification(nested, labels, futility="remaining", **options)
-    plausible = cert.sequential_certification(nested, labels, futility="plausible", **options)
+    remaining = seq.sequential_certification(nested, labels, futility="remaining", **options)
+    plausible = seq.sequential_certification(nested, labels, futility="plausible", **options)
     assert (plausible.samples <= remaining.samples).all()
     assert plausible.samples.mean() < 0.7 * remaining.samples.mean()
     certified = (cert.intersection_size_from_radii(remaining.radii, 0.25) > 0).mean()
     certified_plausible = (cert.intersection_size_from_radii(plausible.radii, 0.25) > 0).mean()
     assert certified_plausible <= certified and certified_plausible > certified - 0.03
-    projected = cert.sequential_certification(nested, labels, futility="projected", **options)
+    projected = seq.sequential_certification(nested, labels, futility="projected", **options)
     assert projected.samples.mean() < plausible.samples.mean()
     from multiguard.cli import FUTILITY_CHOICES
 
-    assert FUTILITY_CHOICES == cert.FUTILITY_RULES  # the command line offers every rule
+    assert FUTILITY_CHOICES == seq.FUTILITY_RULES.names()  # the command line offers every rule
     with pytest.raises(ValueError, match="futility must be one of"):
-        cert.sequential_stopping_rule(nested[:2, 0], 100, labels[:2], futility="never", **options)
+        seq.sequential_stopping_rule(nested[:2, 0], 100, labels[:2], futility="never", **options)
+
+
+def test_a_registered_futility_rule_is_used_by_the_rule_the_stop_rule_and_the_sampler() -> None:
+    """One registration makes a futility rule a choice everywhere: the stopping rule calls it, a StopRule
+    accepts it, MultiGuard samples with it (and the command line lists FUTILITY_RULES' names)."""
+    rng = np.random.default_rng(5)
+    looks = seq.sample_size_schedule(1000)
+    weights = rng.dirichlet(np.full(3, 0.5), size=40)
+    nested = np.stack([simulate_nested_counts(rng, w, np.eye(3, dtype=np.int64), looks, 1)[0] for w in weights])
+    labels = np.zeros((40, 3), dtype=bool)
+    labels[np.arange(40), np.argmax(weights, axis=1)] = True
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    calls = []
+
+    def hopeless(counts, n, lower, upper, remaining):  # noqa: ANN001, ANN202 - the rule's documented arguments
+        """no later sample helps: give up at once"""
+        calls.append(counts.shape)
+        return np.zeros_like(remaining), 0
+
+    seq.FUTILITY_RULES.register("test-hopeless", hopeless)
+    seq.FUTILITY_RULES.register("test-remaining", seq.FUTILITY_RULES.get("remaining"))
+    try:
+        assert StopRule(radius=0.25, k=1, k_prime=1, alpha=0.001, futility="test-hopeless").futility == "test-hopeless"
+        result = seq.sequential_certification(nested, labels, futility="test-hopeless", **options)
+        assert calls and (result.samples == looks[0]).all()  # every input stopped at the first look
+        control = seq.sequential_certification(nested, labels, futility="remaining", **options)
+        assert (control.samples > looks[0]).any()  # the control goes on: the new rule made the difference
+        same = seq.sequential_certification(nested, labels, futility="test-remaining", **options)
+        np.testing.assert_array_equal(same.samples, control.samples)
+        model, _, _ = vector_problem(1, seed=0)
+        guard = MultiGuard(model, 6, sigma=0.25)
+        x = VectorData().x[:3]
+        mask = np.zeros((3, 6), dtype=bool)
+        mask[:, 0] = True
+        certificate = guard.certify(x, mask, n=1000, alpha=0.001, k=2, stop_at_radius=0.1, futility="test-hopeless",
+                                    check_range=False)
+        assert (certificate.samples == 100).all()
+    finally:
+        seq.FUTILITY_RULES.unregister("test-hopeless")
+        seq.FUTILITY_RULES.unregister("test-remaining")
+    with pytest.raises(ValueError, match="futility must be one of"):
+        StopRule(radius=0.25, k=1, k_prime=1, alpha=0.001, futility="test-hopeless")
 
 
 # ----------------------------------------------------------------------------- validity under stopping
@@ -177,14 +221,14 @@ def test_the_plausible_and_projected_futility_rules_stop_sooner() -> None:
 # (law over top-k' sets, sets, L, k, looks, alpha): the looks are the real 1-2-5 schedule, and a dense one.
 CASES = {
     "k'=1, 1-2-5 looks to 10000": (
-        np.array([0.75, 0.25]), np.eye(2, dtype=np.int64), [0], 1, cert.sample_size_schedule(10_000), 0.1,
+        np.array([0.75, 0.25]), np.eye(2, dtype=np.int64), [0], 1, seq.sample_size_schedule(10_000), 0.1,
     ),
     "k'=1, 20 looks every 100 samples": (
         np.array([0.75, 0.25]), np.eye(2, dtype=np.int64), [0], 1, np.arange(100, 2001, 100), 0.04,
     ),
     "k'=2, 1-2-5 looks to 10000": (
         np.array([0.6, 0.3, 0.1]), np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]]), [0, 1], 2,
-        cert.sample_size_schedule(10_000), 0.1,
+        seq.sample_size_schedule(10_000), 0.1,
     ),
 }
 
@@ -194,7 +238,7 @@ def allowed(rate: float, trials: int) -> float:
     return stats.binom.ppf(1 - 1e-6, trials, rate) / trials
 
 
-def failure_fraction(result: cert.SequentialCertificate, p: np.ndarray, labels: np.ndarray) -> float:
+def failure_fraction(result: seq.SequentialCertificate, p: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of runs in which a bound read at the stop is wrong: lower_i > p_i (i in L) or upper_j < p_j."""
     wrong = np.where(labels[None, :], result.lower > p[None, :], result.upper < p[None, :])
     return float(wrong.any(axis=1).mean())
@@ -219,9 +263,9 @@ def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds
     masks = np.broadcast_to(labels, (trials, p.size))
     options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius, futility=futility)
 
-    anytime = cert.sequential_certification(nested, masks, alpha=alpha, **options)
+    anytime = seq.sequential_certification(nested, masks, alpha=alpha, **options)
     # Fixed-n bounds at level alpha reused at every look are exactly the anytime bounds at level J * alpha.
-    naive = cert.sequential_certification(nested, masks, alpha=alpha * looks.size, **options)
+    naive = seq.sequential_certification(nested, masks, alpha=alpha * looks.size, **options)
     fails, naive_fails = failure_fraction(anytime, p, labels), failure_fraction(naive, p, labels)
     print(f"\n[sequential] {case}, futility {futility}: alpha={alpha}, R={radius:.4f}, {trials} runs: bounds read "
           f"at the stop fail in "
@@ -239,16 +283,16 @@ def test_sequential_certification_reads_the_counts_of_the_look_it_stops_at() -> 
     nested = simulate_nested_counts(np.random.default_rng(3), weights, sets, looks, 300)
     masks = np.broadcast_to(labels, (300, 3))
     options = dict(alpha=0.001, k=k, k_prime=2, sigma=0.5)
-    result = cert.sequential_certification(nested, masks, looks=looks, radius=0.1, **options)
+    result = seq.sequential_certification(nested, masks, looks=looks, radius=0.1, **options)
     stopped = np.searchsorted(looks, result.samples)
     np.testing.assert_array_equal(result.counts, nested[np.arange(300), stopped])
-    lower, upper = cert.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
     np.testing.assert_array_equal(result.lower, lower)
     np.testing.assert_array_equal(result.radii, cert.certified_radii(lower, upper, masks, k=k, k_prime=2, sigma=0.5))
     # Every input stopped at its first look where the rule said so.
     for j, size in enumerate(looks):
         here = stopped >= j
-        decision = cert.sequential_stopping_rule(nested[here, j], int(size), masks[here], looks=looks,
+        decision = seq.sequential_stopping_rule(nested[here, j], int(size), masks[here], looks=looks,
                                                  radius=0.1, **options)
         np.testing.assert_array_equal(decision.stop, stopped[here] == j)
         np.testing.assert_array_equal(
@@ -277,7 +321,7 @@ def test_nested_counts_equal_separate_fixed_n_runs_with_the_same_seed() -> None:
         model.head.weight.mul_(30)  # spread the scores so that the noise moves the top-k' around
     x = torch.rand(7, 3, 8, 8)
     engine = SamplingEngine(model, 6, 0.5, clamp=None, device=torch.device("cpu"), dtype=torch.float32)
-    sizes = cert.sample_size_schedule(730)  # [100, 200, 500, 730]: the last one ends inside a noise block
+    sizes = seq.sample_size_schedule(730)  # [100, 200, 500, 730]: the last one ends inside a noise block
     index = np.array([3, 14, 15, 92, 65, 35, 89])
     nested = engine.count_nested(x, sizes, seed=5, index=index, batch_size=256, num_k=2)
     assert nested.shape == (7, 4, 2, 6)
@@ -316,9 +360,9 @@ def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batc
     guard = MultiGuard(model, num_classes=6, sigma=0.25, k_prime=k_prime)
     options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1)
     result = guard.certify(x, labels, batch_size=300, **options)
-    looks = cert.sample_size_schedule(2000)
+    looks = seq.sample_size_schedule(2000)
     nested = guard.engine.count_nested(x, looks, seed=4, num_k=k_prime)[:, :, k_prime - 1]
-    replay = cert.sequential_certification(nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime,
+    replay = seq.sequential_certification(nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime,
                                            sigma=0.25, radius=0.1)
     np.testing.assert_array_equal(result.samples, replay.samples)
     np.testing.assert_array_equal(result.counts, replay.counts)
@@ -344,8 +388,8 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
     result = guard.predict(x, k=2, n=1000, seed=2, stop_at_radius=0.05)
     np.testing.assert_array_equal(result.labels, fixed.labels)  # the same selection samples
     assert result.samples.min() < 1000 and fixed.samples.tolist() == [1000] * 10
-    looks = cert.sample_size_schedule(1000)
-    lower, upper = cert.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    looks = seq.sample_size_schedule(1000)
+    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
     np.testing.assert_array_equal(result.lower, lower)
     np.testing.assert_array_equal(
         result.radii, cert.certified_radii(lower, upper, result.mask, k=2, k_prime=1, sigma=0.25)
@@ -431,10 +475,11 @@ RULE = {"radius": 0.1, "k": 2, "k_prime": 1, "alpha": 0.001}
 
 def certify_vectors(path: Path, **kwargs: object) -> runs.RunResult:
     model, _, _ = vector_problem(1, seed=0)
-    args = dict(sampler=MultiGuard(model, 6, sigma=0.25), dataset=VectorData(), n=1000, max_k_prime=2, seed=3,
-                num_inputs=0, chunk_size=4, metadata={"sigma": 0.25, "arch": "linear", "dataset": "vectors"})
-    args.update(kwargs)
-    return runs.sample_run(path, **args)
+    plan = dict(n=1000, max_k_prime=2, seed=3, num_inputs=0, chunk_size=4, sigma=0.25, arch="linear",
+                dataset="vectors")
+    plan.update({name: kwargs.pop(name) for name in list(kwargs) if name in RunSpec.__dataclass_fields__})
+    args = dict(sampler=MultiGuard(model, 6, sigma=0.25), dataset=VectorData(), **kwargs)
+    return runs.sample_run(path, RunSpec(**plan), **args)
 
 
 def test_a_run_stores_nested_counts_that_equal_runs_with_smaller_n(tmp_path: Path) -> None:
@@ -492,9 +537,9 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     for i in range(14):
         alone = guard.sample_counts(data.x[i : i + 1], int(stored.samples[i]), seed=3, index=[i], max_k_prime=2)
         np.testing.assert_array_equal(stored.counts[i], alone[0])
-    replay = cert.sequential_certification(
-        guard.sample_nested_counts(data.x, cert.sample_size_schedule(1000), seed=3)[:, :, 0], stored.labels,
-        looks=cert.sample_size_schedule(1000), alpha=0.001, k=2, k_prime=1, sigma=0.25, radius=0.1,
+    replay = seq.sequential_certification(
+        guard.sample_nested_counts(data.x, seq.sample_size_schedule(1000), seed=3)[:, :, 0], stored.labels,
+        looks=seq.sample_size_schedule(1000), alpha=0.001, k=2, k_prime=1, sigma=0.25, radius=0.1,
     )
     np.testing.assert_array_equal(replay.samples, stored.samples)
 
@@ -520,9 +565,9 @@ def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: P
     stored = runs.load_run(tmp_path / "seq")
     result = report.make_report([stored], tmp_path / "rep", k=[2], k_prime=[1, 2], methods=["multiguard"],
                                 radius_grid="0,0.1,0.3")
-    looks = cert.sample_size_schedule(1000)
+    looks = seq.sample_size_schedule(1000)
     for curve in result.curves:
-        lower, upper = cert.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
+        lower, upper = seq.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
                                                              looks)
         sizes = cert.certified_intersection_size(lower, upper, stored.labels, k=2, k_prime=curve.k_prime, sigma=0.25,
                                                  radius=curve.radius)

@@ -226,7 +226,7 @@ def test_channels_last_and_dtype_keep_the_noise() -> None:
     counts = guard.sample_counts(np.zeros((1, 4), dtype=np.float32), n=50, progress=True)
     assert guard.dtype == torch.float64 and double.batches[0].dtype == torch.float64
     assert counts.sum() == 50
-    bf16 = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, k_prime=2, autocast_dtype=torch.bfloat16)
+    bf16 = MultiGuard(torch.nn.Linear(4, 3), num_classes=3, sigma=0.5, k_prime=2, precision="bf16")
     np.testing.assert_array_equal(bf16.sample_counts(np.zeros((2, 4)), n=60).sum(axis=1), [120, 120])
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import subprocess
+import sys
+
 import pytest
 import torch
 from PIL import Image
 
 from multiguard import __version__
+from multiguard.denoise_train import train_denoiser
+from multiguard.denoisers import load_denoiser
 from multiguard.models import create_model
+from multiguard.settings import add_arguments, from_namespace
 from multiguard.train import evaluate_map, load_checkpoint, mean_average_precision, train
+from multiguard.train_settings import TRAINING_OBJECTIVES, DenoiserTrainSettings, TrainSettings
 
 QUICK = {"train_size": 256, "test_size": 96, "batch_size": 32, "progress": False, "sigma": 0.25,
          "num_threads": 1}
@@ -145,3 +154,165 @@ def test_mean_average_precision_macro_over_classes_with_positives():
     per_class = [average_precision_score(labels[:, j], scores[:, j]) for j in (0, 1)]  # class 2: no positive
     expected = sum(per_class) / 2
     assert mean_average_precision(labels, scores) == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------- settings, the core's doors, same weights
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the state_dict's names and raw tensor bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# Computed by the code before the shared training core (commit fd85844, `multiguard.train.train` and
+# `multiguard.denoise_train.train_denoiser` with these arguments, one thread on this project's CPU machine): the
+# restructured trainers must reproduce them bit for bit.
+PINNED_CLASSIFIER = "1222e7c2d0492481b71bfd08e3e034cd2fca205c920218d3579c80b0ecf00213"
+PINNED_CLASSIFIER_LOSSES = [1.9056313931941986, 1.741494357585907]
+PINNED_DENOISER = "868a440c5a03226973a569d87be012354bd67aa8d9de9d795839076651db99e0"
+PINNED_STABILITY = "fc018ddbde7e4b7d3d33d3438efd308d4ca3a37fbe967035aaaa5a08663a3d44"
+PIN = {"train_size": 128, "test_size": 32, "batch_size": 32, "progress": False, "num_threads": 1}
+
+
+def test_trained_weights_for_a_seed_are_those_of_the_code_before_the_training_core(tmp_path):
+    settings = TrainSettings(epochs=2, seed=5, sigma=0.25, train_size=128, test_size=32, batch_size=32, num_threads=1)
+    model, meta = train(settings, out=tmp_path / "c.pt", progress=False)
+    assert weights_sha256(model) == PINNED_CLASSIFIER
+    assert [m["train_loss"] for m in meta["metrics"]] == PINNED_CLASSIFIER_LOSSES
+    keyword, _ = train("multidigits", epochs=2, seed=5, sigma=0.25, **PIN)  # the keyword form: the same run
+    assert weights_sha256(keyword) == PINNED_CLASSIFIER
+
+    denoiser = {"sigma": 0.5, "arch": "dncnn", "arch_options": {"width": 4, "depth": 3}, "seed": 5, "lr": 3e-3}
+    mse, _ = train_denoiser(DenoiserTrainSettings(epochs=2, **denoiser, **{k: v for k, v in PIN.items()
+                                                                          if k != "progress"}), progress=False)
+    assert weights_sha256(mse) == PINNED_DENOISER
+    stability, _ = train_denoiser(epochs=1, objective="stability", classifier=tmp_path / "c.pt",
+                                  **denoiser, **{**PIN, "train_size": 64})
+    assert weights_sha256(stability) == PINNED_STABILITY
+
+
+# The options of `multiguard train` and `train-denoiser` as the parser written out by hand had them (before the
+# command line was built from the settings' fields), less the ones every command has.
+TRAIN_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "--clamp", "--seed", "--image-size",
+               "--train-size", "--test-size", "--train-split", "--test-split", "--dataset-option", "--arch", "--sigma",
+               "--loss", "--pretrained", "--mean", "--std", "--threads", "--num-workers"}
+DENOISER_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr", "--clamp", "--seed", "--image-size",
+                  "--train-size", "--test-size", "--train-split", "--test-split", "--dataset-option", "--sigma",
+                  "--arch", "--arch-option", "--objective", "--classifier", "--pretrained"}
+COMMON_FLAGS = {"-h", "--device", "--resume", "--overwrite", "--quiet", "--out", "--debug"}
+
+
+def test_the_training_commands_offer_every_setting_and_only_those():
+    """`multiguard train` and `train-denoiser` are built from the settings' fields: the same options as the
+    hand-written parser had, each parsed into the settings value with the field's default."""
+    from multiguard.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command, cls, expected in (("train", TrainSettings, TRAIN_FLAGS),
+                                   ("train-denoiser", DenoiserTrainSettings, DENOISER_FLAGS)):
+        parser = commands[command]
+        flags = {a.option_strings[0] for a in parser._actions if a.option_strings}
+        assert flags == expected | COMMON_FLAGS, command
+        args = parser.parse_args(["--sigma", "0.25", "--out", "x.pt"])
+        settings = from_namespace(cls, args)
+        assert settings.sigma == 0.25 and settings.seed == 0 and settings.dataset_options == {}, command
+    train_help = commands["train"].format_help()
+    assert "(default: small_cnn)" in train_help and "--threads" in train_help
+
+
+def test_settings_from_the_command_line_parse_key_value_options_and_check_every_field():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DenoiserTrainSettings)
+    args = parser.parse_args(["--sigma", "0.25", "--arch-option", "width=8", "--dataset-option", "digits=3",
+                              "--objective", "mse"])
+    settings = from_namespace(DenoiserTrainSettings, args)
+    assert settings.arch_options == {"width": 8} and settings.dataset_options == {"digits": 3}
+    assert settings.identity_fields() == ("dataset", "sigma", "arch", "arch_options", "objective", "batch_size", "lr",
+                                          "clamp", "seed")
+    assert TrainSettings.resume_fields() == ("dataset", "arch", "sigma", "batch_size", "lr", "loss", "clamp", "seed",
+                                             "objective")
+    with pytest.raises(ValueError, match=r"^dataset-option must look like KEY=VALUE, got 'digits'$"):
+        DenoiserTrainSettings(sigma=0.5, dataset_options=["digits"])
+    with pytest.raises(ValueError, match=r"^num_threads must be an integer >= 1, got 0$"):
+        TrainSettings(num_threads=0)
+    with pytest.raises(ValueError, match=r"^objective must be one of 'gaussian', got 'mse'$"):
+        TrainSettings(objective="mse")  # a denoiser objective: not one that trains classifiers
+
+
+def test_the_settings_module_imports_without_torch():
+    script = (
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+        "            raise ImportError(name + ' blocked')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+        "from multiguard.train_settings import TRAINING_OBJECTIVES, TrainSettings\n"
+        "assert TrainSettings(epochs=2).epochs == 2 and 'gaussian' in TRAINING_OBJECTIVES\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_registered_training_objective_is_usable_by_name(tmp_path):
+    """One registration makes an objective usable by `objective=` (classifiers and denoisers), recorded and
+    resumed like the built-in ones."""
+    from multiguard.objectives import mse
+    from multiguard.training import add_noise
+
+    def clean_then_noisy(context):  # the loss on the clean batch plus the loss on the noisy batch
+        def step(model, images, labels, noise):
+            logits = model(add_noise(images, context.sigma, context.clamp, noise))
+            return context.criterion(model(images), labels) + context.criterion(logits, labels), logits
+        return step
+
+    def l1(context):
+        def step(model, images, labels, noise):
+            restored = model(add_noise(images, context.sigma, context.clamp, noise))
+            return (restored - images).abs().mean(), restored
+        return step
+
+    TRAINING_OBJECTIVES.register("clean-and-noisy", clean_then_noisy, trains="classifier", help="test")
+    TRAINING_OBJECTIVES.register("l1", l1, trains="denoiser", help="test")
+    try:
+        gaussian_model, _ = train("multidigits", epochs=1, seed=3, **QUICK)
+        model, meta = train("multidigits", epochs=1, seed=3, objective="clean-and-noisy", **QUICK)
+        assert not weights_equal(model, gaussian_model) and meta["metrics"][0]["train_loss"] > 0
+        options = {"sigma": 0.5, "arch_options": {"width": 4, "depth": 3}, "seed": 1, **PIN}
+        denoiser, dmeta = train_denoiser(objective="l1", epochs=1, out=tmp_path / "l1.pt", **options)
+        assert dmeta["objective"] == "l1" and load_denoiser(tmp_path / "l1.pt")[1]["objective"] == "l1"
+        reference, _ = train_denoiser(objective="mse", epochs=1, **options)
+        assert not weights_equal(denoiser, reference)
+        with pytest.raises(ValueError, match=r"resume: .*l1\.pt was trained with other settings \(objective: saved"):
+            train_denoiser(objective="mse", epochs=2, out=tmp_path / "l1.pt", resume=True, **options)
+        assert mse is TRAINING_OBJECTIVES.get("mse")
+    finally:
+        TRAINING_OBJECTIVES.unregister("clean-and-noisy")
+        TRAINING_OBJECTIVES.unregister("l1")
+    with pytest.raises(ValueError, match=r"objective must be one of 'mse', 'stability', got 'l1'"):
+        train_denoiser(objective="l1", **options)
+
+
+def test_a_checkpoint_written_before_the_training_core_resumes_and_has_the_same_keys(tmp_path):
+    """tests/data/old_run/model.pt was written by the code before the settings values (see its README): a
+    checkpoint written today has the same keys and metadata keys, and the old one resumes exactly."""
+    import shutil
+    from pathlib import Path
+
+    old = Path(__file__).parent / "data" / "old_run" / "model.pt"
+    shutil.copyfile(old, tmp_path / "model.pt")
+    options = {"train_size": 200, "test_size": 50, "num_threads": 1, "progress": False}
+    lines: list[str] = []
+    resumed, meta = train(epochs=2, out=tmp_path / "model.pt", resume=True, log=lines.append, **options)
+    assert lines[0] == f"resuming {tmp_path / 'model.pt'} after epoch 1 of 2"
+    fresh, fresh_meta = train(epochs=2, out=tmp_path / "fresh.pt", **options)
+    assert weights_equal(resumed, fresh)
+    saved_old, saved_new = torch.load(old, weights_only=True), torch.load(tmp_path / "fresh.pt", weights_only=True)
+    assert saved_old.keys() == saved_new.keys()
+    assert list(saved_old["meta"]) == list(saved_new["meta"])  # the same keys, in the same order
+    assert saved_old["meta"]["metrics"][0].keys() == saved_new["meta"]["metrics"][0].keys()

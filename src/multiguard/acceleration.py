@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from .modes import AUTO_HELP, PRECISIONS, describe_mode
+from .modes import AUTO_HELP, PRECISION_MODES, describe_mode, resolved_precisions
 from .validation import check_bool, check_choice, invalid
 
 __all__ = [
     "AUTO_HELP",
-    "PRECISIONS",
+    "PRECISION_MODES",
     "CompiledModel",
     "SamplingMode",
     "auto_precision",
@@ -47,7 +47,18 @@ __all__ = [
 
 logger = logging.getLogger("multiguard")
 
-_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def __getattr__(name: str) -> object:
+    if name == "PRECISIONS":  # the registry's names at each use (a registered mode is a choice too)
+        return PRECISION_MODES.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a resolved precision mode (its registry entry names it)."""
+    name = PRECISION_MODES.entry(precision).info.get("autocast_dtype")
+    return None if name is None else getattr(torch, name)
 
 # /proc/cpuinfo flags of native bf16 arithmetic (x86): AVX512-BF16 dot products, AMX-BF16 tiles.
 _CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -111,14 +122,14 @@ class SamplingMode:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.precision, "precision", tuple(_AUTOCAST_DTYPES))
+        check_choice(self.precision, "precision", resolved_precisions())
         check_bool(self.channels_last, "channels_last")
         check_bool(self.compile, "compile")
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """The ``torch.autocast`` dtype of the forward, or ``None`` for fp32 (no autocast)."""
-        return _AUTOCAST_DTYPES[self.precision]
+        return _autocast_dtype(self.precision)
 
     def describe(self) -> str:
         """One short phrase, e.g. ``"bf16 + channels_last + compile"`` or ``"fp32"``."""
@@ -131,8 +142,8 @@ class SamplingMode:
 
 def precision_of_autocast_dtype(dtype: torch.dtype | None) -> str:
     """``"fp32"`` for ``None``, ``"bf16"`` / ``"fp16"`` for ``torch.bfloat16`` / ``torch.float16``."""
-    for name, autocast_dtype in _AUTOCAST_DTYPES.items():
-        if autocast_dtype == dtype:
+    for name in resolved_precisions():
+        if _autocast_dtype(name) == dtype:
             return name
     raise invalid("autocast_dtype", "None, torch.bfloat16 or torch.float16", dtype)
 
@@ -146,7 +157,8 @@ def resolve_mode(
     """The :class:`SamplingMode` for the arguments a user gives, on ``device``.
 
     Args:
-        precision: one of :data:`PRECISIONS`; ``"auto"`` becomes :func:`auto_precision` ``(device)``.
+        precision: a name of :data:`~multiguard.modes.PRECISION_MODES`; ``"auto"`` becomes
+            :func:`auto_precision` ``(device)``.
         channels_last: ``True``/``False``, or ``None`` for what the precision implies (on with ``auto``
             where auto picks bf16, off otherwise).
         compile: run the model through ``torch.compile`` (:class:`CompiledModel`).
@@ -155,7 +167,7 @@ def resolve_mode(
     Raises:
         ValueError naming ``precision``, ``channels_last`` or ``compile``.
     """
-    check_choice(precision, "precision", PRECISIONS)
+    check_choice(precision, "precision", PRECISION_MODES.names())
     if channels_last is not None:
         check_bool(channels_last, "channels_last")
     check_bool(compile, "compile")

@@ -22,7 +22,7 @@ and of any certification run), the smoothed top-k taken on the counts (ties by l
 Usage::
 
     from multiguard.attack import attack_smoothed
-    from multiguard.pipeline import run_attack
+    from multiguard.attack_run import run_attack
     from multiguard.empirical import load_empirical
 
     result = attack_smoothed(model, x, labels, radius=0.5, k=3, k_prime=1, sigma=0.5, n=1000)
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from . import certify as _certify
+from .deprecation import deprecated_names
 from .empirical import EMPIRICAL_COLUMNS, EmpiricalCurves, load_empirical
 from .engine import as_batch, as_index, eval_mode
 from .seeds import STREAM_ATTACK, attack_evaluation_seed, noise_seed
@@ -53,12 +54,14 @@ __all__ = [
     "AttackResult",
     "EmpiricalCurves",
     "attack_smoothed",
-    "evaluation_seed",
     "load_empirical",
     "smoothed_top_k",
 ]
 
-evaluation_seed = attack_evaluation_seed  # the name this module has always exported
+# Retired names: they warn (DeprecationWarning naming the new name) and still work for a release.
+__getattr__ = deprecated_names(__name__, {
+    "evaluation_seed": ("multiguard.seeds.attack_evaluation_seed", lambda: attack_evaluation_seed),
+})
 
 
 def _intersection(top: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -214,7 +217,7 @@ def attack_smoothed(
         steps: PGD steps; samples: noisy copies per input and step in the surrogate's Monte Carlo mean.
         n: fresh samples per input that measure the attacked point (use the certification's n).
         seed: seeds the attack's noise (stream of its own, per ``(seed, index, step)``); the measurement uses
-            :func:`evaluation_seed` ``(seed)`` unless ``eval_seed`` is given.
+            :func:`~multiguard.seeds.attack_evaluation_seed` ``(seed)`` unless ``eval_seed`` is given.
         index: ``(N,)`` non-negative integers naming the inputs (default ``range(N)``): the noise of input i
             depends on ``(seed, index[i])`` only.
         step_size: l2 length of each step (default ``2.5 * radius / steps``); temperature: of the soft top-k'.
@@ -264,7 +267,7 @@ def attack_smoothed(
     if step_size is None:
         step_size = 2.5 * radius / max(steps, 1)
     step_size = check_float(step_size, "step_size", 0.0)
-    eval_seed = evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
+    eval_seed = attack_evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
 
     device_, dtype = smoother.device, smoother.dtype
     x_dev = tensor.to(device=device_, dtype=dtype).contiguous()

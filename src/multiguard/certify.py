@@ -1,4 +1,5 @@
-"""The MultiGuard certificate: label probability bounds, Theorem 1, certified radii, the Jia et al. baseline.
+"""The MultiGuard certificate at a fixed n: label probability bounds, Theorem 1, certified radii, the Jia et al.
+baseline. The sequential procedure built on it (looks, anytime bounds, stopping rule) is :mod:`multiguard.sequential`.
 
 Pure NumPy/SciPy; no torch. Everything is batched: ``counts``, ``lower``, ``upper`` and ``labels`` are
 ``(N, c)`` arrays (a single ``(c,)`` row works too and gives results without the batch axis). ``labels`` is a
@@ -20,31 +21,28 @@ their limits (``Phi(Phi^-1(0) + t) = 0``, ``Phi(Phi^-1(1) - t) = 1``) and nothin
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special, stats
 
-from .validation import check_alpha, check_choice, check_int, check_positive
+from .deprecation import deprecated_names
+from .validation import check_alpha, check_int, check_positive
 
 __all__ = [
-    "FUTILITY_RULES",
     "CertifiedMetrics",
-    "SequentialCertificate",
-    "StoppingDecision",
-    "anytime_label_probability_bounds",
+    "as_label_mask",
     "certified_intersection_size",
     "certified_metrics",
     "certified_radii",
+    "intersection_size_at",
     "intersection_size_from_radii",
     "jia_certified_intersection_size",
     "jia_certified_radii",
     "jia_intersection_size_from_radii",
     "label_probability_bounds",
-    "sample_size_schedule",
-    "sequential_certification",
-    "sequential_stopping_rule",
     "trivial_intersection_size",
 ]
 
@@ -71,8 +69,44 @@ def _as_float_matrix(value: object, name: str) -> tuple[np.ndarray, bool]:
     return np.atleast_2d(array), single
 
 
-def _as_label_mask(labels: object, shape: tuple[int, int]) -> np.ndarray:
+def _index_rows(labels: object, num_inputs: int, num_classes: int) -> list | None:
+    """The rows of ``labels`` if it is a list of label index lists (one per input; one list for one input)."""
+    if not isinstance(labels, (list, tuple)):
+        return None
+    nested = bool(labels) and all(isinstance(row, (list, tuple, set, range, np.ndarray)) for row in labels)
+    rows = list(labels) if nested or num_inputs != 1 else [labels]
+    if len(rows) != num_inputs:
+        return None
+    values = [list(row) for row in rows]
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for row in values for v in row):
+        return None
+    if all(len(row) == num_classes and set(row) <= {0, 1} for row in values):
+        return None  # a 0/1 mask written as lists
+    return values
+
+
+def as_label_mask(labels: object, num_inputs: int, num_classes: int, *, against: str = "x") -> np.ndarray:
+    """``labels`` as a bool ``(N, c)`` mask, the one coercion of label sets: an array (or a tensor: anything
+    with ``.numpy()``) of bools or of 0 and 1, or label index lists (``[[0, 2], [1]]``: one list per input;
+    ``[0, 2]`` for a single input). A list of N rows of length c holding only 0 and 1 is read as a mask, and
+    one ``(c,)`` row as one input's mask. ``against`` names what the shape must match, in messages."""
+    rows = _index_rows(labels, num_inputs, num_classes)
+    if rows is not None:
+        mask = np.zeros((num_inputs, num_classes), dtype=bool)
+        for i, row in enumerate(rows):
+            for j in row:
+                if not 0 <= int(j) < num_classes:
+                    raise ValueError(f"labels must hold class indices in 0..{num_classes - 1}, got {int(j)} for "
+                                     f"input {i}")
+                mask[i, int(j)] = True
+        return mask
+    if hasattr(labels, "detach"):  # a torch tensor (no torch import here)
+        labels = labels.detach().cpu().numpy()  # type: ignore[attr-defined]
     array = np.asarray(labels)
+    if array.ndim == 1 and num_inputs == 1 and array.shape == (num_classes,):
+        array = array[None]  # one input's mask
+    if array.shape != (num_inputs, num_classes):
+        raise ValueError(f"labels has shape {array.shape}, expected ({num_inputs}, {num_classes}) to match {against}")
     if array.dtype != np.bool_:
         if array.dtype.kind not in "biuf":
             raise ValueError(f"labels must be a boolean mask, got dtype {array.dtype}")
@@ -81,10 +115,11 @@ def _as_label_mask(labels: object, shape: tuple[int, int]) -> np.ndarray:
         if not np.isin(array, (0, 1)).all():
             raise ValueError("labels must be a boolean mask (only 0/1 or True/False values)")
         array = array.astype(bool)
-    array = np.atleast_2d(array)
-    if array.shape != shape:
-        raise ValueError(f"labels has shape {array.shape}, expected {shape} to match the bounds")
     return array
+
+
+def _as_label_mask(labels: object, shape: tuple[int, int], against: str = "the bounds") -> np.ndarray:
+    return as_label_mask(labels, shape[0], shape[1], against=against)
 
 
 def _check_probabilities(array: np.ndarray, name: str) -> None:
@@ -498,117 +533,15 @@ def certified_metrics(sizes: object, labels: object, k: int) -> CertifiedMetrics
     )
 
 
-# ------------------------------------------------------------------------------ sequential certification
+# ------------------------------------------------------------------------------- one radius, no search
 
 
-def sample_size_schedule(n: int, first: int = 100) -> np.ndarray:
-    """The nested sample sizes at which counts are stored and sequential certification looks: a 1-2-5 series.
-
-    Returns int64 ``(J,)``: ``first, 2 first, 5 first, 10 first, 20 first, ...`` while below ``n``, then ``n``
-    itself (so ``sample_size_schedule(1000) = [100, 200, 500, 1000]`` and ``sample_size_schedule(3000) =
-    [100, 200, 500, 1000, 2000, 3000]``; ``[n]`` when ``n <= first``). The default ``first`` is the noise
-    block (:data:`multiguard.seeds.NOISE_BLOCK`), so every look but the last ends on a block boundary.
-    """
-    n = check_int(n, "n", 1)
-    first = check_int(first, "first", 1)
-    sizes: list[int] = []
-    scale = first
-    while True:
-        for step in (1, 2, 5):
-            if step * scale >= n:
-                return np.array([*sizes, n], dtype=np.int64)
-            sizes.append(step * scale)
-        scale *= 10
-
-
-def _as_looks(looks: object) -> np.ndarray:
-    array = np.asarray(looks)
-    if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu" or (array < 1).any():
-        raise ValueError(f"looks must be a non-empty 1-D array of positive sample sizes, got {looks!r}")
-    if (np.diff(array) <= 0).any():
-        raise ValueError(f"looks must be strictly increasing, got {array.tolist()}")
-    return array.astype(np.int64)
-
-
-def _as_row_sizes(n: object, num_rows: int, looks: np.ndarray) -> np.ndarray:
-    """``n`` (a scalar or one per row) as int64 ``(N,)``, each a look of the schedule."""
-    array = np.asarray(n)
-    if array.dtype.kind not in "iu" or array.ndim > 1 or (array.ndim == 1 and array.shape[0] != num_rows):
-        raise ValueError(f"n must be an integer or ({num_rows},) integers, got {n!r}")
-    array = np.broadcast_to(array.astype(np.int64), (num_rows,))
-    if not np.isin(array, looks).all():
-        raise ValueError(f"n must be one of the looks {looks.tolist()}, got {np.unique(array).tolist()}")
-    return array
-
-
-def anytime_label_probability_bounds(
-    counts: object, n: object, alpha: float, looks: object
-) -> tuple[np.ndarray, np.ndarray]:
-    """Label probability bounds valid at every look of a fixed schedule, so under any data-dependent stopping.
-
-    ``counts[..., i]`` counts the first ``n`` samples whose top-k' contains label i, where ``n`` (a scalar, or
-    one per row of an ``(N, c)`` array) is one of the sample sizes of ``looks`` (e.g.
-    :func:`sample_size_schedule`): the J sizes at which a sequential procedure may look and stop. Returns
-    ``(lower, upper)`` float64 arrays shaped like ``counts``: the one-sided Clopper-Pearson bounds of
-    :func:`label_probability_bounds` at level ``alpha / (c J)`` each instead of ``alpha / c``.
-
-    Guarantee: fix a label set L before sampling. With probability at least ``1 - alpha`` over the samples, at
-    every look of the schedule at once, ``lower_i <= p_i`` for every i in L and ``upper_j >= p_j`` for every j
-    outside L. Hence the bounds read at a stopping time tau (any rule that decides from the samples seen so
-    far, or anything else, to stop at a look) hold with probability at least ``1 - alpha``, and so does every
-    certificate computed from them, at every radius.
-
-    Proof: at a fixed look n_j, each of the c bounds a certificate reads is a one-sided Clopper-Pearson bound
-    on a Binomial(n_j, p_i) count at level ``alpha / (c J)``, so it fails with probability at most
-    ``alpha / (c J)``. The event that some bound read at tau fails lies in the union, over the J looks and
-    the c labels, of the events that that bound fails at that look; by the union bound its probability is at
-    most ``J c alpha / (c J) = alpha``.
-
-    Why a union over a fixed schedule and not a confidence sequence valid at every n: at the sizes that
-    matter here (J of about 4-8 looks, ``alpha / c`` of 1e-4), the beta-binomial mixture confidence sequence
-    (Robbins' method of mixtures with Ville's inequality, Beta(1/2, 1/2) or uniform mixing) gives a lower bound
-    below this one for every count (for example with all of 1000 samples in the top-k', 0.9869 against
-    0.9889; with 900 of 1000, 0.8451 against 0.8550), because it pays for looking after every sample.
-    """
-    lows = _as_looks(looks)
-    if np.asarray(counts).dtype.kind not in "biuf":
-        raise ValueError(f"counts must be numeric, got dtype {np.asarray(counts).dtype}")
-    array2d, single = _as_float_matrix(counts, "counts")
-    sizes = _as_row_sizes(n, array2d.shape[0], lows)
-    alpha = check_alpha(alpha)
-    # Each distinct count is evaluated once: a look of N inputs holds at most n + 1 distinct counts, and the
-    # Beta quantile is the whole cost.
-    lower = np.zeros(array2d.shape)
-    upper = np.ones(array2d.shape)
-    level = alpha / (array2d.shape[1] * lows.size)
-    for size in np.unique(sizes):
-        rows = sizes == size
-        values, inverse = np.unique(array2d[rows], return_inverse=True)
-        if (values != np.round(values)).any():
-            raise ValueError("counts must be whole numbers")
-        if values[0] < 0 or values[-1] > size:
-            raise ValueError(f"counts must lie in [0, n] = [0, {size}] for the rows at look n = {size}")
-        lower_values, upper_values = _clopper_pearson(values.astype(np.float64), int(size), level)
-        lower[rows] = lower_values[inverse].reshape(-1, array2d.shape[1])
-        upper[rows] = upper_values[inverse].reshape(-1, array2d.shape[1])
-    return (lower[0], upper[0]) if single else (lower, upper)
-
-
-def _clopper_pearson(counts: np.ndarray, n: int, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided Clopper-Pearson bounds at ``level`` each, for float counts in [0, n] (the formulas of
-    :func:`label_probability_bounds`, with the level given instead of ``alpha / c``)."""
-    positive = counts > 0
-    below_n = counts < n
-    lower = stats.beta.ppf(level, np.where(positive, counts, 1.0), n - counts + 1.0)
-    upper = stats.beta.ppf(1.0 - level, counts + 1.0, np.where(below_n, n - counts, 1.0))
-    return np.where(positive, lower, 0.0), np.where(below_n, upper, 1.0)
-
-
-def _intersection_size_at(
+def intersection_size_at(
     lower: np.ndarray, upper: np.ndarray, labels: np.ndarray, *, k: int, k_prime: int, sigma: float, radius: float,
-    second_terms: bool,
+    second_terms: bool = True,
 ) -> np.ndarray:
-    """e(R) at one radius: Eq. 8 evaluated at ``t = R / sigma`` for every e' (no radius search), int64 ``(N,)``.
+    """e(R) at one radius ``R`` for ``(N, c)`` bounds and a boolean ``(N, c)`` label mask: Eq. 8 evaluated at
+    ``t = R / sigma`` for every e' (no radius search), int64 ``(N,)``.
 
     The condition holds exactly on ``[0, r_e')``, so this is ``max{e' : r_e' > R}``, the value
     :func:`certified_intersection_size` gives up to its bisection (which places r_e' within 1e-16 of the
@@ -633,176 +566,14 @@ def _intersection_size_at(
     return np.where(holds, e[None, :], 0).max(axis=1).astype(np.int64)
 
 
-FUTILITY_RULES = ("remaining", "plausible", "projected")
-"""When :func:`sequential_stopping_rule` gives up on an input: no outcome of the remaining samples could raise
-its certified size (``remaining``), none the samples so far still make plausible could (``plausible``), or the
-remaining samples at the frequencies seen so far would not (``projected``)."""
+def _sequential(name: str) -> object:
+    # Named by string, as registry targets are: the sequential procedure builds on this module, not the reverse.
+    return getattr(importlib.import_module("multiguard.sequential"), name)
 
 
-@dataclass(frozen=True)
-class StoppingDecision:
-    """The sequential stopping rule's verdict for N inputs at their current look.
-
-    ``stop`` bool ``(N,)``; ``intersection_size`` int64 ``(N,)``: e(R) certified now from the anytime bounds;
-    ``best_possible`` int64 ``(N,)``: an upper bound on the e(R) any later look could certify; ``settled``
-    bool ``(N,)``: e(R) reached min(|L|, k).
-    """
-
-    stop: np.ndarray
-    intersection_size: np.ndarray
-    best_possible: np.ndarray
-    settled: np.ndarray
-
-
-def sequential_stopping_rule(
-    counts: object,
-    n: object,
-    labels: object,
-    *,
-    looks: object,
-    alpha: float,
-    k: int,
-    k_prime: int,
-    sigma: float,
-    radius: float,
-    second_terms: bool = True,
-    futility: str = "remaining",
-) -> StoppingDecision:
-    """Should sampling stop for each input, given its counts at look ``n`` and a target radius R?
-
-    An input stops when (a) its certified intersection size e(R), from
-    :func:`anytime_label_probability_bounds` at this look, reached ``min(|L|, k)`` (nothing left to gain),
-    (b) the most favourable outcome of the samples still allowed (up to ``looks[-1]``) cannot raise it, or
-    (c) this is the last look. ``futility`` says which outcomes (b) considers:
-
-    - ``"remaining"``: any outcome of the remaining samples. Every label of L is credited with all the m
-      remaining samples and every label outside L with none, at the last look: Clopper-Pearson lower bounds
-      grow with ``(n_i + m, n + m)`` and upper bounds shrink with n at a fixed count, and e(R) grows with every
-      lower bound of L and falls with every upper bound outside L (Theorem 1), so no later look, whatever its
-      counts, certifies more than that ``best_possible``. An input that any continuation could improve goes
-      on, so e(R) at the stop is at least what these bounds give at the last look on the same samples.
-    - ``"plausible"``: the outcomes the samples so far still allow: the remaining samples arrive at the most
-      favourable label probabilities inside the current anytime bounds (the upper bound for each label of L,
-      the lower bound for each outside label), ``n_i + ceil(m upper_i)`` and ``n_j + floor(m lower_j)`` at the
-      last look. It stops inputs that only a continuation the data make implausible could improve, so it
-      uses fewer samples and may certify a little less.
-    - ``"projected"``: the expected outcome: the remaining samples arrive at the frequencies seen so far,
-      ``n_i + ceil(m n_i / n)`` for labels of L and ``n_j + floor(m n_j / n)`` outside. It stops every input
-      whose certified size would not grow if the label frequencies stayed as they are: the fewest samples,
-      and inputs whose frequencies would have drifted favourably are given up.
-
-    The rule only decides when to stop: the bounds read at the stop are anytime-valid whatever the rule, so
-    the guarantee of :func:`anytime_label_probability_bounds` holds for the certificate at the stop, at every
-    radius, not only at R.
-
-    Args:
-        counts: ``(N, c)`` counts of each label in the top-k' of the first ``n`` samples.
-        n: the current look (a scalar or ``(N,)``), one of ``looks``.
-        labels: ``(N, c)`` boolean mask of L, fixed before sampling.
-        looks: the schedule of sample sizes (strictly increasing); ``looks[-1]`` is the most samples allowed.
-        alpha, k, k_prime, sigma, second_terms: as in :func:`certified_radii`; radius: the target R >= 0.
-        futility: ``"remaining"``, ``"plausible"`` or ``"projected"``, as above.
-    """
-    futility = check_choice(futility, "futility", FUTILITY_RULES)
-    schedule = _as_looks(looks)
-    counts_arr, _ = _as_float_matrix(counts, "counts")
-    mask = _as_label_mask(labels, counts_arr.shape)
-    sizes = _as_row_sizes(n, counts_arr.shape[0], schedule)
-    radius_arr, scalar = _as_radius(radius)
-    if not scalar:
-        raise ValueError(f"radius must be a single number >= 0, got {radius!r}")
-    options = dict(k=k, k_prime=k_prime, sigma=sigma, radius=float(radius_arr[0]), second_terms=second_terms)
-    lower, upper = anytime_label_probability_bounds(counts_arr, sizes, alpha, schedule)
-    now = _intersection_size_at(lower, upper, mask, **options)
-    target = np.minimum(mask.sum(axis=1), k)
-    settled = now >= target
-    last = int(schedule[-1])
-    best = now.copy()
-    open_rows = ~settled & (sizes < last)
-    if open_rows.any():
-        remaining = (last - sizes[open_rows])[:, None]
-        if futility == "remaining":
-            gain_in, gain_out = remaining, 0
-        elif futility == "plausible":
-            gain_in = np.ceil(remaining * upper[open_rows])
-            gain_out = np.floor(remaining * lower[open_rows])
-        else:
-            frequency = counts_arr[open_rows] / sizes[open_rows, None]
-            gain_in, gain_out = np.ceil(remaining * frequency), np.floor(remaining * frequency)
-        favourable = counts_arr[open_rows] + np.where(mask[open_rows], gain_in, gain_out)
-        best_lower, best_upper = anytime_label_probability_bounds(favourable, last, alpha, schedule)
-        best[open_rows] = _intersection_size_at(best_lower, best_upper, mask[open_rows], **options)
-    stop = settled | (best <= now) | (sizes >= last)
-    return StoppingDecision(stop=stop, intersection_size=now, best_possible=best, settled=settled)
-
-
-@dataclass(frozen=True)
-class SequentialCertificate:
-    """What sequential certification found for N inputs (from :func:`sequential_certification`).
-
-    ``samples`` int64 ``(N,)``: the samples each input used (the look it stopped at); ``counts`` int64
-    ``(N, c)``: its counts then; ``lower``, ``upper`` float ``(N, c)``: its anytime-valid bounds then;
-    ``radii`` float ``(N, k)``: the certified radius of every e = 1..k from those bounds, valid at every
-    radius with probability at least ``1 - alpha`` per input; ``looks`` the schedule.
-    """
-
-    samples: np.ndarray
-    counts: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    radii: np.ndarray
-    looks: np.ndarray
-
-
-def sequential_certification(
-    nested_counts: object,
-    labels: object,
-    *,
-    looks: object,
-    alpha: float,
-    k: int,
-    k_prime: int,
-    sigma: float,
-    radius: float,
-    second_terms: bool = True,
-    futility: str = "remaining",
-) -> SequentialCertificate:
-    """Run sequential certification on counts already drawn at every look: the procedure, replayed exactly.
-
-    ``nested_counts`` is ``(N, J, c)``: ``[i, j]`` counts the first ``looks[j]`` samples of input i (cumulative,
-    as :meth:`multiguard.engine.SamplingEngine.count_nested` and the nested counts of a run give them). Each
-    input looks at ``looks[0], looks[1], ...`` and stops at the first look where
-    :func:`sequential_stopping_rule` (with ``futility``) says so; the counts after that look are never read.
-    Sampling those counts look by look (as ``MultiGuard.certify(..., stop_at_radius=R)`` does) with the same
-    seed gives the same result with fewer forward passes.
-
-    Guarantee: for each input, with probability at least ``1 - alpha``, at least e labels of L stay in the
-    smoothed top-k at every ``x + delta`` with ``||delta||_2 < radii[e-1]``.
-    """
-    schedule = _as_looks(looks)
-    nested = np.asarray(nested_counts)
-    if nested.ndim != 3 or nested.shape[1] != schedule.size:
-        raise ValueError(
-            f"nested_counts must have shape (N, J, c) with J = {schedule.size} looks, got shape {nested.shape}"
-        )
-    if nested.dtype.kind not in "iu":
-        raise ValueError(f"nested_counts must hold integers, got dtype {nested.dtype}")
-    num, _, c = nested.shape
-    mask = _as_label_mask(labels, (num, c))
-    stop_at = np.full(num, schedule.size - 1)
-    active = np.arange(num)
-    for j, size in enumerate(schedule):
-        if active.size == 0:
-            break
-        decision = sequential_stopping_rule(
-            nested[active, j], int(size), mask[active], looks=schedule, alpha=alpha, k=k, k_prime=k_prime,
-            sigma=sigma, radius=radius, second_terms=second_terms, futility=futility,
-        )
-        stop_at[active[decision.stop]] = j
-        active = active[~decision.stop]
-    counts = nested[np.arange(num), stop_at].astype(np.int64)
-    samples = schedule[stop_at]
-    lower, upper = anytime_label_probability_bounds(counts, samples, alpha, schedule)
-    radii = certified_radii(lower, upper, mask, k=k, k_prime=k_prime, sigma=sigma, second_terms=second_terms)
-    return SequentialCertificate(samples=samples, counts=counts, lower=lower, upper=upper, radii=radii,
-                                 looks=schedule)
+# The sequential procedure moved to multiguard.sequential.
+__getattr__ = deprecated_names(__name__, {
+    name: (f"multiguard.sequential.{name}", lambda name=name: _sequential(name))
+    for name in ("FUTILITY_RULES", "SequentialCertificate", "StoppingDecision", "anytime_label_probability_bounds",
+                 "sample_size_schedule", "sequential_certification", "sequential_stopping_rule")
+})

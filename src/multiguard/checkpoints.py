@@ -1,5 +1,6 @@
-"""Checkpoints: reading what :func:`multiguard.train.train` saved, and rebuilding from it the model, its
-dataset split and the smoothed classifier. The one way from a checkpoint file to a :class:`MultiGuard`.
+"""Checkpoints: rebuilding from what :func:`multiguard.train.train` saved the model, its dataset split and the
+smoothed classifier. The one way from a checkpoint file to a :class:`MultiGuard` (the file format itself, read and
+written, is :mod:`multiguard.checkpoint_files`).
 
 A checkpoint is a ``torch.save`` dict with keys ``multiguard_checkpoint`` (the format version),
 ``state_dict``, ``optimizer`` and ``meta`` (everything needed to rebuild the model and its data: arch,
@@ -9,16 +10,15 @@ num_classes, image_size, in_channels, mean, std, class_names, dataset, data_root
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
-from .data import get_dataset
+from .checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint
+from .data import get_dataset, is_composed
 from .devices import resolve_device
-from .models import create_model, read_torch_file
+from .models import create_model
 from .smoothing import MultiGuard
 from .validation import check_positive
 
@@ -30,27 +30,6 @@ __all__ = [
     "read_checkpoint",
     "smoothed_from_checkpoint",
 ]
-
-CHECKPOINT_MARKER = "multiguard_checkpoint"
-CHECKPOINT_FORMAT = 1
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict (keys ``multiguard_checkpoint``, ``state_dict``, ``optimizer``, ``meta``).
-
-    Raises ValueError naming the file if it is missing, unreadable or not a MultiGuard checkpoint.
-    """
-    path = Path(path)
-    obj = read_torch_file(path, "checkpoint", "MultiGuard checkpoint", "multiguard train --out")
-    if not isinstance(obj, dict) or CHECKPOINT_MARKER not in obj:
-        raise ValueError(f"checkpoint: {path} is not a MultiGuard checkpoint (no {CHECKPOINT_MARKER!r} key)")
-    marker = obj[CHECKPOINT_MARKER]
-    if isinstance(marker, bool) or not isinstance(marker, int) or not isinstance(obj.get("meta"), dict):
-        raise ValueError(f"checkpoint: {path} is damaged (its {CHECKPOINT_MARKER!r} or 'meta' entry is not ours)")
-    if marker > CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint: {path} has format {obj[CHECKPOINT_MARKER]}, newer than this "
-                         f"MultiGuard ({__version__}) reads ({CHECKPOINT_FORMAT})")
-    return obj
 
 
 def _build(meta: dict) -> nn.Module:
@@ -101,7 +80,7 @@ def dataset_for_checkpoint(
     split = split or (meta.get("test_split") if same else None)
     options: dict[str, Any] = dict(meta.get("dataset_options") or {}) if same else {}
     seed = int(meta.get("seed", 0))
-    if name == "multidigits" and same:
+    if is_composed(name) and same:  # composed datasets: the split's size is a dataset option
         sizes = {meta.get("test_split"): meta.get("test_size"), meta.get("train_split"): meta.get("train_size")}
         if sizes.get(split) and "size" not in options:
             options["size"] = int(sizes[split])
@@ -112,7 +91,7 @@ def dataset_for_checkpoint(
             f"dataset: {name} has {num_classes} classes but the checkpoint's model predicts {meta['num_classes']}"
         )
     options_record = dict(options)
-    if name == "multidigits":
+    if is_composed(name):  # composed from the seed
         options_record["seed"] = seed
     info = {
         "dataset": name,

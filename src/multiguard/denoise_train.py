@@ -29,43 +29,47 @@ atomically (see :func:`multiguard.denoisers.save_denoiser_checkpoint`). Randomne
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from . import __version__
-from .data import DATASETS, get_dataset
-from .denoisers import create_denoiser, read_denoiser_checkpoint, save_denoiser_checkpoint
+from .checkpoint_files import read_denoiser_checkpoint, save_denoiser_checkpoint
+from .checkpoints import load_checkpoint
+from .denoisers import create_denoiser
 from .devices import resolve_device
 from .files import check_output_file, file_sha256
+from .objectives import ObjectiveContext, stability_loss
 from .seeds import training_seed
-from .train import _add_noise, _base_and_indices, _batches, _fork_rng, _subset, load_checkpoint
-from .validation import RunMismatchError, check_bool, check_choice, check_float, check_int
+from .train_settings import TRAINING_OBJECTIVES, DenoiserTrainSettings, objective_names
+from .training import (
+    Log,
+    TrainingLoop,
+    add_noise,
+    base_and_indices,
+    batches,
+    fork_rng,
+    identity_now,
+    load_splits,
+    make_log,
+    make_optimizer,
+    path_or_none,
+    resume_from,
+    settings_from,
+    torch_threads,
+)
 
-__all__ = ["OBJECTIVES", "evaluate_denoiser", "train_denoiser"]
+__all__ = ["OBJECTIVES", "DenoiserTrainSettings", "evaluate_denoiser", "stability_loss", "train_denoiser"]
 
-OBJECTIVES = ("mse", "stability")
+OBJECTIVES = objective_names("denoiser")  # the built-in ones; TRAINING_OBJECTIVES holds any registered later
 
-# Settings a resumed run must share with the checkpoint it continues.
-_RESUME_KEYS = (
-    "dataset", "arch", "arch_options", "sigma", "clamp", "objective", "classifier_sha256", "lr", "batch_size",
-    "seed", "image_size", "in_channels", "train_split", "train_size",
-)  # fmt: skip
-
-
-def stability_loss(noisy_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
-    """Mean Bernoulli KL from ``sigmoid(clean_logits)`` to ``sigmoid(noisy_logits)``, both ``(B, c)``: 0 iff equal."""
-    target = torch.sigmoid(clean_logits)
-    cross = F.binary_cross_entropy_with_logits(noisy_logits, target)
-    entropy = F.binary_cross_entropy_with_logits(clean_logits, target)
-    return cross - entropy
+# Metadata keys, beyond the settings' identity fields, that a resume compares (they follow from the settings, the
+# classifier and the data).
+_DERIVED_RESUME_KEYS = ("classifier_sha256", "image_size", "in_channels", "train_split", "train_size")
+_RESTORED_KEYS = ("epoch", "metrics", "train_seconds", "pretrained")
 
 
 @torch.no_grad()
@@ -92,9 +96,9 @@ def evaluate_denoiser(
         classifier.eval()
     generator = torch.Generator(device=device).manual_seed(training_seed(seed, "eval_noise"))
     squared, noisy_squared, agree, pixels, images_seen = 0.0, 0.0, 0, 0, 0
-    for images, _ in _batches(dataset, torch.arange(len(dataset)), batch_size, 0):
+    for images, _ in batches(dataset, torch.arange(len(dataset)), batch_size, 0):
         images = images.to(device)
-        noisy = _add_noise(images, sigma, clamp, generator)
+        noisy = add_noise(images, sigma, clamp, generator)
         restored = denoiser(noisy)
         squared += float(((restored - images) ** 2).sum())
         noisy_squared += float(((noisy - images) ** 2).sum())
@@ -108,61 +112,30 @@ def evaluate_denoiser(
     return result
 
 
-def _splits(dataset: str, data_root: Any, image_size: int | None, seed: int, train_split: str | None,
-            test_split: str | None, train_size: int | None, test_size: int | None,
-            options: dict[str, Any]) -> tuple[Dataset, Dataset, str, str]:
-    info = DATASETS[dataset]
-    train_split = info.train_split if train_split is None else train_split
-    test_split = info.test_split if test_split is None else test_split
-    common = {"root": data_root, "image_size": image_size, "seed": seed, **options}
-    if dataset == "multidigits":  # composed images: the size is a dataset option
-        train_set = get_dataset(dataset, split=train_split, **common, **({"size": train_size} if train_size else {}))
-        test_set = get_dataset(dataset, split=test_split, **common, **({"size": test_size} if test_size else {}))
-    else:
-        train_set = _subset(get_dataset(dataset, split=train_split, **common), train_size, seed, "subset_train")
-        test_set = _subset(get_dataset(dataset, split=test_split, **common), test_size, seed, "subset_test")
-    if len(train_set) == 0 or len(test_set) == 0:
-        raise ValueError(f"dataset: {dataset} has an empty split ({len(train_set)} train, {len(test_set)} test)")
-    return train_set, test_set, train_split, test_split
-
-
 def train_denoiser(
-    dataset: str | None = None,
+    settings: DenoiserTrainSettings | str | None = None,
     *,
-    sigma: float,
-    arch: str = "dncnn",
-    arch_options: dict[str, int] | None = None,
-    objective: str = "mse",
-    classifier: str | os.PathLike | None = None,
-    pretrained: str | os.PathLike | None = None,
-    epochs: int = 4,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    clamp: bool = False,
-    seed: int = 0,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    data_root: str | os.PathLike | None = None,
-    image_size: int | None = None,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    train_split: str | None = None,
-    test_split: str | None = None,
-    dataset_options: dict[str, Any] | None = None,
-    num_threads: int | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Log | None = None,
+    **fields: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a denoiser for noise ``N(0, sigma^2 I)`` on a dataset's images; save a checkpoint after each epoch.
 
-    Args:
+    ``train_denoiser(DenoiserTrainSettings(sigma=0.5, ...), out=...)``, or as before
+    ``train_denoiser("multidigits", sigma=0.5, ..., out=...)``: the first argument is the settings or the dataset's
+    name, and ``fields`` are :class:`DenoiserTrainSettings` fields (given with settings, they replace those fields).
+
+    Args (the settings' fields, then how to run):
         dataset: a name from ``multiguard.data.DATASETS``; only its images are used (no labels). ``None``: the
             classifier's dataset (with its data root and options) if there is a classifier, else multidigits.
         sigma: the noise level the denoiser removes (> 0); it can then serve only at this sigma.
         arch, arch_options: see :func:`multiguard.denoisers.create_denoiser` (``dncnn``, ``unet``, a factory).
-        objective: ``'mse'`` or ``'stability'`` (needs ``classifier``); see the module docstring.
+        objective: a denoiser objective of :data:`multiguard.train_settings.TRAINING_OBJECTIVES`: ``'mse'`` or
+            ``'stability'`` (needs ``classifier``); see the module docstring.
         classifier: path of a classifier checkpoint (:func:`multiguard.train.train`); required for
             ``stability``, optional for ``mse`` (then only measured: top-1 agreement). Its image size and
             channels set the denoiser's.
@@ -172,11 +145,12 @@ def train_denoiser(
         clamp: clamp the noisy images to [0, 1] before the denoiser (as certification does with a
             classifier trained with ``clamp``).
         seed: seeds initialisation, data order and noise (and multidigits' composition).
+        data_root, image_size, train_size, test_size, train_split, test_split, dataset_options, num_threads: as
+            in :func:`multiguard.train.train`.
         out: checkpoint path, rewritten atomically after each epoch. An existing file there is never replaced
             unless asked: ``resume`` continues it (settings must match; ``epochs`` may be larger),
             ``overwrite`` replaces it; without either ValueError is raised before any work.
-        device, progress, data_root, image_size, train_size, test_size, train_split, test_split,
-        dataset_options, num_threads, log: as in :func:`multiguard.train.train`.
+        device, progress, log: as in :func:`multiguard.train.train`.
 
     Returns:
         ``(denoiser, meta)``: the denoiser in eval mode ``(N, C, S, S) -> (N, C, S, S)`` and the metadata
@@ -184,162 +158,110 @@ def train_denoiser(
         classifier_sha256, clamp, ..., epoch, metrics``; ``metrics`` one dict per epoch: ``epoch,
         train_loss, test_mse, noisy_mse[, top1_agreement], seconds``).
     """
-    if num_threads is not None:
-        check_int(num_threads, "num_threads", 1)
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        return _train_denoiser(**{k: v for k, v in locals().items() if k not in ("num_threads", "previous_threads")})
-    finally:
-        torch.set_num_threads(previous_threads)
+    settings = settings_from(DenoiserTrainSettings, settings, "dataset", fields)
+    with torch_threads(settings.num_threads):
+        return _train_denoiser(settings, out=out, resume=resume, overwrite=overwrite, device=device,
+                               progress=progress, log=log)
 
 
-def _train_denoiser(
-    dataset: str | None, sigma: float, arch: str, arch_options: dict[str, int] | None, objective: str,
-    classifier: str | os.PathLike | None, pretrained: str | os.PathLike | None, epochs: int, batch_size: int,
-    lr: float, clamp: bool, seed: int, out: str | os.PathLike | None, resume: bool, overwrite: bool,
-    device: str | torch.device,
-    progress: bool, data_root: str | os.PathLike | None, image_size: int | None, train_size: int | None,
-    test_size: int | None, train_split: str | None, test_split: str | None,
-    dataset_options: dict[str, Any] | None, log: Callable[[str], None] | None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    from tqdm.auto import tqdm
+def _with_classifier(settings: DenoiserTrainSettings,
+                     device: torch.device) -> tuple[DenoiserTrainSettings, nn.Module | None, dict[str, Any]]:
+    """The settings completed from the classifier's checkpoint (image size; dataset, data root and options when
+    not given), the frozen classifier and its metadata (``None, {}`` without one)."""
+    s = settings
+    if s.classifier is None:
+        return (s.replace(dataset="multidigits") if s.dataset is None else s), None, {}
+    frozen, meta = load_checkpoint(s.classifier, device=device)
+    frozen.requires_grad_(False)
+    changes: dict[str, Any] = {}
+    if s.image_size is None:
+        changes["image_size"] = int(meta["image_size"])
+    if s.dataset is None:  # the images the classifier was trained on
+        changes["dataset"] = meta["dataset"]
+        changes["data_root"] = meta.get("data_root") if s.data_root is None else s.data_root
+        changes["dataset_options"] = {**(meta.get("dataset_options") or {}), **s.dataset_options}
+    return s.replace(**changes), frozen, meta
 
-    if dataset is not None and dataset not in DATASETS:
-        raise ValueError(f"dataset: unknown dataset {dataset!r}; known datasets are {sorted(DATASETS)}")
-    sigma = check_float(sigma, "sigma", 0.0, low_open=True)
-    objective = check_choice(objective, "objective", OBJECTIVES)
-    epochs = check_int(epochs, "epochs", 1)
-    batch_size = check_int(batch_size, "batch_size", 1)
-    lr = check_float(lr, "lr", 0.0, low_open=True)
-    clamp = check_bool(clamp, "clamp")
-    seed = check_int(seed, "seed", 0)
-    for value, name in ((train_size, "train_size"), (test_size, "test_size")):
-        if value is not None:
-            check_int(value, name, 1)
-    if objective == "stability" and classifier is None:
-        raise ValueError("classifier: the stability objective needs a classifier checkpoint (--classifier)")
-    device = resolve_device(device)
-    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="denoiser.pt")
-    if log is None:
-        log = tqdm.write if progress else (lambda line: None)
 
-    frozen: nn.Module | None = None
-    classifier_meta: dict[str, Any] = {}
-    if classifier is not None:
-        frozen, classifier_meta = load_checkpoint(classifier, device=device)
-        frozen.requires_grad_(False)
-        if image_size is None:
-            image_size = int(classifier_meta["image_size"])
-        if dataset is None:  # the images the classifier was trained on
-            dataset = classifier_meta["dataset"]
-            data_root = classifier_meta.get("data_root") if data_root is None else data_root
-            dataset_options = {**(classifier_meta.get("dataset_options") or {}), **(dataset_options or {})}
-    dataset = "multidigits" if dataset is None else dataset
-    options = dict(dataset_options or {})
-    train_set, test_set, train_split, test_split = _splits(
-        dataset, data_root, image_size, seed, train_split, test_split, train_size, test_size, options)
-    base, _ = _base_and_indices(train_set)
-    in_channels, size = int(getattr(base, "in_channels", 3)), int(base.image_size)
-    if frozen is not None and (size != int(classifier_meta["image_size"])
-                               or in_channels != int(classifier_meta["in_channels"])):
-        raise ValueError(f"classifier: {classifier} takes {classifier_meta['in_channels']}x"
-                         f"{classifier_meta['image_size']}x{classifier_meta['image_size']} images, the dataset "
-                         f"gives {in_channels}x{size}x{size}")
+def denoiser_metadata(settings: DenoiserTrainSettings, train_set: Dataset, test_set: Dataset, train_split: str,
+                      test_split: str) -> dict[str, Any]:
+    """The denoiser checkpoint's metadata before training: the settings as recorded, and what follows from the
+    data and the classifier."""
+    s = settings
+    base, _ = base_and_indices(train_set)
+    return {
+        "multiguard_version": __version__, "torch_version": str(torch.__version__), "dataset": s.dataset,
+        "data_root": path_or_none(s.data_root), "dataset_options": dict(s.dataset_options),
+        "train_split": train_split, "test_split": test_split, "train_size": len(train_set), "test_size": len(test_set),
+        "in_channels": int(getattr(base, "in_channels", 3)), "image_size": int(base.image_size), "arch": s.arch,
+        "arch_options": dict(s.arch_options), "sigma": s.sigma, "clamp": s.clamp, "objective": s.objective,
+        "classifier": s.classifier, "classifier_sha256": None if s.classifier is None else file_sha256(s.classifier),
+        "pretrained": s.pretrained, "lr": s.lr, "batch_size": s.batch_size, "seed": s.seed, "epochs": s.epochs,
+        "epoch": 0, "metrics": [], "train_seconds": 0.0,
+    }  # fmt: skip
 
-    meta: dict[str, Any] = {
-        "multiguard_version": __version__,
-        "torch_version": str(torch.__version__),
-        "dataset": dataset,
-        "data_root": None if data_root is None else os.fspath(data_root),
-        "dataset_options": options,
-        "train_split": train_split,
-        "test_split": test_split,
-        "train_size": len(train_set),
-        "test_size": len(test_set),
-        "in_channels": in_channels,
-        "image_size": size,
-        "arch": arch,
-        "arch_options": dict(arch_options or {}),
-        "sigma": sigma,
-        "clamp": clamp,
-        "objective": objective,
-        "classifier": None if classifier is None else os.fspath(classifier),
-        "classifier_sha256": None if classifier is None else file_sha256(classifier),
-        "pretrained": None if pretrained is None else os.fspath(pretrained),
-        "lr": lr,
-        "batch_size": batch_size,
-        "seed": seed,
-        "epochs": epochs,
-        "epoch": 0,
-        "metrics": [],
-        "train_seconds": 0.0,
-    }
-    with _fork_rng(device):
-        torch.manual_seed(training_seed(seed, "init"))
-        denoiser = create_denoiser(arch, in_channels, size, **meta["arch_options"]).to(device)
+
+def _build_denoiser(settings: DenoiserTrainSettings, meta: dict[str, Any], device: torch.device) -> nn.Module:
+    """The denoiser to train: initialised from ``(seed, "init")``, or the ``pretrained`` one's weights."""
+    s = settings
+    with fork_rng(device):
+        torch.manual_seed(training_seed(s.seed, "init"))
+        denoiser = create_denoiser(s.arch, meta["in_channels"], meta["image_size"], **meta["arch_options"]).to(device)
     meta["arch"], meta["arch_options"] = denoiser.arch, dict(denoiser.arch_options)  # as recorded, defaults included
-    if pretrained is not None:
-        start = read_denoiser_checkpoint(pretrained)
+    if s.pretrained is not None:
+        start = read_denoiser_checkpoint(s.pretrained)
         if (start["meta"]["arch"], start["meta"].get("arch_options") or {}) != (meta["arch"], meta["arch_options"]):
-            raise ValueError(f"pretrained: {pretrained} is a {start['meta']['arch']} denoiser with options "
+            raise ValueError(f"pretrained: {s.pretrained} is a {start['meta']['arch']} denoiser with options "
                              f"{start['meta'].get('arch_options')}, not {meta['arch']} with {meta['arch_options']}")
         denoiser.load_state_dict(start["state_dict"])
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=lr)
+    return denoiser
 
+
+def _describe(objective: str, classifier: nn.Module | None):
+    def describe(epoch: int, epochs: int, loss: float, measures: dict[str, Any], seconds: float) -> str:
+        agreement = f", top-1 agreement {measures['top1_agreement']:.3f}" if classifier is not None else ""
+        return (f"epoch {epoch}/{epochs}: {objective} loss {loss:.4f}, test MSE {measures['test_mse']:.5f} "
+                f"(noisy input {measures['noisy_mse']:.5f}){agreement}, {seconds:.1f} s")
+
+    return describe
+
+
+def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike | None, resume: bool,
+                    overwrite: bool, device: str | torch.device, progress: bool,
+                    log: Log | None) -> tuple[nn.Module, dict[str, Any]]:
+    device = resolve_device(device)
+    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="denoiser.pt")
+    log = make_log(progress, log)
+    s, frozen, classifier_meta = _with_classifier(settings, device)
+    train_set, test_set, train_split, test_split = load_splits(
+        s.dataset, s.data_root, s.image_size, s.seed, s.train_split, s.test_split, s.train_size, s.test_size,
+        dict(s.dataset_options))
+    meta = denoiser_metadata(s, train_set, test_set, train_split, test_split)
+    if frozen is not None and (meta["image_size"], meta["in_channels"]) != (
+            int(classifier_meta["image_size"]), int(classifier_meta["in_channels"])):
+        raise ValueError(f"classifier: {s.classifier} takes {classifier_meta['in_channels']}x"
+                         f"{classifier_meta['image_size']}x{classifier_meta['image_size']} images, the dataset gives "
+                         f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}")
+    denoiser = _build_denoiser(s, meta, device)
+    optimizer = make_optimizer(denoiser.parameters(), s.lr)
     if resume and out_path is not None and out_path.exists():
-        saved_checkpoint = read_denoiser_checkpoint(out_path)
-        saved = saved_checkpoint["meta"]
-        different = [f"{key}: saved {saved.get(key)!r}, now {meta[key]!r}"
-                     for key in _RESUME_KEYS if saved.get(key) != meta[key]]
-        if different:
-            raise RunMismatchError(f"resume: {out_path} was trained with other settings ({'; '.join(different)})")
-        denoiser.load_state_dict(saved_checkpoint["state_dict"])
-        optimizer.load_state_dict(saved_checkpoint["optimizer"])
-        for key in ("epoch", "metrics", "train_seconds", "pretrained"):
-            meta[key] = saved[key]
-        log(f"resuming {out_path} after epoch {meta['epoch']} of {epochs}")
+        resume_from(out_path, read_denoiser_checkpoint, meta, identity_now(s, meta, _DERIVED_RESUME_KEYS),
+                    _RESTORED_KEYS, denoiser, optimizer, log)
 
-    steps = math.ceil(len(train_set) / batch_size)
-    for epoch in range(meta["epoch"] + 1, epochs + 1):
-        started = time.perf_counter()
-        denoiser.train()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(
-            training_seed(seed, "epoch", epoch)))
-        noise_gen = torch.Generator(device=device).manual_seed(training_seed(seed, "epoch", epoch))
-        total, count = 0.0, 0
-        bar = tqdm(_batches(train_set, order, batch_size, 0), total=steps, desc=f"epoch {epoch}/{epochs}",
-                   disable=not progress, leave=False)
-        for images, _ in bar:
-            images = images.to(device)
-            restored = denoiser(_add_noise(images, sigma, clamp, noise_gen))
-            if objective == "mse":
-                loss = F.mse_loss(restored, images)
-            else:
-                with torch.no_grad():
-                    clean_logits = frozen(images)
-                loss = stability_loss(frozen(restored), clean_logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(images)
-            count += len(images)
-            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-        bar.close()
-        quality = evaluate_denoiser(denoiser, test_set, sigma, classifier=frozen, clamp=clamp, seed=seed,
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        quality = evaluate_denoiser(trained, test_set, s.sigma, classifier=frozen, clamp=s.clamp, seed=s.seed,
                                     device=device)
-        seconds = time.perf_counter() - started
-        meta["metrics"].append({"epoch": epoch, "train_loss": total / count, "test_mse": quality["mse"],
-                                "noisy_mse": quality["noisy_mse"], "seconds": seconds,
-                                **({"top1_agreement": quality["top1_agreement"]} if frozen is not None else {})})
-        meta["epoch"], meta["epochs"] = epoch, epochs
-        meta["train_seconds"] += seconds
-        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        agreement = f", top-1 agreement {quality['top1_agreement']:.3f}" if frozen is not None else ""
-        log(f"epoch {epoch}/{epochs}: {objective} loss {total / count:.4f}, test MSE {quality['mse']:.5f} "
-            f"(noisy input {quality['noisy_mse']:.5f}){agreement}, {seconds:.1f} s")
+        return {"test_mse": quality["mse"], "noisy_mse": quality["noisy_mse"],
+                **({"top1_agreement": quality["top1_agreement"]} if frozen is not None else {})}
+
+    def save(meta: dict[str, Any]) -> None:
         if out_path is not None:
             save_denoiser_checkpoint(out_path, denoiser, meta, optimizer.state_dict())
-    meta["epochs"] = max(epochs, meta["epoch"])
+
+    objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, classifier=frozen))
+    loop = TrainingLoop(model=denoiser, optimizer=optimizer, objective=objective, train_set=train_set,
+                        batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
+                        describe=_describe(s.objective, frozen), save=save, progress=progress)
+    loop.run(meta, s.epochs, log)
+    meta["epochs"] = max(s.epochs, meta["epoch"])
     return denoiser.eval(), meta

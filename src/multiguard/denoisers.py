@@ -37,22 +37,27 @@ they are written atomically (:func:`multiguard.files.atomic_write_bytes`).
 from __future__ import annotations
 
 import inspect
-import io
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
+from .architectures import DENOISER_ARCHITECTURES, denoiser_arch_forms
+from .checkpoint_files import (  # the denoiser file format lives there; these names stay importable from here
+    DENOISER_FORMAT,
+    DENOISER_MARKER,
+    read_denoiser_checkpoint,
+    save_denoiser_checkpoint,
+)
 from .devices import resolve_device
-from .files import atomic_write_bytes, file_sha256
-from .models import read_torch_file, resolve_factory
+from .files import file_sha256
+from .models import resolve_factory
 from .validation import check_int
 
 __all__ = [
+    "DENOISER_ARCHITECTURES",
     "DENOISER_ARCHS",
     "DENOISER_FORMAT",
     "DENOISER_MARKER",
@@ -67,10 +72,8 @@ __all__ = [
     "save_denoiser_checkpoint",
 ]
 
-DENOISER_MARKER = "multiguard_denoiser"
-DENOISER_FORMAT = 1
-DENOISER_ARCHS = ("dncnn", "unet")
-DENOISER_ARCH_FORMS = "'dncnn', 'unet', 'path/to/file.py:factory' or 'package.module:factory'"
+DENOISER_ARCHS = DENOISER_ARCHITECTURES.names()  # the built-in names (a registered one is a name too)
+DENOISER_ARCH_FORMS = denoiser_arch_forms()  # as the built-ins define it; messages read denoiser_arch_forms()
 
 
 class DnCNN(nn.Module):
@@ -217,63 +220,36 @@ def create_denoiser(arch: str, in_channels: int, image_size: int, **options: int
     in_channels = check_int(in_channels, "in_channels", 1)
     image_size = check_int(image_size, "image_size", 1)
     if not isinstance(arch, str) or not arch:
-        raise ValueError(f"arch must be one of {DENOISER_ARCH_FORMS}, got {arch!r}")
-    allowed = {"dncnn": {"width", "depth"}, "unet": {"width", "levels", "depth"}}.get(arch, set())
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"arch_options: {arch!r} takes {sorted(allowed) or 'no options'}, got {unknown}")
-    if arch == "dncnn":
-        net: nn.Module = DnCNN(in_channels, **options)
-    elif arch == "unet":
-        net = SmallUNet(in_channels, **options)
-        if image_size % 2**net.levels:
-            raise ValueError(f"image_size must be divisible by 2**levels = {2**net.levels} for the unet denoiser, "
+        raise ValueError(f"arch must be one of {denoiser_arch_forms()}, got {arch!r}")
+    if arch in DENOISER_ARCHITECTURES:
+        entry = DENOISER_ARCHITECTURES.entry(arch)
+        allowed = set(entry.info.get("options", ()))
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"arch_options: {arch!r} takes {sorted(allowed) or 'no options'}, got {unknown}")
+        factory = entry.load()
+        net: nn.Module = factory(in_channels, **options)
+        multiple = entry.info.get("image_size_multiple")
+        if multiple is not None and image_size % multiple(options):
+            raise ValueError(f"image_size must be divisible by 2**levels = {multiple(options)} for the {arch} "
+                             f"denoiser, got {image_size}" if arch == "unet" else
+                             f"image_size must be divisible by {multiple(options)} for the {arch} denoiser, "
                              f"got {image_size}")
+        # record every option, defaults included, so that equal denoisers compare equal
+        defaults = inspect.signature(factory).parameters
+        options = {key: options.get(key, defaults[key].default) for key in sorted(allowed) if key in defaults}
     elif ":" in arch:
+        if options:
+            raise ValueError(f"arch_options: {arch!r} takes no options, got {sorted(options)}")
         net, arch = _factory_denoiser(arch, in_channels, image_size)
     else:
-        raise ValueError(f"arch must be one of {DENOISER_ARCH_FORMS}, got {arch!r}")
-    if arch in DENOISER_ARCHS:  # record every option, defaults included, so that equal denoisers compare equal
-        defaults = inspect.signature(type(net)).parameters
-        options = {key: options.get(key, defaults[key].default) for key in sorted(allowed)}
+        raise ValueError(f"arch must be one of {denoiser_arch_forms()}, got {arch!r}")
     net.arch = arch
     net.arch_options = dict(options)
     return net
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
-
-
-def save_denoiser_checkpoint(path: str | os.PathLike, denoiser: nn.Module, meta: dict[str, Any],
-                             optimizer: dict[str, Any] | None = None) -> None:
-    """Write ``{multiguard_denoiser, state_dict, optimizer, meta}`` to ``path`` atomically (torch.save bytes).
-
-    ``meta`` must hold at least ``arch``, ``arch_options``, ``in_channels``, ``image_size`` and ``sigma``.
-    """
-    missing = [key for key in ("arch", "arch_options", "in_channels", "image_size", "sigma") if key not in meta]
-    if missing:
-        raise ValueError(f"meta: a denoiser checkpoint needs {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({DENOISER_MARKER: DENOISER_FORMAT,
-                "state_dict": {k: v.detach().cpu() for k, v in denoiser.state_dict().items()},
-                "optimizer": optimizer, "meta": meta}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_denoiser_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw denoiser checkpoint dict; ValueError naming the file if it is missing or not a denoiser."""
-    path = Path(path)
-    obj = read_torch_file(path, "denoiser", "MultiGuard denoiser", "multiguard train-denoiser --out")
-    if not isinstance(obj, dict) or DENOISER_MARKER not in obj:
-        hint = " (it is a classifier checkpoint: pass it as --checkpoint)" if (
-            isinstance(obj, dict) and "multiguard_checkpoint" in obj) else ""
-        raise ValueError(f"denoiser: {path} is not a MultiGuard denoiser (no {DENOISER_MARKER!r} key){hint}")
-    if obj[DENOISER_MARKER] > DENOISER_FORMAT:
-        raise ValueError(f"denoiser: {path} has format {obj[DENOISER_MARKER]}, newer than this MultiGuard "
-                         f"({__version__}) reads ({DENOISER_FORMAT})")
-    return obj
 
 
 def load_denoiser(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

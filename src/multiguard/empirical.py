@@ -1,6 +1,6 @@
 """ATTACK_DIR: the empirical curves an attack writes, and reading them back (no torch, no model).
 
-Layout (written by :func:`multiguard.pipeline.run_attack`, each file atomically)::
+Layout (written by :func:`multiguard.attack_run.run_attack`, each file atomically)::
 
     ATTACK_DIR/
       empirical.csv    radius,precision,recall,f1,num_inputs: one row per attacked radius (fractions in [0, 1])

@@ -225,7 +225,7 @@ class SamplingEngine:
         """Cumulative counts at a series of nested sample sizes: int64 ``(N, S, num_k, c)``.
 
         ``sizes`` is a strictly increasing series of S sample sizes (e.g.
-        :func:`multiguard.certify.sample_size_schedule`); entry ``[i, s]`` equals ``count(x, sizes[s], ...)``
+        :func:`multiguard.sequential.sample_size_schedule`); entry ``[i, s]`` equals ``count(x, sizes[s], ...)``
         for input i exactly, the same samples with the same noise, at the cost of one call of
         ``count(x, sizes[-1], ...)``: each sample's noise depends only on its position, so the samples
         ``[sizes[s-1], sizes[s])`` are drawn once, in full batches over all inputs, and added on.

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AsymmetricLoss", "make_loss"]
+from .train_settings import LOSSES, check_loss
+
+__all__ = ["LOSSES", "AsymmetricLoss", "bce", "make_loss", "paper_asl"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -74,11 +76,18 @@ class AsymmetricLoss(nn.Module):
         return f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, clip={self.clip}"
 
 
+def paper_asl() -> nn.Module:
+    """AsymmetricLoss(0, 4, 0.05), as in the paper."""
+    return AsymmetricLoss(gamma_pos=0.0, gamma_neg=4.0, clip=0.05)
+
+
+def bce() -> nn.Module:
+    """Binary cross-entropy with ASL's reduction (summed over labels, averaged over inputs)."""
+    return AsymmetricLoss(gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
+
+
 def make_loss(name: str = "asl") -> nn.Module:
-    """``'asl'``: AsymmetricLoss(0, 4, 0.05) as in the paper; ``'bce'``: binary cross-entropy
-    (the same reduction: summed over labels, averaged over inputs)."""
-    if name == "asl":
-        return AsymmetricLoss(gamma_pos=0.0, gamma_neg=4.0, clip=0.05)
-    if name == "bce":
-        return AsymmetricLoss(gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
-    raise ValueError(f"loss must be 'asl' or 'bce', got {name!r}")
+    """The loss registered as ``name`` in :data:`multiguard.train_settings.LOSSES`: ``'asl'``
+    (AsymmetricLoss(0, 4, 0.05) as in the paper) or ``'bce'`` (binary cross-entropy, the same reduction:
+    summed over labels, averaged over inputs)."""
+    return LOSSES.get(check_loss(name))()

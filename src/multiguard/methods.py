@@ -31,6 +31,7 @@ class CertificationMethod:
         description: one sentence for ``--help`` and ``summary.md``.
         k_prime_one_only: the method certifies a base classifier with k' = 1 only (skipped for other k').
         sizes: see :data:`SizesFunction`.
+        color: matplotlib colour of its curves where the settings do not vary.
     """
 
     name: str
@@ -39,6 +40,7 @@ class CertificationMethod:
     description: str
     k_prime_one_only: bool
     sizes: SizesFunction
+    color: str = "C2"
 
 
 def _multiguard_sizes(second_terms: bool) -> SizesFunction:
@@ -75,15 +77,15 @@ def register_method(method: CertificationMethod) -> CertificationMethod:
 register_method(CertificationMethod(
     "multiguard", "MultiGuard", "-",
     "Theorem 1 of the MultiGuard paper: both terms of each side of Eq. 8.",
-    False, _multiguard_sizes(True),
+    False, _multiguard_sizes(True), color="C3",
 ))
 register_method(CertificationMethod(
     "multiguard-first-terms", "MultiGuard, first terms only", "--",
     "the paper's ablation: Theorem 1 without the u- and v-sums, i.e. each label bounded on its own.",
-    False, _multiguard_sizes(False),
+    False, _multiguard_sizes(False), color="C1",
 ))
 register_method(CertificationMethod(
     "jia", "Jia et al.", ":",
     "the baseline: Jia et al.'s (ICLR 2020) top-k certificate applied to each label separately (k' = 1 only).",
-    True, _jia_sizes,
+    True, _jia_sizes, color="C0",
 ))

@@ -41,17 +41,21 @@ import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from .architectures import ARCHITECTURES, arch_forms
+from .checkpoint_files import read_torch_file  # noqa: F401 - its old import path (moved there)
+
 __all__ = [
+    "ARCHITECTURES",
     "ARCH_FORMS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Normalize",
     "SmallCNN",
+    "small_cnn",
     "create_model",
     "looks_like_probabilities",
     "resolve_factory",
@@ -59,7 +63,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCH_FORMS = "'small_cnn', 'timm:<name>', 'torchvision:<name>', 'path/to/file.py:factory' or 'module:factory'"
+ARCH_FORMS = arch_forms()  # as the built-ins define it; messages read arch_forms() (registered names too)
 PRETRAINED_FORMS = "'imagenet' (timm: and torchvision: models) or a local state_dict file"
 _FACTORY_CALL = "factory(num_classes=c[, image_size=S][, in_channels=C])"
 _SAVE_STATE_DICT = "torch.save(model.state_dict(), 'weights.pth')"
@@ -103,6 +107,11 @@ class SmallCNN(nn.Sequential):
             previous = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(previous, num_classes)]
         super().__init__(*layers)
+
+
+def small_cnn(num_classes: int, in_channels: int = 3) -> nn.Module:
+    """The built-in ``small_cnn`` (:class:`SmallCNN`): sized for multidigits."""
+    return SmallCNN(num_classes, in_channels)
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -193,7 +202,7 @@ def resolve_factory(arch: str) -> tuple[Callable[..., nn.Module], str, Path | No
     """
     spec, _, factory_name = arch.rpartition(":")
     if not spec or not factory_name.isidentifier():
-        raise ValueError(f"arch must be one of {ARCH_FORMS}, got {arch!r}")
+        raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
     if _is_file_form(spec):
         path = Path(spec).expanduser()
         path = (path if path.is_absolute() else Path.cwd() / path).resolve()
@@ -204,7 +213,7 @@ def resolve_factory(arch: str) -> tuple[Callable[..., nn.Module], str, Path | No
         recorded = f"{path}:{factory_name}"
     else:
         if not all(part.isidentifier() for part in spec.split(".")):
-            raise ValueError(f"arch must be one of {ARCH_FORMS}, got {arch!r}")
+            raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
         module = None
         top = spec.split(".")[0]
         for extra in (None, Path.cwd()):
@@ -305,6 +314,25 @@ def _factory_model(arch: str, num_classes: int, image_size: int, in_channels: in
     return net, recorded
 
 
+def _registered_model(arch: str, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """The model of the architecture registered as ``arch`` (:data:`ARCHITECTURES`), checked as a factory's is
+    unless it is a built-in."""
+    entry = ARCHITECTURES.entry(arch)
+    factory = entry.load()
+    label = f"{arch!r} (registered)"
+    kwargs = _factory_kwargs(factory, label, num_classes, image_size, in_channels)
+    try:
+        net = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the registered factory failed: one line naming it and the call
+        call = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ValueError(f"arch: {label} failed when called with ({call}): {_first_line(exc)}") from exc
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"arch: {label} returned a {type(net).__name__}, not a torch.nn.Module")
+    if not entry.info.get("builtin"):
+        _check_model_output(net, label, num_classes, image_size, in_channels)
+    return net
+
+
 def looks_like_probabilities(model: nn.Module, outputs: torch.Tensor | None = None) -> str | None:
     """Why ``model`` seems to output probabilities instead of logits, or ``None`` if it does not.
 
@@ -341,24 +369,6 @@ def _pretrained_source(pretrained: object) -> str | None:
                              f"(made with {_SAVE_STATE_DICT}) or 'imagenet'")
     raise ValueError(f"--pretrained {pretrained}: no such file; give {PRETRAINED_FORMS} (a state_dict file is made "
                      f"with {_SAVE_STATE_DICT})")
-
-
-def read_torch_file(path: str | os.PathLike, argument: str, kind: str, made_by: str) -> Any:
-    """What ``torch.load`` reads from a file of ours (``weights_only``: no code is unpickled), or a one-line
-    ValueError naming ``argument`` and the file: a folder (with a ``*.pt`` inside it suggested), a missing
-    file, or one torch cannot read as a ``kind`` (e.g. ``"MultiGuard checkpoint"``). ``made_by`` names the
-    command that writes such files."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        hint = f" such as {path / found[0]}" if found else ""
-        raise ValueError(f"{argument}: {path} is a folder; give the {argument} file{hint} ({made_by})")
-    if not path.is_file():
-        raise ValueError(f"{argument}: no such file: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        raise ValueError(f"{argument}: {path} is not a {kind} (cannot load it: {_first_line(exc)})") from exc
 
 
 def _read_state_dict(path: str) -> dict:
@@ -560,7 +570,7 @@ def create_model(
             at fault and the fix.
     """
     if not isinstance(arch, str) or not arch:
-        raise ValueError(f"arch must be one of {ARCH_FORMS}, got {arch!r}")
+        raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
     num_classes = _positive_int(num_classes, "num_classes")
     image_size = _positive_int(image_size, "image_size")
     in_channels = _positive_int(in_channels, "in_channels")
@@ -572,8 +582,11 @@ def create_model(
     default_mean: tuple = (0.0,) * in_channels
     default_std: tuple = (1.0,) * in_channels
     recorded = arch
-    if arch == "small_cnn":
-        net: nn.Module = SmallCNN(num_classes, in_channels)
+    if arch in ARCHITECTURES:
+        net: nn.Module = _registered_model(arch, num_classes, image_size, in_channels)
+        entry = ARCHITECTURES.entry(arch)
+        if "mean" in entry.info:
+            default_mean, default_std = tuple(entry.info["mean"]), tuple(entry.info["std"])
     elif arch.startswith("timm:"):
         net, m, s = _timm_model(arch[5:], num_classes, in_channels, imagenet)
         if in_channels == 3 and len(m) == 3:
@@ -584,7 +597,7 @@ def create_model(
     elif ":" in arch:
         net, recorded = _factory_model(arch, num_classes, image_size, in_channels)
     else:
-        raise ValueError(f"arch must be one of {ARCH_FORMS}, got {arch!r}")
+        raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
     if weights is not None and not imagenet:
         _load_state(net, _read_state_dict(weights), weights, strict=strict)
     mean = list(default_mean if mean is None else mean)

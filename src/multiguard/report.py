@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from . import certify
+from . import certify, sequential
+from .deprecation import deprecated_names, warn_deprecated
 from .empirical import PER_INPUT, load_empirical
 from .files import TMP_SUFFIX, atomic_write_bytes
 from .methods import METHODS as _METHODS
@@ -47,14 +48,12 @@ from .validation import check_alpha, check_choice
 
 __all__ = [
     "CSV_COLUMNS",
-    "DEFAULT_RADII",
     "METHODS",
     "SUMMARY_RADII",
     "Curve",
     "Report",
     "compute_curves",
     "make_report",
-    "parse_radii",
     "parse_radius_grid",
     "plot_figure",
     "plot_metric",
@@ -78,15 +77,13 @@ CSV_COLUMNS: tuple[str, ...] = (
     "f1",
     "num_inputs",
 )
-METHODS: tuple[str, ...] = tuple(_METHODS)  # the registered certification methods (multiguard.methods)
+METHODS: tuple[str, ...] = tuple(_METHODS)  # the built-in methods; the registry (multiguard.methods) is read at use
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
-DEFAULT_RADIUS_GRID = "0:3:0.05"  # the former default; make_report's default grid now follows sigma (sigma_radius_grid)
-DEFAULT_RADII = DEFAULT_RADIUS_GRID  # former name
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
 REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md")
 
-METHOD_LABELS = {**{name: method.label for name, method in _METHODS.items()}, "attack": "empirical (attack)"}
+ATTACK_LABEL = "empirical (attack)"
 TRIVIAL_LABEL = "trivial: by counting alone"
 RADIUS_GRID_STEPS_PER_SIGMA = 20  # the default grid: 0 to 4 sigma in steps of sigma / 20
 # What summary.md and `report --help` say about each column and name.
@@ -109,7 +106,11 @@ METRIC_LABELS = {
     "recall": "Certified top-k recall@R",
     "f1": "Certified top-k f1-score@R",
 }
-_LINESTYLES = {name: method.linestyle for name, method in _METHODS.items()}
+
+
+def _label(method: str) -> str:
+    """The name of a method (or of the attack's empirical curves) in plots and tables."""
+    return ATTACK_LABEL if method == "attack" else (_METHODS[method].label if method in _METHODS else method)
 
 
 @dataclass
@@ -164,13 +165,16 @@ def sigma_radius_grid(sigmas: Iterable[float]) -> np.ndarray:
     return np.unique(np.round(step * np.arange(4 * RADIUS_GRID_STEPS_PER_SIGMA + 1), 12))
 
 
-def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
-    """Radii from ``"start:stop:step"`` (stop included), ``"0,0.25,0.5"``, a single number, or numbers.
+def parse_radius_grid(text: str | float | Iterable[float]) -> np.ndarray:
+    """Radii from ``"start:stop:step"`` (stop included), ``"0,0.25,0.5"``, a single number, or numbers: the one
+    parser of radius lists (report grids, summary radii, attack radii), sorted, without repeats.
 
     Values are rounded to 12 decimals so that a grid such as ``0:3:0.05`` hits 0.25, 0.5 and 1.0 exactly.
     Raises ValueError naming ``radii`` for anything else, negative or non-finite radii.
     """
     points = 0.0  # of a START:STOP:STEP grid, counted before any array is made
+    if isinstance(text, (int, float, np.number)) and not isinstance(text, bool):
+        text = [float(text)]
     if isinstance(text, str):
         spec = text.strip()
         try:
@@ -205,7 +209,13 @@ def parse_radius_grid(text: str | Iterable[float]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ curves
 
 
-parse_radii = parse_radius_grid  # the former name
+# Retired names: they warn (DeprecationWarning naming the new name) and still work for a release.
+__getattr__ = deprecated_names(__name__, {
+    "parse_radii": ("multiguard.report.parse_radius_grid", lambda: parse_radius_grid),
+    "DEFAULT_RADIUS_GRID": ("multiguard.report.sigma_radius_grid (the default grid now follows sigma)",
+                            lambda: "0:3:0.05"),
+    "DEFAULT_RADII": ("multiguard.report.sigma_radius_grid (the default grid now follows sigma)", lambda: "0:3:0.05"),
+})
 
 
 def _run_names(runs: Sequence[Run], names: Sequence[str] | None) -> list[str]:
@@ -226,7 +236,7 @@ def compute_curves(
     k_prime: Sequence[int] = (1,),
     alpha: Sequence[float] = (0.001,),
     radius: Sequence[float] | np.ndarray = (0.0,),
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
 ) -> list[Curve]:
     """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1).
@@ -236,8 +246,9 @@ def compute_curves(
     k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1).
     """
     radius = np.asarray(radius, dtype=np.float64)
+    methods = tuple(_METHODS) if methods is None else methods  # every registered method
     for method in methods:
-        check_choice(method, "methods", METHODS)
+        check_choice(method, "methods", tuple(_METHODS))
     if not len(k) or not len(k_prime) or not len(alpha):
         raise ValueError("k, k_prime and alpha need at least one value each")
     alpha = [check_alpha(a) for a in alpha]
@@ -296,7 +307,7 @@ def run_bounds(run: Run, k_prime: int, alpha: float) -> tuple[np.ndarray, np.nda
     counts = run.counts_for(k_prime)
     if run.samples is None:
         return certify.label_probability_bounds(counts, run.n, alpha)
-    return certify.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
+    return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
 
 
 def _run_line(name: str, run: Run) -> str:
@@ -372,7 +383,7 @@ def _varying(curves: Sequence[Curve], fields: Sequence[str]) -> list[str]:
 
 
 def _curve_label(curve: Curve, varying: Sequence[str]) -> str:
-    parts = [METHOD_LABELS.get(curve.method, curve.method)]
+    parts = [_label(curve.method)]
     names = {"k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n"}
     details = [f"{names[f]}={getattr(curve, f):g}" for f in varying if f in names]
     if details:
@@ -385,17 +396,16 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
     varying = _varying(certified or curves, ("k", "k_prime", "alpha", "sigma", "n"))
     settings = sorted({tuple(getattr(c, f) for f in varying) for c in certified or curves})
     colors = [f"C{i % 10}" for i in range(len(settings))]
-    method_colors = {"multiguard": "C3", "multiguard-first-terms": "C1", "jia": "C0"}
     trivial_drawn: set[tuple] = set()
     for c in curves:
         setting = tuple(getattr(c, f) for f in varying)
         color = (colors[settings.index(setting)] if varying and setting in settings
-                 else method_colors.get(c.method, "C2"))
+                 else (_METHODS[c.method].color if c.method in _METHODS else "C2"))
         empirical = c.method not in _METHODS
         ax.plot(  # type: ignore[attr-defined]
             c.radius,
             c.metric(metric),
-            linestyle=_LINESTYLES.get(c.method, "-."),
+            linestyle=_METHODS[c.method].linestyle if c.method in _METHODS else "-.",
             color=color,
             linewidth=1.8,
             marker="o" if empirical else None,
@@ -527,7 +537,7 @@ def summary_markdown(
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for c in curves:
-            cells = [METHOD_LABELS.get(c.method, c.method), *[_cell(getattr(c, f)) for f in varying]]
+            cells = [_label(c.method), *[_cell(getattr(c, f)) for f in varying]]
             cells += [f"{100 * c.at(metric, r):.1f}" for r in radii]
             lines.append("| " + " | ".join(cells) + " |")
         for c in trivial_rows.values():
@@ -550,10 +560,10 @@ def attack_markdown(attack_curves: Sequence[Curve]) -> str:
         lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
         for metric in METRICS:
             short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
-            lines.append("| " + " | ".join([f"{short}, {METHOD_LABELS['attack']}",
+            lines.append("| " + " | ".join([f"{short}, {ATTACK_LABEL}",
                                              *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
             if a.certified is not None:
-                lines.append("| " + " | ".join([f"{short}, certified ({METHOD_LABELS['multiguard']}, α = {a.alpha:g})",
+                lines.append("| " + " | ".join([f"{short}, certified ({_label('multiguard')}, α = {a.alpha:g})",
                                                  *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
         if a.violations is not None:
             lines.append("| " + " | ".join(["inputs below their certificate (count)",
@@ -680,7 +690,7 @@ def make_report(
     alpha: Sequence[float] = (0.001,),
     radius_grid: str | Sequence[float] | None = None,
     summary_radii: Sequence[float] = (),
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
     extra_curves: Sequence[Curve] = (),
     title: str = "Certified robustness",
@@ -691,7 +701,7 @@ def make_report(
     """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
 
     ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
-    read. The curves are evaluated on ``radius_grid`` (``radii`` is its former name; ``None``: 0 to 4 sigma
+    read. The curves are evaluated on ``radius_grid`` (``radii``: its former name, deprecated; ``None``: 0 to 4 sigma
     of the runs, :func:`sigma_radius_grid`) together with the summary radii (0, 0.25, 0.5, 1 and
     ``summary_radii``) and the radii of the ``extra_curves``, so every number of ``summary.md`` is also a row
     of ``curves.csv``. ``extra_curves`` (e.g. empirical curves under attack) are written and drawn alongside;
@@ -720,13 +730,19 @@ def make_report(
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]
         runs = [run.at_sample_size(size) for run in runs for size in n]
+    methods = tuple(_METHODS) if methods is None else methods  # every registered method
     for method in methods:
-        check_choice(method, "methods", METHODS)
+        check_choice(method, "methods", tuple(_METHODS))
     if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
         only = ", ".join(f"{m} ({_METHODS[m].label})" for m in methods)
         raise ValueError(f"methods: {only} needs k' = 1 (a base classifier that predicts one label), got k' "
                          f"{', '.join(str(kp) for kp in k_prime)}; add --k-prime 1 or another method")
-    spec = radius_grid if radii is None else radii
+    if radii is not None:
+        if radius_grid is not None:
+            raise TypeError("make_report() got both radii= (deprecated) and radius_grid=; pass only radius_grid=")
+        warn_deprecated("make_report(radii=...)", "make_report(radius_grid=...)")
+        radius_grid = radii
+    spec = radius_grid
     grid = sigma_radius_grid(run.sigma for run in runs) if spec is None else parse_radius_grid(spec)
     extra_radii = [np.asarray(c.radius, dtype=np.float64) for c in extra_curves]
     if extra_radii:

@@ -105,7 +105,8 @@ def setting(default: Any = dataclasses.MISSING, *, identity: bool = False,
         default: the default value (or ``default_factory``).
         identity: part of the identity (what a resume must agree on, what a digest covers).
         check: ``check(value, name) -> checked value``, raising ``ValueError`` naming ``name``.
-        flag: the command-line option (default ``--field-name``); ``help``: its help text.
+        flag: the command-line option (default ``--field-name``); ``help``: its help text, or a function returning
+            it when the parser is built (help derived from a registry).
         legacy: the value that files written before this field existed mean (:meth:`Settings.from_dict`).
         cli: offered on the command line by :func:`add_arguments`.
         argparse_options: passed to ``add_argument`` (``type``, ``choices``, ``nargs``, ``action``, ``metavar``).
@@ -229,6 +230,8 @@ def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (),
             options["type"] = inner.kind
         default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "")
+        if callable(help_text):  # derived from a registry when the parser is built, so later entries show
+            help_text = help_text()
         if options.get("action") not in ("store_true", "store_false") and default not in (None, (), ""):
             help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         parser.add_argument(_flag(f), dest=f.name, default=None, help=help_text or None, **options)

@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from . import certify as _certify
+from . import sequential as _sequential
 from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
+from .certify import as_label_mask
+from .deprecation import warn_deprecated
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
 from .validation import (
     check_alpha,
     check_bool,
-    check_choice,
     check_float,
     check_int,
     check_interval,
@@ -42,7 +44,7 @@ from .validation import (
     invalid,
 )
 
-__all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "noise_seed", "smoothed_top_k"]
+__all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "as_label_mask", "noise_seed", "smoothed_top_k"]
 
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
     """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
@@ -51,52 +53,6 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- validation
-
-
-def _index_rows(labels: object, num_inputs: int, num_classes: int) -> list | None:
-    """The rows of ``labels`` if it is a list of label index lists (one per input; one list for one input)."""
-    if not isinstance(labels, (list, tuple)):
-        return None
-    nested = bool(labels) and all(isinstance(row, (list, tuple, set, range, np.ndarray)) for row in labels)
-    rows = list(labels) if nested or num_inputs != 1 else [labels]
-    if len(rows) != num_inputs:
-        return None
-    values = [list(row) for row in rows]
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for row in values for v in row):
-        return None
-    if all(len(row) == num_classes and set(row) <= {0, 1} for row in values):
-        return None  # a 0/1 mask written as lists
-    return values
-
-
-def as_label_mask(labels: object, num_inputs: int, num_classes: int) -> np.ndarray:
-    """``labels`` as a bool ``(N, c)`` mask: a tensor or array of bools (or of 0 and 1), or label index lists
-    (``[[0, 2], [1]]``: one list per input; ``[0, 2]`` for a single input). A list of N rows of length c
-    holding only 0 and 1 is read as a mask."""
-    rows = _index_rows(labels, num_inputs, num_classes)
-    if rows is not None:
-        mask = np.zeros((num_inputs, num_classes), dtype=bool)
-        for i, row in enumerate(rows):
-            for j in row:
-                if not 0 <= int(j) < num_classes:
-                    raise ValueError(f"labels must hold class indices in 0..{num_classes - 1}, got {int(j)} for "
-                                     f"input {i}")
-                mask[i, int(j)] = True
-        return mask
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    mask = np.asarray(labels)
-    if mask.ndim == 1 and num_inputs == 1 and mask.shape == (num_classes,):
-        mask = mask[None]  # one input's mask
-    if mask.shape != (num_inputs, num_classes):
-        raise ValueError(
-            f"labels must be an (N, c) = ({num_inputs}, {num_classes}) mask matching x, got shape {mask.shape}"
-        )
-    if mask.dtype != np.bool_:
-        if mask.dtype.kind not in "biuf" or not np.isin(mask, (0, 1)).all():
-            raise ValueError("labels must be a boolean mask (or hold only 0 and 1)")
-        mask = mask.astype(bool)
-    return mask
 
 
 def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
@@ -144,7 +100,7 @@ class Certificate:
         counts: int64 ``(N, c)``: number of the samples whose top-k' contains each label (``samples[i]`` of
             them for input i).
         lower, upper: float ``(N, c)`` Clopper-Pearson bounds at ``alpha / c`` each (fixed n), or the
-            anytime-valid bounds of :func:`multiguard.certify.anytime_label_probability_bounds` (sequential).
+            anytime-valid bounds of :func:`multiguard.sequential.anytime_label_probability_bounds` (sequential).
         labels: bool ``(N, c)`` mask of L.
         radii: float ``(N, k)`` certified radius of each intersection size e = 1..k (``inf`` possible).
         samples: int64 ``(N,)`` samples each input used: n for every input unless sampling stopped early.
@@ -261,7 +217,8 @@ class MultiGuard:
             The noise values are the same either way.
         compile: run the model through ``torch.compile`` (one graph, compiled at the first forward; where
             that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
-        autocast_dtype: the older spelling of ``precision``: ``torch.bfloat16`` or ``torch.float16``.
+        autocast_dtype: deprecated (warns): the older spelling of ``precision``, ``torch.bfloat16`` or
+            ``torch.float16``.
 
     The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
     hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
@@ -290,6 +247,8 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
+        if autocast_dtype is not None:
+            warn_deprecated("MultiGuard(autocast_dtype=...)", "MultiGuard(precision='bf16' or 'fp16')")
         autocast_precision = precision_of_autocast_dtype(autocast_dtype)
         if precision is None:
             precision = autocast_precision
@@ -419,15 +378,15 @@ class MultiGuard:
 
         ``labels`` may also be label index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
             stop_at_radius: a target radius R: sample in rounds at the looks of
-                :func:`multiguard.certify.sample_size_schedule` ``(n)`` and stop each input as soon as its
-                certified intersection size at R is settled (:func:`multiguard.certify.sequential_stopping_rule`).
+                :func:`multiguard.sequential.sample_size_schedule` ``(n)`` and stop each input as soon as its
+                certified intersection size at R is settled (:func:`multiguard.sequential.sequential_stopping_rule`).
                 The bounds are then the anytime-valid ones, and the radii are valid at every radius, not only
-                at R. The counts, and so the certificate, are those :func:`multiguard.certify.
+                at R. The counts, and so the certificate, are those :func:`multiguard.sequential.
                 sequential_certification` gives on the nested counts of the same seed.
             futility: when the stopping rule gives up on an input (``"remaining"``: no outcome of the remaining
                 samples could raise its size at R; ``"plausible"``: none the samples so far make plausible could;
                 ``"projected"``: the remaining samples at the frequencies seen so far would not; see
-                :func:`multiguard.certify.sequential_stopping_rule`). The guarantee is the same for all three.
+                :func:`multiguard.sequential.sequential_stopping_rule`). The guarantee is the same for all three.
 
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
@@ -438,22 +397,12 @@ class MultiGuard:
         n = check_int(n, "n", 1)
         tensor = as_image_batch(x, check_range)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
-        if stop_at_radius is None:
-            counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
-                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress)
-            counts = counts[:, self.k_prime - 1]
-            samples = np.full(tensor.shape[0], n, dtype=np.int64)
-            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
-        else:
+        if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            counts, samples = self._sample_sequentially(
-                tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
-            )
-            counts = counts[:, self.k_prime - 1]
-            lower, upper = _certify.anytime_label_probability_bounds(
-                counts, samples, alpha, _certify.sample_size_schedule(n)
-            )
+        counts, samples, lower, upper = self._estimate(
+            tensor, mask, n, alpha, k, stop_at_radius, futility, second_terms, seed=seed, index=index,
+            batch_size=batch_size, progress=progress,
+        )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
         )
@@ -486,7 +435,7 @@ class MultiGuard:
         """Cumulative counts at nested sample sizes: int64 ``(N, S, K, c)``, ``[i, s]`` equal to
         ``sample_counts(x, sizes[s], ..., max_k_prime=K)[i]`` exactly, for the cost of the largest size.
 
-        ``sizes`` is strictly increasing (e.g. :func:`multiguard.certify.sample_size_schedule` ``(n)``); K is
+        ``sizes`` is strictly increasing (e.g. :func:`multiguard.sequential.sample_size_schedule` ``(n)``); K is
         ``max_k_prime`` (default ``self.k_prime``). See :meth:`multiguard.engine.SamplingEngine.count_nested`.
         """
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
@@ -512,8 +461,8 @@ class MultiGuard:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
-        The looks are :func:`multiguard.certify.sample_size_schedule` ``(n)``; after each one,
-        :func:`multiguard.certify.sequential_stopping_rule` decides from the counts of ``self.k_prime`` (with
+        The looks are :func:`multiguard.sequential.sample_size_schedule` ``(n)``; after each one,
+        :func:`multiguard.sequential.sequential_stopping_rule` decides from the counts of ``self.k_prime`` (with
         ``alpha``, ``k``, ``second_terms``, ``futility``) which inputs stop. Returns ``(counts, samples)``: int64
         ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default ``self.k_prime``) of the samples each
         input used, and int64 ``(N,)`` those numbers of samples (looks). The counts are those of the same
@@ -529,46 +478,57 @@ class MultiGuard:
             batch_size=batch_size, progress=progress, num_k=num_k, futility=futility,
         )
 
+    # ------------------------------------------------------------------------------------------ estimation
+
+    def _estimate(
+        self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, stop_at_radius: float | None,
+        futility: str, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The one estimation path of :meth:`certify` and :meth:`predict`: counts of ``self.k_prime`` over the
+        estimation stream and their bounds, ``(counts (N, c), samples (N,), lower, upper)``.
+
+        Fixed n: n samples per input, Clopper-Pearson bounds (:func:`multiguard.certify.label_probability_bounds`).
+        With ``stop_at_radius``: the sequential procedure (:func:`multiguard.sequential.sample_until_stopped`),
+        anytime-valid bounds at each input's stop."""
+        if stop_at_radius is None:
+            counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
+                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress)
+            counts = counts[:, self.k_prime - 1]
+            samples = np.full(tensor.shape[0], n, dtype=np.int64)
+            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+            return counts, samples, lower, upper
+        counts, samples = self._sample_sequentially(
+            tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
+            batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
+        )
+        counts = counts[:, self.k_prime - 1]
+        lower, upper = _sequential.anytime_label_probability_bounds(
+            counts, samples, alpha, _sequential.sample_size_schedule(n)
+        )
+        return counts, samples, lower, upper
+
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
         second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
         futility: str = "remaining",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Sample each input look by look until the stopping rule stops it (estimation stream).
-
-        Returns ``(counts (N, num_k, c), samples (N,))``: each input's counts at the look it stopped at, and
-        that look. Each round samples only the inputs still going, continuing their sample streams
-        (``start``), so the counts are those of one long call, and stopped inputs leave the forward batches
-        to the others.
-        """
-        num_inputs = tensor.shape[0]
-        index_arr = as_index(index, num_inputs)
+        """:func:`multiguard.sequential.sample_until_stopped` on this classifier's estimation stream: each round
+        samples only the inputs still going, continuing their sample streams, so stopped inputs leave the
+        forward batches to the others. Returns ``(counts (N, num_k, c), samples (N,))``."""
+        index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)
         check_bool(second_terms, "second_terms")
-        check_choice(futility, "futility", _certify.FUTILITY_RULES)
-        looks = _certify.sample_size_schedule(n)
-        counts = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
-        samples = np.full(num_inputs, n, dtype=np.int64)
-        active = np.arange(num_inputs)
-        done = 0
-        for size in looks.tolist():
-            if active.size == 0:
-                break
-            rows = torch.as_tensor(active) if active.size < num_inputs else None
-            counts[active] += self.engine.count(
-                tensor if rows is None else tensor[rows], size - done, seed=seed, index=index_arr[active],
-                batch_size=batch_size, num_k=num_k, stream=STREAM_ESTIMATION, progress=progress,
-                start=np.full(active.size, done, dtype=np.int64),
-            )
-            done = size
-            decision = _certify.sequential_stopping_rule(
-                counts[active, self.k_prime - 1], size, mask[active], looks=looks, alpha=alpha, k=k,
-                k_prime=self.k_prime, sigma=self.sigma, radius=radius, second_terms=second_terms,
-                futility=futility,
-            )
-            samples[active[decision.stop]] = size
-            active = active[~decision.stop]
-        return counts, samples
+
+        def count(rows: np.ndarray, done: int, size: int) -> np.ndarray:
+            subset = tensor if rows.size == tensor.shape[0] else tensor[torch.as_tensor(rows)]
+            return self.engine.count(subset, size - done, seed=seed, index=index_arr[rows], batch_size=batch_size,
+                                     num_k=num_k, stream=STREAM_ESTIMATION, progress=progress,
+                                     start=np.full(rows.size, done, dtype=np.int64))
+
+        return _sequential.sample_until_stopped(
+            count, mask, n, num_k=num_k, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
+            second_terms=second_terms, futility=futility,
+        )
 
     def predict(
         self,
@@ -613,30 +573,22 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            check_choice(futility, "futility", _certify.FUTILITY_RULES)
+            _sequential.futility_rule(futility)
         tensor = as_image_batch(x, check_range)
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
         check_int(batch_size, "batch_size", 1)
         check_bool(progress, "progress")
-        common = dict(seed=seed, index=index_arr, batch_size=batch_size, num_k=self.k_prime, progress=progress)
-        selection = self.engine.count(tensor, n0, stream=STREAM_SELECTION, **common)[:, self.k_prime - 1]
+        selection = self.engine.count(tensor, n0, seed=seed, index=index_arr, batch_size=batch_size,
+                                      num_k=self.k_prime, progress=progress, stream=STREAM_SELECTION)
+        selection = selection[:, self.k_prime - 1]
         top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
-        if stop_at_radius is None:
-            counts = self.engine.count(tensor, n, stream=STREAM_ESTIMATION, **common)[:, self.k_prime - 1]
-            samples = np.full(tensor.shape[0], n, dtype=np.int64)
-            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
-        else:
-            counts, samples = self._sample_sequentially(
-                tensor, mask, n, alpha, k, stop_at_radius, True, seed=seed, index=index_arr,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
-            )
-            counts = counts[:, self.k_prime - 1]
-            lower, upper = _certify.anytime_label_probability_bounds(
-                counts, samples, alpha, _certify.sample_size_schedule(n)
-            )
+        counts, samples, lower, upper = self._estimate(
+            tensor, mask, n, alpha, k, stop_at_radius, futility, True, seed=seed, index=index_arr,
+            batch_size=batch_size, progress=progress,
+        )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
             labels=top,

@@ -41,6 +41,7 @@ __all__ = [
     "describe",
     "format_description",
     "get_dataset",
+    "is_composed",
     "load_image",
 ]
 
@@ -97,6 +98,8 @@ class DatasetInfo:
         image_size: default side S of the square inputs; ``None``: chosen from the images.
         needs_root: whether the dataset lives in a folder the user gives (``--data-root``).
         options: the names of the family's extra options (``--dataset-option KEY=VALUE``).
+        composed: whether the dataset is composed in memory from ``seed`` (as multidigits): then the seed
+            and the split sizes (the ``size`` option) decide its images, and a run records them.
         load: ``load(root, split, image_size, seed, **options) -> Dataset`` (``image_size`` may be
             ``None``: the family's default).
     """
@@ -109,6 +112,7 @@ class DatasetInfo:
     needs_root: bool
     options: tuple[str, ...]
     load: Callable[..., Dataset] = field(repr=False, compare=False)
+    composed: bool = False
 
 
 # The one registry of dataset families: a new family is one module in this package and one entry here (its
@@ -119,7 +123,7 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
         "multidigits",
         "embedded: 2x2 grids of 1-4 scikit-learn handwritten digits, 10 classes, grayscale",
         "train", "test", 32, False,
-        ("size", "min_digits", "max_digits"), _load_multidigits,
+        ("size", "min_digits", "max_digits"), _load_multidigits, composed=True,
     ),
     DatasetInfo(
         "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes",
@@ -144,6 +148,13 @@ def dataset_names(conjunction: str = "or") -> str:
     """The registered names as running text, e.g. ``'multidigits, voc2007, coco2014, nuswide or csv'`` (for help)."""
     names = list(DATASETS)
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
+
+
+def is_composed(name: str) -> bool:
+    """Whether dataset ``name`` is composed in memory from a seed (:attr:`DatasetInfo.composed`); ``False`` for a
+    name no family has."""
+    info = DATASETS.get(name)
+    return bool(info is not None and info.composed)
 
 
 def _info(name: str) -> DatasetInfo:

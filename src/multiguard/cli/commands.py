@@ -1,0 +1,571 @@
+"""The commands of ``multiguard``: one handler each (parse nothing, call the library, print), and the table
+:data:`COMMANDS` that the parser is built from.
+
+A command is one entry of :data:`COMMANDS` (a :class:`~multiguard.registry.Registry` of :class:`Command`):
+its name, its handler, a one-line help, a description and a function that adds its options (mostly the
+shared groups of :mod:`multiguard.cli.options`). Registering one makes ``multiguard NAME`` exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..registry import Registry
+from .options import (
+    DEMO_COMPILE,
+    EXIT_USAGE,
+    add_device,
+    add_mode,
+    add_model_source,
+    add_output,
+    add_sampling,
+    add_stop_rule,
+    dataset_options,
+    mode_args,
+    wrap,
+)
+
+__all__ = ["COMMANDS", "Command"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``multiguard`` command: ``handler(args) -> exit status``, the ``description`` of its ``--help``,
+    ``options(parser)`` adding its options, and ``subcommands`` (a command with actions, as ``datasets``)."""
+
+    handler: Callable[[argparse.Namespace], int] | None
+    description: str
+    options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    subcommands: tuple[tuple[str, str, Command], ...] = ()  # (name, help, command)
+
+
+def _shown(text: str) -> str:
+    """A path, or an arch ``PATH.py:factory``, relative to the current folder where that is shorter."""
+    path, sep, rest = text.rpartition(":") if ".py:" in text else (text, "", "")
+    if not os.path.isabs(path):
+        return text
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive
+        return text
+    return relative + sep + rest if len(relative) < len(path) else text
+
+
+def _next_k(run_dir: str) -> tuple[int, str]:
+    """A k for the `next:` hint from the run's labels: about the mean label count, well below the classes."""
+    from ..runs import load_run
+
+    labels = load_run(run_dir).labels
+    classes = labels.shape[1]
+    mean = float(labels.sum(1).mean()) if len(labels) else 1.0
+    k = max(1, min(int(-(-mean // 1)), max(1, classes // 2)))
+    return k, (f"k = {k}: about the {mean:.1f} labels per input, at most half the {classes} classes; "
+               "k' = 1 as in the paper")
+
+
+def echo(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"multiguard: error: {line}", file=sys.stderr, flush=True)
+    return code
+
+
+
+# ------------------------------------------------------------------------------------------ handlers
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..settings import from_namespace
+    from ..train import train
+    from ..train_settings import TrainSettings
+
+    _, meta = train(from_namespace(TrainSettings, args), out=args.out, resume=args.resume, overwrite=args.overwrite,
+                    device=args.device, progress=not args.quiet, log=None if not args.quiet else (lambda line: None))
+    last = meta["metrics"][-1] if meta["metrics"] else None
+    if last is not None:
+        noisy = f", noisy {last['noisy_map']:.4f}" if meta["sigma"] > 0 else ""
+        if meta["epoch"] == 0:
+            what = f"imported {meta['pretrained']} as {_shown(meta['arch'])} without training"
+        else:
+            what = f"trained {_shown(meta['arch'])} for {meta['epoch']} epochs"
+        echo(f"{what} on {meta['dataset']} ({meta['num_classes']} classes, sigma = {meta['sigma']:g}): "
+              f"test mAP clean {last['clean_map']:.4f}{noisy}")
+    echo(f"checkpoint: {args.out}")
+    return 0
+
+
+def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from ..denoise_train import train_denoiser
+    from ..settings import from_namespace
+    from ..train_settings import DenoiserTrainSettings
+
+    _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
+                             overwrite=args.overwrite, device=args.device, progress=not args.quiet,
+                             log=None if not args.quiet else (lambda line: None))
+    last = meta["metrics"][-1]
+    agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
+    echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
+          f"{meta['dataset']} ({meta['in_channels']}x{meta['image_size']}x{meta['image_size']}) for {meta['epoch']} "
+          f"epochs: held-out MSE {last['test_mse']:.5f} (noisy input {last['noisy_mse']:.5f}){agreement}")
+    echo(f"denoiser: {args.out} (use it with: multiguard certify --checkpoint CLASSIFIER --denoiser {args.out} ...)")
+    return 0
+
+
+def _cmd_datasets_list(args: argparse.Namespace) -> int:
+    from ..data import DATASETS
+
+    if args.json:
+        echo(json.dumps({name: {"description": info.description, "train_split": info.train_split,
+                                 "test_split": info.test_split, "image_size": info.image_size,
+                                 "needs_root": info.needs_root, "options": list(info.options)}
+                          for name, info in DATASETS.items()}, indent=2))
+        return 0
+    width = max(len(name) for name in DATASETS)
+    for name, info in DATASETS.items():
+        echo(f"{name.ljust(width)}  {info.description} (splits {info.train_split}/{info.test_split})")
+    return 0
+
+
+def _cmd_datasets_describe(args: argparse.Namespace) -> int:
+    from ..data import default_splits, describe, format_description, get_dataset
+
+    splits = args.split or list(dict.fromkeys(default_splits(args.dataset)))
+    options = dataset_options(args.dataset_option)
+    descriptions = [
+        describe(get_dataset(args.dataset, root=args.data_root, split=split, image_size=args.image_size,
+                             seed=args.seed, **options), check_images=not args.labels_only)
+        for split in splits
+    ]
+    if args.json:
+        echo(json.dumps(descriptions[0] if len(descriptions) == 1 else descriptions, indent=2))
+    else:
+        echo(format_description(descriptions))
+    unreadable = sum(len(d.get("unreadable_images", ())) for d in descriptions)
+    if unreadable:
+        return fail(f"{unreadable} image file{'s' if unreadable > 1 else ''} cannot be read (listed above); fix or "
+                     "remove them from the dataset before training")
+    return 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from .. import runs
+    from ..base_classifier import ModeSpec
+    from ..distributed import init_distributed
+    from ..pipeline import sample_checkpoint
+    from ..progress import ProgressPrinter
+    from ..runspec import StopRule
+
+    shard = runs.parse_shard(args.shard)
+    context = init_distributed(args.device)
+    try:
+        where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
+        if shard[1] > 1:
+            where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
+        say = echo if context.rank == 0 else (lambda line: None)
+        prefix = f"certify ({where})" if where else "certify"
+        mode = mode_args(args, context.device, say)
+        started = time.perf_counter()
+        printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
+            say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
+        )
+        quiet_say = (lambda line: None) if args.quiet else say
+        result = sample_checkpoint(
+            args.checkpoint,
+            args.out,
+            mode=ModeSpec(**mode),
+            dataset=args.dataset,
+            data_root=args.data_root,
+            split=args.split,
+            n=args.n,
+            max_k_prime=args.max_k_prime,
+            num_inputs=args.num_inputs,
+            seed=args.seed,
+            sigma=args.sigma,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            shard=shard,
+            resume=args.resume,
+            context=context,
+            stop_rule=None if args.stop_at_radius is None else StopRule(
+                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha, futility=args.futility),
+            log=quiet_say,
+            denoiser=args.denoiser,
+            on_progress=printer,
+        )
+        wall = time.perf_counter() - started
+        meta = result.metadata
+        for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
+            if printer is None or line not in printer.repairs_shown:
+                say(f"{prefix}: {line}")
+        if result.complete and meta.get("stop_rule"):
+            used = runs.load_run(args.out).samples
+            say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
+                f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
+                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
+        elif result.complete:
+            say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
+                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
+            k, why = _next_k(args.out)
+            say(f"next: multiguard report {args.out} --k {k} --k-prime 1 --out REPORT_DIR   ({why})")
+        else:
+            status = runs.run_status(args.out)
+            say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
+                f"{status['num_chunks']} chunks: the last shard to finish writes counts.npz")
+        return 0
+    finally:
+        context.close()
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..report import empirical_curve, make_report, parse_radius_grid
+
+    summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
+    if args.radii is not None:
+        parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
+    result = make_report(
+        args.runs,
+        args.out,
+        k=args.k,
+        k_prime=args.k_prime,
+        alpha=args.alpha,
+        radius_grid=args.radii,
+        summary_radii=summary_radii,
+        methods=args.methods,
+        names=args.names,
+        extra_curves=[empirical_curve(path) for path in args.attack or ()],
+        overwrite=args.overwrite,
+        n=args.n or (),
+    )
+    if not args.quiet:
+        echo(result.summary)
+    echo("wrote " + ", ".join(str(p) for p in result.files))
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from ..attack_run import run_attack
+    from ..devices import resolve_device
+
+    mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
+    result = run_attack(
+        args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
+        dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
+        steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
+        certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
+        log=None if args.quiet else echo, denoiser=args.denoiser, **mode,
+    )
+    curves = result.curves
+    echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
+    echo("  radius  precision  recall      f1" + ("  below certificate" if result.violations is not None else ""))
+    for i, r in enumerate(curves.radius):
+        line = f"  {r:6g}  {curves.precision[i]:9.3f}  {curves.recall[i]:6.3f}  {curves.f1[i]:6.3f}"
+        if result.violations is not None:
+            line += f"  {int(result.violations[i]):>18d}"
+        echo(line)
+    echo(f"wrote {result.out_dir}/empirical.csv (overlay it with: multiguard report RUN_DIR --attack {args.out})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device
+    from ..predict import predict_images
+
+    if args.mode_of is not None:
+        from ..runs import load_run
+
+        if args.precision is not None or args.channels_last is not None or args.compile:
+            raise ValueError("mode-of: the mode comes from the run; leave out --precision, --channels-last, --compile")
+        recorded = load_run(args.mode_of).metadata
+        args.precision = recorded.get("precision", "fp32")
+        args.channels_last = bool(recorded.get("channels_last", False))
+        args.compile = bool(recorded.get("compile", False))
+    mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
+    predictions = predict_images(
+        args.checkpoint,
+        args.images,
+        k=args.k,
+        k_prime=args.k_prime,
+        n0=args.n0,
+        n=args.n,
+        alpha=args.alpha,
+        seed=args.seed,
+        sigma=args.sigma,
+        batch_size=args.batch_size,
+        device=args.device,
+        **mode,
+        stop_at_radius=args.stop_at_radius,
+        futility=args.futility,
+        denoiser=args.denoiser,
+    )
+    if args.json:
+        echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+        return 0
+    for p in predictions:
+        used = f" ({p.samples} samples)" if args.stop_at_radius is not None else ""
+        echo(f"{p.path}: {', '.join(p.labels)}{used}")
+        for e, radius in enumerate(p.radii, start=1):
+            if e <= p.trivial:
+                echo(f"  at least {e} of them: trivial, not a guarantee about the model: any {args.k} of the "
+                      f"{p.num_classes} classes keep at least {p.trivial} of these {args.k} labels (k well below "
+                      "the number of classes avoids this)")
+            elif radius > 0:
+                bound = "of any size" if radius == float("inf") else f"of l2 norm < {radius:.3f}"
+                echo(f"  at least {e} of them stay{'s' if e == 1 else ''} predicted under every perturbation {bound}")
+            else:
+                echo(f"  {e} of them: no guarantee")
+    echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
+          "pixels in [0, 1])")
+    return 0
+
+
+def _cmd_demo_denoised(args: argparse.Namespace) -> int:
+    from ..demo import run_denoised_demo
+
+    started = time.perf_counter()
+    out = os.path.join(args.out, "denoised")
+    echo(f"MultiGuard denoised-smoothing demo: offline, on the embedded multidigits dataset; files go to {out}/")
+    result = run_denoised_demo(out, device=args.device, log=echo)
+    echo()
+    echo(result.report.summary.rstrip())
+    echo()
+    timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
+    echo(f"done in {time.perf_counter() - started:.0f} s ({timings}). Report: {result.report.out}/")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    if args.denoised:
+        return _cmd_demo_denoised(args)
+    started = time.perf_counter()
+    mode = "quick demo" if args.quick else "demo"
+    echo(f"MultiGuard {mode}: offline, on the embedded multidigits dataset; files go to {args.out}/")
+    from ..devices import resolve_device
+
+    mode = mode_args(args, resolve_device(args.device), echo)
+    result = run_demo(args.out, quick=args.quick, device=args.device, log=echo, **mode)
+    main_report = result.reports["report"]
+    echo()
+    echo(main_report.summary.rstrip())
+    echo()
+    for key, label in (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
+                       ("report-n", "Impact of n (k' = 1, k = 3)")):
+        if key not in result.reports:
+            continue
+        text = result.reports[key].summary
+        start = text.find("## Certified top-k f1-score@R")
+        end = text.find("\n## ", start + 3)
+        echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
+        echo()
+    total = time.perf_counter() - started
+    timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
+    echo(f"done in {total:.0f} s ({timings}). Files:")
+    echo(f"  {'model':<15} {result.checkpoint}")
+    echo(f"  {'counts':<15} {result.run_dir}/ (metadata.json, counts.npz, chunks/)")
+    for key, rep in result.reports.items():
+        echo(f"  {key:<15} {rep.out}/ (curves.csv, precision.png, recall.png, f1.png, summary.md)")
+    echo(f"  {'figure':<15} {result.figure}")
+    return 0
+
+
+
+# --------------------------------------------------------------------------------------- options per command
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from ..settings import add_arguments
+    from ..train_settings import TrainSettings
+
+    add_arguments(p, TrainSettings)  # every setting once, on its field: flag, default, check, help
+    add_device(p)
+    add_output(p, metavar=None, help="checkpoint file to write (e.g. model.pt)",
+               resume="continue the checkpoint at --out", overwrite="replace an existing checkpoint at --out")
+
+
+def _train_denoiser_options(p: argparse.ArgumentParser) -> None:
+    from ..settings import add_arguments
+    from ..train_settings import DenoiserTrainSettings
+
+    add_arguments(p, DenoiserTrainSettings)
+    add_device(p)
+    add_output(p, metavar=None, help="denoiser checkpoint to write (e.g. denoiser.pt)",
+               resume="continue the checkpoint at --out", overwrite="replace an existing denoiser at --out")
+
+
+def _datasets_list_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _datasets_describe_options(p: argparse.ArgumentParser) -> None:
+    from ..data import DATASETS, dataset_names
+
+    composed = [name for name, info in DATASETS.items() if info.composed]
+    p.add_argument("--dataset", required=True, help=dataset_names())
+    p.add_argument("--data-root", default=None, help="dataset folder (all datasets but multidigits)")
+    p.add_argument("--split", action="append", default=None,
+                   help="split to describe (repeatable; default: the train and test splits)")
+    p.add_argument("--image-size", type=int, default=None, help="image side (labels do not depend on it)")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"{' and '.join(composed) or 'composed datasets'} only: the seed that composes it")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
+    p.add_argument("--labels-only", action="store_true",
+                   help="do not open the images (quick on large datasets; missing or corrupt files go unnoticed)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def _certify_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    add_sampling(p, n_aliases=("--num-samples",),
+                 n_help="noisy samples per input (write --num-samples under torchrun, whose parser reads --n as an "
+                 "abbreviation of its own options)")
+    p.add_argument("--max-k-prime", type=int, default=None,
+                   help="store counts for every k' <= this (default: min(5, number of classes))")
+    p.add_argument("--num-inputs", type=int, default=500,
+                   help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
+    p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="do only shard I of N (e.g. 0/4) of the chunks")
+    add_stop_rule(
+        p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
+        "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
+        futility_help="with --stop-at-radius: give up on an input when none of these outcomes of its remaining "
+        "samples could raise its size at R")
+    p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
+    p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
+    p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+    add_output(p, metavar="RUN_DIR", help="the run folder to write",
+               resume="continue the run in --out (its settings must agree)")
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    from ..methods import METHODS
+
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs written by multiguard certify")
+    p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")
+    p.add_argument("--k-prime", type=int, nargs="+", default=[1], help="labels the base classifier predicts")
+    p.add_argument("--alpha", type=float, nargs="+", default=[0.001], help="failure probability of the bounds")
+    p.add_argument("--radii", default=None,
+                   help="radius grid START:STOP:STEP or a comma list (default: 0 to 4 sigma of the runs in steps of "
+                   "sigma/20, e.g. 0:2:0.025 at sigma = 0.5)")
+    p.add_argument("--summary-radii", default=None,
+                   help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD", choices=list(METHODS),
+                   help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items()))
+    p.add_argument("--names", nargs="+", default=None, help="a name per RUN_DIR (default: folder names)")
+    p.add_argument("--n", type=int, nargs="+", default=None,
+                   help="read each run at these sample sizes (from its stored nested counts), e.g. 100 200 500 1000")
+    p.add_argument("--attack", nargs="+", default=None, metavar="ATTACK_DIR",
+                   help="overlay the empirical curves of multiguard attack runs")
+    add_output(p, metavar="REPORT_DIR", help="folder for the report files", quiet="do not print the summary",
+               overwrite="write into an --out that holds other files (a previous report is always replaced)")
+
+
+def _attack_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    add_sampling(p, n_help="fresh samples that measure the attacked prediction")
+    p.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
+    p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
+    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
+    p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
+    p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
+    add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files")
+
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p, data=False)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_sampling(p, n_help="samples that certify them", seed_help="seeds the noise")
+    p.add_argument("--k", type=int, default=3, help="labels to predict")
+    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
+    p.add_argument("--n0", type=int, default=100, help="samples that select the labels")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    add_stop_rule(
+        p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
+        "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
+                   help="use the sampling mode a certify run recorded (to claim that run's certificate)")
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    add_output(p, metavar=None, help="folder for the demo's files", required=False, default="multiguard-demo",
+               quiet=None)
+    p.add_argument("--quick", action="store_true", help="a smaller, faster demo")
+    p.add_argument("--denoised", action="store_true",
+                   help="instead: denoised smoothing, a classifier trained without noise alone, behind an MSE and a "
+                   "stability denoiser, and a noise-trained one, certified on the same 100 inputs (into OUT/denoised)")
+    add_device(p)
+    add_mode(p, default="auto", compile_default=DEMO_COMPILE)
+
+
+# ---------------------------------------------------------------------------------------- the command table
+
+#: The commands of ``multiguard``, in the order ``--help`` lists them.
+COMMANDS: Registry[Command] = Registry("command")
+COMMANDS.register("train", Command(_cmd_train, wrap(
+    "Train a base multi-label classifier with Gaussian noise on every batch (ASL loss, Adam), saving a checkpoint "
+    "after each epoch."), _train_options), help="train a base classifier on noisy inputs")
+COMMANDS.register("train-denoiser", Command(_cmd_train_denoiser, wrap(
+    "Train a denoiser that removes Gaussian noise of --sigma from a dataset's images (denoised smoothing): then "
+    "`certify --denoiser` puts it in front of a classifier trained on clean images, and the base classifier becomes "
+    "classifier(denoiser(x + noise)). Objective mse needs no labels and no classifier; stability makes the frozen "
+    "--classifier say on denoised noisy images what it says on clean ones (no labels either), best started from an "
+    "mse denoiser with --pretrained. A checkpoint is saved after each epoch."), _train_denoiser_options),
+    help="train a denoiser for a classifier trained without noise")
+COMMANDS.register("datasets", Command(None, wrap("List the dataset families, or describe one dataset's labels."),
+    subcommands=(
+        ("list", "the dataset families", Command(_cmd_datasets_list, "", _datasets_list_options)),
+        ("describe", "label statistics of a dataset", Command(_cmd_datasets_describe, wrap(
+            "Label counts and frequencies of a dataset's splits, and a check of every image file: it is opened and "
+            "decoded, and the sizes and colour modes found are listed with the input size the model will use. "
+            "Unreadable images (missing or corrupt) are listed and make the command exit with code 2."),
+            _datasets_describe_options)),
+    )), help="list and describe datasets")
+COMMANDS.register("certify", Command(_cmd_certify, wrap(
+    "Draw n noisy samples of each of --num-inputs random inputs (chosen from --seed) and save, for every k' <= "
+    "--max-k-prime, how often each label is in the model's top k'. Chunks are saved atomically: a killed run "
+    "continues with --resume.\n\nScale out: `torchrun --nproc-per-node G -m multiguard certify --num-samples 1000 "
+    "...` (one GPU per rank), or --shard I/N for job arrays; all write the same RUN_DIR and give the same counts as "
+    "one process."), _certify_options), help="sample counts into a RUN_DIR (resumable, shardable)")
+COMMANDS.register("report", Command(_cmd_report, wrap(
+    "Certified top-k precision/recall/F1 curves of MultiGuard, MultiGuard with first terms only, and (where k' = 1) "
+    "Jia et al., from the counts of one or more RUN_DIRs. Writes curves.csv, precision.png, recall.png, f1.png and "
+    "summary.md into --out.\n\nIn the tables and plots: R is the l2 norm of the perturbation (pixels in [0, 1]); e "
+    "is the number of an input's true labels L certified to stay among the k predicted labels under every "
+    "perturbation of norm < R; certified precision@R = e/k, recall@R = e/|L|, F1@R = 2e/(|L| + k), averaged over "
+    "inputs; 'trivial: by counting alone' is the part that any k of the c labels keep whatever the model (e <= |L| "
+    "- (c - k)); 'empirical (attack)' is measured at the inputs a PGD attack found (an upper bound, where "
+    "certificates are lower bounds).\n\nThe impact of n from one run: --n 100 200 500 1000 reads each run at those "
+    "sample sizes (a run stores its counts after 100, 200, 500, 1000, 2000, 5000, ... samples; each is the fixed-n "
+    "experiment on the same samples). A sequential run (certify --stop-at-radius) is reported with anytime-valid "
+    "bounds: its curves hold at every radius."), _report_options),
+    help="curves, plots and tables from saved runs (no model)")
+COMMANDS.register("attack", Command(_cmd_attack, wrap(
+    "Attack the smoothed classifier of a checkpoint with l2 PGD in the manner of SmoothAdv (gradients of a soft "
+    "top-k' surrogate averaged over --samples noise draws, --steps projected steps) at each radius, then measure "
+    "|L ∩ top-k| at the attacked inputs with n fresh samples. Writes ATTACK_DIR/empirical.csv "
+    "(radius,precision,recall,f1,num_inputs), per_input.npz and attack.json. The inputs are those of a certify run "
+    "with the same --seed and --num-inputs; the certified sizes of the same inputs are computed too, and every input "
+    "whose empirical size falls below its certified one is counted (each is a failure of probability at most "
+    "alpha)."), _attack_options), help="l2 PGD attack on the smoothed classifier (empirical curves)")
+COMMANDS.register("predict", Command(_cmd_predict, wrap(
+    "Predict k labels per image with the smoothed classifier and, for each e, the l2 radius below which at least e "
+    "of them provably stay predicted."), _predict_options), help="certified labels for image files")
+COMMANDS.register("demo", Command(_cmd_demo, wrap(
+    "The whole method on a laptop with no network: train small_cnn on multidigits with noise (sigma = 0.5), certify "
+    "500 random test inputs with n = 1000 for every k' <= 3, and report MultiGuard vs Jia et al. (k' = 1, k = 3) "
+    "plus the k and k' ablations. About 2 minutes on 2 CPU cores; --quick (100 inputs, a smaller model budget) well "
+    "under 90 s. Running it again reuses what is finished."), _demo_options),
+    help="train, certify and report offline on multidigits")

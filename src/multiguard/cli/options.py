@@ -1,0 +1,187 @@
+"""The command line's parts: the parser that never abbreviates, the help formatter, and the option groups
+that several commands share (each option is written once, here).
+
+No torch here: ``multiguard --help`` builds every parser from these groups and the torch-free registries
+(datasets, architectures, methods, precision modes, futility rules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+__all__ = [
+    "DEBUG_ENV",
+    "DEMO_COMPILE",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "Parser",
+    "add_device",
+    "add_mode",
+    "add_model_source",
+    "add_output",
+    "add_sampling",
+    "add_stop_rule",
+    "dataset_options",
+    "mode_args",
+    "wrap",
+]
+
+EXIT_FAILURE = 1  # the machine failed (disk full, read-only, out of memory) or something unexpected happened
+EXIT_USAGE = 2  # the user's input is wrong
+DEBUG_ENV = "MULTIGUARD_DEBUG"  # set to 1 to see tracebacks (as --debug does)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FUTILITY_CHOICES":  # the futility rules' names, read from their registry at use
+        from ..sequential import FUTILITY_RULES
+
+        return FUTILITY_RULES.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# The demo's default mode: the fastest safe one measured on the project's CPU (benchmarks/README.md).
+DEMO_COMPILE = True
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown (unless the help already says it), descriptions wrapped by :func:`wrap`."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def wrap(text: str, width: int = 88) -> str:
+    """Wrap each blank-line separated paragraph of ``text`` (for RawDescriptionHelpFormatter)."""
+    return "\n\n".join(textwrap.fill(" ".join(par.split()), width) for par in text.split("\n\n"))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (a half-typed option is an error, never another option: ``--n`` is not
+    ``--names``), whose usage errors are one line on stderr with exit status 2. Subparsers inherit both."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``multiguard: error: <message> (see <prog> --help)`` and exit with status 2."""
+        line = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"multiguard: error: {line} (see {self.prog} --help)\n")
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def dataset_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``--dataset-option``, ``--arch-option``) as a dict, values typed."""
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"dataset-option must look like KEY=VALUE, got {pair!r}")
+        options[key.replace("-", "_")] = _option_value(value)
+    return options
+
+
+# ------------------------------------------------------------------------------------------ option groups
+
+DENOISER_HELP = ("denoiser checkpoint (multiguard train-denoiser) put in front of the classifier; it must have been "
+                 "trained for the same sigma and image size")
+
+
+def add_model_source(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    """The base classifier: --checkpoint and --denoiser; with ``data``, the inputs: --dataset, --data-root and
+    --split, each defaulting to the checkpoint's."""
+    p.add_argument("--checkpoint", required=True, help="model checkpoint from multiguard train")
+    p.add_argument("--denoiser", default=None, help=DENOISER_HELP)
+    if data:
+        p.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
+        p.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's)")
+        p.add_argument("--split", default=None, help="split (default: the checkpoint's test split)")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+
+
+def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
+    """--precision, --channels-last and --compile: the sampling mode, part of the base classifier."""
+    from ..modes import AUTO_HELP, PRECISION_MODES
+
+    p.add_argument(
+        "--precision", choices=PRECISION_MODES.names(), default=None,
+        help=f"precision of the model's forward pass (default: {default}); the noise is still drawn and added in "
+        f"fp32, and certificates hold for the model run in this mode; {AUTO_HELP}",
+    )
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="feed batches in channels_last memory format (implied where --precision auto picks bf16)")
+    if compile_default:
+        p.add_argument("--no-compile", dest="compile", action="store_false", default=True,
+                       help="do not compile the model with torch.compile (compiled by default)")
+    else:
+        p.add_argument("--compile", action="store_true", default=False,
+                       help="compile the model with torch.compile before sampling (compile time reported apart; "
+                       "where it cannot compile, one line says so and the model runs uncompiled)")
+    p.set_defaults(default_precision=default)
+
+
+def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "chooses the inputs and seeds the noise",
+                 n_aliases: tuple[str, ...] = ()) -> None:
+    """The noise and how it is drawn: --n, --seed, --sigma, --batch-size, --device and the sampling mode."""
+    p.add_argument("--n", *n_aliases, dest="n", type=int, default=1000, help=n_help)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's training sigma)")
+    p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
+    add_device(p)
+    add_mode(p)
+
+
+def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
+    """Sequential certification: --stop-at-radius and --futility, whose choices and help are the entries of
+    :data:`multiguard.sequential.FUTILITY_RULES`."""
+    from ..sequential import FUTILITY_RULES
+
+    p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
+    p.add_argument("--futility", default="remaining", choices=FUTILITY_RULES.names(),
+                   help=f"{futility_help} ({FUTILITY_RULES.help_text()})")
+
+
+def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
+               resume: str | None = None, overwrite: str | None = None, quiet: str | None = "no progress output",
+               default: str | None = None) -> None:
+    """Where results go: --out, with --resume, --overwrite and --quiet where the command has them."""
+    if resume is not None:
+        p.add_argument("--resume", action="store_true", help=resume)
+    if overwrite is not None:
+        p.add_argument("--overwrite", action="store_true", help=overwrite)
+    if quiet is not None:
+        p.add_argument("--quiet", action="store_true", help=quiet)
+    p.add_argument("--out", required=required, default=default, metavar=metavar, help=help)
+
+
+def mode_args(args: argparse.Namespace, device: object, say: Callable[[str], None]) -> dict[str, Any]:
+    """The mode arguments of a command, resolved for ``device`` and announced in one line."""
+    from ..acceleration import resolve_mode
+
+    precision = args.precision or args.default_precision
+    mode = resolve_mode(precision, args.channels_last, args.compile, device)
+    how = f" (--precision auto on {device})" if precision == "auto" else ""
+    say(f"sampling mode: {mode.describe()}{how}")
+    return {"precision": mode.precision, "channels_last": mode.channels_last, "compile": mode.compile}

@@ -1,0 +1,266 @@
+"""What a training trains, as frozen values: :class:`TrainSettings` (a base classifier) and
+:class:`DenoiserTrainSettings` (a denoiser), and the door for training objectives. No torch: the command line
+builds the ``train`` and ``train-denoiser`` options from these fields.
+
+Each field declares once its check, whether a resumed training must share it (``identity``), and its
+command-line option and help (:func:`multiguard.settings.add_arguments`)::
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainSettings)                  # --dataset ... --num-workers, as `multiguard train`
+    settings = from_namespace(TrainSettings, parser.parse_args(["--epochs", "2"]))
+
+Training objectives are registered in :data:`TRAINING_OBJECTIVES` (``info``: ``trains`` ``"classifier"`` or
+``"denoiser"``, ``needs_classifier`` for objectives that read a frozen classifier); the target is a factory
+``factory(context: multiguard.objectives.ObjectiveContext) -> step`` with
+``step(model, images, labels, noise_generator) -> (loss, outputs)``, see :mod:`multiguard.objectives`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .architectures import ARCHITECTURES, DENOISER_ARCHITECTURES
+from .data import DATASETS, dataset_names
+from .registry import Registry
+from .settings import Interval, OneOf, Optional, Settings, setting
+from .validation import check_bool
+
+__all__ = [
+    "LOSSES",
+    "TRAINING_OBJECTIVES",
+    "DenoiserTrainSettings",
+    "TrainSettings",
+    "check_loss",
+    "objective_names",
+    "parse_options",
+]
+
+TRAINING_OBJECTIVES: Registry[Any] = Registry("training objective", argument="--objective")
+TRAINING_OBJECTIVES.register("gaussian", "multiguard.objectives:gaussian", trains="classifier",
+                             help="the loss on inputs with fresh Gaussian noise on every batch")
+TRAINING_OBJECTIVES.register("mse", "multiguard.objectives:mse", trains="denoiser",
+                             help="mean squared error between the denoised noisy image and the clean one")
+TRAINING_OBJECTIVES.register("stability", "multiguard.objectives:stability", trains="denoiser",
+                             needs_classifier=True,
+                             help="the frozen classifier says on denoised noisy images what it says on clean ones")
+
+
+LOSSES: Registry[Any] = Registry("loss", argument="--loss")
+LOSSES.register("asl", "multiguard.losses:paper_asl",
+                help="asymmetric loss, the paper's (gamma+ 0, gamma- 4, clip 0.05)")
+LOSSES.register("bce", "multiguard.losses:bce", help="binary cross-entropy")
+
+
+def objective_names(trains: str) -> tuple[str, ...]:
+    """The registered objectives that train a ``trains`` (``"classifier"`` or ``"denoiser"``)."""
+    return tuple(e.name for e in TRAINING_OBJECTIVES.entries() if e.info.get("trains") == trains)
+
+
+class _Choices:
+    """argparse ``choices`` read when parsing (``names()``), so that extensions registered later count."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(value: Any, option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (a repeated command-line ``option``) or a mapping, as a dict; values become
+    bool, int or float where they read as one, keys have ``-`` as ``_``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    options: dict[str, Any] = {}
+    for pair in value:
+        key, sep, text = str(pair).partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} must look like KEY=VALUE, got {pair!r}")
+        options[key.replace("-", "_")] = _option_value(text)
+    return options
+
+
+def _dataset(value: Any, name: str) -> str:
+    if value not in DATASETS:
+        raise ValueError(f"{name}: unknown dataset {value!r}; known datasets are {sorted(DATASETS)}")
+    return value
+
+
+def _dataset_options(value: Any, name: str) -> dict[str, Any]:
+    return parse_options(value, "dataset-option")
+
+
+def _arch_options(value: Any, name: str) -> dict[str, int]:
+    return {key: int(v) for key, v in parse_options(value, "arch-option").items()}
+
+
+def _flag(value: Any, name: str) -> bool:
+    return bool(value)
+
+
+def _absolute(value: Any, name: str) -> str:
+    """Absolute: a checkpoint is used from other folders."""
+    return os.path.abspath(os.fspath(value))
+
+
+def _weights(value: Any, name: str) -> str:
+    """``imagenet``, a name a model library resolves, or a local file (made absolute)."""
+    text = os.fspath(value)
+    return text if text.lower() == "imagenet" or not os.path.exists(text) else os.path.abspath(text)
+
+
+def _path(value: Any, name: str) -> str:
+    return os.fspath(value)
+
+
+def check_loss(value: Any, name: str = "loss") -> str:
+    """``value`` if it names a registered loss; ``ValueError("loss must be 'asl' or 'bce', got ...")`` otherwise."""
+    if value not in LOSSES:
+        quoted = [repr(n) for n in LOSSES.names()]
+        allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _floats(value: Any, name: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+_SIZE = Optional(Interval(int, 1))
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """What :func:`multiguard.train.train` trains (a base classifier, noise on every batch); the identity fields
+    must match the checkpoint a resumed training continues. See :func:`multiguard.train.train` for each field."""
+
+    option_names = False  # messages name fields as the library's arguments, e.g. "sigma must be ..."
+
+    dataset: str = setting("multidigits", identity=True, check=_dataset, help=dataset_names)
+    data_root: str | None = setting(
+        None, check=Optional(_absolute),
+        help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)")
+    arch: str = setting(
+        "small_cnn", identity=True,
+        help=lambda: f"{', '.join(ARCHITECTURES.names())}, timm:<name>, torchvision:<name>, path/to/file.py:factory "
+        "or module:factory (your function: takes num_classes, returns an nn.Module giving logits (B, num_classes); a "
+        "module is found in the current folder or on sys.path; the checkpoint records the file's absolute path)")
+    sigma: float = setting(0.5, identity=True, check=Interval(float, 0.0),
+                           help="noise standard deviation (pixels in [0, 1])")
+    epochs: int = setting(8, check=Interval(int, 0), help=
+                          "epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
+    batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
+    clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
+                          help="clamp noisy inputs to [0, 1] (also when certifying)")
+    seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
+    image_size: int | None = setting(None, check=_SIZE, type=int,
+                                     help="image side (default: 32 multidigits, 224 others)")
+    train_size: int | None = setting(None, check=_SIZE, type=int, help="train on a random subset of this many images")
+    test_size: int | None = setting(None, check=_SIZE, type=int,
+                                    help="evaluate on a random subset of this many images")
+    train_split: str | None = setting(None, help="training split (default: the dataset's)")
+    test_split: str | None = setting(None, help="evaluation split (default: the dataset's)")
+    dataset_options: dict[str, Any] = setting(
+        default_factory=dict, check=_dataset_options, flag="--dataset-option", action="append", metavar="KEY=VALUE",
+        help="dataset option, e.g. difficult_positive=true (repeatable)")
+    pretrained: str | None = setting(
+        None, check=Optional(_weights),
+        help="weights to start from: imagenet (timm:/torchvision: models, downloaded into their own cache) or a local "
+        "state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint; with --epochs 0 they are the "
+        "classifier, imported as they are (every tensor must fit) to certify without training")
+    mean: tuple[float, ...] | None = setting(
+        None, check=Optional(_floats), type=float, nargs="+", metavar="M",
+        help="normalisation mean inside the model, 1 or C values (default: ImageNet statistics for timm:/torchvision:, "
+        "none for small_cnn and your own models)")
+    std: tuple[float, ...] | None = setting(None, check=Optional(_floats), type=float, nargs="+", metavar="S", help=
+                                            "normalisation std inside the model, 1 or C values (default: as --mean)")
+    num_threads: int | None = setting(
+        None, check=Optional(Interval(int, 1)), flag="--threads",
+        help="CPU threads for torch while training (default: torch's; 1 is often fastest for small models on a busy "
+        "machine)")
+    num_workers: int = setting(0, check=Interval(int, 0), help="data loader workers for image files")
+    objective: str = setting("gaussian", identity=True, check=OneOf(lambda: objective_names("classifier")),
+                             legacy="gaussian", cli=False, help="training objective")
+
+    def _check(self) -> None:
+        if self.epochs == 0 and self.pretrained is None:
+            raise ValueError("epochs: 0 epochs imports pretrained weights without training: pass pretrained "
+                             "(--pretrained), the weights of the classifier to certify")
+
+    @classmethod
+    def resume_fields(cls) -> tuple[str, ...]:
+        """The fields a resumed training must share with its checkpoint (its identity fields)."""
+        return cls.identity_fields()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenoiserTrainSettings(Settings):
+    """What :func:`multiguard.denoise_train.train_denoiser` trains; the identity fields must match the checkpoint a
+    resumed training continues. See :func:`multiguard.denoise_train.train_denoiser` for each field."""
+
+    option_names = False
+
+    dataset: str | None = setting(None, identity=True, check=Optional(_dataset),
+                                  help=lambda: f"{dataset_names()} (default: the --classifier's dataset, else "
+                                  "multidigits)")
+    data_root: str | None = setting(None, check=Optional(_path), help="dataset folder (default: the --classifier's)")
+    sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
+                           help="the noise level to remove (pixels in [0, 1])")
+    arch: str = setting("dncnn", identity=True, help=lambda: f"{', '.join(DENOISER_ARCHITECTURES.names())}, "
+                        f"path/to/file.py:factory or package.module:factory ({DENOISER_ARCHITECTURES.help_text()})")
+    arch_options: dict[str, int] = setting(
+        default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
+        metavar="KEY=VALUE",
+        help=lambda: "options of a registered architecture: " + "; ".join(
+            f"{e.name}: {', '.join(e.info.get('options', ())) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
+        + " (repeatable)")
+    objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
+                             choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
+    classifier: str | None = setting(
+        None, check=Optional(_path),
+        help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")
+    pretrained: str | None = setting(None, check=Optional(_path),
+                                     help="denoiser checkpoint to start from (same arch)")
+    epochs: int = setting(4, check=Interval(int, 1), help="epochs (a resumed run trains the missing ones)")
+    batch_size: int = setting(64, identity=True, check=Interval(int, 1), help="training batch size")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True), help="Adam learning rate")
+    clamp: bool = setting(False, identity=True, check=check_bool, action="store_true",
+                          help="clamp noisy images to [0, 1] before the denoiser")
+    seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
+    image_size: int | None = setting(None, check=_SIZE, type=int,
+                                     help="image side (default: the classifier's, else the dataset's)")
+    train_size: int | None = setting(None, check=_SIZE, type=int, help="train on a random subset of this many images")
+    test_size: int | None = setting(None, check=_SIZE, type=int, help="measure on a random subset of this many images")
+    train_split: str | None = setting(None, help="training split (default: the dataset's)")
+    test_split: str | None = setting(None, help="held-out split (default: the dataset's)")
+    dataset_options: dict[str, Any] = setting(default_factory=dict, check=_dataset_options, flag="--dataset-option",
+                                              action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
+    num_threads: int | None = setting(None, check=Optional(Interval(int, 1)), flag="--threads", cli=False,
+                                      help="CPU threads for torch while training (default: torch's)")
+
+    def _check(self) -> None:
+        entry = TRAINING_OBJECTIVES.entry(self.objective)
+        if entry.info.get("needs_classifier") and self.classifier is None:
+            raise ValueError(f"classifier: the {self.objective} objective needs a classifier checkpoint (--classifier)")
