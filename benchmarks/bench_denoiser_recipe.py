@@ -45,6 +45,8 @@ SIGMA = 0.5
 # name -> (arch, options)
 RECIPES: dict[str, tuple[str, dict[str, int]]] = {
     "dncnn-16x4": ("dncnn", {"width": 16, "depth": 4}),
+    "unet-16x2x2": ("unet", {"width": 16, "levels": 2, "depth": 2}),
+    "unet-32x2x1": ("unet", {"width": 32, "levels": 2, "depth": 1}),
     "unet-32x2x2": ("unet", {"width": 32, "levels": 2, "depth": 2}),
     "dncnn-32x6": ("dncnn", {"width": 32, "depth": 6}),
     "dncnn-64x6": ("dncnn", {"width": 64, "depth": 6}),
@@ -138,13 +140,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="noise samples per input")
     parser.add_argument("--noise-trained", type=Path, default=DEMO_MODEL, help="a reference noise-trained model")
     parser.add_argument("--train-only", action="store_true", help="train, do not certify or time")
+    parser.add_argument("--no-train", action="store_true",
+                        help="certify and time the checkpoints already in WORK (skip missing ones), train nothing")
     parser.add_argument("--cost-inputs", type=int, default=5, help="inputs per timing round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    train_all(args.work, args.only, args.mse_epochs, args.stability_epochs)
+    if not args.no_train:
+        train_all(args.work, args.only, args.mse_epochs, args.stability_epochs)
     if args.train_only:
         return
     test = get_dataset("multidigits", split="test")
@@ -152,11 +157,12 @@ def main() -> None:
     x = torch.stack([test[int(i)][0] for i in chosen])
     labels = torch.stack([test[int(i)][1] for i in chosen]).bool()
     table = variants(args.work, args.only, args.mse_epochs, args.stability_epochs, args.noise_trained)
-    models = {name: build(*paths) for name, paths in table.items()}
+    models = {name: build(*paths) for name, paths in table.items() if all(p is None or p.exists() for p in paths)}
     f1 = {name: certified_f1(args.work, name, model, x, labels, args.n) for name, model in models.items()}
     # cost: the sampling cost depends on the architecture only, so time one variant per architecture
     per_arch = {"clean alone": models["clean alone"]}
-    per_arch.update({name: models[f"{name} mse{args.mse_epochs}"] for name in args.only})
+    per_arch.update({name: models[f"{name} mse{args.mse_epochs}"] for name in args.only
+                     if f"{name} mse{args.mse_epochs}" in models})
     cost = sampling_cost(per_arch, x[: args.cost_inputs], args.n, args.rounds)
     alone = cost["clean alone"]
     clean = f1["clean alone"]["f1@0.25"]
