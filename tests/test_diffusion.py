@@ -270,3 +270,96 @@ def test_without_diffusers_one_line_names_the_extra(folder: Path) -> None:
     assert len(lines) == 1
     assert "diffusers package, which is not installed" in lines[0]
     assert "pip install 'multiguard[diffusion]'" in lines[0]
+
+
+# ------------------------------------------------------------- through the --denoiser door (CLI and Python API)
+
+
+@pytest.fixture(scope="module")
+def folder16(tmp_path_factory) -> Path:
+    """A 16 x 16 model: the 32 x 32 multidigits images are area-averaged to it inside the base classifier."""
+    path = tmp_path_factory.mktemp("ddpm16")
+    tiny_unet(sample_size=16, seed=3).save_pretrained(path)
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(path)
+    return path
+
+
+def test_certify_with_a_diffusion_denoiser_records_it_and_refuses_a_resume_with_another_timestep(
+        tiny_model_checkpoint: Path, folder16: Path, tmp_path: Path, capsys) -> None:
+    from clitools import assert_one_line_error_in_process, run_in_process
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
+        (model / name).write_bytes((folder16 / name).read_bytes())
+    out = tmp_path / "run"
+    args = ["certify", "--checkpoint", str(tiny_model_checkpoint), "--denoiser", f"diffusers:{model}",
+            "--num-samples", "40", "--num-inputs", "2", "--max-k-prime", "1", "--device", "cpu", "--quiet",
+            "--out", str(out)]
+    code, _, err = run_in_process(capsys, *args)
+    assert code == 0, err
+    meta = json.loads((out / "metadata.json").read_text())
+    settings = meta["denoiser_settings"]
+    t = hand_timestep(ddpm_abar(), 2 * 0.5 / 2)  # area averaging 32 -> 16 halves the noise std
+    assert meta["denoiser"] == f"diffusers:{model}"
+    assert (settings["timestep"], settings["resize"], settings["model_size"], settings["image_size"]) == (
+        t, "area", 16, 32)
+    assert settings["source"] == str(model.resolve()) and len(meta["denoiser_sha256"]) == 64
+    code, _, err = run_in_process(capsys, "report", str(out), "--out", str(tmp_path / "report"), "--quiet")
+    assert code == 0, err
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert f"one step at timestep {t}" in summary and "resized (area) inside the base classifier" in summary
+
+    # the same model resumes; a scheduler with another noise schedule gives another timestep: refused
+    code, _, err = run_in_process(capsys, *args, "--resume")
+    assert code == 0, err
+    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_end=0.04).save_pretrained(model)
+    other = hand_timestep(ddpm_abar(beta_end=0.04), 0.5)
+    assert other != t
+    assert_one_line_error_in_process(run_in_process(capsys, *args, "--resume"), "denoiser_sha256",
+                                     f"timestep: the run has {t}, the arguments give {other}")
+
+
+def test_attack_and_the_python_api_take_the_diffusion_denoiser(tiny_model_checkpoint: Path, folder16: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    from clitools import run_in_process
+
+    from multiguard.checkpoints import load_checkpoint, smoothed_from_checkpoint
+    from multiguard.denoisers import denoiser_in
+
+    classifier, meta = load_checkpoint(tiny_model_checkpoint)
+    smoothed = smoothed_from_checkpoint(classifier, meta, sigma=0.5, denoiser=f"diffusers:{folder16}")
+    assert isinstance(denoiser_in(smoothed), DiffusionDenoiser)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    counts = smoothed.sample_counts(x, n=30)
+    assert counts.shape == (2, 10) and (counts.sum(1) == 30).all()
+
+    out = tmp_path / "attack"
+    code, _, err = run_in_process(capsys, "attack", "--checkpoint", str(tiny_model_checkpoint), "--denoiser",
+                                  f"diffusers:{folder16}", "--num-inputs", "1", "--steps", "1", "--samples", "2",
+                                  "--n", "20", "--radii", "0.25", "--device", "cpu", "--quiet",
+                                  "--out", str(out))
+    assert code == 0, err
+    recorded = json.loads((out / "attack.json").read_text())
+    assert recorded["denoiser"] == f"diffusers:{folder16}" and recorded["denoiser_settings"]["resize"] == "area"
+
+
+def test_without_diffusers_the_command_line_names_the_extra(tiny_model_checkpoint: Path, folder16: Path,
+                                                            tmp_path: Path) -> None:
+    script = (
+        "import sys, importlib.abc\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'diffusers' or name.startswith('diffusers.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from multiguard.cli import main\n"
+        f"sys.exit(main(['certify', '--checkpoint', {str(tiny_model_checkpoint)!r}, '--denoiser', "
+        f"'diffusers:{folder16}', '--num-samples', '10', '--num-inputs', '1', '--device', 'cpu', '--out', "
+        f"{str(tmp_path / 'run')!r}]))\n"
+    )
+    from clitools import assert_one_line_error
+
+    proc = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "diffusers package, which is not installed", "pip install 'multiguard[diffusion]'")
+    assert not (tmp_path / "run" / "metadata.json").exists()

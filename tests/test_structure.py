@@ -23,7 +23,8 @@ PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
               "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical",
-              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
+              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes",
+              "multiguard.denoiser_sources")
 
 
 def _module_name(path: Path) -> str:
@@ -135,7 +136,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("command line", frozenset({"cli", "cli.commands", "cli.options", "__main__"})),
     ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
     ("training, attack, checkpoints, data, runs", frozenset({
-        "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "losses", "runs",
+        "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "diffusion", "losses",
+        "runs",
         "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
         "data.voc"})),
@@ -143,7 +145,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("engine", frozenset({"engine"})),
     ("certificate math, registries and utilities", frozenset({
         "", "certify", "sequential", "runspec", "methods", "empirical", "modes", "architectures", "registry",
-        "deprecation", "settings",
+        "deprecation", "settings", "denoiser_sources",
         "validation", "files", "seeds", "devices"})),
 )
 

@@ -17,7 +17,7 @@ from . import report as _report
 from . import runs as _runs
 from .attack import attack_smoothed
 from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-from .denoisers import denoiser_record
+from .denoisers import denoiser_in, denoiser_record
 from .devices import resolve_device
 from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
 from .pipeline import _compile_now, capped_num_inputs
@@ -152,7 +152,7 @@ def run_attack(
         arrays["certified"] = certified
     settings = {
         "checkpoint": os.fspath(checkpoint_path),
-        **denoiser_record(denoiser),
+        **denoiser_record(denoiser, denoiser_in(smoother)),
         **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
         "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
         "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,

@@ -333,7 +333,8 @@ def load_diffusion_denoiser(source: str | os.PathLike, *, sigma: float, image_si
     unet_folder = _component(folder, "unet", "config.json")
     scheduler_folder = _component(folder, "scheduler", "scheduler_config.json")
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(unet_folder, local_files_only=True)
+        unet = diffusers.UNet2DModel.from_pretrained(unet_folder, local_files_only=True,
+                                                     low_cpu_mem_usage=False)  # no accelerate needed
         config = diffusers.DDPMScheduler.load_config(scheduler_folder, local_files_only=True)
         scheduler_class = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
         scheduler = scheduler_class.from_config(config)

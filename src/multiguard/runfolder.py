@@ -333,8 +333,19 @@ def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
             continue
         old, new = existing.get(name, IDENTITY_DEFAULTS.get(name)), wanted[name]
         if not _same_value(old, new):
-            return f"{name}: the run has {old!r}, the arguments give {new!r}"
+            return f"{name}: the run has {old!r}, the arguments give {new!r}" + _settings_difference(
+                existing.get(f"{name.removesuffix('_sha256')}_settings"),
+                wanted.get(f"{name.removesuffix('_sha256')}_settings"))
     return None
+
+
+def _settings_difference(old: Any, new: Any) -> str:
+    """``' (timestep: the run has 258, the arguments give 144)'``: the recorded settings behind a digest that
+    differs (a denoiser's), when both sides have them; else nothing."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    keys = [key for key in dict.fromkeys([*old, *new]) if not _same_value(old.get(key), new.get(key))]
+    return "".join(f"; {key}: the run has {old.get(key)!r}, the arguments give {new.get(key)!r}" for key in keys)
 
 
 def _prepare_run_dir(
