@@ -68,7 +68,7 @@ def train_all(work: Path, names: list[str], mse_epochs: int, stability_epochs: l
         common = dict(sigma=SIGMA, arch=arch, arch_options=options, classifier=work / "clean.pt", resume=True,
                       progress=False, log=lambda line, name=name: log(f"{name}: {line}"))
         mse = work / f"den-{name}-mse{mse_epochs}.pt"
-        train_denoiser("multidigits", objective="mse", epochs=mse_epochs, out=mse, **common)
+        train_denoiser("multidigits", objective="mse", epochs=mse_epochs, stability_epochs=0, out=mse, **common)
         running = work / f"den-{name}-mse{mse_epochs}-stab.pt"
         for epochs in sorted(stability_epochs):
             target = work / f"den-{name}-mse{mse_epochs}-stab{epochs}.pt"

@@ -165,7 +165,7 @@ class BaseClassifierSpec:
 
             meta = read_denoiser_checkpoint(self.denoiser)["meta"]
             return {key: meta.get(key) for key in ("arch", "arch_options", "objective", "sigma", "dataset", "epoch",
-                                                     "classifier_sha256")}
+                                                     "classifier_sha256", "stability_epochs")}
 
         return {"denoiser": os.fspath(self.denoiser), "denoiser_sha256": self.denoiser_sha256,
                 "denoiser_settings": self._once("denoiser_settings", settings)}

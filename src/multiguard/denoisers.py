@@ -23,11 +23,17 @@ Architectures (``arch``), each mapping ``(N, C, S, S) -> (N, C, S, S)`` in [0, 1
     unet                    a small U-Net whose convolutions all work below full resolution: ``levels``
                             stride-2 stages of ``width``, 2 x ``width``, ... channels, transposed convolutions
                             back up with skip connections, and a last convolution that also sees the noisy
-                            input (residual); a wide receptive field for few operations per pixel
+                            input (residual); a wide receptive field for few operations per pixel (defaults
+                            width 32, levels 2, depth 2: train-denoiser's default, the best certified F1 per
+                            unit of sampling cost measured on multidigits)
     path/to/file.py:factory or package.module:factory
                             your own: ``factory(in_channels=C[, image_size=S])`` returning an nn.Module, found
                             as :func:`multiguard.models.resolve_factory` finds a classifier's factory (the
                             checkpoint records the file's absolute path)
+
+A ``--denoiser`` value may also be ``<source>:<spec>`` with the source registered in
+:data:`multiguard.denoiser_sources.DENOISER_SOURCES` (``diffusers:<model id or folder>``: a pretrained diffusion
+model's one-step denoiser, :mod:`multiguard.diffusion`); :func:`build_denoiser` builds either form.
 
 Denoiser checkpoints hold the weights and the metadata needed to rebuild and to check the denoiser
 (``sigma``, ``arch``, ``arch_options``, ``image_size``, ``in_channels``, ``dataset``, ``objective``, ...);
@@ -113,7 +119,7 @@ class SmallUNet(nn.Module):
     Shapes: ``(N, C, S, S) -> (N, C, S, S)``, S divisible by ``2**levels``.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 16, levels: int = 2, depth: int = 1) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 32, levels: int = 2, depth: int = 2) -> None:
         super().__init__()
         in_channels = check_int(in_channels, "in_channels", 1)
         width = check_int(width, "width", 1)
@@ -323,7 +329,7 @@ def denoiser_record(denoiser: str | os.PathLike | None, module: nn.Module | None
                 "denoiser_settings": dict(identity)}
     meta = read_denoiser_checkpoint(denoiser)["meta"]
     settings = {key: meta.get(key) for key in ("arch", "arch_options", "objective", "sigma", "dataset", "epoch",
-                                                 "classifier_sha256")}
+                                                 "classifier_sha256", "stability_epochs")}
     return {"denoiser": os.fspath(denoiser), "denoiser_sha256": file_sha256(denoiser), "denoiser_settings": settings}
 
 
