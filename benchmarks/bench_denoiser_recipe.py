@@ -39,7 +39,7 @@ import torch
 
 from multiguard.data import get_dataset
 from multiguard.denoise_train import train_denoiser
-from multiguard.denoisers import DenoisedClassifier, load_denoiser
+from multiguard.denoisers import DenoisedClassifier, load_denoiser, read_denoiser_checkpoint
 from multiguard.smoothing import MultiGuard
 from multiguard.train import load_checkpoint, train
 
@@ -101,7 +101,10 @@ def variants(work: Path, names: list[str], mse_epochs: int, stability_epochs: li
         for epochs in sorted(stability_epochs):
             out[f"{name} mse{mse_epochs}+stab{epochs}"] = (
                 work / "clean.pt", work / f"den-{name}-mse{mse_epochs}-stab{epochs}.pt")
-    out["train-denoiser default (one command)"] = (work / "clean.pt", work / "den-default.pt")
+    default = work / "den-default.pt"
+    if default.exists() and read_denoiser_checkpoint(default)["meta"]["epoch"] == \
+            read_denoiser_checkpoint(default)["meta"]["epochs"]:  # finished (another process may be training it)
+        out["train-denoiser default (one command)"] = (work / "clean.pt", default)
     out["noise-trained, 4 epochs"] = (work / "noisy.pt", None)
     if noise_trained is not None and noise_trained.exists():
         out["noise-trained demo model"] = (noise_trained, None)

@@ -256,10 +256,7 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
     stability_epochs = s.stability_epochs_resolved
     if stability_epochs:  # the switch to stability is part of what a resumed training must continue
         meta["stability_epochs"], meta["stability_after"] = stability_epochs, s.epochs
-    elif frozen is None and s.objective == "mse":
-        log(f"no --classifier: training with MSE only; with --classifier CLASSIFIER the MSE epochs are followed by "
-            f"{DEFAULT_STABILITY_EPOCHS} stability epochs through it (the default recipe, far better for that "
-            "classifier)")
+        meta["epochs"] = s.epochs + stability_epochs
     denoiser = _build_denoiser(s, meta, device)
     optimizer = make_optimizer(denoiser.parameters(), s.lr)
     if resume and out_path is not None and out_path.exists():
@@ -301,4 +298,8 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         meta["check"] = {"top1_agreement": meta["metrics"][-1]["top1_agreement"], "top1_agreement_without": without,
                          "images": len(test_set)}
         log(check_line(meta))
+    elif s.objective == "mse":
+        log(f"trained with MSE only (no --classifier); with --classifier CLASSIFIER the MSE epochs are followed by "
+            f"{DEFAULT_STABILITY_EPOCHS} stability epochs through it (the default recipe, far better for that "
+            "classifier)")
     return denoiser.eval(), meta
