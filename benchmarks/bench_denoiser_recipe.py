@@ -53,7 +53,6 @@ RECIPES: dict[str, tuple[str, dict[str, int]]] = {
     "dncnn-32x6": ("dncnn", {"width": 32, "depth": 6}),
     "dncnn-64x6": ("dncnn", {"width": 64, "depth": 6}),
 }
-DEFAULT_RECIPE = "unet-32x2x2"  # what train-denoiser builds by default
 DEMO_MODEL = Path("/work/wt/demo/multiguard-demo/model.pt")
 
 
@@ -83,13 +82,20 @@ def train_all(work: Path, names: list[str], mse_epochs: int, stability_epochs: l
             shutil.copyfile(running, target)
 
 
-def train_default(work: Path) -> Path:
+# train-denoiser as one command, every setting at its default but these: name -> (file, arch options, cost recipe)
+ONE_COMMAND: dict[str, tuple[str, dict[str, int], str]] = {
+    "train-denoiser default (one command)": ("den-default.pt", {}, "unet-32x2x2"),
+    "train-denoiser --arch-option width=16 (one command)": ("den-default-w16.pt", {"width": 16}, "unet-16x2x2"),
+}
+
+
+def train_default(work: Path) -> None:
     """``multiguard train-denoiser --sigma 0.5 --classifier WORK/clean.pt`` with every other setting at its default
-    (the recipe this benchmark chose, as one command)."""
-    out = work / "den-default.pt"
-    train_denoiser(sigma=SIGMA, classifier=work / "clean.pt", out=out, resume=True, progress=False,
-                   log=lambda line: log(f"default: {line}"))
-    return out
+    (the recipe this benchmark chose, as one command), and the same with the unet's width 16."""
+    for name, (file, options, _) in ONE_COMMAND.items():
+        train_denoiser(sigma=SIGMA, classifier=work / "clean.pt", out=work / file, resume=True, progress=False,
+                       log=lambda line, name=name: log(f"{name}: {line}"), **({"arch_options": options} if options
+                                                                               else {}))
 
 
 def variants(work: Path, names: list[str], mse_epochs: int, stability_epochs: list[int],
@@ -101,10 +107,11 @@ def variants(work: Path, names: list[str], mse_epochs: int, stability_epochs: li
         for epochs in sorted(stability_epochs):
             out[f"{name} mse{mse_epochs}+stab{epochs}"] = (
                 work / "clean.pt", work / f"den-{name}-mse{mse_epochs}-stab{epochs}.pt")
-    default = work / "den-default.pt"
-    if default.exists() and read_denoiser_checkpoint(default)["meta"]["epoch"] == \
-            read_denoiser_checkpoint(default)["meta"]["epochs"]:  # finished (another process may be training it)
-        out["train-denoiser default (one command)"] = (work / "clean.pt", default)
+    for name, (file, _, _) in ONE_COMMAND.items():
+        path = work / file
+        if path.exists() and read_denoiser_checkpoint(path)["meta"]["epoch"] == \
+                read_denoiser_checkpoint(path)["meta"]["epochs"]:  # finished (another process may be training it)
+            out[name] = (work / "clean.pt", path)
     out["noise-trained, 4 epochs"] = (work / "noisy.pt", None)
     if noise_trained is not None and noise_trained.exists():
         out["noise-trained demo model"] = (noise_trained, None)
@@ -180,8 +187,9 @@ def main() -> None:
     per_arch = {"clean alone": models["clean alone"]}
     per_arch.update({name: models[f"{name} mse{args.mse_epochs}"] for name in args.only
                      if f"{name} mse{args.mse_epochs}" in models})
-    if DEFAULT_RECIPE not in per_arch and "train-denoiser default (one command)" in models:
-        per_arch[DEFAULT_RECIPE] = models["train-denoiser default (one command)"]
+    for name, (_, _, recipe) in ONE_COMMAND.items():
+        if recipe not in per_arch and name in models:
+            per_arch[recipe] = models[name]
     cost = sampling_cost(per_arch, x[: args.cost_inputs], args.n, args.rounds)
     alone = cost["clean alone"]
     clean = f1["clean alone"]["f1@0.25"]
@@ -194,7 +202,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, result in f1.items():
         arch = next((recipe for recipe in args.only if name.startswith(recipe + " ")),
-                    DEFAULT_RECIPE if name.startswith("train-denoiser default") else None)
+                    ONE_COMMAND[name][2] if name in ONE_COMMAND else None)
         relative = cost[arch] / alone if arch else 1.0
         gain = result["f1@0.25"] - clean
         share = result["f1@0.25"] / reference if reference > 0 else float("nan")

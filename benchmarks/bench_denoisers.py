@@ -46,9 +46,10 @@ SAMPLES_PER_ROUND = {"tiny (8, 16)": 1.0, "small (32, 64, 64), attention": 0.2} 
 
 VARIANTS: list[tuple[str, str | None, dict[str, int]]] = [
     ("small_cnn alone", None, {}),
-    ("+ dncnn (default: width 16, depth 4)", "dncnn", {}),
-    ("+ unet (default: width 16, 2 levels, depth 1)", "unet", {}),
-    ("+ unet width 32", "unet", {"width": 32}),
+    ("+ dncnn width 16, depth 4 (dncnn's default)", "dncnn", {}),
+    ("+ unet width 16, 2 levels, depth 1 (the former default)", "unet", {"width": 16, "levels": 2, "depth": 1}),
+    ("+ unet width 16, 2 levels, depth 2", "unet", {"width": 16}),
+    ("+ unet (default: width 32, 2 levels, depth 2)", "unet", {}),
     ("+ dncnn width 32, depth 5", "dncnn", {"width": 32, "depth": 5}),
     ("+ dncnn width 64, depth 6 (the issue's)", "dncnn", {"width": 64, "depth": 6}),
 ]
