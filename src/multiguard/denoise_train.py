@@ -4,6 +4,9 @@ Usage::
 
     from multiguard.denoise_train import train_denoiser
 
+    # the default recipe, one call: the unet denoiser, 4 MSE epochs, then 8 stability epochs through the classifier
+    denoiser, meta = train_denoiser("multidigits", sigma=0.5, classifier="clean.pt", out="den.pt")
+
     # no labels: learn to remove N(0, 0.5^2) noise from multidigits images
     denoiser, meta = train_denoiser("multidigits", sigma=0.5, arch="dncnn", epochs=4, out="den-mse.pt")
 
@@ -142,7 +145,12 @@ def train_denoiser(
             channels set the denoiser's.
         pretrained: a denoiser checkpoint to start from (same arch and options), e.g. the MSE denoiser
             before stability training.
-        epochs: total epochs (a resumed run trains the missing ones); batch_size, lr: Adam's.
+        epochs: epochs of ``objective`` (a resumed run trains the missing ones); batch_size, lr: Adam's.
+        stability_epochs: epochs of the stability objective after the ``epochs`` of ``mse``, in the same call,
+            with a fresh optimiser at the switch (``None``: ``DEFAULT_STABILITY_EPOCHS`` = 8 with a classifier
+            and objective ``mse``, else 0). The metadata records ``stability_epochs`` and ``stability_after``;
+            with a classifier it also holds ``check``: the classifier's top-1 agreement on the held-out noisy
+            images with the denoiser and without it (``top1_agreement_without``), also logged at the end.
         clamp: clamp the noisy images to [0, 1] before the denoiser (as certification does with a
             classifier trained with ``clamp``).
         seed: seeds initialisation, data order and noise (and multidigits' composition).

@@ -7,7 +7,7 @@ id or local folder>``, the one-step diffusion denoiser of :mod:`multiguard.diffu
 
     from multiguard.denoiser_sources import DENOISER_SOURCES
 
-    @DENOISER_SOURCES.register("blur", help="blur:<radius>: a Gaussian blur (no training)")
+    @DENOISER_SOURCES.register("blur", spec="<radius>", help="a Gaussian blur (no training)")
     def blur(spec, *, sigma, image_size, in_channels, device):
         module = ...                      # an nn.Module (N, C, S, S) -> (N, C, S, S), pixels in [0, 1]
         module.identity = {"radius": float(spec)}   # JSON-able: what a run records and a resume compares
@@ -30,14 +30,14 @@ from typing import Any
 
 from .registry import Registry
 
-__all__ = ["DENOISER_SOURCES", "denoiser_source", "identity_sha256"]
+__all__ = ["DENOISER_SOURCES", "denoiser_source", "denoiser_source_forms", "identity_sha256"]
 
 #: ``--denoiser <source>:<spec>`` forms by source name.
 DENOISER_SOURCES: Registry = Registry("denoiser source", argument="--denoiser")
 DENOISER_SOURCES.register(
-    "diffusers", "multiguard.diffusion:diffusers_denoiser",
-    help="diffusers:<Hugging Face model id or local folder>: a pretrained diffusion model's one-step denoiser "
-    "at the timestep matching sigma (pip install 'multiguard[diffusion]')")
+    "diffusers", "multiguard.diffusion:diffusers_denoiser", spec="<Hugging Face model id or local folder>",
+    help="a pretrained diffusion model's one-step denoiser at the timestep matching sigma "
+    "(pip install 'multiguard[diffusion]')")
 
 
 def denoiser_source(value: str | os.PathLike[str] | None) -> tuple[str, str] | None:
@@ -50,8 +50,14 @@ def denoiser_source(value: str | os.PathLike[str] | None) -> tuple[str, str] | N
     if not colon or source not in DENOISER_SOURCES or Path(value).is_file():
         return None
     if not spec:
-        raise ValueError(f"denoiser: {value!r} names nothing after the colon ({DENOISER_SOURCES.entry(source).help})")
+        entry = DENOISER_SOURCES.entry(source)
+        raise ValueError(f"denoiser: {value!r} names nothing after the colon: {source}:{entry.info.get('spec', '')}")
     return source, spec
+
+
+def denoiser_source_forms() -> str:
+    """The registered forms in words, for help texts: ``diffusers:<...> (what it is); ...``."""
+    return "; ".join(f"{e.name}:{e.info.get('spec', '<spec>')} ({e.help})" for e in DENOISER_SOURCES.entries())
 
 
 def identity_sha256(identity: dict[str, Any]) -> str:

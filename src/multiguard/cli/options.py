@@ -108,9 +108,9 @@ DENOISER_HELP = ("denoiser checkpoint (multiguard train-denoiser) put in front o
 
 def denoiser_help() -> str:
     """--denoiser's help: a checkpoint, or one of the registered source forms (read when the parser is built)."""
-    from ..denoiser_sources import DENOISER_SOURCES
+    from ..denoiser_sources import denoiser_source_forms
 
-    return f"{DENOISER_HELP}; or {DENOISER_SOURCES.help_text()}"
+    return f"{DENOISER_HELP}; or {denoiser_source_forms()}"
 
 
 def add_model_source(p: argparse.ArgumentParser, *, data: bool = True) -> None:
