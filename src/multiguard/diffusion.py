@@ -270,21 +270,20 @@ def _hub_folder(model_id: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import constants, snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.bin"]
+    fetch = f"python -c \"from huggingface_hub import snapshot_download; snapshot_download('{model_id}')\""
+    missing = f"denoiser: diffusers:{model_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
     try:
         folder = snapshot_download(model_id, revision=revision, local_files_only=True, allow_patterns=patterns)
     except Exception:  # noqa: BLE001 - not in the cache (the hub raises several kinds): try downloading
         if constants.HF_HUB_OFFLINE:
-            raise ValueError(f"denoiser: diffusers:{model_id} is not in the Hugging Face cache "
-                             f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: download it once with network "
-                             f"access (huggingface-cli download {model_id}) or pass a local folder") from None
+            raise ValueError(f"{missing} and HF_HUB_OFFLINE is set: download it once with network access "
+                             f"({fetch}) or pass a local folder") from None
         try:
             folder = snapshot_download(model_id, revision=revision, allow_patterns=patterns)
         except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated: one line
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"denoiser: diffusers:{model_id} is not in the Hugging Face cache "
-                             f"({constants.HF_HUB_CACHE}) and could not be downloaded ({reason}): download it once "
-                             f"with network access (huggingface-cli download {model_id}) or pass a local folder"
-                             ) from None
+            raise ValueError(f"{missing} and could not be downloaded ({reason}): download it once with network "
+                             f"access ({fetch}) or pass a local folder") from None
     folder = Path(folder)
     return folder, folder.name  # snapshots/<commit>
 
