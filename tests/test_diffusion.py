@@ -152,12 +152,16 @@ def test_one_step_output_is_the_clean_estimate_in_pixel_units(prediction_type: s
     assert 0 < float(out.std())  # not a constant image
 
 
-def test_consistency_model_one_step_call() -> None:
+def test_consistency_model_one_step_call(tmp_path: Path) -> None:
     """CMStochasticIterativeScheduler: sigma_k = 2 sigma exactly, the Karras input scaling, t = 250 log(sigma_k),
-    and the boundary-condition combination c_skip y + c_out F(c_in y, t) (Song et al. 2023, appendix C)."""
+    and the boundary-condition combination c_skip y + c_out F(c_in y, t) (Song et al. 2023, appendix C); loaded
+    from a folder laid out as a pipeline is (unet/ and scheduler/ subfolders)."""
     sigma, sigma_min, sigma_data = 0.3, 0.002, 0.5
-    scheduler = diffusers.CMStochasticIterativeScheduler(sigma_min=sigma_min, sigma_data=sigma_data)
-    denoiser = DiffusionDenoiser(tiny_unet(seed=2), scheduler, sigma=sigma, image_size=SIZE, in_channels=1)
+    tiny_unet(seed=2).save_pretrained(tmp_path / "unet")
+    diffusers.CMStochasticIterativeScheduler(sigma_min=sigma_min, sigma_data=sigma_data).save_pretrained(
+        tmp_path / "scheduler")
+    denoiser = load_diffusion_denoiser(tmp_path, sigma=sigma, image_size=SIZE, in_channels=1)
+    assert denoiser.identity["scheduler"] == "CMStochasticIterativeScheduler"
     recorder = Recorder(denoiser.unet)
     noisy = torch.rand(4, 1, SIZE, SIZE)
     with torch.no_grad():
