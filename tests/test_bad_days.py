@@ -453,7 +453,7 @@ def test_a_report_never_writes_into_someone_elses_folder(reference: Path, tmp_pa
     code, out, _ = run_in_process(capsys, "report", str(reference), "--quiet", "--overwrite", "--out", str(mine))
     assert code == 0
     assert sorted(p.name for p in mine.iterdir()) == ["curves.csv", "f1.png", "notes.txt", "precision.png",
-                                                      "recall.png", "summary.md"]
+                                                      "recall.png", "results.json", "summary.md"]
     assert (mine / "notes.txt").read_text() == "mine"
 
     report = tmp_path / "report"  # a previous report is replaced whole, without asking
@@ -628,7 +628,8 @@ def test_a_full_disk_leaves_whole_files_and_the_same_command_completes(tmp_path_
     first, second = load_counts(reference_dir), load_counts(out / "run")
     for key in first:
         np.testing.assert_array_equal(first[key], second[key], err_msg=key)
-    assert sorted(os.listdir(out / "report")) == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
+    assert sorted(os.listdir(out / "report")) == ["curves.csv", "f1.png", "precision.png", "recall.png",
+                                                  "results.json", "summary.md"]
     from multiguard.report import make_report
 
     make_report([reference_dir], tmp_path / "expected")  # the same run, reported on a roomy disk

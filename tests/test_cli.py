@@ -45,7 +45,7 @@ def test_train_certify_report_end_to_end_without_the_model(tmp_path_factory, tmp
                    "--summary-radii", "0.3", "--out", str(tmp_path / "report"))
     assert "## Certified top-k f1-score@R (%)" in reported.stdout and "R = 0.3" in reported.stdout
     files = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert files == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
+    assert files == ["curves.csv", "f1.png", "precision.png", "recall.png", "results.json", "summary.md"]
     for name in ("precision.png", "recall.png", "f1.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -77,8 +77,8 @@ def test_attack_writes_empirical_curves_that_report_overlays(tmp_path_factory, t
     checkpoint = tiny_checkpoint(tmp_path_factory)
     attack_dir = tmp_path / "attack"
     attacked = run("attack", "--checkpoint", str(checkpoint), "--radii", "0,0.5", "--k", "3", "--num-inputs", "6",
-                   "--steps", "3", "--samples", "8", "--n", "200", "--seed", "3", "--device", "cpu", "--quiet",
-                   "--out", str(attack_dir))
+                   "--steps", "3", "--samples", "8", "--n", "200", "--seed", "3", "--device", "cpu",
+                   "--out", str(attack_dir))  # not --quiet: the table is checked
     assert "below certificate" in attacked.stdout
     with open(attack_dir / "empirical.csv", newline="") as handle:
         reader = csv.DictReader(handle)

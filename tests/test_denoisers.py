@@ -273,7 +273,7 @@ def test_clean_classifier_and_denoiser_from_the_command_line(tmp_path, capsys) -
     (the error variants and the report run in-process)."""
     clean = tmp_path / "clean.pt"
     proc = run("train", "--sigma", "0", "--epochs", "1", "--train-size", "200", "--test-size", "100",
-               "--device", "cpu", "--quiet", "--out", str(clean))
+               "--device", "cpu", "--out", str(clean))
     assert "sigma = 0): test mAP clean" in proc.stdout and "noisy" not in proc.stdout
     _, meta = load_checkpoint(clean)
     assert meta["sigma"] == 0.0 and meta["epoch"] == 1 and 0 < meta["metrics"][0]["clean_map"] <= 1
@@ -284,7 +284,7 @@ def test_clean_classifier_and_denoiser_from_the_command_line(tmp_path, capsys) -
     denoiser = tmp_path / "den.pt"
     proc = run("train-denoiser", "--sigma", "0.5", "--arch", "unet", "--arch-option", "width=4", "--classifier",
                str(clean), "--epochs", "1", "--stability-epochs", "1", "--train-size", "200", "--test-size", "50",
-               "--device", "cpu", "--quiet", "--out", str(denoiser))
+               "--device", "cpu", "--out", str(denoiser))
     assert "trained a unet denoiser (mse, then 1 stability epoch) for sigma = 0.5" in proc.stdout
     assert "top-1 agreement" in proc.stdout and "check on 50 held-out images with noise sigma = 0.5" in proc.stdout
     common = ["--checkpoint", str(clean), "--sigma", "0.5", "--device", "cpu"]
@@ -300,7 +300,8 @@ def test_clean_classifier_and_denoiser_from_the_command_line(tmp_path, capsys) -
         "arch": "unet", "arch_options": {"width": 4}, "in_channels": 1, "image_size": 32, "sigma": 0.5})
     assert_one_line_error_in_process(run_in_process(capsys, *certify_args, "--resume", "--denoiser", str(other)),
                                      "denoiser_sha256")
-    assert_one_line_error_in_process(run_in_process(capsys, *certify_args, "--resume"), "denoiser_sha256")
+    code, _, err = run_in_process(capsys, *certify_args, "--resume")  # without --denoiser: the run's own (issue 22)
+    assert code == 0 and json.loads((run_dir / "metadata.json").read_text())["denoiser"] == str(denoiser), err
     code, out, _ = run_in_process(capsys, "report", str(run_dir), "--out", str(tmp_path / "report"))
     assert code == 0 and f"denoiser {denoiser} (unet, mse)" in out
 
@@ -335,7 +336,7 @@ def test_the_default_train_denoiser_improves_the_classifiers_noisy_agreement(tmp
                           **{**TINY, "train_size": 600})
     out = tmp_path / "den.pt"
     code, stdout, err = run_in_process(capsys, "train-denoiser", "--sigma", "0.5", "--classifier", str(clean),
-                                       "--train-size", "400", "--test-size", "100", "--device", "cpu", "--quiet",
+                                       "--train-size", "400", "--test-size", "100", "--device", "cpu",
                                        "--out", str(out))
     assert code == 0, err
     assert "trained a unet denoiser (mse, then 8 stability epochs) for sigma = 0.5" in stdout

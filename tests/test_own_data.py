@@ -288,6 +288,8 @@ def test_probability_outputs_are_detected(factory_file):
     inside = create_model(f"{factory_file}:sigmoid_in_forward", num_classes=4, image_size=16).eval()
     batch = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert looks_like_probabilities(inside) is None  # its last layer is a Linear: only its outputs tell
+    with torch.no_grad():  # as after training: absent labels score near 0 (the sigmoid keeps them above)
+        inside.net.body[-1].bias.sub_(4.0)
     assert "outputs on a batch lie in [0, 1]" in looks_like_probabilities(inside, inside(batch))
     # control: the same network without the sigmoid returns logits, some of them outside [0, 1]
     plain = create_model(f"{factory_file}:tiny_cnn", num_classes=4, image_size=16).eval()

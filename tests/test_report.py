@@ -109,7 +109,7 @@ def test_make_report_files_csv_and_summary(run_dir: Path, tmp_path: Path) -> Non
     result = report.make_report([run_dir, run_dir], tmp_path / "rep", k=[2, 3], k_prime=[1], radius_grid="0:2:0.1",
                                 summary_radii=[0.3], names=["a", "b"])
     names = sorted(p.name for p in (tmp_path / "rep").iterdir())
-    assert names == ["curves.csv", "f1.png", "precision.png", "recall.png", "summary.md"]
+    assert names == ["curves.csv", "f1.png", "precision.png", "recall.png", "results.json", "summary.md"]
     for metric in ("precision", "recall", "f1"):
         assert (tmp_path / "rep" / f"{metric}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(tmp_path / "rep" / "curves.csv", newline="") as handle:

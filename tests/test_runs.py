@@ -262,11 +262,13 @@ def test_torchrun_two_gloo_processes_give_identical_counts(tmp_path_factory, tmp
 
 
 def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
-    # The identity fields of runs written before settings became values, in their order.
+    # The identity fields of runs written before settings became values, in their order, then those added since
+    # (a thresholded base classifier's thresholds; legacy None).
     assert runs.IDENTITY_FIELDS == (
         "format_version", "checkpoint_sha256", "denoiser_sha256", "arch", "dataset", "dataset_options", "split",
         "dataset_size", "image_size", "num_classes", "sigma", "clamp", "n", "sample_sizes", "seed", "max_k_prime",
-        "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule",
+        "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule", "thresholds",
+        "model_file_sha256",  # added since (issue 22): absent from older runs, read as its legacy value None
     )
     old = {"n": 200, "max_k_prime": 3, "seed": 1, "num_inputs": 12, "chunk_size": 5, "sigma": 0.5,
            "sample_sizes": [100, 200], "format_version": 1}  # written before sampling modes were recorded

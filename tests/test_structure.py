@@ -22,7 +22,8 @@ import multiguard
 PACKAGE_DIR = Path(multiguard.__file__).parent
 TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
-              "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical",
+              "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical", "multiguard.results",
+              "multiguard.shards", "multiguard.data.download", "multiguard.thresholded", "multiguard.thresholds",
               "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes",
               "multiguard.denoiser_sources")
 
@@ -137,14 +138,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
     ("training, attack, checkpoints, data, runs", frozenset({
         "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "diffusion", "losses",
-        "runs",
-        "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
+        "runs", "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
+        "shards",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
-        "data.voc"})),
+        "data.voc", "data.download", "data.verify"})),
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),
     ("engine", frozenset({"engine"})),
     ("certificate math, registries and utilities", frozenset({
-        "", "certify", "sequential", "runspec", "methods", "empirical", "modes", "architectures", "registry",
+        "", "certify", "sequential", "thresholded", "thresholds", "runspec", "methods", "empirical", "results", "modes",
+        "architectures", "registry",
         "deprecation", "settings", "denoiser_sources",
         "validation", "files", "seeds", "devices"})),
 )

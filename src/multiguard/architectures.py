@@ -15,8 +15,9 @@ factory is called as ``factory(num_classes=c[, image_size=S][, in_channels=C])``
 returns an ``nn.Module`` giving logits ``(N, c)``; ``info`` may give ``mean`` and ``std`` (the normalisation
 inside the model, default none). A denoiser factory is called as ``factory(in_channels=C, **options)`` and
 returns an ``nn.Module`` mapping ``(N, C, S, S)`` to the same shape; ``info["options"]`` names the options it
-takes (``--arch-option KEY=VALUE``) and ``info["image_size_multiple"]`` (optional) the number the image side
-must be a multiple of, given the options.
+takes (``--arch-option KEY=VALUE``), ``info["minima"]`` (optional) the least value of each, and
+``info["image_size_multiple"]`` (optional) the number the image side must be a multiple of, given the options:
+``train-denoiser`` checks them before it reads any data.
 
 The other ``--arch`` forms (``timm:<name>``, ``torchvision:<name>``, ``path/to/file.py:factory``,
 ``module:factory``) are read by :mod:`multiguard.models` and :mod:`multiguard.denoisers` and need no entry.
@@ -37,8 +38,10 @@ ARCHITECTURES.register("small_cnn", "multiguard.models:small_cnn", builtin=True,
 #: Denoiser architectures by name (``train-denoiser --arch NAME``).
 DENOISER_ARCHITECTURES: Registry = Registry("denoiser architecture", argument="--arch")
 DENOISER_ARCHITECTURES.register("dncnn", "multiguard.denoisers:DnCNN", options=("width", "depth"),
+                                minima={"width": 1, "depth": 2},
                                 help="DnCNN-style residual network at full resolution (width 16, depth 4)")
 DENOISER_ARCHITECTURES.register("unet", "multiguard.denoisers:SmallUNet", options=("width", "levels", "depth"),
+                                minima={"width": 1, "levels": 1, "depth": 0},
                                 image_size_multiple=lambda options: 2 ** options.get("levels", 2),
                                 help="a small U-Net working below full resolution (width 32, levels 2, depth 2; "
                                 "train-denoiser's default)")

@@ -19,7 +19,16 @@ from .attack import attack_smoothed
 from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
 from .denoisers import denoiser_in, denoiser_record
 from .devices import resolve_device
-from .empirical import EMPIRICAL_CSV, PER_INPUT, SETTINGS, EmpiricalCurves, write_attack_dir
+from .empirical import (
+    EMPIRICAL_CSV,
+    PARTS,
+    PER_INPUT,
+    SETTINGS,
+    AttackParts,
+    EmpiricalCurves,
+    write_attack_dir,
+)
+from .files import file_sha256
 from .pipeline import _compile_now, capped_num_inputs
 from .seeds import attack_evaluation_seed
 from .smoothing import MultiGuard
@@ -80,6 +89,8 @@ def run_attack(
     channels_last: bool | None = None,
     compile: bool = False,
     denoiser: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> AttackRun:
     """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
 
@@ -104,6 +115,12 @@ def run_attack(
     is recorded in ``attack.json``. Compare with a certify run made in the same mode.
     ``denoiser``: a denoiser checkpoint in front of the classifier; the attack then differentiates through it
     (``attack.json`` records it).
+
+    ``out_dir`` holding an attack is refused unless ``overwrite`` (replace it) or ``resume`` (continue a
+    killed attack from its finished blocks in ``out_dir/parts``, refused naming every setting that differs;
+    the same numbers as an uninterrupted attack). ``attack.json`` records the attack's ``identity`` (the
+    checkpoint's and model file's SHA-256, dataset, split, inputs, k, k', sigma, n, seed, radii, ...), which
+    ``multiguard report --attack`` compares with the run it is drawn over.
     """
     radii_arr = _report.parse_radius_grid(radii)
     k = check_int(k, "k", 1)
@@ -112,7 +129,7 @@ def run_attack(
     seed = check_int(seed, "seed", 0)
     alpha = check_alpha(alpha)
     log = log or (lambda line: None)
-    out = _attack_out(out_dir)
+    out = _attack_out(out_dir, overwrite=overwrite, resume=resume)
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint_path, device=device)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
@@ -124,20 +141,36 @@ def run_attack(
                                         denoiser=denoiser)
     sigma, clamp = smoother.sigma, smoother.clamp
     indices = _runs.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
+    identity = {
+        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "model_file_sha256": getattr(model, "arch_file_sha256", None),
+        "denoiser_sha256": None if denoiser is None else file_sha256(denoiser),
+        **{key: info.get(key) for key in ("dataset", "split", "dataset_options")},
+        "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),
+        "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
+        "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
+        "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(),
+    }  # fmt: skip
+    parts = AttackParts(out, identity, resume=resume)
     x, labels = _runs.load_batch(data, indices)
     if smoother.mode.compile and len(indices):
         _compile_now(smoother, x[:1], batch_size, log)
 
     certified = violations = None
     if certify:
-        counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
+        done = parts.load("certified")
+        if done is None:
+            counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
+            parts.save("certified", counts=np.asarray(counts))
+        else:
+            counts = done["counts"]
         lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         certified = _certify.certified_intersection_size(
             lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
         )
     sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
                                     n=n, seed=seed, step_size=step_size, temperature=temperature,
-                                    batch_size=batch_size, log=log)
+                                    batch_size=batch_size, log=log, parts=parts)
     if certified is not None:
         violations = (sizes < certified).sum(axis=0).astype(np.int64)
 
@@ -159,30 +192,44 @@ def run_attack(
         "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
         "radii": radii_arr.tolist(), **smoother.mode.as_metadata(),
         "violations": None if violations is None else violations.tolist(),
+        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256")},
+        "identity": identity,
     }  # fmt: skip
     write_attack_dir(out, curves, arrays, settings)
+    parts.remove()
     return AttackRun(
         out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
         labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,
     )
 
 
-def _attack_out(out_dir: str | os.PathLike[str]) -> Path:
-    """``out_dir`` as a Path, refused (ValueError naming --out) if it holds other files than an attack's."""
+def _attack_out(out_dir: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:
+    """``out_dir`` as a Path, checked before any work: never a folder of other files, and never an earlier
+    attack unless it is replaced (``overwrite``) or continued (``resume``); a ValueError names --out."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {EMPIRICAL_CSV, PER_INPUT,
-                                                                                       SETTINGS}):
+    if overwrite and resume:
+        raise ValueError("resume: --resume continues an attack, --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+    if not names <= {EMPIRICAL_CSV, PER_INPUT, SETTINGS, PARTS}:
         raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
+    if names and not overwrite and not resume:
+        if EMPIRICAL_CSV in names:
+            raise ValueError(f"out: {out} already holds an attack; replace it with --overwrite, or choose a new --out")
+        raise ValueError(f"out: {out} holds an unfinished attack; continue it with --resume, or replace it with "
+                         "--overwrite")
     return out
 
 
 def _attack_at_radii(smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
                      radii_arr: np.ndarray, *, k: int, steps: int, samples: int, n: int, seed: int,
                      step_size: float | None, temperature: float, batch_size: int,
-                     log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+                     log: Callable[[str], None], parts: AttackParts | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PGD at each radius on every input, in blocks so that progress shows (the noise of an input depends on
     ``(seed, index)`` only, so blocks give what one call on all inputs gives): the empirical sizes
-    ``|L ∩ top-k|`` and the perturbation norms, both ``(num_inputs, len(radii_arr))``."""
+    ``|L ∩ top-k|`` and the perturbation norms, both ``(num_inputs, len(radii_arr))``. Each finished block is
+    saved in ``parts`` (positions, sizes, norms); blocks found there (a killed attack's) are not done again."""
     sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
     norms = np.zeros((len(indices), radii_arr.size))
     block = max(1, batch_size // max(1, samples))
@@ -190,22 +237,33 @@ def _attack_at_radii(smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, 
     started = last = time.perf_counter()
     log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
         f"then n = {n} samples to measure")
+    finished = 0
     for j, radius in enumerate(radii_arr):
-        for begin in range(0, len(indices), block):
-            part = slice(begin, begin + block)
+        todo = np.ones(len(indices), dtype=bool)
+        for name in parts.names(f"r{j:03d}-") if parts is not None else ():
+            found = parts.load(name)
+            if found is not None:
+                sizes[found["positions"], j], norms[found["positions"], j] = found["sizes"], found["norms"]
+                todo[found["positions"]] = False
+        finished += int((~todo).sum())
+        remaining = np.flatnonzero(todo)
+        for begin in range(0, len(remaining), block):
+            part = remaining[begin : begin + block]
             result = attack_smoothed(
                 smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
                 seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
             )
             sizes[part, j] = result.sizes
             norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
+            if parts is not None:
+                parts.save(f"r{j:03d}-p{int(part[0]):07d}", positions=part, sizes=sizes[part, j], norms=norms[part, j])
+            finished += len(part)
             now = time.perf_counter()
-            done = j * len(indices) + min(begin + block, len(indices))
-            if now - last >= 5.0 and done < total:
+            if now - last >= 5.0 and finished < total:
                 last = now
-                left = (now - started) / done * (total - done)
-                log(f"attack: R = {radius:g}: {min(begin + block, len(indices))}/{len(indices)} inputs, "
-                    f"{now - started:.0f} s, about {left:.0f} s left")
+                left = (now - started) / finished * (total - finished)
+                log(f"attack: R = {radius:g}: {len(indices) - len(remaining) + begin + len(part)}/{len(indices)} "
+                    f"inputs, {now - started:.0f} s, about {left:.0f} s left")
         log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
             f"({time.perf_counter() - started:.0f} s)")
     return sizes, norms

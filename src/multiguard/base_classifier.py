@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import file_sha256
-from .validation import check_bool, check_choice, check_int
+from .validation import check_bool, check_choice, check_int, check_positive
 
 __all__ = ["BaseClassifierSpec", "ModeSpec"]
 
@@ -60,6 +60,9 @@ class BaseClassifierSpec:
             ``"auto"`` (resolved once, on first use).
         k_prime: the base classifier's top-k' (what a sequential run's stop rule reads; counts are stored for
             every k' anyway).
+        thresholds: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`) of a thresholded base
+            classifier, or ``None``: a run then stores each label's on-counts beside the top-k' counts, and the
+            thresholds are part of its identity.
 
     :meth:`load` builds the smoothed classifier once; :attr:`checkpoint_meta`, :attr:`checkpoint_sha256` and
     :attr:`denoiser_sha256` read each file once.
@@ -71,6 +74,7 @@ class BaseClassifierSpec:
     denoiser: Path | str | None = None
     device: str | None = "auto"
     k_prime: int = 1
+    thresholds: Any = None
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class BaseClassifierSpec:
         if self.denoiser is not None and not self.denoiser_is_source:
             object.__setattr__(self, "denoiser", Path(self.denoiser))
         check_int(self.k_prime, "k_prime", 1)
+        if self.sigma is not None:  # before any file is read or made
+            object.__setattr__(self, "sigma", check_positive(self.sigma, "sigma"))
 
     def _once(self, key: str, make: Any) -> Any:
         if key not in self._cache:
@@ -145,7 +151,7 @@ class BaseClassifierSpec:
             return smoothed_from_checkpoint(
                 model, meta, k_prime=self.k_prime, sigma=self.sigma, device=self.resolved_device,
                 precision=self.mode.precision, channels_last=self.mode.channels_last, compile=self.mode.compile,
-                denoiser=self.denoiser,
+                denoiser=self.denoiser, thresholds=self.thresholds,
             )
 
         return self._once("smoothed", build)
@@ -173,14 +179,17 @@ class BaseClassifierSpec:
     def run_fields(self) -> dict[str, Any]:
         """The fields of :class:`multiguard.runspec.RunSpec` this base classifier decides (loads it)."""
         smoother = self.load()
+        model = self._loaded()[0]
         return {
             "checkpoint_sha256": self.checkpoint_sha256,
+            "model_file_sha256": getattr(model, "arch_file_sha256", None),
             "denoiser_sha256": self.denoiser_sha256,
             "arch": self.checkpoint_meta["arch"],
             "num_classes": int(self.checkpoint_meta["num_classes"]),
             "sigma": smoother.sigma,
             "clamp": None if smoother.clamp is None else list(smoother.clamp),
             **smoother.mode.as_metadata(),
+            "thresholds": None if self.thresholds is None else self.thresholds.identity(),
         }
 
     def record(self) -> dict[str, Any]:
@@ -190,5 +199,10 @@ class BaseClassifierSpec:
 
         record = self.denoiser_record()
         del record["denoiser_sha256"]  # an identity field (run_fields)
+        if self.thresholds is not None:
+            record["thresholds_source"] = self.thresholds.source
+        model_file = getattr(self._loaded()[0], "arch_file", None)
+        if model_file is not None:  # the file behind model_file_sha256 (a file factory's)
+            record["model_file"] = os.fspath(model_file)
         return {**record, "checkpoint": os.fspath(self.checkpoint),
                 "train_sigma": float(self.checkpoint_meta["sigma"]), "torch_version": str(torch.__version__)}

@@ -81,7 +81,7 @@ class CheckpointFile:
         """The raw checkpoint dict (keys ``marker``, ``state_dict``, ``optimizer``, ``meta``); ValueError naming
         the file if it is missing, unreadable, of another kind, damaged or of a newer format."""
         path = Path(path)
-        obj = read_torch_file(path, self.argument, self.kind, self.made_by)
+        obj = read_torch_file(path, self.argument, self.kind, self.made_by, marker=self.marker)
         if not isinstance(obj, dict) or self.marker not in obj:
             hint = next((text for marker, text in self.others if isinstance(obj, dict) and marker in obj), "")
             raise ValueError(f"{self.argument}: {path} is not a {self.kind} (no {self.marker!r} key){hint}")
@@ -108,15 +108,26 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def read_torch_file(path: str | os.PathLike, argument: str, kind: str, made_by: str) -> Any:
+def _holds_key(path: Path, key: str) -> bool:
+    """Whether the torch file ``path`` is a dict with ``key`` (e.g. a denoiser's marker); unreadable: False."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not one of ours, whatever the reason
+        return False
+    return isinstance(obj, dict) and key in obj
+
+
+def read_torch_file(path: str | os.PathLike, argument: str, kind: str, made_by: str,
+                    marker: str | None = None) -> Any:
     """What ``torch.load`` reads from a file of ours (``weights_only``: no code is unpickled), or a one-line
-    ValueError naming ``argument`` and the file: a folder (with a ``*.pt`` inside it suggested), a missing
-    file, or one torch cannot read as a ``kind`` (e.g. ``"MultiGuard checkpoint"``). ``made_by`` names the
-    command that writes such files."""
+    ValueError naming ``argument`` and the file: a folder (with a ``*.pt`` inside it suggested: with ``marker``,
+    the key files of this kind hold, only a file that has it, so a ``--denoiser`` folder never suggests a
+    classifier), a missing file, or one torch cannot read as a ``kind`` (e.g. ``"MultiGuard checkpoint"``).
+    ``made_by`` names the command that writes such files."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.pt"))
-        hint = f" such as {path / found[0]}" if found else ""
+        found = [p for p in sorted(path.glob("*.pt")) if marker is None or _holds_key(p, marker)]
+        hint = f" such as {found[0]}" if found else ""
         raise ValueError(f"{argument}: {path} is a folder; give the {argument} file{hint} ({made_by})")
     if not path.is_file():
         raise ValueError(f"{argument}: no such file: {path}")

@@ -10,6 +10,7 @@ num_classes, image_size, in_channels, mean, std, class_names, dataset, data_root
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from .checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint
 from .data import get_dataset, is_composed
+from .data._common import class_list_difference
 from .devices import resolve_device
 from .models import create_model
 from .smoothing import MultiGuard
@@ -38,6 +40,17 @@ def _build(meta: dict) -> nn.Module:
                         mean=meta["mean"], std=meta["std"])
 
 
+def _model_file_change(model: nn.Module, meta: dict) -> str | None:
+    """``'the model file F changed since the checkpoint was trained (...)'`` when the Python file defining the
+    checkpoint's model (a file factory) no longer has the SHA-256 training recorded; ``None`` otherwise (also
+    for checkpoints that recorded none)."""
+    recorded, now = meta.get("arch_file_sha256"), getattr(model, "arch_file_sha256", None)
+    if recorded is None or now is None or recorded == now:
+        return None
+    return (f"the model file {model.arch_file} changed since the checkpoint was trained (SHA-256 {now[:12]}..., "
+            f"then {recorded[:12]}...)")
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model saved by :func:`train`.
 
@@ -50,13 +63,23 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     meta = checkpoint["meta"]
     try:
         model = _build(meta)
+    except KeyError as missing:  # a checkpoint of ours always has them: it was damaged or edited
+        raise ValueError(f"checkpoint: {path} is damaged (no {missing} in it)") from None
+    changed = _model_file_change(model, meta)
+    try:
         model.load_state_dict(checkpoint["state_dict"])
         model.class_names = list(meta["class_names"])
-    except KeyError as missing:  # a checkpoint of ours always has them: it was damaged or edited
+    except KeyError as missing:
         raise ValueError(f"checkpoint: {path} is damaged (no {missing} in it)") from None
     except RuntimeError as exc:  # load_state_dict: weights of other shapes or names than the model's
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if model.arch_file is not None:  # the user's model file builds another model than the one trained
+            how = changed or f"was {model.arch_file} edited since {path} was trained?"
+            raise ValueError(f"checkpoint: the weights in {path} do not fit the model its file builds now ({how}; "
+                             f"{reason}); restore the file as it was when the checkpoint was trained") from None
         raise ValueError(f"checkpoint: {path} is damaged (its weights do not fit its model: {reason})") from None
+    if changed:
+        warnings.warn(f"{changed}: the checkpoint's weights run in the code as it is now", UserWarning, stacklevel=2)
     return model.to(resolve_device(device)).eval(), meta
 
 
@@ -85,6 +108,11 @@ def dataset_for_checkpoint(
         if sizes.get(split) and "size" not in options:
             options["size"] = int(sizes[split])
     data = get_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, **options)
+    expected = meta.get("class_names")
+    difference = None if expected is None else class_list_difference(expected, data.class_names)
+    if difference is not None:  # the label columns would be compared with another class's scores
+        source = getattr(data, "class_list_file", None) or f"{name} {getattr(data, 'split', split)}"
+        raise ValueError(f"dataset: the classes of {source} are not the checkpoint's: {difference}")
     num_classes = len(data.class_names)
     if num_classes != int(meta["num_classes"]):
         raise ValueError(
@@ -115,6 +143,7 @@ def smoothed_from_checkpoint(
     channels_last: bool | None = None,
     compile: bool = False,
     denoiser: str | os.PathLike | None = None,
+    thresholds: Any = None,
 ) -> MultiGuard:
     """The smoothed classifier of a loaded checkpoint: its model, class count and clamp, with the training
     sigma unless ``sigma`` is given (a checkpoint trained without noise needs one). ``precision``,
@@ -126,12 +155,17 @@ def smoothed_from_checkpoint(
     to put in front of the model: the base classifier becomes ``model(denoiser(x + noise))`` (denoised smoothing;
     the certificate is the same; the sampling mode covers the denoiser too). A denoiser trained for another sigma
     or image size is refused with a ValueError.
+
+    ``thresholds``: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`) of a thresholded base
+    classifier (``MultiGuard(thresholds=...)``), or ``None``.
     """
-    sigma = float(meta["sigma"]) if sigma is None else sigma
-    if not sigma > 0:
-        raise ValueError(
-            f"sigma must be > 0 to smooth, got {sigma:g} (the checkpoint was trained without noise: pass --sigma)"
-        )
+    if sigma is not None:
+        sigma = check_positive(sigma, "sigma")  # a negative or NaN sigma is a mistake in the argument
+    elif not float(meta["sigma"]) > 0:
+        raise ValueError("sigma: the checkpoint was trained without noise: pass --sigma, the noise level to smooth "
+                         "with (e.g. the one its denoiser was trained for)")
+    else:
+        sigma = float(meta["sigma"])
     clamp = (0.0, 1.0) if meta.get("clamp") else None
     if denoiser is not None:
         from .denoisers import DenoisedClassifier, build_denoiser
@@ -142,4 +176,4 @@ def smoothed_from_checkpoint(
         model = DenoisedClassifier(denoiser_model, model)
     return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
                       clamp=clamp, device=None if device is None else resolve_device(device),
-                      precision=precision, channels_last=channels_last, compile=compile)
+                      precision=precision, channels_last=channels_last, compile=compile, thresholds=thresholds)

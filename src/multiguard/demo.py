@@ -44,6 +44,29 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+DEMO_THRESHOLD = 0.5
+"""The demo's base classifier is also thresholded: a label is on in a noisy copy when its sigmoid probability
+exceeds 0.5 (logit > 0), so its run stores per-label on-counts and ``report-thresholded/`` compares the
+thresholded certificate with MultiGuard's top-k from the same samples."""
+
+
+def thresholded_vs_top_k(curves: list[_report.Curve], radii: tuple[float, ...] = _report.SUMMARY_RADII) -> str:
+    """A markdown table of certified F1 (%) at ``radii``: each thresholded curve (per q) against the best top-k
+    MultiGuard curve at each radius (and which k, k' it was), from one report's curves (no sampling)."""
+    per_label = [c for c in curves if c.q is not None]
+    top_k = [c for c in curves if c.q is None and c.method == "multiguard"]
+    if not per_label or not top_k:
+        raise ValueError("curves: need thresholded and MultiGuard top-k curves")
+    head = "| certified F1 (%) | " + " | ".join(f"R = {r:g}" for r in radii) + " |"
+    lines = [head, "|---|" + "---:|" * len(radii)]
+    for c in per_label:
+        lines.append(f"| thresholded, q = {c.q:g} | " + " | ".join(f"{100 * c.at('f1', r):.1f}" for r in radii) + " |")
+    best = [max(top_k, key=lambda c, r=r: c.at("f1", r)) for r in radii]
+    lines.append("| MultiGuard top-k, best k, k' at each R | " + " | ".join(
+        f"{100 * c.at('f1', r):.1f} (k = {c.k}, k' = {c.k_prime})" for c, r in zip(best, radii, strict=True)) + " |")
+    return "\n".join(lines)
+
+
 def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _runs.RunResult:
     """A demo's RUN_DIR, finished: continued where a killed demo left it, or started over (saying so) when it
     holds a run with other settings (e.g. a --quick run after a full one). ``say`` tells the user; ``kwargs``
@@ -74,7 +97,9 @@ def run_demo(
 
     Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/``,
     ``report-k-prime/`` and ``report-n/`` (ablations; the impact of n reads the run's nested counts at n = 100,
-    200, 500, 1000), and ``figure.png`` (the rows side by side, as the paper's Figure 1). Running it again
+    200, 500, 1000), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at
+    k = 1..5 and k' = 1..3, from the same run's on-counts), and ``figure.png`` (the rows side by side, as the
+    paper's Figure 1). Running it again
     reuses a finished model and run; a killed demo continues where it stopped.
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
@@ -117,6 +142,7 @@ def run_demo(
         n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
         on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
         precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
+        thresholds=DEMO_THRESHOLD,
     )
     _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
     seconds["certify"] = time.perf_counter() - started
@@ -128,7 +154,7 @@ def run_demo(
     reports = {
         "report": _report.make_report(
             [run], out / "report", k=[3], k_prime=[1], names=["multidigits"], radius_grid=grid,
-            title="MultiGuard vs Jia et al. (k' = 1, k = 3)",
+            methods=["multiguard", "multiguard-first-terms", "jia"], title="MultiGuard vs Jia et al. (k' = 1, k = 3)",
         ),
         "report-k-prime": _report.make_report(
             [run], out / "report-k-prime", k=[3], k_prime=[1, 2, 3], methods=["multiguard"],
@@ -139,6 +165,12 @@ def run_demo(
             names=["multidigits"], radius_grid=grid, title="Impact of k (k' = 1)",
         ),
     }
+    if run.on_counts is not None:  # the same run's per-label on-counts: no extra sampling
+        reports["report-thresholded"] = _report.make_report(
+            [run], out / "report-thresholded", k=[1, 2, 3, 4, 5], k_prime=[1, 2, 3],
+            methods=["multiguard", "threshold"], q=[0.5, 0.3], names=["multidigits"], radius_grid=grid,
+            title="Thresholded vs top-k (label on when its probability > 0.5; MultiGuard at k = 1..5, k' = 1..3)",
+        )
     sizes = run.sample_sizes
     if run.nested_counts is not None and sizes is not None:  # a run from before nested counts has none
         reports["report-n"] = _report.make_report(

@@ -22,5 +22,6 @@ def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.
     except (RuntimeError, TypeError):
         raise ValueError(f"device: not a torch device: {device!r} (use auto, cpu, cuda or cuda:N)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but CUDA is not available (use --device cpu)")
+        raise ValueError(f"device: {device} was requested but CUDA is not available here (use cpu: --device cpu "
+                         "on the command line, device='cpu' in Python)")
     return resolved

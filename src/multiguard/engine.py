@@ -97,6 +97,19 @@ def eval_mode(model: object) -> Iterator[None]:
             module.training = training
 
 
+def _as_thresholds(thresholds: object, num_classes: int) -> np.ndarray | None:
+    """``thresholds`` as float64 ``(T, c)`` score thresholds (``(c,)`` is one row), or ``None``."""
+    if thresholds is None:
+        return None
+    array = np.asarray(thresholds, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != num_classes or array.shape[0] == 0 or np.isnan(array).any():
+        raise invalid("thresholds", f"score thresholds of shape (c,) or (T, c) with c = {num_classes}, no NaN",
+                      f"shape {array.shape}")
+    return array
+
+
 def top_k_prime(scores: torch.Tensor, num_k: int) -> torch.Tensor:
     """``(B, num_k)`` indices of the num_k highest scores of each row, in order, ties to the lower label index.
 
@@ -185,12 +198,17 @@ class SamplingEngine:
         stream: int = 0,
         progress: bool = False,
         start: object = None,
+        thresholds: np.ndarray | None = None,
     ) -> np.ndarray:
         """Cumulative top-k' counts ``(N, num_k, c)``: ``[i, j-1, l]`` = how many of samples
         ``[start_i, start_i + n)`` of input i had label l among the base classifier's top j.
 
         ``start`` (default 0 for every input) lets a caller continue sampling where an earlier call
         stopped: samples ``[0, a)`` and then ``[a, b)`` add up to exactly the counts of ``[0, b)``.
+
+        ``thresholds``: float ``(T, c)`` score thresholds (or ``(c,)``, T = 1). Then the result is
+        ``(N, num_k + T, c)``: rows ``num_k + t`` hold per-label on-counts, how many of the same samples had
+        ``score_l > thresholds[t, l]``, counted from the same forward passes as the top-k' counts.
         """
         n = check_int(n, "n", 1, MAX_N)
         seed = check_int(seed, "seed", 0)
@@ -202,11 +220,13 @@ class SamplingEngine:
         starts = np.zeros(num_inputs, dtype=np.int64) if start is None else np.asarray(start, dtype=np.int64)
         if starts.shape != (num_inputs,) or (starts < 0).any():
             raise invalid("start", f"({num_inputs},) non-negative sample positions", start)
-        out = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
+        on_thresholds = _as_thresholds(thresholds, self.num_classes)
+        num_on = 0 if on_thresholds is None else on_thresholds.shape[0]
+        out = np.zeros((num_inputs, num_k + num_on, self.num_classes), dtype=np.int64)
         if num_inputs == 0:
             return out
         batches = self._plan(num_inputs, n, min(batch_size, n * num_inputs))
-        self._run(tensor, batches, starts, n, seed, index_arr, num_k, stream, progress, out)
+        self._run(tensor, batches, starts, n, seed, index_arr, num_k, stream, progress, out, on_thresholds)
         return out
 
     def count_nested(
@@ -221,8 +241,10 @@ class SamplingEngine:
         stream: int = 0,
         progress: bool = False,
         start: object = None,
+        thresholds: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Cumulative counts at a series of nested sample sizes: int64 ``(N, S, num_k, c)``.
+        """Cumulative counts at a series of nested sample sizes: int64 ``(N, S, num_k, c)`` (``(N, S, num_k + T,
+        c)`` with ``thresholds``: the on-counts of :meth:`count` at each size).
 
         ``sizes`` is a strictly increasing series of S sample sizes (e.g.
         :func:`multiguard.sequential.sample_size_schedule`); entry ``[i, s]`` equals ``count(x, sizes[s], ...)``
@@ -239,16 +261,37 @@ class SamplingEngine:
         tensor = as_batch(x)
         num_inputs = tensor.shape[0]
         first = np.zeros(num_inputs, dtype=np.int64) if start is None else np.asarray(start, dtype=np.int64)
-        out = np.zeros((num_inputs, sizes_arr.size, num_k, self.num_classes), dtype=np.int64)
+        num_rows = num_k + (0 if thresholds is None else _as_thresholds(thresholds, self.num_classes).shape[0])
+        out = np.zeros((num_inputs, sizes_arr.size, num_rows, self.num_classes), dtype=np.int64)
         done = 0
-        total = np.zeros((num_inputs, num_k, self.num_classes), dtype=np.int64)
+        total = np.zeros((num_inputs, num_rows, self.num_classes), dtype=np.int64)
         for position, size in enumerate(sizes_arr.tolist()):
             total += self.count(
                 tensor, size - done, seed=seed, index=index, batch_size=batch_size, num_k=num_k, stream=stream,
-                progress=progress, start=first + done,
+                progress=progress, start=first + done, thresholds=thresholds,
             )
             out[:, position] = total
             done = size
+        return out
+
+    def noisy_scores(self, x: object, n: int, *, seed: int, index: object = None, stream: int = 0) -> np.ndarray:
+        """float64 ``(N, n, c)``: the base classifier's scores on n noisy copies of each input, the noise drawn as
+        :meth:`count` draws it (the same samples for the same seed, index and stream)."""
+        n = check_int(n, "n", 1, MAX_N)
+        tensor = as_batch(x)
+        index_arr = as_index(index, tensor.shape[0])
+        out = np.zeros((tensor.shape[0], n, self.num_classes))
+        input_shape = tuple(tensor.shape[1:])
+        buffer = torch.empty((n, *input_shape), dtype=self.dtype, device=self.device)
+        cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=self.dtype, device=self.device),
+                 "key": None}
+        generator = torch.Generator(device=self.device)
+        with torch.inference_mode(), eval_mode(self.model):
+            for i in range(tensor.shape[0]):
+                self._draw_noise(buffer, [_Segment(i, 0, n, 0)], np.zeros(tensor.shape[0], dtype=np.int64), seed,
+                                 index_arr, stream, cache, generator)
+                row = tensor[i].to(device=self.device, dtype=self.dtype)
+                out[i] = self._forward(buffer.mul(self.sigma).add_(row)).float().cpu().numpy()
         return out
 
     # ---------------------------------------------------------------------------------------------- steps
@@ -323,15 +366,23 @@ class SamplingEngine:
     def _run(
         self, tensor: torch.Tensor, batches: list[list[_Segment]], starts: np.ndarray, n: int, seed: int,
         index_arr: np.ndarray, num_k: int, stream: int, progress: bool, out: np.ndarray,
+        on_thresholds: np.ndarray | None = None,
     ) -> None:
         """Steps 2-4 over every batch; finished inputs' cumulative counts land in ``out``."""
         device, dtype, c = self.device, self.dtype, self.num_classes
         input_shape = tuple(tensor.shape[1:])
         batch_size = max(seg.offset + seg.stop - seg.start for seg in batches[0])
         slots = max(len(segments) for segments in batches) + 1  # inputs a batch can touch, plus one carried over
-        width = num_k * c + 1  # per slot: position-p counts of every label, then the non-finite count
+        num_on = 0 if on_thresholds is None else on_thresholds.shape[0]
+        # per slot: position-p counts of every label, then the on-counts of every threshold row, then the
+        # non-finite count
+        width = (num_k + num_on) * c + 1
         dummy = slots * width  # bin for finite samples' non-finite flag
         position_offsets = torch.arange(num_k, device=device) * c
+        on = None if on_thresholds is None else (
+            torch.as_tensor(on_thresholds, dtype=torch.float64, device=device),
+            num_k * c + torch.arange(num_on * c, device=device),
+        )
 
         buffer = torch.empty((batch_size, *input_shape), dtype=dtype, device=device)
         cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=dtype, device=device), "key": None}
@@ -353,7 +404,7 @@ class SamplingEngine:
                     row = tensor[seg.input].to(device=device, dtype=dtype, non_blocking=True)
                     buffer[seg.offset : seg.offset + seg.stop - seg.start].mul_(self.sigma).add_(row)
                 scores = self._forward(buffer[:filled])
-                self._count(scores, segments, n, num_k, slots, width, dummy, position_offsets, accumulator, ones)
+                self._count(scores, segments, n, num_k, slots, width, dummy, position_offsets, accumulator, ones, on)
 
                 # Inputs whose last sample was in this batch leave the ring: their rows are copied out and
                 # the slots zeroed on the device, then sent to the host without waiting for them. The
@@ -374,8 +425,11 @@ class SamplingEngine:
     def _count(
         scores: torch.Tensor, segments: list[_Segment], n: int, num_k: int, slots: int, width: int, dummy: int,
         position_offsets: torch.Tensor, accumulator: torch.Tensor, ones: torch.Tensor,
+        on: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        """Step 4: add each row's top-k' positions (and a non-finite flag) to its input's slot, on the device."""
+        """Step 4: add each row's top-k' positions, its labels above their thresholds (``on``: the thresholds
+        ``(T, c)`` and the slot offsets of their counts) and a non-finite flag to its input's slot, on the
+        device."""
         order = top_k_prime(scores, num_k)
         filled = scores.shape[0]
         first = segments[0].input * n + segments[0].start  # the batch's first sample in the whole stream
@@ -383,9 +437,15 @@ class SamplingEngine:
         base = torch.div(samples, n, rounding_mode="floor").remainder_(slots).mul_(width)
         label_bins = (base[:, None] + position_offsets[None, :] + order).reshape(-1)
         finite = torch.isfinite(scores).all(dim=1)
-        flag_bins = torch.where(finite, dummy, base + num_k * scores.shape[1])
+        flag_bins = torch.where(finite, dummy, base + width - 1)
         bins = torch.cat((label_bins, flag_bins))
         accumulator.index_put_((bins,), ones[: bins.numel()], accumulate=True)
+        if on is not None:
+            thresholds, offsets = on
+            # compared in float64: the thresholds as given, whatever dtype the scores come in
+            above = (scores.to(torch.float64).unsqueeze(1) > thresholds.unsqueeze(0)).reshape(filled, -1)
+            accumulator.index_put_(((base[:, None] + offsets[None, :]).reshape(-1),), above.reshape(-1).long(),
+                                   accumulate=True)
 
     @staticmethod
     def _finish(
@@ -407,5 +467,7 @@ class SamplingEngine:
                     f"model returned non-finite scores for input {i} (index {index_arr[i]}) "
                     f"in {row[-1]} of its {n} noisy samples"
                 )
-            out[i] = np.cumsum(row[:-1].reshape(num_k, -1), axis=0)
+            rows_of_input = row[:-1].reshape(out.shape[1], -1)
+            out[i, :num_k] = np.cumsum(rows_of_input[:num_k], axis=0)  # top-j = positions 1..j
+            out[i, num_k:] = rows_of_input[num_k:]  # on-counts
         bar.update(len(finished))

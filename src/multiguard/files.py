@@ -9,11 +9,17 @@ No torch: checkpoints are serialised by the caller and handed over as bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,10 @@ __all__ = [
     "atomic_write_npz",
     "check_output_file",
     "create_exclusive_json",
+    "exclusive_lock",
+    "remove_abandoned_staging",
+    "staging_folder",
+    "staging_folder_name",
     "file_mode",
     "file_sha256",
     "temporary_path",
@@ -132,3 +142,113 @@ def check_output_file(out: str | os.PathLike[str] | None, *, resume: bool, overw
         raise ValueError(f"out: {path} already exists; continue training it with --resume, or replace it with "
                          "--overwrite")
     return path
+
+
+# --------------------------------------------------------------------------- locks and staging folders
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the duration of the block.
+
+    The lock is advisory (``fcntl.flock``): the operating system releases it when its holder exits, also after
+    ``kill -9``, so a lock is never left behind (the file is removed when the block ends; one a killed holder
+    left is simply locked again). The holder's process id and host are written into the file.
+    If another process holds it, raises a one-line ValueError: ``"<what>: another process (pid N on HOST) is
+    writing it; ..."``. Where ``fcntl`` does not exist (Windows) the block runs without a lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    for _ in range(10):  # the file may be removed by its last holder between our open and our lock: open again
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{what}: another process ({holder}) is writing it; wait for it to finish or stop "
+                             "it (two processes writing one folder would both do the same work)") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    else:  # pragma: no cover - ten holders in a row removed it under us
+        raise ValueError(f"{what}: its lock file {path} keeps changing; is another process starting?")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still held: a process that opened it now finds it gone and opens a new one
+        os.close(fd)  # releases the lock
+
+
+STALE_STAGING_SECONDS = 24 * 3600.0  # a staging folder of another host (whose process cannot be asked) this old
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def staging_folder_name(place: str | os.PathLike[str], pid: int | None = None) -> str:
+    """The name prefix of a staging folder for ``place`` made by process ``pid`` (this one by default) here.
+
+    ``.<name>.<host>-<pid>.`` followed by a random part and ``.tmp``: the host and process id let a later
+    process remove the folders of processes that are gone (:func:`remove_abandoned_staging`).
+    """
+    return f".{Path(place).name}.{_host_tag()}-{os.getpid() if pid is None else pid}.x{TMP_SUFFIX}"
+
+
+def staging_folder(place: str | os.PathLike[str]) -> Path:
+    """A new, empty hidden folder beside ``place`` to build its contents in before a rename (mode as mkdir's)."""
+    place = Path(place)
+    prefix = staging_folder_name(place).removesuffix(f"x{TMP_SUFFIX}")
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=TMP_SUFFIX, dir=place.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's 0700
+    return staging
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):  # another user's live process, or no way to ask
+        return False
+    return False
+
+
+def remove_abandoned_staging(place: str | os.PathLike[str]) -> list[Path]:
+    """Remove the staging folders of ``place`` whose process is gone (a killed report); returns them.
+
+    A folder made on this host is removed as soon as its process no longer exists; one from another host
+    (a shared file system) or in the older name format without a process id only after
+    :data:`STALE_STAGING_SECONDS`. A folder of a live process is never touched.
+    """
+    place = Path(place)
+    pattern = re.compile(rf"^\.{re.escape(place.name)}\.(?:(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.)?.*"
+                         rf"{re.escape(TMP_SUFFIX)}$")
+    removed = []
+    for candidate in place.parent.glob(f".{place.name}.*{TMP_SUFFIX}"):
+        match = pattern.match(candidate.name)
+        if match is None or not candidate.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if match["pid"] is not None and match["host"] == _host_tag():
+                gone = _process_is_gone(int(match["pid"]))
+            else:
+                gone = time.time() - candidate.stat().st_mtime > STALE_STAGING_SECONDS
+            if gone:
+                shutil.rmtree(candidate, ignore_errors=True)
+                removed.append(candidate)
+    return removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,12 @@ __all__ = ["METHODS", "CertificationMethod", "register_method"]
 SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, np.ndarray], np.ndarray]
 """``sizes(lower, upper, labels, k, k_prime, sigma, radius) -> int64 (N, len(radius))``: certified
 intersection sizes at each radius from bounds ``(N, c)`` and label masks ``(N, c)``."""
+
+PerLabelFunction = Callable[..., Any]
+"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius)`` -> an object with ``precision``,
+``recall``, ``f1`` ``(len(radius),)``, ``num_inputs`` and ``num_empty``: certified metrics of a classifier that
+decides each label on its own, from per-label on-counts ``(N, c)`` of ``samples`` ``(N,)`` noisy copies
+(``looks``: the schedule of a sequential run, else ``None``), label masks ``(N, c)`` and the cut ``q``."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,10 @@ class CertificationMethod:
         linestyle: matplotlib line style of its curves.
         description: one sentence for ``--help`` and ``summary.md``.
         k_prime_one_only: the method certifies a base classifier with k' = 1 only (skipped for other k').
-        sizes: see :data:`SizesFunction`.
+        sizes: see :data:`SizesFunction` (a top-k method: curves per k and k'); ``None`` for a per-label method.
         color: matplotlib colour of its curves where the settings do not vary.
+        per_label: see :data:`PerLabelFunction`: a method that certifies per-label decisions from a run's
+            on-counts (runs certified with thresholds), with curves per cut q instead of per k and k'.
     """
 
     name: str
@@ -39,8 +48,13 @@ class CertificationMethod:
     linestyle: str
     description: str
     k_prime_one_only: bool
-    sizes: SizesFunction
+    sizes: SizesFunction | None
     color: str = "C2"
+    per_label: PerLabelFunction | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sizes is None) == (self.per_label is None):
+            raise ValueError(f"method {self.name!r} needs exactly one of sizes (top-k) and per_label")
 
 
 def _multiguard_sizes(second_terms: bool) -> SizesFunction:
@@ -60,6 +74,14 @@ def _jia_sizes(lower, upper, labels, k, k_prime, sigma, radius):  # noqa: ANN001
     return certify.jia_intersection_size_from_radii(
         certify.jia_certified_radii(lower, upper, labels, k=k, sigma=sigma), radius
     )
+
+
+def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius):  # noqa: ANN001, ANN202
+    from . import thresholded
+
+    n = samples if looks is not None else int(samples[0])
+    certificate = thresholded.certify_thresholded(on_counts, n, alpha=alpha, sigma=sigma, q=q, looks=looks)
+    return certificate.metrics(labels, radius)
 
 
 METHODS: dict[str, CertificationMethod] = {}
@@ -88,4 +110,11 @@ register_method(CertificationMethod(
     "jia", "Jia et al.", ":",
     "the baseline: Jia et al.'s (ICLR 2020) top-k certificate applied to each label separately (k' = 1 only).",
     True, _jia_sizes, color="C0",
+))
+register_method(CertificationMethod(
+    "threshold", "thresholded (per label)", "-.",
+    "per-label decisions (a label is predicted when its score passes its threshold in more than a share q of the "
+    "noise), certified label by label; precision, recall and F1 of the worst predicted set between the labels "
+    "certified on and those not certified off (runs certified with --threshold; docs/certificate.md).",
+    False, None, color="C4", per_label=_thresholded_metrics,
 ))

@@ -47,6 +47,7 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, arch_forms
 from .checkpoint_files import read_torch_file  # noqa: F401 - its old import path (moved there)
+from .files import file_sha256
 
 __all__ = [
     "ARCHITECTURES",
@@ -162,7 +163,9 @@ def _module_from_file(path: Path, arch: str):
                     return importlib.import_module(name), root
             if getattr(loaded, "__file__", None) and Path(loaded.__file__).resolve() == path:
                 return loaded, root
-        private = f"_multiguard_arch_{hashlib.sha256(os.fsencode(path)).hexdigest()[:12]}_{path.stem}"
+        # keyed on the file's content too: a file edited since it was imported is imported again
+        content = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        private = f"_multiguard_arch_{hashlib.sha256(os.fsencode(path)).hexdigest()[:12]}_{content}_{path.stem}"
         if private in sys.modules:
             return sys.modules[private], root
         spec = importlib.util.spec_from_file_location(private, path)
@@ -296,7 +299,8 @@ def _check_model_output(net: nn.Module, label: str, num_classes: int, image_size
                          f"it must return logits of shape (B, num_classes) = (2, {num_classes}){hint}")
 
 
-def _factory_model(arch: str, num_classes: int, image_size: int, in_channels: int) -> tuple[nn.Module, str]:
+def _factory_model(arch: str, num_classes: int, image_size: int, in_channels: int
+                   ) -> tuple[nn.Module, str, Path | None]:
     factory, recorded, file = resolve_factory(arch)
     label = arch if file is None or _is_file_form(arch.rpartition(":")[0]) else f"{arch} ({file})"
     kwargs = _factory_kwargs(factory, label, num_classes, image_size, in_channels)
@@ -311,7 +315,7 @@ def _factory_model(arch: str, num_classes: int, image_size: int, in_channels: in
         raise ValueError(f"arch: factory {label} returned a {type(net).__name__}, not a torch.nn.Module: return the "
                          "network itself (an nn.Module whose forward gives logits of shape (B, num_classes))")
     _check_model_output(net, label, num_classes, image_size, in_channels)
-    return net, recorded
+    return net, recorded, file
 
 
 def _registered_model(arch: str, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
@@ -333,21 +337,30 @@ def _registered_model(arch: str, num_classes: int, image_size: int, in_channels:
     return net
 
 
+# Outputs of a batch, all inside [0, 1], look like probabilities when some are near 0: trained against labels,
+# a model's scores for absent labels fall towards 0 when they are probabilities and below 0 when they are logits.
+PROBABILITY_NEAR_ZERO = 0.05
+
+
 def looks_like_probabilities(model: nn.Module, outputs: torch.Tensor | None = None) -> str | None:
     """Why ``model`` seems to output probabilities instead of logits, or ``None`` if it does not.
 
     MultiGuard's losses apply the sigmoid themselves and its top-k works on any scores, so a model
     ending in a sigmoid trains badly (the loss saturates) without any error. Detected when the last
     layer is ``nn.Sigmoid``/``nn.Softmax``, or when ``outputs`` (a batch of at least 16 scores, e.g.
-    the first training batch) all lie in [0, 1].
+    the first training batch after an epoch) all lie in [0, 1] with some near 0 (:data:`PROBABILITY_NEAR_ZERO`):
+    a fresh logits model without BatchNorm may put a whole batch inside [0, 1] by chance, but not at 0.
     """
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     if leaves and isinstance(leaves[-1], (nn.Sigmoid, nn.Softmax)):
         return f"its last layer is {type(leaves[-1]).__name__}"
     if outputs is not None and outputs.numel() >= 16:
-        values = outputs.detach()
-        if bool(values.ge(0).all()) and bool(values.le(1).all()):
-            return f"all its {values.numel()} outputs on a batch lie in [0, 1]"
+        values = outputs.detach().float()
+        low, high = float(values.min()), float(values.max())
+        # Probabilities trained against labels spread over [0, 1]; a fresh logits model (small weights, no
+        # BatchNorm) can put a whole batch in a narrow band inside [0, 1] by chance, which says nothing.
+        if low >= 0.0 and high <= 1.0 and low <= PROBABILITY_NEAR_ZERO:
+            return f"all its {values.numel()} outputs on a batch lie in [0, 1], from {low:.2f} to {high:.2f}"
     return None
 
 
@@ -563,7 +576,9 @@ def create_model(
         ``nn.Sequential(Normalize(mean, std), net)``: ``model[0]`` the normalisation, ``model.net``
         (``model[1]``) the network. The chosen values are in ``model.mean``/``model.std`` (lists);
         ``model.arch`` is the arch to record to rebuild it from any folder (a factory file's absolute
-        path); ``model.pretrained`` the weights loaded (``None``, ``'imagenet'`` or an absolute path).
+        path); ``model.arch_file`` and ``model.arch_file_sha256`` the file defining a factory and its SHA-256
+        (``None`` for the built-in kinds: what the model's code is); ``model.pretrained`` the weights loaded
+        (``None``, ``'imagenet'`` or an absolute path).
 
     Raises:
         ValueError: one line naming the argument (``arch``, ``--pretrained``, ...), the file or factory
@@ -581,7 +596,7 @@ def create_model(
                          f"weights, not {arch!r}; give a local state_dict file (made with {_SAVE_STATE_DICT})")
     default_mean: tuple = (0.0,) * in_channels
     default_std: tuple = (1.0,) * in_channels
-    recorded = arch
+    recorded, file = arch, None
     if arch in ARCHITECTURES:
         net: nn.Module = _registered_model(arch, num_classes, image_size, in_channels)
         entry = ARCHITECTURES.entry(arch)
@@ -595,7 +610,7 @@ def create_model(
         net = _torchvision_model(arch[12:], num_classes, in_channels, imagenet)
         default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD
     elif ":" in arch:
-        net, recorded = _factory_model(arch, num_classes, image_size, in_channels)
+        net, recorded, file = _factory_model(arch, num_classes, image_size, in_channels)
     else:
         raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
     if weights is not None and not imagenet:
@@ -612,6 +627,8 @@ def create_model(
     model.add_module("normalize", Normalize(mean, std))
     model.add_module("net", net)
     model.arch = recorded
+    model.arch_file = file  # the Python file defining a factory's model (None for the built-in kinds)
+    model.arch_file_sha256 = None if file is None else file_sha256(file)
     model.pretrained = weights
     model.mean, model.std = [float(v) for v in mean], [float(v) for v in std]
     return model

@@ -9,10 +9,12 @@ through a callback; nothing here parses arguments or prints on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import runs as _runs
@@ -32,6 +34,7 @@ __all__ = [
     "ProgressPrinter",
     "capped_num_inputs",
     "certify_base_classifier",
+    "choose_thresholds",
     "predict_images",
     "sample_checkpoint",
 ]
@@ -94,6 +97,11 @@ def sample_checkpoint(
     stop_rule: StopRule | dict[str, Any] | None = None,
     denoiser: str | os.PathLike[str] | None = None,
     mode: Any = None,
+    thresholds: Any = None,
+    threshold_scale: str = "probability",
+    threshold_rule: str | None = None,
+    threshold_split: str | None = None,
+    threshold_inputs: int = 300,
 ) -> _runs.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs`).
 
@@ -107,15 +115,39 @@ def sample_checkpoint(
     context (made here from ``device`` when ``None``, and closed again). ``stop_rule`` (a
     :class:`~multiguard.runspec.StopRule` or ``{radius, k, k_prime, alpha, futility}``) makes the run
     sequential.
+
+    Thresholds make the base classifier a thresholded one too (its per-label on-counts are stored beside the
+    top-k' counts, from the same forward passes; docs/certificate.md): ``thresholds`` a number, a file with one
+    per label or a :class:`~multiguard.thresholds.LabelThresholds` (``threshold_scale``: ``probability`` or
+    ``score``), or ``threshold_rule`` (a name of :data:`multiguard.thresholds.THRESHOLD_RULES`) to choose them on
+    ``threshold_inputs`` images of ``threshold_split`` (default: the checkpoint's training split), never among
+    the certified inputs (:func:`choose_thresholds`).
     """
     stop_rule = StopRule.coerce(stop_rule)
     check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
+    if thresholds is not None and threshold_rule is not None:
+        raise ValueError("threshold-rule: give --threshold or --threshold-rule, not both")
+    if threshold_rule is not None:
+        from .thresholds import THRESHOLD_RULES
+
+        THRESHOLD_RULES.entry(threshold_rule)
+        check_int(threshold_inputs, "threshold_inputs", 1)
     mode = mode if mode is not None else ModeSpec(precision, channels_last, compile)
     own_context = context is None
     context = context or init_distributed(device)
     try:
         base = BaseClassifierSpec(checkpoint, sigma=sigma, mode=mode, denoiser=denoiser, device=context.device,
                                   k_prime=1 if stop_rule is None else stop_rule.k_prime)
+        if thresholds is not None:
+            from .thresholds import parse_threshold
+
+            chosen = parse_threshold(thresholds, base.checkpoint_meta["class_names"], threshold_scale)
+            base = dataclasses.replace(base, thresholds=chosen)
+        elif threshold_rule is not None:
+            chosen = choose_thresholds(base, threshold_rule, split=threshold_split, num_inputs=threshold_inputs,
+                                       seed=seed, dataset=dataset, data_root=data_root, certified_split=split,
+                                       certified_inputs=num_inputs, log=log)
+            base = dataclasses.replace(base, thresholds=chosen)
         return certify_base_classifier(
             base, out, dataset=dataset, data_root=data_root, split=split, n=n, max_k_prime=max_k_prime,
             num_inputs=num_inputs, seed=seed, batch_size=batch_size, chunk_size=chunk_size, stop_rule=stop_rule,
@@ -160,7 +192,8 @@ def certify_base_classifier(
     num_classes = int(meta["num_classes"])
     max_k_prime = check_int(min(5, num_classes) if max_k_prime is None else max_k_prime, "max_k_prime", 1,
                             num_classes, high_label="the number of classes")
-    if stop_rule is not None:
+    if stop_rule is not None:  # every setting checked before the RUN_DIR is made
+        check_int(stop_rule.k, "k", 1, num_classes, high_label="the number of classes")
         check_int(stop_rule.k_prime, "k_prime", 1, max_k_prime, high_label="max_k_prime")
     smoother = base.load()
     spec = RunSpec(
@@ -174,6 +207,60 @@ def certify_base_classifier(
         _compile_now(smoother, data[0][0][None], batch_size, log)
     return _runs.sample_run(out, spec, sampler=smoother, dataset=data, resume=resume, shard=shard, context=context,
                             on_progress=on_progress)
+
+
+def choose_thresholds(
+    base: BaseClassifierSpec,
+    rule: str,
+    *,
+    split: str | None = None,
+    num_inputs: int = 300,
+    seed: int = 0,
+    dataset: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    certified_split: str | None = None,
+    certified_inputs: int | None = 500,
+    alpha: float = 0.001,
+    q: float = 0.5,
+    log: Log | None = None,
+) -> Any:
+    """Per-label thresholds for ``base`` chosen by ``rule`` (:data:`multiguard.thresholds.THRESHOLD_RULES`) on
+    ``num_inputs`` images of ``split`` (default: the checkpoint's training split) that are not among the inputs
+    a run with ``certified_split``, ``certified_inputs`` and ``seed`` certifies: disjoint by construction.
+
+    Each image gets the rule's number of noisy copies (its ``draws``; ``None``: 1000) from a noise stream of its
+    own (:data:`multiguard.seeds.STREAM_THRESHOLDS`), scored by the base classifier as it will be sampled
+    (same sigma, mode, denoiser, clamp). Returns a :class:`~multiguard.thresholds.LabelThresholds` on the score
+    scale whose ``source`` states the rule and the images.
+    """
+    from .runs import load_batch, select_inputs
+    from .seeds import STREAM_THRESHOLDS
+    from .thresholds import THRESHOLD_RULES, LabelThresholds
+
+    entry = THRESHOLD_RULES.entry(rule)
+    meta = base.checkpoint_meta
+    split = split or meta.get("train_split") or "train"
+    data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
+    pool = np.arange(len(data))
+    _, certified_info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=certified_split)
+    if certified_info["split"] == info["split"]:
+        certified = select_inputs(len(data), capped_num_inputs(certified_inputs, len(data), info["split"], None),
+                                  seed)
+        pool = np.setdiff1d(pool, certified)
+    if pool.size == 0:
+        raise ValueError(f"threshold-split: split {info['split']} has no image outside the certified inputs")
+    count = min(int(num_inputs), pool.size)
+    picked = np.sort(np.random.default_rng([int(seed), STREAM_THRESHOLDS]).choice(pool, count, replace=False))
+    images, labels = load_batch(data, picked)
+    draws = int(entry.info.get("draws") or 1000)
+    smoother = base.load()
+    if log is not None:
+        log(f"choosing thresholds: rule {rule} on {count} {info['split']} images x {draws} noisy copies "
+            "(none of them certified)")
+    scores = smoother.engine.noisy_scores(images, draws, seed=seed, index=picked, stream=STREAM_THRESHOLDS)
+    values = entry.load()(scores, labels, alpha=alpha, sigma=smoother.sigma, q=q)
+    source = f"rule {rule} on {count} {info['split']} images disjoint from the certified inputs"
+    return LabelThresholds(tuple(float(v) for v in values), "score", source)
 
 
 def _compile_now(smoother: MultiGuard, example: torch.Tensor, batch_size: int, log: Log | None) -> None:

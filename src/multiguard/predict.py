@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ class ImagePrediction:
     num_classes: int = 0
     mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
     samples: int | None = None  # estimation samples used (n unless sampling stopped early)
+    # with thresholds: labels certified on (name, radius), undecided (names), certified off (name, radius)
+    certified_on: list[tuple[str, float]] | None = None
+    undecided: list[str] | None = None
+    certified_off: list[tuple[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -44,7 +49,21 @@ class ImagePrediction:
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
             "samples": self.samples,
+            **({} if self.certified_on is None else {"thresholded": {
+                "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
+                "undecided": list(self.undecided or []),
+                "off": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_off or []},
+            }}),
         }
+
+
+def content_index(images: torch.Tensor) -> np.ndarray:
+    """int64 ``(N,)``: each image's noise index from its pixels (the first 56 bits of the SHA-256 of the image as
+    the model sees it), so that an image gets the same noise, and the same answer, wherever it stands in the
+    list and however often it is named."""
+    arrays = images.detach().cpu().contiguous().numpy()
+    return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
+                    dtype=np.int64)
 
 
 def predict_images(
@@ -66,6 +85,9 @@ def predict_images(
     stop_at_radius: float | None = None,
     futility: str = "remaining",
     denoiser: str | os.PathLike[str] | None = None,
+    thresholds: Any = None,
+    threshold_scale: str = "probability",
+    q: float = 0.5,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -76,6 +98,15 @@ def predict_images(
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
     settled (n is then the most samples; see :meth:`MultiGuard.predict`); ``samples`` says how many it used.
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+
+    ``thresholds`` (a number, a file with one per label, or a :class:`~multiguard.thresholds.LabelThresholds`;
+    ``threshold_scale``): the thresholded certificate too, from the same estimation samples at cut ``q``: each
+    prediction's ``certified_on`` (labels with their radius), ``undecided`` and ``certified_off`` (with the
+    radius up to which they stay off); these statements hold together with the top-k ones, with probability at
+    least ``1 - alpha`` for each image.
+
+    The noise of each image is seeded from ``seed`` and the image's content (:func:`content_index`): the same
+    image gets the same labels and radii wherever it stands in ``images``.
     """
     from .data import load_image
 
@@ -89,19 +120,32 @@ def predict_images(
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
     batch = torch.stack([load_image(path, size, channels) for path in images])
+    names = list(meta["class_names"])
+    if thresholds is not None:
+        from .thresholds import parse_threshold
+
+        thresholds = parse_threshold(thresholds, names, threshold_scale)
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser)
-    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                              stop_at_radius=stop_at_radius, futility=futility)
-    names = list(meta["class_names"])
+                                        denoiser=denoiser, thresholds=thresholds)
+    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
+                              batch_size=batch_size,
+                              stop_at_radius=stop_at_radius, futility=futility, q=q)
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()
-    return [
+    predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
                         samples=int(result.samples[i]))
         for i, path in enumerate(images)
     ]
+    if result.thresholded is not None:
+        on, off = result.thresholded.on_radius, result.thresholded.off_radius
+        for i, prediction in enumerate(predictions):
+            order = np.argsort(-on[i], kind="stable")
+            prediction.certified_on = [(names[j], float(on[i, j])) for j in order if on[i, j] > 0]
+            prediction.undecided = [names[j] for j in range(num_classes) if on[i, j] == 0 and off[i, j] == 0]
+            prediction.certified_off = [(names[j], float(off[i, j])) for j in range(num_classes) if off[i, j] > 0]
+    return predictions
 
 

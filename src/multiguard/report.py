@@ -10,7 +10,8 @@ once, and from them the certified intersection size at every radius of the grid.
 
 Outputs, in REPORT_DIR: ``curves.csv`` (columns :data:`CSV_COLUMNS`, metrics as fractions in [0, 1]),
 ``precision.png``, ``recall.png``, ``f1.png`` (one panel per run, in the style of the paper's Figure 1)
-and ``summary.md`` (tables at a few radii, in percent).
+``summary.md`` (tables at a few radii, in percent) and ``results.json`` (the certified curves as data with the runs'
+identities and sampling cost, :mod:`multiguard.results`, docs/results.md).
 
 Curves of other origins (e.g. empirical robustness under an attack) are :class:`Curve` objects too and can be
 passed to :func:`make_report` as ``extra_curves`` to be written and drawn alongside.
@@ -23,14 +24,11 @@ the plots draw it as a grey dotted line. ``summary.md`` ends with what every met
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +38,12 @@ import numpy as np
 
 from . import certify, sequential
 from .deprecation import deprecated_names, warn_deprecated
-from .empirical import PER_INPUT, load_empirical
-from .files import TMP_SUFFIX, atomic_write_bytes
+from .empirical import PER_INPUT, attack_run_mismatch, load_empirical
+from .files import atomic_write_bytes, remove_abandoned_staging, staging_folder
 from .methods import METHODS as _METHODS
-from .runs import STALE_TMP_SECONDS, Run, load_run, sampling_mode
-from .validation import check_alpha, check_choice
+from .results import RESULTS_FILE, results_bytes, results_document, validate_results
+from .runs import Run, load_run, sampling_mode
+from .validation import check_alpha, check_choice, check_float
 
 __all__ = [
     "CSV_COLUMNS",
@@ -81,7 +80,7 @@ METHODS: tuple[str, ...] = tuple(_METHODS)  # the built-in methods; the registry
 METRICS: tuple[str, ...] = ("precision", "recall", "f1")
 SUMMARY_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 MAX_RADII = 10**5  # points of a radius grid: curves for every run x setting x method stay a few hundred MB at most
-REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md")
+REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md", "results.json")
 
 ATTACK_LABEL = "empirical (attack)"
 TRIVIAL_LABEL = "trivial: by counting alone"
@@ -96,6 +95,10 @@ COLUMN_HELP: dict[str, str] = {
     "f1": "certified top-k F1@R: 2e / (|L| + k)",
     "k": "labels the smoothed classifier predicts; k': labels the base classifier votes for in each noisy copy",
     "α": "probability that the bounds fail (per input); σ: the noise; n: noisy copies per input",
+    "q": "per-label rows (thresholded): a label is predicted when its score passes its threshold in more than "
+         "a share q of the noise; their precision, recall and F1 are those of the worst predicted set between "
+         "the labels certified on and those not certified off at R (an empty prediction has precision 0 on an "
+         "input with labels), where top-k rows count e of k predicted labels; k and k' do not apply (-)",
     "trivial": f"'{TRIVIAL_LABEL}': what any k of the c labels keep of L whatever the model "
                "(e <= |L| - (c - k)); it is part of every method's value at every R",
     "attack": "'empirical (attack)': |L ∩ top-k| measured at the inputs an l2 PGD attack found (an upper bound "
@@ -134,6 +137,7 @@ class Curve:
     trivial: dict[str, float] = field(default_factory=dict)  # metric -> its part that holds by counting alone
     violations: np.ndarray | None = None  # attack curves: inputs below their certificate, per radius
     certified: dict[str, np.ndarray] | None = None  # attack curves: certified metrics of the same inputs
+    q: float | None = None  # per-label (thresholded) curves: the cut q; their k and k_prime are 0 (not used)
 
     def metric(self, name: str) -> np.ndarray:
         """The ``precision``, ``recall`` or ``f1`` array."""
@@ -150,8 +154,10 @@ class Curve:
 
     @property
     def setting(self) -> tuple[str, str, int, int, float]:
-        """(run, method, k, k_prime, alpha): what tells two curves of a report apart."""
-        return (self.run, self.method, self.k, self.k_prime, self.alpha)
+        """(run, method, k, k_prime, alpha): what tells two curves of a report apart (and q for per-label
+        curves, appended)."""
+        base = (self.run, self.method, self.k, self.k_prime, self.alpha)
+        return base if self.q is None else (*base, self.q)  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------- radii
@@ -238,17 +244,30 @@ def compute_curves(
     radius: Sequence[float] | np.ndarray = (0.0,),
     methods: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    q: Sequence[float] = (0.5,),
 ) -> list[Curve]:
-    """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1).
+    """Certified curves for every run x k' x alpha x k x method (``jia`` only where k' = 1), and for every
+    per-label method (``threshold``) every run x alpha x q, from the run's on-counts.
 
     Bounds are computed once per (run, k', alpha) and radii once per (k, method); the metrics at all radii
     follow from the radii. Raises ValueError naming the argument for a k beyond a run's number of classes, a
-    k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1).
+    k' beyond a run's ``max_k_prime``, an unknown method or an alpha outside (0, 1), a q outside (0, 1), and a
+    per-label method asked for by name on a run without on-counts. ``methods=None`` means every registered
+    method the runs support (per-label methods only for runs certified with thresholds).
     """
     radius = np.asarray(radius, dtype=np.float64)
+    explicit = methods is not None
     methods = tuple(_METHODS) if methods is None else methods  # every registered method
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
+    q = [check_float(value, "q", 0.0, 1.0, low_open=True, high_open=True) for value in q]
+    per_label = [m for m in methods if _METHODS[m].per_label is not None]
+    methods = [m for m in methods if _METHODS[m].sizes is not None]
+    if explicit:
+        for run in runs:
+            if per_label and run.on_counts is None:
+                raise ValueError(f"methods: {per_label[0]} needs per-label on-counts, and run {run.path} has none "
+                                 "(certify it with --threshold or --threshold-rule)")
     if not len(k) or not len(k_prime) or not len(alpha):
         raise ValueError("k, k_prime and alpha need at least one value each")
     alpha = [check_alpha(a) for a in alpha]
@@ -297,6 +316,30 @@ def compute_curves(
                                 trivial=dict(trivial[int(kk)]),
                             )
                         )
+        curves += _per_label_curves(run, name, per_label, alpha, q, radius)
+    return curves
+
+
+def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequence[float], q: Sequence[float],
+                      radius: np.ndarray) -> list[Curve]:
+    """The curves of the per-label methods on one run (none for a run without on-counts): per alpha and q,
+    from the on-counts of each input's samples (anytime-valid bounds for a sequential run)."""
+    if run.on_counts is None or not methods:
+        return []
+    samples = run.samples if run.samples is not None else np.full(run.on_counts.shape[0], run.n, dtype=np.int64)
+    looks = run.sample_sizes if run.samples is not None else None
+    curves = []
+    for method in methods:
+        for a in alpha:
+            for cut in q:
+                metrics = _METHODS[method].per_label(run.on_counts, samples, looks, run.labels, run.sigma, float(a),
+                                                     float(cut), radius)
+                curves.append(Curve(
+                    run=name, method=method, k=0, k_prime=0, alpha=float(a), sigma=run.sigma, n=run.n,
+                    radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
+                    recall=np.asarray(metrics.recall, dtype=np.float64), f1=np.asarray(metrics.f1, dtype=np.float64),
+                    num_inputs=int(metrics.num_inputs), num_empty=int(metrics.num_empty), q=float(cut),
+                ))
     return curves
 
 
@@ -316,6 +359,8 @@ def _run_line(name: str, run: Run) -> str:
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
             f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
             + _denoiser_note(run.metadata))
+    if run.thresholds is not None:
+        line += f", thresholds {run.thresholds.describe()}"
     rule = run.stop_rule
     if rule and run.samples is not None:
         used = run.samples
@@ -336,31 +381,36 @@ def _fmt(value: float) -> str:
 
 
 def write_csv(curves: Sequence[Curve], path: str | os.PathLike[str]) -> None:
-    """Write ``curves`` to ``path`` (atomically), one row per curve and radius, columns :data:`CSV_COLUMNS`."""
+    """Write ``curves`` to ``path`` (atomically), one row per curve and radius, columns :data:`CSV_COLUMNS`
+    (and a last column ``q`` where per-label curves are among them: their cut, empty for the others; their k
+    and k' are 0)."""
+    with_q = any(c.q is not None for c in curves)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + (("q",) if with_q else ()))
     for c in curves:
         for i, r in enumerate(c.radius):
             writer.writerow(
                 [c.run, c.method, c.k, c.k_prime, _fmt(c.alpha), _fmt(c.sigma), c.n, _fmt(r),
                  _fmt(c.precision[i]), _fmt(c.recall[i]), _fmt(c.f1[i]), c.num_inputs]
+                + ([] if not with_q else ["" if c.q is None else _fmt(c.q)])
             )
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
     """Read a ``curves.csv`` back into :class:`Curve` objects (rows grouped by run, method, k, k', alpha)."""
-    groups: dict[tuple[str, str, int, int, float], list[dict[str, str]]] = {}
+    groups: dict[tuple[str, str, int, int, float, str], list[dict[str, str]]] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        if tuple(reader.fieldnames or ()) not in (CSV_COLUMNS, CSV_COLUMNS + ("q",)):
             raise ValueError(f"{path} does not have the columns {','.join(CSV_COLUMNS)}")
         for row in reader:
-            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]))
+            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]),
+                   row.get("q") or "")
             groups.setdefault(key, []).append(row)
     curves = []
-    for (run, method, k, k_prime, alpha), rows in groups.items():
+    for (run, method, k, k_prime, alpha, cut), rows in groups.items():
         curves.append(
             Curve(
                 run=run, method=method, k=k, k_prime=k_prime, alpha=alpha,
@@ -370,6 +420,7 @@ def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
                 recall=np.array([float(r["recall"]) for r in rows]),
                 f1=np.array([float(r["f1"]) for r in rows]),
                 num_inputs=int(rows[0]["num_inputs"]),
+                q=float(cut) if cut else None,
             )
         )
     return curves
@@ -385,7 +436,11 @@ def _varying(curves: Sequence[Curve], fields: Sequence[str]) -> list[str]:
 def _curve_label(curve: Curve, varying: Sequence[str]) -> str:
     parts = [_label(curve.method)]
     names = {"k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n"}
-    details = [f"{names[f]}={getattr(curve, f):g}" for f in varying if f in names]
+    per_label = curve.q is not None
+    details = [f"{names[f]}={getattr(curve, f):g}" for f in varying
+               if f in names and not (per_label and f in ("k", "k_prime"))]
+    if per_label:
+        details.append(f"q={curve.q:g}")
     if details:
         parts.append(", ".join(details))
     return ", ".join(parts)
@@ -421,6 +476,8 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
     ax.set_xlabel("Perturbation size R (ℓ2)")  # type: ignore[attr-defined]
     mixed = any(c.method not in _METHODS for c in curves)
     ylabel = METRIC_LABELS[metric]
+    if any(c.q is not None for c in curves):
+        ylabel = ylabel.replace("top-k ", "")
     if mixed:
         ylabel = ylabel.replace("Certified t", "T") + "\n(certified; empirical under attack)"
     ax.set_ylabel(ylabel)  # type: ignore[attr-defined]
@@ -476,8 +533,9 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
         fixed = [f for f in ("k", "k_prime", "alpha") if f not in _varying(run_curves, ("k", "k_prime", "alpha"))]
         names = {"k": "k", "k_prime": "k'", "alpha": "α"}
         setting = ", ".join(f"{names[f]}={getattr(first, f):g}" for f in fixed)
-        title = f"{run} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs" + (f"; {setting})" if setting
-                                                                                       else ")")
+        shown = run.replace("$", r"\$")  # a run's name is text, never matplotlib math ("$x_{$" would not parse)
+        title = f"{shown} (σ={first.sigma:g}, n={first.n}, {first.num_inputs} inputs" + (f"; {setting})" if setting
+                                                                                         else ")")
         _draw_panel(axes[i // columns][i % columns], run_curves, metric, title)
     for j in range(len(runs), rows * columns):
         axes[j // columns][j % columns].axis("off")
@@ -510,8 +568,8 @@ def summary_markdown(
     curves' grid. Columns that are the same for every row are stated once above the tables."""
     if not curves:
         raise ValueError("curves must not be empty")
-    candidates = ("run", "k", "k_prime", "alpha", "sigma", "n", "num_inputs")
-    headers = {"run": "run", "k": "k", "k_prime": "k'", "alpha": "α", "sigma": "σ", "n": "n",
+    candidates = ("run", "k", "k_prime", "q", "alpha", "sigma", "n", "num_inputs")
+    headers = {"run": "run", "k": "k", "k_prime": "k'", "q": "q", "alpha": "α", "sigma": "σ", "n": "n",
                "num_inputs": "inputs"}
     varying = _varying(curves, candidates)
     fixed = [f for f in candidates if f not in varying]
@@ -531,13 +589,15 @@ def summary_markdown(
         lines += [f"Part of these certificates is trivial: with c classes and k predicted, any k labels keep at "
                   f"least |L| - (c - k) of an input's |L| labels, whatever the model; the rows '{TRIVIAL_LABEL}' "
                   "give that part, which every method's value includes at every R. Keep k well below c.", ""]
+    per_label = any(c.q is not None for c in curves)
     for metric in METRICS:
-        lines += [f"## {METRIC_LABELS[metric]} (%)", ""]
+        heading = METRIC_LABELS[metric].replace("top-k ", "") if per_label else METRIC_LABELS[metric]
+        lines += [f"## {heading} (%)", ""]
         head = ["method", *[headers[f] for f in varying], *[f"R = {r:g}" for r in radii]]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for c in curves:
-            cells = [_label(c.method), *[_cell(getattr(c, f)) for f in varying]]
+            cells = [_label(c.method), *[_setting_cell(c, f) for f in varying]]
             cells += [f"{100 * c.at(metric, r):.1f}" for r in radii]
             lines.append("| " + " | ".join(cells) + " |")
         for c in trivial_rows.values():
@@ -570,7 +630,9 @@ def attack_markdown(attack_curves: Sequence[Curve]) -> str:
                                              *[str(int(v)) for v in a.violations]]) + " |")
         lines += ["", "The same inputs in every row. The attack's values bound robustness from above, the certified "
                   "ones from below; an input below its certificate is a failure of probability at most α (or Monte "
-                  "Carlo error of the measurement).", ""]
+                  "Carlo error of the measurement)."
+                  + (f" The certified column: the attack's {a.num_inputs} inputs at n = {a.n}, sampled by the attack "
+                     "(not the inputs and n of the tables above)." if a.certified is not None else ""), ""]
     return "\n".join(lines)
 
 
@@ -581,6 +643,8 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
         if name in _METHODS:
             lines.append(f"- **{_METHODS[name].label}**: {_METHODS[name].description}")
     keys = ["R", "precision", "recall", "f1", "k", "α"]
+    if any(c.q is not None for c in curves):
+        keys.append("q")
     if any(any(v > 0 for v in c.trivial.values()) for c in curves):
         keys.append("trivial")
     if any(c.method == "attack" for c in curves):
@@ -588,6 +652,14 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
     lines += [f"- **{key}**: {COLUMN_HELP[key]}." for key in keys]
     lines += ["- Every certified value holds with probability at least 1 - α over the sampling, for each input.", ""]
     return "\n".join(lines)
+
+
+def _setting_cell(curve: Curve, field_name: str) -> str:
+    """A setting's table cell: ``-`` where the setting does not apply (k and k' of a per-label curve, q of a
+    top-k one)."""
+    if (curve.q is not None and field_name in ("k", "k_prime")) or (curve.q is None and field_name == "q"):
+        return "-"
+    return _cell(getattr(curve, field_name))
 
 
 def _cell(value: object) -> str:
@@ -698,6 +770,25 @@ def _resize_note(settings: dict[str, Any]) -> str:
             f"{size}x{size} images")
 
 
+def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: Sequence[int],
+                    k_prime: Sequence[int]) -> Curve:
+    """The empirical curve of ``attack_dir``, refused (ValueError naming each field) when it attacked another
+    model, data or noise than a run it is drawn over, or another k or k' than the report shows."""
+    curve = empirical_curve(attack_dir)
+    settings = load_empirical(attack_dir).settings
+    for run in runs:
+        mismatch = attack_run_mismatch(settings, run.metadata)
+        if mismatch is not None:
+            raise ValueError(f"attack: {attack_dir} did not attack what run {run.path} certified ({mismatch}); "
+                             "attack the run's checkpoint on its data, or report the two apart")
+    for name, value, shown in (("k", curve.k, k), ("k_prime", curve.k_prime, k_prime)):
+        if int(value) not in [int(v) for v in shown]:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"attack: {attack_dir} attacked the top-k with {name} = {value}, but the report shows "
+                             f"{name} = {', '.join(str(v) for v in shown)}; add {flag} {value}")
+    return curve
+
+
 def make_report(
     run_dirs: Sequence[str | os.PathLike[str]] | Sequence[Run],
     out: str | os.PathLike[str],
@@ -714,8 +805,11 @@ def make_report(
     radii: str | Sequence[float] | None = None,
     overwrite: bool = False,
     n: Sequence[int] = (),
+    q: Sequence[float] = (0.5,),
+    attacks: Sequence[str | os.PathLike[str]] = (),
 ) -> Report:
-    """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png`` and ``summary.md`` into ``out``.
+    """Write ``curves.csv``, ``precision.png``, ``recall.png``, ``f1.png``, ``summary.md`` and ``results.json``
+    (:mod:`multiguard.results`) into ``out``.
 
     ``run_dirs`` are RUN_DIRs (or loaded :class:`~multiguard.runs.Run` objects); only their saved counts are
     read. The curves are evaluated on ``radius_grid`` (``radii``: its former name, deprecated; ``None``: 0 to 4 sigma
@@ -734,6 +828,13 @@ def make_report(
 
     ``n``: read every run at these sample sizes (each one of its stored nested sizes, e.g. 100, 200, 500, 1000
     of an n = 1000 run): each is the fixed-n experiment a run with that n would be, on the same samples.
+
+    ``q``: the cuts of the per-label (thresholded) curves, drawn beside the top-k ones for runs certified with
+    thresholds (``methods=None``: every method the runs support).
+    ``attacks``: ATTACK_DIRs of ``multiguard attack`` to overlay (as ``extra_curves``), each checked first
+    against every run (:func:`multiguard.empirical.attack_run_mismatch`: the same checkpoint, model file,
+    denoiser, dataset, split and sigma) and against ``k`` and ``k_prime`` (its k and k' among them); a
+    mismatch is a ValueError naming the attack, the run and each field.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -743,10 +844,12 @@ def make_report(
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
+    extra_curves = [*extra_curves, *(_checked_attack(path, runs, k, k_prime) for path in attacks)]
     if len(n):
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]
         runs = [run.at_sample_size(size) for run in runs for size in n]
+    explicit_methods = methods
     methods = tuple(_METHODS) if methods is None else methods  # every registered method
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
@@ -770,7 +873,8 @@ def make_report(
     if radius.size > MAX_RADII:
         raise ValueError(f"radii must be a grid of at most {MAX_RADII} points with the summary radii, got "
                          f"{radius.size}")
-    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods, names=names)
+    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=explicit_methods,
+                            names=names, q=q)
     curves += list(extra_curves)
     if not curves:
         raise ValueError("methods: no curve to report for these methods and k'")
@@ -782,28 +886,21 @@ def make_report(
     summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
     header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
     text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
+    results = results_document(curves, runs, _run_names(runs, names), title=title)
+    validate_results(results)
 
     place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
     place.parent.mkdir(parents=True, exist_ok=True)
-    for stale in place.parent.glob(f".{place.name}.*{TMP_SUFFIX}"):  # left by a killed report, long ago
-        with contextlib.suppress(OSError):
-            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
-                shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.", suffix=TMP_SUFFIX, dir=place.parent))
+    remove_abandoned_staging(place)  # left by a killed report whose process is gone
+    staging = staging_folder(place)
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # a folder as mkdir makes it, not mkdtemp's 0700
         write_csv(curves, staging / "curves.csv")
         for metric in METRICS:
             plot_metric(curves, metric, staging / f"{metric}.png")
         atomic_write_bytes(staging / "summary.md", text.encode())
+        atomic_write_bytes(staging / RESULTS_FILE, results_bytes(results))
         _place_report(staging, place, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Report(out=out, curves=curves, summary=text, files=[out / name for name in REPORT_FILES])
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -15,7 +15,9 @@ RUN_DIR layout::
       counts.npz               written once every chunk exists: indices (N,), labels (N, c) bool,
                                counts (N, K, c) int64 with counts[i, k'-1, j] = number of the n samples
                                whose top-k' contains label j; identity, identity_sha256; and nested_counts
-                               (N, S, K, c) or samples (N,) as the chunks have them
+                               (N, S, K, c) or samples (N,) as the chunks have them; a run with thresholds
+                               (metadata ``thresholds``) also on_counts (N, c): how many of the samples had
+                               label j's score above its threshold, and (fixed n) nested_on_counts (N, S, c)
 
 ``identity`` is the JSON text of the run's identity fields (:data:`multiguard.runspec.IDENTITY_FIELDS`: sigma,
 n, seed, dataset, checkpoint, ...) as they were when the counts were sampled, and ``identity_sha256`` its
@@ -196,7 +198,10 @@ def _identity_disagreement(data: dict[str, np.ndarray], path: Path, meta: dict[s
             continue
         old, new = stored.get(name, "(absent)"), current.get(name, "(absent)")
         if not _same_value(old, new):
-            return f"{name}: {{source}} {new!r}, the counts were sampled with {old!r}"
+            def shown(value: Any) -> str:  # braces of a dict value survive the caller's .format(source=...)
+                return repr(value).replace("{", "{{").replace("}", "}}")
+
+            return f"{name}: {{source}} {shown(new)}, the counts were sampled with {shown(old)}"
     return None
 
 
@@ -209,6 +214,12 @@ def _check_identity(data: dict[str, np.ndarray], path: Path, meta: dict[str, Any
             + disagreement.format(source="metadata.json has")
             + "; restore metadata.json (a certificate must use the settings the counts were sampled with)"
         )
+
+
+# What repairs a damaged metadata.json: a resume rewrites it from the arguments when they agree with the identity
+# stored with the counts (README, "When things go wrong").
+_REWRITE_METADATA = ("rewrite it with multiguard certify --resume and the run's arguments (checked against the "
+                     "settings stored with the counts)")
 
 
 def _check_metadata(meta: dict[str, Any], path: Path) -> None:
@@ -227,7 +238,7 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
             raise invalid("sigma", "a number > 0", sigma)
     except ValueError as exc:
-        raise _damaged(path, _reason(exc), "restore it, or certify the run again") from None
+        raise _damaged(path, _reason(exc), _REWRITE_METADATA) from None
 
 
 def _check_counts(
@@ -274,6 +285,31 @@ def _check_counts(
         used = data["samples"]
         if used.shape != (m,) or not np.isin(used, sizes or ()).all() or (counts > used[:, None, None]).any():
             raise _damaged(path, f"samples must be ({m},) looks of {sizes}, each at least the input's counts")
+    _check_on_counts(data, path, meta, m, c)
+
+
+def _check_on_counts(data: dict[str, np.ndarray], path: Path, meta: dict[str, Any], m: int, c: int) -> None:
+    """A run with thresholds stores per-label on-counts ``(m, c)`` in [0, samples used] (and, fixed n, nested
+    ones ``(m, S, c)`` ending with them); a run without has none."""
+    if not meta.get("thresholds"):
+        if "on_counts" in data:
+            raise _damaged(path, "it has on-counts but the run has no thresholds")
+        return
+    if "on_counts" not in data:
+        raise _damaged(path, "it has no 'on_counts' array (the run has thresholds)")
+    on = data["on_counts"]
+    limit = data["samples"][:, None] if "samples" in data else int(meta["n"])
+    if on.shape != (m, c) or on.dtype.kind not in "iu" or (on.size and (on.min() < 0 or (on > limit).any())):
+        raise _damaged(path, f"on_counts must be integers of shape {(m, c)} in [0, samples used], got {on.shape} "
+                             f"of {on.dtype}")
+    if "nested_counts" in data:
+        nested = data.get("nested_on_counts")
+        sizes = np.asarray(meta.get("sample_sizes") or ())
+        shape = (m, sizes.size, c)
+        if nested is None or nested.shape != shape or nested.dtype.kind not in "iu" or \
+                not np.array_equal(nested[:, -1], on) or (nested < 0).any() or \
+                (nested > sizes[None, :, None]).any():
+            raise _damaged(path, f"nested_on_counts must be integers of shape {shape} ending with the on_counts")
 
 
 def _remove_stale_temporaries(run_dir: Path, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
@@ -328,15 +364,21 @@ def _stored_identity(run_dir: Path) -> tuple[Path, dict[str, np.ndarray]] | None
 
 
 def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Every identity field on which the run and the arguments disagree, in one phrase (``None`` if none).
+
+    A file's SHA-256 (``checkpoint_sha256``, ``model_file_sha256``, ``denoiser_sha256``) names the file."""
+    found = []
     for name in IDENTITY_FIELDS:
         if name not in wanted:
             continue
         old, new = existing.get(name, IDENTITY_DEFAULTS.get(name)), wanted[name]
         if not _same_value(old, new):
-            return f"{name}: the run has {old!r}, the arguments give {new!r}" + _settings_difference(
+            path = wanted.get(name.removesuffix("_sha256")) if name.endswith("_sha256") else None
+            about = f" ({path} changed since the run was made)" if old is not None and new is not None and path else ""
+            found.append(f"{name}: the run has {old!r}, the arguments give {new!r}{about}" + _settings_difference(
                 existing.get(f"{name.removesuffix('_sha256')}_settings"),
-                wanted.get(f"{name.removesuffix('_sha256')}_settings"))
-    return None
+                wanted.get(f"{name.removesuffix('_sha256')}_settings")))
+    return "; ".join(found) or None
 
 
 def _settings_difference(old: Any, new: Any) -> str:
@@ -377,6 +419,7 @@ def _prepare_run_dir(
         raise ValueError(f"out: {run_dir} already holds a run; pass --resume to continue it, or choose a new --out")
     try:
         existing = _read_metadata(meta_path)
+        _check_metadata(existing, meta_path)  # a field missing or out of range: damaged, repaired like the rest
     except _DamagedRunFile as exc:
         stored = _stored_identity(run_dir)
         disagreement = None if stored is None else _identity_disagreement(stored[1], stored[0], metadata)
@@ -486,7 +529,7 @@ def _merge_chunks(
     return indices, labels, counts, seconds, devices, _merge_extras(parts)
 
 
-_EXTRAS = ("nested_counts", "samples")
+_EXTRAS = ("nested_counts", "samples", "on_counts", "nested_on_counts")
 
 
 def _merge_extras(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -528,6 +571,17 @@ class Run:
     counts: np.ndarray
     nested_counts: np.ndarray | None = None  # (N, S, K, c) at sample_sizes (fixed-n runs of this version)
     samples: np.ndarray | None = None  # (N,) samples each input used (sequential runs)
+    on_counts: np.ndarray | None = None  # (N, c) per-label on-counts (runs with thresholds)
+    nested_on_counts: np.ndarray | None = None  # (N, S, c) at sample_sizes (fixed-n runs with thresholds)
+
+    @property
+    def thresholds(self) -> Any:
+        """The per-label thresholds of the run's base classifier
+        (:class:`multiguard.thresholds.LabelThresholds`), or ``None`` for a run without them."""
+        from .thresholds import LabelThresholds
+
+        return LabelThresholds.from_identity(self.metadata.get("thresholds"),
+                                             str(self.metadata.get("thresholds_source") or ""))
 
     @property
     def sample_sizes(self) -> np.ndarray | None:
@@ -552,8 +606,10 @@ class Run:
             raise ValueError(f"n must be one of the stored sample sizes {sizes.tolist()} of run {self.path}, got {n}")
         j = int(np.flatnonzero(sizes == n)[0])
         metadata = {**self.metadata, "n": n, "sample_sizes": sizes[: j + 1].tolist()}
+        nested_on = None if self.nested_on_counts is None else self.nested_on_counts[:, : j + 1]
         return Run(self.path, metadata, self.indices, self.labels, self.nested_counts[:, j],
-                   nested_counts=self.nested_counts[:, : j + 1])
+                   nested_counts=self.nested_counts[:, : j + 1],
+                   on_counts=None if nested_on is None else nested_on[:, -1], nested_on_counts=nested_on)
 
     @property
     def name(self) -> str:

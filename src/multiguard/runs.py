@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .deprecation import deprecated_names, warn_deprecated
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, file_sha256
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_npz, exclusive_lock, file_sha256
 from .runfolder import (
     STALE_TMP_SECONDS,
     Run,
@@ -72,6 +72,7 @@ __all__ = [
     "load_batch",
     "load_run",
     "parse_shard",
+    "run_lock",
     "run_status",
     "sample_run",
     "sampling_mode",
@@ -89,7 +90,8 @@ class Sampler(Protocol):
         self, x: Any, sizes: Any, *, seed: int, index: Any, batch_size: int, max_k_prime: int
     ) -> Any:
         """Counts ``(m, S, max_k_prime, c)`` of label membership in the top-k' of the first ``sizes[s]`` noisy
-        samples per row."""
+        samples per row (with ``with_on_counts=True``, for a run with thresholds, also the per-label on-counts
+        ``(m, S, c)`` of the same samples, as a second array)."""
         ...
 
     def sample_sequential_counts(
@@ -97,7 +99,8 @@ class Sampler(Protocol):
         batch_size: int, max_k_prime: int,
     ) -> tuple[Any, Any]:
         """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
-        (``futility`` is passed as a keyword too)."""
+        (``futility`` is passed as a keyword too; with ``with_on_counts=True`` a third array, the per-label
+        on-counts ``(m, c)`` at each row's stop)."""
         ...
 
 
@@ -233,6 +236,15 @@ class _Work:
     chunks_skipped: int
 
 
+def run_lock(run_dir: str | os.PathLike[str], *, shard: tuple[int, int] = (0, 1), rank: int = 0) -> Any:
+    """The lock one worker (shard I of N, torchrun rank r) holds on a RUN_DIR while it samples: a second process
+    doing the same worker's chunks is refused in one line naming the holder (shards and ranks of one job hold
+    their own locks, so they share the folder). Released with its holder, also after ``kill -9``
+    (:func:`multiguard.files.exclusive_lock`); the lock file is hidden in the RUN_DIR."""
+    path = Path(run_dir) / f".lock-shard-{shard[0]}-of-{shard[1]}-rank-{rank}"
+    return exclusive_lock(path, f"out: {run_dir}")
+
+
 def sample_run(
     run_dir: str | os.PathLike[str],
     spec: RunSpec | None = None,
@@ -274,11 +286,15 @@ def sample_run(
     _check_arguments(spec, sampler, shard)
     plan = _plan_run(spec, sampler, dataset, context, shard)
     run_dir = Path(run_dir)
-    run_meta, repairs = _open_run_dir(run_dir, plan, context, resume=resume, joining=shard[1] > 1)
-    work = _assign_work(run_dir, plan, run_meta, context, shard, repairs)
-    start_time = time.perf_counter()
-    chunks_done = _sample_chunks(run_dir, plan, work, sampler, dataset, context, run_meta, on_progress, repairs)
-    complete, final_meta = _finish_run(run_dir, context, run_meta, repairs)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"out: {run_dir} exists and is not a folder")
+    run_dir.mkdir(parents=True, exist_ok=True)  # every setting checked: the folder may be made now
+    with run_lock(run_dir, shard=shard, rank=context.rank):
+        run_meta, repairs = _open_run_dir(run_dir, plan, context, resume=resume, joining=shard[1] > 1)
+        work = _assign_work(run_dir, plan, run_meta, context, shard, repairs)
+        start_time = time.perf_counter()
+        chunks_done = _sample_chunks(run_dir, plan, work, sampler, dataset, context, run_meta, on_progress, repairs)
+        complete, final_meta = _finish_run(run_dir, context, run_meta, repairs)
     return RunResult(run_dir=run_dir, complete=complete, chunks_done=chunks_done,
                      chunks_skipped=work.chunks_skipped, seconds=time.perf_counter() - start_time,
                      metadata=final_meta, repairs=repairs)
@@ -306,6 +322,11 @@ def _check_arguments(spec: RunSpec, sampler: Any, shard: tuple[int, int]) -> Non
     shard_index, num_shards = shard
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard must be (I, N) with 0 <= I < N, got {shard}")
+    sampler_thresholds = getattr(sampler, "thresholds", None)
+    have = None if sampler_thresholds is None else sampler_thresholds.identity()
+    if spec.thresholds != have and not (spec.thresholds is None and sampler_thresholds is None):
+        raise ValueError(f"thresholds: the run spec has {spec.thresholds!r}, the sampler {have!r} (they are part "
+                         "of the base classifier: give the sampler the spec's)")
     sampler_k_prime = getattr(sampler, "k_prime", None)
     rule = spec.stop_rule
     if rule is not None and sampler_k_prime is not None and int(sampler_k_prime) != rule.k_prime:
@@ -394,20 +415,30 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
     drawn."""
     spec = plan.spec
     common = dict(seed=spec.seed, index=chunk_indices, batch_size=spec.batch_size, max_k_prime=spec.max_k_prime)
+    if spec.thresholds is not None:  # the per-label on-counts, from the same forward passes
+        common["with_on_counts"] = True
     rule = spec.stop_rule
     if rule is None:
-        nested = np.asarray(sampler.sample_nested_counts(images, plan.sizes, **common), dtype=np.int64)
+        result = sampler.sample_nested_counts(images, plan.sizes, **common)
+        nested, nested_on = result if spec.thresholds is not None else (result, None)
+        nested = np.asarray(nested, dtype=np.int64)
         expected = (len(chunk_indices), plan.sizes.size, spec.max_k_prime, labels.shape[1])
         if nested.shape != expected:
             raise ValueError(f"sampler returned nested counts of shape {nested.shape}, expected {expected}")
         counts, extra, drawn = nested[:, -1], {"nested_counts": nested}, len(chunk_indices) * spec.n
+        if nested_on is not None:
+            extra["nested_on_counts"] = np.asarray(nested_on, dtype=np.int64)
+            extra["on_counts"] = extra["nested_on_counts"][:, -1]
     else:
-        counts, samples = sampler.sample_sequential_counts(
+        result = sampler.sample_sequential_counts(
             images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k,
             futility=rule.futility, **common,
         )
+        counts, samples = result[0], result[1]
         counts = np.asarray(counts, dtype=np.int64)
         extra = {"samples": np.asarray(samples, dtype=np.int64)}
+        if spec.thresholds is not None:
+            extra["on_counts"] = np.asarray(result[2], dtype=np.int64)
         drawn = int(extra["samples"].sum())
     expected = (len(chunk_indices), spec.max_k_prime, labels.shape[1])
     if counts.shape != expected:

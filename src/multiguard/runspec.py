@@ -79,6 +79,20 @@ def _mapping(value: Any, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _thresholds(value: Any, name: str) -> dict[str, Any] | None:
+    """``None``, or the identity of per-label thresholds (``{"values": [...], "scale": ...}``; a
+    :class:`multiguard.thresholds.LabelThresholds` is turned into it), checked."""
+    if value is None:
+        return None
+    from .thresholds import LabelThresholds
+
+    if isinstance(value, LabelThresholds):
+        return value.identity()
+    if not isinstance(value, Mapping) or "values" not in value:
+        raise ValueError(f"{name} must be None or {{'values': [...], 'scale': ...}}, got {value!r}")
+    return LabelThresholds.from_identity(dict(value)).identity()
+
+
 def _any_int(value: Any, name: str) -> int:
     return check_int(value, name)
 
@@ -92,8 +106,10 @@ class RunSpec(Settings):
     ``chunk_size`` inputs per chunk file, ``batch_size`` noisy samples per forward pass (memory only).
 
     The base classifier and the data (:meth:`multiguard.base_classifier.BaseClassifierSpec.run_fields` and
-    the dataset's record fill them): ``checkpoint_sha256``, ``denoiser_sha256``, ``arch``, ``num_classes``,
-    ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), ``dataset``,
+    the dataset's record fill them): ``checkpoint_sha256``, ``model_file_sha256`` (the SHA-256 of the Python
+    file that defines a file factory's model, ``None`` otherwise), ``denoiser_sha256``, ``arch``, ``num_classes``,
+    ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), the per-label
+    ``thresholds`` of a thresholded base classifier (then per-label on-counts are stored too), ``dataset``,
     ``dataset_options``, ``split``, ``dataset_size``, ``image_size``. ``record`` holds descriptive fields
     (checkpoint path, class names, versions, ...) that go into ``metadata.json`` but not into the identity.
 
@@ -118,7 +134,7 @@ class RunSpec(Settings):
     clamp: Any = setting(None, identity=True, legacy=None)
     n: int = setting(1000, identity=True, check=Interval(int, 1, MAX_N))
     sample_sizes: tuple[int, ...] | None = setting(None, identity=True, legacy=None)
-    seed: int = setting(0, identity=True, check=_any_int)
+    seed: int = setting(0, identity=True, check=Interval(int, 0))
     max_k_prime: int = setting(5, identity=True, check=Interval(int, 1))
     num_inputs: int | None = setting(500, identity=True, check=Optional(Interval(int, 0)))
     chunk_size: int = setting(10, identity=True, check=Interval(int, 1))
@@ -126,6 +142,9 @@ class RunSpec(Settings):
     channels_last: bool = setting(False, identity=True, legacy=False)
     compile: bool = setting(False, identity=True, legacy=False)
     stop_rule: StopRule | None = setting(None, identity=True, check=_stop_rule, legacy=None)
+    thresholds: Any = setting(None, identity=True, check=_thresholds, legacy=None)
+    # the Python file defining the model, for a file factory: the checkpoint holds the weights, not the code
+    model_file_sha256: str | None = setting(None, identity=True, legacy=None)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 
@@ -164,9 +183,10 @@ class RunSpec(Settings):
 
     def metadata(self) -> dict[str, Any]:
         """What ``metadata.json`` starts with: the descriptive :attr:`record`, then every field but ``record``
-        (``num_classes``, ``dataset_size``, ``image_size`` left out while unknown)."""
+        (``num_classes``, ``dataset_size``, ``image_size`` left out while unknown, ``model_file_sha256``
+        without a model file)."""
         fields = {name: value for name, value in self.to_dict().items() if name != "record"}
-        for name in ("num_classes", "dataset_size", "image_size"):
+        for name in ("num_classes", "dataset_size", "image_size", "model_file_sha256"):
             if fields[name] is None:
                 del fields[name]
         return {**self.record, **fields}

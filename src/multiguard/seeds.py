@@ -18,6 +18,7 @@ __all__ = [
     "STREAM_ATTACK",
     "STREAM_ESTIMATION",
     "STREAM_SELECTION",
+    "STREAM_THRESHOLDS",
     "TRAINING_TAGS",
     "attack_evaluation_seed",
     "noise_seed",
@@ -35,6 +36,8 @@ STREAM_SELECTION = 1
 """Noise of the n0 selection samples of ``predict``, independent of the estimation samples."""
 STREAM_ATTACK = 2
 """Noise of the attack's gradient estimates (never the noise that certifies or measures)."""
+STREAM_THRESHOLDS = 3
+"""Noise of the validation images on which a threshold rule chooses per-label thresholds."""
 
 _ATTACK_EVALUATION_TAG = 0xA77AC
 

@@ -29,11 +29,14 @@ import torch
 
 from . import certify as _certify
 from . import sequential as _sequential
+from . import thresholded as _thresholded
 from .acceleration import CompiledModel, precision_of_autocast_dtype, resolve_mode
 from .certify import as_label_mask
 from .deprecation import warn_deprecated
+from .devices import resolve_device
 from .engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from .seeds import NOISE_BLOCK, STREAM_ESTIMATION, STREAM_SELECTION, noise_seed
+from .thresholds import LabelThresholds
 from .validation import (
     check_alpha,
     check_bool,
@@ -55,12 +58,28 @@ def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- validation
 
 
-def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
+def image_channels(model: object) -> int | None:
+    """The channels a model's images must have: the ``in_channels`` of its first layer when that is a 2-D
+    convolution (``None`` otherwise: a model of vectors, or one whose first layer says nothing)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return int(module.in_channels)
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv3d, torch.nn.LazyLinear)):
+            return None
+    return None
+
+
+def as_image_batch(x: object, check_range: bool = True, channels: int | None = None) -> torch.Tensor:
     """``x`` as a batch for :meth:`MultiGuard.certify` and :meth:`MultiGuard.predict`, refusing what users pass
     by mistake.
 
     - Integer inputs (``uint8`` images in 0..255) are refused: sigma and the radii are in the units of x.
-    - One image ``(C, H, W)`` with C = 1 or 3 gets the batch axis: ``(1, C, H, W)``.
+    - One image ``(C, H, W)`` with C = 1 or 3 (or ``channels``) gets the batch axis: ``(1, C, H, W)``.
+    - With ``channels`` (the model takes images of that many channels, see :func:`image_channels`), anything
+      but ``(C, H, W)`` or ``(N, C, H, W)`` with C = ``channels`` is refused in one line naming the shape: an
+      image in height x width x channels layout (as PIL and NumPy hold it) says how to permute it.
     - With ``check_range``, an image batch ``(N, C, H, W)`` with values above 1 is refused (pixels belong in
       [0, 1]; normalisation belongs inside the model).
     """
@@ -71,7 +90,23 @@ def as_image_batch(x: object, check_range: bool = True) -> torch.Tensor:
             "sigma in the units of x and the model was trained on pixels in [0, 1]: pass x.float() / 255 for "
             "8-bit images"
         )
-    if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
+    shape = tuple(tensor.shape)
+    if channels is not None:
+        if tensor.ndim == 3 and shape[0] != channels and shape[-1] == channels:
+            raise ValueError(f"x of shape {shape} is one image in height x width x channels layout; MultiGuard "
+                             f"takes (C, H, W): pass x.permute(2, 0, 1)")
+        if tensor.ndim == 4 and shape[1] != channels and shape[-1] == channels:
+            raise ValueError(f"x of shape {shape} is a batch in N x height x width x channels layout; MultiGuard "
+                             f"takes (N, C, H, W): pass x.permute(0, 3, 1, 2)")
+        if tensor.ndim not in (3, 4):
+            raise ValueError(f"x has {tensor.ndim} dimensions (shape {shape}); the model takes images: one "
+                             f"(C, H, W) or a batch (N, C, H, W) with C = {channels}")
+        if shape[-3] != channels:
+            raise ValueError(f"x of shape {shape} has images of {shape[-3]} channels; the model's first layer "
+                             f"takes {channels} channels (one image is (C, H, W), a batch (N, C, H, W))")
+        if tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)
+    elif tensor.ndim == 3 and tensor.shape[0] in (1, 3):
         tensor = tensor.unsqueeze(0)  # one image (C, H, W)
     if check_range and tensor.ndim == 4 and tensor.numel():
         top = float(tensor.max())
@@ -120,6 +155,14 @@ class Certificate:
     second_terms: bool = True
     samples: np.ndarray | None = None
     stop_at_radius: float | None = None
+    thresholded: _thresholded.ThresholdedCertificate | None = None
+
+    def thresholded_metrics(self, radius: float | np.ndarray) -> _thresholded.ThresholdedMetrics:
+        """Certified precision, recall, F1 and Hamming accuracy of the thresholded classifier against ``labels``
+        (the classifier must have thresholds: ``MultiGuard(..., thresholds=...)``)."""
+        if self.thresholded is None:
+            raise ValueError("thresholds: this certificate has no thresholded part (MultiGuard(..., thresholds=...))")
+        return self.thresholded.metrics(self.labels, radius)
 
     def intersection_size(self, radius: float | np.ndarray) -> np.ndarray:
         """Certified intersection size e(R): int64 ``(N,)`` for a scalar R, ``(N, len(R))`` for an array."""
@@ -178,6 +221,7 @@ class Prediction:
     alpha: float
     samples: np.ndarray | None = None
     stop_at_radius: float | None = None
+    thresholded: _thresholded.ThresholdedCertificate | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -219,6 +263,10 @@ class MultiGuard:
             that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
         autocast_dtype: deprecated (warns): the older spelling of ``precision``, ``torch.bfloat16`` or
             ``torch.float16``.
+        thresholds: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`, or one probability for
+            every label): the base classifier then also decides each label on its own (on when its score passes
+            its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
+            (:mod:`multiguard.thresholded`) from the same samples as the top-k one. Part of the base classifier.
 
     The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
     hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
@@ -240,6 +288,7 @@ class MultiGuard:
         channels_last: bool | None = None,
         precision: str | None = None,
         compile: bool = False,
+        thresholds: LabelThresholds | float | None = None,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -247,6 +296,10 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
+        if thresholds is not None and not isinstance(thresholds, LabelThresholds):
+            thresholds = LabelThresholds.single(thresholds)
+        self.thresholds: LabelThresholds | None = thresholds
+        self.score_thresholds = None if thresholds is None else thresholds.score_thresholds(self.num_classes)
         if autocast_dtype is not None:
             warn_deprecated("MultiGuard(autocast_dtype=...)", "MultiGuard(precision='bf16' or 'fp16')")
         autocast_precision = precision_of_autocast_dtype(autocast_dtype)
@@ -257,10 +310,7 @@ class MultiGuard:
 
         module_device, module_dtype = module_device_dtype(model)
         if device is not None:
-            try:
-                self.device = torch.device(device)
-            except (TypeError, RuntimeError):
-                raise invalid("device", "a torch device", device) from None
+            self.device = resolve_device(device)  # "cuda" where there is none: one line naming the device
             if isinstance(model, torch.nn.Module):
                 model.to(self.device)
         else:
@@ -280,9 +330,11 @@ class MultiGuard:
         )
 
     def __repr__(self) -> str:
+        thresholds = "" if self.thresholds is None else f", thresholds={self.thresholds.describe()!r}"
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
-            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r})"
+            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r}"
+            f"{thresholds})"
         )
 
     @property
@@ -346,6 +398,30 @@ class MultiGuard:
                                    stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
 
+    def _need_thresholds(self) -> np.ndarray:
+        if self.score_thresholds is None:
+            raise ValueError("thresholds: this MultiGuard has none (MultiGuard(..., thresholds=0.5) or a "
+                             "LabelThresholds)")
+        return self.score_thresholds
+
+    def sample_on_counts(
+        self,
+        x: torch.Tensor | np.ndarray,
+        n: int,
+        seed: int = 0,
+        index: np.ndarray | torch.Tensor | list[int] | None = None,
+        batch_size: int = 1000,
+        progress: bool = False,
+        thresholds: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Per-label on-counts over n noisy copies of each input: int64 ``(N, c)``, how many had each label's
+        score above its threshold (the classifier's, or ``thresholds``: float score thresholds ``(c,)``, or
+        ``(T, c)`` for T sets at once, giving ``(N, T, c)``). Same noise as :meth:`sample_counts`."""
+        rows = self._need_thresholds() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        counts = self.engine.count(x, n, seed=seed, index=index, batch_size=batch_size, num_k=1,
+                                   stream=STREAM_ESTIMATION, progress=progress, thresholds=rows)
+        return counts[:, 1] if np.ndim(rows) == 1 else counts[:, 1:]
+
     def certify(
         self,
         x: torch.Tensor | np.ndarray,
@@ -361,6 +437,7 @@ class MultiGuard:
         check_range: bool = True,
         stop_at_radius: float | None = None,
         futility: str = "remaining",
+        q: float = _thresholded.DEFAULT_Q,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -388,20 +465,26 @@ class MultiGuard:
                 ``"projected"``: the remaining samples at the frequencies seen so far would not; see
                 :func:`multiguard.sequential.sequential_stopping_rule`). The guarantee is the same for all three.
 
+            q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
+                more than a share q of the noise; :mod:`multiguard.thresholded`).
+
         Returns:
             a :class:`Certificate` with ``radii`` ``(N, k)`` from :func:`multiguard.certify.certified_radii`
-            and ``samples`` ``(N,)`` the samples each input used.
+            and ``samples`` ``(N,)`` the samples each input used; with thresholds, ``thresholded`` (a
+            :class:`multiguard.thresholded.ThresholdedCertificate`: per-label on / off radii) from the same
+            samples, its bounds holding for all labels at once with probability at least ``1 - alpha``.
         """
         alpha = check_alpha(alpha)
         k = check_int(k, "k", 1, self.num_classes)
         n = check_int(n, "n", 1)
-        tensor = as_image_batch(x, check_range)
+        q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
+        tensor = as_image_batch(x, check_range, image_channels(self.model))
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-        counts, samples, lower, upper = self._estimate(
+        counts, samples, lower, upper, thresholded = self._estimate(
             tensor, mask, n, alpha, k, stop_at_radius, futility, second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
@@ -420,6 +503,7 @@ class MultiGuard:
             second_terms=bool(second_terms),
             samples=samples,
             stop_at_radius=stop_at_radius,
+            thresholded=thresholded,
         )
 
     def sample_nested_counts(
@@ -431,16 +515,21 @@ class MultiGuard:
         batch_size: int = 1000,
         max_k_prime: int | None = None,
         progress: bool = False,
-    ) -> np.ndarray:
+        with_on_counts: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Cumulative counts at nested sample sizes: int64 ``(N, S, K, c)``, ``[i, s]`` equal to
         ``sample_counts(x, sizes[s], ..., max_k_prime=K)[i]`` exactly, for the cost of the largest size.
 
         ``sizes`` is strictly increasing (e.g. :func:`multiguard.sequential.sample_size_schedule` ``(n)``); K is
         ``max_k_prime`` (default ``self.k_prime``). See :meth:`multiguard.engine.SamplingEngine.count_nested`.
+        ``with_on_counts`` (a classifier with thresholds): also the per-label on-counts ``(N, S, c)`` of the same
+        samples, returned as a second array.
         """
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", 1, self.num_classes)
-        return self.engine.count_nested(x, sizes, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
-                                        stream=STREAM_ESTIMATION, progress=progress)
+        thresholds = self._need_thresholds() if check_bool(with_on_counts, "with_on_counts") else None
+        nested = self.engine.count_nested(x, sizes, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
+                                          stream=STREAM_ESTIMATION, progress=progress, thresholds=thresholds)
+        return nested if thresholds is None else (nested[:, :, :num_k], nested[:, :, num_k])
 
     def sample_sequential_counts(
         self,
@@ -458,7 +547,8 @@ class MultiGuard:
         second_terms: bool = True,
         progress: bool = False,
         futility: str = "remaining",
-    ) -> tuple[np.ndarray, np.ndarray]:
+        with_on_counts: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
         The looks are :func:`multiguard.sequential.sample_size_schedule` ``(n)``; after each one,
@@ -466,55 +556,73 @@ class MultiGuard:
         ``alpha``, ``k``, ``second_terms``, ``futility``) which inputs stop. Returns ``(counts, samples)``: int64
         ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default ``self.k_prime``) of the samples each
         input used, and int64 ``(N,)`` those numbers of samples (looks). The counts are those of the same
-        samples in a fixed-n call (same seed and index), cut at each input's stop.
+        samples in a fixed-n call (same seed and index), cut at each input's stop. ``with_on_counts`` (a
+        classifier with thresholds): also the per-label on-counts ``(N, c)`` of those samples, a third array.
         """
         tensor = as_batch(x)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", self.k_prime,
                                                                    self.num_classes)
-        return self._sample_sequentially(
+        thresholds = self._need_thresholds() if check_bool(with_on_counts, "with_on_counts") else None
+        counts, samples = self._sample_sequentially(
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=num_k, futility=futility,
+            batch_size=batch_size, progress=progress, num_k=num_k, futility=futility, thresholds=thresholds,
         )
+        if thresholds is None:
+            return counts, samples
+        return counts[:, :num_k], samples, counts[:, num_k]
 
     # ------------------------------------------------------------------------------------------ estimation
 
     def _estimate(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, stop_at_radius: float | None,
         futility: str, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        q: float = _thresholded.DEFAULT_Q,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, _thresholded.ThresholdedCertificate | None]:
         """The one estimation path of :meth:`certify` and :meth:`predict`: counts of ``self.k_prime`` over the
-        estimation stream and their bounds, ``(counts (N, c), samples (N,), lower, upper)``.
+        estimation stream and their bounds, ``(counts (N, c), samples (N,), lower, upper, thresholded)``; with
+        thresholds, the per-label on-counts of the same forward passes give ``thresholded`` (else ``None``).
 
         Fixed n: n samples per input, Clopper-Pearson bounds (:func:`multiguard.certify.label_probability_bounds`).
         With ``stop_at_radius``: the sequential procedure (:func:`multiguard.sequential.sample_until_stopped`),
-        anytime-valid bounds at each input's stop."""
+        anytime-valid bounds at each input's stop (for the on-counts too)."""
+        thresholds = self.score_thresholds
         if stop_at_radius is None:
             counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
-                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress)
-            counts = counts[:, self.k_prime - 1]
+                                       num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress,
+                                       thresholds=thresholds)
             samples = np.full(tensor.shape[0], n, dtype=np.int64)
-            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
-            return counts, samples, lower, upper
-        counts, samples = self._sample_sequentially(
-            tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
-        )
+            looks = None
+            sample_sizes: object = n
+        else:
+            counts, samples = self._sample_sequentially(
+                tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
+                thresholds=thresholds,
+            )
+            looks = _sequential.sample_size_schedule(n)
+            sample_sizes = samples
+        thresholded = None
+        if thresholds is not None:
+            thresholded = _thresholded.certify_thresholded(counts[:, self.k_prime], sample_sizes, alpha=alpha,
+                                                           sigma=self.sigma, q=q, looks=looks)
         counts = counts[:, self.k_prime - 1]
-        lower, upper = _sequential.anytime_label_probability_bounds(
-            counts, samples, alpha, _sequential.sample_size_schedule(n)
-        )
-        return counts, samples, lower, upper
+        if looks is None:
+            lower, upper = _certify.label_probability_bounds(counts, n, alpha)
+        else:
+            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks)
+        return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
         second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
-        futility: str = "remaining",
+        futility: str = "remaining", thresholds: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`multiguard.sequential.sample_until_stopped` on this classifier's estimation stream: each round
         samples only the inputs still going, continuing their sample streams, so stopped inputs leave the
-        forward batches to the others. Returns ``(counts (N, num_k, c), samples (N,))``."""
+        forward batches to the others. Returns ``(counts (N, num_k, c), samples (N,))`` (``(N, num_k + 1, c)``
+        with ``thresholds``: the on-counts last, cut at the same stop)."""
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)
         check_bool(second_terms, "second_terms")
@@ -523,10 +631,11 @@ class MultiGuard:
             subset = tensor if rows.size == tensor.shape[0] else tensor[torch.as_tensor(rows)]
             return self.engine.count(subset, size - done, seed=seed, index=index_arr[rows], batch_size=batch_size,
                                      num_k=num_k, stream=STREAM_ESTIMATION, progress=progress,
-                                     start=np.full(rows.size, done, dtype=np.int64))
+                                     start=np.full(rows.size, done, dtype=np.int64), thresholds=thresholds)
 
+        rows = num_k + (0 if thresholds is None else 1)  # the on-counts ride along; the rule reads k' only
         return _sequential.sample_until_stopped(
-            count, mask, n, num_k=num_k, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
+            count, mask, n, num_k=rows, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
             second_terms=second_terms, futility=futility,
         )
 
@@ -544,6 +653,7 @@ class MultiGuard:
         check_range: bool = True,
         stop_at_radius: float | None = None,
         futility: str = "remaining",
+        q: float = _thresholded.DEFAULT_Q,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -563,18 +673,24 @@ class MultiGuard:
         n; ``futility`` as in :meth:`certify`); the radii come from the anytime-valid bounds and hold at every
         radius.
 
+        With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
+        certificate of the same estimation samples at cut ``q``: per label, certified on up to ``on_radius``,
+        certified off up to ``off_radius``, or undecided (``status()``); no selection samples are needed, the
+        bounds hold for all labels at once.
+
         Returns:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
             them) and ``radii`` float ``(N, k)``.
         """
         k = check_int(k, "k", 1, self.num_classes)
+        q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
         n0 = check_int(n0, "n0", 1)
         n = check_int(n, "n", 1)
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
             _sequential.futility_rule(futility)
-        tensor = as_image_batch(x, check_range)
+        tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
         check_int(batch_size, "batch_size", 1)
@@ -585,9 +701,9 @@ class MultiGuard:
         top = smoothed_top_k(selection, k)  # ties go to the lower label index
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
-        counts, samples, lower, upper = self._estimate(
+        counts, samples, lower, upper, thresholded = self._estimate(
             tensor, mask, n, alpha, k, stop_at_radius, futility, True, seed=seed, index=index_arr,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
@@ -605,4 +721,5 @@ class MultiGuard:
             alpha=alpha,
             samples=samples,
             stop_at_radius=stop_at_radius,
+            thresholded=thresholded,
         )

@@ -53,6 +53,7 @@ from .seeds import training_seed
 from .train_settings import TRAINING_OBJECTIVES, TrainSettings
 from .training import (
     Log,
+    NonFiniteOutputsError,
     TrainingLoop,
     add_noise,
     base_and_indices,
@@ -92,8 +93,13 @@ def _normalisation_origin(arch: str, mean: Any, std: Any) -> str:
 def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Macro mean of scikit-learn's average precision over the classes with at least one positive.
 
-    Shapes: ``labels`` ``(N, c)`` in {0, 1}, ``scores`` ``(N, c)``. NaN if no class has a positive.
+    Shapes: ``labels`` ``(N, c)`` in {0, 1}, ``scores`` ``(N, c)``. NaN if no class has a positive; scores that
+    are NaN or infinite raise :class:`multiguard.training.NonFiniteOutputsError` saying how many.
     """
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise NonFiniteOutputsError(f"the model's outputs hold NaN or infinity ({bad} of {scores.size} scores on "
+                                    "the test split)")
     has_positive = labels.sum(axis=0) > 0
     if not has_positive.any():
         return float("nan")
@@ -241,6 +247,8 @@ def _build_model(settings: TrainSettings, meta: dict[str, Any], device: torch.de
         model = create_model(s.arch, meta["num_classes"], meta["image_size"], meta["in_channels"],
                              pretrained=s.pretrained, mean=s.mean, std=s.std, strict=s.epochs == 0).to(device)
     meta["arch"] = model.arch  # what rebuilds it from any folder (a factory file's absolute path)
+    if getattr(model, "arch_file_sha256", None):  # a file factory: its code is part of the model
+        meta["arch_file_sha256"] = model.arch_file_sha256
     meta["pretrained"] = model.pretrained
     meta["mean"], meta["std"] = model.mean, model.std
     return model

@@ -116,7 +116,11 @@ def _dataset_options(value: Any, name: str) -> dict[str, Any]:
 
 
 def _arch_options(value: Any, name: str) -> dict[str, int]:
-    return {key: int(v) for key, v in parse_options(value, "arch-option").items()}
+    options = parse_options(value, "arch-option")
+    for key, v in options.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"arch-option {key}: expected an integer, got {v!r}")
+    return options
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -279,6 +283,7 @@ class DenoiserTrainSettings(Settings):
                 raise ValueError(f"stability_epochs: stability epochs follow --objective mse, not {self.objective}")
             if self.classifier is None:
                 raise ValueError("classifier: stability epochs train through a classifier checkpoint (--classifier)")
+        self._check_arch_options()
 
     @property
     def stability_epochs_resolved(self) -> int:
@@ -287,3 +292,26 @@ class DenoiserTrainSettings(Settings):
         if self.stability_epochs is not None:
             return self.stability_epochs
         return DEFAULT_STABILITY_EPOCHS if self.objective == "mse" and self.classifier is not None else 0
+
+    def _check_arch_options(self) -> None:
+        """A registered architecture's ``--arch-option`` values, before any data is read or net built: known
+        names, each at least the entry's ``minima``, and an image side (``--image-size`` or the dataset's
+        default, when known) that is a multiple of what the options need (``image_size_multiple``)."""
+        if self.arch not in DENOISER_ARCHITECTURES:
+            return  # a factory: its own signature speaks when it is called
+        info = DENOISER_ARCHITECTURES.entry(self.arch).info
+        allowed = tuple(info.get("options", ()))
+        unknown = sorted(set(self.arch_options) - set(allowed))
+        if unknown:
+            raise ValueError(f"arch-option: {self.arch!r} takes {list(allowed) or 'no options'}, got {unknown}")
+        for key, least in dict(info.get("minima", {})).items():
+            if key in self.arch_options and self.arch_options[key] < least:
+                raise ValueError(f"arch-option {key}: {self.arch} needs {key} >= {least}, got {self.arch_options[key]}")
+        multiple = info.get("image_size_multiple")
+        dataset = self.dataset if self.dataset is not None else "multidigits"
+        side = self.image_size if self.image_size is not None else (
+            DATASETS[dataset].image_size if self.classifier is None and dataset in DATASETS else None)
+        if multiple is not None and side is not None and side % multiple(dict(self.arch_options)):
+            raise ValueError(f"arch-option: {self.arch} with {dict(self.arch_options)} needs an image side that is a "
+                             f"multiple of {multiple(dict(self.arch_options))}, the images are {side}x{side}; choose "
+                             "smaller options (e.g. fewer levels) or another --image-size")

@@ -50,6 +50,7 @@ __all__ = [
     "load_splits",
     "make_log",
     "make_optimizer",
+    "NonFiniteOutputsError",
     "resume_from",
     "settings_from",
     "subset",
@@ -197,6 +198,10 @@ def resume_from(path: Path, read: Callable[[Path], dict], meta: dict[str, Any], 
     log(f"resuming {path} after epoch {meta['epoch']} of {meta['epochs']}")
 
 
+class NonFiniteOutputsError(ValueError):
+    """An evaluation met outputs of the model that are NaN or infinite (said in one line, with how many)."""
+
+
 @dataclass
 class TrainingLoop:
     """The epoch loop: trains ``model`` with ``objective`` on ``train_set`` until ``meta['epoch'] == epochs``.
@@ -222,14 +227,28 @@ class TrainingLoop:
     progress: bool = True
 
     def run(self, meta: dict[str, Any], epochs: int, log: Log) -> None:
-        """Train epochs ``meta['epoch'] + 1 .. epochs``, updating ``meta`` and saving after each."""
+        """Train epochs ``meta['epoch'] + 1 .. epochs``, updating ``meta`` and saving after each.
+
+        A checkpoint already trained for more than ``epochs`` is refused (ValueError naming both counts). When
+        the evaluation finds outputs that are not finite (:class:`NonFiniteOutputsError`), the epoch is saved
+        (its metrics entry says why it has no measures) and a ValueError names the epoch."""
+        if meta["epoch"] > epochs:
+            raise ValueError(f"epochs: the checkpoint was already trained for {meta['epoch']} epochs, more than the "
+                             f"{epochs} asked; give --epochs {meta['epoch']} or more to continue it, or train anew "
+                             "with --overwrite")
         first = meta["epoch"] + 1
         for epoch in range(first, epochs + 1):
             started = time.perf_counter()
             train_loss, outputs = self.train_epoch(epoch, epochs)
             if self.check_outputs is not None and epoch == first:
                 self.check_outputs(self.model, outputs)
-            measures = self.evaluate(self.model)
+            try:
+                measures = self.evaluate(self.model)
+            except NonFiniteOutputsError as exc:
+                self._keep_failed_epoch(meta, epoch, epochs, train_loss, time.perf_counter() - started, exc)
+                kept = " (saved: --resume continues after it)" if self.save is not None else ""
+                raise ValueError(f"evaluation after epoch {epoch}{kept}: {exc}; check the model's forward in eval "
+                                 "mode (e.g. BatchNorm statistics, a division) or lower --lr") from None
             seconds = time.perf_counter() - started
             meta["metrics"].append({"epoch": epoch, "train_loss": train_loss, **measures, "seconds": seconds})
             meta["epoch"], meta["epochs"] = epoch, epochs
@@ -238,6 +257,17 @@ class TrainingLoop:
             log(self.describe(epoch, epochs, train_loss, measures, seconds))
             if self.save is not None:
                 self.save(meta)
+
+    def _keep_failed_epoch(self, meta: dict[str, Any], epoch: int, epochs: int, train_loss: float, seconds: float,
+                           error: Exception) -> None:
+        """Record and save an epoch whose evaluation failed: its training is not lost."""
+        meta["metrics"].append({"epoch": epoch, "train_loss": train_loss, "seconds": seconds,
+                                "evaluation_error": str(error)})
+        meta["epoch"], meta["epochs"] = epoch, epochs
+        meta["train_seconds"] += seconds
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self.save is not None:
+            self.save(meta)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The order of the training items in ``epoch`` (seeded from ``(seed, epoch)``)."""

@@ -1,8 +1,9 @@
 """The ``multiguard`` command: parses arguments, calls the library, prints.
 
-Commands: ``train``, ``train-denoiser``, ``datasets list|describe``, ``certify``, ``report``, ``attack``,
-``predict``, ``demo``. Every command has ``--help``. Every failure is one line ``multiguard: error: ...`` on
-stderr that names the argument or file and says what to do, never a traceback (``--debug`` or
+Commands: ``train``, ``train-denoiser``, ``datasets list|describe|download|verify``, ``certify``, ``report``,
+``attack``, ``predict``, ``demo``. Every command has ``--help``. Every failure is one line ``multiguard: error:
+...`` on stderr (``datasets download`` that fetched nothing: one such line per URL tried, then what to do)
+that names the argument or file and says what to do, never a traceback (``--debug`` or
 ``MULTIGUARD_DEBUG=1`` shows it):
 
 - exit status 2 for the user's mistakes (an unknown or misspelt option, an unknown dataset or arch, missing
@@ -10,7 +11,9 @@ stderr that names the argument or file and says what to do, never a traceback (`
   something else, a folder that cannot be read or written for lack of permission);
 - exit status 1 for failures of the machine (disk full, read-only file system, out of memory, an I/O error)
   and for anything unexpected; after a full disk the same command (with ``--resume`` where it has one)
-  completes once space is freed, since every file is written whole or not at all.
+  completes once space is freed, since every file is written whole or not at all; and for data that is not
+  there yet (``datasets download`` that could not fetch a file or waits for files fetched by hand,
+  ``datasets verify`` that found problems).
 
 Options are never abbreviated: ``--n`` is not ``--names``. Nothing the user made is replaced without being
 asked: ``train --out`` over a checkpoint needs ``--resume`` or ``--overwrite``, ``certify --out`` over a run
@@ -27,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .commands import COMMANDS, fail
+from .commands import COMMANDS, OutputStreamError, fail
 from .options import DEBUG_ENV, EXIT_FAILURE, EXIT_USAGE, Formatter, Parser, wrap
 
 __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
@@ -68,6 +71,10 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
         hint = "lower --batch-size or " if hasattr(args, "batch_size") else ""
         return EXIT_FAILURE, f"out of memory ({exc or 'MemoryError'}); {hint}free memory, then run it again{again}"
+    if isinstance(exc, OutputStreamError):  # the output is redirected to a full or failing disk, not --out's
+        return EXIT_FAILURE, (f"cannot write to stdout ({exc.strerror}): the file or device it is redirected to "
+                              "failed; free space there or send the output elsewhere, then run the same command "
+                              f"again{again}")
     if isinstance(exc, (ValueError, *_USER_OS_ERRORS)):
         return EXIT_USAGE, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
@@ -77,6 +84,10 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
             if ".tmp" in named:  # a temporary name of the atomic writer: the user knows --out
                 where = named = str(out)
             named += " (--out)" if str(where) == str(out) else f" (--out {out})"
+        if exc.errno == errno.ENAMETOOLONG:  # the user's path, not the machine
+            longest = max((len(os.fsencode(part)) for part in str(where).split(os.sep)), default=0)
+            return EXIT_USAGE, (f"file name too long: {named} has a name of {longest} bytes, more than the file "
+                                "system allows (usually 255); choose a shorter one")
         if isinstance(exc, PermissionError):
             return EXIT_USAGE, f"permission denied: {named}; choose a place you may read and write"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -124,13 +135,34 @@ def _add_command(sub: Any, name: str, help: str, command: Any, dest: str) -> Non
             _add_command(actions, action, action_help, action_command, dest=f"{name}_command")
 
 
+def _tolerant_output() -> None:
+    """Characters the terminal's encoding lacks (σ, α, ∩ under ``PYTHONIOENCODING=ascii`` or a Latin-1 console)
+    are written as ``\\u03c3`` escapes instead of failing the command after its files are written."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "strict") == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, TypeError):  # a stream that cannot change (e.g. already written)
+                pass
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> frozenset[str]:
+    """The destinations of the options written on the command line (not left at their defaults): options are
+    never abbreviated, so an option is given exactly when its name (or ``NAME=VALUE``) is one of the words."""
+    names = {name: action.dest for action in parser._actions for name in action.option_strings}
+    return frozenset(names[word.split("=", 1)[0]] for word in argv if word.split("=", 1)[0] in names)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``multiguard`` command; returns the exit status: 0, 2 for the user's errors, 1 for the machine's
     (with one line on stderr, and a traceback only under ``--debug`` or ``MULTIGUARD_DEBUG=1``)."""
+    _tolerant_output()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser, so that its --help is the one named
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.given = _given_options(getattr(args, "command_parser", parser), sys.argv[1:] if argv is None else argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         with warnings.catch_warnings():  # library warnings as one line each, without the source location

@@ -21,9 +21,12 @@ __all__ = [
     "add_device",
     "add_mode",
     "add_model_source",
+    "add_dataset_folder",
     "add_output",
     "add_sampling",
+    "add_shard",
     "add_stop_rule",
+    "add_thresholds",
     "dataset_options",
     "mode_args",
     "wrap",
@@ -168,6 +171,46 @@ def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
     p.add_argument("--futility", default="remaining", choices=FUTILITY_RULES.names(),
                    help=f"{futility_help} ({FUTILITY_RULES.help_text()})")
+
+
+def add_shard(p: argparse.ArgumentParser) -> None:
+    """--shard: this job's part of a run's chunks, ``I/N`` or ``auto`` (from a SLURM job array,
+    :mod:`multiguard.shards`)."""
+    p.add_argument("--shard", default=None, metavar="I/N|auto",
+                   help="do only shard I of N (e.g. 0/4) of the chunks; auto: this task's shard of a SLURM job array "
+                   "(SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT), with torchrun's ranks splitting it further")
+
+
+def add_dataset_folder(p: argparse.ArgumentParser, *, names: list[str], root_help: str) -> None:
+    """A dataset in a folder: NAME (one of ``names``), --root and --manifest (a user's manifest of URLs, sizes,
+    checksums and official counts that replaces the shipped entries it names)."""
+    p.add_argument("name", metavar="NAME", choices=names, help=" or ".join([", ".join(names[:-1]), names[-1]])
+                   if len(names) > 1 else names[0])
+    p.add_argument("--root", required=True, help=root_help)
+    p.add_argument("--manifest", default=None, metavar="FILE",
+                   help="your own manifest (same format as the shipped one, see docs/datasets.md): its datasets "
+                   "replace the shipped entries, e.g. to use an institutional mirror")
+
+
+def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
+    """A thresholded base classifier: --threshold (a number or a file with one per label), --threshold-scale,
+    and with ``rule`` --threshold-rule (choices and help from :data:`multiguard.thresholds.THRESHOLD_RULES`),
+    --threshold-split, --threshold-inputs."""
+    p.add_argument("--threshold", default=None, metavar="TAU|FILE",
+                   help="certify per-label decisions too: label i is on in a noisy copy when its score passes its "
+                   "threshold (one number for every label, or a file with one per label: a number a line in class "
+                   "order, or 'name number' lines); part of the base classifier (default: none)")
+    p.add_argument("--threshold-scale", default="probability", choices=["probability", "score"],
+                   help="what --threshold is compared with: sigmoid(score) (probability) or the raw score (logit)")
+    if rule:
+        from ..thresholds import THRESHOLD_RULES
+
+        p.add_argument("--threshold-rule", default=None, choices=THRESHOLD_RULES.names(),
+                       help="choose per-label thresholds (on the score scale) on --threshold-inputs images of "
+                       f"--threshold-split, none of them certified ({THRESHOLD_RULES.help_text()})")
+        p.add_argument("--threshold-split", default=None,
+                       help="split to choose thresholds on (default: the checkpoint's training split)")
+        p.add_argument("--threshold-inputs", type=int, default=300, help="images to choose thresholds on")
 
 
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002

@@ -126,7 +126,8 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
         ("size", "min_digits", "max_digits"), _load_multidigits, composed=True,
     ),
     DatasetInfo(
-        "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes",
+        "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes, labels from ImageSets/Main "
+        "(Annotations/*.xml not read)",
         "trainval", "test", 224, True, ("difficult_positive",), _load_voc2007,
     ),
     DatasetInfo(
@@ -269,6 +270,10 @@ def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True) ->
     """The image-file part of :func:`format_description` for one description."""
     head = f"{d['split'] or d['name']} images" if name_split else "images"
     out = [""]
+    left_out = d.get("images_left_out")
+    if left_out:
+        count = left_out["count"]
+        out.append(f"{head}: {count} image{'s' if count != 1 else ''} left out: {left_out['why']}")
     if size_line and d.get("image_size_note"):
         out.append(f"model input: {d['image_size_note']}")
     elif size_line and d.get("image_size"):
@@ -284,6 +289,9 @@ def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True) ->
     bad = d["unreadable_images"]
     out.append(f"{head}: read {d['images_checked'] - len(bad)} of {d['images_checked']}; "
                f"sizes {shown or 'none'}; modes {modes or 'none'}")
+    converted = ", ".join(f"{note} ({count})" for note, count in (d.get("image_conversions") or {}).items())
+    if converted:  # what loading does to these files besides decoding and resizing: worth a look
+        out.append(f"{head}: converted when loaded: {converted}")
     if bad:
         out.append(f"{head}: {len(bad)} unreadable:")
         out += [f"  {item['path']}: {item['error']}" for item in bad[:20]]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 
@@ -37,30 +39,230 @@ def check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
+# Transparent pixels are composited on this colour (white, as a web page shows them) before the model sees them.
+ALPHA_BACKGROUND = (255, 255, 255)
+# The largest image (width x height, in pixels) read; a guard against decompression bombs (a small file that
+# decodes to gigabytes). The default is where Pillow itself refuses; the environment variable raises or lowers
+# it for every command and worker ("none" removes it).
+MAX_IMAGE_PIXELS_ENV = "MULTIGUARD_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
+# Modes with more than 8 bits per channel: 16-bit integers (scaled by 1/65535) and 32-bit floats (taken as is).
+_HIGH_BIT_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_ORIENTATION_TAG = 0x0112
+
+
+class ImageTooLargeError(ValueError):
+    """An image over the pixel limit (:func:`max_image_pixels`); the message names the file and how to raise it.
+
+    ``reason`` is the message without the file's name (for listings that show the name apart).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, limit: int):
+        pixels = width * height
+        self.path, self.reason = Path(path), (
+            f"{width}x{height} = {pixels:,} pixels, over the limit of {limit:,} (a guard against decompression "
+            f"bombs): shrink it, or if the file is trusted raise the limit with {MAX_IMAGE_PIXELS_ENV}={pixels} "
+            "(or 'none')")
+        super().__init__(f"image {path} is {self.reason}")
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit for images: ``$MULTIGUARD_MAX_IMAGE_PIXELS`` (a positive integer, or ``none``) or the default.
+
+    Raises ValueError naming the variable if it holds anything else.
+    """
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if text.lower() in ("none", "0"):
+        return None
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV} must be a positive number of pixels or 'none', got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """Open an image file (headers only) under MultiGuard's pixel limit; the image is closed on exit.
+
+    Raises :class:`ImageTooLargeError` (a ValueError, one line naming the file, its size and
+    :data:`MAX_IMAGE_PIXELS_ENV`) for an image over :func:`max_image_pixels`, and ValueError naming the
+    file for one Pillow cannot identify. Within the block Pillow's own decompression-bomb check is off
+    (this limit replaces it), so ``load()`` and conversions run under the same rule for every format.
+    """
+    limit = max_image_pixels()
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(path)
+            except (UnidentifiedImageError, SyntaxError) as exc:
+                raise ValueError(f"cannot read image {path}: {_first_line(exc)}") from exc
+            with img:
+                width, height = img.size
+                if limit is not None and width * height > limit:
+                    raise ImageTooLargeError(path, width, height, limit)
+                yield img
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an open image (1 = upright; 2..8 = mirrored and/or rotated); 1 if unreadable."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # a damaged EXIF block: browsers show such an image as stored, so does MultiGuard
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether an open image has transparency: an alpha channel or a transparent palette entry or colour."""
+    return img.mode in _ALPHA_MODES or "transparency" in img.info
+
+
+def conversion_notes(img: Image.Image) -> list[str]:
+    """What :func:`load_image` does to an open image besides decoding and resizing, one short phrase each.
+
+    Empty for 8-bit RGB, grayscale and black-and-white images without transparency or rotation.
+    """
+    notes = []
+    if img.mode in _HIGH_BIT_MODES:
+        notes.append("32-bit float: values taken as [0, 1]" if img.mode == "F" else
+                     f"{'16-bit' if img.mode.startswith('I;16') else '32-bit integer'}: values divided by 65535")
+    if has_alpha(img):
+        notes.append("transparency composited on white")
+    if img.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif img.mode in ("YCbCr", "LAB", "HSV"):
+        notes.append(f"{img.mode} converted to RGB")
+    if exif_orientation(img) != 1:
+        notes.append("rotated upright by its EXIF orientation")
+    return notes
+
+
+def _high_bit_plane(img: Image.Image, path: Path) -> Image.Image:
+    """A mode-F (float32) image in [0, 1] from a 16-bit, 32-bit integer or float image."""
+    array = np.asarray(img, dtype=np.float32)
+    scale = _HIGH_BIT_MODES[img.mode]
+    if array.size:
+        low, high = float(array.min()), float(array.max())
+        if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > scale:
+            kind = "float" if img.mode == "F" else "integer"
+            raise ValueError(f"cannot read image {path}: its {kind} pixel values span [{low:g}, {high:g}]; "
+                             f"MultiGuard reads {img.mode} images with values in [0, {scale:g}] (save it as an "
+                             "8-bit or 16-bit PNG)")
+    return Image.fromarray(array / scale, mode="F")
+
+
 def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> torch.Tensor:
     """Read an image file as a float tensor ``(channels, image_size, image_size)`` in [0, 1].
 
-    The image is converted to RGB (``channels=3``) or grayscale (``channels=1``) and
-    resized (bilinear, aspect ratio not kept) to a square of side ``image_size``.
-    Raises DatasetFileError if the file is missing and ValueError naming the file if
-    it cannot be decoded.
+    Every Pillow mode is converted to RGB (``channels=3``) or grayscale (``channels=1``) as a viewer shows it:
+
+    - the EXIF orientation is applied (a phone photo stored sideways is turned upright, as browsers and
+      torchvision's decoders do);
+    - 16-bit images (``I;16`` and the 32-bit integer mode ``I`` Pillow uses for some of them) are divided by
+      65535 and 32-bit float images (``F``) are taken as [0, 1], at full precision; values outside those
+      ranges are refused, naming the file;
+    - transparency (RGBA, LA, PA, a transparent palette entry) is composited on :data:`ALPHA_BACKGROUND` (white);
+    - palette, CMYK, YCbCr, LAB and HSV images are converted by Pillow; grayscale is repeated over RGB.
+
+    The image is then resized (bilinear, aspect ratio not kept) to a square of side ``image_size``.
+    Raises DatasetFileError if the file is missing, :class:`ImageTooLargeError` over the pixel limit
+    (:func:`max_image_pixels`) and ValueError naming the file if it cannot be decoded.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetFileError(f"image not found: expected {path}")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
+            img.load()
+            if exif_orientation(img) != 1:
+                img = ImageOps.exif_transpose(img)
+            if img.mode in _HIGH_BIT_MODES:
+                plane = _high_bit_plane(img, path).resize((image_size, image_size), Image.BILINEAR)
+                array = np.asarray(plane, dtype=np.float32).clip(0.0, 1.0)
+                tensor = torch.from_numpy(array.copy()).unsqueeze(0)
+                return tensor.expand(channels, -1, -1).contiguous() if channels != 1 else tensor
+            if has_alpha(img):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+                img = Image.alpha_composite(background, rgba)
             img = img.convert("RGB" if channels == 3 else "L")
             img = img.resize((image_size, image_size), Image.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+        raise ValueError(f"cannot read image {path}: {_first_line(exc)}") from exc
     tensor = torch.from_numpy(array.copy()).float().div_(255.0)
     if tensor.ndim == 2:
         tensor = tensor.unsqueeze(0)
     else:
         tensor = tensor.permute(2, 0, 1).contiguous()
     return tensor
+
+
+def class_list_difference(expected: Sequence[str], found: Sequence[str], limit: int = 4) -> str | None:
+    """How the class list ``found`` (a dataset's) differs from ``expected`` (a model's), or ``None`` if equal.
+
+    One phrase for a one-line error: the same classes in another order name the permutation (each moved class
+    with its position in both lists, 1-based, at most ``limit`` of them); otherwise the classes only one list
+    has (``'stripe'`` in the model, ``'striped'`` in the dataset) or the different lengths.
+    """
+    expected, found = [str(c) for c in expected], [str(c) for c in found]
+    if expected == found:
+        return None
+
+    def some(names: list[str]) -> str:
+        shown = ", ".join(repr(n) for n in names[:limit])
+        return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+    if sorted(expected) == sorted(found) and len(set(found)) == len(found):
+        where = {name: i for i, name in enumerate(expected)}
+        moved = [f"{name!r} is class {i + 1} here, {where[name] + 1} in the model" for i, name in enumerate(found)
+                 if where[name] != i]
+        shown = "; ".join(moved[:limit]) + (f"; and {len(moved) - limit} more" if len(moved) > limit else "")
+        return (f"the same {len(found)} classes in another order ({shown}): the labels would be read against "
+                f"the wrong outputs; list them in the model's order {some(expected)}")
+    only_model = [c for c in expected if c not in set(found)]
+    only_data = [c for c in found if c not in set(expected)]
+    parts = []
+    if only_model:
+        parts.append(f"the model has {some(only_model)}")
+    if only_data:
+        parts.append(f"the dataset has {some(only_data)}")
+    if not parts:
+        parts.append(f"the model has {len(expected)} classes, the dataset {len(found)}")
+    return "other classes than the model's: " + ", ".join(parts) + " that the other lacks"
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_bool_option(name: str, value: object) -> bool:
+    """A boolean dataset option, strictly: True/False, 1/0 or the words true/false/1/0/yes/no (any case).
+
+    Anything else raises ValueError naming the option (``off`` or ``maybe`` never means true).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise ValueError(f"{name}: expected true or false (also 1/0, yes/no), got {value!r}")
 
 
 def labels_to_vector(names: Sequence[str], class_index: dict[str, int], where: str) -> torch.Tensor:
@@ -86,6 +288,7 @@ class MultiLabelImageDataset(Dataset):
 
     Attributes:
         class_names: the c class names in label order.
+        class_list_file: the file they were read from (csv's classes.txt), ``None`` for a fixed list.
         labels: float tensor ``(N, c)`` of all labels (read without loading images).
         paths: the N image paths.
         in_channels: 3 (images are converted to RGB).
@@ -95,6 +298,7 @@ class MultiLabelImageDataset(Dataset):
 
     in_channels = 3
     image_size_note: str | None = None  # why this image size, where it was chosen from the images
+    class_list_file: Path | None = None  # the file the class names and their order were read from, if any
 
     def __init__(
         self,
@@ -128,10 +332,46 @@ class MultiLabelImageDataset(Dataset):
         )
 
 
+def not_utf8_error(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    """The one-line error for a text file that is not UTF-8: the file, where, and how to convert it."""
+    byte = exc.object[exc.start : exc.start + 1].hex() if isinstance(exc.object, bytes) else "?"
+    return ValueError(
+        f"{path} is not UTF-8 text (byte 0x{byte} at position {exc.start}): save it as UTF-8, e.g. "
+        f"'iconv -f latin1 -t utf-8 {path.name} > {path.stem}-utf8{path.suffix}' (if it was written in Latin-1) "
+        "or Excel's 'CSV UTF-8'")
+
+
+@contextlib.contextmanager
+def open_text(path: Path) -> Iterator[Any]:
+    """Open a UTF-8 text file (a byte-order mark, as Excel and Notepad write, is dropped) for reading.
+
+    A file that is not UTF-8 raises the ValueError of :func:`not_utf8_error` (naming it) when it is read.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        try:
+            yield handle
+        except UnicodeDecodeError as exc:
+            raise not_utf8_error(path, exc) from exc
+
+
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file (a byte-order mark, as Excel and Notepad write, is dropped)."""
-    with open(path, encoding="utf-8-sig") as handle:
+    """Non-empty stripped lines of a UTF-8 text file (a byte-order mark is dropped; other encodings refused)."""
+    with open_text(path) as handle:
         return [line.strip() for line in handle if line.strip()]
+
+
+def read_class_list(path: Path) -> list[str]:
+    """The class names of a class-list file, one a line, in label order; a name listed twice is refused by name."""
+    names = read_lines(path)
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, start=1):
+        if name in seen:
+            raise ValueError(f"{path} lists the class {name!r} twice (non-empty lines {seen[name]} and {number}); "
+                             "each class must appear once")
+        seen[name] = number
+    if not names:
+        raise ValueError(f"{path} lists no class: write one class name a line")
+    return names
 
 
 # Images whose most common size is larger than this are resized to it when the size is chosen automatically.
@@ -155,7 +395,7 @@ def infer_image_size(paths: Sequence[Path], fallback: int = AUTO_IMAGE_SIZE_CAP)
     sizes: Counter[tuple[int, int]] = Counter()
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 sizes[img.size] += 1
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
             continue
@@ -171,16 +411,19 @@ def infer_image_size(paths: Sequence[Path], fallback: int = AUTO_IMAGE_SIZE_CAP)
 
 
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "CMYK": 4,
-                  "LA": 2, "I": 1, "F": 1, "I;16": 1}
+                  "LA": 2, "PA": 4, "RGBa": 4, "RGBX": 3, "La": 2, "I": 1, "F": 1, "I;16": 1,
+                  "I;16L": 1, "I;16B": 1, "I;16N": 1}
 
 
 def inspect_images(paths: Sequence[Path], progress: bool | None = None) -> dict[str, Any]:
-    """Open and decode every image: which cannot be read, their sizes and their colour modes.
+    """Open and decode every image: which cannot be read, their sizes, their colour modes and what loading changes.
 
     Returns ``{"checked": N, "unreadable": [{"path", "error"}], "sizes": {"WxH": count}
-    (most common first), "modes": {"RGB": count, ...} (PIL modes; every image is converted to
-    RGB when loaded)}``. ``progress``: a tqdm bar; ``None`` shows it for 1000 images or more on a
-    terminal.
+    (most common first), "modes": {"RGB": count, ...} (PIL modes), "conversions": {note: count}}``;
+    ``conversions`` counts what :func:`load_image` does besides decoding and resizing (see
+    :func:`conversion_notes`: 16-bit scaling, transparency composited on white, CMYK converted, EXIF
+    rotation). An image over the pixel limit is listed as unreadable (with how to raise the limit), not
+    decoded. ``progress``: a tqdm bar; ``None`` shows it for 1000 images or more on a terminal.
     """
     from tqdm.auto import tqdm
 
@@ -188,21 +431,26 @@ def inspect_images(paths: Sequence[Path], progress: bool | None = None) -> dict[
     disable = (None if len(paths) >= 1000 else True) if progress is None else not progress
     sizes: Counter[str] = Counter()
     modes: Counter[str] = Counter()
+    conversions: Counter[str] = Counter()
     unreadable: list[dict[str, str]] = []
     for path in tqdm(paths, desc="opening images", unit="img", disable=disable, leave=False):
         if not Path(path).is_file():
             unreadable.append({"path": str(path), "error": "file not found"})
             continue
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.load()  # decodes the whole file: a truncated or corrupt image fails here, as in training
+                notes = conversion_notes(img)
                 sizes[f"{img.size[0]}x{img.size[1]}"] += 1
                 modes[img.mode] += 1
+                conversions.update(notes)
+        except ImageTooLargeError as exc:
+            unreadable.append({"path": str(path), "error": exc.reason})
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = _first_line(exc).removeprefix(f"cannot read image {path}: ")
             unreadable.append({"path": str(path), "error": reason})
     return {"checked": len(paths), "unreadable": unreadable, "sizes": dict(sizes.most_common()),
-            "modes": dict(modes.most_common())}
+            "modes": dict(modes.most_common()), "conversions": dict(conversions.most_common())}
 
 
 def mode_channels(mode: str) -> int | None:

@@ -8,7 +8,8 @@ Layout::
     root/val2014/<file_name>
 
 The 80 categories are mapped to labels 0..79 in ascending category id. Images with
-no annotation at all are skipped (they carry no label). As in the paper, models
+no annotation at all are left out (they carry no label); ``dataset.skipped_unannotated`` counts them and
+``multiguard datasets describe`` says how many. As in the paper, models
 are evaluated on ``val`` (``test`` is accepted as another name for it).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import MultiLabelImageDataset, require
+from ._common import MultiLabelImageDataset, not_utf8_error, require
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "val"
 DEFAULT_IMAGE_SIZE = 224
@@ -42,6 +43,8 @@ def load_coco2014(
             data = json.load(handle)
     except json.JSONDecodeError as exc:
         raise ValueError(f"cannot parse COCO annotation file {ann_path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise not_utf8_error(ann_path, exc) from exc
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"COCO annotation file {ann_path} has no {key!r} list")

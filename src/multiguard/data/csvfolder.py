@@ -12,7 +12,8 @@ Example ``train.csv``::
     images/0001.jpg,cat|dog
     images/0002.png,
 
-Both files are UTF-8; a byte-order mark (as Excel's "CSV UTF-8" export writes) is fine. With
+Both files are UTF-8; a byte-order mark (as Excel's "CSV UTF-8" export writes) is fine, another encoding is
+refused naming the file and how to convert it; a class listed twice is refused by name. With
 ``image_size=None`` the side of the square model inputs comes from the images: the larger side
 of their most common size, at most 224 (see :func:`image_size_from_images`); the dataset's
 ``image_size_note`` says which size was chosen and why.
@@ -26,7 +27,14 @@ from pathlib import Path
 
 import torch
 
-from ._common import MultiLabelImageDataset, infer_image_size, labels_to_vector, read_lines, require
+from ._common import (
+    MultiLabelImageDataset,
+    infer_image_size,
+    labels_to_vector,
+    open_text,
+    read_class_list,
+    require,
+)
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
 DEFAULT_IMAGE_SIZE = None  # from the images: see image_size_from_images
@@ -34,7 +42,7 @@ DEFAULT_IMAGE_SIZE = None  # from the images: see image_size_from_images
 
 def _read_split(root: Path, csv_path: Path, class_index: dict[str, int]) -> tuple[list[Path], list[torch.Tensor]]:
     paths, rows = [], []
-    with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+    with open_text(csv_path) as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is not None:
             reader.fieldnames = [name.strip() for name in reader.fieldnames]
@@ -76,7 +84,7 @@ def image_size_from_images(root: str | os.PathLike) -> tuple[int, str]:
     root = Path(root)
     paths: list[Path] = []
     for csv_path in _split_files(root):
-        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+        with open_text(csv_path) as handle:
             reader = csv.DictReader(handle)
             reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
             paths += [root / (record["path"] or "").strip() for record in reader if (record["path"] or "").strip()]
@@ -91,9 +99,8 @@ def load_csv(
     ``image_size=None``: ``S`` from the images (:func:`image_size_from_images`), said in ``image_size_note``.
     """
     root = Path(root)
-    class_names = read_lines(require(root / "classes.txt", "class list"))
-    if len(set(class_names)) != len(class_names):
-        raise ValueError(f"{root / 'classes.txt'} lists a class twice")
+    class_list_file = require(root / "classes.txt", "class list")
+    class_names = read_class_list(class_list_file)
     class_index = {name: i for i, name in enumerate(class_names)}
     csv_path = require(root / f"{split}.csv", f"CSV file for split {split!r}")
     paths, rows = _read_split(root, csv_path, class_index)
@@ -103,4 +110,5 @@ def load_csv(
         image_size, note = image_size_from_images(root)
     dataset = MultiLabelImageDataset("csv", split, paths, labels, class_names, image_size)
     dataset.image_size_note = note
+    dataset.class_list_file = class_list_file
     return dataset

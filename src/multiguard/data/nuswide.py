@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import MultiLabelImageDataset, labels_to_vector, read_lines, require
+from ._common import MultiLabelImageDataset, labels_to_vector, open_text, read_class_list, require
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "val"
 DEFAULT_IMAGE_SIZE = 224
@@ -59,10 +59,11 @@ def load_nuswide(
         split = "val"
     root = Path(root)
     csv_path = require(root / CSV_NAME, "NUS-WIDE label file")
-    class_names = read_lines(require(root / CONCEPTS_NAME, "NUS-WIDE concept list"))
+    class_list_file = require(root / CONCEPTS_NAME, "NUS-WIDE concept list")
+    class_names = read_class_list(class_list_file)
     class_index = {name: i for i, name in enumerate(class_names)}
     paths, rows = [], []
-    with open(csv_path, encoding="utf-8", newline="") as handle:
+    with open_text(csv_path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
@@ -82,4 +83,6 @@ def load_nuswide(
     if not rows:
         raise ValueError(f"split {split!r} has no rows in {csv_path}")
     labels = torch.stack(rows)
-    return MultiLabelImageDataset("nuswide", split, paths, labels, class_names, image_size)
+    dataset = MultiLabelImageDataset("nuswide", split, paths, labels, class_names, image_size)
+    dataset.class_list_file = class_list_file
+    return dataset

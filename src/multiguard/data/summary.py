@@ -41,8 +41,16 @@ def _image_check(dataset: Dataset, progress: bool | None) -> dict[str, Any]:
         count = len(dataset)
         channels, height, width = images.shape[1:]
         return {"checked": count, "unreadable": [], "sizes": {f"{width}x{height}": count} if count else {},
-                "modes": {("L" if channels == 1 else "RGB"): count} if count else {}}
-    return {"checked": 0, "unreadable": [], "sizes": {}, "modes": {}}
+                "modes": {("L" if channels == 1 else "RGB"): count} if count else {}, "conversions": {}}
+    return {"checked": 0, "unreadable": [], "sizes": {}, "modes": {}, "conversions": {}}
+
+
+def _left_out(base: Dataset) -> dict[str, Any] | None:
+    """Images the dataset's files list but the split leaves out, and why (COCO: images without annotations)."""
+    skipped = getattr(base, "skipped_unannotated", None)
+    if not skipped:
+        return None
+    return {"count": int(skipped), "why": "listed in the annotation file without any annotation (no label to learn)"}
 
 
 def describe(dataset: Dataset, check_images: bool = True, progress: bool | None = None) -> dict[str, Any]:
@@ -56,11 +64,15 @@ def describe(dataset: Dataset, check_images: bool = True, progress: bool | None 
     Returns a dict with keys ``name``, ``split``, ``images``, ``classes``,
     ``class_names``, ``label_counts`` ({class: images holding it}),
     ``label_frequency`` ({class: fraction of images holding it}),
-    ``mean_labels_per_image``, ``images_without_labels``, ``image_size`` (the side the images are
+    ``mean_labels_per_image``, ``images_without_labels``, ``images_left_out`` (files the layout lists that
+    the split leaves out, e.g. COCO images without any annotation: ``{"count", "why"}``, or ``None``),
+    ``image_size`` (the side the images are
     resized to) and ``image_size_note`` (why, where the size was chosen from the images); with
     ``check_images`` also ``images_checked``, ``unreadable_images`` (a list of ``{"path", "error"}``),
     ``image_sizes`` ({"WxH": count}, most common first) and ``image_modes`` ({PIL mode: count},
-    e.g. RGB, L for grayscale; every image is converted to ``in_channels`` when loaded).
+    e.g. RGB, L for grayscale; every image is converted to ``in_channels`` when loaded) and
+    ``image_conversions`` ({what loading changes: count}, e.g. 16-bit values scaled, transparency composited on
+    white, EXIF rotation: see :func:`multiguard.data._common.conversion_notes`).
     Format it with :func:`format_description`.
     """
     labels, names = _labels_of(dataset)
@@ -80,11 +92,13 @@ def describe(dataset: Dataset, check_images: bool = True, progress: bool | None 
         "label_frequency": {name: (c / n if n else 0.0) for name, c in zip(names, counts, strict=True)},
         "mean_labels_per_image": float(per_image.float().mean()) if n else 0.0,
         "images_without_labels": int((per_image == 0).sum()) if n else 0,
+        "images_left_out": _left_out(base),
         "image_size": getattr(base, "image_size", None),
         "image_size_note": getattr(base, "image_size_note", None),
     }
     if check_images:
         check = _image_check(dataset, progress)
         description.update(images_checked=check["checked"], unreadable_images=check["unreadable"],
-                           image_sizes=check["sizes"], image_modes=check["modes"])
+                           image_sizes=check["sizes"], image_modes=check["modes"],
+                           image_conversions=check["conversions"])
     return description

@@ -3,13 +3,18 @@
 Layout (``root`` is the folder that holds ``VOCdevkit``)::
 
     root/VOCdevkit/VOC2007/JPEGImages/<id>.jpg
-    root/VOCdevkit/VOC2007/Annotations/<id>.xml          (not read: labels come from ImageSets)
+    root/VOCdevkit/VOC2007/Annotations/<id>.xml          (not read: the labels come from ImageSets/Main)
     root/VOCdevkit/VOC2007/ImageSets/Main/<split>.txt    (optional: the image ids, in order)
     root/VOCdevkit/VOC2007/ImageSets/Main/<class>_<split>.txt   ("<id> 1|-1|0" per line)
 
 In the per-class files 1 means the class is present, -1 absent and 0 present only
 as "difficult" objects. As in the paper's protocol difficult-only counts as
-negative; ``difficult_positive=True`` counts it as positive.
+negative; ``difficult_positive=True`` counts it as positive (the option is parsed strictly:
+true/false, 1/0, yes/no; anything else is refused).
+
+The labels come only from these ImageSets/Main files, as the VOC devkit writes them from the annotations;
+the ``Annotations/*.xml`` files are not read (an edited XML file changes nothing until the ImageSets files
+are written again).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import DatasetFileError, MultiLabelImageDataset, read_lines, require
+from ._common import DatasetFileError, MultiLabelImageDataset, parse_bool_option, read_lines, require
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -49,6 +54,7 @@ def load_voc2007(
 
     Returns a dataset of ``(image (3, S, S) in [0, 1], labels (20,))``.
     """
+    difficult_positive = parse_bool_option("difficult_positive", difficult_positive)
     base = voc_root(root)
     main = require(base / "ImageSets" / "Main", "VOC ImageSets/Main folder")
     require(base / "JPEGImages", "VOC JPEGImages folder")
@@ -57,7 +63,8 @@ def load_voc2007(
         path = main / f"{name}_{split}.txt"
         if not path.is_file():
             raise DatasetFileError(
-                f"VOC label file for class {name!r}, split {split!r} not found: expected {path}"
+                f"VOC label file for class {name!r}, split {split!r} not found: expected {path} (the labels come "
+                "from the ImageSets/Main/<class>_<split>.txt files of the devkit; Annotations/*.xml are not read)"
             )
         marks: dict[str, int] = {}
         for number, line in enumerate(read_lines(path), start=1):

@@ -1,0 +1,603 @@
+"""Fetch a dataset into the layout its loader reads: ``multiguard datasets download NAME --root DIR``.
+
+What is fetched, from where, and how it is checked comes from a manifest: ``manifest.json`` beside this
+module (shipped with the package), or a user's own file (``--manifest FILE``, same format; the datasets it
+names replace the shipped ones, e.g. to point at an institutional mirror). docs/datasets.md describes the
+format and why this module talks HTTP itself (urllib) rather than through pooch or torchvision.
+
+Guarantees of :func:`download_dataset`, file by file:
+
+- every URL of the file is tried in order (official host first, then mirrors); a failure (refused, dead,
+  HTTP error, dropped connection that does not resume, wrong size, wrong checksum) is one line of the error
+  and the next URL is tried;
+- bytes arrive in ``ROOT/.multiguard-downloads/NAME.part``; an interrupted transfer (a dropped connection, a
+  killed process) continues from the bytes already there with an HTTP ``Range`` request, in the same run
+  (up to ``retries`` times per URL while the transfer makes progress) or in the next one;
+- the archive gets its final name only after its size and every published checksum (md5, sha256) match,
+  so no half-written or unchecked archive ever sits under its final name;
+- it is unpacked into a temporary folder in ROOT and its files then moved into place (the files named in
+  the manifest's ``check`` list last), then a marker ``.multiguard-downloads/NAME.done`` is written and the
+  archive removed (``keep_archives`` keeps it);
+- a file whose marker exists, or whose ``check`` paths and ``counts`` are already in ROOT (unpacked by
+  hand), is left alone: a complete dataset downloads nothing.
+
+No network or no reachable host: :class:`DownloadError` listing one line per URL tried and what to do; nothing
+is left under a final name (an empty ``.part`` is removed). This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_bytes
+
+__all__ = [
+    "DOWNLOAD_DIR",
+    "DatasetManifest",
+    "DownloadError",
+    "DownloadResult",
+    "ManifestFile",
+    "download_dataset",
+    "downloadable_names",
+    "fetch_file",
+    "file_is_unpacked",
+    "load_manifest",
+    "manifest_entries",
+]
+
+DOWNLOAD_DIR = ".multiguard-downloads"  # under ROOT: archives in flight (.part), checked archives, .done markers
+MANIFEST_VERSION = 1
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "multiguard-datasets-download (+https://github.com)"
+TIMEOUT_S = 60.0
+CHECKSUMS = ("md5", "sha256")  # the algorithms a manifest may give, each checked when given
+UNPACKERS = ("tar", "zip", "none")
+# The NUS-WIDE file names multiguard.data.nuswide reads (repeated here: importing that loader imports torch).
+NUSWIDE_CSV, NUSWIDE_CONCEPTS = "nus_wid_data.csv", "Concepts81.txt"
+
+
+class DownloadError(RuntimeError):
+    """A dataset could not be fetched: ``lines`` holds one line per URL tried (and what to do), for printing."""
+
+    def __init__(self, lines: Sequence[str]):
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file of a dataset: where it is, how to check it and how it unpacks.
+
+    Attributes:
+        name: the file name (of the archive, or of the file itself when ``unpack`` is ``none``).
+        urls: tried in this order.
+        size: bytes, or ``None`` when unknown (no size published).
+        checksums: ``{"md5": hex, "sha256": hex}``, those published (may be empty: then ``checksum_note``
+            says so and how the file is checked instead).
+        unpack: ``tar``, ``zip`` or ``none`` (the file is placed as it is).
+        into: the folder below ROOT it unpacks into (``""``: ROOT itself).
+        check: paths below ROOT that exist once it is unpacked (moved into place last).
+        counts: ``{folder below ROOT: at least this many files}`` once it is unpacked.
+        licence: the file's licence, in one line.
+    """
+
+    name: str
+    urls: tuple[str, ...]
+    size: int | None
+    checksums: dict[str, str]
+    unpack: str
+    into: str
+    check: tuple[str, ...]
+    counts: dict[str, int]
+    licence: str
+    checksum_note: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """Everything the downloader and ``datasets verify`` know about one dataset."""
+
+    name: str
+    title: str
+    licence: str
+    files: tuple[ManifestFile, ...]
+    splits: dict[str, int] | None  # official image counts per split (None: defined by the dataset's own files)
+    annotated: dict[str, int] = field(default_factory=dict)  # images with at least one label, where published
+    approximate_splits: dict[str, int] = field(default_factory=dict)
+    concepts: tuple[str, ...] = ()  # nuswide: the class list written to Concepts81.txt
+    manual: tuple[str, ...] = ()  # steps a person must do (lines; {root} is replaced by the root)
+    source: str = ""  # the manifest file it came from
+
+
+def _fail(source: str, where: str, what: str) -> ValueError:
+    return ValueError(f"manifest: {source}: {where}: {what}")
+
+
+def _parse_file(entry: Any, source: str, where: str) -> ManifestFile:
+    if not isinstance(entry, dict):
+        raise _fail(source, where, "must be an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise _fail(source, where, f"'name' must be a plain file name, got {name!r}")
+    where = f"{where} ({name})"
+    urls = entry.get("urls")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and "://" in u for u in urls):
+        raise _fail(source, where, f"'urls' must be a non-empty list of URLs, got {urls!r}")
+    size = entry.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise _fail(source, where, f"'size' must be a number of bytes or null, got {size!r}")
+    checksums = {}
+    for algorithm in CHECKSUMS:
+        value = entry.get(algorithm)
+        if value is None:
+            continue
+        length = hashlib.new(algorithm).digest_size * 2
+        if not isinstance(value, str) or len(value) != length or any(c not in "0123456789abcdef" for c in value):
+            raise _fail(source, where, f"'{algorithm}' must be {length} lowercase hex digits, got {value!r}")
+        checksums[algorithm] = value
+    note = entry.get("checksum_note")
+    if not checksums and not note:
+        raise _fail(source, where, f"give a checksum ({' or '.join(CHECKSUMS)}), or a 'checksum_note' saying "
+                                   "why there is none and how the file is checked instead")
+    unpack = entry.get("unpack", "none")
+    if unpack not in UNPACKERS:
+        raise _fail(source, where, f"'unpack' must be one of {', '.join(UNPACKERS)}, got {unpack!r}")
+    into = entry.get("into", "")
+    check = entry.get("check", [])
+    counts = entry.get("counts", {})
+    for path in [into, *check, *counts] if isinstance(check, list) and isinstance(counts, dict) else []:
+        if not isinstance(path, str) or Path(path).is_absolute() or ".." in Path(path).parts:
+            raise _fail(source, where, f"paths must be relative and stay below the root, got {path!r}")
+    if not isinstance(check, list) or not check:
+        raise _fail(source, where, "'check' must list the paths that exist once the file is unpacked")
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+        raise _fail(source, where, f"'counts' must map folders to numbers of files, got {counts!r}")
+    licence = entry.get("licence")
+    if not isinstance(licence, str) or not licence:
+        raise _fail(source, where, "'licence' must say the file's licence")
+    return ManifestFile(name=name, urls=tuple(urls), size=size, checksums=checksums, unpack=unpack, into=into,
+                        check=tuple(check), counts=dict(counts), licence=licence, checksum_note=note)
+
+
+def _counts(value: Any, source: str, where: str) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, int) and v >= 0 for v in value.values()):
+        raise _fail(source, where, f"must map split names to numbers of images, got {value!r}")
+    return dict(value)
+
+
+def _parse_manifest(data: Any, source: str) -> dict[str, DatasetManifest]:
+    if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+        raise _fail(source, "top level", "must be an object with a 'datasets' object")
+    version = data.get("manifest_version", MANIFEST_VERSION)
+    if version != MANIFEST_VERSION:
+        raise _fail(source, "manifest_version", f"this multiguard reads version {MANIFEST_VERSION}, got {version!r}")
+    out: dict[str, DatasetManifest] = {}
+    for name, entry in data["datasets"].items():
+        where = f"datasets.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not entry["files"]:
+            raise _fail(source, where, "must be an object with a non-empty 'files' list")
+        files = tuple(_parse_file(f, source, f"{where}.files[{i}]") for i, f in enumerate(entry["files"]))
+        manual = entry.get("manual", [])
+        concepts = entry.get("concepts", [])
+        if not isinstance(manual, list) or not all(isinstance(line, str) for line in manual):
+            raise _fail(source, f"{where}.manual", "must be a list of lines")
+        if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
+            raise _fail(source, f"{where}.concepts", "must be a list of class names")
+        out[name] = DatasetManifest(
+            name=name, title=str(entry.get("title", name)), licence=str(entry.get("licence", "")), files=files,
+            splits=_counts(entry.get("splits"), source, f"{where}.splits") or None,
+            annotated=_counts(entry.get("annotated"), source, f"{where}.annotated"),
+            approximate_splits=_counts(entry.get("approximate_splits"), source, f"{where}.approximate_splits"),
+            concepts=tuple(concepts), manual=tuple(manual), source=source,
+        )
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{what}: {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{what}: cannot read {path} as JSON: {exc}") from None
+
+
+def shipped_manifest() -> dict[str, DatasetManifest]:
+    """The manifest shipped with the package (``multiguard/data/manifest.json``)."""
+    text = resources.files(__package__).joinpath("manifest.json").read_text(encoding="utf-8")
+    return _parse_manifest(json.loads(text), "multiguard/data/manifest.json")
+
+
+def manifest_entries(manifest: str | os.PathLike[str] | None = None) -> dict[str, DatasetManifest]:
+    """Every dataset's manifest entry: the shipped ones, replaced by those of the user's file ``manifest``."""
+    entries = shipped_manifest()
+    if manifest is not None:
+        entries.update(_parse_manifest(_read_json(Path(manifest), "manifest"), str(manifest)))
+    return entries
+
+
+def load_manifest(name: str, manifest: str | os.PathLike[str] | None = None) -> DatasetManifest:
+    """The manifest entry of dataset ``name``: from the user's file ``manifest`` if it names it, else shipped.
+
+    Raises ValueError naming ``manifest`` for an unreadable or malformed file, and naming ``name`` for a
+    dataset neither file knows.
+    """
+    entries = manifest_entries(manifest)
+    if name not in entries:
+        raise ValueError(f"name: no download is known for dataset {name!r}; downloadable datasets are "
+                         f"{', '.join(sorted(entries))}")
+    return entries[name]
+
+
+def downloadable_names() -> list[str]:
+    """The datasets the shipped manifest knows."""
+    return sorted(shipped_manifest())
+
+
+# ---------------------------------------------------------------------------------------- one file
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        return str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _digests(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            for hasher in hashers.values():
+                hasher.update(block)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def _check_bytes(path: Path, entry: ManifestFile) -> str | None:
+    """Why ``path`` is not the file the manifest describes (size, then each published checksum), or None."""
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        return f"{size} bytes where the manifest says {entry.size}"
+    if entry.checksums:
+        found = _digests(path, list(entry.checksums))
+        for algorithm, expected in entry.checksums.items():
+            if found[algorithm] != expected:
+                return f"{algorithm} {found[algorithm]} where the manifest says {expected} (corrupt or another file)"
+    return None
+
+
+class _Dropped(ConnectionError):
+    """The server closed the connection before the whole file arrived (the part so far is kept)."""
+
+
+def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool | None, timeout: float) -> None:
+    """Append ``url``'s bytes to ``part``, from its current length on (an HTTP Range request when > 0)."""
+    start = part.stat().st_size if part.exists() else 0
+    if entry.size is not None and start >= entry.size:
+        return  # all bytes are here already: the caller checks them
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    if start:
+        request.add_header("Range", f"bytes={start}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (the manifest's http(s) URLs)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # nothing left to send from there: the part is complete (or too long)
+            return
+        raise
+    with response:
+        if start and response.status != 206:  # the server ignored the Range header: start over
+            start = 0
+        elif start:
+            first = response.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+            if first.strip() != str(start):
+                got = response.headers.get("Content-Range")
+                raise ConnectionError(f"asked for bytes from {start}, got the range {got!r}")
+        length = response.headers.get("Content-Length")
+        expected = start + int(length) if length and length.isdigit() else entry.size
+        from tqdm.auto import tqdm
+
+        with open(part, "ab" if start else "wb") as handle, tqdm(
+            total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.name,
+            disable=None if progress is None else not progress, leave=False, file=sys.stderr,
+        ) as bar:
+            received = start
+            read = getattr(response, "read1", response.read)  # what has arrived, not a full block: a kill loses little
+            while True:
+                try:
+                    block = read(CHUNK_BYTES)
+                except (TimeoutError, http.client.IncompleteRead, OSError) as exc:
+                    where = f"{received} of {expected or '?'} bytes"
+                    raise _Dropped(f"connection lost after {where} ({_short(exc)})") from None
+                if not block:
+                    break
+                handle.write(block)
+                handle.flush()
+                received += len(block)
+                bar.update(len(block))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if expected is not None and received < expected:
+            raise _Dropped(f"connection closed after {received} of {expected} bytes")
+
+
+def fetch_file(
+    entry: ManifestFile,
+    folder: str | os.PathLike[str],
+    *,
+    progress: bool | None = None,
+    retries: int = 3,
+    timeout: float = TIMEOUT_S,
+    log: Callable[[str], None] = print,
+    validate: Callable[[Path], str | None] | None = None,
+) -> Path:
+    """Download ``entry`` into ``folder`` and return the checked file ``folder/entry.name``.
+
+    ``progress``: a tqdm bar on stderr (``None``: only on a terminal). URLs are tried in order; within one
+    URL a dropped connection is resumed with a Range request up to ``retries`` times as long as bytes keep
+    arriving. The bytes live in ``NAME.part`` until the size and every checksum match (and
+    ``validate(path)``, where given, returns None rather than a reason), then are renamed to ``NAME``. A
+    ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put there); one
+    that does not is removed and fetched again.
+
+    Raises:
+        DownloadError: every URL failed; one line per URL and what to do. A non-empty ``NAME.part`` is kept
+            so that the next run resumes it.
+    """
+    folder = Path(folder)
+    final, part = folder / entry.name, folder / f"{entry.name}.part"
+
+    def problem_of(path: Path) -> str | None:
+        problem = _check_bytes(path, entry)
+        return problem if problem is not None or validate is None else validate(path)
+
+    if final.is_file():
+        problem = problem_of(final)
+        if problem is None:
+            return final
+        log(f"{final}: {problem}; fetching it again")
+        final.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def note(line: str, number: int) -> None:  # a failed URL, said as it happens where another one follows
+        if number < len(entry.urls):
+            log(f"{line.strip()}; trying the next URL")
+
+    try:
+        for number, url in enumerate(entry.urls, start=1):
+            resumed_from = part.stat().st_size if part.exists() else 0
+            tries = 0
+            while True:
+                before = part.stat().st_size if part.exists() else 0
+                try:
+                    _transfer(url, part, entry, progress, timeout)
+                except _Dropped as exc:
+                    after = part.stat().st_size if part.exists() else 0
+                    tries += 1
+                    if after > before and tries <= retries:
+                        log(f"{entry.name}: {exc}; resuming from byte {after}")
+                        continue
+                    lines.append(f"  {url}: {exc} (kept {after} bytes in {part.name}: the next run resumes them)")
+                    note(lines[-1], number)
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError, ValueError, http.client.HTTPException) as exc:
+                    lines.append(f"  {url}: {_short(exc)}")
+                    note(lines[-1], number)
+                    break
+                problem = problem_of(part)
+                if problem is None:
+                    os.replace(part, final)
+                    return final
+                part.unlink()
+                if resumed_from:  # the bytes kept from before may be the bad ones: this URL once more from zero
+                    log(f"{entry.name}: the resumed file is not right ({problem}); fetching it again from {url}")
+                    resumed_from = 0
+                    continue
+                lines.append(f"  {url}: refused: {problem}")
+                note(lines[-1], number)
+                break
+    finally:
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    raise DownloadError([f"{entry.name}: could not be fetched from any of its {len(entry.urls)} URLs:", *lines])
+
+
+# -------------------------------------------------------------------------------------------- unpack
+
+
+def _count_files(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for item in entries if item.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
+def file_is_unpacked(entry: ManifestFile, root: str | os.PathLike[str]) -> bool:
+    """Whether ``entry``'s content is in ``root``: its ``.done`` marker, or its ``check`` paths and ``counts``."""
+    root = Path(root)
+    if (root / DOWNLOAD_DIR / f"{entry.name}.done").is_file():
+        return True
+    return all((root / path).exists() for path in entry.check) and all(
+        _count_files(root / folder) >= count for folder, count in entry.counts.items())
+
+
+def _safe_members(names: Sequence[str], archive: Path) -> None:
+    for name in names:
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts:
+            raise ValueError(f"{archive}: refusing to unpack {name!r}, which points outside the folder")
+
+
+def _extract(archive: Path, kind: str, staging: Path) -> None:
+    if kind == "tar":
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            _safe_members([m.name for m in members], archive)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:  # Python before 3.11.4: the names were checked above; skip links and devices
+                tar.extractall(staging, members=[m for m in members if m.isfile() or m.isdir()])
+    elif kind == "zip":
+        with zipfile.ZipFile(archive) as zipped:
+            _safe_members(zipped.namelist(), archive)
+            zipped.extractall(staging)
+    else:
+        shutil.copyfile(archive, staging / archive.name)
+
+
+def _unpack(archive: Path, entry: ManifestFile, root: Path, log: Callable[[str], None]) -> None:
+    """Unpack ``archive`` into a temporary folder in ``root``, then move its files into ``root/entry.into`` with
+    the ``check`` paths last, so that those exist only once everything else is in place."""
+    staging = root / f".{entry.name}.unpack.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        log(f"{entry.name}: unpacking into {root / entry.into if entry.into else root}")
+        _extract(archive, entry.unpack, staging)
+        target = root / entry.into
+        last = {os.path.normpath(os.path.relpath(root / p, target)) for p in entry.check}
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        moves = sorted(files, key=lambda p: os.path.normpath(str(p.relative_to(staging))) in last)
+        for path in moves:
+            dest = target / path.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+        for folder in sorted((p for p in staging.rglob("*") if p.is_dir()), reverse=True):
+            (target / folder.relative_to(staging)).mkdir(parents=True, exist_ok=True)  # empty folders too
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class DownloadResult:
+    """What :func:`download_dataset` did."""
+
+    name: str
+    root: Path
+    fetched: list[str]  # files downloaded (or found checked in the download folder) and unpacked now
+    present: list[str]  # files found already unpacked, left alone
+    manual: list[str] = field(default_factory=list)  # steps a person still has to do ({root} filled in)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file is in place and nothing is left to do by hand."""
+        return not self.manual
+
+
+def _csv_header_problem(path: Path) -> str | None:
+    """Why ``path`` is not a label csv with path, label and split columns (e.g. an HTML error page), or None."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = [name.strip().lower() for name in next(csv.reader(handle), [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"not a csv file ({_short(exc)})"
+    for keys in (("path", "file", "image"), ("label",), ("split",)):
+        if not any(key in name for name in header for key in keys):
+            return f"not the label csv: no column whose name contains {keys[0]!r} in its header {header[:6]}"
+    return None
+
+
+def _missing_images(name: str, root: Path) -> str | None:
+    """For a dataset with steps done by hand: what is still missing (one line), or None when nothing is."""
+    if name != "nuswide":
+        return "the files fetched by hand are not checked for this dataset"
+    with open(root / NUSWIDE_CSV, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip().lower() for name in next(reader, [])]
+        column = next(i for key in ("path", "file", "image") for i, name in enumerate(header) if key in name)
+        paths = [row[column].strip() for row in reader if row]
+    missing = sum(1 for p in paths if not (root / p).is_file())
+    return f"{missing} of the {len(paths)} images listed in {root / NUSWIDE_CSV} are not in {root}" if missing else None
+
+
+def download_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    retries: int = 3,
+    timeout: float = TIMEOUT_S,
+    keep_archives: bool = False,
+    log: Callable[[str], None] = print,
+) -> DownloadResult:
+    """Fetch and unpack every file of dataset ``name`` into ``root``, in the layout its loader reads.
+
+    Files already unpacked (see :func:`file_is_unpacked`) are left alone. See the module docstring for the
+    guarantees. For nuswide the image archive cannot be fetched by a script: the result's ``manual`` lists
+    exactly what to fetch by hand and where to put it (empty once the images listed by the csv are there).
+
+    Raises:
+        ValueError: an unknown dataset or a bad manifest (naming it), before anything is written.
+        DownloadError: a file could not be fetched (one line per URL tried); what was unpacked before stays.
+    """
+    entry = load_manifest(name, manifest)
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"root: {root} exists and is not a folder")
+    fetched, present = [], []
+    for item in entry.files:
+        if file_is_unpacked(item, root):
+            present.append(item.name)
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        validate = _csv_header_problem if item.unpack == "none" and item.name.endswith(".csv") else None
+        try:
+            archive = fetch_file(item, root / DOWNLOAD_DIR, progress=progress, retries=retries, timeout=timeout,
+                                 log=log, validate=validate)
+        except DownloadError as exc:
+            raise DownloadError([*exc.lines, f"what to do: {offline_advice(name)}"]) from None
+        _unpack(archive, item, root, log)
+        digests = {"size": archive.stat().st_size, **item.checksums}
+        if not keep_archives:
+            archive.unlink()
+        marker = (json.dumps(digests, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(root / DOWNLOAD_DIR / f"{item.name}.done", marker)
+        fetched.append(item.name)
+    manual: list[str] = []
+    if entry.concepts:
+        if not (root / NUSWIDE_CONCEPTS).exists():
+            atomic_write_bytes(root / NUSWIDE_CONCEPTS, ("\n".join(entry.concepts) + "\n").encode())
+            log(f"{NUSWIDE_CONCEPTS}: wrote the {len(entry.concepts)} class names (the manifest's concept list)")
+    if entry.manual:
+        missing = _missing_images(name, root)
+        if missing:
+            log(f"{name}: {missing}")
+            manual = [line.replace("{root}", str(root)) for line in entry.manual]
+    return DownloadResult(name=name, root=root, fetched=fetched, present=present, manual=manual)
+
+
+def offline_advice(name: str) -> str:
+    """What to do when no URL of a file could be reached (the last line of the error)."""
+    return (f"check the network (or a proxy: https_proxy), or fetch the files by hand into "
+            f"ROOT/{DOWNLOAD_DIR}/ and run `multiguard datasets download {name} --root ROOT` again; a mirror "
+            "of your own: --manifest FILE (docs/datasets.md)")
