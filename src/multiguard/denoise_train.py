@@ -288,7 +288,9 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
     if stability_epochs:  # a fresh optimiser at the switch, as when started from an MSE denoiser (--pretrained)
         second = optimizer if resumed_epoch > s.epochs else make_optimizer(denoiser.parameters(), s.lr)
         stages.append(("stability", second, s.epochs + stability_epochs))
-    for objective_name, stage_optimizer, until in stages:
+    for position, (objective_name, stage_optimizer, until) in enumerate(stages):
+        if position < len(stages) - 1 and meta["epoch"] >= until:
+            continue  # resumed past this stage (the last one refuses a checkpoint trained beyond the total)
         def save(meta: dict[str, Any], stage_optimizer: torch.optim.Optimizer = stage_optimizer) -> None:
             if out_path is not None:
                 save_denoiser_checkpoint(out_path, denoiser, meta, stage_optimizer.state_dict())
