@@ -99,6 +99,54 @@ def test_a_registered_precision_mode_is_a_choice_and_runs_its_autocast(tmp_path,
     np.testing.assert_array_equal(load_counts(tmp_path / "full")["counts"], load_counts(tmp_path / "fp32")["counts"])
 
 
+class _Shrink(torch.nn.Module):
+    """A denoiser of the test's own source form: pulls every pixel towards 0.5 by a fixed factor."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+        self.identity = {"kind": "shrink", "factor": factor}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 + self.factor * (x - 0.5)
+
+
+def test_a_registered_denoiser_source_is_a_denoiser_form_of_certify(tmp_path, capsys, tiny_model_checkpoint):
+    from multiguard.denoiser_sources import DENOISER_SOURCES
+
+    args = ["certify", "--checkpoint", str(tiny_model_checkpoint), *CERTIFY_ARGS, "--num-inputs", "4",
+            "--device", "cpu", "--quiet"]
+    result = run_in_process(capsys, *args, "--denoiser", "shrink:0.5", "--out", str(tmp_path / "refused"))
+    assert_one_line_error_in_process(result, "shrink:0.5")  # control: before it is registered, a missing file
+
+    def shrink(spec, *, sigma, image_size, in_channels, device):
+        return _Shrink(float(spec))
+
+    DENOISER_SOURCES.register("shrink", shrink, spec="<factor>", help="pull pixels towards grey")
+    try:
+        assert "shrink:<factor>" in " ".join(run_in_process(capsys, "certify", "--help")[1].split())
+        code, _, err = run_in_process(capsys, *args, "--denoiser", "shrink:0.5", "--out", str(tmp_path / "half"))
+        assert code == 0, err
+        code, _, err = run_in_process(capsys, *args, "--denoiser", "shrink:0.5", "--resume", "--out",
+                                      str(tmp_path / "half"))
+        assert code == 0, err
+        assert_one_line_error_in_process(run_in_process(
+            capsys, *args, "--denoiser", "shrink:0.25", "--resume", "--out", str(tmp_path / "half")),
+            "denoiser_sha256", "factor: the run has 0.5, the arguments give 0.25")
+    finally:
+        DENOISER_SOURCES.unregister("shrink")
+    meta = json.loads((tmp_path / "half" / "metadata.json").read_text())
+    assert meta["denoiser"] == "shrink:0.5" and meta["denoiser_settings"] == {"kind": "shrink", "factor": 0.5}
+    assert not np.array_equal(load_counts(tmp_path / "half")["counts"],
+                              load_counts(run_dir_plain(tmp_path, capsys, args))["counts"])
+
+
+def run_dir_plain(tmp_path: Path, capsys, args: list[str]) -> Path:
+    out = tmp_path / "plain"
+    assert run_in_process(capsys, *args, "--out", str(out))[0] == 0
+    return out
+
+
 def test_a_registered_command_runs_with_shared_option_groups(capsys):
     from multiguard.cli.options import add_output
 

@@ -24,7 +24,8 @@ TORCH_LIBRARIES = ("torch", "torchvision", "timm")
 TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
               "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical", "multiguard.results",
               "multiguard.shards", "multiguard.data.download", "multiguard.thresholded", "multiguard.thresholds",
-              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes")
+              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes",
+              "multiguard.denoiser_sources")
 
 
 def _module_name(path: Path) -> str:
@@ -136,9 +137,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("command line", frozenset({"cli", "cli.commands", "cli.options", "__main__"})),
     ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
     ("training, attack, checkpoints, data, runs", frozenset({
-        "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "losses", "runs",
-        "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files", "shards",
-        "augment",
+        "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "diffusion", "losses",
+        "runs", "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
+        "shards", "augment",
         "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
         "data.voc", "data.download", "data.verify"})),
     ("MultiGuard", frozenset({"smoothing", "acceleration"})),
@@ -146,7 +147,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("certificate math, registries and utilities", frozenset({
         "", "certify", "sequential", "thresholded", "thresholds", "runspec", "methods", "empirical", "results", "modes",
         "architectures", "registry",
-        "deprecation", "settings",
+        "deprecation", "settings", "denoiser_sources",
         "validation", "files", "seeds", "devices"})),
 )
 

@@ -208,6 +208,7 @@ DENOISER_FLAGS = {"--dataset", "--data-root", "--epochs", "--batch-size", "--lr"
                   "--arch", "--arch-option", "--objective", "--classifier", "--pretrained", "--precision",
                   "--channels-last"}
 COMMON_FLAGS = {"-h", "--device", "--resume", "--overwrite", "--quiet", "--out", "--debug"}
+ADDED_DENOISER_FLAGS = {"--stability-epochs"}  # since: the default recipe (MSE, then stability, in one command)
 
 
 def test_the_training_commands_offer_every_setting_and_only_those():
@@ -217,7 +218,7 @@ def test_the_training_commands_offer_every_setting_and_only_those():
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     for command, cls, expected in (("train", TrainSettings, TRAIN_FLAGS),
-                                   ("train-denoiser", DenoiserTrainSettings, DENOISER_FLAGS)):
+                                   ("train-denoiser", DenoiserTrainSettings, DENOISER_FLAGS | ADDED_DENOISER_FLAGS)):
         parser = commands[command]
         flags = {a.option_strings[0] for a in parser._actions if a.option_strings}
         assert flags == expected | COMMON_FLAGS, command

@@ -43,7 +43,8 @@ DENOISER_ARCHITECTURES.register("dncnn", "multiguard.denoisers:DnCNN", options=(
 DENOISER_ARCHITECTURES.register("unet", "multiguard.denoisers:SmallUNet", options=("width", "levels", "depth"),
                                 minima={"width": 1, "levels": 1, "depth": 0},
                                 image_size_multiple=lambda options: 2 ** options.get("levels", 2),
-                                help="a small U-Net working below full resolution (width 16, levels 2, depth 1)")
+                                help="a small U-Net working below full resolution (width 32, levels 2, depth 2; "
+                                "train-denoiser's default)")
 
 
 def _quoted(names: tuple[str, ...], forms: tuple[str, ...]) -> str:

@@ -17,7 +17,7 @@ from . import report as _report
 from . import runs as _runs
 from .attack import attack_smoothed
 from .checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-from .denoisers import denoiser_record
+from .denoisers import denoiser_in, denoiser_record
 from .devices import resolve_device
 from .empirical import (
     EMPIRICAL_CSV,
@@ -141,10 +141,11 @@ def run_attack(
                                         denoiser=denoiser)
     sigma, clamp = smoother.sigma, smoother.clamp
     indices = _runs.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
+    denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
     identity = {
         "checkpoint_sha256": file_sha256(checkpoint_path),
         "model_file_sha256": getattr(model, "arch_file_sha256", None),
-        "denoiser_sha256": None if denoiser is None else file_sha256(denoiser),
+        "denoiser_sha256": denoiser_facts["denoiser_sha256"],
         **{key: info.get(key) for key in ("dataset", "split", "dataset_options")},
         "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
@@ -185,7 +186,7 @@ def run_attack(
         arrays["certified"] = certified
     settings = {
         "checkpoint": os.fspath(checkpoint_path),
-        **denoiser_record(denoiser),
+        **denoiser_facts,
         **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
         "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
         "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,

@@ -54,7 +54,8 @@ class BaseClassifierSpec:
         mode: the sampling mode (:class:`ModeSpec`, or a resolved
             :class:`multiguard.acceleration.SamplingMode`: anything with ``precision``, ``channels_last`` and
             ``compile``).
-        denoiser: a denoiser checkpoint to put in front of the classifier (denoised smoothing), or ``None``.
+        denoiser: a denoiser checkpoint to put in front of the classifier (denoised smoothing), a registered
+            ``<source>:<spec>`` form (``diffusers:<model id or folder>``, kept as a string), or ``None``.
         device: where the model runs: a device name already resolved (e.g. the torchrun context's) or
             ``"auto"`` (resolved once, on first use).
         k_prime: the base classifier's top-k' (what a sequential run's stop rule reads; counts are stored for
@@ -70,7 +71,7 @@ class BaseClassifierSpec:
     checkpoint: Path
     sigma: float | None = None
     mode: Any = field(default_factory=ModeSpec)
-    denoiser: Path | None = None
+    denoiser: Path | str | None = None
     device: str | None = "auto"
     k_prime: int = 1
     thresholds: Any = None
@@ -78,7 +79,7 @@ class BaseClassifierSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", Path(self.checkpoint))
-        if self.denoiser is not None:
+        if self.denoiser is not None and not self.denoiser_is_source:
             object.__setattr__(self, "denoiser", Path(self.denoiser))
         check_int(self.k_prime, "k_prime", 1)
         if self.sigma is not None:  # before any file is read or made
@@ -109,9 +110,21 @@ class BaseClassifierSpec:
         return self._once("checkpoint_sha256", lambda: file_sha256(self.checkpoint))
 
     @property
+    def denoiser_is_source(self) -> bool:
+        """Whether the denoiser is a registered ``<source>:<spec>`` form (e.g. ``diffusers:...``), not a file."""
+        from .denoiser_sources import denoiser_source
+
+        return self.denoiser is not None and denoiser_source(os.fspath(self.denoiser)) is not None
+
+    @property
     def denoiser_sha256(self) -> str | None:
-        """The denoiser file's SHA-256 (read once), ``None`` without a denoiser."""
-        return None if self.denoiser is None else self._once("denoiser_sha256", lambda: file_sha256(self.denoiser))
+        """The denoiser file's SHA-256 (read once), or the digest of a source denoiser's identity (builds it);
+        ``None`` without a denoiser."""
+        if self.denoiser is None:
+            return None
+        if self.denoiser_is_source:
+            return self.denoiser_record()["denoiser_sha256"]
+        return self._once("denoiser_sha256", lambda: file_sha256(self.denoiser))
 
     def _loaded(self) -> tuple[Any, dict[str, Any]]:
         def load_model() -> tuple[Any, dict[str, Any]]:
@@ -148,13 +161,17 @@ class BaseClassifierSpec:
         ``denoiser_settings`` (``None`` values without one)."""
         if self.denoiser is None:
             return {"denoiser": None, "denoiser_sha256": None, "denoiser_settings": None}
+        if self.denoiser_is_source:  # the identity of the denoiser the source built (model, timestep, ...)
+            from .denoisers import denoiser_in, denoiser_record
+
+            return self._once("denoiser_record", lambda: denoiser_record(self.denoiser, denoiser_in(self.load())))
 
         def settings() -> dict[str, Any]:
             from .denoisers import read_denoiser_checkpoint
 
             meta = read_denoiser_checkpoint(self.denoiser)["meta"]
             return {key: meta.get(key) for key in ("arch", "arch_options", "objective", "sigma", "dataset", "epoch",
-                                                     "classifier_sha256")}
+                                                     "classifier_sha256", "stability_epochs")}
 
         return {"denoiser": os.fspath(self.denoiser), "denoiser_sha256": self.denoiser_sha256,
                 "denoiser_settings": self._once("denoiser_settings", settings)}

@@ -150,10 +150,11 @@ def smoothed_from_checkpoint(
     ``channels_last`` and ``compile`` set the sampling mode (:mod:`multiguard.acceleration`), which is part of
     the base classifier.
 
-    ``denoiser``: a denoiser checkpoint (:func:`multiguard.denoise_train.train_denoiser`) to put in front of the
-    model: the base classifier becomes ``model(denoiser(x + noise))`` (denoised smoothing; the certificate is
-    the same; the sampling mode covers the denoiser too). A denoiser trained for another sigma or image size
-    is refused with a ValueError.
+    ``denoiser``: a denoiser checkpoint (:func:`multiguard.denoise_train.train_denoiser`) or a registered
+    ``<source>:<spec>`` form such as ``diffusers:<model id or folder>`` (:func:`multiguard.denoisers.build_denoiser`)
+    to put in front of the model: the base classifier becomes ``model(denoiser(x + noise))`` (denoised smoothing;
+    the certificate is the same; the sampling mode covers the denoiser too). A denoiser trained for another sigma
+    or image size is refused with a ValueError.
 
     ``thresholds``: per-label thresholds (:class:`multiguard.thresholds.LabelThresholds`) of a thresholded base
     classifier (``MultiGuard(thresholds=...)``), or ``None``.
@@ -167,12 +168,11 @@ def smoothed_from_checkpoint(
         sigma = float(meta["sigma"])
     clamp = (0.0, 1.0) if meta.get("clamp") else None
     if denoiser is not None:
-        from .denoisers import DenoisedClassifier, check_denoiser, load_denoiser
+        from .denoisers import DenoisedClassifier, build_denoiser
 
         model_device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-        denoiser_model, denoiser_meta = load_denoiser(denoiser, device=model_device)
-        check_denoiser(denoiser_meta, sigma=sigma, image_size=int(meta["image_size"]),
-                       in_channels=int(meta.get("in_channels", 3)), path=denoiser)
+        denoiser_model = build_denoiser(denoiser, sigma=sigma, image_size=int(meta["image_size"]),
+                                        in_channels=int(meta.get("in_channels", 3)), device=model_device)
         model = DenoisedClassifier(denoiser_model, model)
     return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
                       clamp=clamp, device=None if device is None else resolve_device(device),

@@ -256,7 +256,8 @@ def run_denoised_demo(
                   progress=False, train_size=den["train_size"], test_size=den["test_size"], log=indent)
     paths["mse"], paths["stability"] = out / "denoiser-mse.pt", out / "denoiser-stability.pt"
     log(f"[2/4] training a {den['arch']} denoiser for sigma = {sigma} with the MSE objective (no labels)")
-    train_denoiser("multidigits", objective="mse", epochs=den["mse_epochs"], out=paths["mse"], **common)
+    train_denoiser("multidigits", objective="mse", epochs=den["mse_epochs"], stability_epochs=0, out=paths["mse"],
+                   **common)
     log("[3/4] fine-tuning it with the stability objective through the frozen clean classifier (no labels)")
     train_denoiser("multidigits", objective="stability", epochs=den["stability_epochs"], pretrained=paths["mse"],
                    out=paths["stability"], **common)

@@ -4,6 +4,9 @@ Usage::
 
     from multiguard.denoise_train import train_denoiser
 
+    # the default recipe, one call: the unet denoiser, 4 MSE epochs, then 8 stability epochs through the classifier
+    denoiser, meta = train_denoiser("multidigits", sigma=0.5, classifier="clean.pt", out="den.pt")
+
     # no labels: learn to remove N(0, 0.5^2) noise from multidigits images
     denoiser, meta = train_denoiser("multidigits", sigma=0.5, arch="dncnn", epochs=4, out="den-mse.pt")
 
@@ -44,7 +47,7 @@ from .devices import resolve_device
 from .files import check_output_file, file_sha256
 from .objectives import ObjectiveContext, stability_loss
 from .seeds import training_seed
-from .train_settings import TRAINING_OBJECTIVES, DenoiserTrainSettings, objective_names
+from .train_settings import DEFAULT_STABILITY_EPOCHS, TRAINING_OBJECTIVES, DenoiserTrainSettings, objective_names
 from .training import (
     Log,
     TrainingLoop,
@@ -62,6 +65,7 @@ from .training import (
     settings_from,
     torch_threads,
 )
+from .validation import RunMismatchError
 
 __all__ = ["OBJECTIVES", "DenoiserTrainSettings", "evaluate_denoiser", "stability_loss", "train_denoiser"]
 
@@ -142,7 +146,12 @@ def train_denoiser(
             channels set the denoiser's.
         pretrained: a denoiser checkpoint to start from (same arch and options), e.g. the MSE denoiser
             before stability training.
-        epochs: total epochs (a resumed run trains the missing ones); batch_size, lr: Adam's.
+        epochs: epochs of ``objective`` (a resumed run trains the missing ones); batch_size, lr: Adam's.
+        stability_epochs: epochs of the stability objective after the ``epochs`` of ``mse``, in the same call,
+            with a fresh optimiser at the switch (``None``: ``DEFAULT_STABILITY_EPOCHS`` = 8 with a classifier
+            and objective ``mse``, else 0). The metadata records ``stability_epochs`` and ``stability_after``;
+            with a classifier it also holds ``check``: the classifier's top-1 agreement on the held-out noisy
+            images with the denoiser and without it (``top1_agreement_without``), also logged at the end.
         clamp: clamp the noisy images to [0, 1] before the denoiser (as certification does with a
             classifier trained with ``clamp``).
         seed: seeds initialisation, data order and noise (and multidigits' composition).
@@ -218,6 +227,16 @@ def _build_denoiser(settings: DenoiserTrainSettings, meta: dict[str, Any], devic
     return denoiser
 
 
+def check_line(meta: dict[str, Any]) -> str:
+    """The end-of-training check in words: how often the classifier's top-1 label on held-out noisy images equals
+    its label on the clean images, without the denoiser and with it."""
+    check = meta["check"]
+    return (f"check on {check['images']} held-out images with noise sigma = {meta['sigma']:g}: the classifier's top-1 "
+            f"label matches its clean-image label on {100 * check['top1_agreement_without']:.1f} % of them without "
+            f"the denoiser, {100 * check['top1_agreement']:.1f} % with it (a noise-trained classifier's own noisy "
+            "agreement is the bar to reach; if the gain is small, train longer or a larger --arch)")
+
+
 def _describe(objective: str, classifier: nn.Module | None):
     def describe(epoch: int, epochs: int, loss: float, measures: dict[str, Any], seconds: float) -> str:
         agreement = f", top-1 agreement {measures['top1_agreement']:.3f}" if classifier is not None else ""
@@ -251,21 +270,28 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         raise ValueError(f"classifier: {s.classifier} takes {classifier_meta['in_channels']}x"
                          f"{classifier_meta['image_size']}x{classifier_meta['image_size']} images, the dataset gives "
                          f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}")
+    stability_epochs = s.stability_epochs_resolved
+    if stability_epochs:  # the switch to stability is part of what a resumed training must continue
+        meta["stability_epochs"], meta["stability_after"] = stability_epochs, s.epochs
+        meta["epochs"] = s.epochs + stability_epochs
     denoiser = _build_denoiser(s, meta, device)
     optimizer = make_optimizer(denoiser.parameters(), s.lr)
     if resume and out_path is not None and out_path.exists():
-        resume_from(out_path, read_denoiser_checkpoint, meta, identity_now(s, meta, _DERIVED_RESUME_KEYS),
-                    _RESTORED_KEYS, denoiser, optimizer, log)
+        derived = (*_DERIVED_RESUME_KEYS, *(("stability_after",) if stability_epochs else ()))
+        # an MSE-only checkpoint continues into stability epochs if it has not trained MSE past the switch
+        resume_from(out_path, read_denoiser_checkpoint, meta, identity_now(s, meta, derived),
+                    _RESTORED_KEYS, denoiser, optimizer, log, legacy={"stability_after": s.epochs})
+        if stability_epochs and meta["epoch"] > s.epochs and meta["metrics"][s.epochs].get("objective") != "stability":
+            raise RunMismatchError(f"resume: {out_path} trained {meta['epoch']} epochs of {s.objective}, past the "
+                                   f"switch to stability after --epochs {s.epochs}")
+    resumed_epoch = meta["epoch"]
 
-    def evaluate(trained: nn.Module) -> dict[str, float]:
+    def evaluate(trained: nn.Module, objective_name: str) -> dict[str, Any]:
         quality = evaluate_denoiser(trained, test_set, s.sigma, classifier=frozen, clamp=s.clamp, seed=s.seed,
                                     device=device)
         return {"test_mse": quality["mse"], "noisy_mse": quality["noisy_mse"],
-                **({"top1_agreement": quality["top1_agreement"]} if frozen is not None else {})}
-
-    def save(meta: dict[str, Any]) -> None:
-        if out_path is not None:
-            save_denoiser_checkpoint(out_path, denoiser, meta, optimizer.state_dict())
+                **({"top1_agreement": quality["top1_agreement"]} if frozen is not None else {}),
+                **({"objective": objective_name} if stability_epochs else {})}  # which stage, with two
 
     autocast_dtype, implied_channels_last = resolve_precision(s.precision, device)
     channels_last = s.channels_last or implied_channels_last
@@ -277,11 +303,35 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
 
         forward = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
-    objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(s.sigma, s.clamp, classifier=frozen))
-    loop = TrainingLoop(model=denoiser, optimizer=optimizer, objective=objective, train_set=train_set,
-                        batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
-                        describe=_describe(s.objective, frozen), save=save, progress=progress, forward=forward,
-                        scaler=scaler, autocast_dtype=autocast_dtype, channels_last=channels_last, dist=dist)
-    loop.run(meta, s.epochs, log)
-    meta["epochs"] = max(s.epochs, meta["epoch"])
-    return denoiser.to(memory_format=torch.contiguous_format).eval(), meta
+    stages = [(s.objective, optimizer, s.epochs)]
+    if stability_epochs:  # a fresh optimiser at the switch, as when started from an MSE denoiser (--pretrained)
+        second = optimizer if resumed_epoch > s.epochs else make_optimizer(denoiser.parameters(), s.lr)
+        stages.append(("stability", second, s.epochs + stability_epochs))
+    for position, (objective_name, stage_optimizer, until) in enumerate(stages):
+        if position < len(stages) - 1 and meta["epoch"] >= until:
+            continue  # resumed past this stage (the last one refuses a checkpoint trained beyond the total)
+        def save(meta: dict[str, Any], stage_optimizer: torch.optim.Optimizer = stage_optimizer) -> None:
+            if out_path is not None:
+                save_denoiser_checkpoint(out_path, denoiser, meta, stage_optimizer.state_dict())
+
+        objective = TRAINING_OBJECTIVES.get(objective_name)(ObjectiveContext(s.sigma, s.clamp, classifier=frozen))
+        loop = TrainingLoop(model=denoiser, optimizer=stage_optimizer, objective=objective, train_set=train_set,
+                            batch_size=s.batch_size, seed=s.seed, device=device,
+                            evaluate=lambda trained, name=objective_name: evaluate(trained, name),
+                            describe=_describe(objective_name, frozen), save=save, progress=progress,
+                            forward=forward, scaler=scaler, autocast_dtype=autocast_dtype,
+                            channels_last=channels_last, dist=dist)
+        loop.run(meta, until, log)
+    meta["epochs"] = max(stages[-1][2], meta["epoch"])
+    denoiser = denoiser.to(memory_format=torch.contiguous_format)
+    if frozen is not None and (dist is None or dist.rank == 0):  # good enough for this classifier? the same noisy
+        without = evaluate_denoiser(nn.Identity(), test_set, s.sigma, classifier=frozen, clamp=s.clamp, seed=s.seed,
+                                    device=device)["top1_agreement"]  # images, with and without the denoiser
+        meta["check"] = {"top1_agreement": meta["metrics"][-1]["top1_agreement"], "top1_agreement_without": without,
+                         "images": len(test_set)}
+        log(check_line(meta))
+    elif s.objective == "mse" and frozen is None:
+        log(f"trained with MSE only (no --classifier); with --classifier CLASSIFIER the MSE epochs are followed by "
+            f"{DEFAULT_STABILITY_EPOCHS} stability epochs through it (the default recipe, far better for that "
+            "classifier)")
+    return denoiser.eval(), meta

@@ -23,11 +23,17 @@ Architectures (``arch``), each mapping ``(N, C, S, S) -> (N, C, S, S)`` in [0, 1
     unet                    a small U-Net whose convolutions all work below full resolution: ``levels``
                             stride-2 stages of ``width``, 2 x ``width``, ... channels, transposed convolutions
                             back up with skip connections, and a last convolution that also sees the noisy
-                            input (residual); a wide receptive field for few operations per pixel
+                            input (residual); a wide receptive field for few operations per pixel (defaults
+                            width 32, levels 2, depth 2: train-denoiser's default, the best certified F1 per
+                            unit of sampling cost measured on multidigits)
     path/to/file.py:factory or package.module:factory
                             your own: ``factory(in_channels=C[, image_size=S])`` returning an nn.Module, found
                             as :func:`multiguard.models.resolve_factory` finds a classifier's factory (the
                             checkpoint records the file's absolute path)
+
+A ``--denoiser`` value may also be ``<source>:<spec>`` with the source registered in
+:data:`multiguard.denoiser_sources.DENOISER_SOURCES` (``diffusers:<model id or folder>``: a pretrained diffusion
+model's one-step denoiser, :mod:`multiguard.diffusion`); :func:`build_denoiser` builds either form.
 
 Denoiser checkpoints hold the weights and the metadata needed to rebuild and to check the denoiser
 (``sigma``, ``arch``, ``arch_options``, ``image_size``, ``in_channels``, ``dataset``, ``objective``, ...);
@@ -51,6 +57,7 @@ from .checkpoint_files import (  # the denoiser file format lives there; these n
     read_denoiser_checkpoint,
     save_denoiser_checkpoint,
 )
+from .denoiser_sources import DENOISER_SOURCES, denoiser_source, identity_sha256
 from .devices import resolve_device
 from .files import file_sha256
 from .models import resolve_factory
@@ -64,8 +71,10 @@ __all__ = [
     "DenoisedClassifier",
     "DnCNN",
     "SmallUNet",
+    "build_denoiser",
     "check_denoiser",
     "create_denoiser",
+    "denoiser_in",
     "denoiser_record",
     "load_denoiser",
     "read_denoiser_checkpoint",
@@ -110,7 +119,7 @@ class SmallUNet(nn.Module):
     Shapes: ``(N, C, S, S) -> (N, C, S, S)``, S divisible by ``2**levels``.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 16, levels: int = 2, depth: int = 1) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 32, levels: int = 2, depth: int = 2) -> None:
         super().__init__()
         in_channels = check_int(in_channels, "in_channels", 1)
         width = check_int(width, "width", 1)
@@ -280,13 +289,51 @@ def check_denoiser(meta: dict[str, Any], *, sigma: float, image_size: int, in_ch
                          f"images, not the {in_channels}x{image_size}x{image_size} images of this classifier")
 
 
-def denoiser_record(path: str | os.PathLike | None) -> dict[str, Any]:
+def build_denoiser(denoiser: str | os.PathLike, *, sigma: float, image_size: int, in_channels: int,
+                   device: str | torch.device = "cpu") -> nn.Module:
+    """The denoiser a ``--denoiser`` value names, checked for the certified sigma and images, in eval mode.
+
+    ``denoiser``: a denoiser checkpoint file (:func:`multiguard.denoise_train.train_denoiser`; refused when trained
+    for another sigma or image shape, see :func:`check_denoiser`), or ``<source>:<spec>`` with ``source``
+    registered in :data:`multiguard.denoiser_sources.DENOISER_SOURCES` (e.g. ``diffusers:google/ddpm-cifar10-32``:
+    the source builds it for this sigma and image shape, and gives it an ``identity`` dict).
+    Shapes: ``(N, in_channels, image_size, image_size) -> same``, pixels in [0, 1].
+    """
+    form = denoiser_source(denoiser)
+    if form is None:
+        module, meta = load_denoiser(denoiser, device=device)
+        check_denoiser(meta, sigma=sigma, image_size=image_size, in_channels=in_channels, path=denoiser)
+        return module
+    source, spec = form
+    module = DENOISER_SOURCES.get(source)(spec, sigma=sigma, image_size=image_size, in_channels=in_channels,
+                                          device=device)
+    if not isinstance(module, nn.Module) or not isinstance(getattr(module, "identity", None), dict):
+        raise ValueError(f"denoiser: the {source!r} denoiser source returned {type(module).__name__}, not an "
+                         "nn.Module with an identity dict")
+    return module.eval()
+
+
+def denoiser_record(denoiser: str | os.PathLike | None, module: nn.Module | None = None) -> dict[str, Any]:
     """What a RUN_DIR or an ATTACK_DIR records about the denoiser in front of its classifier (``None`` values
-    without one): ``denoiser`` (path), ``denoiser_sha256`` (a resume must match it), and its ``arch``,
-    ``arch_options``, ``objective``, ``sigma``, ``dataset`` and ``epoch`` under ``denoiser_settings``."""
-    if path is None:
+    without one): ``denoiser`` (the path or the ``<source>:<spec>`` value), ``denoiser_sha256`` (a resume must
+    match it) and ``denoiser_settings``: a checkpoint's ``arch``, ``arch_options``, ``objective``, ``sigma``,
+    ``dataset``, ``epoch`` and ``classifier_sha256``, or a source's ``identity`` (then ``module``, the built
+    denoiser, is needed, and ``denoiser_sha256`` is the digest of the identity)."""
+    if denoiser is None:
         return {"denoiser": None, "denoiser_sha256": None, "denoiser_settings": None}
-    meta = read_denoiser_checkpoint(path)["meta"]
+    if denoiser_source(denoiser) is not None:
+        identity = getattr(module, "identity", None)
+        if not isinstance(identity, dict):
+            raise ValueError(f"denoiser: the record of {denoiser} needs the built denoiser (its identity)")
+        return {"denoiser": os.fspath(denoiser), "denoiser_sha256": identity_sha256(identity),
+                "denoiser_settings": dict(identity)}
+    meta = read_denoiser_checkpoint(denoiser)["meta"]
     settings = {key: meta.get(key) for key in ("arch", "arch_options", "objective", "sigma", "dataset", "epoch",
-                                                 "classifier_sha256")}
-    return {"denoiser": os.fspath(path), "denoiser_sha256": file_sha256(path), "denoiser_settings": settings}
+                                                 "classifier_sha256", "stability_epochs")}
+    return {"denoiser": os.fspath(denoiser), "denoiser_sha256": file_sha256(denoiser), "denoiser_settings": settings}
+
+
+def denoiser_in(model: Any) -> nn.Module | None:
+    """The denoiser inside a smoothed classifier (``MultiGuard``) or a :class:`DenoisedClassifier`, else ``None``."""
+    model = getattr(model, "model", model)
+    return model.denoiser if isinstance(model, DenoisedClassifier) else None

@@ -778,7 +778,24 @@ def _denoiser_note(metadata: dict[str, Any]) -> str:
         return ""
     settings = metadata.get("denoiser_settings") or {}
     details = ", ".join(str(settings[key]) for key in ("arch", "objective") if settings.get(key))
+    if "timestep" in settings:  # a one-step diffusion denoiser: its step and the resolution policy, always stated
+        details = (f"{settings.get('kind')}, {settings.get('source')}"
+                   + (f"@{settings['revision']}" if settings.get("revision") else "")
+                   + f", one step at timestep {settings['timestep']:g} (model noise level "
+                   f"{settings.get('noise_level', float('nan')):.4g} for the effective noise std "
+                   f"{settings.get('effective_noise_std', float('nan')):.4g}, mismatch "
+                   f"{100 * settings.get('noise_mismatch', 0.0):+.2f} %), " + _resize_note(settings))
     return f", denoiser {metadata['denoiser']}" + (f" ({details})" if details else "")
+
+
+def _resize_note(settings: dict[str, Any]) -> str:
+    """The resolution policy of a diffusion denoiser, in words: noise added at the certified size, resize inside."""
+    size, native, mode = settings.get("image_size"), settings.get("model_size"), settings.get("resize")
+    if mode in (None, "none"):
+        return f"model size {native} = certified image size"
+    return (f"certified images {size}x{size}, model size {native}x{native}: the noisy image is resized ({mode}) "
+            "inside the base classifier and the denoised one resized back, so the radii are l2 on the certified "
+            f"{size}x{size} images")
 
 
 def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: Sequence[int],

@@ -30,6 +30,7 @@ from .validation import check_bool
 
 __all__ = [
     "AUGMENTATIONS",
+    "DEFAULT_STABILITY_EPOCHS",
     "LOSSES",
     "RECIPES",
     "TRAINING_OBJECTIVES",
@@ -56,6 +57,10 @@ TRAINING_OBJECTIVES.register("mse", "multiguard.objectives:mse", trains="denoise
 TRAINING_OBJECTIVES.register("stability", "multiguard.objectives:stability", trains="denoiser",
                              needs_classifier=True,
                              help="the frozen classifier says on denoised noisy images what it says on clean ones")
+
+#: The default denoiser recipe (measured on multidigits, benchmarks/bench_denoiser_recipe.py): the unet denoiser
+#: (width 32, levels 2, depth 2), 4 MSE epochs, then this many stability epochs through the classifier.
+DEFAULT_STABILITY_EPOCHS = 8
 
 
 LOSSES: Registry[Any] = Registry("loss", argument="--loss")
@@ -339,7 +344,7 @@ class DenoiserTrainSettings(Settings):
     data_root: str | None = setting(None, check=Optional(_path), help="dataset folder (default: the --classifier's)")
     sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
                            help="the noise level to remove (pixels in [0, 1])")
-    arch: str = setting("dncnn", identity=True, help=lambda: f"{', '.join(DENOISER_ARCHITECTURES.names())}, "
+    arch: str = setting("unet", identity=True, help=lambda: f"{', '.join(DENOISER_ARCHITECTURES.names())}, "
                         f"path/to/file.py:factory or package.module:factory ({DENOISER_ARCHITECTURES.help_text()})")
     arch_options: dict[str, int] = setting(
         default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
@@ -355,6 +360,11 @@ class DenoiserTrainSettings(Settings):
     pretrained: str | None = setting(None, check=Optional(_path),
                                      help="denoiser checkpoint to start from (same arch)")
     epochs: int = setting(4, check=Interval(int, 1), help="epochs (a resumed run trains the missing ones)")
+    stability_epochs: int | None = setting(
+        None, check=Optional(Interval(int, 0)), type=int,
+        help=f"epochs of the stability objective through --classifier after the --epochs of --objective mse, in the "
+        f"same command, with a fresh optimiser (default: {DEFAULT_STABILITY_EPOCHS} with a --classifier and "
+        "--objective mse, else 0; 0: MSE only)")
     batch_size: int = setting(64, identity=True, check=Interval(int, 1), help="training batch size")
     lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
                         help="Adam learning rate")
@@ -382,7 +392,20 @@ class DenoiserTrainSettings(Settings):
         entry = TRAINING_OBJECTIVES.entry(self.objective)
         if entry.info.get("needs_classifier") and self.classifier is None:
             raise ValueError(f"classifier: the {self.objective} objective needs a classifier checkpoint (--classifier)")
+        if self.stability_epochs:
+            if self.objective != "mse":
+                raise ValueError(f"stability_epochs: stability epochs follow --objective mse, not {self.objective}")
+            if self.classifier is None:
+                raise ValueError("classifier: stability epochs train through a classifier checkpoint (--classifier)")
         self._check_arch_options()
+
+    @property
+    def stability_epochs_resolved(self) -> int:
+        """The stability epochs this training runs: ``stability_epochs``, or by default
+        :data:`DEFAULT_STABILITY_EPOCHS` after MSE with a classifier and 0 otherwise."""
+        if self.stability_epochs is not None:
+            return self.stability_epochs
+        return DEFAULT_STABILITY_EPOCHS if self.objective == "mse" and self.classifier is not None else 0
 
     def _check_arch_options(self) -> None:
         """A registered architecture's ``--arch-option`` values, before any data is read or net built: known

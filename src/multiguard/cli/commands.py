@@ -148,7 +148,10 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     agreement = f", top-1 agreement {last['top1_agreement']:.3f}" if "top1_agreement" in last else ""
     if args.quiet:
         return 0
-    echo(f"trained a {meta['arch']} denoiser ({meta['objective']}) for sigma = {meta['sigma']:g} on "
+    stability = meta.get("stability_epochs") or 0
+    objective = (f"{meta['objective']}, then {stability} stability epoch{'s' if stability != 1 else ''}" if stability
+                 else meta["objective"])
+    echo(f"trained a {meta['arch']} denoiser ({objective}) for sigma = {meta['sigma']:g} on "
           f"{meta['dataset']} ({meta['in_channels']}x{meta['image_size']}x{meta['image_size']}) for {meta['epoch']} "
           f"epochs: held-out MSE {last['test_mse']:.5f} (noisy input {last['noisy_mse']:.5f}){agreement}")
     echo(f"denoiser: {args.out} (use it with: multiguard certify --checkpoint CLASSIFIER --denoiser {args.out} ...)")
@@ -790,8 +793,10 @@ COMMANDS.register("train-denoiser", Command(_cmd_train_denoiser, wrap(
     "Train a denoiser that removes Gaussian noise of --sigma from a dataset's images (denoised smoothing): then "
     "`certify --denoiser` puts it in front of a classifier trained on clean images, and the base classifier becomes "
     "classifier(denoiser(x + noise)). Objective mse needs no labels and no classifier; stability makes the frozen "
-    "--classifier say on denoised noisy images what it says on clean ones (no labels either), best started from an "
-    "mse denoiser with --pretrained. A checkpoint is saved after each epoch."), _train_denoiser_options),
+    "--classifier say on denoised noisy images what it says on clean ones (no labels either). The default recipe, "
+    "given --classifier: the unet denoiser, --epochs of mse, then --stability-epochs of stability through the "
+    "classifier, in one command; at the end the classifier's top-1 agreement on noisy held-out images is shown "
+    "with and without the denoiser. A checkpoint is saved after each epoch."), _train_denoiser_options),
     help="train a denoiser for a classifier trained without noise")
 COMMANDS.register("datasets", Command(None, wrap(
     "List the dataset families, describe one dataset's labels, download a dataset into the layout its loader reads, "

@@ -110,11 +110,18 @@ DENOISER_HELP = ("denoiser checkpoint (multiguard train-denoiser) put in front o
                  "trained for the same sigma and image size")
 
 
+def denoiser_help() -> str:
+    """--denoiser's help: a checkpoint, or one of the registered source forms (read when the parser is built)."""
+    from ..denoiser_sources import denoiser_source_forms
+
+    return f"{DENOISER_HELP}; or {denoiser_source_forms()}"
+
+
 def add_model_source(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     """The base classifier: --checkpoint and --denoiser; with ``data``, the inputs: --dataset, --data-root and
     --split, each defaulting to the checkpoint's."""
     p.add_argument("--checkpoint", required=True, help="model checkpoint from multiguard train")
-    p.add_argument("--denoiser", default=None, help=DENOISER_HELP)
+    p.add_argument("--denoiser", default=None, help=denoiser_help())
     if data:
         p.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
         p.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's)")
