@@ -267,7 +267,7 @@ def test_denoisers_train_on_the_same_engine_under_torchrun_in_bf16(tmp_path):
     command[command.index("train")] = "train-denoiser"
     done = subprocess.run(command, env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("trained a dncnn denoiser") == 1  # rank 0 reports for the job
+    assert done.stdout.count("trained a unet denoiser") == 1  # rank 0 reports for the job (unet: the default)
     denoiser, meta = load_denoiser(out)
     assert meta["epoch"] == 1 and meta["metrics"][0]["test_mse"] < meta["metrics"][0]["noisy_mse"]
     with torch.no_grad():
