@@ -59,13 +59,16 @@ def test_an_old_run_loads_with_its_spec(old_copy: Path, name: str) -> None:
     run = load_run(old_copy / name)
     meta = json.loads((old_copy / name / "metadata.json").read_text())
     assert run.counts.shape[0] == meta["num_inputs"] and run.sigma == 0.5
-    spec = RunSpec.from_dict(meta)  # every identity field read back, legacy values for none missing here
+    spec = RunSpec.from_dict(meta)  # every identity field read back, legacy values for those missing here
     identity = spec.identity()
-    assert {name: meta[name] for name in IDENTITY_FIELDS if name in meta} == {
-        name: value for name, value in identity.items() if name in meta}
+    stored = {name: meta[name] for name in IDENTITY_FIELDS if name in meta}
+    if name == "run_sequential":  # written before schedules, spending and the margin existed: the rule it ran
+        stored["stop_rule"] = {**stored["stop_rule"], "schedule": "1-2-5", "spending": None, "margin": 0.2}
+    assert stored == {name: value for name, value in identity.items() if name in meta}
     assert all(identity[name] is None for name in IDENTITY_FIELDS if name not in meta)  # fields added since
     if name == "run_sequential":
-        assert spec.stop_rule == StopRule(radius=0.25, k=3, k_prime=1, alpha=0.001, futility="remaining")
+        assert spec.stop_rule == StopRule(radius=0.25, k=3, k_prime=1, alpha=0.001, futility="remaining",
+                                          schedule="1-2-5", spending=None)
         assert run.samples is not None and run.nested_counts is None
     else:
         assert spec.stop_rule is None and run.nested_counts is not None

@@ -279,8 +279,12 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
     assert spec.digest() != RunSpec.from_dict({**old, "sigma": 0.25}).digest()
     rule = {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001}
     sequential = RunSpec(n=1000, max_k_prime=2, stop_rule=rule)
-    assert sequential.stop_rule == StopRule(0.25, 2, 1, 0.001, "remaining") and sequential.sequential
-    assert sequential.metadata()["stop_rule"] == {**rule, "futility": "remaining"}
+    # a dict reads as old metadata: the rule before schedules, spending and the margin (their legacy values)
+    assert sequential.stop_rule == StopRule(0.25, 2, 1, 0.001, "remaining", "1-2-5", None) and sequential.sequential
+    assert sequential.metadata()["stop_rule"] == {**rule, "futility": "remaining", "schedule": "1-2-5",
+                                                  "spending": None, "margin": 0.2}
+    assert StopRule(0.25, 2, 1, 0.001).to_dict() == {**rule, "futility": "margin", "schedule": "fine",
+                                                     "spending": 0.75, "margin": 0.2}  # the current default
 
 
 @pytest.mark.parametrize(("changes", "message"), [

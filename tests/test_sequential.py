@@ -112,7 +112,8 @@ def test_the_rule_stops_settled_and_hopeless_inputs_and_continues_the_others() -
     looks = np.array([100, 200, 500, 1000])
     labels = np.array([[True, False, False]] * 3)
     counts = np.array([[100, 0, 0], [50, 50, 0], [70, 30, 0]])  # certain / a coin flip / promising
-    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25, futility="remaining",
+                   spending=None)
     decision = seq.sequential_stopping_rule(counts, 100, labels, **options)
     # Row 0 certifies e = 1 = min(|L|, k) at once. Rows 1 and 2 certify nothing yet, and would if the 900
     # samples still allowed all went to label 0 (50 + 900 of 1000): they go on.
@@ -137,7 +138,7 @@ def test_no_later_look_certifies_more_than_the_rules_best_possible(k_prime: int)
     weights = rng.dirichlet(np.ones(sets.shape[0]), size=trials)  # a different classifier per trial
     nested = np.stack([simulate_nested_counts(rng, w, sets, looks, 1)[0] for w in weights])
     labels = rng.uniform(size=(trials, c)) < 0.4
-    options = dict(alpha=0.01, k=2, k_prime=k_prime, sigma=0.5, radius=0.1)
+    options = dict(alpha=0.01, k=2, k_prime=k_prime, sigma=0.5, radius=0.1, futility="remaining")
     sizes = []
     best = []
     for j, size in enumerate(looks):
@@ -157,7 +158,7 @@ def test_the_plausible_and_projected_futility_rules_stop_sooner() -> None:
     nested = np.stack([simulate_nested_counts(rng, w, np.eye(c, dtype=np.int64), looks, 1)[0] for w in weights])
     labels = np.zeros((trials, c), dtype=bool)
     labels[np.arange(trials), np.argmax(weights, axis=1)] = True  # L = the most likely label: often certified
-    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25)
+    options = dict(looks=looks, alpha=0.001, k=1, k_prime=1, sigma=0.5, radius=0.25, spending=None)
     remaining = seq.sequential_certification(nested, labels, futility="remaining", **options)
     plausible = seq.sequential_certification(nested, labels, futility="plausible", **options)
     assert (plausible.samples <= remaining.samples).all()
@@ -245,6 +246,7 @@ def failure_fraction(result: seq.SequentialCertificate, p: np.ndarray, labels: n
 
 
 @pytest.mark.parametrize(("case", "futility"), [(case, "remaining") for case in CASES]
+                         + [("k'=2, 1-2-5 looks to 10000", "margin")]
                          + [("k'=1, 1-2-5 looks to 10000", "plausible")])
 def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds_do_not(
     case: str, futility: str
@@ -261,7 +263,9 @@ def test_bounds_at_the_stopping_time_fail_at_most_alpha_and_naive_fixed_n_bounds
     trials = 20_000
     nested = simulate_nested_counts(np.random.default_rng(2024), weights, sets, looks, trials)
     masks = np.broadcast_to(labels, (trials, p.size))
-    options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius, futility=futility)
+    # equal shares, so that level alpha * J is fixed-n bounds at every look (the spending of the default rule is
+    # calibrated sharply in test_spending.py)
+    options = dict(looks=looks, k=k, k_prime=k_prime, sigma=0.5, radius=radius, futility=futility, spending=None)
 
     anytime = seq.sequential_certification(nested, masks, alpha=alpha, **options)
     # Fixed-n bounds at level alpha reused at every look are exactly the anytime bounds at level J * alpha.
@@ -286,7 +290,8 @@ def test_sequential_certification_reads_the_counts_of_the_look_it_stops_at() -> 
     result = seq.sequential_certification(nested, masks, looks=looks, radius=0.1, **options)
     stopped = np.searchsorted(looks, result.samples)
     np.testing.assert_array_equal(result.counts, nested[np.arange(300), stopped])
-    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks,
+                                                        seq.DEFAULT_SPENDING)
     np.testing.assert_array_equal(result.lower, lower)
     np.testing.assert_array_equal(result.radii, cert.certified_radii(lower, upper, masks, k=k, k_prime=2, sigma=0.5))
     # Every input stopped at its first look where the rule said so.
@@ -354,16 +359,26 @@ def vector_problem(num: int, seed: int) -> tuple[torch.nn.Linear, torch.Tensor, 
     return model, torch.as_tensor(x, dtype=torch.float32), labels
 
 
-@pytest.mark.parametrize("k_prime", [1, 2])
-def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(k_prime: int) -> None:
+# The default rule (margin, fine looks, 3/4 of alpha last) and the rule of runs written before it.
+PROCEDURES = {"default": {}, "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None}}
+
+
+@pytest.mark.parametrize(("k_prime", "procedure"), [(1, "default"), (2, "default"), (1, "legacy")])
+def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(
+    k_prime: int, procedure: str
+) -> None:
     model, x, labels = vector_problem(12, seed=k_prime)
     guard = MultiGuard(model, num_classes=6, sigma=0.25, k_prime=k_prime)
-    options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1)
+    rule = PROCEDURES[procedure]
+    options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1, **rule)
     result = guard.certify(x, labels, batch_size=300, **options)
-    looks = seq.sample_size_schedule(2000)
+    looks = seq.look_schedule(2000, rule.get("schedule", seq.DEFAULT_SCHEDULE))
+    assert looks.size == (11 if procedure == "default" else 5)
     nested = guard.engine.count_nested(x, looks, seed=4, num_k=k_prime)[:, :, k_prime - 1]
-    replay = seq.sequential_certification(nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime,
-                                           sigma=0.25, radius=0.1)
+    replay = seq.sequential_certification(
+        nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime, sigma=0.25, radius=0.1,
+        **{key: value for key, value in rule.items() if key != "schedule"},
+    )
     np.testing.assert_array_equal(result.samples, replay.samples)
     np.testing.assert_array_equal(result.counts, replay.counts)
     np.testing.assert_array_equal(result.radii, replay.radii)
@@ -388,8 +403,9 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
     result = guard.predict(x, k=2, n=1000, seed=2, stop_at_radius=0.05)
     np.testing.assert_array_equal(result.labels, fixed.labels)  # the same selection samples
     assert result.samples.min() < 1000 and fixed.samples.tolist() == [1000] * 10
-    looks = seq.sample_size_schedule(1000)
-    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks)
+    looks = seq.look_schedule(1000)  # the default rule's looks and spending
+    lower, upper = seq.anytime_label_probability_bounds(result.counts, result.samples, 0.001, looks,
+                                                        seq.DEFAULT_SPENDING)
     np.testing.assert_array_equal(result.lower, lower)
     np.testing.assert_array_equal(
         result.radii, cert.certified_radii(lower, upper, result.mask, k=2, k_prime=1, sigma=0.25)
@@ -525,9 +541,15 @@ def test_a_run_written_before_nested_counts_still_loads_and_reports(tmp_path: Pa
     np.testing.assert_array_equal(runs.load_run(folder).counts, old.counts)
 
 
-def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path) -> None:
-    reference = certify_vectors(tmp_path / "ref", stop_rule=RULE)
-    assert reference.complete and reference.metadata["stop_rule"] == {**RULE, "futility": "remaining"}
+@pytest.mark.parametrize("procedure", ["default", "legacy"])
+def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path, procedure: str) -> None:
+    rule = StopRule(**RULE, **PROCEDURES[procedure])
+    reference = certify_vectors(tmp_path / "ref", stop_rule=rule)
+    expected = ({"futility": "margin", "schedule": "fine", "spending": 0.75, "margin": 0.2} if procedure == "default"
+                else {"futility": "remaining", "schedule": "1-2-5", "spending": None, "margin": 0.2})
+    assert reference.complete and reference.metadata["stop_rule"] == {**RULE, **expected}
+    looks = seq.look_schedule(1000, expected["schedule"])
+    assert reference.metadata["sample_sizes"] == looks.tolist()
     stored = runs.load_run(tmp_path / "ref")
     assert stored.samples.shape == (14,) and np.unique(stored.samples).size >= 2 and stored.samples.max() <= 1000
     # Each input's counts are those of its first samples[i] samples, and the rule stopped it there.
@@ -538,41 +560,52 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
         alone = guard.sample_counts(data.x[i : i + 1], int(stored.samples[i]), seed=3, index=[i], max_k_prime=2)
         np.testing.assert_array_equal(stored.counts[i], alone[0])
     replay = seq.sequential_certification(
-        guard.sample_nested_counts(data.x, seq.sample_size_schedule(1000), seed=3)[:, :, 0], stored.labels,
-        looks=seq.sample_size_schedule(1000), alpha=0.001, k=2, k_prime=1, sigma=0.25, radius=0.1,
+        guard.sample_nested_counts(data.x, looks, seed=3)[:, :, 0], stored.labels, looks=looks, alpha=0.001, k=2,
+        k_prime=1, sigma=0.25, radius=0.1, futility=expected["futility"], spending=expected["spending"],
     )
     np.testing.assert_array_equal(replay.samples, stored.samples)
 
-    certify_vectors(tmp_path / "batch", stop_rule=RULE, batch_size=77)
+    certify_vectors(tmp_path / "batch", stop_rule=rule, batch_size=77)
     for shard in range(3):
-        certify_vectors(tmp_path / "shards", stop_rule=RULE, shard=(shard, 3))
-    partial = certify_vectors(tmp_path / "resumed", stop_rule=RULE, shard=(0, 2))  # as if killed half-way
+        certify_vectors(tmp_path / "shards", stop_rule=rule, shard=(shard, 3))
+    partial = certify_vectors(tmp_path / "resumed", stop_rule=rule, shard=(0, 2))  # as if killed half-way
     assert not partial.complete
-    certify_vectors(tmp_path / "resumed", stop_rule=RULE, resume=True)
+    certify_vectors(tmp_path / "resumed", stop_rule=rule, resume=True)
     for name in ("batch", "shards", "resumed"):
         other = runs.load_run(tmp_path / name)
         for field in ("counts", "samples", "labels", "indices"):
             np.testing.assert_array_equal(getattr(other, field), getattr(stored, field), err_msg=f"{name}: {field}")
     # Another rule is another stored.
     with pytest.raises(ValueError, match="stop_rule"):
-        certify_vectors(tmp_path / "ref", stop_rule={**RULE, "radius": 0.2}, resume=True)
+        certify_vectors(tmp_path / "ref", stop_rule=rule.replace(radius=0.2), resume=True)
+    other = {"schedule": "1-2-5"} if procedure == "default" else {"spending": 0.75}
+    with pytest.raises(ValueError, match="different settings"):  # another schedule or spending: another rule
+        certify_vectors(tmp_path / "ref", stop_rule=rule.replace(**other), resume=True)
     with pytest.raises(ValueError, match="k_prime must be the sampler's k_prime"):
-        certify_vectors(tmp_path / "other", stop_rule={**RULE, "k_prime": 2})
+        certify_vectors(tmp_path / "other", stop_rule=rule.replace(k_prime=2))
+    # A dict reads as a run's metadata does: what it leaves out takes the value of runs written before it existed.
+    assert StopRule.coerce(RULE) == StopRule(**RULE, **PROCEDURES["legacy"])
 
 
-def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path) -> None:
-    certify_vectors(tmp_path / "seq", stop_rule=RULE)
+@pytest.mark.parametrize("procedure", ["default", "legacy"])
+def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path, procedure: str) -> None:
+    """A run is reported with the bounds of its own rule: its looks and its spending."""
+    rule = {**RULE, **PROCEDURES[procedure]}
+    certify_vectors(tmp_path / "seq", stop_rule=StopRule(**rule))
     stored = runs.load_run(tmp_path / "seq")
     result = report.make_report([stored], tmp_path / "rep", k=[2], k_prime=[1, 2], methods=["multiguard"],
                                 radius_grid="0,0.1,0.3")
-    looks = seq.sample_size_schedule(1000)
+    looks = seq.look_schedule(1000, rule.get("schedule", "fine"))
+    spending = rule.get("spending", 0.75)
     for curve in result.curves:
         lower, upper = seq.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
-                                                             looks)
+                                                             looks, spending)
         sizes = cert.certified_intersection_size(lower, upper, stored.labels, k=2, k_prime=curve.k_prime, sigma=0.25,
                                                  radius=curve.radius)
         np.testing.assert_allclose(curve.f1, cert.certified_metrics(sizes, stored.labels, 2).f1)
     assert "sequential: sampling stopped per input once its certified size at R = 0.1" in result.summary
+    assert ("margin (gamma = 0.2), looks fine, 0.75 of alpha spent at the last look" if procedure == "default"
+            else "remaining, looks 1-2-5, alpha spent in equal shares") in result.summary
     assert f"mean {stored.samples.mean():.0f}" in result.summary
     with pytest.raises(ValueError, match="it is sequential"):
         stored.at_sample_size(100)
@@ -614,7 +647,8 @@ def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
     text = run(*args, "--out", str(reference)).stdout
     assert "sequential at R = 0.25 (at most n = 1000)" in text
     meta = json.loads((reference / "metadata.json").read_text())
-    assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001, "futility": "remaining"}
+    assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001, "futility": "margin",
+                                 "schedule": "fine", "spending": 0.75, "margin": 0.2}
     samples = load_counts(reference)["samples"]
     assert samples.shape == (20,) and samples.mean() < 1000
 
@@ -642,6 +676,17 @@ def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
     assert code == 0 and "sequential: sampling stopped per input" in summary
 
 
+@pytest.mark.parametrize("option", [("--schedule", "1-2-5"), ("--spending", "equal"), ("--futility-margin", "0.3")])
+def test_cli_procedure_options_without_stop_at_radius_are_refused(tmp_path: Path, capsys, option: tuple) -> None:
+    """--schedule, --spending and --futility-margin only set the stopping rule: a fixed-n certify refuses them
+    (as --k and --futility) before any folder is written."""
+    checkpoint = Path(__file__).parent / "data" / "old_run" / "model.pt"
+    result = run_in_process(capsys, "certify", "--checkpoint", str(checkpoint), "--num-samples", "100",
+                            "--num-inputs", "2", "--device", "cpu", *option, "--out", str(tmp_path / "r"))
+    assert_one_line_error_in_process(result, option[0], "--stop-at-radius")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_cli_predict_stops_early(tmp_path_factory, tmp_path: Path, capsys) -> None:
     from PIL import Image
@@ -665,3 +710,10 @@ def test_cli_predict_stops_early(tmp_path_factory, tmp_path: Path, capsys) -> No
     assert all(p["samples"] <= 2000 for p in sequential) and [p["samples"] for p in fixed] == [2000] * 3
     code, text, _ = run_in_process(capsys, *common[:-1], "--stop-at-radius", "0.1")
     assert code == 0 and "samples)" in text
+    mean = sum(p["samples"] for p in sequential) / 3
+    assert f"sequential at R = 0.1 (at most n = 2000): 3 image(s), {mean:.0f} estimation samples per image" in text
+    assert " s for all of them" in text and all(p["batch_seconds"] > 0 for p in sequential)
+    # The stopping rule's options reach predict: the legacy rule stops each image at a 1-2-5 look.
+    code, out, _ = run_in_process(capsys, *common, "--stop-at-radius", "0.1", "--futility", "remaining",
+                                  "--schedule", "1-2-5", "--spending", "equal")
+    assert code == 0 and {p["samples"] for p in json.loads(out)} <= {100, 200, 500, 1000, 2000}

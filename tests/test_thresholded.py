@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import f1_score
 
+from multiguard.sequential import DEFAULT_FUTILITY, DEFAULT_SCHEDULE, DEFAULT_SPENDING, look_schedule
 from multiguard.thresholded import (
     DEFAULT_Q,
     OFF,
@@ -151,6 +152,15 @@ def test_both_sides_are_clopper_pearson_at_alpha_over_2c() -> None:
     level = alpha / (2 * c * looks.size)
     assert any_lower[3] == pytest.approx(stats.beta.ppf(level, 500, 501), rel=1e-12)
     assert any_upper[3] == pytest.approx(stats.beta.ppf(1 - level, 501, 500), rel=1e-12)
+    # Spending weights w_j (a sequential rule's): both sides at alpha w_j / (2c) at look j; here three quarters
+    # of alpha at the last look (1000) and one twelfth at each earlier one (200 is read below).
+    spent_lower, spent_upper = anytime_on_probability_bounds(counts, n, alpha, looks, 0.75)
+    assert spent_lower[3] == pytest.approx(stats.beta.ppf(alpha * 0.75 / (2 * c), 500, 501), rel=1e-12)
+    assert spent_upper[3] == pytest.approx(stats.beta.ppf(1 - alpha * 0.75 / (2 * c), 501, 500), rel=1e-12)
+    early_lower, _ = anytime_on_probability_bounds([37], 200, alpha, looks, 0.75)
+    assert early_lower[0] == pytest.approx(stats.beta.ppf(alpha * 0.25 / 3 / (2 * 1), 37, 164), rel=1e-12)
+    with pytest.raises(ValueError, match="^spending "):  # a fixed-n certificate has no looks to spend over
+        certify_thresholded(counts, n, alpha=alpha, sigma=0.5, spending=0.75)
 
 
 @pytest.mark.parametrize(
@@ -226,19 +236,31 @@ def nested_counts(rng: np.random.Generator, p: np.ndarray, looks: np.ndarray, tr
     return rng.binomial(steps[None, :, None], p[None, None, :], size=(trials, looks.size, p.size)).cumsum(axis=1)
 
 
+SEQUENTIAL_PROCEDURES = {
+    "remaining": dict(futility="remaining", schedule="1-2-5", spending=None),
+    "projected": dict(futility="projected", schedule="1-2-5", spending=None),
+    # the default of a sequential run (multiguard.runspec.StopRule): fine looks, 3/4 of alpha at the last one
+    "default": dict(futility=DEFAULT_FUTILITY, schedule=DEFAULT_SCHEDULE, spending=DEFAULT_SPENDING),
+}
+
+
 @pytest.mark.parametrize("p", [[0.5], [0.5, 0.5, 0.52, 0.9, 0.1]], ids=["one label at q", "five labels"])
-@pytest.mark.parametrize("futility", ["remaining", "projected"])
-def test_calibration_under_the_sequential_stopping_rule(p: list[float], futility: str) -> None:
-    """The certificate at the look where :func:`thresholded_stopping_rule` stops fails at most alpha. With one
-    label at q (the rule stops as soon as it is decided, so every look is a chance to be wrong), the fixed-n
-    bounds read under the same rule fail visibly more often: the anytime correction is needed."""
+@pytest.mark.parametrize("procedure", list(SEQUENTIAL_PROCEDURES))
+def test_calibration_under_the_sequential_stopping_rule(p: list[float], procedure: str) -> None:
+    """The certificate at the look where :func:`thresholded_stopping_rule` stops fails at most alpha, for the
+    rules of older runs (1-2-5 looks, equal shares) and the default one (fine looks, unequal spending, the
+    margin rule). With one label at q (the rule stops as soon as it is decided, so every look is a chance to be
+    wrong), the fixed-n bounds read under the same rule fail visibly more often: the anytime correction is
+    needed."""
     rng = np.random.default_rng(3 + len(p))
     p_arr = np.array(p)
     trials, sigma, q, alpha, radius = 20_000, 0.5, 0.5, 0.05, 0.0
-    looks = np.array([100, 200, 500, 1000])
+    settings = SEQUENTIAL_PROCEDURES[procedure]
+    futility, spending = settings["futility"], settings["spending"]
+    looks = look_schedule(1000, settings["schedule"])
     nested = nested_counts(rng, p_arr, looks, trials)
     cert = sequential_thresholded_certification(nested, looks=looks, alpha=alpha, sigma=sigma, q=q, radius=radius,
-                                                futility=futility)
+                                                futility=futility, spending=spending)
     rate = wrong_statements(cert.on_radius, cert.off_radius, p_arr, sigma, q).mean()
     # The control: the same stopping rule, reading fixed-n bounds at every look (no correction for the looks).
     open_rows = np.ones(trials, dtype=bool)
@@ -252,7 +274,8 @@ def test_calibration_under_the_sequential_stopping_rule(p: list[float], futility
         naive_on[take], naive_off[take] = on[take], off[take]
         open_rows &= ~stop
     naive = wrong_statements(naive_on, naive_off, p_arr, sigma, q).mean()
-    print(f"\n[thresholded] sequential calibration p={p} futility={futility} alpha={alpha} looks={looks.tolist()}: "
+    print(f"\n[thresholded] sequential calibration p={p} futility={futility} spending={spending} alpha={alpha} "
+          f"looks={looks.tolist()}: "
           f"anytime {rate:.5f} (allowed {allowed(alpha, trials):.5f}), mean samples {cert.n.mean():.0f}; fixed-n "
           f"bounds under the same rule: {naive:.5f}")
     assert rate <= allowed(alpha, trials)

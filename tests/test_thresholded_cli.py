@@ -132,6 +132,14 @@ def load_run_names(project: Path) -> list[str]:
 
 
 def test_sequential_run_with_thresholds_reports_with_anytime_bounds(project: Path, tmp_path: Path, capsys) -> None:
+    """Under the default stopping rule (fine looks, three quarters of alpha at the last look, the margin rule):
+    the on-counts stored at each input's stop are those of its first samples (live equals the replay of the
+    rule on nested counts of the same seed), and the report's thresholded curves read the anytime bounds at the
+    run's looks with the run's spending, the bounds that hold at the rule's stopping time."""
+    from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+    from multiguard.runs import load_batch
+    from multiguard.sequential import look_schedule, sequential_certification
+
     code, _, err = run_in_process(capsys, "certify", "--checkpoint", str(project / "model.pt"), "--num-samples", "500",
                                   "--num-inputs", "8", "--chunk-size", "4", "--device", "cpu", "--quiet",
                                   "--stop-at-radius", "0.1", "--threshold", "0.5", "--out", str(tmp_path / "seq"))
@@ -139,15 +147,38 @@ def test_sequential_run_with_thresholds_reports_with_anytime_bounds(project: Pat
     run = load_run(tmp_path / "seq")
     assert run.samples is not None and run.on_counts.shape == (8, 10) and run.nested_on_counts is None
     assert (run.on_counts <= run.samples[:, None]).all()
+    rule = run.stop_rule
+    assert {key: rule[key] for key in ("futility", "schedule", "spending", "margin")} == {
+        "futility": "margin", "schedule": "fine", "spending": 0.75, "margin": 0.2}
+    looks = look_schedule(500, "fine")  # 100, 200, 300, 400, 500
+    assert run.sample_sizes.tolist() == looks.tolist() == [100, 200, 300, 400, 500]
+    # Live equals replay: the same model, seed and inputs sampled at every look, the rule replayed on them.
+    model, meta = load_checkpoint(project / "model.pt")
+    data, _ = dataset_for_checkpoint(meta, split=run.metadata["split"])
+    images, labels = load_batch(data, run.indices)
+    guard = smoothed_from_checkpoint(model, meta, device="cpu", thresholds=run.thresholds)
+    nested, nested_on = guard.sample_nested_counts(images, looks, seed=run.metadata["seed"], index=run.indices,
+                                                   max_k_prime=1, with_on_counts=True)
+    replay = sequential_certification(nested[:, :, 0], labels, looks=looks, alpha=rule["alpha"], k=rule["k"],
+                                      k_prime=rule["k_prime"], sigma=run.sigma, radius=rule["radius"],
+                                      futility=rule["futility"], spending=rule["spending"], margin=rule["margin"])
+    assert np.array_equal(replay.samples, run.samples)
+    # Early stops, one at a look the 1-2-5 schedule does not have (so the report must read the run's looks).
+    assert (run.samples < 500).any() and not np.isin(run.samples, [100, 200, 500]).all()
+    assert np.array_equal(run.on_counts, nested_on[np.arange(8), np.searchsorted(looks, run.samples)])
     code, _, err = run_in_process(capsys, "report", str(tmp_path / "seq"), "--methods", "threshold", "--radii",
-                                  "0,0.5", "--out", str(tmp_path / "rep"))
+                                  "0:1:0.05", "--out", str(tmp_path / "rep"))
     assert code == 0, err
     with open(tmp_path / "rep" / "curves.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    expected = certify_thresholded(run.on_counts, run.samples, alpha=0.001, sigma=run.sigma,
-                                   looks=run.sample_sizes).metrics(run.labels, np.array([0.0, 0.25, 0.5, 1.0]))
-    got = {float(r["radius"]): float(r["f1"]) for r in rows}
-    assert got[0.5] == pytest.approx(expected.f1[2]) and got[0.0] == pytest.approx(expected.f1[0])
+    got = np.array([float(r["f1"]) for r in rows])
+    radii = np.array([float(r["radius"]) for r in rows])
+    expected = certify_thresholded(run.on_counts, run.samples, alpha=0.001, sigma=run.sigma, looks=looks,
+                                   spending=0.75)
+    np.testing.assert_allclose(got, expected.metrics(run.labels, radii).f1, rtol=1e-6, atol=1e-9)
+    # The report's bounds are the rule's: with equal shares over the looks they would be others.
+    equal_shares = certify_thresholded(run.on_counts, run.samples, alpha=0.001, sigma=run.sigma, looks=looks)
+    assert not np.array_equal(equal_shares.on_radius, expected.on_radius)
 
 
 def test_predict_prints_labels_on_undecided_and_off(project: Path, tmp_path: Path, capsys) -> None:

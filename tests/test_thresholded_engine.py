@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from multiguard import MultiGuard
-from multiguard.sequential import sample_size_schedule
+from multiguard.sequential import DEFAULT_SPENDING, look_schedule
 from multiguard.thresholded import certify_thresholded
 from multiguard.thresholds import LabelThresholds
 
@@ -96,7 +96,7 @@ def test_fixed_nested_and_sequential_on_counts_agree() -> None:
     model = Recorder(6, c, step=None)
     guard = MultiGuard(model, num_classes=c, sigma=0.6, thresholds=LabelThresholds((0.0, 0.2, -0.3, 0.5), "score"))
     x = torch.rand(5, 6)
-    sizes = sample_size_schedule(1000)
+    sizes = look_schedule(1000)  # the looks of the default stopping rule
     nested, nested_on = guard.sample_nested_counts(x, sizes, seed=4, index=np.arange(10, 15), max_k_prime=2,
                                                    with_on_counts=True)
     assert nested.shape == (5, sizes.size, 2, c) and nested_on.shape == (5, sizes.size, c)
@@ -136,11 +136,16 @@ def test_certify_and_predict_return_the_thresholded_certificate_of_the_same_samp
     assert cert.thresholded_metrics([0.0, 0.2]).f1.shape == (2,)
     pred = guard.predict(x, k=2, n=n, alpha=alpha, seed=1)
     assert np.array_equal(pred.thresholded.on_counts, on) and pred.thresholded.q == 0.5
-    # Sequential: the on-counts at each input's stop, with the anytime bounds.
+    # Sequential: the on-counts at each input's stop, with the anytime bounds at the looks and spending of the
+    # stopping rule that chose the stop (the default: fine looks, three quarters of alpha at the last one).
     seq = guard.certify(x, labels, n=n, alpha=alpha, k=2, seed=1, stop_at_radius=0.1)
-    looks = sample_size_schedule(n)
-    anytime = certify_thresholded(seq.thresholded.on_counts, seq.samples, alpha=alpha, sigma=sigma, looks=looks)
+    looks = look_schedule(n)
+    anytime = certify_thresholded(seq.thresholded.on_counts, seq.samples, alpha=alpha, sigma=sigma, looks=looks,
+                                  spending=DEFAULT_SPENDING)
     assert np.array_equal(seq.thresholded.on_radius, anytime.on_radius)
+    assert np.array_equal(seq.thresholded.off_radius, anytime.off_radius)
+    equal_shares = certify_thresholded(seq.thresholded.on_counts, seq.samples, alpha=alpha, sigma=sigma, looks=looks)
+    assert not np.array_equal(seq.thresholded.lower, equal_shares.lower)  # the spending is read, not ignored
     assert np.array_equal(seq.thresholded.n, seq.samples)
     no_thresholds = MultiGuard(model, num_classes=c, sigma=sigma).certify(x, labels, n=50, alpha=alpha, k=2)
     assert no_thresholds.thresholded is None

@@ -40,9 +40,11 @@ __all__ = [
     "intersection_size_at",
     "intersection_size_from_radii",
     "jia_certified_intersection_size",
+    "jia_bounds_read",
     "jia_certified_radii",
     "jia_intersection_size_from_radii",
     "label_probability_bounds",
+    "multiguard_bounds_read",
     "trivial_intersection_size",
 ]
 
@@ -151,7 +153,44 @@ def _check_bounds(lower: object, upper: object, labels: object) -> tuple[np.ndar
 # ------------------------------------------------------------------------------------------------ bounds
 
 
-def label_probability_bounds(counts: object, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def multiguard_bounds_read(labels: object) -> np.ndarray:
+    """One-sided bounds MultiGuard's certificate (Theorem 1, with or without the second terms) reads per input:
+    the lower bounds of L and the upper bounds outside L, ``c`` in all. int64 ``(N,)`` (``(1,)`` for a
+    ``(c,)`` mask)."""
+    mask = _mask_of(labels)
+    return np.full(mask.shape[0], mask.shape[1], dtype=np.int64)
+
+
+def jia_bounds_read(labels: object) -> np.ndarray:
+    """One-sided bounds Jia et al.'s per-label certificate reads per input: the ``|L|`` lower bounds of L, the
+    upper bounds of the labels outside L, and, when ``|L| >= 2``, the upper bounds of the labels of L too (each
+    label of L competes with the others): ``c + |L|``, or ``c`` when ``|L| <= 1``. int64 ``(N,)``."""
+    mask = _mask_of(labels)
+    d = mask.sum(axis=1)
+    return np.where(d >= 2, mask.shape[1] + d, mask.shape[1]).astype(np.int64)
+
+
+def _mask_of(labels: object) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:
+        raise ValueError(f"labels must have shape (N, c) or (c,) with c >= 1, got shape {array.shape}")
+    return _as_label_mask(array, np.atleast_2d(array).shape)
+
+
+def _as_bounds_read(bounds_read: object, shape: tuple[int, int]) -> np.ndarray:
+    """``bounds_read`` (None: c; a positive integer; or one per row) as int64 ``(N,)``."""
+    if bounds_read is None:
+        return np.full(shape[0], shape[1], dtype=np.int64)
+    read = np.asarray(bounds_read)
+    if (read.dtype.kind not in "iu" or read.ndim > 1 or (read.ndim == 1 and read.shape[0] != shape[0])
+            or (read < 1).any()):
+        raise ValueError(f"bounds_read must be a positive integer or ({shape[0]},) of them, got {bounds_read!r}")
+    return np.broadcast_to(read.astype(np.int64), (shape[0],))
+
+
+def label_probability_bounds(
+    counts: object, n: int, alpha: float, bounds_read: object = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One-sided Clopper-Pearson bounds on every label probability, simultaneous by Bonferroni.
 
     ``counts[..., i]`` is the number of the ``n`` noisy samples whose top-k' contains label i (so a row sums to
@@ -163,6 +202,10 @@ def label_probability_bounds(counts: object, n: int, alpha: float) -> tuple[np.n
     before sampling, with probability at least ``1 - alpha`` over the samples, ``lower_i <= p_i`` for every i
     in L and ``upper_j >= p_j`` for every j outside L, all at once: the c bounds a certificate reads. (All 2c
     one-sided bounds together hold with probability at least ``1 - 2 alpha`` only.)
+
+    ``bounds_read``: for a certificate that reads B one-sided bounds (one B per row, or a scalar), each bound at
+    level ``alpha / B`` instead of ``alpha / c``, so that the B together hold with probability ``1 - alpha``
+    (:func:`jia_bounds_read`; ``None`` is c, MultiGuard's :func:`multiguard_bounds_read`).
     """
     array = np.asarray(counts)
     if array.dtype.kind not in "biuf":
@@ -178,7 +221,13 @@ def label_probability_bounds(counts: object, n: int, alpha: float) -> tuple[np.n
         raise ValueError("counts must be whole numbers")
     if (array < 0).any() or (array > n).any():
         raise ValueError(f"counts must lie in [0, n] = [0, {n}]")
-    level = alpha / array.shape[-1]
+    if bounds_read is None:
+        level = alpha / array.shape[-1]
+    else:
+        read = _as_bounds_read(bounds_read, np.atleast_2d(array).shape)
+        level = (alpha / read.astype(np.float64))[:, None]
+        if array.ndim == 1:
+            level = level[0]
     positive = array > 0
     below_n = array < n
     # Beta parameters must stay valid where the closed-form edge applies; those entries are replaced below.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from . import certify as _certify
+from . import sequential as _sequential
 from .checkpoints import load_checkpoint, smoothed_from_checkpoint
 from .devices import resolve_device
 from .validation import check_int
@@ -34,6 +36,7 @@ class ImagePrediction:
     num_classes: int = 0
     mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
     samples: int | None = None  # estimation samples used (n unless sampling stopped early)
+    batch_seconds: float | None = None  # wall time of sampling and certifying the whole batch of images
     # with thresholds: labels certified on (name, radius), undecided (names), certified off (name, radius)
     certified_on: list[tuple[str, float]] | None = None
     undecided: list[str] | None = None
@@ -49,6 +52,7 @@ class ImagePrediction:
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
             "samples": self.samples,
+            "batch_seconds": self.batch_seconds,
             **({} if self.certified_on is None else {"thresholded": {
                 "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
                 "undecided": list(self.undecided or []),
@@ -83,7 +87,10 @@ def predict_images(
     channels_last: bool | None = None,
     compile: bool = False,
     stop_at_radius: float | None = None,
-    futility: str = "remaining",
+    futility: str = _sequential.DEFAULT_FUTILITY,
+    schedule: str = _sequential.DEFAULT_SCHEDULE,
+    spending: float | None = _sequential.DEFAULT_SPENDING,
+    margin: float = _sequential.DEFAULT_MARGIN,
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
@@ -96,7 +103,9 @@ def predict_images(
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; see :meth:`MultiGuard.predict`); ``samples`` says how many it used.
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
+    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
 
     ``thresholds`` (a number, a file with one per label, or a :class:`~multiguard.thresholds.LabelThresholds`;
@@ -128,15 +137,17 @@ def predict_images(
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser, thresholds=thresholds)
+    started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                              batch_size=batch_size,
-                              stop_at_radius=stop_at_radius, futility=futility, q=q)
+                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                              schedule=schedule, spending=spending, margin=margin, q=q)
+    seconds = time.perf_counter() - started
     trivial = _certify.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]))
+                        samples=int(result.samples[i]), batch_seconds=seconds)
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:

@@ -41,6 +41,7 @@ from .deprecation import deprecated_names, warn_deprecated
 from .empirical import PER_INPUT, attack_run_mismatch, load_empirical
 from .files import atomic_write_bytes, remove_abandoned_staging, staging_folder
 from .methods import METHODS as _METHODS
+from .methods import default_methods
 from .results import RESULTS_FILE, results_bytes, results_document, validate_results
 from .runs import Run, load_run, sampling_mode
 from .validation import check_alpha, check_choice, check_float
@@ -257,7 +258,7 @@ def compute_curves(
     """
     radius = np.asarray(radius, dtype=np.float64)
     explicit = methods is not None
-    methods = tuple(_METHODS) if methods is None else methods  # every registered method
+    methods = default_methods() if methods is None else methods  # every method reports compute by default
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
     q = [check_float(value, "q", 0.0, 1.0, low_open=True, high_open=True) for value in q]
@@ -291,11 +292,16 @@ def compute_curves(
             trivial[int(kk)] = {m: float(np.asarray(getattr(part, m))[0]) for m in METRICS}
         for kp in k_prime:
             for a in alpha:
-                lower, upper = run_bounds(run, int(kp), float(a))
+                bounds: dict = {}  # per way of counting the bounds a method reads (None: c)
                 for kk in k:
                     for method in methods:
                         if _METHODS[method].k_prime_one_only and int(kp) != 1:
                             continue
+                        read = _METHODS[method].bounds_read
+                        if read not in bounds:
+                            bounds[read] = run_bounds(run, int(kp), float(a),
+                                                      None if read is None else read(labels))
+                        lower, upper = bounds[read]
                         sizes = _METHODS[method].sizes(lower, upper, labels, int(kk), int(kp), run.sigma, radius)
                         metrics = certify.certified_metrics(sizes, labels, int(kk))
                         curves.append(
@@ -323,17 +329,21 @@ def compute_curves(
 def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequence[float], q: Sequence[float],
                       radius: np.ndarray) -> list[Curve]:
     """The curves of the per-label methods on one run (none for a run without on-counts): per alpha and q,
-    from the on-counts of each input's samples (anytime-valid bounds for a sequential run)."""
+    from the on-counts of each input's samples (for a sequential run, anytime-valid bounds at the run's looks
+    with alpha spent as its stopping rule spent it)."""
     if run.on_counts is None or not methods:
         return []
     samples = run.samples if run.samples is not None else np.full(run.on_counts.shape[0], run.n, dtype=np.int64)
     looks = run.sample_sizes if run.samples is not None else None
+    # A sequential run's anytime bounds spend alpha over its looks as its stopping rule did (equal shares for a
+    # run written before spending could be chosen), as run_bounds does for the top-k methods.
+    spending = (run.stop_rule or {}).get("spending") if looks is not None else None
     curves = []
     for method in methods:
         for a in alpha:
             for cut in q:
                 metrics = _METHODS[method].per_label(run.on_counts, samples, looks, run.labels, run.sigma, float(a),
-                                                     float(cut), radius)
+                                                     float(cut), radius, spending=spending)
                 curves.append(Curve(
                     run=name, method=method, k=0, k_prime=0, alpha=float(a), sigma=run.sigma, n=run.n,
                     radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
@@ -343,14 +353,31 @@ def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequen
     return curves
 
 
-def run_bounds(run: Run, k_prime: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def run_bounds(run: Run, k_prime: int, alpha: float, bounds_read: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """A run's label probability bounds ``(N, c)`` for ``k_prime`` at ``alpha``: Clopper-Pearson at the run's n,
-    or for a sequential run the anytime-valid bounds at each input's stop (valid whatever k, k', alpha and
-    radius the report asks for, since they hold at every look)."""
+    or for a sequential run the anytime-valid bounds at each input's stop, at the run's looks
+    (``sample_sizes``) with alpha spent as its rule says (valid whatever k, k', alpha and radius the report
+    asks for, since they hold at every look; a run written before spending could be chosen spent equal
+    shares). ``bounds_read``: ``(N,)`` one-sided bounds the certificate reads (default c; see
+    :func:`multiguard.certify.label_probability_bounds`)."""
     counts = run.counts_for(k_prime)
     if run.samples is None:
-        return certify.label_probability_bounds(counts, run.n, alpha)
-    return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes)
+        return certify.label_probability_bounds(counts, run.n, alpha, bounds_read)
+    spending = (run.stop_rule or {}).get("spending")
+    return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes, spending,
+                                                       bounds_read)
+
+
+def _futility_text(rule: dict) -> str:
+    futility = rule.get("futility", "remaining")
+    return f"margin (gamma = {rule.get('margin', 0.2):g})" if futility == "margin" else futility
+
+
+def _spending_text(spending: float | None) -> str:
+    if spending is None:
+        return "alpha spent in equal shares over the looks"
+    return f"{spending:g} of alpha spent at the last look"
 
 
 def _run_line(name: str, run: Run) -> str:
@@ -367,7 +394,8 @@ def _run_line(name: str, run: Run) -> str:
         shares = ", ".join(f"{(used == size).mean():.0%} at {size}" for size in run.sample_sizes)
         line += (f"; sequential: sampling stopped per input once its certified size at R = {rule['radius']:g} "
                  f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}, futility rule "
-                 f"{rule.get('futility', 'remaining')}) was settled; samples used: "
+                 f"{_futility_text(rule)}, looks {rule.get('schedule', '1-2-5')}, "
+                 f"{_spending_text(rule.get('spending'))}) was settled; samples used: "
                  f"mean {used.mean():.0f}, median {np.median(used):.0f}, at most {run.n} ({shares}); the "
                  "bounds are anytime-valid, so the curves hold at every radius")
     return line
@@ -850,7 +878,7 @@ def make_report(
         names = [name for name in run_names for _ in n]
         runs = [run.at_sample_size(size) for run in runs for size in n]
     explicit_methods = methods
-    methods = tuple(_METHODS) if methods is None else methods  # every registered method
+    methods = default_methods() if methods is None else methods  # every method reports compute by default
     for method in methods:
         check_choice(method, "methods", tuple(_METHODS))
     if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:

@@ -64,7 +64,7 @@ import numpy as np
 
 from .files import TMP_SUFFIX, atomic_write_json, atomic_write_npz, create_exclusive_json
 from .modes import describe_mode
-from .runspec import IDENTITY_DEFAULTS, IDENTITY_FIELDS, identity_of
+from .runspec import IDENTITY_DEFAULTS, IDENTITY_FIELDS, StopRule, identity_of
 from .validation import MAX_N, DamagedFileError, RunMismatchError, check_int, invalid
 
 __all__ = [
@@ -164,6 +164,17 @@ def _identity_arrays(meta: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"identity": np.str_(text), "identity_sha256": np.str_(hashlib.sha256(text.encode()).hexdigest())}
 
 
+def _comparable(name: str, value: Any) -> Any:
+    """An identity value as comparisons read it: a stop rule with the fields it lacks at their legacy values
+    (a run written before the schedule, spending and margin existed ran with 1-2-5 looks and equal shares)."""
+    if name == "stop_rule" and isinstance(value, dict):
+        try:
+            return StopRule.coerce(value).to_dict()
+        except ValueError:
+            return value
+    return value
+
+
 def _same_value(old: Any, new: Any) -> bool:
     if isinstance(old, float) or isinstance(new, float):
         try:
@@ -197,7 +208,7 @@ def _identity_disagreement(data: dict[str, np.ndarray], path: Path, meta: dict[s
         if name not in stored and name not in current:
             continue
         old, new = stored.get(name, "(absent)"), current.get(name, "(absent)")
-        if not _same_value(old, new):
+        if not _same_value(_comparable(name, old), _comparable(name, new)):
             def shown(value: Any) -> str:  # braces of a dict value survive the caller's .format(source=...)
                 return repr(value).replace("{", "{{").replace("}", "}}")
 
@@ -372,7 +383,7 @@ def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
         if name not in wanted:
             continue
         old, new = existing.get(name, IDENTITY_DEFAULTS.get(name)), wanted[name]
-        if not _same_value(old, new):
+        if not _same_value(_comparable(name, old), _comparable(name, new)):
             path = wanted.get(name.removesuffix("_sha256")) if name.endswith("_sha256") else None
             about = f" ({path} changed since the run was made)" if old is not None and new is not None and path else ""
             found.append(f"{name}: the run has {old!r}, the arguments give {new!r}{about}" + _settings_difference(

@@ -99,7 +99,8 @@ class Sampler(Protocol):
         batch_size: int, max_k_prime: int,
     ) -> tuple[Any, Any]:
         """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
-        (``futility`` is passed as a keyword too; with ``with_on_counts=True`` a third array, the per-label
+        (the rule's ``futility``, ``schedule``, ``spending`` and ``margin`` are passed as keywords too,
+        :meth:`multiguard.runspec.StopRule.procedure`; with ``with_on_counts=True`` a third array, the per-label
         on-counts ``(m, c)`` at each row's stop)."""
         ...
 
@@ -338,7 +339,8 @@ def _plan_run(spec: RunSpec, sampler: Any, dataset: Any, context: Any, shard: tu
     """The inputs (drawn from the seed), the looks, and the metadata a new run starts with."""
     from .sequential import sample_size_schedule  # SciPy loads here, not at import
 
-    sizes = sample_size_schedule(spec.n)
+    # fixed n: the nested sizes of the 1-2-5 series; sequential: the looks of the rule's schedule
+    sizes = sample_size_schedule(spec.n) if spec.stop_rule is None else spec.stop_rule.looks(spec.n)
     indices = select_inputs(len(dataset), spec.num_inputs, spec.seed)
     num_classes = getattr(dataset, "num_classes", None)
     if num_classes is None and getattr(dataset, "class_names", None) is not None:
@@ -431,8 +433,8 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
             extra["on_counts"] = extra["nested_on_counts"][:, -1]
     else:
         result = sampler.sample_sequential_counts(
-            images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k,
-            futility=rule.futility, **common,
+            images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k, **rule.procedure(),
+            **common,
         )
         counts, samples = result[0], result[1]
         counts = np.asarray(counts, dtype=np.int64)

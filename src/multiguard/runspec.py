@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .sequential import DEFAULT_FUTILITY, DEFAULT_MARGIN, DEFAULT_SCHEDULE, DEFAULT_SPENDING
 from .settings import Interval, OneOf, Optional, Settings, setting
 from .validation import MAX_N, check_alpha, check_int
 
@@ -32,6 +33,12 @@ def _futility_names() -> list[str]:
     return FUTILITY_RULES.names()
 
 
+def _schedule_names() -> list[str]:
+    from .sequential import SCHEDULES
+
+    return SCHEDULES.names()
+
+
 def _alpha(value: Any, name: str) -> float:
     return check_alpha(value)
 
@@ -40,7 +47,11 @@ def _alpha(value: Any, name: str) -> float:
 class StopRule(Settings):
     """The stopping rule of a sequential run: stop an input once its certified intersection size at ``radius``
     (for top-``k`` smoothing of a top-``k_prime`` base classifier, at confidence ``1 - alpha``) is settled, or
-    the ``futility`` rule says more samples cannot raise it."""
+    the ``futility`` rule (with gamma = ``margin`` for ``margin``) says more samples cannot raise it. Inputs
+    look at the sizes of the ``schedule`` (:data:`multiguard.sequential.SCHEDULES`) up to n, and alpha is spent
+    over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
+    shares). Runs written before the schedule, spending and margin existed read as ``1-2-5``, ``None`` and
+    0.2 (their ``legacy`` values), so they are reported with their own bounds."""
 
     option_names = False
 
@@ -49,8 +60,26 @@ class StopRule(Settings):
     k: int = setting(check=Interval(int, 1), help="smoothed top-k")
     k_prime: int = setting(check=Interval(int, 1), help="the base classifier's top-k'")
     alpha: float = setting(check=_alpha, help="1 - confidence")
-    futility: str = setting("remaining", check=OneOf(_futility_names),
+    futility: str = setting(DEFAULT_FUTILITY, check=OneOf(_futility_names), legacy="remaining",
                             help="when to give up on an input (multiguard.sequential.FUTILITY_RULES)")
+    schedule: str = setting(DEFAULT_SCHEDULE, check=OneOf(_schedule_names), legacy="1-2-5",
+                            help="the looks (multiguard.sequential.SCHEDULES)")
+    spending: float | None = setting(DEFAULT_SPENDING, check=Optional(Interval(float, 0.0, 1.0, open_low=True)),
+                                     legacy=None, help="share of alpha spent at the last look (None: equal shares)")
+    margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
+                            legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
+
+    def looks(self, n: int) -> Any:
+        """The looks of this rule's schedule up to ``n`` samples: int64 ``(J,)``."""
+        from .sequential import look_schedule
+
+        return look_schedule(n, self.schedule)
+
+    def procedure(self) -> dict[str, Any]:
+        """The keywords of :mod:`multiguard.sequential`'s functions that this rule sets besides radius, k, k'
+        and alpha: ``futility``, ``schedule``, ``spending``, ``margin``."""
+        return {"futility": self.futility, "schedule": self.schedule, "spending": self.spending,
+                "margin": self.margin}
 
     @classmethod
     def field_label(cls, name: str) -> str:
@@ -58,7 +87,9 @@ class StopRule(Settings):
 
     @classmethod
     def coerce(cls, value: StopRule | Mapping[str, Any] | None) -> StopRule | None:
-        """``value`` as a :class:`StopRule` (a dict ``{radius, k, k_prime, alpha[, futility]}`` works too)."""
+        """``value`` as a :class:`StopRule` (a dict ``{radius, k, k_prime, alpha[, futility, ...]}`` works too,
+        read as a run's metadata is: the fields it leaves out take their ``legacy`` values, the rule of runs
+        written before they existed; construct a :class:`StopRule` for the current defaults)."""
         if value is None or isinstance(value, StopRule):
             return value
         if not isinstance(value, Mapping):

@@ -49,6 +49,11 @@ from .validation import (
 
 __all__ = ["NOISE_BLOCK", "Certificate", "MultiGuard", "Prediction", "as_label_mask", "noise_seed", "smoothed_top_k"]
 
+def _procedure(futility: str, schedule: str, spending: object, margin: float) -> dict:
+    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
+    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin}
+
+
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
     """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
     counts = np.asarray(counts)
@@ -436,7 +441,10 @@ class MultiGuard:
         second_terms: bool = True,
         check_range: bool = True,
         stop_at_radius: float | None = None,
-        futility: str = "remaining",
+        futility: str = _sequential.DEFAULT_FUTILITY,
+        schedule: str = _sequential.DEFAULT_SCHEDULE,
+        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
+        margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
@@ -454,16 +462,21 @@ class MultiGuard:
                 refuses integer inputs such as uint8 images and turns one image ``(C, H, W)`` into a batch of one).
 
         ``labels`` may also be label index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
-            stop_at_radius: a target radius R: sample in rounds at the looks of
-                :func:`multiguard.sequential.sample_size_schedule` ``(n)`` and stop each input as soon as its
+            stop_at_radius: a target radius R: sample in rounds at the looks of ``schedule``
+                (:func:`multiguard.sequential.look_schedule` ``(n, schedule)``) and stop each input as soon as its
                 certified intersection size at R is settled (:func:`multiguard.sequential.sequential_stopping_rule`).
                 The bounds are then the anytime-valid ones, and the radii are valid at every radius, not only
                 at R. The counts, and so the certificate, are those :func:`multiguard.sequential.
                 sequential_certification` gives on the nested counts of the same seed.
-            futility: when the stopping rule gives up on an input (``"remaining"``: no outcome of the remaining
-                samples could raise its size at R; ``"plausible"``: none the samples so far make plausible could;
-                ``"projected"``: the remaining samples at the frequencies seen so far would not; see
-                :func:`multiguard.sequential.sequential_stopping_rule`). The guarantee is the same for all three.
+            futility: when the stopping rule gives up on an input (``"margin"``, the default: the remaining
+                samples at the favourable Clopper-Pearson bound at level ``margin`` of the counts so far would
+                not raise its size at R; ``"remaining"``: no outcome could; ``"plausible"``: none the samples so
+                far make plausible could; ``"projected"``: the remaining samples at the frequencies seen so far
+                would not; see :func:`multiguard.sequential.sequential_stopping_rule`). The guarantee is the
+                same for all.
+            schedule, spending, margin: the looks (:data:`multiguard.sequential.SCHEDULES`), how alpha is spent
+                over them (:func:`multiguard.sequential.spending_weights`: the share at the last look, ``None``
+                for equal shares, or one weight per look summing to at most 1) and gamma of ``"margin"``.
 
             q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
                 more than a share q of the noise; :mod:`multiguard.thresholded`).
@@ -483,8 +496,8 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, futility, second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, q=q,
+            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), second_terms,
+            seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(
             lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma, second_terms=second_terms
@@ -546,18 +559,22 @@ class MultiGuard:
         max_k_prime: int | None = None,
         second_terms: bool = True,
         progress: bool = False,
-        futility: str = "remaining",
+        futility: str = _sequential.DEFAULT_FUTILITY,
+        schedule: str = _sequential.DEFAULT_SCHEDULE,
+        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
+        margin: float = _sequential.DEFAULT_MARGIN,
         with_on_counts: bool = False,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
-        The looks are :func:`multiguard.sequential.sample_size_schedule` ``(n)``; after each one,
+        The looks are :func:`multiguard.sequential.look_schedule` ``(n, schedule)``; after each one,
         :func:`multiguard.sequential.sequential_stopping_rule` decides from the counts of ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``, ``futility``) which inputs stop. Returns ``(counts, samples)``: int64
-        ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default ``self.k_prime``) of the samples each
-        input used, and int64 ``(N,)`` those numbers of samples (looks). The counts are those of the same
-        samples in a fixed-n call (same seed and index), cut at each input's stop. ``with_on_counts`` (a
-        classifier with thresholds): also the per-label on-counts ``(N, c)`` of those samples, a third array.
+        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``) which inputs stop. Returns
+        ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
+        ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
+        The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
+        stop. ``with_on_counts`` (a classifier with thresholds): also the per-label on-counts ``(N, c)`` of those
+        samples, a third array.
         """
         tensor = as_batch(x)
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
@@ -567,7 +584,8 @@ class MultiGuard:
         counts, samples = self._sample_sequentially(
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
-            batch_size=batch_size, progress=progress, num_k=num_k, futility=futility, thresholds=thresholds,
+            batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
+            procedure=_procedure(futility, schedule, spending, margin),
         )
         if thresholds is None:
             return counts, samples
@@ -577,7 +595,7 @@ class MultiGuard:
 
     def _estimate(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, stop_at_radius: float | None,
-        futility: str, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
+        procedure: dict, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
         q: float = _thresholded.DEFAULT_Q,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, _thresholded.ThresholdedCertificate | None]:
         """The one estimation path of :meth:`certify` and :meth:`predict`: counts of ``self.k_prime`` over the
@@ -598,26 +616,31 @@ class MultiGuard:
         else:
             counts, samples = self._sample_sequentially(
                 tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime, futility=futility,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, procedure=procedure,
                 thresholds=thresholds,
             )
-            looks = _sequential.sample_size_schedule(n)
+            # The looks and spending the stopping rule used: the anytime bounds of both certificates must be
+            # those the rule read, or they would not hold at the rule's stopping time.
+            looks = _sequential.look_schedule(n, procedure["schedule"])
             sample_sizes = samples
         thresholded = None
         if thresholds is not None:
-            thresholded = _thresholded.certify_thresholded(counts[:, self.k_prime], sample_sizes, alpha=alpha,
-                                                           sigma=self.sigma, q=q, looks=looks)
+            thresholded = _thresholded.certify_thresholded(
+                counts[:, self.k_prime], sample_sizes, alpha=alpha, sigma=self.sigma, q=q, looks=looks,
+                spending=None if looks is None else procedure["spending"],
+            )
         counts = counts[:, self.k_prime - 1]
         if looks is None:
             lower, upper = _certify.label_probability_bounds(counts, n, alpha)
         else:
-            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks)
+            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks,
+                                                                        procedure["spending"])
         return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
         self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
         second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
-        futility: str = "remaining", thresholds: np.ndarray | None = None,
+        procedure: dict, thresholds: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`multiguard.sequential.sample_until_stopped` on this classifier's estimation stream: each round
         samples only the inputs still going, continuing their sample streams, so stopped inputs leave the
@@ -636,7 +659,7 @@ class MultiGuard:
         rows = num_k + (0 if thresholds is None else 1)  # the on-counts ride along; the rule reads k' only
         return _sequential.sample_until_stopped(
             count, mask, n, num_k=rows, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
-            second_terms=second_terms, futility=futility,
+            second_terms=second_terms, **procedure,
         )
 
     def predict(
@@ -652,7 +675,10 @@ class MultiGuard:
         progress: bool = False,
         check_range: bool = True,
         stop_at_radius: float | None = None,
-        futility: str = "remaining",
+        futility: str = _sequential.DEFAULT_FUTILITY,
+        schedule: str = _sequential.DEFAULT_SCHEDULE,
+        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
+        margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
@@ -670,8 +696,8 @@ class MultiGuard:
 
         With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
         as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n; ``futility`` as in :meth:`certify`); the radii come from the anytime-valid bounds and hold at every
-        radius.
+        n; ``futility``, ``schedule``, ``spending`` and ``margin`` as in :meth:`certify`); the radii come from
+        the anytime-valid bounds and hold at every radius.
 
         With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
         certificate of the same estimation samples at cut ``q``: per label, certified on up to ``on_radius``,
@@ -690,6 +716,7 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
             _sequential.futility_rule(futility)
+            _sequential.look_schedule(n, schedule)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -702,8 +729,8 @@ class MultiGuard:
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, futility, True, seed=seed, index=index_arr,
-            batch_size=batch_size, progress=progress, q=q,
+            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), True,
+            seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _certify.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(

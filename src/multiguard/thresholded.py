@@ -50,7 +50,15 @@ import numpy as np
 from scipy import special
 
 from .certify import label_probability_bounds
-from .sequential import _as_looks, _as_row_sizes, anytime_label_probability_bounds, futility_rule
+from .sequential import (
+    DEFAULT_MARGIN,
+    _as_looks,
+    _as_row_sizes,
+    _futility_gains,
+    anytime_label_probability_bounds,
+    futility_rule,
+    spending_weights,
+)
 from .validation import check_alpha, check_float, check_positive, invalid
 
 __all__ = [
@@ -138,17 +146,21 @@ def on_probability_bounds(on_counts: object, n: int, alpha: float) -> tuple[np.n
     return label_probability_bounds(on_counts, n, alpha / 2.0)
 
 
-def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, looks: object
-                                  ) -> tuple[np.ndarray, np.ndarray]:
+def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, looks: object,
+                                  spending: object = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`on_probability_bounds` valid at every look of a fixed schedule, so under any stopping rule.
 
     ``n`` (a scalar or one per row) is the look each row's counts were taken at, one of ``looks`` (J sizes).
-    Both one-sided bounds at level ``alpha / (2 c J)``: with probability at least ``1 - alpha``, at every look
-    at once, ``lower_i <= p_i <= upper_i`` for every label (union bound over 2 c J events), so the bounds read
-    at any data-dependent stopping look hold with that probability.
+    ``spending`` says how alpha is spent over the looks (:func:`multiguard.sequential.spending_weights`:
+    ``None`` for equal shares, a share of alpha at the last look, or J weights summing to at most 1); a
+    sequential run passes the looks and spending its stopping rule used. At look j both one-sided bounds are at
+    level ``alpha w_j / (2c)`` (``alpha / (2 c J)`` with equal shares): with probability at least
+    ``1 - alpha sum_j w_j >= 1 - alpha``, at every look at once, ``lower_i <= p_i <= upper_i`` for every label
+    (union bound over the 2c events of each look, and over the looks), so the bounds read at any data-dependent
+    stopping look hold with that probability.
     """
     alpha = check_alpha(alpha)
-    return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks)
+    return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks, spending)
 
 
 # ------------------------------------------------------------------------------------------- certificate
@@ -352,15 +364,19 @@ class ThresholdedCertificate:
 
 
 def certify_thresholded(on_counts: object, n: object, *, alpha: float, sigma: float, q: float = DEFAULT_Q,
-                        looks: object = None) -> ThresholdedCertificate:
+                        looks: object = None, spending: object = None) -> ThresholdedCertificate:
     """Bounds (:func:`on_probability_bounds`) and per-label radii (:func:`certified_label_radii`) in one call.
 
     With ``looks`` (the schedule of a sequential procedure), ``n`` is each row's look (a scalar or ``(N,)``) and
-    the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`)."""
+    the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`), spending alpha over the looks
+    by ``spending`` (``None``: equal shares). Pass the looks and spending of the stopping rule that chose each
+    row's look, so the bounds are those valid at its stopping time; ``spending`` without ``looks`` is refused."""
     if looks is None:
+        if spending is not None:
+            raise invalid("spending", "None for a fixed-n certificate (it spends alpha over looks)", spending)
         lower, upper = on_probability_bounds(on_counts, n, alpha)
     else:
-        lower, upper = anytime_on_probability_bounds(on_counts, n, alpha, looks)
+        lower, upper = anytime_on_probability_bounds(on_counts, n, alpha, looks, spending)
         n = np.broadcast_to(np.asarray(n, dtype=np.int64), np.atleast_2d(np.asarray(on_counts)).shape[:1]).copy()
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     return ThresholdedCertificate(
@@ -468,7 +484,8 @@ class ThresholdedStoppingDecision:
 
 
 def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, alpha: float, sigma: float,
-                              q: float = DEFAULT_Q, radius: float, futility: str = "remaining"
+                              q: float = DEFAULT_Q, radius: float, futility: str = "remaining",
+                              spending: object = None, margin: float = DEFAULT_MARGIN
                               ) -> ThresholdedStoppingDecision:
     """Should sampling stop for each input, given its on-counts at look ``n`` and a target radius R?
 
@@ -480,21 +497,26 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
     way to being certified on and the second on its way to being certified off. For an undecided label with
     count n_i after n samples and m left: ``"remaining"``: on in all m (on side), in none (off side);
     ``"plausible"``: ``n_i + ceil(m upper_i)`` and ``n_i + floor(m lower_i)``; ``"projected"``: at the frequency
-    seen so far. Lower bounds grow with the count and upper bounds fall as it shrinks, so ``"remaining"`` never
-    gives up on a label a later look could decide.
+    seen so far; ``"margin"``: at the one-sided Clopper-Pearson bounds at level ``margin`` of the counts so far.
+    Lower bounds grow with the count and upper bounds fall as it shrinks, so ``"remaining"`` never gives up on a
+    label a later look could decide. The bounds (now and at the last look) spend alpha over the looks by
+    ``spending`` (:func:`anytime_on_probability_bounds`).
 
     The rule only decides when to stop; the anytime bounds hold at whatever look it stops, so the certificate
     then holds with probability at least ``1 - alpha``, at every radius and for every label.
     """
-    rule = futility_rule(futility)
+    futility_rule(futility)
+    margin = check_float(margin, "margin", 0.0, 1.0, low_open=True, high_open=True)
     schedule = _as_looks(looks)
+    if spending is not None:
+        spending_weights(schedule.size, spending)
     counts, _ = _as_matrix(on_counts, "on_counts", low=0.0)
     sizes = _as_row_sizes(n, counts.shape[0], schedule)
     radius_arr, scalar = _as_radius(radius)
     if not scalar:
         raise invalid("radius", "a single number >= 0", radius)
     target = float(radius_arr[0])
-    lower, upper = anytime_on_probability_bounds(counts, sizes, alpha, schedule)
+    lower, upper = anytime_on_probability_bounds(counts, sizes, alpha, schedule, spending)
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     decided = (on > target) | (off > target)
     last = int(schedule[-1])
@@ -503,11 +525,12 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
     if open_rows.any():
         remaining = (last - sizes[open_rows])[:, None]
         now = counts[open_rows]
-        gain_on, gain_off = rule(now, sizes[open_rows, None], lower[open_rows], upper[open_rows], remaining)
+        gain_on, gain_off = _futility_gains(futility, margin, now, sizes[open_rows, None], lower[open_rows],
+                                            upper[open_rows], remaining)
         best_on = now + np.clip(gain_on, 0, remaining)
         best_off = now + np.clip(gain_off, 0, remaining)
-        on_lower, _ = anytime_on_probability_bounds(best_on, last, alpha, schedule)
-        _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule)
+        on_lower, _ = anytime_on_probability_bounds(best_on, last, alpha, schedule, spending)
+        _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule, spending)
         z_q = float(special.ndtri(q))
         could_on = _on_radius(on_lower, float(sigma), z_q) > target
         could_off = _off_radius(off_upper, float(sigma), z_q) > target
@@ -520,12 +543,14 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
 
 
 def sequential_thresholded_certification(nested_on_counts: object, *, looks: object, alpha: float, sigma: float,
-                                         q: float = DEFAULT_Q, radius: float, futility: str = "remaining"
+                                         q: float = DEFAULT_Q, radius: float, futility: str = "remaining",
+                                         spending: object = None, margin: float = DEFAULT_MARGIN
                                          ) -> ThresholdedCertificate:
     """Sequential thresholded certification replayed on counts drawn at every look: ``(N, J, c)`` on-counts,
     ``[i, j]`` of the first ``looks[j]`` samples. Each input stops at the first look where
-    :func:`thresholded_stopping_rule` says so; its certificate comes from the anytime bounds there.
-    ``n`` of the result is int64 ``(N,)``: the samples each input used."""
+    :func:`thresholded_stopping_rule` (with ``futility``, ``spending``, ``margin``) says so; its certificate
+    comes from the anytime bounds there, spending alpha over the looks as the rule did. ``n`` of the result is
+    int64 ``(N,)``: the samples each input used."""
     schedule = _as_looks(looks)
     nested = np.asarray(nested_on_counts)
     if nested.ndim != 3 or nested.shape[1] != schedule.size or nested.dtype.kind not in "iu":
@@ -538,12 +563,13 @@ def sequential_thresholded_certification(nested_on_counts: object, *, looks: obj
         if active.size == 0:
             break
         decision = thresholded_stopping_rule(nested[active, j], int(size), looks=schedule, alpha=alpha, sigma=sigma,
-                                             q=q, radius=radius, futility=futility)
+                                             q=q, radius=radius, futility=futility, spending=spending,
+                                             margin=margin)
         stop_at[active[decision.stop]] = j
         active = active[~decision.stop]
     counts = nested[np.arange(num), stop_at].astype(np.int64)
     samples = schedule[stop_at]
-    lower, upper = anytime_on_probability_bounds(counts, samples, alpha, schedule)
+    lower, upper = anytime_on_probability_bounds(counts, samples, alpha, schedule, spending)
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     return ThresholdedCertificate(on_counts=counts, n=samples, lower=lower, upper=upper, on_radius=on,
                                   off_radius=off, sigma=float(sigma), q=float(q), alpha=float(alpha))

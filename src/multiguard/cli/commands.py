@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
@@ -35,6 +36,7 @@ from .options import (
     add_thresholds,
     dataset_options,
     mode_args,
+    stop_rule_options,
     wrap,
 )
 
@@ -239,6 +241,8 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
 
 
 _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
+# the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
+_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("chunk_size", "chunk_size"),
                  ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
@@ -248,9 +252,10 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
-    """--k, --k-prime, --alpha and --futility set the stopping rule: without --stop-at-radius they would be
-    ignored, so they are refused (a fixed-n run stores counts for every k, k' and alpha)."""
-    given = [name for name in _STOP_RULE_OPTIONS if name in getattr(args, "given", ())]
+    """--k, --k-prime, --alpha, --futility, --futility-margin, --schedule and --spending set the stopping rule:
+    without --stop-at-radius they would be ignored, so they are refused (a fixed-n run stores counts for every
+    k, k' and alpha)."""
+    given = [name for name in (*_STOP_RULE_OPTIONS, *_PROCEDURE_OPTIONS) if name in getattr(args, "given", ())]
     if given and args.stop_at_radius is None and "stop_at_radius" not in getattr(args, "given", ()):
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ValueError(f"{given[0]}: {flags} only set the stopping rule of --stop-at-radius, which is not given; "
@@ -339,7 +344,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             resume=args.resume,
             context=context,
             stop_rule=None if args.stop_at_radius is None else StopRule(
-                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha, futility=args.futility),
+                radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha,
+                **stop_rule_options(args, _stored_stop_rule(args.out) if args.resume else None)),
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
@@ -481,7 +487,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         **mode,
         stop_at_radius=args.stop_at_radius,
-        futility=args.futility,
+        **stop_rule_options(args),
         denoiser=args.denoiser,
         thresholds=args.threshold,
         threshold_scale=args.threshold_scale,
@@ -490,6 +496,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
         return 0
+    if args.stop_at_radius is not None and predictions:
+        used = [p.samples for p in predictions]
+        echo(f"sequential at R = {args.stop_at_radius:g} (at most n = {args.n}): {len(predictions)} image(s), "
+             f"{sum(used) / len(used):.0f} estimation samples per image on average, "
+             f"{predictions[0].batch_seconds:.2f} s for all of them")
     for p in predictions:
         used = f" ({p.samples} samples)" if args.stop_at_radius is not None else ""
         echo(f"{p.path}: {', '.join(p.labels)}{used}")
@@ -633,6 +644,16 @@ def _datasets_describe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the description as JSON")
 
 
+def _stored_stop_rule(run_dir: str) -> dict | None:
+    """The stop rule a run folder was written with (None without one), so that --resume continues it with its
+    own rule where the command line leaves the rule's options out."""
+    path = Path(run_dir) / "metadata.json"
+    try:
+        return json.loads(path.read_text()).get("stop_rule")
+    except (OSError, ValueError):
+        return None
+
+
 def _datasets_download_options(p: argparse.ArgumentParser) -> None:
     from ..data.download import downloadable_names
 
@@ -695,7 +716,8 @@ def _report_options(p: argparse.ArgumentParser) -> None:
                    help="radii added to the summary table's 0, 0.25, 0.5, 1 (comma list)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", choices=list(METHODS),
                    help="any of: " + "; ".join(f"{name}: {m.description.rstrip('.')}" for name, m in METHODS.items())
-                   + " (default: every method the runs support)")
+                   + " (default: every method the runs support, except "
+                   + ", ".join(name for name, m in METHODS.items() if not m.default) + ", computed only when named)")
     p.add_argument("--q", type=float, nargs="+", default=[0.5],
                    help="per-label (threshold) curves: a label is predicted when it is on in more than a share q of "
                    "the noise (a smaller q: more recall, less precision)")

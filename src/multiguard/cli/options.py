@@ -29,6 +29,7 @@ __all__ = [
     "add_thresholds",
     "dataset_options",
     "mode_args",
+    "stop_rule_options",
     "wrap",
 ]
 
@@ -164,13 +165,55 @@ def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "c
 
 
 def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
-    """Sequential certification: --stop-at-radius and --futility, whose choices and help are the entries of
-    :data:`multiguard.sequential.FUTILITY_RULES`."""
-    from ..sequential import FUTILITY_RULES
+    """Sequential certification: --stop-at-radius, --futility (the entries of
+    :data:`multiguard.sequential.FUTILITY_RULES`), --futility-margin, --schedule (the entries of
+    :data:`multiguard.sequential.SCHEDULES`) and --spending. Left out, the last four are the defaults of
+    :class:`multiguard.runspec.StopRule` (:func:`stop_rule_options`)."""
+    from ..sequential import (
+        DEFAULT_FUTILITY,
+        DEFAULT_MARGIN,
+        DEFAULT_SCHEDULE,
+        DEFAULT_SPENDING,
+        FUTILITY_RULES,
+        SCHEDULES,
+    )
 
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
-    p.add_argument("--futility", default="remaining", choices=FUTILITY_RULES.names(),
-                   help=f"{futility_help} ({FUTILITY_RULES.help_text()})")
+    p.add_argument("--futility", default=None, choices=FUTILITY_RULES.names(),
+                   help=f"{futility_help} (default {DEFAULT_FUTILITY}; {FUTILITY_RULES.help_text()})")
+    p.add_argument("--futility-margin", type=float, default=None, metavar="GAMMA",
+                   help=f"gamma of --futility margin, in (0, 1) (default {DEFAULT_MARGIN:g})")
+    p.add_argument("--schedule", default=None, choices=SCHEDULES.names(),
+                   help=f"the sample sizes at which inputs may stop (default {DEFAULT_SCHEDULE}; "
+                   f"{SCHEDULES.help_text()})")
+    p.add_argument("--spending", type=_spending, default=None, metavar="SHARE",
+                   help=f"share of alpha spent at the last look, the rest split equally over the earlier looks, or "
+                   f"'equal' for equal shares (default {DEFAULT_SPENDING:g})")
+
+
+def _spending(text: str) -> float | str:
+    if text == "equal":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or 'equal', got {text!r}") from None
+
+
+def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> dict:
+    """The futility, schedule, spending and margin of a sequential command: those given on the command line,
+    the others from ``stored`` (the rule of a run being resumed; its ``legacy`` values for what it predates)
+    or the defaults of :class:`multiguard.runspec.StopRule`."""
+    from ..runspec import StopRule
+
+    base = StopRule(radius=0.0, k=1, k_prime=1, alpha=0.5) if stored is None else StopRule.from_dict(
+        {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
+                                                               if key not in ("radius", "k", "k_prime", "alpha")}})
+    spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
+    return {"futility": base.futility if args.futility is None else args.futility,
+            "schedule": base.schedule if args.schedule is None else args.schedule,
+            "spending": spending,
+            "margin": base.margin if args.futility_margin is None else args.futility_margin}
 
 
 def add_shard(p: argparse.ArgumentParser) -> None:
