@@ -44,7 +44,7 @@ from .checkpoint_files import read_denoiser_checkpoint, save_denoiser_checkpoint
 from .checkpoints import load_checkpoint
 from .denoisers import create_denoiser
 from .devices import resolve_device
-from .files import check_output_file, file_sha256
+from .files import file_sha256
 from .objectives import ObjectiveContext, stability_loss
 from .seeds import training_seed
 from .train_settings import DEFAULT_STABILITY_EPOCHS, TRAINING_OBJECTIVES, DenoiserTrainSettings, objective_names
@@ -57,12 +57,12 @@ from .training import (
     fork_rng,
     identity_now,
     load_splits,
-    make_log,
     make_optimizer,
     path_or_none,
     resolve_precision,
     resume_from,
     settings_from,
+    start_job,
     torch_threads,
 )
 from .validation import RunMismatchError
@@ -249,17 +249,8 @@ def _describe(objective: str, classifier: nn.Module | None):
 def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike | None, resume: bool,
                     overwrite: bool, device: str | torch.device, progress: bool,
                     log: Log | None) -> tuple[nn.Module, dict[str, Any]]:
-    dist = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per rank
-        from .distributed import init_distributed
-
-        dist = init_distributed(str(device))
-        device = torch.device(dist.device)
-    device = resolve_device(device)
-    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="denoiser.pt")
-    log = make_log(progress and (dist is None or dist.rank == 0), log)
-    if dist is not None and dist.rank != 0:
-        log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
+    dist, device, out_path, log = start_job(device, out, resume=resume, overwrite=overwrite, progress=progress,
+                                            log=log, example="denoiser.pt")
     s, frozen, classifier_meta = _with_classifier(settings, device)
     train_set, test_set, train_split, test_split = load_splits(
         s.dataset, s.data_root, s.image_size, s.seed, s.train_split, s.test_split, s.train_size, s.test_size,

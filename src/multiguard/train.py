@@ -47,7 +47,6 @@ from .augment import compose
 from .checkpoint_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint, write_checkpoint
 from .checkpoints import load_checkpoint
 from .devices import resolve_device
-from .files import check_output_file
 from .losses import make_loss
 from .models import create_model, looks_like_probabilities
 from .objectives import ObjectiveContext, TrainingClock
@@ -65,12 +64,12 @@ from .training import (
     identity_now,
     legacy_values,
     load_splits,
-    make_log,
     make_optimizer,
     make_scheduler,
     resolve_precision,
     resume_from,
     settings_from,
+    start_job,
     torch_threads,
 )
 
@@ -304,17 +303,8 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
            device: str | torch.device, progress: bool, log: Log | None,
            recipe: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
     s = settings
-    dist = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: one process per rank
-        from .distributed import init_distributed
-
-        dist = init_distributed(str(device))
-        device = torch.device(dist.device)
-    device = resolve_device(device)
-    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example="model.pt")
-    log = make_log(progress and (dist is None or dist.rank == 0), log)
-    if dist is not None and dist.rank != 0:
-        log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
+    dist, device, out_path, log = start_job(device, out, resume=resume, overwrite=overwrite, progress=progress,
+                                            log=log, example="model.pt")
     if recipe:
         _announce_recipe(recipe, log)
     train_set, test_set, train_split, test_split = load_splits(

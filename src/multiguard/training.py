@@ -35,11 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .data import DATASETS, get_dataset
+from .devices import resolve_device
+from .files import check_output_file
 from .seeds import training_seed
 from .settings import _NO_LEGACY, Settings
 from .validation import RunMismatchError
 
 __all__ = [
+    "start_job",
     "TrainingLoop",
     "add_noise",
     "base_and_indices",
@@ -89,6 +92,25 @@ def settings_from(cls: type[S], value: Any, first_field: str, fields: Mapping[st
     if isinstance(value, cls):
         return value.replace(**fields) if fields else value
     return cls(**{first_field: value}, **fields)
+
+
+def start_job(device: str | torch.device, out: str | os.PathLike | None, *, resume: bool, overwrite: bool,
+              progress: bool, log: Log | None, example: str) -> tuple[Any, torch.device, Any, Log]:
+    """What a training process does first: join the torchrun job when launched by it (``WORLD_SIZE`` > 1; one
+    process per rank), resolve the device, check the file it will write (:func:`multiguard.files.check_output_file`)
+    and make its log (rank 0 speaks for the job). Returns ``(dist or None, device, out path, log)``."""
+    dist = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .distributed import init_distributed
+
+        dist = init_distributed(str(device))
+        device = torch.device(dist.device)
+    device = resolve_device(device)
+    out_path = check_output_file(out, resume=resume, overwrite=overwrite, example=example)
+    log = make_log(progress and (dist is None or dist.rank == 0), log)
+    if dist is not None and dist.rank != 0:
+        log = lambda line: None  # noqa: E731 - rank 0 speaks for the job
+    return dist, device, out_path, log
 
 
 def make_log(progress: bool, log: Log | None) -> Log:

@@ -81,27 +81,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"multiguard: error: {line} (see {self.prog} --help)\n")
 
 
-def _option_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def dataset_options(pairs: list[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` pairs (``--dataset-option``, ``--arch-option``) as a dict, values typed."""
-    options: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"dataset-option must look like KEY=VALUE, got {pair!r}")
-        options[key.replace("-", "_")] = _option_value(value)
-    return options
+    from ..train_settings import parse_options
+
+    return parse_options(pairs, "dataset-option")
 
 
 # ------------------------------------------------------------------------------------------ option groups

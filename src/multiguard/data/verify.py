@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import DATASETS, format_description, get_dataset
-from .download import DatasetManifest, manifest_entries
+from .download import DatasetManifest, _count_files, manifest_entries
 
 __all__ = ["SplitCheck", "VerifyReport", "verify_dataset"]
 
@@ -81,14 +81,6 @@ class VerifyReport:
         out.append("")
         out.append("verify: ok" if self.ok else f"verify: {len(self.problems)} problem(s) found")
         return "\n".join(out)
-
-
-def _count_files(folder: Path) -> int:
-    try:
-        with os.scandir(folder) as entries:
-            return sum(1 for item in entries if item.is_file())
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
 
 
 def _expected(manifest: DatasetManifest, name: str, split: str) -> int | None:
