@@ -795,6 +795,7 @@ def test_the_demo_table_names_the_sampling_mode_it_was_made_with():
     assert "sampling mode" in caption and "reproducible" in caption
 
 
+@pytest.mark.slow
 def test_a_killed_attack_resumes_to_the_same_numbers(own_model, tmp_path):
     import signal
     import subprocess

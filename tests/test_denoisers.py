@@ -327,6 +327,7 @@ def noisy_agreement(model: nn.Module, classifier: nn.Module, images: torch.Tenso
         return float((model(images + noise).argmax(1) == classifier(images).argmax(1)).float().mean())
 
 
+@pytest.mark.slow
 def test_the_default_train_denoiser_improves_the_classifiers_noisy_agreement(tmp_path, capsys) -> None:
     """`train-denoiser --sigma 0.5 --classifier clean.pt` with every other setting at its default (the unet, MSE
     then stability through the classifier, in one command) on tiny data: behind the denoiser the clean classifier

@@ -288,6 +288,7 @@ def folder16(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_certify_with_a_diffusion_denoiser_records_it_and_refuses_a_resume_with_another_timestep(
         tiny_model_checkpoint: Path, folder16: Path, tmp_path: Path, capsys) -> None:
     from clitools import assert_one_line_error_in_process, run_in_process

@@ -165,6 +165,7 @@ def test_compare_errors_name_the_file(tmp_path):
 # ------------------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_command_line_report_writes_results_and_compares_two_runs(tmp_path):
     from clitools import assert_one_line_error, run
 

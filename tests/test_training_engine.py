@@ -45,6 +45,7 @@ def torchrun(*args: str, processes: int = 2) -> list[str]:
             "-m", "multiguard", "train", *args]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(tmp_path):
     """torchrun with 2 gloo processes (each half of every batch of 16) against one process: the per-epoch
     training loss agrees to 1e-5 relative (only the order of float sums differs: no noise, sigma = 0, and a
@@ -74,6 +75,7 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_global_batch(t
     load_checkpoint(tmp_path / "two.pt")  # serves as any checkpoint does
 
 
+@pytest.mark.slow
 def test_a_two_process_run_killed_with_sigkill_resumes_and_finishes(tmp_path):
     """kill -9 of every process of a torchrun job once its first checkpoint is on disk; the checkpoint left
     behind is whole (atomic writes), and resuming it (here with one process) trains the missing epoch."""
@@ -256,6 +258,7 @@ def test_the_command_line_recipe_prints_its_values_and_every_given_option_wins(t
         RECIPES.unregister("test-cli")
 
 
+@pytest.mark.slow
 def test_denoisers_train_on_the_same_engine_under_torchrun_in_bf16(tmp_path):
     """`torchrun ... -m multiguard train-denoiser --precision bf16 --channels-last`: two gloo processes train a
     denoiser on the same core, rank 0 writes one checkpoint, which loads and denoises."""

@@ -122,6 +122,7 @@ def test_your_own_csv_dataset_is_checked_without_official_counts(tmp_path):
     assert test.problems == [f"test: missing image: {tmp_path / 'c.jpg'}"]
 
 
+@pytest.mark.slow
 def test_command_line_verify_names_each_problem_and_exits_1(tmp_path):
     from clitools import run
 
