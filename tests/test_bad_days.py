@@ -32,35 +32,13 @@ from clitools import (
     run_in_process,
     tiny_checkpoint,
 )
+from tiny_data import TinyDataset, tiny_smoother
 
 from multiguard import MultiGuard, runs
 from multiguard.runspec import RunSpec
 from multiguard.validation import DamagedFileError
 
 # ------------------------------------------------------------------------------ a small real run
-
-
-class _Digits:
-    """30 inputs of 6 features with 4 labels: a small in-memory dataset (real data, not a mock)."""
-
-    class_names = ["a", "b", "c", "d"]
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.rand(30, 6, generator=generator)
-        self.y = (torch.rand(30, 4, generator=generator) > 0.5).float()
-
-    def __len__(self) -> int:
-        return 30
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-
-def _smoother() -> MultiGuard:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    return MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
 
 
 RUN_ARGS = dict(n=60, max_k_prime=2, seed=1, num_inputs=12, chunk_size=5)
@@ -70,7 +48,7 @@ RUN_META = {"sigma": 0.5, "arch": "mlp", "dataset": "digits", "split": "test"}
 def _certify(path: Path, *, metadata: dict | None = None, **kwargs) -> runs.RunResult:
     plan = {**RUN_ARGS, **{name: kwargs.pop(name) for name in list(kwargs) if name in RUN_ARGS}}
     spec = RunSpec.from_arguments(metadata=dict(RUN_META) if metadata is None else metadata, **plan)
-    return runs.sample_run(path, spec, sampler=_smoother(), dataset=_Digits(), **kwargs)
+    return runs.sample_run(path, spec, sampler=tiny_smoother(), dataset=TinyDataset(), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +219,7 @@ def test_n_beyond_the_limit_is_refused_before_any_file(tmp_path: Path, capsys) -
         _one_line(caught.value, "n must be between 1 and 1000000000", str(n))
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="n must be between 1 and 1000000000"):  # predict and attack sample here
-        _smoother().sample_counts(torch.rand(1, 6), runs.MAX_N + 1)
+        tiny_smoother().sample_counts(torch.rand(1, 6), runs.MAX_N + 1)
     result = run_in_process(capsys, "certify", "--checkpoint", str(tmp_path / "model.pt"), "--n", str(2**63),
                             "--out", str(tmp_path / "run"))
     assert_one_line_error_in_process(result, "n must be between 1 and 1000000000")  # before the checkpoint

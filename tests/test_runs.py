@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from clitools import (
     CERTIFY_ARGS,
     assert_one_line_error,
@@ -26,34 +25,12 @@ from clitools import (
     run_in_process,
     tiny_checkpoint,
 )
+from tiny_data import TinyDataset, tiny_smoother
 
-from multiguard import MultiGuard, runs
+from multiguard import runs
 from multiguard.runspec import RunSpec, StopRule
 
 # ------------------------------------------------------------------------------ library, small model
-
-
-class _Digits:
-    """A small in-memory dataset: 30 inputs of 6 features, 4 labels (a real dataset, not a mock)."""
-
-    class_names = ["a", "b", "c", "d"]
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.rand(30, 6, generator=generator)
-        self.y = (torch.rand(30, 4, generator=generator) > 0.5).float()
-
-    def __len__(self) -> int:
-        return 30
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-
-def _smoother() -> MultiGuard:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    return MultiGuard(model, num_classes=4, sigma=0.5, device="cpu")
 
 
 PLAN = dict(n=200, max_k_prime=3, seed=1, num_inputs=12, chunk_size=5, sigma=0.5, arch="mlp", dataset="digits",
@@ -63,7 +40,7 @@ PLAN = dict(n=200, max_k_prime=3, seed=1, num_inputs=12, chunk_size=5, sigma=0.5
 def _certify(path: Path, **kwargs) -> runs.RunResult:
     plan = dict(PLAN)
     plan.update({name: kwargs.pop(name) for name in list(kwargs) if name in RunSpec.__dataclass_fields__})
-    args = dict(sampler=_smoother(), dataset=_Digits())
+    args = dict(sampler=tiny_smoother(), dataset=TinyDataset())
     args.update(kwargs)
     return runs.sample_run(path, RunSpec(**plan), **args)
 
@@ -84,7 +61,7 @@ def test_run_layout_and_load(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.indices, runs.select_inputs(30, 12, 1))
     for k_prime in (1, 2, 3):  # every row of k' sums to n * k'
         assert (loaded.counts_for(k_prime).sum(axis=1) == 200 * k_prime).all()
-    np.testing.assert_array_equal(loaded.labels, _Digits().y[loaded.indices].numpy() > 0.5)
+    np.testing.assert_array_equal(loaded.labels, TinyDataset().y[loaded.indices].numpy() > 0.5)
     with pytest.raises(ValueError, match="k_prime"):
         loaded.counts_for(4)
 
@@ -92,8 +69,8 @@ def test_run_layout_and_load(tmp_path: Path) -> None:
 def test_chunks_equal_one_call_of_the_engine(tmp_path: Path) -> None:
     _certify(tmp_path / "run")
     loaded = runs.load_run(tmp_path / "run")
-    data = _Digits()
-    direct = _smoother().sample_counts(data.x[loaded.indices], 200, seed=1, index=loaded.indices, max_k_prime=3)
+    data = TinyDataset()
+    direct = tiny_smoother().sample_counts(data.x[loaded.indices], 200, seed=1, index=loaded.indices, max_k_prime=3)
     np.testing.assert_array_equal(loaded.counts, direct)
 
 

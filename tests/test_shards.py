@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from tiny_data import TinyDataset, tiny_smoother
 
-from multiguard import MultiGuard, runs
+from multiguard import runs
 from multiguard.runspec import RunSpec
 from multiguard.shards import auto_shard, resolve_shard
 
@@ -59,30 +59,11 @@ def test_auto_refuses_what_it_cannot_place(environ, message):
         resolve_shard("auto", environ)
 
 
-class _Data:
-    """30 inputs of 6 features, 4 labels, in memory (a real dataset)."""
-
-    class_names = ["a", "b", "c", "d"]
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.rand(30, 6, generator=generator)
-        self.y = (torch.rand(30, 4, generator=generator) > 0.5).float()
-
-    def __len__(self) -> int:
-        return 30
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
-
-
 def _certify(path: Path, shard: tuple[int, int]) -> runs.RunResult:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     spec = RunSpec(n=100, max_k_prime=2, seed=1, num_inputs=20, chunk_size=3, sigma=0.5, arch="mlp",
                    dataset="digits", split="test")
-    return runs.sample_run(path, spec, sampler=MultiGuard(model, num_classes=4, sigma=0.5, device="cpu"),
-                           dataset=_Data(), shard=shard)
+    return runs.sample_run(path, spec, sampler=tiny_smoother(),
+                           dataset=TinyDataset(), shard=shard)
 
 
 def test_a_job_array_with_auto_writes_the_chunks_and_counts_of_explicit_shards(tmp_path):
