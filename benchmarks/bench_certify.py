@@ -1,4 +1,4 @@
-"""Time a whole certified curve: multiguard.certify against the plain loop of the tests, on the same counts.
+"""Time a whole certified curve: multiguard.certificates.topk against the plain loop of the tests, on the same counts.
 
     python benchmarks/bench_certify.py [--inputs 500] [--loop-inputs 10] [--seed 0]
 
@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import plain_loop  # noqa: E402
 
-from multiguard.certify import certified_radii, intersection_size_from_radii, label_probability_bounds  # noqa: E402
+from multiguard.certificates.bounds import label_probability_bounds
+from multiguard.certificates.topk import certified_radii, intersection_size_from_radii
 
 
 def simulated_counts(rng: np.random.Generator, num: int, c: int, k_prime: int, n: int, mean_labels: float):

@@ -37,11 +37,13 @@ from pathlib import Path
 
 import torch
 
+from multiguard.common.torch_files import read_denoiser_checkpoint
 from multiguard.data import get_dataset
-from multiguard.denoise_train import train_denoiser
-from multiguard.denoisers import DenoisedClassifier, load_denoiser, read_denoiser_checkpoint
-from multiguard.smoothing import MultiGuard
-from multiguard.train import load_checkpoint, train
+from multiguard.denoising.denoisers import DenoisedClassifier, load_denoiser
+from multiguard.models.checkpoints import load_checkpoint
+from multiguard.sampling.smoothed import MultiGuard
+from multiguard.training.classifier import train
+from multiguard.training.denoiser import train_denoiser
 
 SIGMA = 0.5
 # name -> (arch, options)

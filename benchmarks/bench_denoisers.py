@@ -10,7 +10,8 @@ all alike. Printed: samples/s, microseconds per sample, the cost of the denoiser
 classifier) and the slowdown against the classifier alone. Weights are random: the cost does not depend on
 them. Figures go in benchmarks/README.md.
 
-``--diffusion`` (needs ``pip install 'multiguard[diffusion]'``) adds :class:`multiguard.diffusion.DiffusionDenoiser`
+``--diffusion`` (needs ``pip install 'multiguard[diffusion]'``) adds
+:class:`multiguard.denoising.diffusion.DiffusionDenoiser`
 around randomly initialised diffusers ``UNet2DModel`` s of three sizes (1 channel, 32 x 32, DDPM scheduler,
 timestep for sigma = 0.5): tiny (8, 16 channels, 42k parameters), small (32, 64, 64 channels with attention at
 16 x 16, 1.1M) and one shaped like the CIFAR-10 DDPM (128, 256, 256, 256 channels, two layers per block,
@@ -26,9 +27,9 @@ import time
 
 import torch
 
-from multiguard.denoisers import DenoisedClassifier, create_denoiser
-from multiguard.models import create_model
-from multiguard.smoothing import MultiGuard
+from multiguard.denoising.denoisers import DenoisedClassifier, create_denoiser
+from multiguard.models.factory import create_model
+from multiguard.sampling.smoothed import MultiGuard
 
 DIFFUSION_UNETS: dict[str, dict] = {  # name -> UNet2DModel config (1 channel, 32 x 32)
     "tiny (8, 16)": {"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
@@ -76,7 +77,7 @@ def main() -> None:
     if args.diffusion:
         import diffusers
 
-        from multiguard.diffusion import DiffusionDenoiser
+        from multiguard.denoising.diffusion import DiffusionDenoiser
 
         for name, config in DIFFUSION_UNETS.items():
             unet = diffusers.UNet2DModel(sample_size=32, in_channels=1, out_channels=1, **config)

@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each command")
     args = parser.parse_args()
-    from multiguard.report import read_csv
+    from multiguard.evaluation.curves import read_csv
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)

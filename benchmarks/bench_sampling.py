@@ -14,7 +14,7 @@ rounds (the best round of each counts, so background load hurts all three alike)
 Goal: (a) within 5 % of (b) and faster than (c). Samples/s and ratios are printed; figures go in README.md.
 
 Modes (``--section modes``): the demo's model (``create_model("small_cnn")`` on 1x32x32 multidigits, 10
-labels) sampled by the engine in every mode of :mod:`multiguard.acceleration` (fp32, channels_last, bf16,
+labels) sampled by the engine in every mode of :mod:`multiguard.sampling.acceleration` (fp32, channels_last, bf16,
 bf16 + channels_last, fp16, and compiled variants) against the fp32 bare loop, plus bare loops in bf16 and
 compiled, all in interleaved rounds in the same process. A 2048 x 2048 GEMM in fp32 and in bf16 measures
 the machine's peak in the same run, and each figure is printed also as GFLOP/s and as a fraction of both
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from multiguard import MultiGuard
-from multiguard.acceleration import has_native_bf16
+from multiguard.sampling.acceleration import has_native_bf16
 
 SIGMA = 0.5
 
@@ -250,8 +250,8 @@ MODES = [  # label, precision, channels_last, compile
 
 def modes(n: int, batch_size: int, rounds: int, num_inputs: int, compile_modes: bool) -> None:
     """The demo's CNN in every sampling mode against the fp32 bare loop, each as a fraction of GEMM peak."""
-    from multiguard.acceleration import CompiledModel
-    from multiguard.models import create_model
+    from multiguard.models.factory import create_model
+    from multiguard.sampling.acceleration import CompiledModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

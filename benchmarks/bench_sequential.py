@@ -13,7 +13,7 @@ at most 10,000 samples per input.
 Every figure comes from one set of samples per model: the counts of each input after every 100 samples up to
 10,000 (``MultiGuard.sample_nested_counts``, kept in ``--work/MODEL/nested100.npz`` and reused). Each such
 count is exactly what a fixed-n run with that n draws, and each sequential procedure is replayed on them
-(``multiguard.sequential.sequential_certification``): the replay is what running the procedure gives
+(``multiguard.certificates.sequential.sequential_certification``): the replay is what running the procedure gives
 (``--live N`` checks it on the first N inputs of the first model: ``MultiGuard.certify(..., stop_at_radius=R)``
 with the default rule at most 1,000 samples, timed, against the replay: samples, counts and radii equal).
 
@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from multiguard import certify as cert
-from multiguard import sequential as seq
+from multiguard.certificates import metrics as _metrics
+from multiguard.certificates import sequential as seq
+from multiguard.certificates import topk as _topk
+from multiguard.certificates.sequential import SequentialCertificate
 
 K, K_PRIME, ALPHA, SEED, NUM_INPUTS = 3, 1, 0.001, 0, 500
 MOST = (1000, 10_000)
@@ -92,8 +94,8 @@ def model_data(work: Path, name: str, threads: int) -> dict:
             return {key: stored[key] for key in stored.files}
     import torch
 
-    from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-    from multiguard.runs import load_batch, select_inputs
+    from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+    from multiguard.runs.job import load_batch, select_inputs
 
     torch.set_num_threads(threads)
     model, meta = load_checkpoint(trained_model(folder, **MODELS[name]), device="cpu")
@@ -115,7 +117,7 @@ def model_data(work: Path, name: str, threads: int) -> dict:
 def trained_model(folder: Path, *, seed: int, sigma: float) -> Path:
     """``multiguard demo``'s model with this seed and sigma, trained into ``folder`` unless already there."""
     from multiguard.demo import DEMO_SETTINGS
-    from multiguard.train import train
+    from multiguard.training.classifier import train
 
     checkpoint = folder / "model.pt"
     if not checkpoint.exists():
@@ -146,7 +148,7 @@ def clopper_pearson(counts: np.ndarray, n: np.ndarray, level: float) -> tuple[np
 
 def fixed_sizes(counts: np.ndarray, n: np.ndarray, labels: np.ndarray, sigma: float, radius: float) -> np.ndarray:
     lower, upper = clopper_pearson(counts.astype(np.float64), n, ALPHA / counts.shape[1])
-    return cert.certified_intersection_size(lower, upper, labels, k=K, k_prime=K_PRIME, sigma=sigma, radius=radius)
+    return _topk.certified_intersection_size(lower, upper, labels, k=K, k_prime=K_PRIME, sigma=sigma, radius=radius)
 
 
 def oracle_samples(counts: np.ndarray, most: int, labels: np.ndarray, sigma: float, radius: float) -> np.ndarray:
@@ -165,7 +167,7 @@ def oracle_samples(counts: np.ndarray, most: int, labels: np.ndarray, sigma: flo
 
 
 def replay(data: dict, procedure: Procedure, most: int, radius: float, rows: np.ndarray | None = None
-           ) -> cert.SequentialCertificate:
+           ) -> SequentialCertificate:
     looks = seq.look_schedule(most, procedure.schedule)
     nested, labels = counts_at(data, looks), data["labels"]
     if rows is not None:
@@ -176,16 +178,16 @@ def replay(data: dict, procedure: Procedure, most: int, radius: float, rows: np.
     )
 
 
-def f1_of(result: cert.SequentialCertificate, labels: np.ndarray, radius: float) -> float:
-    sizes = cert.intersection_size_from_radii(result.radii, radius)
-    return float(cert.certified_metrics(sizes, labels, K).f1)
+def f1_of(result: SequentialCertificate, labels: np.ndarray, radius: float) -> float:
+    sizes = _topk.intersection_size_from_radii(result.radii, radius)
+    return float(_metrics.certified_metrics(sizes, labels, K).f1)
 
 
 def cell(data: dict, most: int, radius: float, procedures: dict[str, Procedure]) -> dict:
     """Fixed n, the oracle and every procedure at one (model, most, R)."""
     labels, sigma = data["labels"], float(data["sigma"])
     counts = counts_at(data, np.array([most]))[:, 0]
-    fixed = float(cert.certified_metrics(fixed_sizes(counts, np.full(len(counts), most), labels, sigma, radius),
+    fixed = float(_metrics.certified_metrics(fixed_sizes(counts, np.full(len(counts), most), labels, sigma, radius),
                                          labels, K).f1)
     oracle = float(oracle_samples(counts, most, labels, sigma, radius).mean())
     out = {"fixed_f1": fixed, "oracle_samples": oracle, "procedures": {}}
@@ -197,7 +199,7 @@ def cell(data: dict, most: int, radius: float, procedures: dict[str, Procedure])
         for parity in (0, 1) if key == "default" else ():  # the default on the even and the odd inputs
             rows = np.arange(parity, len(labels), 2)
             half = replay(data, procedure, most, radius, rows)
-            half_fixed = cert.certified_metrics(
+            half_fixed = _metrics.certified_metrics(
                 fixed_sizes(counts[rows], np.full(rows.size, most), labels[rows], sigma, radius), labels[rows], K
             ).f1
             halves.append({"mean_samples": float(half.samples.mean()),
@@ -271,8 +273,8 @@ def live_check(work: Path, model: str, num: int, radii: list[float], threads: in
     batch shapes on the CPU, and live sampling shrinks its batches as inputs stop."""
     import torch
 
-    from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
-    from multiguard.runs import load_batch
+    from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+    from multiguard.runs.job import load_batch
 
     torch.set_num_threads(threads)
     data = model_data(work, model, threads)

@@ -16,10 +16,10 @@ disjoint held-out split the model never trained on), with n noisy copies each fr
 - ``logit > 0``: a label is on in a noisy copy when its logit is positive (its sigmoid probability above 1/2);
   q = 1/2 and q = 0.3;
 - ``F1-best tau``: each label's F1-best cut of the base classifier's logits on the noisy validation images (the
-  first 20 noise draws of each; :func:`multiguard.thresholded.f1_best_thresholds`), q = 1/2;
+  first 20 noise draws of each; :func:`multiguard.certificates.thresholded.f1_best_thresholds`), q = 1/2;
 - ``certified-F1 tau``: each label's threshold, among 41 quantiles of its validation logits, that maximises
   its certified F1 summed over R = 0, 0.25, 0.5, 1 on the validation images
-  (:func:`multiguard.thresholded.certified_f1_thresholds`), q = 1/2.
+  (:func:`multiguard.certificates.thresholded.certified_f1_thresholds`), q = 1/2.
 
 MultiGuard top-k for k = 1..5 and k' = 1..3 (15 certificates); "best" rows take the best at each radius.
 """
@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multiguard import certify as cert
-from multiguard import thresholded as th
-from multiguard.checkpoints import dataset_for_checkpoint, load_checkpoint
-from multiguard.runs import load_batch, select_inputs
-from multiguard.seeds import STREAM_THRESHOLDS
-from multiguard.smoothing import MultiGuard
+from multiguard.certificates import bounds as _bounds
+from multiguard.certificates import metrics as _metrics
+from multiguard.certificates import thresholded as th
+from multiguard.certificates import topk as _topk
+from multiguard.common.seeds import STREAM_THRESHOLDS
+from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint
+from multiguard.runs.job import load_batch, select_inputs
+from multiguard.sampling.smoothed import MultiGuard
 
 ALPHA, SEED = 0.001, 0
 RADII = np.array([0.0, 0.25, 0.5, 1.0])
@@ -104,10 +106,10 @@ def main() -> None:
                       "validation": args.validation})
     top = {}
     for k_prime in K_PRIMES:
-        lower, upper = cert.label_probability_bounds(top_counts[:, k_prime - 1], args.n, ALPHA)
+        lower, upper = _bounds.label_probability_bounds(top_counts[:, k_prime - 1], args.n, ALPHA)
         for k in KS:
-            radii = cert.certified_radii(lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma)
-            top[(k, k_prime)] = cert.certified_metrics(cert.intersection_size_from_radii(radii, RADII), labels, k)
+            radii = _topk.certified_radii(lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma)
+            top[(k, k_prime)] = _metrics.certified_metrics(_topk.intersection_size_from_radii(radii, RADII), labels, k)
     best_top = np.array([max(m.f1[r] for m in top.values()) for r in range(RADII.size)])
     which_top = [max(top, key=lambda kk, r=r: top[kk].f1[r]) for r in range(RADII.size)]
     best_th = np.array([max(m.f1[r] for _, m in rows) for r in range(RADII.size)])

@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multiguard.certify import certified_intersection_size, certified_metrics, label_probability_bounds
+from multiguard.certificates.bounds import label_probability_bounds
+from multiguard.certificates.metrics import certified_metrics
+from multiguard.certificates.topk import certified_intersection_size
 from multiguard.data import get_dataset
-from multiguard.smoothing import MultiGuard
-from multiguard.train import train
-from multiguard.train_settings import parse_options
+from multiguard.sampling.smoothed import MultiGuard
+from multiguard.training.classifier import train
+from multiguard.training.settings import parse_options
 
 RADII = (0.0, 0.25, 0.5, 1.0)
 
@@ -131,7 +133,7 @@ def ceiling(args: argparse.Namespace) -> None:
 
 _WORKER = r"""
 import json, sys, time, torch
-from multiguard.train import train
+from multiguard.training.classifier import train
 spec = json.loads(sys.argv[1])
 started = time.perf_counter()
 _, meta = train("multidigits", progress=False, **spec)

@@ -13,7 +13,7 @@ import time
 import timm
 import torch
 
-from multiguard.losses import paper_asl
+from multiguard.training.losses import paper_asl
 
 
 def main() -> None:

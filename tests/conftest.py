@@ -31,16 +31,16 @@ def make_tiny_run(run_dir: Path) -> Path:
     ``(2,)``, labels ``(6, 3)``, n = 200 at sigma = 0.5, counts for k' <= 2, chunks of 2."""
     import torch
 
-    from multiguard import runs
-    from multiguard.runspec import RunSpec
-    from multiguard.smoothing import MultiGuard
+    from multiguard.runs import job as _job
+    from multiguard.runs.spec import RunSpec
+    from multiguard.sampling.smoothed import MultiGuard
 
     model = torch.nn.Linear(2, 3, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
     data = [(torch.tensor([float(i % 3), 1.0 - (i % 2)]), torch.tensor([1.0, 0.0, float(i % 2)])) for i in range(6)]
     spec = RunSpec(n=200, max_k_prime=2, num_inputs=0, chunk_size=2, sigma=0.5, dataset="toy")
-    result = runs.sample_run(run_dir, spec, sampler=MultiGuard(model, 3, sigma=0.5), dataset=data)
+    result = _job.sample_run(run_dir, spec, sampler=MultiGuard(model, 3, sigma=0.5), dataset=data)
     assert result.complete
     return Path(result.run_dir)
 

@@ -1,7 +1,7 @@
 """A plain-loop transcription of the paper's Theorem 1 and of the Jia et al. baseline, for cross-checks.
 
 Written straight from docs/certificate.md with scalar Python arithmetic (no NumPy in the math), one input, one e', one
-radius at a time: slow and obviously right. The tests compare the vectorised ``multiguard.certify`` against
+radius at a time: slow and obviously right. The tests compare the vectorised ``multiguard.certificates.topk`` against
 it, and ``benchmarks/bench_certify.py`` times against it.
 """
 

@@ -1,219 +1,138 @@
-"""The package's shape: layers that point one way, torch only where models run, one atomic writer.
+"""The package's shape: rooms by domain with declared layers, no import cycle, torch only where models run,
+functions and modules of a readable size, and one atomic writer.
 
-The import graph is read from the source (every ``import`` statement, at module level and inside functions;
-``if TYPE_CHECKING:`` blocks are skipped because they never run), so an import hidden in a function body
-still counts.
+The layers and the torch-free rooms are import-linter contracts in ``pyproject.toml`` (``lint-imports`` runs in
+``make test``); the tests here check what those contracts do not say, and that a contract of that form fails
+on an upward import hidden inside a function (the control).
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import grimp
 import numpy as np
 import pytest
 
 import multiguard
 
 PACKAGE_DIR = Path(multiguard.__file__).parent
-TORCH_LIBRARIES = ("torch", "torchvision", "timm")
-TORCH_FREE = ("multiguard.certify", "multiguard.sequential", "multiguard.report", "multiguard.runs",
-              "multiguard.runfolder", "multiguard.runspec", "multiguard.empirical", "multiguard.results",
-              "multiguard.shards", "multiguard.data.download", "multiguard.thresholded", "multiguard.thresholds",
-              "multiguard.validation", "multiguard.files", "multiguard.seeds", "multiguard.modes",
-              "multiguard.denoiser_sources")
+MAX_FUNCTION_CODE_LINES = 60
+MAX_MODULE_LINES = 600
+MAX_TOP_LEVEL_ENTRIES = 12  # rooms and modules at the top of src/multiguard, besides __init__ and __main__
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, code: set[int]) -> int:
+    """Lines of a function's code (``code``: the file's lines that are neither blank nor a comment), its
+    docstring not counted."""
+    first = node.body[0]
+    doc: set[int] = set()
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        doc = set(range(first.lineno, first.end_lineno + 1))
+    return len(set(range(node.lineno, node.end_lineno + 1)) & code - doc)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """Every module ``path`` imports (ours by full name, others by top-level name)."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                found.add(alias.name if alias.name.startswith("multiguard") else alias.name.split(".")[0])
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if not target.startswith("multiguard"):
-                found.add(target.split(".")[0])
-                return
-            found.add(target)
-            for alias in node.names:  # `from . import report` imports the module multiguard.report
-                if f"{target}.{alias.name}" in modules:
-                    found.add(f"{target}.{alias.name}")
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text(), filename=str(path)))
-    found.discard(name)
-    return found
-
-
-@pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
-    files = sorted(PACKAGE_DIR.rglob("*.py"))
-    modules = {_module_name(path) for path in files}
-    return {_module_name(path): _imports(path, modules) for path in files}
-
-
-def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, stack = set(), [start]
-    while stack:
-        node = stack.pop()
-        for target in graph.get(node, ()):
-            if target not in seen:
-                seen.add(target)
-                stack.append(target)
-    return seen
-
-
-def test_the_import_graph_has_no_cycle(graph):
-    ours = {name: {t for t in targets if t in graph} for name, targets in graph.items()}
-    state: dict[str, int] = {}  # 1: on the current path, 2: finished
-
-    def walk(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for target in sorted(ours[node]):
-            if state.get(target) == 1:
-                cycle = path[path.index(target):] + [target] if target in path else [node, target]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                walk(target, [*path, target])
-        state[node] = 2
-
-    for name in sorted(ours):
-        if name not in state:
-            walk(name, [name])
-
-
-def test_no_torch_reachable_from_the_math_and_the_report(graph):
-    for name in TORCH_FREE:
-        assert name in graph, name
-        reached = _reachable(graph, name)
-        bad = sorted(reached & set(TORCH_LIBRARIES))
-        via = sorted(m for m in reached if m in graph and set(TORCH_LIBRARIES) & graph[m])
-        assert not bad, f"{name} reaches {bad} through {via}"
-
-
-def test_nothing_imports_the_command_line(graph):
-    importers = sorted(name for name, targets in graph.items()
-                       if any(t == "multiguard.cli" or t.startswith("multiguard.cli.") for t in targets)
-                       and not name.startswith("multiguard.cli"))
-    assert importers in ([], ["multiguard.__main__"]), importers
-
-
-# The layers, top to bottom: a module imports (at module level or inside a function) only modules of its own
-# layer or below. Every module of the package has a place here; a new module is placed when it is added.
-LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("command line", frozenset({"cli", "cli.commands", "cli.options", "__main__"})),
-    ("pipeline steps", frozenset({"demo", "attack_run", "predict", "pipeline", "progress", "report"})),
-    ("training, attack, checkpoints, data, runs", frozenset({
-        "train", "denoise_train", "attack", "checkpoints", "distributed", "models", "denoisers", "diffusion", "losses",
-        "runs", "runfolder", "base_classifier", "training", "train_settings", "objectives", "checkpoint_files",
-        "shards", "augment",
-        "data", "data._common", "data.coco", "data.csvfolder", "data.multidigits", "data.nuswide", "data.summary",
-        "data.voc", "data.download", "data.verify"})),
-    ("MultiGuard", frozenset({"smoothing", "acceleration"})),
-    ("engine", frozenset({"engine"})),
-    ("certificate math, registries and utilities", frozenset({
-        "", "certify", "sequential", "thresholded", "thresholds", "runspec", "methods", "empirical", "results", "modes",
-        "architectures", "registry",
-        "deprecation", "settings", "denoiser_sources",
-        "validation", "files", "seeds", "devices"})),
-)
-
-
-def _layer_of(module: str) -> int | None:
-    short = module.removeprefix("multiguard").removeprefix(".")
-    return next((i for i, (_, names) in enumerate(LAYERS) if short in names), None)
-
-
-def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    """``importer -> imported`` for every import that points to a higher layer than the importer's."""
+def _functions(path: Path) -> list[tuple[str, int]]:
+    source = path.read_text()
+    lines = source.splitlines()
+    code = {i for i, line in enumerate(lines, 1) if line.strip() and not line.strip().startswith("#")}
     found = []
-    for name, targets in sorted(graph.items()):
-        for target in sorted(t for t in targets if t in graph):
-            own, other = _layer_of(name), _layer_of(target)
-            if own is not None and other is not None and other < own:
-                found.append(f"{name} ({LAYERS[own][0]}) -> {target} ({LAYERS[other][0]})")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append((f"{path.relative_to(PACKAGE_DIR)}:{node.name}", _code_lines(node, code)))
     return found
 
 
-def test_every_module_has_a_layer(graph):
-    unplaced = sorted(name for name in graph if _layer_of(name) is None)
-    assert not unplaced, f"place these modules in tests/test_structure.py LAYERS: {unplaced}"
+def _sources() -> list[Path]:
+    return sorted(path for path in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in path.parts)
 
 
-def test_no_import_points_up_the_layers(graph):
-    """cli -> pipeline steps -> training/attack/checkpoints -> MultiGuard -> engine -> certificate math: an import
-    inside a function counts as one at the top of the module."""
-    assert not _upward_imports(graph), _upward_imports(graph)
+def test_no_function_is_over_60_code_lines():
+    long = sorted((lines, name) for path in _sources() for name, lines in _functions(path)
+                  if lines > MAX_FUNCTION_CODE_LINES)
+    assert not long, f"functions over {MAX_FUNCTION_CODE_LINES} code lines: {long}"
 
 
-def test_the_layer_check_catches_an_upward_import_inside_a_function(tmp_path):
-    """Control: a certificate-math module that imports the sampling engine inside a function is caught."""
-    pkg = tmp_path / "multiguard"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "certify.py").write_text("def bound():\n    from .engine import SamplingEngine\n    return SamplingEngine\n")
-    (pkg / "engine.py").write_text("from .certify import bound\n")
-    modules = {"multiguard", "multiguard.certify", "multiguard.engine"}
+def test_the_function_size_check_counts_code_not_docstrings_or_comments(tmp_path):
+    """Control: a function of 61 statements is caught; one of 60 with a long docstring and comments is not."""
+    body = "".join(f"    x{i} = {i}\n" for i in range(61))
+    (tmp_path / "long.py").write_text("def f():\n" + body)
+    docstring = '    """' + "doc\n" * 30 + '"""\n    # note\n\n'
+    (tmp_path / "short.py").write_text("def g():\n" + docstring + body[:-len("    x60 = 60\n")])
     global PACKAGE_DIR
-    saved, PACKAGE_DIR = PACKAGE_DIR, pkg
+    saved, PACKAGE_DIR = PACKAGE_DIR, tmp_path
     try:
-        fake = {m: _imports(pkg / f"{m.split('.')[-1]}.py", modules)
-                for m in ("multiguard.certify", "multiguard.engine")}
+        assert _functions(tmp_path / "long.py") == [("long.py:f", 62)]
+        assert _functions(tmp_path / "short.py") == [("short.py:g", 61)]
     finally:
         PACKAGE_DIR = saved
-    assert _upward_imports(fake) == ["multiguard.certify (certificate math, registries and utilities) -> "
-                                     "multiguard.engine (engine)"]
 
 
-def test_the_checker_finds_a_cycle_and_a_hidden_torch_import(tmp_path):
-    """Control: the graph reader sees imports inside functions, so both checks above can fail."""
-    pkg = tmp_path / "multiguard"
-    pkg.mkdir()
+def test_no_module_is_over_600_lines():
+    long = sorted((len(path.read_text().splitlines()), str(path.relative_to(PACKAGE_DIR))) for path in _sources()
+                  if len(path.read_text().splitlines()) > MAX_MODULE_LINES)
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_the_top_of_the_package_is_a_short_list_of_rooms():
+    entries = sorted(e.name for e in PACKAGE_DIR.iterdir()
+                     if e.name not in ("__init__.py", "__main__.py", "__pycache__", "py.typed"))
+    assert len(entries) <= MAX_TOP_LEVEL_ENTRIES, entries
+    for room in (e for e in PACKAGE_DIR.iterdir() if e.is_dir() and e.name != "__pycache__"):
+        init = room / "__init__.py"
+        assert init.is_file(), f"{room.name} has no __init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and "import" in doc, f"{room.name}/__init__.py must say its job and what it may import"
+
+
+def test_no_import_cycle_between_modules():
+    """Every import of the package (module level and inside functions; ``if TYPE_CHECKING`` blocks excluded,
+    as they never run) is one way: no module reaches back to one that imports it."""
+    graph = grimp.build_graph("multiguard", exclude_type_checking_imports=True)
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported != module and graph.chain_exists(importer=imported, imported=module):
+                back = graph.find_shortest_chain(importer=imported, imported=module)
+                cycles.append(" -> ".join((module, *back)))
+    assert not cycles, cycles
+
+
+def test_a_layers_contract_catches_an_upward_import_inside_a_function(tmp_path):
+    """Control: on a two-room package whose low room imports the high one inside a function, the same kind of
+    contract as pyproject.toml's fails, and passes once the import is gone."""
+    if shutil.which("lint-imports") is None:
+        pytest.skip("lint-imports is not installed (pip install -e .[dev])")
+    pkg = tmp_path / "tinypkg"
+    (pkg / "high").mkdir(parents=True)
+    (pkg / "low").mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("def f():\n    from . import b\n")
-    (pkg / "b.py").write_text("from .a import f\n\ndef g():\n    import torch.nn\n")
-    modules = {"multiguard", "multiguard.a", "multiguard.b"}
-    global PACKAGE_DIR
-    saved, PACKAGE_DIR = PACKAGE_DIR, pkg
-    try:
-        found = {m: _imports(pkg / f"{m.split('.')[-1]}.py", modules) for m in ("multiguard.a", "multiguard.b")}
-    finally:
-        PACKAGE_DIR = saved
-    assert "multiguard.b" in found["multiguard.a"] and "multiguard.a" in found["multiguard.b"]
-    assert "torch" in found["multiguard.b"]
+    (pkg / "high" / "__init__.py").write_text("from tinypkg.low import value\n")
+    hidden = "def later():\n    from tinypkg.high import value\n    return value\n"
+    (pkg / "low" / "__init__.py").write_text("value = 1\n\n" + hidden)
+    (tmp_path / ".importlinter").write_text(textwrap.dedent("""\
+        [importlinter]
+        root_package = tinypkg
+        [importlinter:contract:layers]
+        name = layers
+        type = layers
+        layers =
+            tinypkg.high
+            tinypkg.low
+        """))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    broken = subprocess.run(["lint-imports"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert broken.returncode != 0 and "BROKEN" in broken.stdout, broken.stdout + broken.stderr
+    (pkg / "low" / "__init__.py").write_text("value = 1\n")
+    kept = subprocess.run(["lint-imports"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
 
 
 # A finder placed first on sys.meta_path that refuses torch and its companions: their import raises
@@ -239,7 +158,7 @@ def test_certify_and_report_run_with_torch_unimportable(tmp_path):
     run_dir = _tiny_run(tmp_path)
     script = (
         BLOCK_TORCH
-        + "import multiguard.certify\n"
+        + "import multiguard.certificates.topk\n"
         "from multiguard.cli import main\n"
         f"code = main(['report', {str(run_dir)!r}, '--k', '2', '--k-prime', '1', '--out', {str(tmp_path / 'rep')!r},"
         " '--quiet'])\n"
@@ -255,7 +174,7 @@ def test_certify_and_report_run_with_torch_unimportable(tmp_path):
 
 
 def test_a_checkpoint_has_the_mode_of_every_other_output(tmp_path):
-    from multiguard.train import train
+    from multiguard.training.classifier import train
 
     previous = os.umask(0o022)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from multiguard.smoothing import MultiGuard
+from multiguard.sampling.smoothed import MultiGuard
 
 
 class TinyDataset:

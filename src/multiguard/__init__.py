@@ -1,6 +1,6 @@
 """MultiGuard: provably robust multi-label classification by randomized smoothing.
 
-The top-level names are loaded on first use (PEP 562), so ``import multiguard.certify`` or
+The top-level names are loaded on first use (PEP 562), so ``import multiguard.certificates.topk`` or
 ``multiguard report`` never import torch: only :class:`MultiGuard`, :class:`Certificate` and
 :class:`Prediction` need it.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .smoothing import Certificate, MultiGuard, Prediction
+    from multiguard.sampling.certificate import Certificate, Prediction
+    from multiguard.sampling.smoothed import MultiGuard
 
 __all__ = ["Certificate", "MultiGuard", "Prediction", "__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_LAZY = {"Certificate": "smoothing", "MultiGuard": "smoothing", "Prediction": "smoothing"}
+_LAZY = {"Certificate": "sampling.certificate", "MultiGuard": "sampling.smoothed", "Prediction": "sampling.certificate"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,12 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import report as _report
-from . import runs as _runs
-from .checkpoints import read_checkpoint
-from .pipeline import sample_checkpoint
-from .progress import Log, ProgressPrinter
-from .validation import RunMismatchError
+from multiguard.common.progress import Log, ProgressPrinter
+from multiguard.common.torch_files import read_checkpoint
+from multiguard.common.validation import RunMismatchError
+from multiguard.evaluation import curves as _curves
+from multiguard.evaluation import plots as _plots
+from multiguard.evaluation import report as _report
+from multiguard.evaluation import tables as _tables
+from multiguard.runs import folder as _folder
+from multiguard.runs import job as _job
+from multiguard.runs.certify_step import sample_checkpoint
 
 __all__ = ["DEMO_SETTINGS", "DENOISED_DEMO_SETTINGS", "DemoResult", "DenoisedDemoResult", "run_demo",
            "run_denoised_demo"]
@@ -50,7 +54,7 @@ exceeds 0.5 (logit > 0), so its run stores per-label on-counts and ``report-thre
 thresholded certificate with MultiGuard's top-k from the same samples."""
 
 
-def thresholded_vs_top_k(curves: list[_report.Curve], radii: tuple[float, ...] = _report.SUMMARY_RADII) -> str:
+def thresholded_vs_top_k(curves: list[_curves.Curve], radii: tuple[float, ...] = _tables.SUMMARY_RADII) -> str:
     """A markdown table of certified F1 (%) at ``radii``: each thresholded curve (per q) against the best top-k
     MultiGuard curve at each radius (and which k, k' it was), from one report's curves (no sampling)."""
     per_label = [c for c in curves if c.q is not None]
@@ -67,7 +71,7 @@ def thresholded_vs_top_k(curves: list[_report.Curve], radii: tuple[float, ...] =
     return "\n".join(lines)
 
 
-def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _runs.RunResult:
+def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _job.RunResult:
     """A demo's RUN_DIR, finished: continued where a killed demo left it, or started over (saying so) when it
     holds a run with other settings (e.g. a --quick run after a full one). ``say`` tells the user; ``kwargs``
     go to :func:`sample_checkpoint`."""
@@ -105,7 +109,7 @@ def run_demo(
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
     device has native bf16) and ``compile``; the run records the mode and the report names it.
     """
-    from .train import train
+    from multiguard.training.classifier import train
 
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     out = Path(out)
@@ -149,7 +153,7 @@ def run_demo(
 
     started = time.perf_counter()
     log("[3/3] reporting from the saved counts (no model)")
-    run = _runs.load_run(run_dir)
+    run = _folder.load_run(run_dir)
     grid = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
     reports = {
         "report": _report.make_report(
@@ -180,7 +184,7 @@ def run_demo(
     else:
         log(f"      {run_dir} holds no nested counts (certified by an older version): no impact-of-n report")
     figure = out / "figure.png"
-    _report.plot_figure(
+    _plots.plot_figure(
         [
             ("MultiGuard vs Jia et al.", reports["report"].curves),
             ("Impact of k'", reports["report-k-prime"].curves),
@@ -229,8 +233,8 @@ def run_denoised_demo(
     Files in ``out``: ``clean.pt``, ``noisy.pt`` (classifiers), ``denoiser-mse.pt``, ``denoiser-stability.pt``,
     ``run-<variant>/`` (RUN_DIRs) and ``report/``. Running it again reuses what is finished.
     """
-    from .denoise_train import train_denoiser
-    from .train import train
+    from multiguard.training.classifier import train
+    from multiguard.training.denoiser import train_denoiser
 
     settings = DENOISED_DEMO_SETTINGS
     out = Path(out)
@@ -282,7 +286,7 @@ def run_denoised_demo(
     seconds["certify"] = time.perf_counter() - started
 
     report = _report.make_report(
-        [_runs.load_run(path) for path in run_dirs.values()], out / "report", k=[3], k_prime=[1],
+        [_folder.load_run(path) for path in run_dirs.values()], out / "report", k=[3], k_prime=[1],
         methods=["multiguard"], names=list(run_dirs), radius_grid="0:1.5:0.05",
         title=f"Denoised smoothing on multidigits (sigma = {sigma}, k = 3, k' = 1)",
     )

@@ -18,6 +18,8 @@ that names the argument or file and says what to do, never a traceback (``--debu
 Options are never abbreviated: ``--n`` is not ``--names``. Nothing the user made is replaced without being
 asked: ``train --out`` over a checkpoint needs ``--resume`` or ``--overwrite``, ``certify --out`` over a run
 needs ``--resume``, ``report --out`` into a folder that is not a report needs ``--overwrite``.
+
+The top room: may import every other room; nothing imports it but ``multiguard.__main__``.
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .commands import COMMANDS, OutputStreamError, fail
-from .options import DEBUG_ENV, EXIT_FAILURE, EXIT_USAGE, Formatter, Parser, wrap
+from multiguard.cli.commands import COMMANDS, OutputStreamError, fail
+from multiguard.cli.options import DEBUG_ENV, EXIT_FAILURE, EXIT_USAGE, Formatter, Parser, wrap
 
 __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_USAGE", "build_parser", "main"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "FUTILITY_CHOICES":  # the futility rules' names (multiguard.sequential.FUTILITY_RULES)
-        from ..sequential import FUTILITY_RULES
+    if name == "FUTILITY_CHOICES":  # the futility rules' names (multiguard.certificates.sequential.FUTILITY_RULES)
+        from multiguard.certificates.sequential import FUTILITY_RULES
 
         return FUTILITY_RULES.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -103,7 +105,7 @@ def _explain(exc: BaseException, args: argparse.Namespace) -> tuple[int, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``multiguard`` command, one subparser per entry of :data:`COMMANDS`."""
-    from .. import __version__
+    from multiguard import __version__
 
     parser = Parser(
         prog="multiguard",

@@ -1,7 +1,7 @@
 """The commands of ``multiguard``: one handler each (parse nothing, call the library, print), and the table
 :data:`COMMANDS` that the parser is built from.
 
-A command is one entry of :data:`COMMANDS` (a :class:`~multiguard.registry.Registry` of :class:`Command`):
+A command is one entry of :data:`COMMANDS` (a :class:`~multiguard.common.registry.Registry` of :class:`Command`):
 its name, its handler, a one-line help, a description and a function that adds its options (mostly the
 shared groups of :mod:`multiguard.cli.options`). Registering one makes ``multiguard NAME`` exist.
 """
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..registry import Registry
-from .options import (
+from multiguard.cli.options import (
     DEMO_COMPILE,
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -39,6 +38,7 @@ from .options import (
     stop_rule_options,
     wrap,
 )
+from multiguard.common.registry import Registry
 
 __all__ = ["COMMANDS", "Command"]
 
@@ -68,7 +68,7 @@ def _shown(text: str) -> str:
 
 def _next_k(run_dir: str) -> tuple[int, str]:
     """A k for the `next:` hint from the run's labels: about the mean label count, well below the classes."""
-    from ..runs import load_run
+    from multiguard.runs.folder import load_run
 
     labels = load_run(run_dir).labels
     classes = labels.shape[1]
@@ -105,9 +105,9 @@ def fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..settings import from_namespace
-    from ..train import train
-    from ..train_settings import TrainSettings
+    from multiguard.common.settings import from_namespace
+    from multiguard.training.classifier import train
+    from multiguard.training.settings import TrainSettings
 
     run = {"out": args.out, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,
            "progress": not args.quiet, "log": None if not args.quiet else (lambda line: None)}
@@ -135,9 +135,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from ..denoise_train import train_denoiser
-    from ..settings import from_namespace
-    from ..train_settings import DenoiserTrainSettings
+    from multiguard.common.settings import from_namespace
+    from multiguard.training.denoiser import train_denoiser
+    from multiguard.training.settings import DenoiserTrainSettings
 
     _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
                              overwrite=args.overwrite, device=args.device, progress=not args.quiet,
@@ -159,7 +159,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_list(args: argparse.Namespace) -> int:
-    from ..data import DATASETS
+    from multiguard.data import DATASETS
 
     if args.json:
         echo(json.dumps({name: {"description": info.description, "train_split": info.train_split,
@@ -174,7 +174,7 @@ def _cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_describe(args: argparse.Namespace) -> int:
-    from ..data import default_splits, describe, format_description, get_dataset
+    from multiguard.data import default_splits, describe, format_description, get_dataset
 
     splits = args.split or list(dict.fromkeys(default_splits(args.dataset)))
     options = dataset_options(args.dataset_option)
@@ -195,7 +195,7 @@ def _cmd_datasets_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_download(args: argparse.Namespace) -> int:
-    from ..data.download import DownloadError, download_dataset
+    from multiguard.data.download import DownloadError, download_dataset
 
     say = (lambda line: None) if args.quiet else echo
     try:
@@ -225,7 +225,7 @@ def _cmd_datasets_download(args: argparse.Namespace) -> int:
 def _cmd_datasets_verify(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from ..data.verify import verify_dataset
+    from multiguard.data.verify import verify_dataset
 
     report = verify_dataset(args.name, args.root, splits=args.split, manifest=args.manifest,
                             check_images=not args.labels_only, progress=False if args.json else None)
@@ -297,16 +297,17 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
-    from .. import runs
-    from ..base_classifier import ModeSpec
-    from ..distributed import init_distributed
-    from ..pipeline import sample_checkpoint
-    from ..progress import ProgressPrinter
-    from ..runspec import StopRule
-    from ..shards import auto_shard
+    from multiguard.certificates.stop_rule import StopRule
+    from multiguard.common.distributed import init_distributed
+    from multiguard.common.progress import ProgressPrinter
+    from multiguard.models.base_classifier import ModeSpec
+    from multiguard.runs import folder as _folder
+    from multiguard.runs import job as _job
+    from multiguard.runs.certify_step import sample_checkpoint
+    from multiguard.runs.shards import auto_shard
 
     place = auto_shard() if str(args.shard).strip().lower() == "auto" else None
-    shard = runs.parse_shard(args.shard) if place is None else (place.index, place.count)
+    shard = _job.parse_shard(args.shard) if place is None else (place.index, place.count)
     _check_stop_rule_options(args)
     from_run = _settings_from_run(args) if args.resume else []
     context = init_distributed(args.device)
@@ -361,7 +362,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             if printer is None or line not in printer.repairs_shown:
                 say(f"{prefix}: {line}")
         if result.complete and meta.get("stop_rule"):
-            used = runs.load_run(args.out).samples
+            used = _folder.load_run(args.out).samples
             quiet_say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
                 f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
                 f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
@@ -372,7 +373,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
             quiet_say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
         else:
-            status = runs.run_status(args.out)
+            status = _folder.run_status(args.out)
             quiet_say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
                 f"{status['num_chunks']} chunks: the last shard to finish writes counts.npz")
         return 0
@@ -381,8 +382,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..report import make_report, parse_radius_grid
-    from ..results import RESULTS_FILE, compare_results
+    from multiguard.evaluation.curves import parse_radius_grid
+    from multiguard.evaluation.report import make_report
+    from multiguard.evaluation.results import RESULTS_FILE, compare_results
 
     if not args.runs and not args.compare:
         raise ValueError("runs: give RUN_DIRs to report (with --out), or --compare RESULTS.json ... to compare reports")
@@ -418,8 +420,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from ..attack_run import run_attack
-    from ..devices import resolve_device
+    from multiguard.common.devices import resolve_device
+    from multiguard.evaluation.attack_run import run_attack
 
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
     result = run_attack(
@@ -447,7 +449,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 def _check_same_checkpoint(recorded: dict, checkpoint: str, run_dir: str) -> None:
     """--mode-of: the run's mode is claimed for the run's own model only; a run of another checkpoint (by the
     SHA-256 it recorded) is refused, naming both."""
-    from ..files import file_sha256
+    from multiguard.common.files import file_sha256
 
     if not os.path.isfile(checkpoint):
         return  # the checkpoint's own loading names the missing file
@@ -459,11 +461,11 @@ def _check_same_checkpoint(recorded: dict, checkpoint: str, run_dir: str) -> Non
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..devices import resolve_device
-    from ..predict import predict_images
+    from multiguard.common.devices import resolve_device
+    from multiguard.serving.predict import predict_images
 
     if args.mode_of is not None:
-        from ..runs import load_run
+        from multiguard.runs.folder import load_run
 
         if args.precision is not None or args.channels_last is not None or args.compile:
             raise ValueError("mode-of: the mode comes from the run; leave out --precision, --channels-last, --compile")
@@ -535,7 +537,7 @@ def _echo_thresholded(p: Any, q: float) -> None:
 
 
 def _cmd_demo_denoised(args: argparse.Namespace) -> int:
-    from ..demo import run_denoised_demo
+    from multiguard.demo import run_denoised_demo
 
     started = time.perf_counter()
     out = os.path.join(args.out, "denoised")
@@ -550,15 +552,15 @@ def _cmd_demo_denoised(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
-    from ..report import REPORT_FILES
+    from multiguard.demo import run_demo
+    from multiguard.evaluation.report import REPORT_FILES
 
     if args.denoised:
         return _cmd_demo_denoised(args)
     started = time.perf_counter()
     mode = "quick demo" if args.quick else "demo"
     echo(f"MultiGuard {mode}: offline, on the embedded multidigits dataset; files go to {args.out}/")
-    from ..devices import resolve_device
+    from multiguard.common.devices import resolve_device
 
     mode = mode_args(args, resolve_device(args.device), echo)
     result = run_demo(args.out, quick=args.quick, device=args.device, log=echo, **mode)
@@ -576,14 +578,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
         echo()
     if "report-thresholded" in result.reports:
-        from ..demo import thresholded_vs_top_k
+        from multiguard.demo import thresholded_vs_top_k
 
         echo("### Thresholded vs top-k (the same run's samples; a label is on in a noisy copy when its probability > "
              "0.5; docs/certificate.md)")
         echo()
         echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
         echo()
-    from ..runs import load_run, sampling_mode
+    from multiguard.runs.folder import load_run, sampling_mode
 
     echo(f"These tables are reproducible in sampling mode {sampling_mode(load_run(result.run_dir).metadata)} (the "
          "seeds fix the model, the inputs and every noise sample; another mode is another base classifier).")
@@ -604,8 +606,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    from ..settings import add_arguments
-    from ..train_settings import TrainSettings
+    from multiguard.common.settings import add_arguments
+    from multiguard.training.settings import TrainSettings
 
     add_arguments(p, TrainSettings)  # every setting once, on its field: flag, default, check, help
     add_device(p)
@@ -614,8 +616,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_denoiser_options(p: argparse.ArgumentParser) -> None:
-    from ..settings import add_arguments
-    from ..train_settings import DenoiserTrainSettings
+    from multiguard.common.settings import add_arguments
+    from multiguard.training.settings import DenoiserTrainSettings
 
     add_arguments(p, DenoiserTrainSettings)
     add_device(p)
@@ -628,7 +630,7 @@ def _datasets_list_options(p: argparse.ArgumentParser) -> None:
 
 
 def _datasets_describe_options(p: argparse.ArgumentParser) -> None:
-    from ..data import DATASETS, dataset_names
+    from multiguard.data import DATASETS, dataset_names
 
     composed = [name for name, info in DATASETS.items() if info.composed]
     p.add_argument("--dataset", required=True, help=dataset_names())
@@ -655,7 +657,7 @@ def _stored_stop_rule(run_dir: str) -> dict | None:
 
 
 def _datasets_download_options(p: argparse.ArgumentParser) -> None:
-    from ..data.download import downloadable_names
+    from multiguard.data.download import downloadable_names
 
     add_dataset_folder(p, names=downloadable_names(),
                        root_help="the dataset folder to fill (made if missing): give it as --data-root when training")
@@ -667,7 +669,7 @@ def _datasets_download_options(p: argparse.ArgumentParser) -> None:
 
 
 def _datasets_verify_options(p: argparse.ArgumentParser) -> None:
-    from ..data import DATASETS
+    from multiguard.data import DATASETS
 
     add_dataset_folder(p, names=[name for name, info in DATASETS.items() if info.needs_root],
                        root_help="the dataset folder (as given to --data-root)")
@@ -703,7 +705,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
-    from ..methods import METHODS
+    from multiguard.certificates.methods import METHODS
 
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="runs written by multiguard certify")
     p.add_argument("--k", type=int, nargs="+", default=[3], help="labels the smoothed classifier predicts")

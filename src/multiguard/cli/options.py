@@ -40,7 +40,7 @@ DEBUG_ENV = "MULTIGUARD_DEBUG"  # set to 1 to see tracebacks (as --debug does)
 
 def __getattr__(name: str) -> Any:
     if name == "FUTILITY_CHOICES":  # the futility rules' names, read from their registry at use
-        from ..sequential import FUTILITY_RULES
+        from multiguard.certificates.sequential import FUTILITY_RULES
 
         return FUTILITY_RULES.names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -83,7 +83,7 @@ class Parser(argparse.ArgumentParser):
 
 def dataset_options(pairs: list[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` pairs (``--dataset-option``, ``--arch-option``) as a dict, values typed."""
-    from ..train_settings import parse_options
+    from multiguard.training.settings import parse_options
 
     return parse_options(pairs, "dataset-option")
 
@@ -96,7 +96,7 @@ DENOISER_HELP = ("denoiser checkpoint (multiguard train-denoiser) put in front o
 
 def denoiser_help() -> str:
     """--denoiser's help: a checkpoint, or one of the registered source forms (read when the parser is built)."""
-    from ..denoiser_sources import denoiser_source_forms
+    from multiguard.denoising.sources import denoiser_source_forms
 
     return f"{DENOISER_HELP}; or {denoiser_source_forms()}"
 
@@ -118,7 +118,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
     """--precision, --channels-last and --compile: the sampling mode, part of the base classifier."""
-    from ..modes import AUTO_HELP, PRECISION_MODES
+    from multiguard.sampling.modes import AUTO_HELP, PRECISION_MODES
 
     p.add_argument(
         "--precision", choices=PRECISION_MODES.names(), default=None,
@@ -150,10 +150,10 @@ def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "c
 
 def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
     """Sequential certification: --stop-at-radius, --futility (the entries of
-    :data:`multiguard.sequential.FUTILITY_RULES`), --futility-margin, --schedule (the entries of
-    :data:`multiguard.sequential.SCHEDULES`) and --spending. Left out, the last four are the defaults of
-    :class:`multiguard.runspec.StopRule` (:func:`stop_rule_options`)."""
-    from ..sequential import (
+    :data:`multiguard.certificates.sequential.FUTILITY_RULES`), --futility-margin, --schedule (the entries of
+    :data:`multiguard.certificates.sequential.SCHEDULES`) and --spending. Left out, the last four are the defaults of
+    :class:`multiguard.certificates.stop_rule.StopRule` (:func:`stop_rule_options`)."""
+    from multiguard.certificates.sequential import (
         DEFAULT_FUTILITY,
         DEFAULT_MARGIN,
         DEFAULT_SCHEDULE,
@@ -187,8 +187,8 @@ def _spending(text: str) -> float | str:
 def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> dict:
     """The futility, schedule, spending and margin of a sequential command: those given on the command line,
     the others from ``stored`` (the rule of a run being resumed; its ``legacy`` values for what it predates)
-    or the defaults of :class:`multiguard.runspec.StopRule`."""
-    from ..runspec import StopRule
+    or the defaults of :class:`multiguard.certificates.stop_rule.StopRule`."""
+    from multiguard.certificates.stop_rule import StopRule
 
     base = StopRule(radius=0.0, k=1, k_prime=1, alpha=0.5) if stored is None else StopRule.from_dict(
         {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
@@ -202,7 +202,7 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
 
 def add_shard(p: argparse.ArgumentParser) -> None:
     """--shard: this job's part of a run's chunks, ``I/N`` or ``auto`` (from a SLURM job array,
-    :mod:`multiguard.shards`)."""
+    :mod:`multiguard.runs.shards`)."""
     p.add_argument("--shard", default=None, metavar="I/N|auto",
                    help="do only shard I of N (e.g. 0/4) of the chunks; auto: this task's shard of a SLURM job array "
                    "(SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT), with torchrun's ranks splitting it further")
@@ -221,7 +221,8 @@ def add_dataset_folder(p: argparse.ArgumentParser, *, names: list[str], root_hel
 
 def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
     """A thresholded base classifier: --threshold (a number or a file with one per label), --threshold-scale,
-    and with ``rule`` --threshold-rule (choices and help from :data:`multiguard.thresholds.THRESHOLD_RULES`),
+    and with ``rule`` --threshold-rule (choices and help from
+    :data:`multiguard.certificates.thresholds.THRESHOLD_RULES`),
     --threshold-split, --threshold-inputs."""
     p.add_argument("--threshold", default=None, metavar="TAU|FILE",
                    help="certify per-label decisions too: label i is on in a noisy copy when its score passes its "
@@ -230,7 +231,7 @@ def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
     p.add_argument("--threshold-scale", default="probability", choices=["probability", "score"],
                    help="what --threshold is compared with: sigmoid(score) (probability) or the raw score (logit)")
     if rule:
-        from ..thresholds import THRESHOLD_RULES
+        from multiguard.certificates.thresholds import THRESHOLD_RULES
 
         p.add_argument("--threshold-rule", default=None, choices=THRESHOLD_RULES.names(),
                        help="choose per-label thresholds (on the score scale) on --threshold-inputs images of "
@@ -255,7 +256,7 @@ def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, re
 
 def mode_args(args: argparse.Namespace, device: object, say: Callable[[str], None]) -> dict[str, Any]:
     """The mode arguments of a command, resolved for ``device`` and announced in one line."""
-    from ..acceleration import resolve_mode
+    from multiguard.sampling.acceleration import resolve_mode
 
     precision = args.precision or args.default_precision
     mode = resolve_mode(precision, args.channels_last, args.compile, device)

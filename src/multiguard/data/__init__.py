@@ -13,6 +13,8 @@ Families (see each module for its exact layout)::
     csv          root/classes.txt + root/<split>.csv    any split name
     multidigits  embedded (scikit-learn digits)         splits train, test
 
+Torch and PIL are used here, but no other room of :mod:`multiguard` but :mod:`multiguard.common` is imported.
+
 Example::
 
     from multiguard.data import get_dataset, describe, format_description
@@ -58,31 +60,31 @@ def __getattr__(name: str) -> Any:
 
 
 def _load_multidigits(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
-    from . import multidigits
+    from multiguard.data import multidigits
 
     return multidigits.load_multidigits(split=split, image_size=image_size, seed=seed, **options)
 
 
 def _load_voc2007(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
-    from . import voc
+    from multiguard.data import voc
 
     return voc.load_voc2007(root, split=split, image_size=image_size, **options)
 
 
 def _load_coco2014(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
-    from . import coco
+    from multiguard.data import coco
 
     return coco.load_coco2014(root, split=split, image_size=image_size)
 
 
 def _load_nuswide(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
-    from . import nuswide
+    from multiguard.data import nuswide
 
     return nuswide.load_nuswide(root, split=split, image_size=image_size)
 
 
 def _load_csv(root: Any, split: str, image_size: int | None, seed: int, **options: Any) -> Dataset:
-    from . import csvfolder
+    from multiguard.data import csvfolder
 
     return csvfolder.load_csv(root, split=split, image_size=image_size)
 
@@ -214,7 +216,7 @@ def get_dataset(
         if root is None:
             raise ValueError(f"root: dataset {name!r} needs root, the folder holding it ({info.description})")
         if not os.path.isdir(root):
-            from ._common import DatasetFileError
+            from multiguard.data._common import DatasetFileError
 
             raise DatasetFileError(
                 f"dataset folder for {name} not found: expected {os.path.abspath(root)} "
@@ -260,7 +262,7 @@ _MODE_NAMES = {"L": "grayscale", "1": "black and white", "P": "palette", "RGB": 
 
 
 def _channels_text(mode: str) -> str:
-    from ._common import mode_channels
+    from multiguard.data._common import mode_channels
 
     channels = mode_channels(mode)
     return "? channels" if channels is None else f"{channels} channel{'s' if channels > 1 else ''}"

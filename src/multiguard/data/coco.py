@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import MultiLabelImageDataset, not_utf8_error, require
+from multiguard.data._common import MultiLabelImageDataset, not_utf8_error, require
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "val"
 DEFAULT_IMAGE_SIZE = 224

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import (
+from multiguard.data._common import (
     MultiLabelImageDataset,
     infer_image_size,
     labels_to_vector,

@@ -44,7 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_bytes
+from multiguard.common.files import atomic_write_bytes
 
 __all__ = [
     "DOWNLOAD_DIR",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._common import check_image_size
+from multiguard.data._common import check_image_size
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "test"
 DEFAULT_IMAGE_SIZE = 32

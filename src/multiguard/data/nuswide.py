@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import MultiLabelImageDataset, labels_to_vector, open_text, read_class_list, require
+from multiguard.data._common import MultiLabelImageDataset, labels_to_vector, open_text, read_class_list, require
 
 TRAIN_SPLIT, TEST_SPLIT = "train", "val"
 DEFAULT_IMAGE_SIZE = 224

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ._common import inspect_images
+from multiguard.data._common import inspect_images
 
 __all__ = ["describe"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import DATASETS, format_description, get_dataset
-from .download import DatasetManifest, _count_files, manifest_entries
+from multiguard.data import DATASETS, format_description, get_dataset
+from multiguard.data.download import DatasetManifest, _count_files, manifest_entries
 
 __all__ = ["SplitCheck", "VerifyReport", "verify_dataset"]
 
@@ -91,8 +91,8 @@ def _expected(manifest: DatasetManifest, name: str, split: str) -> int | None:
 
 def _check_split(name: str, root: Path, split: str, manifest: DatasetManifest, check_images: bool,
                  progress: bool | None) -> SplitCheck:
-    from ._common import DatasetFileError
-    from .summary import describe
+    from multiguard.data._common import DatasetFileError
+    from multiguard.data.summary import describe
 
     check = SplitCheck(split=split)
     try:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import DatasetFileError, MultiLabelImageDataset, parse_bool_option, read_lines, require
+from multiguard.data._common import DatasetFileError, MultiLabelImageDataset, parse_bool_option, read_lines, require
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,0 +1,90 @@
+"""The stopping rule of a sequential run (``StopRule``): the target radius, k, k', alpha, the futility rule,
+the schedule of looks and how alpha is spent over them. A value: what ``MultiGuard.certify``, the sequential
+functions and a run's metadata carry instead of loose keywords."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from multiguard.certificates.sequential import DEFAULT_FUTILITY, DEFAULT_MARGIN, DEFAULT_SCHEDULE, DEFAULT_SPENDING
+from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
+from multiguard.common.validation import check_alpha
+
+__all__ = ["StopRule"]
+
+
+def _futility_names() -> list[str]:
+    from multiguard.certificates.sequential import FUTILITY_RULES  # SciPy loads here, when a rule is checked
+
+    return FUTILITY_RULES.names()
+
+
+def _schedule_names() -> list[str]:
+    from multiguard.certificates.sequential import SCHEDULES
+
+    return SCHEDULES.names()
+
+
+def _alpha(value: Any, name: str) -> float:
+    return check_alpha(value)
+
+
+@dataclass(frozen=True)
+class StopRule(Settings):
+    """The stopping rule of a sequential run: stop an input once its certified intersection size at ``radius``
+    (for top-``k`` smoothing of a top-``k_prime`` base classifier, at confidence ``1 - alpha``) is settled, or
+    the ``futility`` rule (with gamma = ``margin`` for ``margin``) says more samples cannot raise it. Inputs
+    look at the sizes of the ``schedule`` (:data:`multiguard.certificates.sequential.SCHEDULES`) up to n, and alpha
+    is spent
+    over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
+    shares). Runs written before the schedule, spending and margin existed read as ``1-2-5``, ``None`` and
+    0.2 (their ``legacy`` values), so they are reported with their own bounds."""
+
+    option_names = False
+
+    radius: float = setting(check=Interval(float, 0.0), flag="--stop-at-radius",
+                            help="the radius R whose certified intersection size decides when an input stops")
+    k: int = setting(check=Interval(int, 1), help="smoothed top-k")
+    k_prime: int = setting(check=Interval(int, 1), help="the base classifier's top-k'")
+    alpha: float = setting(check=_alpha, help="1 - confidence")
+    futility: str = setting(DEFAULT_FUTILITY, check=OneOf(_futility_names), legacy="remaining",
+                            help="when to give up on an input (multiguard.certificates.sequential.FUTILITY_RULES)")
+    schedule: str = setting(DEFAULT_SCHEDULE, check=OneOf(_schedule_names), legacy="1-2-5",
+                            help="the looks (multiguard.certificates.sequential.SCHEDULES)")
+    spending: float | None = setting(DEFAULT_SPENDING, check=Optional(Interval(float, 0.0, 1.0, open_low=True)),
+                                     legacy=None, help="share of alpha spent at the last look (None: equal shares)")
+    margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
+                            legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
+
+    def looks(self, n: int) -> Any:
+        """The looks of this rule's schedule up to ``n`` samples: int64 ``(J,)``."""
+        from multiguard.certificates.sequential import look_schedule
+
+        return look_schedule(n, self.schedule)
+
+    def procedure(self) -> dict[str, Any]:
+        """The keywords of :mod:`multiguard.certificates.sequential`'s functions that this rule sets besides radius,
+        k, k'
+        and alpha: ``futility``, ``schedule``, ``spending``, ``margin``."""
+        return {"futility": self.futility, "schedule": self.schedule, "spending": self.spending,
+                "margin": self.margin}
+
+    @classmethod
+    def field_label(cls, name: str) -> str:
+        return "stop_at_radius" if name == "radius" else name
+
+    @classmethod
+    def coerce(cls, value: StopRule | Mapping[str, Any] | None) -> StopRule | None:
+        """``value`` as a :class:`StopRule` (a dict ``{radius, k, k_prime, alpha[, futility, ...]}`` works too,
+        read as a run's metadata is: the fields it leaves out take their ``legacy`` values, the rule of runs
+        written before they existed; construct a :class:`StopRule` for the current defaults)."""
+        if value is None or isinstance(value, StopRule):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"stop_rule must be a StopRule or a dict, got {type(value).__name__}")
+        missing = {"radius", "k", "k_prime", "alpha"} - set(value)
+        if missing:
+            raise ValueError(f"stop_rule must give radius, k, k_prime and alpha, missing {', '.join(sorted(missing))}")
+        return cls.from_dict(value)

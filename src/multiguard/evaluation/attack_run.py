@@ -1,0 +1,272 @@
+"""The attack step: checkpoint -> ATTACK_DIR (l2 PGD on the smoothed classifier at each radius, the empirical
+curves, and the certified sizes of the same inputs; the step behind ``multiguard attack``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multiguard.certificates import bounds as _bounds
+from multiguard.certificates import metrics as _metrics
+from multiguard.certificates import topk as _topk
+from multiguard.common.devices import resolve_device
+from multiguard.common.files import file_sha256
+from multiguard.common.seeds import attack_evaluation_seed
+from multiguard.common.validation import MAX_N, check_alpha, check_int
+from multiguard.denoising.denoisers import denoiser_in, denoiser_record
+from multiguard.evaluation import curves as _curves
+from multiguard.evaluation.attack import attack_smoothed
+from multiguard.evaluation.empirical import (
+    EMPIRICAL_CSV,
+    PARTS,
+    PER_INPUT,
+    SETTINGS,
+    AttackParts,
+    EmpiricalCurves,
+    write_attack_dir,
+)
+from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+from multiguard.runs import job as _job
+from multiguard.runs.certify_step import _compile_now, capped_num_inputs
+from multiguard.sampling.smoothed import MultiGuard
+
+__all__ = ["AttackRun", "run_attack"]
+
+
+
+@dataclass(frozen=True, eq=False)
+class AttackRun:
+    """What :func:`run_attack` computed and wrote.
+
+    Attributes:
+        out_dir: the ATTACK_DIR.
+        curves: the empirical curves (as :func:`load_empirical` reads them back).
+        indices: int64 ``(N,)`` dataset indices attacked; labels: bool ``(N, c)``.
+        sizes: int64 ``(N, R)`` empirical ``|L ∩ top-k|`` under attack at each radius.
+        certified: int64 ``(N, R)`` certified sizes of the same inputs (``None`` without ``certify``).
+        violations: int64 ``(R,)``: inputs with ``sizes < certified`` at each radius (``None`` likewise).
+        delta_norms: float ``(N, R)``.
+    """
+
+    out_dir: Path
+    curves: EmpiricalCurves
+    indices: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+    certified: np.ndarray | None
+    violations: np.ndarray | None
+    delta_norms: np.ndarray
+
+
+def run_attack(
+    checkpoint_path: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str],
+    radii: Sequence[float] | np.ndarray | str,
+    k: int,
+    k_prime: int = 1,
+    dataset: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    num_inputs: int | None = 100,
+    steps: int = 20,
+    samples: int = 32,
+    n: int = 1000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    sigma: float | None = None,
+    step_size: float | None = None,
+    temperature: float = 1.0,
+    certify: bool = True,
+    batch_size: int = 1000,
+    device: str | torch.device = "auto",
+    log: Callable[[str], None] | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    denoiser: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> AttackRun:
+    """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
+
+    The inputs are the ones a certify run with the same ``seed`` and ``num_inputs`` certifies
+    (:func:`multiguard.runs.job.select_inputs`), with their dataset indices as noise indices; dataset, root, split
+    and sigma default to the checkpoint's (as ``multiguard certify``). L is the ground truth.
+
+    Writes (each atomically: a temporary name in ``out_dir``, then a rename):
+
+    - ``empirical.csv``: columns :data:`EMPIRICAL_COLUMNS` = ``radius,precision,recall,f1,num_inputs``, one
+      row per radius, the metrics of :func:`multiguard.certificates.metrics.certified_metrics` on the empirical sizes;
+    - ``per_input.npz``: ``indices, labels, radii, sizes, delta_norms`` and, with ``certify``, ``certified``;
+    - ``attack.json``: the settings and, with ``certify``, ``violations`` (per radius, inputs whose empirical
+      size fell below the certified one: each is a certificate failure, of probability at most alpha, or
+      Monte Carlo error of the measurement).
+
+    With ``certify`` the certified sizes come from n samples at ``x`` drawn exactly as a certify run with this
+    ``seed`` draws them (bounds at ``alpha``, Theorem 1 with k and k').
+
+    ``precision``, ``channels_last`` and ``compile`` set the sampling mode of the smoothed classifier that is
+    certified and measured (the PGD steps take gradients of the model itself, uncompiled, in fp32); the mode
+    is recorded in ``attack.json``. Compare with a certify run made in the same mode.
+    ``denoiser``: a denoiser checkpoint in front of the classifier; the attack then differentiates through it
+    (``attack.json`` records it).
+
+    ``out_dir`` holding an attack is refused unless ``overwrite`` (replace it) or ``resume`` (continue a
+    killed attack from its finished blocks in ``out_dir/parts``, refused naming every setting that differs;
+    the same numbers as an uninterrupted attack). ``attack.json`` records the attack's ``identity`` (the
+    checkpoint's and model file's SHA-256, dataset, split, inputs, k, k', sigma, n, seed, radii, ...), which
+    ``multiguard report --attack`` compares with the run it is drawn over.
+    """
+    radii_arr = _curves.parse_radius_grid(radii)
+    k = check_int(k, "k", 1)
+    k_prime = check_int(k_prime, "k_prime", 1)
+    n = check_int(n, "n", 1, MAX_N)
+    seed = check_int(seed, "seed", 0)
+    alpha = check_alpha(alpha)
+    log = log or (lambda line: None)
+    out = _attack_out(out_dir, overwrite=overwrite, resume=resume)
+    device = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint_path, device=device)
+    data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
+    num_classes = int(meta["num_classes"])
+    k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
+    k_prime = check_int(k_prime, "k_prime", 1, num_classes, high_label="the number of classes")
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
+                                        precision=precision, channels_last=channels_last, compile=compile,
+                                        denoiser=denoiser)
+    sigma, clamp = smoother.sigma, smoother.clamp
+    indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
+    denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
+    identity = {
+        "checkpoint_sha256": file_sha256(checkpoint_path),
+        "model_file_sha256": getattr(model, "arch_file_sha256", None),
+        "denoiser_sha256": denoiser_facts["denoiser_sha256"],
+        **{key: info.get(key) for key in ("dataset", "split", "dataset_options")},
+        "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),
+        "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
+        "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
+        "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(),
+    }  # fmt: skip
+    parts = AttackParts(out, identity, resume=resume)
+    x, labels = _job.load_batch(data, indices)
+    if smoother.mode.compile and len(indices):
+        _compile_now(smoother, x[:1], batch_size, log)
+
+    certified = violations = None
+    if certify:
+        done = parts.load("certified")
+        if done is None:
+            counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
+            parts.save("certified", counts=np.asarray(counts))
+        else:
+            counts = done["counts"]
+        lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
+        certified = _topk.certified_intersection_size(
+            lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
+        )
+    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
+                                    n=n, seed=seed, step_size=step_size, temperature=temperature,
+                                    batch_size=batch_size, log=log, parts=parts)
+    if certified is not None:
+        violations = (sizes < certified).sum(axis=0).astype(np.int64)
+
+    metrics = _metrics.certified_metrics(sizes, labels, k)
+    curves = EmpiricalCurves(
+        radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
+        f1=np.asarray(metrics.f1), num_inputs=int(len(indices)),
+    )
+    arrays: dict[str, np.ndarray] = dict(indices=indices, labels=labels, radii=radii_arr, sizes=sizes,
+                                         delta_norms=norms)
+    if certified is not None:
+        arrays["certified"] = certified
+    settings = {
+        "checkpoint": os.fspath(checkpoint_path),
+        **denoiser_facts,
+        **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
+        "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
+        "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,
+        "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
+        "radii": radii_arr.tolist(), **smoother.mode.as_metadata(),
+        "violations": None if violations is None else violations.tolist(),
+        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256")},
+        "identity": identity,
+    }  # fmt: skip
+    write_attack_dir(out, curves, arrays, settings)
+    parts.remove()
+    return AttackRun(
+        out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
+        labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,
+    )
+
+
+def _attack_out(out_dir: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:
+    """``out_dir`` as a Path, checked before any work: never a folder of other files, and never an earlier
+    attack unless it is replaced (``overwrite``) or continued (``resume``); a ValueError names --out."""
+    out = Path(out_dir)
+    if overwrite and resume:
+        raise ValueError("resume: --resume continues an attack, --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+    if not names <= {EMPIRICAL_CSV, PER_INPUT, SETTINGS, PARTS}:
+        raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
+    if names and not overwrite and not resume:
+        if EMPIRICAL_CSV in names:
+            raise ValueError(f"out: {out} already holds an attack; replace it with --overwrite, or choose a new --out")
+        raise ValueError(f"out: {out} holds an unfinished attack; continue it with --resume, or replace it with "
+                         "--overwrite")
+    return out
+
+
+def _attack_at_radii(smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
+                     radii_arr: np.ndarray, *, k: int, steps: int, samples: int, n: int, seed: int,
+                     step_size: float | None, temperature: float, batch_size: int,
+                     log: Callable[[str], None], parts: AttackParts | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """PGD at each radius on every input, in blocks so that progress shows (the noise of an input depends on
+    ``(seed, index)`` only, so blocks give what one call on all inputs gives): the empirical sizes
+    ``|L ∩ top-k|`` and the perturbation norms, both ``(num_inputs, len(radii_arr))``. Each finished block is
+    saved in ``parts`` (positions, sizes, norms); blocks found there (a killed attack's) are not done again."""
+    sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
+    norms = np.zeros((len(indices), radii_arr.size))
+    block = max(1, batch_size // max(1, samples))
+    total = len(indices) * radii_arr.size
+    started = last = time.perf_counter()
+    log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
+        f"then n = {n} samples to measure")
+    finished = 0
+    for j, radius in enumerate(radii_arr):
+        todo = np.ones(len(indices), dtype=bool)
+        for name in parts.names(f"r{j:03d}-") if parts is not None else ():
+            found = parts.load(name)
+            if found is not None:
+                sizes[found["positions"], j], norms[found["positions"], j] = found["sizes"], found["norms"]
+                todo[found["positions"]] = False
+        finished += int((~todo).sum())
+        remaining = np.flatnonzero(todo)
+        for begin in range(0, len(remaining), block):
+            part = remaining[begin : begin + block]
+            result = attack_smoothed(
+                smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
+                seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
+            )
+            sizes[part, j] = result.sizes
+            norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
+            if parts is not None:
+                parts.save(f"r{j:03d}-p{int(part[0]):07d}", positions=part, sizes=sizes[part, j], norms=norms[part, j])
+            finished += len(part)
+            now = time.perf_counter()
+            if now - last >= 5.0 and finished < total:
+                last = now
+                left = (now - started) / finished * (total - finished)
+                log(f"attack: R = {radius:g}: {len(indices) - len(remaining) + begin + len(part)}/{len(indices)} "
+                    f"inputs, {now - started:.0f} s, about {left:.0f} s left")
+        log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
+            f"({time.perf_counter() - started:.0f} s)")
+    return sizes, norms

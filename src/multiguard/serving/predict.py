@@ -1,0 +1,163 @@
+"""Certified labels for image files: checkpoint + images -> :class:`ImagePrediction` per image (the step behind
+``multiguard predict``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multiguard.certificates import metrics as _metrics
+from multiguard.certificates import sequential as _sequential
+from multiguard.common.devices import resolve_device
+from multiguard.common.validation import check_int
+from multiguard.models.checkpoints import load_checkpoint, smoothed_from_checkpoint
+
+__all__ = ["ImagePrediction", "predict_images"]
+
+
+
+@dataclass
+class ImagePrediction:
+    """The smoothed prediction for one image file."""
+
+    path: str
+    labels: list[str]  # the k predicted class names, most frequent first
+    radii: list[float]  # radii[e-1]: at least e of ``labels`` stay predicted within this l2 radius
+    # e <= trivial holds by counting alone: any k of the c classes keep at least k - (c - k) of these k labels
+    trivial: int = 0
+    num_classes: int = 0
+    mode: dict[str, Any] = field(default_factory=dict)  # the sampling mode: precision, channels_last, compile
+    samples: int | None = None  # estimation samples used (n unless sampling stopped early)
+    batch_seconds: float | None = None  # wall time of sampling and certifying the whole batch of images
+    # with thresholds: labels certified on (name, radius), undecided (names), certified off (name, radius)
+    certified_on: list[tuple[str, float]] | None = None
+    undecided: list[str] | None = None
+    certified_off: list[tuple[str, float]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
+        for e holds by counting alone, whatever the model)."""
+        return {
+            "image": self.path,
+            "labels": self.labels,
+            "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
+            "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
+            "mode": self.mode,
+            "samples": self.samples,
+            "batch_seconds": self.batch_seconds,
+            **({} if self.certified_on is None else {"thresholded": {
+                "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
+                "undecided": list(self.undecided or []),
+                "off": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_off or []},
+            }}),
+        }
+
+
+def content_index(images: torch.Tensor) -> np.ndarray:
+    """int64 ``(N,)``: each image's noise index from its pixels (the first 56 bits of the SHA-256 of the image as
+    the model sees it), so that an image gets the same noise, and the same answer, wherever it stands in the
+    list and however often it is named."""
+    arrays = images.detach().cpu().contiguous().numpy()
+    return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
+                    dtype=np.int64)
+
+
+def predict_images(
+    checkpoint: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    k: int = 3,
+    k_prime: int = 1,
+    n0: int = 100,
+    n: int = 1000,
+    alpha: float = 0.001,
+    seed: int = 0,
+    sigma: float | None = None,
+    batch_size: int = 1000,
+    device: str = "auto",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    stop_at_radius: float | None = None,
+    futility: str = _sequential.DEFAULT_FUTILITY,
+    schedule: str = _sequential.DEFAULT_SCHEDULE,
+    spending: float | None = _sequential.DEFAULT_SPENDING,
+    margin: float = _sequential.DEFAULT_MARGIN,
+    denoiser: str | os.PathLike[str] | None = None,
+    thresholds: Any = None,
+    threshold_scale: str = "probability",
+    q: float = 0.5,
+) -> list[ImagePrediction]:
+    """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
+
+    With probability at least ``1 - alpha`` per image, at least e of the returned labels stay among the
+    smoothed classifier's top k under any perturbation of l2 norm below ``radii[e-1]`` (pixels in [0, 1]).
+    The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
+    and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
+    ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
+    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    whole batch took (selection, estimation and certificate).
+    ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+
+    ``thresholds`` (a number, a file with one per label, or a
+    :class:`~multiguard.certificates.thresholds.LabelThresholds`;
+    ``threshold_scale``): the thresholded certificate too, from the same estimation samples at cut ``q``: each
+    prediction's ``certified_on`` (labels with their radius), ``undecided`` and ``certified_off`` (with the
+    radius up to which they stay off); these statements hold together with the top-k ones, with probability at
+    least ``1 - alpha`` for each image.
+
+    The noise of each image is seeded from ``seed`` and the image's content (:func:`content_index`): the same
+    image gets the same labels and radii wherever it stands in ``images``.
+    """
+    from multiguard.data import load_image
+
+    if not images:
+        raise ValueError("images: name at least one image file")
+    for path in images:
+        if Path(path).is_dir():
+            raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
+    model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
+    num_classes = int(meta["num_classes"])
+    k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
+    size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
+    batch = torch.stack([load_image(path, size, channels) for path in images])
+    names = list(meta["class_names"])
+    if thresholds is not None:
+        from multiguard.certificates.thresholds import parse_threshold
+
+        thresholds = parse_threshold(thresholds, names, threshold_scale)
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
+                                        precision=precision, channels_last=channels_last, compile=compile,
+                                        denoiser=denoiser, thresholds=thresholds)
+    started = time.perf_counter()
+    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
+                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                              schedule=schedule, spending=spending, margin=margin, q=q)
+    seconds = time.perf_counter() - started
+    trivial = _metrics.trivial_intersection_size(result.mask, k)
+    mode = smoother.mode.as_metadata()
+    predictions = [
+        ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
+                        trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
+                        samples=int(result.samples[i]), batch_seconds=seconds)
+        for i, path in enumerate(images)
+    ]
+    if result.thresholded is not None:
+        on, off = result.thresholded.on_radius, result.thresholded.off_radius
+        for i, prediction in enumerate(predictions):
+            order = np.argsort(-on[i], kind="stable")
+            prediction.certified_on = [(names[j], float(on[i, j])) for j in order if on[i, j] > 0]
+            prediction.undecided = [names[j] for j in range(num_classes) if on[i, j] == 0 and off[i, j] == 0]
+            prediction.certified_off = [(names[j], float(off[i, j])) for j in range(num_classes) if off[i, j] > 0]
+    return predictions
+
+

@@ -1,0 +1,434 @@
+"""What a training trains, as frozen values: :class:`TrainSettings` (a base classifier) and
+:class:`DenoiserTrainSettings` (a denoiser), and the door for training objectives. No torch: the command line
+builds the ``train`` and ``train-denoiser`` options from these fields.
+
+Each field declares once its check, whether a resumed training must share it (``identity``), and its
+command-line option and help (:func:`multiguard.common.settings.add_arguments`)::
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainSettings)                  # --dataset ... --num-workers, as `multiguard train`
+    settings = from_namespace(TrainSettings, parser.parse_args(["--epochs", "2"]))
+
+Training objectives are registered in :data:`TRAINING_OBJECTIVES` (``info``: ``trains`` ``"classifier"`` or
+``"denoiser"``, ``needs_classifier`` for objectives that read a frozen classifier); the target is a factory
+``factory(context: multiguard.training.objectives.ObjectiveContext) -> step`` with
+``step(model, images, labels, noise_generator) -> (loss, outputs)``, see :mod:`multiguard.training.objectives`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from multiguard.common.registry import Registry
+from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
+from multiguard.common.validation import check_bool
+from multiguard.data import DATASETS, dataset_names
+from multiguard.denoising.architectures import DENOISER_ARCHITECTURES
+from multiguard.models.architectures import ARCHITECTURES
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DEFAULT_STABILITY_EPOCHS",
+    "LOSSES",
+    "RECIPES",
+    "TRAINING_OBJECTIVES",
+    "DenoiserTrainSettings",
+    "TrainSettings",
+    "check_loss",
+    "objective_names",
+    "parse_options",
+    "recipe_values",
+    "with_recipe",
+]
+
+TRAINING_OBJECTIVES: Registry[Any] = Registry("training objective", argument="--objective")
+TRAINING_OBJECTIVES.register("gaussian", "multiguard.training.objectives:gaussian", trains="classifier",
+                             help="the loss on inputs with fresh Gaussian noise on every batch")
+TRAINING_OBJECTIVES.register("consistency", "multiguard.training.objectives:consistency", trains="classifier",
+                             help="the loss on m noisy copies plus lambda times their per-label disagreement "
+                             "(options copies, weight, entropy, warmup)")
+TRAINING_OBJECTIVES.register("vote", "multiguard.training.objectives:vote", trains="classifier",
+                             help="the loss on m noisy copies plus lambda times the cross-entropy of their soft "
+                             "top-1 vote on the label set (options copies, weight, temperature, consistency, warmup)")
+TRAINING_OBJECTIVES.register("mse", "multiguard.training.objectives:mse", trains="denoiser",
+                             help="mean squared error between the denoised noisy image and the clean one")
+TRAINING_OBJECTIVES.register("stability", "multiguard.training.objectives:stability", trains="denoiser",
+                             needs_classifier=True,
+                             help="the frozen classifier says on denoised noisy images what it says on clean ones")
+
+#: The default denoiser recipe (measured on multidigits, benchmarks/bench_denoiser_recipe.py): the unet denoiser
+#: (width 32, levels 2, depth 2), 4 MSE epochs, then this many stability epochs through the classifier.
+DEFAULT_STABILITY_EPOCHS = 8
+
+
+LOSSES: Registry[Any] = Registry("loss", argument="--loss")
+LOSSES.register("asl", "multiguard.training.losses:paper_asl",
+                help="asymmetric loss, the paper's (gamma+ 0, gamma- 4, clip 0.05)")
+LOSSES.register("bce", "multiguard.training.losses:bce", help="binary cross-entropy")
+
+
+AUGMENTATIONS: Registry[Any] = Registry("augmentation", argument="--augment")
+AUGMENTATIONS.register("flip", "multiguard.training.augment:flip", help="horizontal flip with probability 1/2")
+AUGMENTATIONS.register("cutout", "multiguard.training.augment:cutout",
+                       help="cutout: one random rectangle (up to half the side) set to random noise, probability 1/2 "
+                       "(torchvision RandomErasing)")
+AUGMENTATIONS.register("randaugment", "multiguard.training.augment:randaugment",
+                       help="RandAugment, 2 operations of magnitude 9 (torchvision)")
+
+# The paper's base classifiers as ASL trains them (Ridnik et al. 2021, section on MS-COCO training: TResNet-L
+# pretrained on ImageNet, 448 px, Adam with true weight decay 1e-4, one-cycle up to lr 2e-4, batch 128, EMA of the
+# weights, cutout + RandAugment, mixed precision, ASL gamma- 4, gamma+ 0, clip 0.05) and MultiGuard's noise.
+_ASL_RECIPE = {
+    "arch": "timm:tresnet_l", "pretrained": "imagenet", "image_size": 448, "loss": "asl", "sigma": 0.5,
+    "batch_size": 128, "lr": 2e-4, "optimizer": "adamw", "weight_decay": 1e-4, "schedule": "onecycle",
+    "warmup": 0.2, "ema": 0.9997, "augment": ("flip", "cutout", "randaugment"), "precision": "auto",
+    "channels_last": True,
+}  # fmt: skip
+RECIPES: Registry[Any] = Registry("recipe", argument="--recipe")
+RECIPES.register("asl-voc2007", {**_ASL_RECIPE, "dataset": "voc2007", "epochs": 40},
+                 help="the paper's VOC 2007 classifier (5,011 trainval images), ASL's recipe")
+RECIPES.register("asl-coco2014", {**_ASL_RECIPE, "dataset": "coco2014", "epochs": 40},
+                 help="the paper's MS-COCO 2014 classifier (82,081 train images), ASL's recipe")
+RECIPES.register("asl-nuswide", {**_ASL_RECIPE, "dataset": "nuswide", "epochs": 40},
+                 help="the paper's NUS-WIDE classifier (about 154,000 train images), ASL's recipe")
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The settings the recipe ``name`` sets (a copy); UnknownNameError naming the recipes otherwise."""
+    return dict(RECIPES.get(name))
+
+
+def with_recipe(explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(fields, recipe record)``: ``explicit`` fields (what the caller gave) over the values of the recipe it
+    names (``explicit["recipe"]``; none: ``explicit`` unchanged and an empty record). The record is what a
+    checkpoint stores and the trainer prints: ``{name, values (the recipe's), overridden (explicit fields that
+    replaced a recipe value: {field: [recipe value, value used]})}``."""
+    name = explicit.get("recipe")
+    if not name:
+        return dict(explicit), {}
+    values = recipe_values(name)
+    fields = {**values, **explicit}
+    overridden = {key: [values[key], explicit[key]] for key in values
+                  if key in explicit and explicit[key] != values[key]}
+    return fields, {"name": name, "values": values, "overridden": overridden}
+
+
+def objective_names(trains: str) -> tuple[str, ...]:
+    """The registered objectives that train a ``trains`` (``"classifier"`` or ``"denoiser"``)."""
+    return tuple(e.name for e in TRAINING_OBJECTIVES.entries() if e.info.get("trains") == trains)
+
+
+class _Choices:
+    """argparse ``choices`` read when parsing (``names()``), so that extensions registered later count."""
+
+    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(value: Any, option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (a repeated command-line ``option``) or a mapping, as a dict; values become
+    bool, int or float where they read as one, keys have ``-`` as ``_``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    options: dict[str, Any] = {}
+    for pair in value:
+        key, sep, text = str(pair).partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} must look like KEY=VALUE, got {pair!r}")
+        options[key.replace("-", "_")] = _option_value(text)
+    return options
+
+
+def _dataset(value: Any, name: str) -> str:
+    if value not in DATASETS:
+        raise ValueError(f"{name}: unknown dataset {value!r}; known datasets are {sorted(DATASETS)}")
+    return value
+
+
+def _dataset_options(value: Any, name: str) -> dict[str, Any]:
+    return parse_options(value, "dataset-option")
+
+
+def _arch_options(value: Any, name: str) -> dict[str, int]:
+    options = parse_options(value, "arch-option")
+    for key, v in options.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"arch-option {key}: expected an integer, got {v!r}")
+    return options
+
+
+def _objective_options(value: Any, name: str) -> dict[str, Any]:
+    return parse_options(value, "objective-option")
+
+
+def _augmentations(value: Any, name: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for item in names:
+        if item not in AUGMENTATIONS:
+            raise ValueError(f"{name}: unknown augmentation {item!r}; known: {', '.join(AUGMENTATIONS.names())}")
+    return names
+
+
+def _flag(value: Any, name: str) -> bool:
+    return bool(value)
+
+
+def _absolute(value: Any, name: str) -> str:
+    """Absolute: a checkpoint is used from other folders."""
+    return os.path.abspath(os.fspath(value))
+
+
+def _weights(value: Any, name: str) -> str:
+    """``imagenet``, a name a model library resolves, or a local file (made absolute)."""
+    text = os.fspath(value)
+    return text if text.lower() == "imagenet" or not os.path.exists(text) else os.path.abspath(text)
+
+
+def _path(value: Any, name: str) -> str:
+    return os.fspath(value)
+
+
+def check_loss(value: Any, name: str = "loss") -> str:
+    """``value`` if it names a registered loss; ``ValueError("loss must be 'asl' or 'bce', got ...")`` otherwise."""
+    if value not in LOSSES:
+        quoted = [repr(n) for n in LOSSES.names()]
+        allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _floats(value: Any, name: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+_SIZE = Optional(Interval(int, 1))
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    """What :func:`multiguard.training.classifier.train` trains (a base classifier, noise on every batch); the
+    identity fields
+    must match the checkpoint a resumed training continues. See :func:`multiguard.training.classifier.train` for each
+    field."""
+
+    option_names = False  # messages name fields as the library's arguments, e.g. "sigma must be ..."
+
+    dataset: str = setting("multidigits", identity=True, check=_dataset, help=dataset_names)
+    data_root: str | None = setting(
+        None, check=Optional(_absolute),
+        help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)")
+    arch: str = setting(
+        "small_cnn", identity=True,
+        help=lambda: f"{', '.join(ARCHITECTURES.names())}, timm:<name>, torchvision:<name>, path/to/file.py:factory "
+        "or module:factory (your function: takes num_classes, returns an nn.Module giving logits (B, num_classes); a "
+        "module is found in the current folder or on sys.path; the checkpoint records the file's absolute path)")
+    sigma: float = setting(0.5, identity=True, check=Interval(float, 0.0),
+                           help="noise standard deviation (pixels in [0, 1])")
+    epochs: int = setting(8, check=Interval(int, 0), help=
+                          "epochs (a resumed run trains the missing ones; 0: import --pretrained without training)")
+    batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="learning rate (the peak of a --schedule)")
+    loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
+    clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
+                          help="clamp noisy inputs to [0, 1] (also when certifying)")
+    seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
+    image_size: int | None = setting(None, check=_SIZE, type=int,
+                                     help="image side (default: 32 multidigits, 224 others)")
+    train_size: int | None = setting(None, check=_SIZE, type=int, help="train on a random subset of this many images")
+    test_size: int | None = setting(None, check=_SIZE, type=int,
+                                    help="evaluate on a random subset of this many images")
+    train_split: str | None = setting(None, help="training split (default: the dataset's)")
+    test_split: str | None = setting(None, help="evaluation split (default: the dataset's)")
+    dataset_options: dict[str, Any] = setting(
+        default_factory=dict, check=_dataset_options, flag="--dataset-option", action="append", metavar="KEY=VALUE",
+        help="dataset option, e.g. difficult_positive=true (repeatable)")
+    pretrained: str | None = setting(
+        None, check=Optional(_weights),
+        help="weights to start from: imagenet (timm:/torchvision: models, downloaded into their own cache) or a local "
+        "state_dict file (torch.save(model.state_dict(), PATH)) or checkpoint; with --epochs 0 they are the "
+        "classifier, imported as they are (every tensor must fit) to certify without training")
+    mean: tuple[float, ...] | None = setting(
+        None, check=Optional(_floats), type=float, nargs="+", metavar="M",
+        help="normalisation mean inside the model, 1 or C values (default: ImageNet statistics for timm:/torchvision:, "
+        "none for small_cnn and your own models)")
+    std: tuple[float, ...] | None = setting(None, check=Optional(_floats), type=float, nargs="+", metavar="S", help=
+                                            "normalisation std inside the model, 1 or C values (default: as --mean)")
+    num_threads: int | None = setting(
+        None, check=Optional(Interval(int, 1)), flag="--threads",
+        help="CPU threads for torch while training (default: torch's; 1 is often fastest for small models on a busy "
+        "machine)")
+    num_workers: int = setting(0, check=Interval(int, 0), help="data loader workers for image files")
+    objective: str = setting("gaussian", identity=True, check=OneOf(lambda: objective_names("classifier")),
+                             legacy="gaussian", choices=_Choices(lambda: objective_names("classifier")),
+                             help="training objective (docs/training.md: what each optimises)")
+    objective_options: dict[str, Any] = setting(
+        default_factory=dict, identity=True, check=_objective_options, legacy={}, flag="--objective-option",
+        action="append", metavar="KEY=VALUE",
+        help="objective option, e.g. weight=5 copies=2 (consistency: copies, weight, entropy, warmup; vote: copies, "
+        "weight, temperature, consistency, warmup) (repeatable)")
+
+    recipe: str | None = setting(
+        None, check=Optional(OneOf(lambda: RECIPES.names())), choices=_Choices(lambda: RECIPES.names()),
+        help="a registered recipe: the settings it names (printed in full, recorded in the checkpoint); every "
+        "option given explicitly overrides its value")
+    optimizer: str = setting("adam", identity=True, check=OneOf(("adam", "adamw")), legacy="adam",
+                             choices=("adam", "adamw"), help="optimiser (adamw: decoupled weight decay)")
+    weight_decay: float = setting(0.0, identity=True, check=Interval(float, 0.0), legacy=0.0,
+                                  help="weight decay (not on biases and normalisation weights)")
+    schedule: str = setting("constant", identity=True, check=OneOf(("constant", "cosine", "onecycle")),
+                            legacy="constant", choices=("constant", "cosine", "onecycle"),
+                            help="learning-rate schedule, stepped every optimiser step (lr is its peak)")
+    warmup: float = setting(0.0, identity=True, check=Interval(float, 0.0, 1.0), legacy=0.0,
+                            help="fraction of the optimiser steps the schedule warms up over")
+    ema: float | None = setting(
+        None, identity=True, check=Optional(Interval(float, 0.0, 1.0, open_low=True)), legacy=None, type=float,
+        metavar="DECAY", help="keep an exponential moving average of the weights with this decay (e.g. 0.999; timm "
+        "ModelEmaV3): evaluated each epoch and saved as the checkpoint's weights")
+    augment: tuple[str, ...] = setting(
+        (), identity=True, check=_augmentations, legacy=(), nargs="+", metavar="NAME",
+        help="image augmentations before the noise: flip, cutout, randaugment (none by default; multidigits' "
+        "digits should not be flipped)")
+    precision: str = setting("fp32", check=OneOf(("fp32", "bf16", "fp16", "auto")),
+                             choices=("fp32", "bf16", "fp16", "auto"),
+                             help="training precision: autocast to bf16 or fp16 (fp16 with a gradient scaler); auto: "
+                             "bf16 + channels_last where the device computes bf16 natively, else fp32")
+    channels_last: bool = setting(False, check=_flag, action="store_true",
+                                  help="channels_last memory format for the model and batches")
+    compile: bool = setting(False, check=_flag, action="store_true", help="train through torch.compile")
+    accumulate: int = setting(1, check=Interval(int, 1), metavar="K",
+                              help="split each batch into K micro-batches, gradients accumulated (same result, less "
+                              "memory)")
+
+    def _check(self) -> None:
+        if self.epochs == 0 and self.pretrained is None:
+            raise ValueError("epochs: 0 epochs imports pretrained weights without training: pass pretrained "
+                             "(--pretrained), the weights of the classifier to certify")
+
+    @classmethod
+    def resume_fields(cls) -> tuple[str, ...]:
+        """The fields a resumed training must share with its checkpoint (its identity fields)."""
+        return cls.identity_fields()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenoiserTrainSettings(Settings):
+    """What :func:`multiguard.training.denoiser.train_denoiser` trains; the identity fields must match the checkpoint a
+    resumed training continues. See :func:`multiguard.training.denoiser.train_denoiser` for each field."""
+
+    option_names = False
+
+    dataset: str | None = setting(None, identity=True, check=Optional(_dataset),
+                                  help=lambda: f"{dataset_names()} (default: the --classifier's dataset, else "
+                                  "multidigits)")
+    data_root: str | None = setting(None, check=Optional(_path), help="dataset folder (default: the --classifier's)")
+    sigma: float = setting(check=Interval(float, 0.0, open_low=True), identity=True, required=True,
+                           help="the noise level to remove (pixels in [0, 1])")
+    arch: str = setting("unet", identity=True, help=lambda: f"{', '.join(DENOISER_ARCHITECTURES.names())}, "
+                        f"path/to/file.py:factory or package.module:factory ({DENOISER_ARCHITECTURES.help_text()})")
+    arch_options: dict[str, int] = setting(
+        default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
+        metavar="KEY=VALUE",
+        help=lambda: "options of a registered architecture: " + "; ".join(
+            f"{e.name}: {', '.join(e.info.get('options', ())) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
+        + " (repeatable)")
+    objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
+                             choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
+    classifier: str | None = setting(
+        None, check=Optional(_path),
+        help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")
+    pretrained: str | None = setting(None, check=Optional(_path),
+                                     help="denoiser checkpoint to start from (same arch)")
+    epochs: int = setting(4, check=Interval(int, 1), help="epochs (a resumed run trains the missing ones)")
+    stability_epochs: int | None = setting(
+        None, check=Optional(Interval(int, 0)), type=int,
+        help=f"epochs of the stability objective through --classifier after the --epochs of --objective mse, in the "
+        f"same command, with a fresh optimiser (default: {DEFAULT_STABILITY_EPOCHS} with a --classifier and "
+        "--objective mse, else 0; 0: MSE only)")
+    batch_size: int = setting(64, identity=True, check=Interval(int, 1), help="training batch size")
+    lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
+                        help="Adam learning rate")
+    clamp: bool = setting(False, identity=True, check=check_bool, action="store_true",
+                          help="clamp noisy images to [0, 1] before the denoiser")
+    seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
+    image_size: int | None = setting(None, check=_SIZE, type=int,
+                                     help="image side (default: the classifier's, else the dataset's)")
+    train_size: int | None = setting(None, check=_SIZE, type=int, help="train on a random subset of this many images")
+    test_size: int | None = setting(None, check=_SIZE, type=int, help="measure on a random subset of this many images")
+    train_split: str | None = setting(None, help="training split (default: the dataset's)")
+    test_split: str | None = setting(None, help="held-out split (default: the dataset's)")
+    dataset_options: dict[str, Any] = setting(default_factory=dict, check=_dataset_options, flag="--dataset-option",
+                                              action="append", metavar="KEY=VALUE", help="dataset option (repeatable)")
+    num_threads: int | None = setting(None, check=Optional(Interval(int, 1)), flag="--threads", cli=False,
+                                      help="CPU threads for torch while training (default: torch's)")
+    precision: str = setting("fp32", check=OneOf(("fp32", "bf16", "fp16", "auto")),
+                             choices=("fp32", "bf16", "fp16", "auto"),
+                             help="training precision: autocast to bf16 or fp16 (fp16 with a gradient scaler); auto: "
+                             "bf16 + channels_last where the device computes bf16 natively, else fp32")
+    channels_last: bool = setting(False, check=check_bool, action="store_true",
+                                  help="channels_last memory format for the denoiser and batches")
+
+    def _check(self) -> None:
+        entry = TRAINING_OBJECTIVES.entry(self.objective)
+        if entry.info.get("needs_classifier") and self.classifier is None:
+            raise ValueError(f"classifier: the {self.objective} objective needs a classifier checkpoint (--classifier)")
+        if self.stability_epochs:
+            if self.objective != "mse":
+                raise ValueError(f"stability_epochs: stability epochs follow --objective mse, not {self.objective}")
+            if self.classifier is None:
+                raise ValueError("classifier: stability epochs train through a classifier checkpoint (--classifier)")
+        self._check_arch_options()
+
+    @property
+    def stability_epochs_resolved(self) -> int:
+        """The stability epochs this training runs: ``stability_epochs``, or by default
+        :data:`DEFAULT_STABILITY_EPOCHS` after MSE with a classifier and 0 otherwise."""
+        if self.stability_epochs is not None:
+            return self.stability_epochs
+        return DEFAULT_STABILITY_EPOCHS if self.objective == "mse" and self.classifier is not None else 0
+
+    def _check_arch_options(self) -> None:
+        """A registered architecture's ``--arch-option`` values, before any data is read or net built: known
+        names, each at least the entry's ``minima``, and an image side (``--image-size`` or the dataset's
+        default, when known) that is a multiple of what the options need (``image_size_multiple``)."""
+        if self.arch not in DENOISER_ARCHITECTURES:
+            return  # a factory: its own signature speaks when it is called
+        info = DENOISER_ARCHITECTURES.entry(self.arch).info
+        allowed = tuple(info.get("options", ()))
+        unknown = sorted(set(self.arch_options) - set(allowed))
+        if unknown:
+            raise ValueError(f"arch-option: {self.arch!r} takes {list(allowed) or 'no options'}, got {unknown}")
+        for key, least in dict(info.get("minima", {})).items():
+            if key in self.arch_options and self.arch_options[key] < least:
+                raise ValueError(f"arch-option {key}: {self.arch} needs {key} >= {least}, got {self.arch_options[key]}")
+        multiple = info.get("image_size_multiple")
+        dataset = self.dataset if self.dataset is not None else "multidigits"
+        side = self.image_size if self.image_size is not None else (
+            DATASETS[dataset].image_size if self.classifier is None and dataset in DATASETS else None)
+        if multiple is not None and side is not None and side % multiple(dict(self.arch_options)):
+            raise ValueError(f"arch-option: {self.arch} with {dict(self.arch_options)} needs an image side that is a "
+                             f"multiple of {multiple(dict(self.arch_options))}, the images are {side}x{side}; choose "
+                             "smaller options (e.g. fewer levels) or another --image-size")
