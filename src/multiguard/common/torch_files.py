@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +138,48 @@ def read_torch_file(path: str | os.PathLike, argument: str, kind: str, made_by: 
     if not path.is_file():
         raise ValueError(f"{argument}: no such file: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings on a file that is not ours: the error below says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the reason, name the file in one line
-        raise ValueError(f"{argument}: {path} is not a {kind} (cannot load it: {_first_line(exc)})") from exc
+        raise ValueError(f"{argument}: {path} is not a {kind}: {_what_it_is(path, exc)}; {kind}s are written by "
+                         f"{made_by}") from exc
+
+
+_IMAGE_SIGNATURES = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _what_it_is(path: Path, exc: BaseException) -> str:
+    """What a file torch could not load looks like, in words, from its first bytes (never torch's own advice,
+    which suggests ``weights_only=False``: loading an untrusted file that way runs its code)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty"
+    for signature, name in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return f"it is a {name} image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "it is a WebP image"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "the archive is truncated or damaged (copy the file again)"
+        if names and all(name.endswith(".npy") for name in names):
+            return "it is a NumPy .npz archive"
+        if any(name.endswith("data.pkl") for name in names):
+            if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+                return ("it holds Python objects other than tensors and plain values, which MultiGuard never "
+                        "unpickles (unpickling runs code)")
+            return "the torch archive is damaged (copy the file again)"
+        return "it is a zip archive, not a torch file"
+    if head[:1] == b"\x80":
+        return ("it is a plain pickle, which MultiGuard never unpickles (unpickling runs code); save tensors "
+                "with torch.save")
+    return "it is not a torch file"
 
 
 def save_torch_atomic(obj: dict, path: str | os.PathLike) -> None:

@@ -34,6 +34,7 @@ VOC_CLASSES = [
 
 TRAIN_SPLIT, TEST_SPLIT = "trainval", "test"
 DEFAULT_IMAGE_SIZE = 224
+LISTED_MISSING = 5  # label files named in full when some are missing (the rest are counted)
 
 
 def voc_root(root: str | os.PathLike) -> Path:
@@ -59,13 +60,17 @@ def load_voc2007(
     main = require(base / "ImageSets" / "Main", "VOC ImageSets/Main folder")
     require(base / "JPEGImages", "VOC JPEGImages folder")
     per_class: list[dict[str, int]] = []
+    absent = [main / f"{name}_{split}.txt" for name in VOC_CLASSES if not (main / f"{name}_{split}.txt").is_file()]
+    if absent:
+        listed = ", ".join(path.name for path in absent[:LISTED_MISSING])
+        more = f" and {len(absent) - LISTED_MISSING} more" if len(absent) > LISTED_MISSING else ""
+        raise DatasetFileError(
+            f"VOC label files of split {split!r} not found in {main}: {len(absent)} of {len(VOC_CLASSES)} missing "
+            f"({listed}{more}; the labels come from the ImageSets/Main/<class>_<split>.txt files of the devkit; "
+            "Annotations/*.xml are not read)"
+        )
     for name in VOC_CLASSES:
         path = main / f"{name}_{split}.txt"
-        if not path.is_file():
-            raise DatasetFileError(
-                f"VOC label file for class {name!r}, split {split!r} not found: expected {path} (the labels come "
-                "from the ImageSets/Main/<class>_<split>.txt files of the devkit; Annotations/*.xml are not read)"
-            )
         marks: dict[str, int] = {}
         for number, line in enumerate(read_lines(path), start=1):
             parts = line.split()
