@@ -138,15 +138,6 @@ def evaluate_map(
 
 
 def _evaluate_clean_and_noisy(model: nn.Module, test_set: Dataset, sigma: float, clamp: bool, seed: int,
-                              device: torch.device, num_workers: int) -> tuple[float, float]:
-    """``(clean mAP, noisy mAP)``; without noise (sigma = 0) the two are the same number, measured once."""
-    clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
-    if sigma == 0:
-        return clean_map, clean_map
-    return clean_map, evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
-
-
-def _evaluate_clean_and_noisy(model: nn.Module, test_set: Dataset, sigma: float, clamp: bool, seed: int,
                               device: torch.device, num_workers: int) -> dict[str, float]:
     """``{clean_map, noisy_map}``; without noise (sigma = 0) the two are the same number, measured once."""
     clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
