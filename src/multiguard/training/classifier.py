@@ -34,6 +34,7 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -331,13 +332,7 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
                     model, optimizer, log, legacy_values(TrainSettings), restore=restore)
     _announce(s, meta, base_and_indices(train_set)[0], log)
 
-    forward: nn.Module = model
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if s.compile:
-        forward = torch.compile(forward)
+    forward = _forward_module(model, dist, device, s.compile)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
         return _evaluate_clean_and_noisy(trained, test_set, s.sigma, s.clamp, s.seed, device, s.num_workers)
@@ -368,16 +363,35 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
         model = ema.module
     model = model.to(memory_format=torch.contiguous_format)
     if s.epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
-        started = time.perf_counter()
-        measures = evaluate(model)
-        meta["metrics"].append({"epoch": 0, "train_loss": None, **measures, "seconds": time.perf_counter() - started})
-        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log(f"imported {s.pretrained} without training: test mAP clean {measures['clean_map']:.4f}"
-            + (f", noisy (sigma={s.sigma:g}) {measures['noisy_map']:.4f}" if s.sigma > 0 else ""))
-        save(meta)
+        _measure_imported(s, model, meta, evaluate, save, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])
     model.class_names = list(meta["class_names"])
     return model.eval(), meta
+
+
+def _forward_module(model: nn.Module, dist: Any, device: torch.device, compile: bool) -> nn.Module:
+    """The module the training loop calls: ``model``, wrapped for distributed training and compiled as asked."""
+    forward: nn.Module = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def _measure_imported(s: TrainSettings, model: nn.Module, meta: dict[str, Any],
+                      evaluate: Callable[[nn.Module], dict[str, float]], save: Callable[[dict[str, Any]], None],
+                      log: Log) -> None:
+    """Imported weights without training: measured once, logged, and saved as a checkpoint."""
+    started = time.perf_counter()
+    measures = evaluate(model)
+    meta["metrics"].append({"epoch": 0, "train_loss": None, **measures, "seconds": time.perf_counter() - started})
+    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    log(f"imported {s.pretrained} without training: test mAP clean {measures['clean_map']:.4f}"
+        + (f", noisy (sigma={s.sigma:g}) {measures['noisy_map']:.4f}" if s.sigma > 0 else ""))
+    save(meta)
 
 
 def _non_default_fields(settings: TrainSettings) -> dict[str, Any]:
