@@ -338,16 +338,7 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
         return _evaluate_clean_and_noisy(trained, test_set, s.sigma, s.clamp, s.seed, device, s.num_workers)
 
     def save(meta: dict[str, Any]) -> None:
-        if out_path is not None:
-            served = model if ema is None else ema.module
-            state: dict[str, Any] = {}
-            if ema is not None:
-                state["model"], state["ema"] = model.state_dict(), ema.module.state_dict()
-            if scheduler is not None:
-                state["scheduler"] = scheduler.state_dict()
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            write_checkpoint(out_path, served, meta, optimizer.state_dict(), state or None)
+        _save_training(out_path, model, ema, optimizer, scheduler, scaler, meta)
 
     clock = TrainingClock()
     objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(
@@ -368,6 +359,21 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
     model.class_names = list(meta["class_names"])
     return model.eval(), meta
 
+
+def _save_training(out_path: Any, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                   meta: dict[str, Any]) -> None:
+    """Write the checkpoint (the EMA weights served where there is an EMA) with the state a resume restores;
+    nothing without ``out_path``."""
+    if out_path is not None:
+        served = model if ema is None else ema.module
+        state: dict[str, Any] = {}
+        if ema is not None:
+            state["model"], state["ema"] = model.state_dict(), ema.module.state_dict()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        write_checkpoint(out_path, served, meta, optimizer.state_dict(), state or None)
 
 def _forward_module(model: nn.Module, dist: Any, device: torch.device, compile: bool) -> nn.Module:
     """The module the training loop calls: ``model``, wrapped for distributed training and compiled as asked."""
