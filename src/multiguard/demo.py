@@ -86,39 +86,12 @@ def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _job.
     return result
 
 
-def run_demo(
-    out: str | os.PathLike[str] = "multiguard-demo",
-    *,
-    quick: bool = False,
-    device: str = "auto",
-    log: Log = print,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    compile: bool = True,
-) -> DemoResult:
-    """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
-    n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
-
-    Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/``,
-    ``report-k-prime/`` and ``report-n/`` (ablations; the impact of n reads the run's nested counts at n = 100,
-    200, 500, 1000), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at
-    k = 1..5 and k' = 1..3, from the same run's on-counts), and ``figure.png`` (the rows side by side, as the
-    paper's Figure 1). Running it again
-    reuses a finished model and run; a killed demo continues where it stopped.
-
-    Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
-    device has native bf16) and ``compile``; the run records the mode and the report names it.
-    """
+def _demo_train(checkpoint: Path, settings: dict[str, Any], *, sigma: float, seed: int, device: str,
+                log: Log) -> None:
+    """Step 1 of the demo: train (or resume, or replace a demo model of other settings) small_cnn at
+    ``checkpoint``; a ValueError if ``checkpoint`` is a model of another kind."""
     from multiguard.training.classifier import train
 
-    settings = DEMO_SETTINGS["quick" if quick else "full"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint, run_dir = out / "model.pt", out / "run"
-    seconds: dict[str, float] = {}
-    sigma, seed, max_k_prime = 0.5, 0, 3
-
-    started = time.perf_counter()
     log(f"[1/3] training small_cnn on multidigits with Gaussian noise sigma = {sigma} "
          f"({settings['epochs']} epochs of {settings['train_size']} images)")
     train_args: dict[str, Any] = dict(
@@ -137,22 +110,10 @@ def run_demo(
         _, meta = train("multidigits", resume=False, overwrite=True, **train_args)
     last = meta["metrics"][-1]
     log(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
-    seconds["train"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    log(f"[2/3] certifying {settings['num_inputs']} random test inputs: n = {settings['n']} noisy samples each, "
-         f"counts for every k' <= {max_k_prime}")
-    certify_args: dict[str, Any] = dict(
-        n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
-        on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
-        precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
-        thresholds=DEMO_THRESHOLD,
-    )
-    _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
-    seconds["certify"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    log("[3/3] reporting from the saved counts (no model)")
+def _demo_reports(out: Path, run_dir: Path, log: Log) -> tuple[dict[str, Any], Path]:
+    """Step 3 of the demo: the reports drawn from the saved run (no model) and the figure of their rows."""
     run = _folder.load_run(run_dir)
     grid = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
     reports = {
@@ -193,6 +154,58 @@ def run_demo(
         ],
         figure,
     )
+    return reports, figure
+
+
+def run_demo(
+    out: str | os.PathLike[str] = "multiguard-demo",
+    *,
+    quick: bool = False,
+    device: str = "auto",
+    log: Log = print,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = True,
+) -> DemoResult:
+    """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
+    n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
+
+    Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/``,
+    ``report-k-prime/`` and ``report-n/`` (ablations; the impact of n reads the run's nested counts at n = 100,
+    200, 500, 1000), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at
+    k = 1..5 and k' = 1..3, from the same run's on-counts), and ``figure.png`` (the rows side by side, as the
+    paper's Figure 1). Running it again
+    reuses a finished model and run; a killed demo continues where it stopped.
+
+    Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
+    device has native bf16) and ``compile``; the run records the mode and the report names it.
+    """
+    settings = DEMO_SETTINGS["quick" if quick else "full"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, run_dir = out / "model.pt", out / "run"
+    seconds: dict[str, float] = {}
+    sigma, seed, max_k_prime = 0.5, 0, 3
+
+    started = time.perf_counter()
+    _demo_train(checkpoint, settings, sigma=sigma, seed=seed, device=device, log=log)
+    seconds["train"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    log(f"[2/3] certifying {settings['num_inputs']} random test inputs: n = {settings['n']} noisy samples each, "
+         f"counts for every k' <= {max_k_prime}")
+    certify_args: dict[str, Any] = dict(
+        n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
+        on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
+        precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
+        thresholds=DEMO_THRESHOLD,
+    )
+    _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
+    seconds["certify"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    log("[3/3] reporting from the saved counts (no model)")
+    reports, figure = _demo_reports(out, run_dir, log)
     seconds["report"] = time.perf_counter() - started
     return DemoResult(out, checkpoint, run_dir, reports, figure, seconds)
 

@@ -177,6 +177,52 @@ def _pgd(
     return delta.detach()
 
 
+def _smoother_for(model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | MultiGuard,
+                  labels: np.ndarray | torch.Tensor, *, k_prime: int | None, sigma: float | None,
+                  clamp: tuple[float, float] | None, device: str | torch.device | None) -> MultiGuard:
+    """The smoothed classifier attacked: ``model`` itself if a MultiGuard (``k_prime``, ``sigma``, ``clamp`` and
+    ``device`` must be left out or agree), else one built around the bare model; a ValueError names a mismatch."""
+    if isinstance(model, MultiGuard):
+        smoother = model
+        for name, value, own in (("k_prime", k_prime, smoother.k_prime), ("sigma", sigma, smoother.sigma),
+                                 ("clamp", clamp, smoother.clamp)):
+            if value is not None and (tuple(value) if name == "clamp" else value) != own:  # type: ignore[arg-type]
+                raise ValueError(f"{name}={value!r} disagrees with the MultiGuard's {name}={own!r}")
+        if device is not None and torch.device(device) != smoother.device:
+            raise ValueError(f"device={device!r} disagrees with the MultiGuard's device {smoother.device}")
+    else:
+        if sigma is None:
+            raise ValueError("sigma is required when model is not a MultiGuard")
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else np.shape(labels)
+        if len(shape) != 2:
+            raise ValueError(f"labels must be an (N, c) mask, got shape {shape}")
+        num_classes = int(shape[1])
+        smoother = MultiGuard(model, num_classes, sigma, k_prime=1 if k_prime is None else k_prime, clamp=clamp,
+                              device=device)
+    return smoother
+
+
+def _pgd_deltas(smoother: MultiGuard, x_dev: torch.Tensor, mask: np.ndarray, index_arr: np.ndarray, *,
+                radius: float, k: int, steps: int, samples: int, step_size: float, temperature: float, seed: int,
+                input_range: tuple[float, float] | None, batch_size: int) -> torch.Tensor:
+    """The PGD perturbations of every input (zeros where there is no attack), in chunks of inputs whose
+    noisy copies fit ``batch_size``."""
+    num = x_dev.shape[0]
+    deltas = torch.zeros_like(x_dev)
+    if radius > 0 and steps > 0 and num:
+        chunk = max(1, batch_size // samples)
+        labels_dev = torch.as_tensor(mask, device=smoother.device)
+        with eval_mode(smoother.model), torch.enable_grad():
+            for start in range(0, num, chunk):
+                part = slice(start, start + chunk)
+                deltas[part] = _pgd(
+                    smoother, x_dev[part], labels_dev[part], index_arr[part], radius=radius, k=k, steps=steps,
+                    samples=samples, step_size=step_size, temperature=temperature, seed=seed,
+                    input_range=input_range,
+                )
+    return deltas
+
+
 def attack_smoothed(
     model: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor] | MultiGuard,
     x: torch.Tensor | np.ndarray,
@@ -237,23 +283,7 @@ def attack_smoothed(
     batch_size = check_int(batch_size, "batch_size", 1)
     temperature = check_float(temperature, "temperature", 0.0, low_open=True)
     input_range = check_interval(input_range, "input_range")
-    if isinstance(model, MultiGuard):
-        smoother = model
-        for name, value, own in (("k_prime", k_prime, smoother.k_prime), ("sigma", sigma, smoother.sigma),
-                                 ("clamp", clamp, smoother.clamp)):
-            if value is not None and (tuple(value) if name == "clamp" else value) != own:  # type: ignore[arg-type]
-                raise ValueError(f"{name}={value!r} disagrees with the MultiGuard's {name}={own!r}")
-        if device is not None and torch.device(device) != smoother.device:
-            raise ValueError(f"device={device!r} disagrees with the MultiGuard's device {smoother.device}")
-    else:
-        if sigma is None:
-            raise ValueError("sigma is required when model is not a MultiGuard")
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else np.shape(labels)
-        if len(shape) != 2:
-            raise ValueError(f"labels must be an (N, c) mask, got shape {shape}")
-        num_classes = int(shape[1])
-        smoother = MultiGuard(model, num_classes, sigma, k_prime=1 if k_prime is None else k_prime, clamp=clamp,
-                              device=device)
+    smoother = _smoother_for(model, labels, k_prime=k_prime, sigma=sigma, clamp=clamp, device=device)
     c = smoother.num_classes
     k = check_int(k, "k", 1, c, high_label="the number of classes")
     tensor = as_batch(x)
@@ -269,18 +299,9 @@ def attack_smoothed(
     x_dev = tensor.to(device=device_, dtype=dtype).contiguous()
     if input_range is not None and num and (x_dev.min() < input_range[0] or x_dev.max() > input_range[1]):
         raise ValueError(f"x must lie in input_range {input_range} (pass input_range=None for unbounded inputs)")
-    deltas = torch.zeros_like(x_dev)
-    if radius > 0 and steps > 0 and num:
-        chunk = max(1, batch_size // samples)
-        labels_dev = torch.as_tensor(mask, device=device_)
-        with eval_mode(smoother.model), torch.enable_grad():
-            for start in range(0, num, chunk):
-                part = slice(start, start + chunk)
-                deltas[part] = _pgd(
-                    smoother, x_dev[part], labels_dev[part], index_arr[part], radius=radius, k=k, steps=steps,
-                    samples=samples, step_size=step_size, temperature=temperature, seed=seed,
-                    input_range=input_range,
-                )
+    deltas = _pgd_deltas(smoother, x_dev, mask, index_arr, radius=radius, k=k, steps=steps, samples=samples,
+                         step_size=step_size, temperature=temperature, seed=seed, input_range=input_range,
+                         batch_size=batch_size)
     attacked = x_dev + deltas
     counts = np.asarray(smoother.sample_counts(attacked, n, seed=eval_seed, index=index_arr, batch_size=batch_size))
     clean_sizes = None
@@ -288,16 +309,6 @@ def attack_smoothed(
         clean = np.asarray(smoother.sample_counts(x_dev, n, seed=eval_seed, index=index_arr, batch_size=batch_size))
         clean_sizes = _intersection(smoothed_top_k(clean, k), mask)
     predicted = smoothed_top_k(counts, k)
-    return AttackResult(
-        deltas=deltas.detach().cpu(),
-        sizes=_intersection(predicted, mask),
-        counts=counts.astype(np.int64),
-        predicted=predicted,
-        clean_sizes=clean_sizes,
-        labels=mask,
-        radius=radius,
-        k=k,
-        k_prime=smoother.k_prime,
-        sigma=smoother.sigma,
-        n=n,
-    )
+    return AttackResult(deltas=deltas.detach().cpu(), sizes=_intersection(predicted, mask),
+                        counts=counts.astype(np.int64), predicted=predicted, clean_sizes=clean_sizes, labels=mask,
+                        radius=radius, k=k, k_prime=smoother.k_prime, sigma=smoother.sigma, n=n)

@@ -125,13 +125,44 @@ def run_attack(
     ``multiguard report --attack`` compares with the run it is drawn over.
     """
     radii_arr = _curves.parse_radius_grid(radii)
-    k = check_int(k, "k", 1)
-    k_prime = check_int(k_prime, "k_prime", 1)
-    n = check_int(n, "n", 1, MAX_N)
-    seed = check_int(seed, "seed", 0)
-    alpha = check_alpha(alpha)
+    k, k_prime, n, seed, alpha = _checked_numbers(k, k_prime, n, seed, alpha)
     log = log or (lambda line: None)
     out = _attack_out(out_dir, overwrite=overwrite, resume=resume)
+    model, data, info, smoother, k, k_prime = _load_for_attack(
+        checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
+        precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser)
+    indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
+    denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
+    identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
+                                k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
+                                step_size=step_size, temperature=temperature, certify=certify)
+    parts = AttackParts(out, identity, resume=resume)
+    x, labels = _attack_batch(smoother, data, indices, batch_size, log)
+
+    certified = (_certified_sizes(smoother, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
+                                  alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
+    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
+                                    n=n, seed=seed, step_size=step_size, temperature=temperature,
+                                    batch_size=batch_size, log=log, parts=parts)
+    violations = None if certified is None else (sizes < certified).sum(axis=0).astype(np.int64)
+
+    curves, arrays = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
+    settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, radii_arr, indices,
+                                violations, k=k, k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps,
+                                samples=samples, step_size=step_size, temperature=temperature)
+    write_attack_dir(out, curves, arrays, settings)
+    parts.remove()
+    return AttackRun(out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}),
+                     indices=indices, labels=labels, sizes=sizes, certified=certified, violations=violations,
+                     delta_norms=norms)
+
+
+def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: int, *, dataset: str | None,
+                     data_root: str | os.PathLike[str] | None, split: str | None, sigma: float | None,
+                     device: str | torch.device, precision: str, channels_last: bool | None, compile: bool,
+                     denoiser: str | os.PathLike[str] | None) -> tuple:
+    """The checkpoint's model, the dataset split and its info, the smoothed classifier, and k and k' checked
+    against the number of classes."""
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint_path, device=device)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
@@ -141,10 +172,33 @@ def run_attack(
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser)
+    return model, data, info, smoother, k, k_prime
+
+def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
+                  log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
+    """The inputs at ``indices`` and their labels; a compiled smoother is compiled on the first (logged)."""
+    x, labels = _job.load_batch(data, indices)
+    if smoother.mode.compile and len(indices):
+        _compile_now(smoother, x[:1], batch_size, log)
+    return x, labels
+
+def _checked_numbers(k: int, k_prime: int, n: int, seed: int, alpha: float) -> tuple[int, int, int, int, float]:
+    """k, k', n, seed and alpha checked (before any work), in this order; a ValueError names the first bad one."""
+    k = check_int(k, "k", 1)
+    k_prime = check_int(k_prime, "k_prime", 1)
+    n = check_int(n, "n", 1, MAX_N)
+    seed = check_int(seed, "seed", 0)
+    alpha = check_alpha(alpha)
+    return k, k_prime, n, seed, alpha
+
+
+def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Module, denoiser_facts: dict,
+                     info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
+                     k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
+                     step_size: float | None, temperature: float, certify: bool) -> dict:
+    """The attack's identity (recorded in ``attack.json``; a resumed attack must match it)."""
     sigma, clamp = smoother.sigma, smoother.clamp
-    indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
-    denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
-    identity = {
+    return {
         "checkpoint_sha256": file_sha256(checkpoint_path),
         "model_file_sha256": getattr(model, "arch_file_sha256", None),
         "denoiser_sha256": denoiser_facts["denoiser_sha256"],
@@ -154,29 +208,30 @@ def run_attack(
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
         "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(),
     }  # fmt: skip
-    parts = AttackParts(out, identity, resume=resume)
-    x, labels = _job.load_batch(data, indices)
-    if smoother.mode.compile and len(indices):
-        _compile_now(smoother, x[:1], batch_size, log)
 
-    certified = violations = None
-    if certify:
-        done = parts.load("certified")
-        if done is None:
-            counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
-            parts.save("certified", counts=np.asarray(counts))
-        else:
-            counts = done["counts"]
-        lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
-        certified = _topk.certified_intersection_size(
-            lower, upper, labels, k=k, k_prime=k_prime, sigma=sigma, radius=radii_arr
-        )
-    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
-                                    n=n, seed=seed, step_size=step_size, temperature=temperature,
-                                    batch_size=batch_size, log=log, parts=parts)
-    if certified is not None:
-        violations = (sizes < certified).sum(axis=0).astype(np.int64)
 
+def _certified_sizes(smoother: MultiGuard, parts: AttackParts, x: torch.Tensor, labels: np.ndarray,
+                     indices: np.ndarray, radii_arr: np.ndarray, *, k: int, k_prime: int, n: int, alpha: float,
+                     seed: int, batch_size: int) -> np.ndarray:
+    """The certified intersection sizes at every radius, from n samples at ``x`` drawn as a certify run with
+    this ``seed`` draws them (or the counts a killed attack saved in ``parts``)."""
+    done = parts.load("certified")
+    if done is None:
+        counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
+        parts.save("certified", counts=np.asarray(counts))
+    else:
+        counts = done["counts"]
+    lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
+    return _topk.certified_intersection_size(
+        lower, upper, labels, k=k, k_prime=k_prime, sigma=smoother.sigma, radius=radii_arr
+    )
+
+
+def _empirical_results(
+    sizes: np.ndarray, labels: np.ndarray, k: int, radii_arr: np.ndarray, indices: np.ndarray, norms: np.ndarray,
+    certified: np.ndarray | None,
+) -> tuple[EmpiricalCurves, dict[str, np.ndarray]]:
+    """The empirical curves of the attacked sizes and the per-input arrays written to ``per_input.npz``."""
     metrics = _metrics.certified_metrics(sizes, labels, k)
     curves = EmpiricalCurves(
         radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
@@ -186,6 +241,15 @@ def run_attack(
                                          delta_norms=norms)
     if certified is not None:
         arrays["certified"] = certified
+    return curves, arrays
+
+
+def _attack_settings(checkpoint_path: str | os.PathLike[str], denoiser_facts: dict, info: dict, identity: dict,
+                     smoother: MultiGuard, radii_arr: np.ndarray, indices: np.ndarray, violations: np.ndarray | None,
+                     *, k: int, k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
+                     step_size: float | None, temperature: float) -> dict:
+    """The settings recorded in ``attack.json``."""
+    sigma, clamp = smoother.sigma, smoother.clamp
     settings = {
         "checkpoint": os.fspath(checkpoint_path),
         **denoiser_facts,
@@ -198,12 +262,7 @@ def run_attack(
         **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256")},
         "identity": identity,
     }  # fmt: skip
-    write_attack_dir(out, curves, arrays, settings)
-    parts.remove()
-    return AttackRun(
-        out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}), indices=indices,
-        labels=labels, sizes=sizes, certified=certified, violations=violations, delta_norms=norms,
-    )
+    return settings
 
 
 def _attack_out(out_dir: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:

@@ -34,6 +34,7 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -135,15 +136,6 @@ def evaluate_map(
         all_scores.append(model(images).float().cpu())
         all_labels.append(labels.cpu())
     return mean_average_precision(torch.cat(all_labels).numpy(), torch.cat(all_scores).numpy())
-
-
-def _evaluate_clean_and_noisy(model: nn.Module, test_set: Dataset, sigma: float, clamp: bool, seed: int,
-                              device: torch.device, num_workers: int) -> tuple[float, float]:
-    """``(clean mAP, noisy mAP)``; without noise (sigma = 0) the two are the same number, measured once."""
-    clean_map = evaluate_map(model, test_set, 0.0, clamp, seed, device=device, num_workers=num_workers)
-    if sigma == 0:
-        return clean_map, clean_map
-    return clean_map, evaluate_map(model, test_set, sigma, clamp, seed, device=device, num_workers=num_workers)
 
 
 def _evaluate_clean_and_noisy(model: nn.Module, test_set: Dataset, sigma: float, clamp: bool, seed: int,
@@ -340,28 +332,13 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
                     model, optimizer, log, legacy_values(TrainSettings), restore=restore)
     _announce(s, meta, base_and_indices(train_set)[0], log)
 
-    forward: nn.Module = model
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if s.compile:
-        forward = torch.compile(forward)
+    forward = _forward_module(model, dist, device, s.compile)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
         return _evaluate_clean_and_noisy(trained, test_set, s.sigma, s.clamp, s.seed, device, s.num_workers)
 
     def save(meta: dict[str, Any]) -> None:
-        if out_path is not None:
-            served = model if ema is None else ema.module
-            state: dict[str, Any] = {}
-            if ema is not None:
-                state["model"], state["ema"] = model.state_dict(), ema.module.state_dict()
-            if scheduler is not None:
-                state["scheduler"] = scheduler.state_dict()
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            write_checkpoint(out_path, served, meta, optimizer.state_dict(), state or None)
+        _save_training(out_path, model, ema, optimizer, scheduler, scaler, meta)
 
     clock = TrainingClock()
     objective = TRAINING_OBJECTIVES.get(s.objective)(ObjectiveContext(
@@ -377,16 +354,50 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
         model = ema.module
     model = model.to(memory_format=torch.contiguous_format)
     if s.epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
-        started = time.perf_counter()
-        measures = evaluate(model)
-        meta["metrics"].append({"epoch": 0, "train_loss": None, **measures, "seconds": time.perf_counter() - started})
-        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log(f"imported {s.pretrained} without training: test mAP clean {measures['clean_map']:.4f}"
-            + (f", noisy (sigma={s.sigma:g}) {measures['noisy_map']:.4f}" if s.sigma > 0 else ""))
-        save(meta)
+        _measure_imported(s, model, meta, evaluate, save, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])
     model.class_names = list(meta["class_names"])
     return model.eval(), meta
+
+
+def _save_training(out_path: Any, model: nn.Module, ema: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                   meta: dict[str, Any]) -> None:
+    """Write the checkpoint (the EMA weights served where there is an EMA) with the state a resume restores;
+    nothing without ``out_path``."""
+    if out_path is not None:
+        served = model if ema is None else ema.module
+        state: dict[str, Any] = {}
+        if ema is not None:
+            state["model"], state["ema"] = model.state_dict(), ema.module.state_dict()
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        write_checkpoint(out_path, served, meta, optimizer.state_dict(), state or None)
+
+def _forward_module(model: nn.Module, dist: Any, device: torch.device, compile: bool) -> nn.Module:
+    """The module the training loop calls: ``model``, wrapped for distributed training and compiled as asked."""
+    forward: nn.Module = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def _measure_imported(s: TrainSettings, model: nn.Module, meta: dict[str, Any],
+                      evaluate: Callable[[nn.Module], dict[str, float]], save: Callable[[dict[str, Any]], None],
+                      log: Log) -> None:
+    """Imported weights without training: measured once, logged, and saved as a checkpoint."""
+    started = time.perf_counter()
+    measures = evaluate(model)
+    meta["metrics"].append({"epoch": 0, "train_loss": None, **measures, "seconds": time.perf_counter() - started})
+    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    log(f"imported {s.pretrained} without training: test mAP clean {measures['clean_map']:.4f}"
+        + (f", noisy (sigma={s.sigma:g}) {measures['noisy_map']:.4f}" if s.sigma > 0 else ""))
+    save(meta)
 
 
 def _non_default_fields(settings: TrainSettings) -> dict[str, Any]:
