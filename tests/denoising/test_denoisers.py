@@ -227,7 +227,7 @@ def test_files_that_are_not_denoisers_are_refused(tmp_path) -> None:
         read_denoiser_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"denoiser: .*junk\.pt is not a MultiGuard denoiser \(cannot load it"):
+    with pytest.raises(ValueError, match=r"denoiser: .*junk\.pt is not a MultiGuard denoiser: it is not a torch file"):
         read_denoiser_checkpoint(junk)
     classifier = tmp_path / "clf.pt"
     train("multidigits", sigma=0.5, epochs=1, out=classifier, **{**TINY, "train_size": 32, "test_size": 16})
