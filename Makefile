@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 $(BIN)/multiguard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,13 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --site-dir $(or $(TMPDIR),/tmp)/multiguard-site
 	$(BIN)/python -m pytest -q
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or reference.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 # The inner loop: every test not marked slow (the end-to-end ones), in about a minute.
 test-fast: install
@@ -29,4 +35,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_certify.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist site src/*.egg-info
