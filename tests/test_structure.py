@@ -26,7 +26,7 @@ import multiguard
 PACKAGE_DIR = Path(multiguard.__file__).parent
 MAX_FUNCTION_CODE_LINES = 60
 MAX_MODULE_LINES = 600
-MAX_TOP_LEVEL_ENTRIES = 12
+MAX_TOP_LEVEL_ENTRIES = 12  # rooms and modules at the top of src/multiguard, besides __init__ and __main__
 # Still over the limits when 0.2.0 was cut (issue 27 is open on them): each may only shrink, and none may be
 # added; delete an entry once it is under the limit.
 KNOWN_LONG_FUNCTIONS = {
@@ -36,7 +36,7 @@ KNOWN_LONG_FUNCTIONS = {
     "runs/certify_step.py:sample_checkpoint": 63, "denoising/diffusion.py:__init__": 63,
     "sampling/smoothed.py:predict": 61,
 }
-KNOWN_LONG_MODULES = {"cli/commands.py": 866, "data/download.py": 603}  # rooms and modules at the top of src/multiguard, besides __init__ and __main__
+KNOWN_LONG_MODULES = {"cli/commands.py": 866, "data/download.py": 603}
 
 
 def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, code: set[int]) -> int:
