@@ -60,14 +60,16 @@ def load_voc2007(
     main = require(base / "ImageSets" / "Main", "VOC ImageSets/Main folder")
     require(base / "JPEGImages", "VOC JPEGImages folder")
     per_class: list[dict[str, int]] = []
-    absent = [main / f"{name}_{split}.txt" for name in VOC_CLASSES if not (main / f"{name}_{split}.txt").is_file()]
+    absent = [name for name in VOC_CLASSES if not (main / f"{name}_{split}.txt").is_file()]
     if absent:
-        listed = ", ".join(path.name for path in absent[:LISTED_MISSING])
-        more = f" and {len(absent) - LISTED_MISSING} more" if len(absent) > LISTED_MISSING else ""
+        first = main / f"{absent[0]}_{split}.txt"
+        others = [f"{name}_{split}.txt" for name in absent[1:]]
+        listed = ", ".join(others[:LISTED_MISSING])
+        more = f" and {len(others) - LISTED_MISSING} more" if len(others) > LISTED_MISSING else ""
+        also = f"; {len(absent)} of {len(VOC_CLASSES)} missing, also {listed}{more}" if others else ""
         raise DatasetFileError(
-            f"VOC label files of split {split!r} not found in {main}: {len(absent)} of {len(VOC_CLASSES)} missing "
-            f"({listed}{more}; the labels come from the ImageSets/Main/<class>_<split>.txt files of the devkit; "
-            "Annotations/*.xml are not read)"
+            f"VOC label file for class {absent[0]!r}, split {split!r} not found: expected {first}{also} (the labels "
+            "come from the ImageSets/Main/<class>_<split>.txt files of the devkit; Annotations/*.xml are not read)"
         )
     for name in VOC_CLASSES:
         path = main / f"{name}_{split}.txt"
