@@ -1,0 +1,58 @@
+"""``multiguard attack``: the empirical (attacked) curves of a smoothed classifier.
+
+Each handler parses nothing, calls the library and prints; ``*_options`` adds the command's options."""
+
+from __future__ import annotations
+
+import argparse
+
+from multiguard.cli.console import echo
+from multiguard.cli.options import (
+    add_model_source,
+    add_output,
+    add_sampling,
+    mode_args,
+)
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from multiguard.common.devices import resolve_device
+    from multiguard.evaluation.attack_run import run_attack
+
+    mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
+    result = run_attack(
+        args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
+        dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,
+        steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
+        certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
+        log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
+        **mode,
+    )
+    if args.quiet:  # the numbers are in ATTACK_DIR
+        return 0
+    curves = result.curves
+    echo(f"empirical under attack ({curves.num_inputs} inputs, k = {args.k}, k' = {args.k_prime}):")
+    echo("  radius  precision  recall      f1" + ("  below certificate" if result.violations is not None else ""))
+    for i, r in enumerate(curves.radius):
+        line = f"  {r:6g}  {curves.precision[i]:9.3f}  {curves.recall[i]:6.3f}  {curves.f1[i]:6.3f}"
+        if result.violations is not None:
+            line += f"  {int(result.violations[i]):>18d}"
+        echo(line)
+    echo(f"wrote {result.out_dir}/empirical.csv (overlay it with: multiguard report RUN_DIR --attack {args.out})")
+    return 0
+
+
+def _attack_options(p: argparse.ArgumentParser) -> None:
+    add_model_source(p)
+    add_sampling(p, n_help="fresh samples that measure the attacked prediction")
+    p.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
+    p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
+    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
+    p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
+    p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
+    add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
+               resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
+               overwrite="replace the attack in --out")
