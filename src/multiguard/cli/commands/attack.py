@@ -8,11 +8,16 @@ import argparse
 
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
+    CERTIFICATE,
+    SAMPLING,
     add_model_source,
     add_output,
     add_sampling,
+    group,
     mode_args,
 )
+
+ATTACK = "attack"  # the --help group of the attack's own options
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
@@ -45,14 +50,18 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 def _attack_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_help="fresh samples that measure the attacked prediction")
-    p.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
-    p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
-    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
-    p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
-    p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
+    group(p, SAMPLING).add_argument("--num-inputs", type=int, default=100, metavar="N",
+                                    help="random test inputs to attack (0: all)")
+    attack = group(p, ATTACK)
+    attack.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
+    attack.add_argument("--steps", type=int, default=20, help="PGD steps")
+    attack.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    certificate = group(p, CERTIFICATE)
+    certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels the smoothed classifier predicts")
+    certificate.add_argument("--k-prime", type=int, default=1, metavar="K", help="labels the base classifier predicts")
+    certificate.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
+    certificate.add_argument("--no-certify", action="store_true",
+                             help="skip the certified sizes and the violation count")
     add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
                resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
                overwrite="replace the attack in --out")

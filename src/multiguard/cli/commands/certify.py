@@ -12,12 +12,16 @@ from pathlib import Path
 
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
+    OUTPUT,
+    SAMPLING,
+    SEQUENTIAL,
     add_model_source,
     add_output,
     add_sampling,
     add_shard,
     add_stop_rule,
     add_thresholds,
+    group,
     mode_args,
     stop_rule_options,
 )
@@ -179,23 +183,21 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 def _certify_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
-    add_sampling(p, n_aliases=("--num-samples",),
-                 n_help="noisy samples per input (write --num-samples under torchrun, whose parser reads --n as an "
-                 "abbreviation of its own options)")
-    p.add_argument("--max-k-prime", type=int, default=None,
-                   help="store counts for every k' <= this (default: min(5, number of classes))")
-    p.add_argument("--num-inputs", type=int, default=500,
-                   help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
-    p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
+    add_sampling(p, n_aliases=("--num-samples",), n_help="noisy samples per input (--num-samples under torchrun)")
+    sampling = group(p, SAMPLING)
+    sampling.add_argument("--num-inputs", type=int, default=500, metavar="N", help="random test inputs (0: all)")
+    sampling.add_argument("--max-k-prime", type=int, default=None, metavar="K",
+                          help="store counts for every k' <= this (default: min(5, number of classes))")
     add_shard(p)
     add_stop_rule(
-        p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
-        "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
-        futility_help="with --stop-at-radius: give up on an input when none of these outcomes of its remaining "
-        "samples could raise its size at R")
-    p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
-    p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
-    p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+        p, stop_help="each input stops once its certified size at R (for --k, --k-prime, --alpha) is settled; n is "
+        "then the most samples (docs/sequential.md)", futility_help="when to give up on an input")
+    sequential = group(p, SEQUENTIAL)
+    sequential.add_argument("--k", type=int, default=3, metavar="K", help="k of the stopping rule")
+    sequential.add_argument("--k-prime", type=int, default=1, metavar="K", help="k' of the stopping rule")
+    sequential.add_argument("--alpha", type=float, default=0.001, help="alpha of the stopping rule")
     add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")
+    group(p, OUTPUT).add_argument("--chunk-size", type=int, default=10, metavar="N",
+                                  help="inputs per saved chunk (a kill loses at most one)")
