@@ -21,7 +21,7 @@ from multiguard.denoising.architectures import DENOISER_ARCHITECTURES
 from multiguard.models.architectures import ARCHITECTURES
 from multiguard.sampling.modes import PRECISION_MODES
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "extending.md"  # its examples
 TRAIN_TINY = ["--epochs", "1", "--train-size", "32", "--test-size", "16", "--device", "cpu", "--quiet"]
 
 
@@ -196,9 +196,9 @@ def test_the_retired_keywords_of_0_1_are_refused(tiny_run, tmp_path):
 
 
 def readme_example(name: str) -> str:
-    """The python block after ``<!-- example: NAME -->`` in README.md."""
+    """The python block after ``<!-- example: NAME -->`` in docs/extending.md."""
     match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README.md has no example {name!r}"
+    assert match, f"docs/extending.md has no example {name!r}"
     return match.group(1)
 
 
