@@ -79,6 +79,7 @@ from multiguard.runs.spec import IDENTITY_DEFAULTS, IDENTITY_FIELDS
 from multiguard.sampling.modes import describe_mode
 
 __all__ = ["CHUNKS", "COUNTS", "INPUTS", "METADATA", "STALE_TMP_SECONDS", "Run", "describe_run", "is_run", "load_run",
+           "recorded_settings",
            "run_status", "sampling_mode"]
 
 
@@ -426,6 +427,16 @@ class Run:
                 f"(it was certified with --max-k-prime {self.max_k_prime}), got {k_prime}"
             )
         return self.counts[:, k_prime - 1, :]
+
+
+def recorded_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings a RUN_DIR recorded (its ``metadata.json``), read leniently for a resume that takes a run's
+    own settings: ``None`` when there is none or it cannot be read (opening the run then names the damage)."""
+    try:
+        meta = json.loads((Path(path) / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def is_run(path: str | os.PathLike[str]) -> bool:

@@ -5,10 +5,7 @@ Each handler parses nothing, calls the library and prints; ``*_options`` adds th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-from pathlib import Path
 
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
@@ -58,13 +55,10 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
     mode only as a whole, when none of its options is given). Returns the
     ``name = value`` of those that differ from the command's defaults; nothing when the run has no readable
     metadata (the run folder's own checks then speak)."""
-    path = os.path.join(args.out, "metadata.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (OSError, ValueError):
-        return []
-    if not isinstance(meta, dict):
+    from multiguard.runs.folder import recorded_settings
+
+    meta = recorded_settings(args.out)
+    if meta is None:
         return []
     given = getattr(args, "given", frozenset())
     taken = []
@@ -89,11 +83,9 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
 def _stored_stop_rule(run_dir: str) -> dict | None:
     """The stop rule a run folder was written with (None without one), so that --resume continues it with its
     own rule where the command line leaves the rule's options out."""
-    path = Path(run_dir) / "metadata.json"
-    try:
-        return json.loads(path.read_text()).get("stop_rule")
-    except (OSError, ValueError):
-        return None
+    from multiguard.runs.folder import recorded_settings
+
+    return (recorded_settings(run_dir) or {}).get("stop_rule")
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
