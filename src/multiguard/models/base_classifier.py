@@ -157,6 +157,25 @@ class BaseClassifierSpec:
 
         return self._once("smoothed", build)
 
+    def with_thresholds(self, thresholds: Any) -> BaseClassifierSpec:
+        """The same base classifier with per-label ``thresholds`` (read from the class names of
+        :attr:`checkpoint_meta`), sharing the model and the digests already read (no file is read twice)."""
+        import dataclasses
+
+        spec = dataclasses.replace(self, thresholds=thresholds)
+        spec._cache.update({key: value for key, value in self._cache.items() if key != "smoothed"})
+        return spec
+
+    def denoiser_identity(self) -> dict[str, Any] | None:
+        """What a prediction names of its denoiser: ``{"denoiser": path or source form, "sha256": the file's
+        SHA-256 or the digest of the source's identity, "settings": its training settings or identity}``;
+        ``None`` without a denoiser."""
+        if self.denoiser is None:
+            return None
+        record = self.denoiser_record()
+        return {"denoiser": os.fspath(record["denoiser"]), "sha256": record["denoiser_sha256"],
+                "settings": record["denoiser_settings"]}
+
     def denoiser_record(self) -> dict[str, Any]:
         """What a run records about the denoiser: ``denoiser`` (path), ``denoiser_sha256`` and
         ``denoiser_settings`` (``None`` values without one)."""

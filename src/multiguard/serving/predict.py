@@ -18,7 +18,7 @@ from multiguard.certificates import metrics as _metrics
 from multiguard.certificates import sequential as _sequential
 from multiguard.common.devices import resolve_device
 from multiguard.common.validation import check_int
-from multiguard.models.checkpoints import load_checkpoint, smoothed_from_checkpoint
+from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
 
 __all__ = ["ImagePrediction", "predict_images"]
 
@@ -41,6 +41,8 @@ class ImagePrediction:
     certified_on: list[tuple[str, float]] | None = None
     undecided: list[str] | None = None
     certified_off: list[tuple[str, float]] | None = None
+    # the denoiser in front of the classifier: its path or source form, SHA-256 and settings (None: no denoiser)
+    denoiser: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -53,6 +55,7 @@ class ImagePrediction:
             "mode": self.mode,
             "samples": self.samples,
             "batch_seconds": self.batch_seconds,
+            "denoiser": self.denoiser,
             **({} if self.certified_on is None else {"thresholded": {
                 "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
                 "undecided": list(self.undecided or []),
@@ -125,7 +128,9 @@ def predict_images(
     for path in images:
         if Path(path).is_dir():
             raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
-    model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
+    spec = BaseClassifierSpec(checkpoint, sigma=sigma, device=str(resolve_device(device)), k_prime=k_prime,
+                              mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser)
+    meta = spec.checkpoint_meta
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
@@ -134,10 +139,9 @@ def predict_images(
     if thresholds is not None:
         from multiguard.certificates.thresholds import parse_threshold
 
-        thresholds = parse_threshold(thresholds, names, threshold_scale)
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
-                                        precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser, thresholds=thresholds)
+        spec = spec.with_thresholds(parse_threshold(thresholds, names, threshold_scale))
+    smoother = spec.load()
+    denoiser_identity = spec.denoiser_identity()
     started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
                               batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
@@ -148,7 +152,7 @@ def predict_images(
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]), batch_seconds=seconds)
+                        samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity)
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:
