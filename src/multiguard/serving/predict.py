@@ -147,8 +147,16 @@ def predict_images(
                               batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
                               schedule=schedule, spending=spending, margin=margin, q=q)
     seconds = time.perf_counter() - started
+    return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity)
+
+
+def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], names: list[str], k: int,
+                       seconds: float, mode: dict[str, Any], denoiser_identity: dict[str, Any] | None,
+                       ) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image from the batch's :class:`~multiguard.sampling.certificate.Prediction`
+    (class names for indices, the trivial part, the thresholded certificate's labels on, undecided and off)."""
+    num_classes = len(names)
     trivial = _metrics.trivial_intersection_size(result.mask, k)
-    mode = smoother.mode.as_metadata()
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
