@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from typing import Any
 
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
@@ -93,30 +95,23 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from multiguard.common.distributed import init_distributed
     from multiguard.common.progress import ProgressPrinter
     from multiguard.models.base_classifier import ModeSpec
-    from multiguard.runs import folder as _folder
-    from multiguard.runs import job as _job
     from multiguard.runs.certify_step import sample_checkpoint
-    from multiguard.runs.shards import auto_shard
 
-    place = auto_shard() if str(args.shard).strip().lower() == "auto" else None
-    shard = _job.parse_shard(args.shard) if place is None else (place.index, place.count)
+    place, shard = _shard(args.shard)
     _check_stop_rule_options(args)
     from_run = _settings_from_run(args) if args.resume else []
     context = init_distributed(args.device)
     try:
-        where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
-        if shard[1] > 1:
-            where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
         say = echo if context.rank == 0 else (lambda line: None)
-        prefix = f"certify ({where})" if where else "certify"
+        prefix = _prefix(context, shard)
         if place is not None and not args.quiet:
             say(f"{prefix}: --shard auto: {place.source}")
         quiet_say = (lambda line: None) if args.quiet else say
         mode = mode_args(args, context.device, quiet_say)
         started = time.perf_counter()
-        printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
-            say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
-        )
+        header = f"n = {args.n} samples per input into {args.out} on {context.device}"
+        quiet = args.quiet or context.rank != 0
+        printer = None if quiet else ProgressPrinter(say, args.n, prefix=prefix, header=header)
         if from_run:
             quiet_say(f"resume: as the run was made (not given here): {', '.join(from_run)}")
         result = sample_checkpoint(
@@ -148,29 +143,56 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             threshold_split=args.threshold_split,
             threshold_inputs=args.threshold_inputs,
         )
-        wall = time.perf_counter() - started
-        meta = result.metadata
         for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
             if printer is None or line not in printer.repairs_shown:
                 say(f"{prefix}: {line}")
-        if result.complete and meta.get("stop_rule"):
-            used = _folder.load_run(args.out).samples
-            quiet_say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
-                f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
-                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
-        elif result.complete:
-            quiet_say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
-                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
-            k, why = next_k(args.out)
-            methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
-            quiet_say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
-        else:
-            status = _folder.run_status(args.out)
-            quiet_say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
-                f"{status['num_chunks']} chunks: the last shard to finish writes counts.npz")
+        _say_outcome(args, result, time.perf_counter() - started, quiet_say)
         return 0
     finally:
         context.close()
+
+
+def _shard(text: str | None) -> tuple[Any, tuple[int, int]]:
+    """--shard: ``(None, (i, n))`` from ``I/N`` (``(0, 1)`` without one), or ``(placement, (i, n))`` for ``auto``
+    (the SLURM job array's task)."""
+    from multiguard.runs import job as _job
+    from multiguard.runs.shards import auto_shard
+
+    place = auto_shard() if str(text).strip().lower() == "auto" else None
+    return place, _job.parse_shard(text) if place is None else (place.index, place.count)
+
+
+def _prefix(context: Any, shard: tuple[int, int]) -> str:
+    """``certify``, with this worker's rank and shard where the job has several: ``certify (rank 1 of 4, shard
+    0/2)``."""
+    where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
+    if shard[1] > 1:
+        where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
+    return f"certify ({where})" if where else "certify"
+
+
+def _say_outcome(args: argparse.Namespace, result: Any, wall: float, say: Callable[[str], None]) -> None:
+    """The last lines of certify: the run complete (with the samples a sequential run used, or the report to
+    run next), or this worker's part done while other shards are still sampling."""
+    from multiguard.runs import folder as _folder
+
+    meta = result.metadata
+    times = f"sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)"
+    if result.complete and meta.get("stop_rule"):
+        used = _folder.load_run(args.out).samples
+        say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
+            f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
+            f"{meta['max_k_prime']}, {times}")
+    elif result.complete:
+        say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= {meta['max_k_prime']}, "
+            f"{times}")
+        k, why = next_k(args.out)
+        methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
+        say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
+    else:
+        status = _folder.run_status(args.out)
+        say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of {status['num_chunks']} "
+            "chunks: the last shard to finish writes counts.npz")
 
 
 def _certify_options(p: argparse.ArgumentParser) -> None:
