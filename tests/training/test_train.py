@@ -17,7 +17,8 @@ from multiguard.models.checkpoints import load_checkpoint
 from multiguard.models.factory import create_model
 from multiguard.training.classifier import evaluate_map, mean_average_precision, train
 from multiguard.training.denoiser import train_denoiser
-from multiguard.training.settings import TRAINING_OBJECTIVES, DenoiserTrainSettings, TrainSettings
+from multiguard.training.registries import TRAINING_OBJECTIVES, ObjectiveRecord
+from multiguard.training.settings import DenoiserTrainSettings, TrainSettings
 
 QUICK = {"train_size": 256, "test_size": 96, "batch_size": 32, "progress": False, "sigma": 0.25,
          "num_threads": 1}
@@ -261,7 +262,8 @@ def test_the_settings_module_imports_without_torch():
         "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
         "            raise ImportError(name + ' blocked')\n"
         "sys.meta_path.insert(0, _NoTorch())\n"
-        "from multiguard.training.settings import TRAINING_OBJECTIVES, TrainSettings\n"
+        "from multiguard.training.registries import TRAINING_OBJECTIVES, ObjectiveRecord\n"
+        "from multiguard.training.settings import TrainSettings\n"
         "assert TrainSettings(epochs=2).epochs == 2 and 'gaussian' in TRAINING_OBJECTIVES\n"
         "assert 'torch' not in sys.modules\n"
     )
@@ -287,8 +289,9 @@ def test_a_registered_training_objective_is_usable_by_name(tmp_path):
             return (restored - images).abs().mean(), restored
         return step
 
-    TRAINING_OBJECTIVES.register("clean-and-noisy", clean_then_noisy, trains="classifier", help="test")
-    TRAINING_OBJECTIVES.register("l1", l1, trains="denoiser", help="test")
+    TRAINING_OBJECTIVES.register("clean-and-noisy", clean_then_noisy, record=ObjectiveRecord(trains="classifier"),
+                                 help="test")
+    TRAINING_OBJECTIVES.register("l1", l1, record=ObjectiveRecord(trains="denoiser"), help="test")
     try:
         gaussian_model, _ = train("multidigits", epochs=1, seed=3, **QUICK)
         model, meta = train("multidigits", epochs=1, seed=3, objective="clean-and-noisy", **QUICK)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from multiguard.common.registry import Registry
+
 __all__ = ["METHODS", "CertificationMethod", "default_methods", "register_method"]
 
 SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, np.ndarray], np.ndarray]
@@ -97,8 +99,9 @@ def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, rad
     return certificate.metrics(labels, radius)
 
 
-METHODS: dict[str, CertificationMethod] = {}
-"""Every known method by name, in the order reports list them."""
+METHODS: Registry[CertificationMethod, None] = Registry("method", argument="--methods")
+"""Every known method by name, in the order reports list them: the entry's target is the
+:class:`CertificationMethod` itself (its own typed record), its help the method's description."""
 
 
 def default_methods() -> tuple[str, ...]:
@@ -107,11 +110,10 @@ def default_methods() -> tuple[str, ...]:
 
 
 def register_method(method: CertificationMethod) -> CertificationMethod:
-    """Add ``method`` to :data:`METHODS` (its name must be new); returns it."""
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    """Add ``method`` to :data:`METHODS` under its name (which must be new: ValueError otherwise); returns it."""
+    if not isinstance(method, CertificationMethod):
+        raise ValueError(f"method: register a CertificationMethod, got {type(method).__name__}")
+    return METHODS.register(method.name, method, help=method.description)
 
 
 register_method(CertificationMethod(

@@ -17,10 +17,10 @@ and a :class:`multiguard.certificates.stop_rule.StopRule` value)::
 
 It gets, for the open rows, ``counts`` ``(M, c)`` at look ``n`` ``(M, 1)``, their anytime bounds ``lower``,
 ``upper`` ``(M, c)`` and the ``remaining`` samples ``(M, 1)``, and returns the extra counts credited to the
-labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). A rule with a setting declares it
-(``parameters=("margin",)`` in the registration: it is then called with ``margin=`` gamma, ``--futility-margin``
-on the command line). Any rule is sound: it only decides when to stop, and the bounds read at the stop are
-anytime-valid.
+labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). A rule with a setting declares
+it (``record=FutilityRecord(parameters=("margin",))`` in the registration: it is then called with ``margin=``
+gamma, ``--futility-margin`` on the command line). Any rule is sound: it only decides when to stop, and the
+bounds read at the stop are anytime-valid.
 
 The looks come from a schedule of :data:`SCHEDULES` (``fine``, the default: about 20 % apart; ``1-2-5``, the
 looks of runs written before schedules existed), and alpha is spent over them by :func:`spending_weights`
@@ -50,6 +50,7 @@ __all__ = [
     "FINE_MANTISSAS",
     "FUTILITY_RULES",
     "SCHEDULES",
+    "FutilityRecord",
     "SequentialCertificate",
     "StoppingDecision",
     "anytime_label_probability_bounds",
@@ -73,7 +74,22 @@ asked for; ``None`` spends equal shares (the spending of runs written before spe
 DEFAULT_MARGIN = 0.2
 """gamma of the ``margin`` futility rule unless another is asked for."""
 
-FUTILITY_RULES: Registry = Registry("futility rule", argument="--futility")
+
+
+@dataclass(frozen=True)
+class FutilityRecord:
+    """What a futility rule takes besides the counts.
+
+    Attributes:
+        parameters: the keyword parameters the rule is called with, by name, among the stopping rule's values
+            (``("margin",)``: ``margin=`` gamma, :data:`DEFAULT_MARGIN` unless ``--futility-margin`` says).
+    """
+
+    parameters: tuple[str, ...] = ()
+
+
+FUTILITY_RULES: Registry[Callable[..., tuple[np.ndarray, np.ndarray | int]], FutilityRecord] = Registry(
+    "futility rule", argument="--futility", record=FutilityRecord)
 """When :func:`sequential_stopping_rule` gives up on an input (see the module's docstring for how to add one):
 no outcome of the remaining samples could raise its certified size (``remaining``), none the samples so far
 still make plausible could (``plausible``), or the remaining samples at the frequencies seen so far would not
@@ -103,7 +119,8 @@ def _projected(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.n
 
 
 @FUTILITY_RULES.register("margin", help="the remaining samples at the favourable one-sided Clopper-Pearson bound at "
-                         "level gamma (--futility-margin) of the counts so far (the default)", parameters=("margin",))
+                         "level gamma (--futility-margin) of the counts so far (the default)",
+                         record=FutilityRecord(parameters=("margin",)))
 def _margin(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.ndarray, remaining: np.ndarray, *,
             margin: float) -> tuple[np.ndarray, np.ndarray]:
     """The remaining samples arrive at the one-sided Clopper-Pearson bound at level ``margin`` (gamma) of the
@@ -120,10 +137,10 @@ def futility_rule(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray | int
 
 
 def _futility_gains(name: str, margin: float, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
-    """Call the futility rule ``name`` with the parameters its entry declares (``parameters`` in its info)."""
+    """Call the futility rule ``name`` with the parameters its record declares (:class:`FutilityRecord`)."""
     entry = FUTILITY_RULES.entry(name)
     values = {"margin": margin}
-    return entry.load()(*args, **{key: values[key] for key in entry.info.get("parameters", ())})
+    return entry.load()(*args, **{key: values[key] for key in entry.record.parameters})
 
 
 def sample_size_schedule(n: int, first: int = 100) -> np.ndarray:
@@ -174,7 +191,7 @@ def fine_sample_size_schedule(n: int, block: int = NOISE_BLOCK) -> np.ndarray:
         scale *= 10
 
 
-SCHEDULES: Registry = Registry("schedule", argument="--schedule")
+SCHEDULES: Registry[Callable[[int], np.ndarray], None] = Registry("schedule", argument="--schedule")
 """Schedules of looks by name: a function ``n -> int64 (J,)`` of strictly increasing sizes ending at n."""
 SCHEDULES.register("1-2-5", sample_size_schedule,
                    help="100, 200, 500, 1000, 2000, ... (the looks of runs written before schedules existed)")

@@ -239,7 +239,7 @@ def choose_thresholds(
     count = min(int(num_inputs), pool.size)
     picked = np.sort(np.random.default_rng([int(seed), STREAM_THRESHOLDS]).choice(pool, count, replace=False))
     images, labels = load_batch(data, picked)
-    draws = int(entry.info.get("draws") or 1000)
+    draws = int(entry.record.draws or 1000)
     smoother = base.load()
     if log is not None:
         log(f"choosing thresholds: rule {rule} on {count} {info['split']} images x {draws} noisy copies "

@@ -65,12 +65,8 @@ from multiguard.training.engine import (
     torch_threads,
 )
 from multiguard.training.objectives import ObjectiveContext, stability_loss
-from multiguard.training.settings import (
-    DEFAULT_STABILITY_EPOCHS,
-    TRAINING_OBJECTIVES,
-    DenoiserTrainSettings,
-    objective_names,
-)
+from multiguard.training.registries import TRAINING_OBJECTIVES, objective_names
+from multiguard.training.settings import DEFAULT_STABILITY_EPOCHS, DenoiserTrainSettings
 
 __all__ = ["OBJECTIVES", "DenoiserTrainSettings", "evaluate_denoiser", "stability_loss", "train_denoiser"]
 
@@ -144,7 +140,7 @@ def train_denoiser(
             classifier's dataset (with its data root and options) if there is a classifier, else multidigits.
         sigma: the noise level the denoiser removes (> 0); it can then serve only at this sigma.
         arch, arch_options: see :func:`multiguard.denoising.denoisers.create_denoiser` (``dncnn``, ``unet``, a factory).
-        objective: a denoiser objective of :data:`multiguard.training.settings.TRAINING_OBJECTIVES`: ``'mse'`` or
+        objective: a denoiser objective of :data:`multiguard.training.registries.TRAINING_OBJECTIVES`: ``'mse'`` or
             ``'stability'`` (needs ``classifier``); see the module docstring.
         classifier: path of a classifier checkpoint (:func:`multiguard.training.classifier.train`); required for
             ``stability``, optional for ``mse`` (then only measured: top-1 agreement). Its image size and

@@ -34,7 +34,7 @@ __all__ = ["COMMANDS", "Command", "OutputStreamError", "echo", "fail"]
 
 
 #: The commands of ``multiguard``, in the order ``--help`` lists them.
-COMMANDS: Registry[Command] = Registry("command")
+COMMANDS: Registry[Command, None] = Registry("command")
 COMMANDS.register("train", Command(_cmd_train, wrap(
     "Train a base multi-label classifier with Gaussian noise on every batch (ASL loss, Adam), saving a checkpoint "
     "after each epoch."), _train_options), help="train a base classifier on noisy inputs")
