@@ -41,6 +41,7 @@ class ImagePrediction:
     certified_on: list[tuple[str, float]] | None = None
     undecided: list[str] | None = None
     certified_off: list[tuple[str, float]] | None = None
+    noise: str = ""  # the noise in words: "sound, rounded Gaussian on the 1/255 grid" or the float line
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -51,6 +52,7 @@ class ImagePrediction:
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
+            "noise": self.noise,
             "samples": self.samples,
             "batch_seconds": self.batch_seconds,
             **({} if self.certified_on is None else {"thresholded": {
@@ -94,7 +96,7 @@ def predict_images(
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
-    q: float = 0.5,
+    q: float = 0.5, noise: str = "float",
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -107,6 +109,9 @@ def predict_images(
     rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+    ``noise``: ``"float"`` or ``"sound"`` (the rounded Gaussian on the 1/255 grid; 8-bit image files are on it,
+    others are refused naming the grid); each prediction's ``noise`` names it. Every request draws its own noise
+    (never shared across images).
 
     ``thresholds`` (a number, a file with one per label, or a
     :class:`~multiguard.certificates.thresholds.LabelThresholds`;
@@ -137,7 +142,7 @@ def predict_images(
         thresholds = parse_threshold(thresholds, names, threshold_scale)
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser, thresholds=thresholds)
+                                        denoiser=denoiser, thresholds=thresholds, noise=noise)
     started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
                               batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
@@ -148,7 +153,7 @@ def predict_images(
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]), batch_seconds=seconds)
+                        samples=int(result.samples[i]), batch_seconds=seconds, noise=smoother.describe_noise())
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:

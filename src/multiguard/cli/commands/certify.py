@@ -13,6 +13,7 @@ from pathlib import Path
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
     add_model_source,
+    add_noise,
     add_output,
     add_sampling,
     add_shard,
@@ -34,7 +35,7 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
                  ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
                  ("dataset", "dataset"), ("data_root", "data_root"), ("split", "split"),
                  ("denoiser", "denoiser"), ("precision", "precision"), ("channels_last", "channels_last"),
-                 ("compile", "compile"))
+                 ("compile", "compile"), ("noise", "noise"), ("shared_noise", "shared_noise"))
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
@@ -149,8 +150,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             thresholds=args.threshold,
             threshold_scale=args.threshold_scale,
             threshold_rule=args.threshold_rule,
-            threshold_split=args.threshold_split,
-            threshold_inputs=args.threshold_inputs,
+            threshold_split=args.threshold_split, threshold_inputs=args.threshold_inputs,
+            noise=args.noise, shared_noise=args.shared_noise,
         )
         wall = time.perf_counter() - started
         meta = result.metadata
@@ -188,6 +189,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
                    help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
     p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
     add_shard(p)
+    add_noise(p)
     add_stop_rule(
         p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
         "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
