@@ -383,7 +383,7 @@ class SamplingEngine:
         noise_dtype = self.noise.noise_dtype(self.dtype)
         noise_buffer = torch.empty((batch_size, *input_shape), dtype=noise_dtype, device=self.device)
         batch_buffer = (torch.empty((batch_size, *input_shape), dtype=self.dtype, device=self.device)
-                        if self.noise.separate_output else noise_buffer)
+                        if self.noise.separate_output(self.dtype) else noise_buffer)
         cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=noise_dtype, device=self.device),
                  "key": None, "shared": OrderedDict()}
         return noise_buffer, batch_buffer, cache

@@ -26,7 +26,10 @@ class FloatNoise:
     """Gaussian noise ``sigma * z`` drawn and added in the model's floating dtype (the textbook sampler)."""
 
     name = "float"
-    separate_output = False  # the noisy input is formed in the noise buffer itself
+
+    def separate_output(self, dtype: torch.dtype) -> bool:
+        """Whether the model's input needs its own buffer: no, it is formed in the noise buffer itself."""
+        return False
 
     def __init__(self, sigma: float) -> None:
         self.sigma = sigma
@@ -57,31 +60,45 @@ class FloatNoise:
 
 
 class SoundNoise:
-    """The Gaussian of standard deviation sigma rounded to the 1/255 grid, added in integers to grid inputs."""
+    """The Gaussian of standard deviation sigma rounded to the 1/255 grid, added in integers to grid inputs.
+
+    The integers (noise values and the inputs' ``255 x``) are held in float32 or float64 when the model takes
+    that dtype: every one of them and every sum is an integer below 2^24, so exact there, and the sum is
+    the integer sum; then ``/ 255`` (correctly rounded) gives the model's float of the grid point. For other
+    model dtypes (bf16, fp16: not exact beyond 256 or 2048) they are int32 and the result is cast."""
 
     name = "sound"
-    separate_output = True
 
     def __init__(self, sigma: float) -> None:
         self.sigma = sigma
         self.table = rounded_gaussian_table(float(sigma))
 
+    @staticmethod
+    def _exact(dtype: torch.dtype) -> bool:
+        return dtype in (torch.float32, torch.float64)
+
+    def separate_output(self, dtype: torch.dtype) -> bool:
+        """Whether the model's input needs its own buffer (a model dtype that cannot hold the integers)."""
+        return not self._exact(dtype)
+
     def noise_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        return torch.int32
+        return dtype if self._exact(dtype) else torch.int32
 
     def input_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        return torch.int32
+        return self.noise_dtype(dtype)
 
     def inputs(self, tensor: torch.Tensor) -> torch.Tensor:
         """int32 grid integers ``255 x`` of the inputs; an input off the 1/255 grid is refused."""
         return grid_integers(tensor)
 
     def draw(self, target: torch.Tensor, generator: torch.Generator) -> None:
-        """Fill the int32 ``target`` with rounded-Gaussian values in grid steps."""
+        """Fill ``target`` with rounded-Gaussian values in grid steps (exact integers in its dtype)."""
         self.table.draw(target, generator)
 
     def combine(self, noise: torch.Tensor, row: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out <- (row + noise) / 255``: the grid point, summed in integers, as the model's float."""
+        """``out <- (row + noise) / 255``: the grid point, the integer sum, as the model's float."""
+        if out is noise:
+            return noise.add_(row).div_(GRID_LEVELS)
         return out.copy_(noise.add_(row)).div_(GRID_LEVELS)
 
     def alpha_slack(self, n: int, dimension: int) -> float:

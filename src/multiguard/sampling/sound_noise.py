@@ -11,9 +11,9 @@ How a value is drawn (:class:`RoundedGaussianTable`):
 
 - the cumulative table ``S_j = floor(2^62 * Phi((2k + 1) / (510 sigma)))`` for ``k = -K .. K-1`` is computed
   once per sigma with mpmath at 40 significant digits (no float enters it);
-- a word ``u`` uniform on ``[0, 2^62)`` (``torch.randint``, a single 64-bit draw reduced modulo ``2^62``, which
-  divides ``2^64``: exactly uniform) gives the value ``#{j : S_j <= u} - K`` (``torch.searchsorted``, sped up
-  by a guide table over the top 16 bits of u).
+- a word ``u`` uniform on ``[0, 2^62)`` gives the value ``#{j : S_j <= u} - K``: its top 16 bits are drawn
+  first and decide the value through a guide table for over 99 % of the words; the other 46 bits are drawn
+  only for the rest, whose value ``torch.searchsorted`` finds (:meth:`RoundedGaussianTable.draw`).
 
 Coupled with the exact inversion of the rounded Gaussian by the real ``U = u / 2^62 + (0..1) / 2^62``, the two
 values differ only when U falls in one of the gaps ``[S_j / 2^62, Phi_j)`` (each shorter than ``2^-62``) or in
@@ -47,7 +47,7 @@ WORD_BITS = 62
 _GUIDE_BITS = 16
 _DIGITS = 40
 _TAIL_EXPONENT = 64  # each tail beyond +-K holds less than 2^-64
-_AMBIGUOUS = -(2**31)
+_AMBIGUOUS = 2**20  # no value: |value| <= K < 2^20 (exact in float32 and int32)
 
 
 def _boundary_probabilities(sigma: float, half_width: int) -> list:
@@ -101,7 +101,7 @@ class RoundedGaussianTable:
             self.slack = float(mpmath.nstr(slack * (1 + mpmath.mpf(10) ** -10), 20, strip_zeros=False))
         self.cumulative = torch.tensor(table, dtype=torch.int64)
         self._guide = self._guide_table()
-        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _guide_table(self) -> torch.Tensor:
         """int32 ``(2^16,)``: the value of every word whose top 16 bits are b, where all of them give one
@@ -113,28 +113,49 @@ class RoundedGaussianTable:
         values = (first - self.half_width).to(torch.int32)
         return torch.where(first == last, values, torch.full_like(values, _AMBIGUOUS))
 
-    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._on_device:
-            self._on_device[device] = (self.cumulative.to(device), self._guide.to(device))
-        return self._on_device[device]
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The table on ``device`` and the guide table there in ``dtype`` (its values are small integers, exact
+        in any dtype holding integers up to 2^20)."""
+        if (device, dtype) not in self._on_device:
+            self._on_device[device, dtype] = (self.cumulative.to(device), self._guide.to(device=device, dtype=dtype))
+        return self._on_device[device, dtype]
 
-    def values_of_words(self, words: torch.Tensor) -> torch.Tensor:
-        """int32 noise values (in grid steps) of int64 words in ``[0, 2^62)``, same shape: ``#{j : S_j <= u} -
-        K``."""
-        cumulative, guide = self._tables(words.device)
+    def values_of_words(self, words: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise values (in grid steps) of int64 words in ``[0, 2^62)``: ``#{j : S_j <= u} - K``, in ``out``
+        (flat, int32 or a float dtype holding the integers exactly; default a new int32 tensor of the words'
+        shape)."""
         flat = words.reshape(-1)
-        values = guide.index_select(0, flat >> (WORD_BITS - _GUIDE_BITS))
+        values = torch.empty(flat.shape, dtype=torch.int32, device=words.device) if out is None else out
+        cumulative, guide = self._tables(words.device, values.dtype)
+        torch.index_select(guide, 0, flat >> (WORD_BITS - _GUIDE_BITS), out=values)
         ambiguous = values == _AMBIGUOUS
         if bool(ambiguous.any()):
             exact = torch.searchsorted(cumulative, flat[ambiguous], right=True) - self.half_width
-            values[ambiguous] = exact.to(torch.int32)
-        return values.view(words.shape)
+            values[ambiguous] = exact.to(values.dtype)
+        return values.view(words.shape) if out is None else values
 
     def draw(self, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Fill the int32 tensor ``target`` with i.i.d. values, from words drawn by ``generator`` on its device."""
-        words = torch.randint(0, 2**WORD_BITS, (target.numel(),), generator=generator, dtype=torch.int64,
-                              device=target.device)
-        target.view(-1).copy_(self.values_of_words(words))
+        """Fill the contiguous ``target`` (int32, float32 or float64: the values are exact integers there) with
+        i.i.d. values, from words drawn by ``generator`` on its device.
+
+        Each word is ``u = hi * 2^46 + lo`` with ``hi`` uniform on 16 bits and ``lo`` on 46 bits, independent,
+        so u is uniform on ``[0, 2^62)``. ``hi`` alone decides the value through the guide table for over 99 % of
+        the words; ``lo`` is drawn (after all the ``hi``, in order, from the same generator) only for the rest,
+        whose value the full table search gives. ``torch.randint`` reduces one 32- or 64-bit draw modulo
+        ``2^16`` or ``2^46``, powers of two dividing it: exactly uniform."""
+        shift = WORD_BITS - _GUIDE_BITS
+        flat = target.view(-1)
+        cumulative, guide = self._tables(target.device, target.dtype)
+        high = torch.randint(0, 2**_GUIDE_BITS, (flat.numel(),), generator=generator, dtype=torch.int32,
+                             device=target.device)
+        torch.index_select(guide, 0, high, out=flat)
+        positions = (flat == _AMBIGUOUS).nonzero().squeeze(1)
+        if positions.numel():
+            low = torch.randint(0, 2**shift, (positions.numel(),), generator=generator, dtype=torch.int64,
+                                device=target.device)
+            words = (high.index_select(0, positions).to(torch.int64) << shift) | low
+            exact = torch.searchsorted(cumulative, words, right=True) - self.half_width
+            flat.index_copy_(0, positions, exact.to(flat.dtype))
         return target
 
 
