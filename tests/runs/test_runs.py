@@ -251,11 +251,13 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
         "dataset_size", "image_size", "num_classes", "sigma", "clamp", "n", "sample_sizes", "seed", "max_k_prime",
         "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule", "thresholds",
         "model_file_sha256",  # added since (issue 22): absent from older runs, read as its legacy value None
+        "noise", "shared_noise",  # added since (issue 28): older runs read as float, unshared
     )
     old = {"n": 200, "max_k_prime": 3, "seed": 1, "num_inputs": 12, "chunk_size": 5, "sigma": 0.5,
            "sample_sizes": [100, 200], "format_version": 1}  # written before sampling modes were recorded
     spec = RunSpec.from_dict(old)
     assert (spec.precision, spec.channels_last, spec.compile) == ("fp32", False, False)
+    assert (spec.noise, spec.shared_noise) == ("float", False)
     assert spec.identity()["sample_sizes"] == [100, 200] and spec.stop_rule is None
     assert spec.digest() == RunSpec.from_dict({**old, "precision": "fp32"}).digest()
     assert spec.digest() != RunSpec.from_dict({**old, "sigma": 0.25}).digest()

@@ -28,6 +28,7 @@ __all__ = [
     "add_device",
     "add_mode",
     "add_model_source",
+    "add_noise",
     "add_dataset_folder",
     "add_output",
     "add_sampling",
@@ -150,6 +151,21 @@ def add_device(p: argparse.ArgumentParser) -> None:
     """--device, in the group of the device and the sampling mode."""
     group(p, HARDWARE).add_argument("--device", default="auto",
                                     help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+
+
+def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str | None = None) -> None:
+    """--noise {float,sound} (the noise kind, part of the run's identity) and, with ``shared``, --shared-noise."""
+    from multiguard.common.noise_kinds import DEFAULT_NOISE, NOISE_KINDS
+
+    default = DEFAULT_NOISE if default is None else default
+    p = group(p, SAMPLING)
+    p.add_argument("--noise", choices=tuple(NOISE_KINDS), default=default,
+                   help="the smoothing noise: " + "; ".join(f"{name}: {text}" for name, text in NOISE_KINDS.items())
+                   + f" (inputs must be 8-bit images; docs/soundness.md) (default: {default})")
+    if shared:
+        p.add_argument("--shared-noise", action="store_true", default=False,
+                       help="add one noise block per block index to every input (faster; each certificate keeps "
+                       "its 1 - alpha, but failures are no longer independent across inputs)")
 
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:

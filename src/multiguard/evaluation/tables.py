@@ -12,7 +12,7 @@ import numpy as np
 from multiguard.certificates.methods import METHODS as _METHODS
 from multiguard.evaluation.curves import ATTACK_LABEL, METRICS, TRIVIAL_LABEL, Curve, _label
 from multiguard.evaluation.plots import METRIC_LABELS, _varying
-from multiguard.runs.folder import Run, sampling_mode
+from multiguard.runs.folder import Run, run_noise, sampling_mode
 
 __all__ = ["SUMMARY_RADII", "summary_markdown"]
 
@@ -96,8 +96,8 @@ def _run_line(name: str, run: Run) -> str:
     """One line describing a run for ``summary.md``; a sequential run's rule and samples used."""
     line = (f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
-            + _denoiser_note(run.metadata))
+            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}, "
+            f"noise: {run_noise(run.metadata)}" + _denoiser_note(run.metadata))
     if run.thresholds is not None:
         line += f", thresholds {run.thresholds.describe()}"
     rule = run.stop_rule

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from multiguard.common.files import TMP_SUFFIX, atomic_write_json, atomic_write_npz, create_exclusive_json
+from multiguard.common.noise_kinds import describe_noise
 from multiguard.common.validation import RunMismatchError
 from multiguard.runs.checks import (
     _check_counts,
@@ -522,8 +523,15 @@ def sampling_mode(metadata: dict[str, Any]) -> str:
     return describe_mode(metadata)
 
 
+def run_noise(metadata: dict[str, Any]) -> str:
+    """The noise a run's metadata records, in words: ``"sound, rounded Gaussian on the 1/255 grid"`` (float
+    noise for a run written before the noise was recorded)."""
+    return describe_noise(str(metadata.get("noise", "float")), bool(metadata.get("shared_noise", False)))
+
+
 def describe_run(run: Run, fields: Sequence[str] = ("dataset", "split", "arch", "sigma", "n", "seed")) -> str:
     """One line naming a run and its main settings."""
     parts = [f"{name}={run.metadata.get(name)}" for name in fields if name in run.metadata]
     parts.append(f"mode={sampling_mode(run.metadata)}")
+    parts.append(f"noise={run.metadata.get('noise', 'float')}")
     return f"{run.name} ({run.counts.shape[0]} inputs, k' <= {run.max_k_prime}; " + ", ".join(parts) + ")"

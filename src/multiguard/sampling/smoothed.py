@@ -34,6 +34,7 @@ from multiguard.certificates import topk as _topk
 from multiguard.certificates.bounds import as_label_mask
 from multiguard.certificates.thresholds import LabelThresholds
 from multiguard.common.devices import resolve_device
+from multiguard.common.noise_kinds import DEFAULT_NOISE, describe_noise
 from multiguard.common.seeds import STREAM_ESTIMATION, STREAM_SELECTION
 from multiguard.common.validation import (
     check_alpha,
@@ -47,6 +48,7 @@ from multiguard.sampling.acceleration import CompiledModel, resolve_mode
 from multiguard.sampling.certificate import Certificate, Prediction
 from multiguard.sampling.engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from multiguard.sampling.inputs import as_image_batch, image_channels
+from multiguard.sampling.noise import make_noise
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
 
@@ -91,6 +93,11 @@ class MultiGuard:
             its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
             (:mod:`multiguard.certificates.thresholded`) from the same samples as the top-k one. Part of the base
             classifier.
+        noise: ``"float"`` (default: Gaussian in floating point) or ``"sound"``: the Gaussian rounded to the 1/255
+            grid and added in integers to inputs on that grid (others refused), so the certificates hold for
+            ``h = f ∘ clamp ∘ round`` as a computer runs it (``docs/soundness.md``; :attr:`alpha_slack`).
+        shared_noise: one noise block per block index added to every input (Voráček & Hein's reuse): each
+            input's certificate keeps its 1 - alpha, but failures are no longer independent across inputs.
 
     The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
     hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
@@ -112,6 +119,8 @@ class MultiGuard:
         precision: str = "fp32",
         compile: bool = False,
         thresholds: LabelThresholds | float | None = None,
+        noise: str = DEFAULT_NOISE,
+        shared_noise: bool = False,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -119,6 +128,8 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
+        self.noise = make_noise(noise, self.sigma)
+        self.shared_noise = check_bool(shared_noise, "shared_noise")
         if thresholds is not None and not isinstance(thresholds, LabelThresholds):
             thresholds = LabelThresholds.single(thresholds)
         self.thresholds: LabelThresholds | None = thresholds
@@ -142,14 +153,25 @@ class MultiGuard:
         self.engine = SamplingEngine(
             self.compiled_model if self.compiled_model is not None else model, self.num_classes, self.sigma,
             clamp=self.clamp, device=self.device, dtype=self.dtype, autocast_dtype=self.autocast_dtype,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last, noise=self.noise, shared=self.shared_noise,
         )
+
+    def alpha_slack(self, n: int, input_shape: tuple[int, ...]) -> float:
+        """What the sampler adds to alpha over n samples of an input of ``input_shape``: 0 for float noise; for
+        sound noise the bound of :meth:`multiguard.sampling.noise.SoundNoise.alpha_slack` (about 1e-8 at n = 1e5,
+        32 x 32 x 3)."""
+        return self.noise.alpha_slack(int(n), int(np.prod(input_shape)))
+
+    def describe_noise(self) -> str:
+        """``"sound, rounded Gaussian on the 1/255 grid"`` or the float line, as results print it."""
+        return describe_noise(self.noise.name, self.shared_noise)
 
     def __repr__(self) -> str:
         thresholds = "" if self.thresholds is None else f", thresholds={self.thresholds.describe()!r}"
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
-            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r}"
+            f"clamp={self.clamp}, noise={self.noise.name!r}, device={self.device}, dtype={self.dtype}, "
+            f"mode={self.mode.describe()!r}"
             f"{thresholds})"
         )
 

@@ -43,6 +43,7 @@ class ImagePrediction:
     certified_off: list[tuple[str, float]] | None = None
     # the denoiser in front of the classifier: its path or source form, SHA-256 and settings (None: no denoiser)
     denoiser: dict[str, Any] | None = None
+    noise: str = ""  # the noise in words: "sound, rounded Gaussian on the 1/255 grid" or the float line
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -53,6 +54,7 @@ class ImagePrediction:
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
+            "noise": self.noise,
             "samples": self.samples,
             "batch_seconds": self.batch_seconds,
             "denoiser": self.denoiser,
@@ -97,7 +99,7 @@ def predict_images(
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
-    q: float = 0.5,
+    q: float = 0.5, noise: str = "float",
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -110,6 +112,9 @@ def predict_images(
     rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+    ``noise``: ``"float"`` or ``"sound"`` (the rounded Gaussian on the 1/255 grid; 8-bit image files are on it,
+    others are refused naming the grid); each prediction's ``noise`` names it. Every request draws its own noise
+    (never shared across images).
 
     ``thresholds`` (a number, a file with one per label, or a
     :class:`~multiguard.certificates.thresholds.LabelThresholds`;
@@ -129,7 +134,7 @@ def predict_images(
         if Path(path).is_dir():
             raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
     spec = BaseClassifierSpec(checkpoint, sigma=sigma, device=str(resolve_device(device)), k_prime=k_prime,
-                              mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser)
+                              mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser, noise=noise)
     meta = spec.checkpoint_meta
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
@@ -147,12 +152,13 @@ def predict_images(
                               batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
                               schedule=schedule, spending=spending, margin=margin, q=q)
     seconds = time.perf_counter() - started
-    return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity)
+    return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity,
+                              smoother.describe_noise())
 
 
 def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], names: list[str], k: int,
                        seconds: float, mode: dict[str, Any], denoiser_identity: dict[str, Any] | None,
-                       ) -> list[ImagePrediction]:
+                       noise_words: str) -> list[ImagePrediction]:
     """One :class:`ImagePrediction` per image from the batch's :class:`~multiguard.sampling.certificate.Prediction`
     (class names for indices, the trivial part, the thresholded certificate's labels on, undecided and off)."""
     num_classes = len(names)
@@ -160,7 +166,8 @@ def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], na
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity)
+                        samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity,
+                        noise=noise_words)
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:

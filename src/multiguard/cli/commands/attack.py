@@ -11,6 +11,7 @@ from multiguard.cli.options import (
     CERTIFICATE,
     SAMPLING,
     add_model_source,
+    add_noise,
     add_output,
     add_sampling,
     group,
@@ -31,7 +32,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
-        **mode,
+        **mode, noise=args.noise,
     )
     if args.quiet:  # the numbers are in ATTACK_DIR
         return 0
@@ -62,6 +63,7 @@ def _attack_options(p: argparse.ArgumentParser) -> None:
     certificate.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
     certificate.add_argument("--no-certify", action="store_true",
                              help="skip the certified sizes and the violation count")
+    add_noise(p, shared=False)
     add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
                resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
                overwrite="replace the attack in --out")

@@ -15,6 +15,7 @@ from multiguard.cli.options import (
     SAMPLING,
     SEQUENTIAL,
     add_model_source,
+    add_noise,
     add_output,
     add_sampling,
     add_shard,
@@ -37,7 +38,7 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
                  ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
                  ("dataset", "dataset"), ("data_root", "data_root"), ("split", "split"),
                  ("denoiser", "denoiser"), ("precision", "precision"), ("channels_last", "channels_last"),
-                 ("compile", "compile"))
+                 ("compile", "compile"), ("noise", "noise"), ("shared_noise", "shared_noise"))
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
@@ -140,8 +141,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             thresholds=args.threshold,
             threshold_scale=args.threshold_scale,
             threshold_rule=args.threshold_rule,
-            threshold_split=args.threshold_split,
-            threshold_inputs=args.threshold_inputs,
+            threshold_split=args.threshold_split, threshold_inputs=args.threshold_inputs,
+            noise=args.noise, shared_noise=args.shared_noise,
         )
         for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
             if printer is None or line not in printer.repairs_shown:
@@ -203,6 +204,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     sampling.add_argument("--max-k-prime", type=int, default=None, metavar="K",
                           help="store counts for every k' <= this (default: min(5, number of classes))")
     add_shard(p)
+    add_noise(p)
     add_stop_rule(
         p, stop_help="each input stops once its certified size at R (for --k, --k-prime, --alpha) is settled; n is "
         "then the most samples (docs/sequential.md)", futility_help="when to give up on an input")

@@ -17,6 +17,7 @@ from multiguard.cli.options import (
     OUTPUT,
     THRESHOLDED,
     add_model_source,
+    add_noise,
     add_sampling,
     add_stop_rule,
     add_thresholds,
@@ -74,6 +75,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         thresholds=args.threshold,
         threshold_scale=args.threshold_scale,
         q=args.q,
+        noise=args.noise,
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -99,7 +101,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if p.certified_on is not None:
             _echo_thresholded(p, args.q)
     echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
-          "pixels in [0, 1])")
+          f"pixels in [0, 1]; noise: {predictions[0].noise})")
     return 0
 
 
@@ -129,6 +131,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
     add_thresholds(p, rule=False)
+    add_noise(p, shared=False)
     group(p, THRESHOLDED).add_argument(
         "--q", type=float, default=0.5,
         help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
