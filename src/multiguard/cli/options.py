@@ -160,12 +160,12 @@ def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str |
     default = DEFAULT_NOISE if default is None else default
     p = group(p, SAMPLING)
     p.add_argument("--noise", choices=tuple(NOISE_KINDS), default=default,
-                   help="the smoothing noise: " + "; ".join(f"{name}: {text}" for name, text in NOISE_KINDS.items())
-                   + f" (inputs must be 8-bit images; docs/soundness.md) (default: {default})")
+                   help="float: Gaussian in floating point; sound: rounded to the 1/255 grid, sound in floating point "
+                   f"for 8-bit inputs (docs/soundness.md) (default: {default})")
     if shared:
         p.add_argument("--shared-noise", action="store_true", default=False,
-                       help="add one noise block per block index to every input (faster; each certificate keeps "
-                       "its 1 - alpha, but failures are no longer independent across inputs)")
+                       help="one noise block for every input (faster; each certificate keeps its 1 - alpha, but "
+                       "failures correlate across inputs)")
 
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
