@@ -26,7 +26,7 @@ import numpy as np
 
 from multiguard.common.validation import check_alpha
 
-__all__ = ["KT_PRIOR", "betting_confidence_sequence", "log_wealth"]
+__all__ = ["KT_PRIOR", "betting_confidence_sequence", "betting_label_probability_bounds", "log_wealth"]
 
 KT_PRIOR = 0.5
 """Both parameters of the Beta mixing prior (Beta(1/2, 1/2), the Krichevsky-Trofimov prior)."""
@@ -34,17 +34,19 @@ KT_PRIOR = 0.5
 _BISECTION_STEPS = 60  # halves the bracket 60 times: below 1e-18, under float64 resolution of p
 
 
-def log_wealth(p0: object, successes: object, n: object) -> np.ndarray:
+def log_wealth(p0: object, successes: object, n: object, mixture: np.ndarray | None = None) -> np.ndarray:
     """log M_n(p0) of the beta-binomial mixture martingale (module docstring), broadcast over the arguments.
 
     ``successes`` S and ``n`` are counts (0 <= S <= n); ``p0`` in [0, 1]. Returns float64 of the broadcast shape;
-    ``+inf`` where p0 is 0 with S > 0 or 1 with S < n (such a p0 is refuted by one sample).
+    ``+inf`` where p0 is 0 with S > 0 or 1 with S < n (such a p0 is refuted by one sample). ``mixture``: the
+    log marginal likelihood ``log B(1/2 + S, 1/2 + n - S) - log B(1/2, 1/2)`` if already computed.
     """
     from scipy import special
 
     p0, successes, n = (np.asarray(v, dtype=np.float64) for v in (p0, successes, n))
     failures = n - successes
-    mixture = special.betaln(KT_PRIOR + successes, KT_PRIOR + failures) - special.betaln(KT_PRIOR, KT_PRIOR)
+    if mixture is None:
+        mixture = special.betaln(KT_PRIOR + successes, KT_PRIOR + failures) - special.betaln(KT_PRIOR, KT_PRIOR)
     with np.errstate(divide="ignore", invalid="ignore"):
         likelihood = special.xlogy(successes, p0) + special.xlog1py(failures, -p0)
     return mixture - likelihood
@@ -70,14 +72,17 @@ def betting_confidence_sequence(counts: object, n: object, level: object) -> tup
         check_alpha(float(value))
     if ((counts < 0) | (counts > n) | (counts != np.round(counts))).any():
         raise ValueError("counts must be whole numbers in [0, n]")
+    from scipy import special
+
     threshold = -np.log(level)
+    mixture = special.betaln(KT_PRIOR + counts, KT_PRIOR + n - counts) - special.betaln(KT_PRIOR, KT_PRIOR)
     centre = np.where(n > 0, counts / np.where(n > 0, n, 1.0), 0.5)
-    lower = _crossing(counts, n, threshold, np.zeros_like(centre), centre)
-    upper = _crossing(counts, n, threshold, np.ones_like(centre), centre)
+    lower = _crossing(counts, n, mixture, threshold, np.zeros_like(centre), centre)
+    upper = _crossing(counts, n, mixture, threshold, np.ones_like(centre), centre)
     return lower, upper
 
 
-def _crossing(counts: np.ndarray, n: np.ndarray, threshold: np.ndarray, outside: np.ndarray,
+def _crossing(counts: np.ndarray, n: np.ndarray, mixture: np.ndarray, threshold: np.ndarray, outside: np.ndarray,
               inside: np.ndarray) -> np.ndarray:
     """Bisection for the end of C_n between ``outside`` (0 for the lower end, 1 for the upper) and ``inside`` (S/n,
     in C_n): the bracket keeps log M >= threshold at its ``outside`` end; returns that end (so the end returned is
@@ -85,10 +90,43 @@ def _crossing(counts: np.ndarray, n: np.ndarray, threshold: np.ndarray, outside:
     below the threshold, C_n reaches ``outside`` and that is returned."""
     out = outside.copy()
     into = inside.copy()
-    reaches = log_wealth(out, counts, n) < threshold
+    reaches = log_wealth(out, counts, n, mixture) < threshold
     for _ in range(_BISECTION_STEPS):
         middle = 0.5 * (out + into)
-        refuted = log_wealth(middle, counts, n) >= threshold
+        refuted = log_wealth(middle, counts, n, mixture) >= threshold
         out = np.where(refuted, middle, out)
         into = np.where(refuted, into, middle)
     return np.where(reaches, outside, out)
+
+
+def betting_label_probability_bounds(counts: object, n: object, alpha: float,
+                                     bounds_read: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """The label probability bounds of a certificate from the confidence sequences: ``(lower, upper)`` float64
+    shaped like ``counts`` ``(N, c)`` (or ``(c,)``), each label's ends at level ``alpha / B`` (B the bounds the
+    certificate reads: ``bounds_read``, one per row or a scalar, default c, as in
+    :func:`multiguard.certificates.bounds.label_probability_bounds`); ``n`` a scalar or one per row.
+
+    Guarantee: fix L before sampling. With probability at least ``1 - alpha``, at every n at once,
+    ``lower_i <= p_i`` for every i in L and ``upper_j >= p_j`` for every j outside L (each of the B one-sided
+    ends fails at some n with probability at most ``alpha / B``, :func:`betting_confidence_sequence`; union over
+    the B labels). So the bounds read at any stopping time, and every certificate from them, at every radius,
+    hold with probability at least ``1 - alpha``: no share of alpha is spent on looks.
+    """
+    from multiguard.certificates import bounds as _bounds
+
+    array2d, single = _bounds._as_float_matrix(counts, "counts")
+    sizes = np.asarray(n)
+    if sizes.dtype.kind not in "iu" or sizes.ndim > 1 or (sizes.ndim == 1 and sizes.shape[0] != array2d.shape[0]):
+        raise ValueError(f"n must be an integer or ({array2d.shape[0]},) integers, got {n!r}")
+    sizes = np.broadcast_to(sizes, (array2d.shape[0],))
+    alpha = check_alpha(alpha)
+    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
+    if ((array2d < 0) | (array2d > sizes[:, None])).any():
+        raise ValueError("counts must lie in [0, n]")
+    # each distinct (count, n, B) is solved once: a look of many inputs holds few distinct counts
+    keys = np.stack(np.broadcast_arrays(array2d, sizes[:, None], read[:, None]), axis=-1).reshape(-1, 3)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    low, up = betting_confidence_sequence(unique[:, 0], unique[:, 1], alpha / unique[:, 2])
+    lower = low[inverse.ravel()].reshape(array2d.shape)
+    upper = up[inverse.ravel()].reshape(array2d.shape)
+    return (lower[0], upper[0]) if single else (lower, upper)

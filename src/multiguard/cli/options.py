@@ -25,6 +25,7 @@ __all__ = [
     "add_output",
     "add_sampling",
     "add_shard",
+    "add_bounds",
     "add_stop_rule",
     "add_thresholds",
     "dataset_options",
@@ -175,6 +176,18 @@ def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str
                    f"'equal' for equal shares (default {DEFAULT_SPENDING:g})")
 
 
+def add_bounds(p: argparse.ArgumentParser) -> None:
+    """--bounds: the anytime bounds of --stop-at-radius (:data:`multiguard.certificates.sequential.BOUNDS`); left
+    out, the default of :class:`multiguard.certificates.stop_rule.StopRule` (a resumed run: its own)."""
+    from multiguard.certificates.sequential import BOUNDS, DEFAULT_BOUNDS
+
+    p.add_argument("--bounds", default=None, choices=list(BOUNDS),
+                   help="with --stop-at-radius: the anytime-valid bounds the stopping rule and the certificate read: "
+                   "union (Clopper-Pearson at each look's share of alpha, --schedule / --spending) or betting "
+                   "(beta-binomial mixture confidence sequences, valid at every sample size; looks after every "
+                   f"noise block unless --schedule says otherwise) (default {DEFAULT_BOUNDS})")
+
+
 def _spending(text: str) -> float | str:
     if text == "equal":
         return text
@@ -194,10 +207,15 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
         {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
                                                                if key not in ("radius", "k", "k_prime", "alpha")}})
     spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
+    bounds = base.bounds if getattr(args, "bounds", None) is None else args.bounds
+    schedule = base.schedule if args.schedule is None else args.schedule
+    if args.schedule is None and bounds == "betting" and bounds != base.bounds:
+        schedule = "every-block"  # the confidence sequences are valid at every n: look after every noise block
     return {"futility": base.futility if args.futility is None else args.futility,
-            "schedule": base.schedule if args.schedule is None else args.schedule,
+            "schedule": schedule,
             "spending": spending,
-            "margin": base.margin if args.futility_margin is None else args.futility_margin}
+            "margin": base.margin if args.futility_margin is None else args.futility_margin,
+            "bounds": bounds}
 
 
 def add_shard(p: argparse.ArgumentParser) -> None:

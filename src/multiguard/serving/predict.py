@@ -91,6 +91,7 @@ def predict_images(
     schedule: str = _sequential.DEFAULT_SCHEDULE,
     spending: float | None = _sequential.DEFAULT_SPENDING,
     margin: float = _sequential.DEFAULT_MARGIN,
+    bounds: str = _sequential.DEFAULT_BOUNDS,
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
@@ -103,8 +104,8 @@ def predict_images(
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
-    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: the
+    stopping rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
 
@@ -141,7 +142,7 @@ def predict_images(
     started = time.perf_counter()
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
                               batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                              schedule=schedule, spending=spending, margin=margin, q=q)
+                              schedule=schedule, spending=spending, margin=margin, q=q, bounds=bounds)
     seconds = time.perf_counter() - started
     trivial = _metrics.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()

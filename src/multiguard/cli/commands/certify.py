@@ -14,6 +14,7 @@ from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
     add_model_source,
     add_output,
+    add_bounds,
     add_sampling,
     add_shard,
     add_stop_rule,
@@ -26,7 +27,7 @@ _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
 # the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
 
 
-_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending")
+_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending", "bounds")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 
 
@@ -196,6 +197,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
     p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
     p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+    add_bounds(p)
     add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")

@@ -13,6 +13,7 @@ from typing import Any
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
     add_model_source,
+    add_bounds,
     add_sampling,
     add_stop_rule,
     add_thresholds,
@@ -122,6 +123,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    add_bounds(p)
     add_thresholds(p, rule=False)
     p.add_argument("--q", type=float, default=0.5,
                    help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
