@@ -121,12 +121,15 @@ def betting_label_probability_bounds(counts: object, n: object, alpha: float,
     sizes = np.broadcast_to(sizes, (array2d.shape[0],))
     alpha = check_alpha(alpha)
     read = _bounds._as_bounds_read(bounds_read, array2d.shape)
-    if ((array2d < 0) | (array2d > sizes[:, None])).any():
-        raise ValueError("counts must lie in [0, n]")
+    if ((array2d < 0) | (array2d > sizes[:, None]) | (array2d != np.round(array2d))).any():
+        raise ValueError("counts must be whole numbers in [0, n]")
     # each distinct (count, n, B) is solved once: a look of many inputs holds few distinct counts
-    keys = np.stack(np.broadcast_arrays(array2d, sizes[:, None], read[:, None]), axis=-1).reshape(-1, 3)
-    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    low, up = betting_confidence_sequence(unique[:, 0], unique[:, 1], alpha / unique[:, 2])
+    whole = array2d.astype(np.int64)
+    top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
+    keys = (whole * top_n + sizes[:, None]) * top_b + read[:, None]  # one integer per (count, n, B)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    b, rest = unique % top_b, unique // top_b
+    low, up = betting_confidence_sequence(rest // top_n, rest % top_n, alpha / b)
     lower = low[inverse.ravel()].reshape(array2d.shape)
     upper = up[inverse.ravel()].reshape(array2d.shape)
     return (lower[0], upper[0]) if single else (lower, upper)
