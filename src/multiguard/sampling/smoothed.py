@@ -57,6 +57,13 @@ def _procedure(futility: str, schedule: str, spending: object, margin: float, bo
     return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
 
 
+def _check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
+    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
+    _sequential.futility_rule(futility)
+    _sequential.look_schedule(n, schedule)
+    check_choice(bounds, "bounds", _sequential.BOUNDS)
+
+
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
     """The smoothed classifier's top-k from Monte Carlo counts: int64 ``(N, k)``, ties by label index."""
     counts = np.asarray(counts)
@@ -318,7 +325,8 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds), second_terms,
+            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds),
+            second_terms,
             seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(
@@ -394,7 +402,8 @@ class MultiGuard:
         The looks are :func:`multiguard.certificates.sequential.look_schedule` ``(n, schedule)``; after each one,
         :func:`multiguard.certificates.sequential.sequential_stopping_rule` decides from the counts of
         ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``, ``bounds``) which inputs stop. Returns
+        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``, ``bounds``) which inputs stop.
+        Returns
         ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
         ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
         The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
@@ -527,7 +536,8 @@ class MultiGuard:
 
         With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
         as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n; ``futility``, ``schedule``, ``spending``, ``margin`` and ``bounds`` as in :meth:`certify`); the radii come from
+        n; ``futility``, ``schedule``, ``spending``, ``margin`` and ``bounds`` as in :meth:`certify`); the radii come
+        from
         the anytime-valid bounds and hold at every radius.
 
         With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
@@ -546,9 +556,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            _sequential.futility_rule(futility)
-            _sequential.look_schedule(n, schedule)
-            check_choice(bounds, "bounds", _sequential.BOUNDS)
+            _check_procedure(n, futility, schedule, bounds)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass

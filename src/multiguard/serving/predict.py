@@ -70,6 +70,12 @@ def content_index(images: torch.Tensor) -> np.ndarray:
                     dtype=np.int64)
 
 
+def _parse_threshold(thresholds: Any, names: list[str], scale: str) -> Any:
+    from multiguard.certificates.thresholds import parse_threshold
+
+    return parse_threshold(thresholds, names, scale)
+
+
 def predict_images(
     checkpoint: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -133,16 +139,14 @@ def predict_images(
     batch = torch.stack([load_image(path, size, channels) for path in images])
     names = list(meta["class_names"])
     if thresholds is not None:
-        from multiguard.certificates.thresholds import parse_threshold
-
-        thresholds = parse_threshold(thresholds, names, threshold_scale)
+        thresholds = _parse_threshold(thresholds, names, threshold_scale)
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser, thresholds=thresholds)
     started = time.perf_counter()
+    rule = dict(stop_at_radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                              schedule=schedule, spending=spending, margin=margin, q=q, bounds=bounds)
+                              batch_size=batch_size, q=q, bounds=bounds, **rule)
     seconds = time.perf_counter() - started
     trivial = _metrics.trivial_intersection_size(result.mask, k)
     mode = smoother.mode.as_metadata()

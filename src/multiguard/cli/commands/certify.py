@@ -12,9 +12,9 @@ from pathlib import Path
 
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
+    add_bounds,
     add_model_source,
     add_output,
-    add_bounds,
     add_sampling,
     add_shard,
     add_stop_rule,

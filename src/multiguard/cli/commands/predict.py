@@ -12,8 +12,8 @@ from typing import Any
 
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
-    add_model_source,
     add_bounds,
+    add_model_source,
     add_sampling,
     add_stop_rule,
     add_thresholds,
