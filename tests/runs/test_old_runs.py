@@ -64,7 +64,8 @@ def test_an_old_run_loads_with_its_spec(old_copy: Path, name: str) -> None:
     identity = spec.identity()
     stored = {name: meta[name] for name in IDENTITY_FIELDS if name in meta}
     if name == "run_sequential":  # written before schedules, spending and the margin existed: the rule it ran
-        stored["stop_rule"] = {**stored["stop_rule"], "schedule": "1-2-5", "spending": None, "margin": 0.2}
+        stored["stop_rule"] = {**stored["stop_rule"], "schedule": "1-2-5", "spending": None, "margin": 0.2,
+                               "bounds": "union"}
     assert stored == {name: value for name, value in identity.items() if name in meta}
     # fields added since read as what such a run was sampled with: None, or float unshared noise
     assert all(identity[name] is None for name in IDENTITY_FIELDS if name not in meta and "noise" not in name)

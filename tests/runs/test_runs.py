@@ -266,9 +266,10 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
     # a dict reads as old metadata: the rule before schedules, spending and the margin (their legacy values)
     assert sequential.stop_rule == StopRule(0.25, 2, 1, 0.001, "remaining", "1-2-5", None) and sequential.sequential
     assert sequential.metadata()["stop_rule"] == {**rule, "futility": "remaining", "schedule": "1-2-5",
-                                                  "spending": None, "margin": 0.2}
+                                                  "spending": None, "margin": 0.2, "bounds": "union"}
     assert StopRule(0.25, 2, 1, 0.001).to_dict() == {**rule, "futility": "margin", "schedule": "fine",
-                                                     "spending": 0.75, "margin": 0.2}  # the current default
+                                                     "spending": 0.75, "margin": 0.2,
+                                                     "bounds": "union"}  # the current default
 
 
 @pytest.mark.parametrize(("changes", "message"), [

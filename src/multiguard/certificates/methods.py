@@ -23,11 +23,13 @@ SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, n
 intersection sizes at each radius from bounds ``(N, c)`` and label masks ``(N, c)``."""
 
 PerLabelFunction = Callable[..., Any]
-"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None)`` -> an object with
+"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None, bounds="union")`` -> an
+object with
 ``precision``, ``recall``, ``f1`` ``(len(radius),)``, ``num_inputs`` and ``num_empty``: certified metrics of a
 classifier that decides each label on its own, from per-label on-counts ``(N, c)`` of ``samples`` ``(N,)`` noisy
 copies (``looks``: the schedule of a sequential run, else ``None``; ``spending``: how that run's stopping rule
-spent alpha over its looks, :func:`multiguard.certificates.sequential.spending_weights`, ``None`` for equal shares),
+spent alpha over its looks, :func:`multiguard.certificates.sequential.spending_weights`, ``None`` for equal shares;
+``bounds``: the anytime bounds it read, :data:`multiguard.certificates.sequential.BOUNDS`),
 label
 masks ``(N, c)`` and the cut ``q``."""
 
@@ -90,12 +92,13 @@ def _jia_sizes(lower, upper, labels, k, k_prime, sigma, radius):  # noqa: ANN001
     )
 
 
-def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None):  # noqa: ANN001, ANN202
+def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None,  # noqa: ANN001, ANN202
+                         bounds="union"):
     from multiguard.certificates import thresholded
 
     n = samples if looks is not None else int(samples[0])
     certificate = thresholded.certify_thresholded(on_counts, n, alpha=alpha, sigma=sigma, q=q, looks=looks,
-                                                  spending=spending)
+                                                  spending=spending, bounds=bounds)
     return certificate.metrics(labels, radius)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "add_output",
     "add_sampling",
     "add_shard",
+    "add_bounds",
     "add_stop_rule",
     "add_thresholds",
     "dataset_options",
@@ -170,12 +171,13 @@ def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str |
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
     """--precision, --channels-last and --compile: the sampling mode, part of the base classifier."""
-    from multiguard.sampling.modes import AUTO_HELP, PRECISION_MODES
+    from multiguard.sampling.modes import PRECISION_MODES
 
     p = group(p, HARDWARE)
     p.add_argument(
         "--precision", choices=PRECISION_MODES.names(), default=None,
-        help=f"the model's forward pass; the certificate holds for the model run so (default: {default}); {AUTO_HELP}",
+        help=f"the model's forward pass, as the certificate holds for it (default: {default}); auto: bf16 + "
+        "channels_last where the GPU or CPU has native bf16 (docs/sampling-modes.md)",
     )
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="feed batches in channels_last memory format (implied where --precision auto picks bf16)")
@@ -227,6 +229,16 @@ def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str
                    f"{DEFAULT_SPENDING:g})")
 
 
+def add_bounds(p: argparse.ArgumentParser) -> None:
+    """--bounds: the anytime bounds of --stop-at-radius (:data:`multiguard.certificates.sequential.BOUNDS`); left
+    out, the default of :class:`multiguard.certificates.stop_rule.StopRule` (a resumed run: its own)."""
+    from multiguard.certificates.sequential import BOUNDS, DEFAULT_BOUNDS
+
+    group(p, SEQUENTIAL).add_argument(
+        "--bounds", default=None, choices=list(BOUNDS),
+        help=f"anytime bounds: union or betting (confidence sequences) (default {DEFAULT_BOUNDS})")
+
+
 def _spending(text: str) -> float | str:
     if text == "equal":
         return text
@@ -246,10 +258,15 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
         {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
                                                                if key not in ("radius", "k", "k_prime", "alpha")}})
     spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
+    bounds = base.bounds if getattr(args, "bounds", None) is None else args.bounds
+    schedule = base.schedule if args.schedule is None else args.schedule
+    if args.schedule is None and bounds == "betting" and bounds != base.bounds:
+        schedule = "every-block"  # the confidence sequences are valid at every n: look after every noise block
     return {"futility": base.futility if args.futility is None else args.futility,
-            "schedule": base.schedule if args.schedule is None else args.schedule,
+            "schedule": schedule,
             "spending": spending,
-            "margin": base.margin if args.futility_margin is None else args.futility_margin}
+            "margin": base.margin if args.futility_margin is None else args.futility_margin,
+            "bounds": bounds}
 
 
 def add_shard(p: argparse.ArgumentParser) -> None:

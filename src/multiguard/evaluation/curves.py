@@ -272,12 +272,14 @@ def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequen
     # A sequential run's anytime bounds spend alpha over its looks as its stopping rule did (equal shares for a
     # run written before spending could be chosen), as run_bounds does for the top-k methods.
     spending = (run.stop_rule or {}).get("spending") if looks is not None else None
+    bounds = (run.stop_rule or {}).get("bounds", "union") if looks is not None else "union"
     curves = []
     for method in methods:
         for a in alpha:
             for cut in q:
                 metrics = _METHODS[method].per_label(run.on_counts, samples, looks, run.labels, run.sigma, float(a),
-                                                     float(cut), radius, spending=spending)
+                                                     float(cut), radius, spending=spending,
+                                                     bounds=bounds)
                 curves.append(Curve(
                     run=name, method=method, k=0, k_prime=0, alpha=float(a), sigma=run.sigma, n=run.n,
                     radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
@@ -299,8 +301,9 @@ def run_bounds(run: Run, k_prime: int, alpha: float, bounds_read: np.ndarray | N
     if run.samples is None:
         return _bounds.label_probability_bounds(counts, run.n, alpha, bounds_read)
     spending = (run.stop_rule or {}).get("spending")
+    # a run written before --bounds existed read the union bounds
     return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes, spending,
-                                                       bounds_read)
+                                                       bounds_read, bounds=(run.stop_rule or {}).get("bounds", "union"))
 
 
 def _fmt(value: float) -> str:

@@ -86,6 +86,12 @@ def _futility_text(rule: dict) -> str:
     return f"margin (gamma = {rule.get('margin', 0.2):g})" if futility == "margin" else futility
 
 
+def _bounds_text(rule: dict) -> str:
+    if rule.get("bounds", "union") == "betting":
+        return "betting bounds: beta-binomial mixture confidence sequences, no alpha spent on looks"
+    return _spending_text(rule.get("spending"))
+
+
 def _spending_text(spending: float | None) -> str:
     if spending is None:
         return "alpha spent in equal shares over the looks"
@@ -107,7 +113,7 @@ def _run_line(name: str, run: Run) -> str:
         line += (f"; sequential: sampling stopped per input once its certified size at R = {rule['radius']:g} "
                  f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}, futility rule "
                  f"{_futility_text(rule)}, looks {rule.get('schedule', '1-2-5')}, "
-                 f"{_spending_text(rule.get('spending'))}) was settled; samples used: "
+                 f"{_bounds_text(rule)}) was settled; samples used: "
                  f"mean {used.mean():.0f}, median {np.median(used):.0f}, at most {run.n} ({shares}); the "
                  "bounds are anytime-valid, so the curves hold at every radius")
     return line

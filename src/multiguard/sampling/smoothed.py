@@ -39,6 +39,7 @@ from multiguard.common.seeds import STREAM_ESTIMATION, STREAM_SELECTION
 from multiguard.common.validation import (
     check_alpha,
     check_bool,
+    check_choice,
     check_float,
     check_int,
     check_interval,
@@ -53,9 +54,16 @@ from multiguard.sampling.noise import make_noise
 __all__ = ["MultiGuard", "smoothed_top_k"]
 
 
-def _procedure(futility: str, schedule: str, spending: object, margin: float) -> dict:
+def _procedure(futility: str, schedule: str, spending: object, margin: float, bounds: str) -> dict:
     """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
-    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin}
+    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
+
+
+def _check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
+    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
+    _sequential.futility_rule(futility)
+    _sequential.look_schedule(n, schedule)
+    check_choice(bounds, "bounds", _sequential.BOUNDS)
 
 
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
@@ -279,6 +287,7 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -315,6 +324,10 @@ class MultiGuard:
                 over them (:func:`multiguard.certificates.sequential.spending_weights`: the share at the last look,
                 ``None``
                 for equal shares, or one weight per look summing to at most 1) and gamma of ``"margin"``.
+            bounds: the anytime bounds the rule and the certificate read (``"union"``: Clopper-Pearson over the
+                schedule's looks, spending alpha as ``spending`` says; ``"betting"``: the beta-binomial mixture
+                confidence sequences, valid at every n, best with ``schedule="every-block"``;
+                :data:`multiguard.certificates.sequential.BOUNDS`).
 
             q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
                 more than a share q of the noise; :mod:`multiguard.certificates.thresholded`).
@@ -334,7 +347,8 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), second_terms,
+            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds),
+            second_terms,
             seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(
@@ -403,13 +417,15 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         with_on_counts: bool = False,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
         The looks are :func:`multiguard.certificates.sequential.look_schedule` ``(n, schedule)``; after each one,
         :func:`multiguard.certificates.sequential.sequential_stopping_rule` decides from the counts of
         ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``) which inputs stop. Returns
+        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``, ``bounds``) which inputs stop.
+        Returns
         ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
         ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
         The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
@@ -425,7 +441,7 @@ class MultiGuard:
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
             batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
-            procedure=_procedure(futility, schedule, spending, margin),
+            procedure=_procedure(futility, schedule, spending, margin, bounds),
         )
         if thresholds is None:
             return counts, samples
@@ -470,13 +486,15 @@ class MultiGuard:
             thresholded = _thresholded.certify_thresholded(
                 counts[:, self.k_prime], sample_sizes, alpha=alpha, sigma=self.sigma, q=q, looks=looks,
                 spending=None if looks is None else procedure["spending"],
+                bounds="union" if looks is None else procedure["bounds"],
             )
         counts = counts[:, self.k_prime - 1]
         if looks is None:
             lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
         else:
             lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks,
-                                                                        procedure["spending"])
+                                                                        procedure["spending"],
+                                                                        bounds=procedure["bounds"])
         return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
@@ -523,6 +541,7 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -539,7 +558,8 @@ class MultiGuard:
 
         With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
         as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n; ``futility``, ``schedule``, ``spending`` and ``margin`` as in :meth:`certify`); the radii come from
+        n; ``futility``, ``schedule``, ``spending``, ``margin`` and ``bounds`` as in :meth:`certify`); the radii come
+        from
         the anytime-valid bounds and hold at every radius.
 
         With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
@@ -558,8 +578,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            _sequential.futility_rule(futility)
-            _sequential.look_schedule(n, schedule)
+            _check_procedure(n, futility, schedule, bounds)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -572,7 +591,7 @@ class MultiGuard:
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), True,
+            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds), True,
             seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)

@@ -75,6 +75,12 @@ def content_index(images: torch.Tensor) -> np.ndarray:
                     dtype=np.int64)
 
 
+def _parse_threshold(thresholds: Any, names: list[str], scale: str) -> Any:
+    from multiguard.certificates.thresholds import parse_threshold
+
+    return parse_threshold(thresholds, names, scale)
+
+
 def predict_images(
     checkpoint: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
@@ -96,6 +102,7 @@ def predict_images(
     schedule: str = _sequential.DEFAULT_SCHEDULE,
     spending: float | None = _sequential.DEFAULT_SPENDING,
     margin: float = _sequential.DEFAULT_MARGIN,
+    bounds: str = _sequential.DEFAULT_BOUNDS,
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
@@ -108,8 +115,8 @@ def predict_images(
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
-    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: the
+    stopping rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
     ``noise``: ``"float"`` or ``"sound"`` (the rounded Gaussian on the 1/255 grid; 8-bit image files are on it,
@@ -148,9 +155,9 @@ def predict_images(
     smoother = spec.load()
     denoiser_identity = spec.denoiser_identity()
     started = time.perf_counter()
+    rule = dict(stop_at_radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                              schedule=schedule, spending=spending, margin=margin, q=q)
+                              batch_size=batch_size, q=q, bounds=bounds, **rule)
     seconds = time.perf_counter() - started
     return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity,
                               smoother.describe_noise())

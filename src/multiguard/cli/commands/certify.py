@@ -14,6 +14,7 @@ from multiguard.cli.options import (
     OUTPUT,
     SAMPLING,
     SEQUENTIAL,
+    add_bounds,
     add_model_source,
     add_noise,
     add_output,
@@ -30,7 +31,7 @@ _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
 # the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
 
 
-_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending")
+_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending", "bounds")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 
 
@@ -212,6 +213,7 @@ def _certify_options(p: argparse.ArgumentParser) -> None:
     sequential.add_argument("--k", type=int, default=3, metavar="K", help="k of the stopping rule")
     sequential.add_argument("--k-prime", type=int, default=1, metavar="K", help="k' of the stopping rule")
     sequential.add_argument("--alpha", type=float, default=0.001, help="alpha of the stopping rule")
+    add_bounds(p)
     add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")

@@ -16,6 +16,7 @@ from multiguard.cli.options import (
     HARDWARE,
     OUTPUT,
     THRESHOLDED,
+    add_bounds,
     add_model_source,
     add_noise,
     add_sampling,
@@ -130,6 +131,7 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    add_bounds(p)
     add_thresholds(p, rule=False)
     add_noise(p, shared=False)
     group(p, THRESHOLDED).add_argument(
