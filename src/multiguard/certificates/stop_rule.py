@@ -17,9 +17,23 @@ from multiguard.certificates.sequential import (
     DEFAULT_SPENDING,
 )
 from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
-from multiguard.common.validation import check_alpha
+from multiguard.common.validation import check_alpha, check_choice
 
-__all__ = ["StopRule"]
+__all__ = ["StopRule", "check_procedure", "procedure_keywords"]
+
+
+def procedure_keywords(futility: str, schedule: str, spending: object, margin: float, bounds: str) -> dict:
+    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
+    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
+
+
+def check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
+    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
+    from multiguard.certificates import sequential as _sequential
+
+    _sequential.futility_rule(futility)
+    _sequential.look_schedule(n, schedule)
+    check_choice(bounds, "bounds", _sequential.BOUNDS)
 
 
 def _futility_names() -> list[str]:

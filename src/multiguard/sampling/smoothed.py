@@ -14,9 +14,8 @@ the lower label index (see :func:`multiguard.sampling.engine.top_k_prime`).
 Reproducibility: the noise of input ``x[i]`` is a function of ``(seed, index[i])`` only. Sample ``s`` of an
 input lies in noise block ``s // NOISE_BLOCK``; every block is drawn whole by one ``normal_`` call from a
 generator seeded with :func:`multiguard.common.seeds.noise_seed` ``(seed, index, block, stream)``. Batch size, the
-other inputs
-sharing a forward batch, shards and resume points therefore change nothing (on the same device type: CUDA
-and CPU generators give different numbers).
+other inputs sharing a forward batch, shards and resume points therefore change nothing (on the same device
+type: CUDA and CPU generators give different numbers).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from multiguard.certificates import sequential as _sequential
 from multiguard.certificates import thresholded as _thresholded
 from multiguard.certificates import topk as _topk
 from multiguard.certificates.bounds import as_label_mask
+from multiguard.certificates.stop_rule import check_procedure, procedure_keywords
 from multiguard.certificates.thresholds import LabelThresholds
 from multiguard.common.devices import resolve_device
 from multiguard.common.noise_kinds import DEFAULT_NOISE, describe_noise
@@ -39,7 +39,6 @@ from multiguard.common.seeds import STREAM_ESTIMATION, STREAM_SELECTION
 from multiguard.common.validation import (
     check_alpha,
     check_bool,
-    check_choice,
     check_float,
     check_int,
     check_interval,
@@ -52,18 +51,6 @@ from multiguard.sampling.inputs import as_image_batch, image_channels
 from multiguard.sampling.noise import make_noise
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
-
-
-def _procedure(futility: str, schedule: str, spending: object, margin: float, bounds: str) -> dict:
-    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
-    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
-
-
-def _check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
-    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
-    _sequential.futility_rule(futility)
-    _sequential.look_schedule(n, schedule)
-    check_choice(bounds, "bounds", _sequential.BOUNDS)
 
 
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
@@ -96,9 +83,8 @@ class MultiGuard:
         compile: run the model through ``torch.compile`` (one graph, compiled at the first forward; where
             that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
         thresholds: per-label thresholds (:class:`multiguard.certificates.thresholds.LabelThresholds`, or one
-        probability for
-            every label): the base classifier then also decides each label on its own (on when its score passes
-            its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
+            probability for every label): the base classifier then also decides each label on its own (on when
+            its score passes its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
             (:mod:`multiguard.certificates.thresholded`) from the same samples as the top-k one. Part of the base
             classifier.
         noise: ``"float"`` (default: Gaussian in floating point) or ``"sound"``: the Gaussian rounded to the 1/255
@@ -347,7 +333,7 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds),
+            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
             second_terms,
             seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
@@ -441,7 +427,7 @@ class MultiGuard:
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
             batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
-            procedure=_procedure(futility, schedule, spending, margin, bounds),
+            procedure=procedure_keywords(futility, schedule, spending, margin, bounds),
         )
         if thresholds is None:
             return counts, samples
@@ -578,7 +564,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            _check_procedure(n, futility, schedule, bounds)
+            check_procedure(n, futility, schedule, bounds)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -591,8 +577,8 @@ class MultiGuard:
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin, bounds), True,
-            seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
+            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
+            True, seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
