@@ -176,7 +176,7 @@ def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default:
     p = group(p, HARDWARE)
     p.add_argument(
         "--precision", choices=PRECISION_MODES.names(), default=None,
-        help=f"the model's forward pass, as the certificate holds for it (default: {default}); auto: bf16 + "
+        help=f"the model's forward pass, as the certificate holds for it (default: {default}); auto picks bf16 + "
         "channels_last where the GPU or CPU has native bf16 (docs/sampling-modes.md)",
     )
     p.add_argument("--channels-last", action="store_true", default=None,
