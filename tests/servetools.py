@@ -63,6 +63,11 @@ class Server:
         body, content_type = multipart(files, fields or {})
         return self.request("POST", "/v1/predict" + query, body, {"Content-Type": content_type, **(headers or {})})
 
+    def post_json(self, path: str, value: object, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+        """POST ``value`` as a JSON body (``application/json``)."""
+        return self.request("POST", path, json.dumps(value).encode(),
+                            {"Content-Type": "application/json", **(headers or {})})
+
     def stop(self) -> tuple[int, str]:
         """SIGTERM, then the exit status and stderr."""
         if self.process.poll() is None:

@@ -10,21 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clitools import run, tiny_checkpoint
-from servetools import Server, digit_images
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Path]:
-    return digit_images(tmp_path_factory.mktemp("images"), 2)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    checkpoint = tiny_checkpoint(tmp_path_factory)
-    server = Server(checkpoint, "--n", "200", "--max-n", "2000", "--max-files", "3", "--max-body-bytes", "200000",
-                    "--max-pixels", "40000")
-    yield server
-    server.stop()
+from servetools import Server
 
 
 def _comparable(prediction: dict) -> dict:
