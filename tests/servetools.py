@@ -51,9 +51,9 @@ class Server:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as answer:
-                return answer.status, json.loads(answer.read()), dict(answer.headers)
+                return answer.status, json.loads(answer.read()), {k.lower(): v for k, v in answer.headers.items()}
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), dict(error.headers)
+            return error.code, json.loads(error.read()), {k.lower(): v for k, v in error.headers.items()}
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
         return self.request("GET", path, headers=headers)

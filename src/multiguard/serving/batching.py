@@ -55,7 +55,11 @@ class InferenceQueue:
             self._jobs.put_nowait(job)
         except queue.Full:
             raise QueueFullError("the server's queue is full; try again shortly") from None
-        return await asyncio.wait_for(asyncio.shield(job.future), timeout=time_limit)
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout=time_limit)
+        except TimeoutError:
+            job.future.cancel()  # not started yet: the worker skips it; started: its result is dropped
+            raise
 
     def waiting(self) -> int:
         """Jobs waiting for the worker (not counting the one it runs)."""
