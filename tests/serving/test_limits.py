@@ -9,8 +9,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from clitools import tiny_checkpoint
 from servetools import Server
+
+
+@pytest.fixture
+def images(serve_images: list[Path]) -> list[Path]:
+    return serve_images
+
 
 # samples that keep the tiny model busy for seconds on one CPU thread (about 0.3 ms each here)
 LONG_N = "8000"

@@ -13,6 +13,16 @@ from clitools import run, tiny_checkpoint
 from PIL import Image
 from servetools import Server
 
+
+@pytest.fixture
+def images(serve_images: list[Path]) -> list[Path]:
+    return serve_images
+
+
+@pytest.fixture
+def server(serve_server: Server) -> Server:
+    return serve_server
+
 INFER = "/v2/models/multiguard/infer"
 
 

@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 from servetools import Server
 
+
+@pytest.fixture
+def images(serve_images: list[Path]) -> list[Path]:
+    return serve_images
+
+
+@pytest.fixture
+def server(serve_server: Server) -> Server:
+    return serve_server
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

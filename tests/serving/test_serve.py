@@ -13,6 +13,16 @@ from clitools import run, tiny_checkpoint
 from servetools import Server
 
 
+@pytest.fixture
+def images(serve_images: list[Path]) -> list[Path]:
+    return serve_images
+
+
+@pytest.fixture
+def server(serve_server: Server) -> Server:
+    return serve_server
+
+
 def _comparable(prediction: dict) -> dict:
     return {key: value for key, value in prediction.items() if key not in ("image", "batch_seconds")}
 
