@@ -3,15 +3,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint docs bench clean
+.PHONY: install browser demo test test-fast lint docs bench clean
 
 $(BIN)/multiguard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,diffusion]"
+	$(BIN)/pip install --quiet -e ".[dev,diffusion,serve]"
 	touch $(BIN)/multiguard
 
-install: $(BIN)/multiguard
+# The browser test of the serve page drives Debian's chromium (no browser download); without root or apt it is
+# skipped with its reason.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium; } || \
+		echo "make install: no chromium (apt-get install chromium): the browser test of the serve page will skip"
+
+install: $(BIN)/multiguard browser
 
 demo: install
 	$(BIN)/multiguard demo

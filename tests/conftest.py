@@ -3,7 +3,9 @@ name, and the fixtures the test files share (one copy each):
 
 - ``tiny_model_checkpoint``: a small_cnn trained for one epoch on 200 noisy multidigits images (the CLI's);
 - ``tiny_run``: a finished RUN_DIR of a 3-label linear toy model (6 inputs, n = 200, k' <= 2);
-- ``small_cnn``: a seeded 5-class CNN whose BatchNorm and Dropout make training-mode outputs depend on the batch.
+- ``small_cnn``: a seeded 5-class CNN whose BatchNorm and Dropout make training-mode outputs depend on the batch;
+- ``serve_images``, ``serve_server``: two multidigits test images as PNG files, and one ``multiguard serve`` process
+  (n = 200, small limits) on a free local port for the tests of tests/serving.
 """
 
 from __future__ import annotations
@@ -77,3 +79,22 @@ def register_for_test():
     yield register
     for registry, name in reversed(added):
         registry.unregister(name)
+
+
+@pytest.fixture(scope="session")
+def serve_images(tmp_path_factory) -> list[Path]:
+    """Two multidigits test images written as 8-bit PNG files."""
+    from servetools import digit_images
+
+    return digit_images(tmp_path_factory.mktemp("images"), 2)
+
+
+@pytest.fixture(scope="session")
+def serve_server(tmp_path_factory):
+    """``multiguard serve`` of the tiny checkpoint (n = 200, --max-n 2000, 3 files, 200 kB bodies, 40000 pixels)."""
+    from servetools import Server
+
+    server = Server(clitools.tiny_checkpoint(tmp_path_factory), "--n", "200", "--max-n", "2000", "--max-files", "3",
+                    "--max-body-bytes", "200000", "--max-pixels", "40000")
+    yield server
+    server.stop()

@@ -20,8 +20,7 @@ from multiguard.common.devices import resolve_device
 from multiguard.common.validation import check_int
 from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
 
-__all__ = ["ImagePrediction", "predict_images"]
-
+__all__ = ["ImagePrediction", "LoadedModel", "load_model", "predict_images"]
 
 
 @dataclass
@@ -73,12 +72,6 @@ def content_index(images: torch.Tensor) -> np.ndarray:
     arrays = images.detach().cpu().contiguous().numpy()
     return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
                     dtype=np.int64)
-
-
-def _parse_threshold(thresholds: Any, names: list[str], scale: str) -> Any:
-    from multiguard.certificates.thresholds import parse_threshold
-
-    return parse_threshold(thresholds, names, scale)
 
 
 def predict_images(
@@ -140,27 +133,92 @@ def predict_images(
     for path in images:
         if Path(path).is_dir():
             raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
+    served = load_model(checkpoint, k_prime=k_prime, sigma=sigma, device=device, precision=precision,
+                        channels_last=channels_last, compile=compile, denoiser=denoiser, thresholds=thresholds,
+                        threshold_scale=threshold_scale, noise=noise, load=False)
+    served.check_k(k)
+    batch = torch.stack([load_image(path, served.image_size, served.channels) for path in images])
+    served.load()
+    return served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha, seed=seed,
+                          batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                          schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
+
+
+@dataclass
+class LoadedModel:
+    """A base classifier built once (checkpoint, denoiser, thresholds, mode, noise) and its smoothed classifier,
+    to predict batches of images with (:meth:`predict`): what ``multiguard predict`` does per call and
+    ``multiguard serve`` once, at start."""
+
+    spec: BaseClassifierSpec
+    smoother: Any = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.spec.checkpoint_meta
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta.get("in_channels", 3))
+
+    def check_k(self, k: object) -> int:
+        """``k`` as an int in [1, the number of classes], else ValueError naming ``k``."""
+        return check_int(k, "k", 1, len(self.class_names), high_label="the number of classes")
+
+    def load(self) -> LoadedModel:
+        """Build the smoothed classifier (model load, compile) if not yet built; returns self."""
+        if self.smoother is None:
+            self.smoother = self.spec.load()
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What a run records of this base classifier: :meth:`BaseClassifierSpec.run_fields` and
+        :meth:`BaseClassifierSpec.record`, with the class names."""
+        self.load()
+        return {**self.spec.run_fields(), **self.spec.record(), "class_names": self.class_names,
+                "image_size": self.image_size, "in_channels": self.channels}
+
+    def predict(self, batch: torch.Tensor, paths: Sequence[str], *, k: int = 3, n0: int = 100, n: int = 1000,
+                alpha: float = 0.001, seed: int = 0, batch_size: int = 1000, stop_at_radius: float | None = None,
+                futility: str = _sequential.DEFAULT_FUTILITY, schedule: str = _sequential.DEFAULT_SCHEDULE,
+                spending: float | None = _sequential.DEFAULT_SPENDING, margin: float = _sequential.DEFAULT_MARGIN,
+                bounds: str = _sequential.DEFAULT_BOUNDS, q: float = 0.5) -> list[ImagePrediction]:
+        """:func:`predict_images` for a loaded ``batch`` ``(N, C, H, W)`` in [0, 1] named ``paths`` (the
+        ``image`` of each answer): the noise of each image from ``seed`` and its content (:func:`content_index`)."""
+        k = self.check_k(k)
+        smoother = self.load().smoother
+        started = time.perf_counter()
+        result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
+                                  batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                                  schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
+        seconds = time.perf_counter() - started
+        return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
+                                  self.spec.denoiser_identity(), smoother.describe_noise())
+
+
+def load_model(checkpoint: str | os.PathLike[str], *, k_prime: int = 1, sigma: float | None = None,
+               device: str = "auto", precision: str = "fp32", channels_last: bool | None = None,
+               compile: bool = False, denoiser: str | os.PathLike[str] | None = None, thresholds: Any = None,
+               threshold_scale: str = "probability", noise: str = "float", load: bool = True) -> LoadedModel:
+    """The base classifier of ``checkpoint`` as :func:`predict_images` builds it (same arguments), built once;
+    ``load``: build the smoothed classifier now (else at the first prediction)."""
     spec = BaseClassifierSpec(checkpoint, sigma=sigma, device=str(resolve_device(device)), k_prime=k_prime,
                               mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser, noise=noise)
-    meta = spec.checkpoint_meta
-    num_classes = int(meta["num_classes"])
-    k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
-    size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
-    batch = torch.stack([load_image(path, size, channels) for path in images])
-    names = list(meta["class_names"])
     if thresholds is not None:
         from multiguard.certificates.thresholds import parse_threshold
 
-        spec = spec.with_thresholds(parse_threshold(thresholds, names, threshold_scale))
-    smoother = spec.load()
-    denoiser_identity = spec.denoiser_identity()
-    started = time.perf_counter()
-    rule = dict(stop_at_radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin)
-    result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                              batch_size=batch_size, q=q, bounds=bounds, **rule)
-    seconds = time.perf_counter() - started
-    return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity,
-                              smoother.describe_noise())
+        spec = spec.with_thresholds(parse_threshold(thresholds, list(spec.checkpoint_meta["class_names"]),
+                                                    threshold_scale))
+    served = LoadedModel(spec)
+    return served.load() if load else served
 
 
 def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], names: list[str], k: int,

@@ -25,6 +25,7 @@ from multiguard.cli.commands.datasets import (
 from multiguard.cli.commands.demo import _cmd_demo, _demo_options
 from multiguard.cli.commands.predict import _cmd_predict, _predict_options
 from multiguard.cli.commands.report import _cmd_report, _report_options
+from multiguard.cli.commands.serve import _cmd_serve, _serve_options
 from multiguard.cli.commands.train import _cmd_train, _cmd_train_denoiser, _train_denoiser_options, _train_options
 from multiguard.cli.console import Command, OutputStreamError, echo, fail
 from multiguard.cli.options import wrap
@@ -104,6 +105,11 @@ COMMANDS.register("attack", Command(_cmd_attack, wrap(
 COMMANDS.register("predict", Command(_cmd_predict, wrap(
     "Predict k labels per image with the smoothed classifier and, for each e, the l2 radius below which at least e "
     "of them provably stay predicted."), _predict_options), help="certified labels for image files")
+COMMANDS.register("serve", Command(_cmd_serve, wrap(
+    "Serve certified predictions over HTTP: POST /v1/predict (the objects `predict --json` prints), the Open "
+    "Inference Protocol v2 (/v2/...), a web page at /. The model is loaded once; without a seed each request draws "
+    "fresh noise from the operating system's secure randomness. Needs the serve extra (docs/serving.md)."),
+    _serve_options), help="certified predictions over HTTP (FastAPI + uvicorn)")
 COMMANDS.register("demo", Command(_cmd_demo, wrap(
     "The whole method on a laptop with no network: train small_cnn on multidigits with noise (sigma = 0.5), certify "
     "500 random test inputs with n = 1000 for every k' <= 3, and report MultiGuard vs Jia et al. (k' = 1, k = 3) "

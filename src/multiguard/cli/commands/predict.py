@@ -42,10 +42,9 @@ def _check_same_checkpoint(recorded: dict, checkpoint: str, run_dir: str) -> Non
                          "its certificate holds for its own model: give the run of this checkpoint")
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from multiguard.common.devices import resolve_device
-    from multiguard.serving.predict import predict_images
-
+def apply_mode_of(args: argparse.Namespace) -> None:
+    """--mode-of: take the sampling mode the run recorded (refused beside --precision, --channels-last,
+    --compile, and for a run of another checkpoint)."""
     if args.mode_of is not None:
         from multiguard.runs.folder import load_run
 
@@ -56,6 +55,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.precision = recorded.get("precision", "fp32")
         args.channels_last = bool(recorded.get("channels_last", False))
         args.compile = bool(recorded.get("compile", False))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from multiguard.common.devices import resolve_device
+    from multiguard.serving.predict import predict_images
+
+    apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
     predictions = predict_images(
         args.checkpoint,
@@ -119,9 +125,10 @@ def _echo_thresholded(p: Any, q: float) -> None:
     echo("    certified off: " + (listed(p.certified_off) if p.certified_off else "none"))
 
 
-def _predict_options(p: argparse.ArgumentParser) -> None:
+def _predict_options(p: argparse.ArgumentParser, images: bool = True) -> None:
     add_model_source(p, data=False)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    if images:
+        p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_sampling(p, n_help="samples that certify them", seed_help="seeds the noise")
     certificate = group(p, CERTIFICATE)
     certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels to predict")
@@ -139,4 +146,5 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
         help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
     group(p, HARDWARE).add_argument("--mode-of", default=None, metavar="RUN_DIR",
                                     help="use the sampling mode a certify run recorded (to claim its certificate)")
-    group(p, OUTPUT).add_argument("--json", action="store_true", help="print JSON")
+    if images:
+        group(p, OUTPUT).add_argument("--json", action="store_true", help="print JSON")
