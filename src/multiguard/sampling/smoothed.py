@@ -22,7 +22,7 @@ and CPU generators give different numbers).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from multiguard.sampling.acceleration import CompiledModel, resolve_mode
 from multiguard.sampling.certificate import Certificate, Prediction
 from multiguard.sampling.engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from multiguard.sampling.inputs import as_image_batch, image_channels
+from multiguard.sampling.soft import soft_smoothed_scores
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
 
@@ -213,6 +214,20 @@ class MultiGuard:
         counts = self.engine.count(x, n, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
                                    stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
+
+    def soft_scores(self, x: torch.Tensor, samples: int = 64, seed: int = 0, *, index: Sequence[int] | None = None,
+                    temperature: float = 1.0, step: int = 0) -> torch.Tensor:
+        """A differentiable Monte Carlo **estimate** of the smoothed label probabilities at ``x (N, *shape)``:
+        float ``(N, c)``, the mean over ``samples`` noisy copies of a soft top-k' membership of the base scores
+        (:func:`multiguard.sampling.soft.soft_smoothed_scores`), with gradients to ``x``, for your own attacks.
+        Biased (soft, not hard, membership) and noisy; no guarantee: certify and measure with the counts."""
+        tensor = x if isinstance(x, torch.Tensor) else as_batch(x)
+        samples = check_int(samples, "samples", 1)
+        temperature = check_positive(temperature, "temperature")
+        tensor = tensor.to(device=self.device, dtype=self.dtype)
+        return soft_smoothed_scores(self.model, tensor, sigma=self.sigma, k_prime=self.k_prime, samples=samples,
+                                    seed=check_int(seed, "seed", 0), index=as_index(index, tensor.shape[0]),
+                                    step=step, temperature=temperature, clamp=self.clamp)
 
     def _need_thresholds(self) -> np.ndarray:
         if self.score_thresholds is None:

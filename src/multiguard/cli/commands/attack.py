@@ -26,7 +26,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
-        **mode,
+        attack=args.attack, restarts=args.restarts, **mode,
     )
     if args.quiet:  # the numbers are in ATTACK_DIR
         return 0
@@ -42,6 +42,17 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_attack_choice(parser: argparse.ArgumentParser) -> None:
+    """``--attack NAME`` and ``--restarts``: which attack (:data:`multiguard.evaluation.attacks.ATTACKS`)."""
+    from multiguard.evaluation.attacks import ATTACKS, DEFAULT_ATTACK
+
+    names = ", ".join(f"{name} ({method.summary})" for name, method in ATTACKS.items())
+    parser.add_argument("--attack", default=DEFAULT_ATTACK, metavar="NAME",
+                        help=f"the attack (default {DEFAULT_ATTACK}): {names}")
+    parser.add_argument("--restarts", type=int, default=None,
+                        help="restarts per input and radius of an attack that has them (default 3 for apgd-targeted)")
+
+
 def _attack_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_help="fresh samples that measure the attacked prediction")
@@ -49,8 +60,10 @@ def _attack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
     p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
     p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    p.add_argument("--steps", type=int, default=None,
+                   help="gradient steps (per restart; default: the attack's, 30 for apgd-targeted, 20 for pgd)")
+    p.add_argument("--samples", type=int, default=None, help="noise samples per gradient step (default 32)")
+    add_attack_choice(p)
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
     p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
     add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
