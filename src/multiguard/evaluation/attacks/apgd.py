@@ -60,7 +60,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     while current <= 1.0:
         points.append(current)
         previous, current = current, current + max(current - previous - 0.03, 0.06)
-    return sorted({int(np.ceil(p * steps)) for p in points if 0 < int(np.ceil(p * steps)) <= steps})
+    ends = {int(np.ceil(round(p * steps, 9))) for p in points}
+    return sorted(e for e in ends if 0 < e <= steps)
 
 
 def _selection_seed(seed: int, round_: int) -> int:
