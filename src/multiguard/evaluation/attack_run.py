@@ -130,8 +130,7 @@ def run_attack(
     radii_arr = _curves.parse_radius_grid(radii)
     k, k_prime, n, seed, alpha = _checked_numbers(k, k_prime, n, seed, alpha)
     method, steps, samples, restarts = _checked_method(attack, steps, samples, restarts)
-    log = log or (lambda line: None)
-    out = _attack_out(out_dir, overwrite=overwrite, resume=resume)
+    log, out = log or (lambda line: None), _attack_out(out_dir, overwrite=overwrite, resume=resume)
     model, data, info, smoother, k, k_prime = _load_for_attack(
         checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
         precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser)
@@ -139,24 +138,17 @@ def run_attack(
     denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
     identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
                                 k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
-                                step_size=step_size, temperature=temperature, certify=certify)
-    identity.update(attack=method.name, restarts=restarts)
+                                step_size=step_size, temperature=temperature, certify=certify,
+                                attack=method.name, restarts=restarts)
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
-
     certified = (_certified_sizes(smoother, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
                                   alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
-    options = dict(steps=steps, samples=samples, temperature=temperature, **(
-        {"restarts": restarts} if method.restarts is not None else {"step_size": step_size}))
-    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, options=options,
-                                    n=n, seed=seed, batch_size=batch_size, log=log, parts=parts)
-    violations = None if certified is None else (sizes < certified).sum(axis=0).astype(np.int64)
-
-    curves, arrays = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
-    settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, radii_arr, indices,
-                                violations, k=k, k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps,
-                                samples=samples, step_size=step_size, temperature=temperature)
-    settings.update(attack=method.name, restarts=restarts)
+    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
+                                    options=_options(method, steps, samples, restarts, step_size, temperature),
+                                    batch_size=batch_size, log=log, parts=parts)
+    curves, arrays, violations = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
+    settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, indices, violations)
     write_attack_dir(out, curves, arrays, settings)
     parts.remove()
     return AttackRun(out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}),
@@ -199,6 +191,13 @@ def _checked_numbers(k: int, k_prime: int, n: int, seed: int, alpha: float) -> t
     return k, k_prime, n, seed, alpha
 
 
+def _options(method: AttackMethod, steps: int, samples: int, restarts: int | None, step_size: float | None,
+             temperature: float) -> dict:
+    """The keywords of ``method``'s budget."""
+    own = {"restarts": restarts} if method.restarts is not None else {"step_size": step_size}
+    return dict(steps=steps, samples=samples, temperature=temperature, **own)
+
+
 def _checked_method(attack: str, steps: int | None, samples: int | None, restarts: int | None
                     ) -> tuple[AttackMethod, int, int, int | None]:
     """The attack named ``attack`` and its budget (its defaults where ``None``), checked before any work."""
@@ -217,7 +216,8 @@ def _checked_method(attack: str, steps: int | None, samples: int | None, restart
 def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Module, denoiser_facts: dict,
                      info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
                      k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
-                     step_size: float | None, temperature: float, certify: bool) -> dict:
+                     step_size: float | None, temperature: float, certify: bool, attack: str,
+                     restarts: int | None) -> dict:
     """The attack's identity (recorded in ``attack.json``; a resumed attack must match it)."""
     sigma, clamp = smoother.sigma, smoother.clamp
     return {
@@ -229,6 +229,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
         "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(),
+        "attack": attack, "restarts": restarts,
     }  # fmt: skip
 
 
@@ -252,8 +253,10 @@ def _certified_sizes(smoother: MultiGuard, parts: AttackParts, x: torch.Tensor, 
 def _empirical_results(
     sizes: np.ndarray, labels: np.ndarray, k: int, radii_arr: np.ndarray, indices: np.ndarray, norms: np.ndarray,
     certified: np.ndarray | None,
-) -> tuple[EmpiricalCurves, dict[str, np.ndarray]]:
-    """The empirical curves of the attacked sizes and the per-input arrays written to ``per_input.npz``."""
+) -> tuple[EmpiricalCurves, dict[str, np.ndarray], np.ndarray | None]:
+    """The empirical curves of the attacked sizes, the per-input arrays written to ``per_input.npz``, and the
+    violations per radius (inputs attacked below their certified size; ``None`` without certified sizes)."""
+    violations = None if certified is None else (sizes < certified).sum(axis=0).astype(np.int64)
     metrics = _metrics.certified_metrics(sizes, labels, k)
     curves = EmpiricalCurves(
         radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
@@ -263,25 +266,25 @@ def _empirical_results(
                                          delta_norms=norms)
     if certified is not None:
         arrays["certified"] = certified
-    return curves, arrays
+    return curves, arrays, violations
 
 
 def _attack_settings(checkpoint_path: str | os.PathLike[str], denoiser_facts: dict, info: dict, identity: dict,
-                     smoother: MultiGuard, radii_arr: np.ndarray, indices: np.ndarray, violations: np.ndarray | None,
-                     *, k: int, k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
-                     step_size: float | None, temperature: float) -> dict:
-    """The settings recorded in ``attack.json``."""
-    sigma, clamp = smoother.sigma, smoother.clamp
+                     smoother: MultiGuard, indices: np.ndarray, violations: np.ndarray | None) -> dict:
+    """The settings recorded in ``attack.json`` (the numbers of the attack's ``identity`` among them)."""
+    clamp = smoother.clamp
     settings = {
         "checkpoint": os.fspath(checkpoint_path),
         **denoiser_facts,
         **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
-        "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
-        "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,
-        "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
-        "radii": radii_arr.tolist(), **smoother.mode.as_metadata(),
+        **{key: identity[key] for key in ("k", "k_prime")}, "sigma": smoother.sigma,
+        "clamp": None if clamp is None else list(clamp), "n": identity["n"], "alpha": identity["alpha"],
+        "seed": identity["seed"], "eval_seed": attack_evaluation_seed(identity["seed"]),
+        **{key: identity[key] for key in ("steps", "samples", "step_size", "temperature")},
+        "num_inputs": int(len(indices)), "radii": identity["radii"], **smoother.mode.as_metadata(),
         "violations": None if violations is None else violations.tolist(),
-        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256")},
+        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256", "attack",
+                                          "restarts")},
         "identity": identity,
     }  # fmt: skip
     return settings
