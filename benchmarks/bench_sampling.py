@@ -13,6 +13,13 @@ rounds (the best round of each counts, so background load hurts all three alike)
 
 Goal: (a) within 5 % of (b) and faster than (c). Samples/s and ratios are printed; figures go in README.md.
 
+Noise (``--section noise``): the demo's small_cnn on 8-bit 1x32x32 inputs, the engine with float noise and with
+sound noise (the rounded Gaussian on the 1/255 grid, :mod:`multiguard.sampling.sound_noise`), each with and
+without shared noise, against the model's own forward on a ready batch (no noise, nothing counted), eager and
+compiled, in interleaved rounds; and the noise draw alone (one 100-sample block: ``normal_`` against the table
+draw). Goals (issue 28): sound at most 1.1x float per sample, the engine with shared noise at >= 90 % of the
+compiled forward.
+
 Modes (``--section modes``): the demo's model (``create_model("small_cnn")`` on 1x32x32 multidigits, 10
 labels) sampled by the engine in every mode of :mod:`multiguard.sampling.acceleration` (fp32, channels_last, bf16,
 bf16 + channels_last, fp16, and compiled variants) against the fp32 bare loop, plus bare loops in bf16 and
@@ -312,6 +319,78 @@ def modes(n: int, batch_size: int, rounds: int, num_inputs: int, compile_modes: 
         print(f"  compile time, {label}: {text} (first batch included; not in the figures above)")
 
 
+def _forward_only(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n: int,
+                  batch_size: int) -> Callable[[], None]:
+    """The model's own forward on ready batches of the inputs' size: the ceiling of any sampler."""
+    batch = x[:1].expand(batch_size, *x.shape[1:]).contiguous()
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(x.shape[0]):
+                for start in range(0, n, batch_size):
+                    model(batch[: min(batch_size, n - start)])
+    return run
+
+
+def _noise_draw(noise: object, shape: tuple[int, ...], dtype: torch.dtype, rounds: int) -> float:
+    """Best seconds per sample of drawing one NOISE_BLOCK of noise of ``shape`` (per sample)."""
+    from multiguard.common.seeds import NOISE_BLOCK
+
+    block = torch.empty((NOISE_BLOCK, *shape), dtype=dtype)
+    generator = torch.Generator()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for b in range(50):
+            generator.manual_seed(b)
+            noise.draw(block, generator)
+        best = min(best, (time.process_time() - start) / (50 * NOISE_BLOCK))
+    return best
+
+
+def noise_section(n: int, batch_size: int, rounds: int, num_inputs: int, compile_model: bool) -> None:
+    """Sound vs float noise and shared noise on the demo's CNN (see the module docstring)."""
+    from multiguard.models.factory import create_model
+    from multiguard.sampling.acceleration import CompiledModel
+    from multiguard.sampling.noise import FloatNoise, SoundNoise
+
+    torch.manual_seed(0)
+    base = create_model("small_cnn", num_classes=10, image_size=32, in_channels=1).eval()
+    x = torch.randint(0, 256, (num_inputs, 1, 32, 32)).float() / 255
+    float_draw = _noise_draw(FloatNoise(SIGMA), (1, 32, 32), torch.float32, rounds)
+    sound_draw = _noise_draw(SoundNoise(SIGMA), (1, 32, 32), torch.int32, rounds)
+    print(f"\nNoise: the demo's small_cnn (1x32x32, 10 labels), {num_inputs} grid inputs x n = {n}, batch "
+          f"{batch_size}, sigma = {SIGMA}, CPU time, best of {rounds} rounds")
+    print(f"  noise draw alone, per sample: float {1e6 * float_draw:.2f} us, sound {1e6 * sound_draw:.2f} us "
+          f"(sound / float {sound_draw / float_draw:.2f}x)")
+    methods: dict[str, Callable[[], object]] = {"forward only (eager)": _forward_only(base, x, n, batch_size)}
+    compiled = [False, True] if compile_model else [False]
+    for compiled_model in compiled:
+        tag = " + compile" if compiled_model else ""
+        if compiled_model:
+            forward = CompiledModel(copy.deepcopy(base))
+            methods["forward only (compiled)"] = _forward_only(forward, x, n, batch_size)
+        for noise in ("float", "sound"):
+            for shared in (False, True):
+                guard = MultiGuard(copy.deepcopy(base), num_classes=10, sigma=SIGMA, clamp=(0.0, 1.0), noise=noise,
+                                   shared_noise=shared, compile=compiled_model)
+                if compiled_model:
+                    guard.warm_up(x, batch_size=batch_size)
+                name = f"engine {noise}{' shared' if shared else ''}{tag}"
+                methods[name] = lambda guard=guard: engine(guard, x, n, batch_size)
+    times = best_times(methods, rounds, torch.device("cpu"))
+    samples = x.shape[0] * n
+    for name, (_, cpu) in times.items():
+        print(f"  {name:32s} {samples / cpu:9,.0f} samples/s (CPU)")
+    for tag in [""] + ([" + compile"] if compile_model else []):
+        flo, snd = times[f"engine float{tag}"][1], times[f"engine sound{tag}"][1]
+        flo_s, snd_s = times[f"engine float shared{tag}"][1], times[f"engine sound shared{tag}"][1]
+        forward = times["forward only (compiled)" if tag else "forward only (eager)"][1]
+        print(f"  engine{tag}: sound / float time per sample {snd / flo:.2f}x; shared: sound / float "
+              f"{snd_s / flo_s:.2f}x; engine / forward-only rate: float {forward / flo:.0%}, float shared "
+              f"{forward / flo_s:.0%}, sound {forward / snd:.0%}, sound shared {forward / snd_s:.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
@@ -320,7 +399,7 @@ def main() -> None:
     parser.add_argument("--cnn-inputs", type=int, default=8)
     parser.add_argument("--mlp-inputs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--section", choices=("all", "engine", "modes"), default="all",
+    parser.add_argument("--section", choices=("all", "engine", "modes", "noise"), default="all",
                         help="engine: (a)/(b)/(c) above; modes: precision, channels_last, compile vs GEMM peak")
     parser.add_argument("--modes-inputs", type=int, default=8, help="inputs in the modes section")
     parser.add_argument("--no-compile", action="store_true", help="modes section without the compiled variants")
@@ -330,6 +409,10 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    if args.section in ("all", "noise"):
+        noise_section(args.n, args.batch_size, args.rounds, args.modes_inputs, not args.no_compile)
+    if args.section == "noise":
+        return
     if args.section in ("all", "modes"):
         modes(args.n, args.batch_size, args.rounds, args.modes_inputs, not args.no_compile)
     if args.section == "modes":

@@ -66,11 +66,14 @@ class Procedure:
     spending: float | None
     futility: str
     margin: float = seq.DEFAULT_MARGIN
+    bounds: str = "union"
 
     @property
     def name(self) -> str:
         spend = "equal shares" if self.spending is None else f"{self.spending:g} of alpha last"
         rule = f"margin gamma={self.margin:g}" if self.futility == "margin" else self.futility
+        if self.bounds == "betting":
+            return f"{rule}, {self.schedule}, betting bounds"
         return f"{rule}, {self.schedule}, {spend}"
 
 
@@ -79,6 +82,8 @@ PROCEDURES = {
     "plausible": Procedure("1-2-5", None, "plausible"),
     "projected": Procedure("1-2-5", None, "projected"),
     "default": Procedure(seq.DEFAULT_SCHEDULE, seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN),
+    # issue 31: the confidence sequences of multiguard.certificates.betting, looking after every noise block
+    "betting": Procedure("every-block", None, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN, "betting"),
 }
 
 
@@ -174,7 +179,7 @@ def replay(data: dict, procedure: Procedure, most: int, radius: float, rows: np.
         nested, labels = nested[rows], labels[rows]
     return seq.sequential_certification(
         nested, labels, looks=looks, alpha=ALPHA, k=K, k_prime=K_PRIME, sigma=float(data["sigma"]), radius=radius,
-        spending=procedure.spending, futility=procedure.futility, margin=procedure.margin,
+        spending=procedure.spending, futility=procedure.futility, margin=procedure.margin, bounds=procedure.bounds,
     )
 
 

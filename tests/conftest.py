@@ -62,3 +62,18 @@ def small_cnn():
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 5),
     )
     return model.eval()
+
+
+@pytest.fixture
+def register_for_test():
+    """``register(registry, name, target, **keywords)``: a registry entry for one test, removed after it."""
+    added = []
+
+    def register(registry, name, target, **keywords):
+        registry.register(name, target, **keywords)
+        added.append((registry, name))
+        return target
+
+    yield register
+    for registry, name in reversed(added):
+        registry.unregister(name)

@@ -166,6 +166,8 @@ def run_demo(
     precision: str = "auto",
     channels_last: bool | None = None,
     compile: bool = True,
+    noise: str = "float",
+    shared_noise: bool = False,
 ) -> DemoResult:
     """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
     n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
@@ -178,7 +180,8 @@ def run_demo(
     reuses a finished model and run; a killed demo continues where it stopped.
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
-    device has native bf16) and ``compile``; the run records the mode and the report names it.
+    device has native bf16) and ``compile``; the run records the mode and the report names it. ``noise`` and
+    ``shared_noise``: the smoothing noise (``"sound"``: the rounded Gaussian on the 1/255 grid, docs/soundness.md).
     """
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     out = Path(out)
@@ -198,7 +201,7 @@ def run_demo(
         n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
         on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
         precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
-        thresholds=DEMO_THRESHOLD,
+        thresholds=DEMO_THRESHOLD, noise=noise, shared_noise=shared_noise,
     )
     _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
     seconds["certify"] = time.perf_counter() - started

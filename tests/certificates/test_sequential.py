@@ -366,10 +366,13 @@ def vector_problem(num: int, seed: int) -> tuple[torch.nn.Linear, torch.Tensor, 
 
 
 # The default rule (margin, fine looks, 3/4 of alpha last) and the rule of runs written before it.
-PROCEDURES = {"default": {}, "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None}}
+PROCEDURES = {"default": {}, "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None},
+              "betting": {"bounds": "betting", "schedule": "every-block"}}
+LOOKS_AT_2000 = {"default": 11, "legacy": 5, "betting": 20}
 
 
-@pytest.mark.parametrize(("k_prime", "procedure"), [(1, "default"), (2, "default"), (1, "legacy")])
+@pytest.mark.parametrize(("k_prime", "procedure"), [(1, "default"), (2, "default"), (1, "legacy"), (1, "betting"),
+                                                    (2, "betting")])
 def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(
     k_prime: int, procedure: str
 ) -> None:
@@ -379,7 +382,7 @@ def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batc
     options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1, **rule)
     result = guard.certify(x, labels, batch_size=300, **options)
     looks = seq.look_schedule(2000, rule.get("schedule", seq.DEFAULT_SCHEDULE))
-    assert looks.size == (11 if procedure == "default" else 5)
+    assert looks.size == LOOKS_AT_2000[procedure]
     nested = guard.engine.count_nested(x, looks, seed=4, num_k=k_prime)[:, :, k_prime - 1]
     replay = seq.sequential_certification(
         nested, labels, looks=looks, alpha=0.001, k=2, k_prime=k_prime, sigma=0.25, radius=0.1,
@@ -426,7 +429,8 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
 # ---------------------------------------------------------------------------------- exact soundness, sampled
 
 
-def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius() -> None:
+@pytest.mark.parametrize("procedure", ["default", "betting"])
+def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius(procedure: str) -> None:
     """Linear scores on a 1-D input (top-k' piecewise constant in the input) wrapped as a torch model and
     certified sequentially with real sampling. From the exact smoothed probabilities on a fine grid of the
     line, each e's break radius is the smallest ||delta|| at which fewer than e labels of L are surely in the
@@ -454,7 +458,7 @@ def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius() 
             labels[i, np.argsort(-p[i], kind="stable")[: d[i]]] = True
         guard = MultiGuard(model, num_classes=c, sigma=sigma, k_prime=k_prime)
         result = guard.certify(torch.as_tensor(x[:, None]), labels, n=n, alpha=alpha, k=k, seed=problem,
-                               stop_at_radius=0.25)
+                               stop_at_radius=0.25, **PROCEDURES[procedure])
         stops.append(result.samples)
         for i in range(num):
             broke = break_radii(offsets[:, None], probabilities_1d(*arrangement, x[i] + offsets, sigma), labels[i], k)
@@ -464,7 +468,7 @@ def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius() 
             failures += bool((radii > broke).any())
             inflated_failures += bool((2.0 * radii > broke).any())
     stops = np.concatenate(stops)
-    print(f"\n[sequential] exact 1-D: {checked} inputs, {certified} certify something, mean samples "
+    print(f"\n[sequential] exact 1-D, {procedure}: {checked} inputs, {certified} certify something, mean samples "
           f"{stops.mean():.0f} of at most {n}; certified radii beyond the break radius: {failures} "
           f"(allowed {allowed(alpha, checked) * checked:.0f}); radii doubled: {inflated_failures}")
     assert certified >= checked // 3 and stops.min() < n
@@ -547,12 +551,18 @@ def test_a_run_written_before_nested_counts_still_loads_and_reports(tmp_path: Pa
     np.testing.assert_array_equal(_folder.load_run(folder).counts, old.counts)
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy"])
+EXPECTED_RULES = {
+    "default": {"futility": "margin", "schedule": "fine", "spending": 0.75, "margin": 0.2, "bounds": "union"},
+    "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None, "margin": 0.2, "bounds": "union"},
+    "betting": {"futility": "margin", "schedule": "every-block", "spending": 0.75, "margin": 0.2, "bounds": "betting"},
+}
+
+
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting"])
 def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path, procedure: str) -> None:
     rule = StopRule(**RULE, **PROCEDURES[procedure])
     reference = certify_vectors(tmp_path / "ref", stop_rule=rule)
-    expected = ({"futility": "margin", "schedule": "fine", "spending": 0.75, "margin": 0.2} if procedure == "default"
-                else {"futility": "remaining", "schedule": "1-2-5", "spending": None, "margin": 0.2})
+    expected = EXPECTED_RULES[procedure]
     assert reference.complete and reference.metadata["stop_rule"] == {**RULE, **expected}
     looks = seq.look_schedule(1000, expected["schedule"])
     assert reference.metadata["sample_sizes"] == looks.tolist()
@@ -568,6 +578,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     replay = seq.sequential_certification(
         guard.sample_nested_counts(data.x, looks, seed=3)[:, :, 0], stored.labels, looks=looks, alpha=0.001, k=2,
         k_prime=1, sigma=0.25, radius=0.1, futility=expected["futility"], spending=expected["spending"],
+        bounds=expected["bounds"],
     )
     np.testing.assert_array_equal(replay.samples, stored.samples)
 
@@ -584,7 +595,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     # Another rule is another stored.
     with pytest.raises(ValueError, match="stop_rule"):
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(radius=0.2), resume=True)
-    other = {"schedule": "1-2-5"} if procedure == "default" else {"spending": 0.75}
+    other = {"default": {"schedule": "1-2-5"}, "legacy": {"spending": 0.75}, "betting": {"bounds": "union"}}[procedure]
     with pytest.raises(ValueError, match="different settings"):  # another schedule or spending: another rule
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(**other), resume=True)
     with pytest.raises(ValueError, match="k_prime must be the sampler's k_prime"):
@@ -593,7 +604,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     assert StopRule.coerce(RULE) == StopRule(**RULE, **PROCEDURES["legacy"])
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy"])
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting"])
 def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path, procedure: str) -> None:
     """A run is reported with the bounds of its own rule: its looks and its spending."""
     rule = {**RULE, **PROCEDURES[procedure]}
@@ -605,13 +616,15 @@ def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: P
     spending = rule.get("spending", 0.75)
     for curve in result.curves:
         lower, upper = seq.anytime_label_probability_bounds(stored.counts_for(curve.k_prime), stored.samples, 0.001,
-                                                             looks, spending)
+                                                             looks, spending, bounds=rule.get("bounds", "union"))
         sizes = _topk.certified_intersection_size(lower, upper, stored.labels, k=2, k_prime=curve.k_prime, sigma=0.25,
                                                  radius=curve.radius)
         np.testing.assert_allclose(curve.f1, _metrics.certified_metrics(sizes, stored.labels, 2).f1)
     assert "sequential: sampling stopped per input once its certified size at R = 0.1" in result.summary
-    assert ("margin (gamma = 0.2), looks fine, 0.75 of alpha spent at the last look" if procedure == "default"
-            else "remaining, looks 1-2-5, alpha spent in equal shares") in result.summary
+    assert {"default": "margin (gamma = 0.2), looks fine, 0.75 of alpha spent at the last look",
+            "legacy": "remaining, looks 1-2-5, alpha spent in equal shares",
+            "betting": "looks every-block, betting bounds: beta-binomial mixture confidence sequences",
+            }[procedure] in result.summary
     assert f"mean {stored.samples.mean():.0f}" in result.summary
     with pytest.raises(ValueError, match="it is sequential"):
         stored.at_sample_size(100)
@@ -654,7 +667,7 @@ def test_cli_sequential_certify_is_identical_after_kill_9_and_in_shards(
     assert "sequential at R = 0.25 (at most n = 1000)" in text
     meta = json.loads((reference / "metadata.json").read_text())
     assert meta["stop_rule"] == {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.001, "futility": "margin",
-                                 "schedule": "fine", "spending": 0.75, "margin": 0.2}
+                                 "schedule": "fine", "spending": 0.75, "margin": 0.2, "bounds": "union"}
     samples = load_counts(reference)["samples"]
     assert samples.shape == (20,) and samples.mean() < 1000
 

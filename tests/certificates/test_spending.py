@@ -92,7 +92,7 @@ def simulate(rng: np.random.Generator, p: np.ndarray, looks: np.ndarray, trials:
 def test_the_margin_rule_credits_the_clopper_pearson_bound_at_level_gamma() -> None:
     counts = np.array([[30.0, 60.0, 10.0]])
     rule = seq.FUTILITY_RULES.get("margin")
-    assert seq.FUTILITY_RULES.entry("margin").info["parameters"] == ("margin",)
+    assert seq.FUTILITY_RULES.record("margin").parameters == ("margin",)
     gain_in, gain_out = rule(counts, np.array([[100]]), None, None, np.array([[400]]), margin=0.2)
     upper_0 = stats.beta.ppf(0.8, 31, 70)  # one-sided Clopper-Pearson upper bound at level 0.2
     lower_1, lower_2 = stats.beta.ppf(0.2, 60, 41), stats.beta.ppf(0.2, 10, 91)

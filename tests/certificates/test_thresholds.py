@@ -80,6 +80,6 @@ def test_rules_wrap_the_threshold_functions() -> None:
     counts = np.stack([(scores > row).sum(axis=1) for row in candidates], axis=1)
     assert np.array_equal(certified, certified_f1_thresholds(candidates, counts, draws, labels, alpha=0.01,
                                                              sigma=0.5, q=0.5))
-    assert THRESHOLD_RULES.entry("f1").info["draws"] == 20
+    assert THRESHOLD_RULES.record("f1").draws == 20
     with pytest.raises(UnknownNameError, match="--threshold-rule: unknown threshold rule 'best'"):
         THRESHOLD_RULES.get("best")

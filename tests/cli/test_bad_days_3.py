@@ -282,8 +282,8 @@ def test_voc_in_datasets_list_says_where_labels_come_from(capsys):
     code, out, _ = run_in_process(capsys, "datasets", "list")
     line = next(line for line in out.splitlines() if line.startswith("voc2007"))
     assert "labels from ImageSets/Main" in line and "Annotations" in line
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "Annotations/*.xml" in readme
+    walkthrough = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
+    assert "Annotations/*.xml" in walkthrough
 
 
 def _coco(root: Path) -> Path:

@@ -17,11 +17,11 @@ import torch
 from clitools import CERTIFY_ARGS, assert_one_line_error_in_process, env, load_counts, run_in_process
 
 from multiguard.cli.commands import COMMANDS, Command
-from multiguard.denoising.architectures import DENOISER_ARCHITECTURES
+from multiguard.denoising.architectures import DENOISER_ARCHITECTURES, DenoiserArchitectureRecord
 from multiguard.models.architectures import ARCHITECTURES
-from multiguard.sampling.modes import PRECISION_MODES
+from multiguard.sampling.modes import PRECISION_MODES, PrecisionRecord
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "extending.md"  # its examples
 TRAIN_TINY = ["--epochs", "1", "--train-size", "32", "--test-size", "16", "--device", "cpu", "--quiet"]
 
 
@@ -48,6 +48,53 @@ def test_a_registered_architecture_trains_and_certifies_from_the_command_line(tm
     assert json.loads((run_dir / "metadata.json").read_text())["arch"] == "flat_test"
 
 
+def _hub(name: str, *, num_classes: int, in_channels: int, image_size: int, pretrained: bool):
+    """A family of the test's own: ``hub:linear`` a linear map of the flattened image, ``hub:wide`` one hidden layer,
+    ``hub:broken`` a model whose output has the wrong shape (caught by the output check)."""
+    flat = in_channels * image_size**2
+    if name == "linear":
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(flat, num_classes)), (0.5,), (0.25,)
+    if name == "wide":
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(flat, 16), torch.nn.ReLU(),
+                                   torch.nn.Linear(16, num_classes))
+    if name == "broken":
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(flat, num_classes + 1))
+    raise ValueError(f"arch: the hub has no model {name!r}")
+
+
+def test_a_registered_prefix_family_builds_its_models_by_name(tmp_path, capsys):
+    from multiguard.models.architectures import ARCH_PREFIXES, arch_forms
+    from multiguard.models.checkpoints import load_checkpoint
+    from multiguard.models.factory import create_model
+
+    with pytest.raises(ValueError, match="myhub"):  # control: before it is registered, a module that is not there
+        create_model("myhub:linear", num_classes=3, image_size=8, in_channels=1)
+    assert "myhub:<name>" not in " ".join(run_in_process(capsys, "train", "--help")[1].split())
+    ARCH_PREFIXES.register("myhub", _hub, help="the test's hub")
+    try:
+        assert "myhub:<name>" in " ".join(run_in_process(capsys, "train", "--help")[1].split())
+        assert "'myhub:<name>'" in arch_forms()
+        model = create_model("myhub:linear", num_classes=3, image_size=8, in_channels=1)
+        assert model.arch == "myhub:linear" and (model.mean, model.std) == ([0.5], [0.25])  # the family's default
+        assert model(torch.rand(5, 1, 8, 8)).shape == (5, 3)
+        wide = create_model("myhub:wide", num_classes=3, image_size=8, in_channels=2)
+        assert (wide.mean, wide.std) == ([0.0, 0.0], [1.0, 1.0]) and wide.net[1].out_features == 16
+        with pytest.raises(ValueError, match=r"returns shape \(2, 4\).*\(2, 3\)"):
+            create_model("myhub:broken", num_classes=3, image_size=8, in_channels=1)
+        with pytest.raises(ValueError, match="the hub has no model 'none'"):
+            create_model("myhub:none", num_classes=3, image_size=8, in_channels=1)
+        with pytest.raises(ValueError, match="only timm:<name> and torchvision:<name> models have ImageNet"):
+            create_model("myhub:linear", num_classes=3, image_size=8, in_channels=1, pretrained="imagenet")
+        out = tmp_path / "hub.pt"
+        code, _, err = run_in_process(capsys, "train", "--arch", "myhub:wide", *TRAIN_TINY, "--image-size", "8",
+                                      "--out", str(out))
+        assert code == 0, err
+        loaded, meta = load_checkpoint(out)
+        assert meta["arch"] == "myhub:wide" and loaded.net[1].out_features == 16
+    finally:
+        ARCH_PREFIXES.unregister("myhub")
+
+
 class _Smoothing(torch.nn.Module):
     """A residual 3x3 convolution of ``width`` hidden channels."""
 
@@ -69,7 +116,7 @@ def test_a_registered_denoiser_architecture_trains_and_sits_in_front_of_a_classi
     args = ["train-denoiser", "--sigma", "0.5", "--arch", "smooth_test", "--arch-option", "width=3", *TRAIN_TINY,
             "--out", str(denoiser)]
     assert_one_line_error_in_process(run_in_process(capsys, *args), "'smooth_test'", "'dncnn'")
-    DENOISER_ARCHITECTURES.register("smooth_test", _Smoothing, options=("width",))
+    DENOISER_ARCHITECTURES.register("smooth_test", _Smoothing, record=DenoiserArchitectureRecord(options=("width",)))
     try:
         assert run_in_process(capsys, *args)[0] == 0
         net, meta = load_denoiser(denoiser)
@@ -90,7 +137,7 @@ def test_a_registered_precision_mode_is_a_choice_and_runs_its_autocast(tmp_path,
     result = run_in_process(capsys, *args, "--precision", "full", "--out", str(tmp_path / "refused"))
     assert_one_line_error_in_process(result, "invalid choice: 'full'")  # control: not a choice before
     assert run_in_process(capsys, *args, "--precision", "fp32", "--out", str(tmp_path / "fp32"))[0] == 0
-    PRECISION_MODES.register("full", "full", help="fp32 under another name", autocast_dtype=None)
+    PRECISION_MODES.register("full", "full", help="fp32 under another name", record=PrecisionRecord())
     try:
         code, _, err = run_in_process(capsys, *args, "--precision", "full", "--out", str(tmp_path / "full"))
         assert code == 0, err
@@ -113,7 +160,7 @@ class _Shrink(torch.nn.Module):
 
 
 def test_a_registered_denoiser_source_is_a_denoiser_form_of_certify(tmp_path, capsys, tiny_model_checkpoint):
-    from multiguard.denoising.sources import DENOISER_SOURCES
+    from multiguard.denoising.sources import DENOISER_SOURCES, DenoiserSourceRecord
 
     args = ["certify", "--checkpoint", str(tiny_model_checkpoint), *CERTIFY_ARGS, "--num-inputs", "4",
             "--device", "cpu", "--quiet"]
@@ -123,7 +170,8 @@ def test_a_registered_denoiser_source_is_a_denoiser_form_of_certify(tmp_path, ca
     def shrink(spec, *, sigma, image_size, in_channels, device):
         return _Shrink(float(spec))
 
-    DENOISER_SOURCES.register("shrink", shrink, spec="<factor>", help="pull pixels towards grey")
+    DENOISER_SOURCES.register("shrink", shrink, record=DenoiserSourceRecord(spec="<factor>"),
+                              help="pull pixels towards grey")
     try:
         assert "shrink:<factor>" in " ".join(run_in_process(capsys, "certify", "--help")[1].split())
         code, _, err = run_in_process(capsys, *args, "--denoiser", "shrink:0.5", "--out", str(tmp_path / "half"))
@@ -196,9 +244,9 @@ def test_the_retired_keywords_of_0_1_are_refused(tiny_run, tmp_path):
 
 
 def readme_example(name: str) -> str:
-    """The python block after ``<!-- example: NAME -->`` in README.md."""
+    """The python block after ``<!-- example: NAME -->`` in docs/extending.md."""
     match = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README.md has no example {name!r}"
+    assert match, f"docs/extending.md has no example {name!r}"
     return match.group(1)
 
 
@@ -250,12 +298,12 @@ def test_a_registered_futility_rule_is_a_choice_of_certify(tmp_path, capsys, tin
         np.testing.assert_array_equal(same[key], other[key], err_msg=key)
 
 
-def test_the_composed_flag_is_read_from_the_dataset_registry(monkeypatch, capsys):
+def test_the_composed_flag_is_read_from_the_dataset_registry(register_for_test, capsys):
     from multiguard.data import DATASETS, DatasetInfo, is_composed
 
     assert is_composed("multidigits") and not is_composed("voc2007") and not is_composed("no-such-dataset")
     info = DatasetInfo("toygrid", "composed toy", "train", "test", 8, False, (), lambda *a, **k: None, composed=True)
-    monkeypatch.setitem(DATASETS, "toygrid", info)
+    register_for_test(DATASETS, "toygrid", info)
     assert is_composed("toygrid")
     help_text = " ".join(run_in_process(capsys, "datasets", "describe", "--help")[1].split())
     assert "multidigits and toygrid only: the seed that composes it" in help_text

@@ -192,7 +192,7 @@ def test_describe_opens_every_image(tmp_path, capsys):
     assert code == 0 and "unreadable" not in out and "images without labels" in out  # labels only: no image opened
 
 
-def test_a_dataset_is_added_in_one_place(tmp_path, monkeypatch):
+def test_a_dataset_is_added_in_one_place(tmp_path, register_for_test):
     root = write_shapes_folder(tmp_path / "shapes", {"fit": 3, "check": 2})
 
     def load_toy(root_, split, image_size, seed, **options):
@@ -200,7 +200,7 @@ def test_a_dataset_is_added_in_one_place(tmp_path, monkeypatch):
 
     info = DatasetInfo("toyshapes", "test shapes: root/classes.txt + root/{fit,check}.csv", "fit", "check", 16,
                        True, (), load_toy)
-    monkeypatch.setitem(DATASETS, "toyshapes", info)
+    register_for_test(DATASETS, "toyshapes", info)
     assert default_splits("toyshapes") == ("fit", "check")
     assert dataset_names().endswith(", csv or toyshapes")
     ds = get_dataset("toyshapes", root=root)  # default split and image size from the entry
@@ -342,14 +342,12 @@ def test_pretrained_imagenet_offline_names_the_local_file_alternative(tmp_path, 
 
 # ---------------------------------------------------------------- the README section, verbatim
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OWN_DATA = Path(__file__).resolve().parents[2] / "docs" / "own-data.md"  # the README links it as the walkthrough
 
 
 def readme_section() -> str:
-    """The README's section "Your own data and model" (up to the next second-level heading)."""
-    text = README.read_text()
-    start = text.index("## Your own data and model")
-    return text[start:text.index("\n## ", start + 3)]
+    """The docs page "Your own data and model" (docs/own-data.md), whole."""
+    return OWN_DATA.read_text()
 
 
 def code_blocks(text: str, language: str) -> list[str]:
@@ -526,9 +524,9 @@ def test_train_flags_on_the_command_line(tmp_path, factory_file, capsys):
         "any sigmoid"]
 
 
-def test_help_names_the_registered_datasets(capsys, monkeypatch):
+def test_help_names_the_registered_datasets(capsys, register_for_test):
     info = DatasetInfo("toyshapes", "test shapes", "fit", "check", 16, True, (), lambda *a, **k: None)
-    monkeypatch.setitem(DATASETS, "toyshapes", info)
+    register_for_test(DATASETS, "toyshapes", info)
     code, out, _ = run_in_process(capsys, "train", "--help")
     assert code == 0 and "multidigits, voc2007, coco2014, nuswide, csv or toyshapes" in " ".join(out.split())
     code, out, _ = run_in_process(capsys, "report", "--help")

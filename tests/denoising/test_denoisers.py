@@ -310,7 +310,13 @@ def test_clean_classifier_and_denoiser_from_the_command_line(tmp_path, capsys) -
     Image.fromarray((get_dataset("multidigits", split="test", size=1).images[0, 0].numpy() * 255).astype("uint8")
                     ).save(image)
     predicted = run("predict", *common, "--denoiser", str(denoiser), "--n0", "20", "--n", "100", "--json", str(image))
-    assert len(json.loads(predicted.stdout)[0]["labels"]) == 3
+    answer = json.loads(predicted.stdout)[0]
+    assert len(answer["labels"]) == 3
+    # the answer names the denoiser it ran behind: its file, SHA-256 and training settings (issue 27)
+    assert answer["denoiser"]["denoiser"] == str(denoiser) and answer["denoiser"]["sha256"] == file_sha256(denoiser)
+    assert answer["denoiser"]["settings"]["arch"] == "unet"
+    plain = json.loads(run("predict", *common, "--n0", "20", "--n", "100", "--json", str(image)).stdout)[0]
+    assert plain["denoiser"] is None
     attack_dir = tmp_path / "attack"
     run("attack", *common, "--denoiser", str(denoiser), "--radii", "0.25", "--num-inputs", "2", "--steps", "2",
         "--samples", "4", "--n", "50", "--quiet", "--out", str(attack_dir))

@@ -49,7 +49,9 @@ def test_records_carry_the_reported_curves_and_the_run_identity(tmp_path):
     assert run["id"] == "run_fixed" and run["dataset"] == "multidigits" and run["split"] == "test"
     assert run["model"]["checkpoint_sha256"] == meta["checkpoint_sha256"] and run["model"]["arch"] == "small_cnn"
     assert (run["sigma"], run["n"], run["inputs"]["count"], run["inputs"]["seed"]) == (0.5, 300, 6, 3)
-    assert run["sampling"] == {"mode": "fp32", "sequential": None} and run["denoiser"] is None
+    assert run["sampling"] == {"mode": "fp32", "noise": "float, Gaussian in floating point (certificates of real "
+                               "arithmetic, not sound in floating point)", "sequential": None}
+    assert run["denoiser"] is None
     assert run["cost"]["samples"] == 6 * 300 and run["cost"]["wall_time_s"] == meta["wall_time_s"]
     assert run["cost"]["device"] == "cpu"
     expected = expected_rows("fixed")  # the report's curves.csv of these runs, written by the older code

@@ -251,11 +251,13 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
         "dataset_size", "image_size", "num_classes", "sigma", "clamp", "n", "sample_sizes", "seed", "max_k_prime",
         "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule", "thresholds",
         "model_file_sha256",  # added since (issue 22): absent from older runs, read as its legacy value None
+        "noise", "shared_noise",  # added since (issue 28): older runs read as float, unshared
     )
     old = {"n": 200, "max_k_prime": 3, "seed": 1, "num_inputs": 12, "chunk_size": 5, "sigma": 0.5,
            "sample_sizes": [100, 200], "format_version": 1}  # written before sampling modes were recorded
     spec = RunSpec.from_dict(old)
     assert (spec.precision, spec.channels_last, spec.compile) == ("fp32", False, False)
+    assert (spec.noise, spec.shared_noise) == ("float", False)
     assert spec.identity()["sample_sizes"] == [100, 200] and spec.stop_rule is None
     assert spec.digest() == RunSpec.from_dict({**old, "precision": "fp32"}).digest()
     assert spec.digest() != RunSpec.from_dict({**old, "sigma": 0.25}).digest()
@@ -264,9 +266,10 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
     # a dict reads as old metadata: the rule before schedules, spending and the margin (their legacy values)
     assert sequential.stop_rule == StopRule(0.25, 2, 1, 0.001, "remaining", "1-2-5", None) and sequential.sequential
     assert sequential.metadata()["stop_rule"] == {**rule, "futility": "remaining", "schedule": "1-2-5",
-                                                  "spending": None, "margin": 0.2}
+                                                  "spending": None, "margin": 0.2, "bounds": "union"}
     assert StopRule(0.25, 2, 1, 0.001).to_dict() == {**rule, "futility": "margin", "schedule": "fine",
-                                                     "spending": 0.75, "margin": 0.2}  # the current default
+                                                     "spending": 0.75, "margin": 0.2,
+                                                     "bounds": "union"}  # the current default
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -21,7 +21,8 @@ from multiguard.models.factory import create_model
 from multiguard.training.classifier import train
 from multiguard.training.losses import AsymmetricLoss, paper_asl
 from multiguard.training.objectives import ObjectiveContext, consistency_loss, vote_loss
-from multiguard.training.settings import RECIPES, TRAINING_OBJECTIVES, TrainSettings
+from multiguard.training.registries import RECIPES, TRAINING_OBJECTIVES
+from multiguard.training.settings import TrainSettings
 
 TINY = {"train_size": 128, "test_size": 32, "batch_size": 16, "progress": False, "num_threads": 1}
 

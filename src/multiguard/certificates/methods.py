@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from multiguard.common.registry import Registry
+
 __all__ = ["METHODS", "CertificationMethod", "default_methods", "register_method"]
 
 SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, np.ndarray], np.ndarray]
@@ -21,11 +23,13 @@ SizesFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, float, n
 intersection sizes at each radius from bounds ``(N, c)`` and label masks ``(N, c)``."""
 
 PerLabelFunction = Callable[..., Any]
-"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None)`` -> an object with
+"""``per_label(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None, bounds="union")`` -> an
+object with
 ``precision``, ``recall``, ``f1`` ``(len(radius),)``, ``num_inputs`` and ``num_empty``: certified metrics of a
 classifier that decides each label on its own, from per-label on-counts ``(N, c)`` of ``samples`` ``(N,)`` noisy
 copies (``looks``: the schedule of a sequential run, else ``None``; ``spending``: how that run's stopping rule
-spent alpha over its looks, :func:`multiguard.certificates.sequential.spending_weights`, ``None`` for equal shares),
+spent alpha over its looks, :func:`multiguard.certificates.sequential.spending_weights`, ``None`` for equal shares;
+``bounds``: the anytime bounds it read, :data:`multiguard.certificates.sequential.BOUNDS`),
 label
 masks ``(N, c)`` and the cut ``q``."""
 
@@ -88,17 +92,19 @@ def _jia_sizes(lower, upper, labels, k, k_prime, sigma, radius):  # noqa: ANN001
     )
 
 
-def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None):  # noqa: ANN001, ANN202
+def _thresholded_metrics(on_counts, samples, looks, labels, sigma, alpha, q, radius, spending=None,  # noqa: ANN001, ANN202
+                         bounds="union"):
     from multiguard.certificates import thresholded
 
     n = samples if looks is not None else int(samples[0])
     certificate = thresholded.certify_thresholded(on_counts, n, alpha=alpha, sigma=sigma, q=q, looks=looks,
-                                                  spending=spending)
+                                                  spending=spending, bounds=bounds)
     return certificate.metrics(labels, radius)
 
 
-METHODS: dict[str, CertificationMethod] = {}
-"""Every known method by name, in the order reports list them."""
+METHODS: Registry[CertificationMethod, None] = Registry("method", argument="--methods")
+"""Every known method by name, in the order reports list them: the entry's target is the
+:class:`CertificationMethod` itself (its own typed record), its help the method's description."""
 
 
 def default_methods() -> tuple[str, ...]:
@@ -107,11 +113,10 @@ def default_methods() -> tuple[str, ...]:
 
 
 def register_method(method: CertificationMethod) -> CertificationMethod:
-    """Add ``method`` to :data:`METHODS` (its name must be new); returns it."""
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    """Add ``method`` to :data:`METHODS` under its name (which must be new: ValueError otherwise); returns it."""
+    if not isinstance(method, CertificationMethod):
+        raise ValueError(f"method: register a CertificationMethod, got {type(method).__name__}")
+    return METHODS.register(method.name, method, help=method.description)
 
 
 register_method(CertificationMethod(

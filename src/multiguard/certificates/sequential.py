@@ -17,10 +17,10 @@ and a :class:`multiguard.certificates.stop_rule.StopRule` value)::
 
 It gets, for the open rows, ``counts`` ``(M, c)`` at look ``n`` ``(M, 1)``, their anytime bounds ``lower``,
 ``upper`` ``(M, c)`` and the ``remaining`` samples ``(M, 1)``, and returns the extra counts credited to the
-labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). A rule with a setting declares it
-(``parameters=("margin",)`` in the registration: it is then called with ``margin=`` gamma, ``--futility-margin``
-on the command line). Any rule is sound: it only decides when to stop, and the bounds read at the stop are
-anytime-valid.
+labels of L and to the labels outside L (arrays broadcasting to ``(M, c)``). A rule with a setting declares
+it (``record=FutilityRecord(parameters=("margin",))`` in the registration: it is then called with ``margin=``
+gamma, ``--futility-margin`` on the command line). Any rule is sound: it only decides when to stop, and the
+bounds read at the stop are anytime-valid.
 
 The looks come from a schedule of :data:`SCHEDULES` (``fine``, the default: about 20 % apart; ``1-2-5``, the
 looks of runs written before schedules existed), and alpha is spent over them by :func:`spending_weights`
@@ -43,6 +43,8 @@ from multiguard.common.seeds import NOISE_BLOCK
 from multiguard.common.validation import check_alpha, check_choice, check_float, check_int
 
 __all__ = [
+    "BOUNDS",
+    "DEFAULT_BOUNDS",
     "DEFAULT_FUTILITY",
     "DEFAULT_MARGIN",
     "DEFAULT_SCHEDULE",
@@ -50,6 +52,7 @@ __all__ = [
     "FINE_MANTISSAS",
     "FUTILITY_RULES",
     "SCHEDULES",
+    "FutilityRecord",
     "SequentialCertificate",
     "StoppingDecision",
     "anytime_label_probability_bounds",
@@ -72,8 +75,29 @@ DEFAULT_SPENDING = 0.75
 asked for; ``None`` spends equal shares (the spending of runs written before spending could be chosen)."""
 DEFAULT_MARGIN = 0.2
 """gamma of the ``margin`` futility rule unless another is asked for."""
+BOUNDS = ("union", "betting")
+"""The anytime bounds a sequential run reads: ``union`` (Clopper-Pearson at each look's share of alpha, the union
+over a fixed schedule of looks) or ``betting`` (the beta-binomial mixture confidence sequences of
+:mod:`multiguard.certificates.betting`, valid at every sample size: no alpha is spent on looks)."""
+DEFAULT_BOUNDS = "union"
+"""The bounds unless others are asked for (docs/sequential.md: ``betting`` did not win the benchmark)."""
 
-FUTILITY_RULES: Registry = Registry("futility rule", argument="--futility")
+
+
+@dataclass(frozen=True)
+class FutilityRecord:
+    """What a futility rule takes besides the counts.
+
+    Attributes:
+        parameters: the keyword parameters the rule is called with, by name, among the stopping rule's values
+            (``("margin",)``: ``margin=`` gamma, :data:`DEFAULT_MARGIN` unless ``--futility-margin`` says).
+    """
+
+    parameters: tuple[str, ...] = ()
+
+
+FUTILITY_RULES: Registry[Callable[..., tuple[np.ndarray, np.ndarray | int]], FutilityRecord] = Registry(
+    "futility rule", argument="--futility", record=FutilityRecord)
 """When :func:`sequential_stopping_rule` gives up on an input (see the module's docstring for how to add one):
 no outcome of the remaining samples could raise its certified size (``remaining``), none the samples so far
 still make plausible could (``plausible``), or the remaining samples at the frequencies seen so far would not
@@ -103,7 +127,8 @@ def _projected(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.n
 
 
 @FUTILITY_RULES.register("margin", help="the remaining samples at the favourable one-sided Clopper-Pearson bound at "
-                         "level gamma (--futility-margin) of the counts so far (the default)", parameters=("margin",))
+                         "level gamma (--futility-margin) of the counts so far (the default)",
+                         record=FutilityRecord(parameters=("margin",)))
 def _margin(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.ndarray, remaining: np.ndarray, *,
             margin: float) -> tuple[np.ndarray, np.ndarray]:
     """The remaining samples arrive at the one-sided Clopper-Pearson bound at level ``margin`` (gamma) of the
@@ -120,10 +145,10 @@ def futility_rule(name: str) -> Callable[..., tuple[np.ndarray, np.ndarray | int
 
 
 def _futility_gains(name: str, margin: float, *args: np.ndarray) -> tuple[np.ndarray, np.ndarray | int]:
-    """Call the futility rule ``name`` with the parameters its entry declares (``parameters`` in its info)."""
+    """Call the futility rule ``name`` with the parameters its record declares (:class:`FutilityRecord`)."""
     entry = FUTILITY_RULES.entry(name)
     values = {"margin": margin}
-    return entry.load()(*args, **{key: values[key] for key in entry.info.get("parameters", ())})
+    return entry.load()(*args, **{key: values[key] for key in entry.record.parameters})
 
 
 def sample_size_schedule(n: int, first: int = 100) -> np.ndarray:
@@ -174,10 +199,12 @@ def fine_sample_size_schedule(n: int, block: int = NOISE_BLOCK) -> np.ndarray:
         scale *= 10
 
 
-SCHEDULES: Registry = Registry("schedule", argument="--schedule")
+SCHEDULES: Registry[Callable[[int], np.ndarray], None] = Registry("schedule", argument="--schedule")
 """Schedules of looks by name: a function ``n -> int64 (J,)`` of strictly increasing sizes ending at n."""
 SCHEDULES.register("1-2-5", sample_size_schedule,
                    help="100, 200, 500, 1000, 2000, ... (the looks of runs written before schedules existed)")
+SCHEDULES.register("every-block", lambda n: np.array([*range(NOISE_BLOCK, n, NOISE_BLOCK), n], dtype=np.int64),
+                   help="after every noise block: 100, 200, 300, ... (for --bounds betting, which looks for free)")
 SCHEDULES.register("fine", fine_sample_size_schedule,
                    help="100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, ... (about 20 %% apart; "
                    "the default)")
@@ -238,9 +265,14 @@ def _as_row_sizes(n: object, num_rows: int, looks: np.ndarray) -> np.ndarray:
 
 
 def anytime_label_probability_bounds(
-    counts: object, n: object, alpha: float, looks: object, spending: object = None, bounds_read: object = None
+    counts: object, n: object, alpha: float, looks: object, spending: object = None, bounds_read: object = None,
+    bounds: str = "union",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label probability bounds valid at every look of a fixed schedule, so under any data-dependent stopping.
+
+    ``bounds="betting"``: the confidence sequences of
+    :func:`multiguard.certificates.betting.betting_label_probability_bounds` instead (each bound at
+    ``alpha / B``, valid at every n; ``spending`` is not read). The default ``"union"`` is described here:
 
     ``spending`` (:func:`spending_weights`: ``None`` for equal shares, a share of alpha at the last look, or J
     weights summing to at most 1) says how alpha is spent over the looks: at look j each bound is at level
@@ -280,6 +312,10 @@ def anytime_label_probability_bounds(
     array2d, single = _bounds._as_float_matrix(counts, "counts")
     sizes = _as_row_sizes(n, array2d.shape[0], lows)
     alpha = check_alpha(alpha)
+    if check_choice(bounds, "bounds", BOUNDS) == "betting":
+        from multiguard.certificates.betting import betting_label_probability_bounds
+        lower, upper = betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
+        return (lower[0], upper[0]) if single else (lower, upper)
     c = array2d.shape[1]
     read = _bounds._as_bounds_read(bounds_read, array2d.shape)
     if spending is None:  # equal shares, as runs written before spending existed computed them, to the last bit
@@ -350,6 +386,7 @@ def sequential_stopping_rule(
     futility: str = DEFAULT_FUTILITY,
     spending: object = DEFAULT_SPENDING,
     margin: float = DEFAULT_MARGIN,
+    bounds: str = DEFAULT_BOUNDS,
 ) -> StoppingDecision:
     """Should sampling stop for each input, given its counts at look ``n`` and a target radius R?
 
@@ -379,7 +416,9 @@ def sequential_stopping_rule(
       ``projected`` (about gamma = 1/2); 0.2 gives up only inputs that a continuation less likely than about
       one in five would save.
 
-    The bounds (now and at the last look) spend alpha by ``spending`` (:func:`spending_weights`).
+    The bounds (now and at the last look) spend alpha by ``spending`` (:func:`spending_weights`), or, with
+    ``bounds="betting"``, are the confidence sequences (:func:`anytime_label_probability_bounds`): the margin rule
+    then asks whether the favourable continuation would raise the size the same martingales certify at the end.
 
     The rule only decides when to stop: the bounds read at the stop are anytime-valid whatever the rule, so
     the guarantee of :func:`anytime_label_probability_bounds` holds for the certificate at the stop, at every
@@ -407,7 +446,7 @@ def sequential_stopping_rule(
     if not scalar:
         raise ValueError(f"radius must be a single number >= 0, got {radius!r}")
     options = dict(k=k, k_prime=k_prime, sigma=sigma, radius=float(radius_arr[0]), second_terms=second_terms)
-    lower, upper = anytime_label_probability_bounds(counts_arr, sizes, alpha, schedule, spending)
+    lower, upper = anytime_label_probability_bounds(counts_arr, sizes, alpha, schedule, spending, bounds=bounds)
     now = _topk.intersection_size_at(lower, upper, mask, **options)
     target = np.minimum(mask.sum(axis=1), k)
     settled = now >= target
@@ -419,7 +458,8 @@ def sequential_stopping_rule(
         gain_in, gain_out = _futility_gains(futility, margin, counts_arr[open_rows], sizes[open_rows, None],
                                             lower[open_rows], upper[open_rows], remaining)
         favourable = counts_arr[open_rows] + np.where(mask[open_rows], gain_in, gain_out)
-        best_lower, best_upper = anytime_label_probability_bounds(favourable, last, alpha, schedule, spending)
+        best_lower, best_upper = anytime_label_probability_bounds(favourable, last, alpha, schedule, spending,
+                                                                  bounds=bounds)
         best[open_rows] = _topk.intersection_size_at(best_lower, best_upper, mask[open_rows], **options)
     stop = settled | (best <= now) | (sizes >= last)
     return StoppingDecision(stop=stop, intersection_size=now, best_possible=best, settled=settled)
@@ -457,6 +497,7 @@ def sequential_certification(
     futility: str = DEFAULT_FUTILITY,
     spending: object = DEFAULT_SPENDING,
     margin: float = DEFAULT_MARGIN,
+    bounds: str = DEFAULT_BOUNDS,
 ) -> SequentialCertificate:
     """Run sequential certification on counts already drawn at every look: the procedure, replayed exactly.
 
@@ -490,13 +531,13 @@ def sequential_certification(
         decision = sequential_stopping_rule(
             nested[active, j], int(size), mask[active], looks=schedule, alpha=alpha, k=k, k_prime=k_prime,
             sigma=sigma, radius=radius, second_terms=second_terms, futility=futility, spending=spending,
-            margin=margin,
+            margin=margin, bounds=bounds,
         )
         stop_at[active[decision.stop]] = j
         active = active[~decision.stop]
     counts = nested[np.arange(num), stop_at].astype(np.int64)
     samples = schedule[stop_at]
-    lower, upper = anytime_label_probability_bounds(counts, samples, alpha, schedule, spending)
+    lower, upper = anytime_label_probability_bounds(counts, samples, alpha, schedule, spending, bounds=bounds)
     radii = _topk.certified_radii(lower, upper, mask, k=k, k_prime=k_prime, sigma=sigma,
                                     second_terms=second_terms)
     return SequentialCertificate(samples=samples, counts=counts, lower=lower, upper=upper, radii=radii,
@@ -519,6 +560,7 @@ def sample_until_stopped(
     schedule: str = DEFAULT_SCHEDULE,
     spending: object = DEFAULT_SPENDING,
     margin: float = DEFAULT_MARGIN,
+    bounds: str = DEFAULT_BOUNDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The sequential procedure driving a sampler: look by look at the looks of ``schedule`` up to n
     (:func:`look_schedule`), sample the inputs still going and stop each where :func:`sequential_stopping_rule`
@@ -534,6 +576,7 @@ def sample_until_stopped(
     looks = look_schedule(n, schedule)
     spending_weights(looks.size, spending)  # checked before any sample is drawn
     check_float(margin, "margin", 0.0, 1.0, low_open=True, high_open=True)
+    check_choice(bounds, "bounds", BOUNDS)
     num_inputs, num_classes = labels.shape
     counts = np.zeros((num_inputs, num_k, num_classes), dtype=np.int64)
     samples = np.full(num_inputs, n, dtype=np.int64)
@@ -547,7 +590,7 @@ def sample_until_stopped(
         decision = sequential_stopping_rule(
             counts[active, k_prime - 1], size, labels[active], looks=looks, alpha=alpha, k=k, k_prime=k_prime,
             sigma=sigma, radius=radius, second_terms=second_terms, futility=futility, spending=spending,
-            margin=margin,
+            margin=margin, bounds=bounds,
         )
         samples[active[decision.stop]] = size
         active = active[~decision.stop]

@@ -8,11 +8,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiguard.certificates.sequential import DEFAULT_FUTILITY, DEFAULT_MARGIN, DEFAULT_SCHEDULE, DEFAULT_SPENDING
+from multiguard.certificates.sequential import (
+    BOUNDS,
+    DEFAULT_BOUNDS,
+    DEFAULT_FUTILITY,
+    DEFAULT_MARGIN,
+    DEFAULT_SCHEDULE,
+    DEFAULT_SPENDING,
+)
 from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
-from multiguard.common.validation import check_alpha
+from multiguard.common.validation import check_alpha, check_choice
 
-__all__ = ["StopRule"]
+__all__ = ["StopRule", "check_procedure", "procedure_keywords"]
+
+
+def procedure_keywords(futility: str, schedule: str, spending: object, margin: float, bounds: str) -> dict:
+    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
+    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
+
+
+def check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
+    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
+    from multiguard.certificates import sequential as _sequential
+
+    _sequential.futility_rule(futility)
+    _sequential.look_schedule(n, schedule)
+    check_choice(bounds, "bounds", _sequential.BOUNDS)
 
 
 def _futility_names() -> list[str]:
@@ -39,8 +60,12 @@ class StopRule(Settings):
     look at the sizes of the ``schedule`` (:data:`multiguard.certificates.sequential.SCHEDULES`) up to n, and alpha
     is spent
     over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
-    shares). Runs written before the schedule, spending and margin existed read as ``1-2-5``, ``None`` and
-    0.2 (their ``legacy`` values), so they are reported with their own bounds."""
+    shares). ``bounds`` says which anytime bounds the rule and the certificate read: ``union`` (Clopper-Pearson
+    at each look's share of alpha) or ``betting`` (the beta-binomial mixture confidence sequences of
+    :mod:`multiguard.certificates.betting`, valid at every n; ``spending`` is then not read, and the schedule
+    ``every-block`` looks after every noise block). Runs written before the schedule, spending, margin and bounds
+    existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values), so they are reported with
+    their own bounds."""
 
     option_names = False
 
@@ -57,6 +82,8 @@ class StopRule(Settings):
                                      legacy=None, help="share of alpha spent at the last look (None: equal shares)")
     margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
                             legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
+    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union",
+                          help="the anytime bounds read: union (over the looks) or betting (confidence sequences)")
 
     def looks(self, n: int) -> Any:
         """The looks of this rule's schedule up to ``n`` samples: int64 ``(J,)``."""
@@ -67,9 +94,9 @@ class StopRule(Settings):
     def procedure(self) -> dict[str, Any]:
         """The keywords of :mod:`multiguard.certificates.sequential`'s functions that this rule sets besides radius,
         k, k'
-        and alpha: ``futility``, ``schedule``, ``spending``, ``margin``."""
+        and alpha: ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``."""
         return {"futility": self.futility, "schedule": self.schedule, "spending": self.spending,
-                "margin": self.margin}
+                "margin": self.margin, "bounds": self.bounds}
 
     @classmethod
     def field_label(cls, name: str) -> str:

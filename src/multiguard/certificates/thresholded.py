@@ -147,7 +147,7 @@ def on_probability_bounds(on_counts: object, n: int, alpha: float) -> tuple[np.n
 
 
 def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, looks: object,
-                                  spending: object = None) -> tuple[np.ndarray, np.ndarray]:
+                                  spending: object = None, bounds: str = "union") -> tuple[np.ndarray, np.ndarray]:
     """:func:`on_probability_bounds` valid at every look of a fixed schedule, so under any stopping rule.
 
     ``n`` (a scalar or one per row) is the look each row's counts were taken at, one of ``looks`` (J sizes).
@@ -157,10 +157,12 @@ def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, lo
     level ``alpha w_j / (2c)`` (``alpha / (2 c J)`` with equal shares): with probability at least
     ``1 - alpha sum_j w_j >= 1 - alpha``, at every look at once, ``lower_i <= p_i <= upper_i`` for every label
     (union bound over the 2c events of each look, and over the looks), so the bounds read at any data-dependent
-    stopping look hold with that probability.
+    stopping look hold with that probability. ``bounds="betting"``: both ends of each label's beta-binomial
+    mixture confidence sequence at ``alpha / (2c)`` (:mod:`multiguard.certificates.betting`), valid at every n,
+    so at every look at once with probability at least ``1 - alpha``; ``spending`` is not read.
     """
     alpha = check_alpha(alpha)
-    return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks, spending)
+    return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks, spending, bounds=bounds)
 
 
 # ------------------------------------------------------------------------------------------- certificate
@@ -364,19 +366,21 @@ class ThresholdedCertificate:
 
 
 def certify_thresholded(on_counts: object, n: object, *, alpha: float, sigma: float, q: float = DEFAULT_Q,
-                        looks: object = None, spending: object = None) -> ThresholdedCertificate:
+                        looks: object = None, spending: object = None, bounds: str = "union"
+                        ) -> ThresholdedCertificate:
     """Bounds (:func:`on_probability_bounds`) and per-label radii (:func:`certified_label_radii`) in one call.
 
     With ``looks`` (the schedule of a sequential procedure), ``n`` is each row's look (a scalar or ``(N,)``) and
     the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`), spending alpha over the looks
     by ``spending`` (``None``: equal shares). Pass the looks and spending of the stopping rule that chose each
-    row's look, so the bounds are those valid at its stopping time; ``spending`` without ``looks`` is refused."""
+    row's look, so the bounds are those valid at its stopping time; ``spending`` without ``looks`` is refused.
+    ``bounds``: ``"union"`` or ``"betting"``, as the rule read them (:func:`anytime_on_probability_bounds`)."""
     if looks is None:
         if spending is not None:
             raise invalid("spending", "None for a fixed-n certificate (it spends alpha over looks)", spending)
         lower, upper = on_probability_bounds(on_counts, n, alpha)
     else:
-        lower, upper = anytime_on_probability_bounds(on_counts, n, alpha, looks, spending)
+        lower, upper = anytime_on_probability_bounds(on_counts, n, alpha, looks, spending, bounds)
         n = np.broadcast_to(np.asarray(n, dtype=np.int64), np.atleast_2d(np.asarray(on_counts)).shape[:1]).copy()
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     return ThresholdedCertificate(
@@ -485,7 +489,7 @@ class ThresholdedStoppingDecision:
 
 def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, alpha: float, sigma: float,
                               q: float = DEFAULT_Q, radius: float, futility: str = "remaining",
-                              spending: object = None, margin: float = DEFAULT_MARGIN
+                              spending: object = None, margin: float = DEFAULT_MARGIN, bounds: str = "union"
                               ) -> ThresholdedStoppingDecision:
     """Should sampling stop for each input, given its on-counts at look ``n`` and a target radius R?
 
@@ -501,7 +505,7 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
     seen so far; ``"margin"``: at the one-sided Clopper-Pearson bounds at level ``margin`` of the counts so far.
     Lower bounds grow with the count and upper bounds fall as it shrinks, so ``"remaining"`` never gives up on a
     label a later look could decide. The bounds (now and at the last look) spend alpha over the looks by
-    ``spending`` (:func:`anytime_on_probability_bounds`).
+    ``spending``, or are the confidence sequences with ``bounds="betting"`` (:func:`anytime_on_probability_bounds`).
 
     The rule only decides when to stop; the anytime bounds hold at whatever look it stops, so the certificate
     then holds with probability at least ``1 - alpha``, at every radius and for every label.
@@ -517,7 +521,7 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
     if not scalar:
         raise invalid("radius", "a single number >= 0", radius)
     target = float(radius_arr[0])
-    lower, upper = anytime_on_probability_bounds(counts, sizes, alpha, schedule, spending)
+    lower, upper = anytime_on_probability_bounds(counts, sizes, alpha, schedule, spending, bounds)
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     decided = (on > target) | (off > target)
     last = int(schedule[-1])
@@ -530,8 +534,8 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
                                             upper[open_rows], remaining)
         best_on = now + np.clip(gain_on, 0, remaining)
         best_off = now + np.clip(gain_off, 0, remaining)
-        on_lower, _ = anytime_on_probability_bounds(best_on, last, alpha, schedule, spending)
-        _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule, spending)
+        on_lower, _ = anytime_on_probability_bounds(best_on, last, alpha, schedule, spending, bounds)
+        _, off_upper = anytime_on_probability_bounds(best_off, last, alpha, schedule, spending, bounds)
         z_q = float(special.ndtri(q))
         could_on = _on_radius(on_lower, float(sigma), z_q) > target
         could_off = _off_radius(off_upper, float(sigma), z_q) > target
@@ -545,8 +549,8 @@ def thresholded_stopping_rule(on_counts: object, n: object, *, looks: object, al
 
 def sequential_thresholded_certification(nested_on_counts: object, *, looks: object, alpha: float, sigma: float,
                                          q: float = DEFAULT_Q, radius: float, futility: str = "remaining",
-                                         spending: object = None, margin: float = DEFAULT_MARGIN
-                                         ) -> ThresholdedCertificate:
+                                         spending: object = None, margin: float = DEFAULT_MARGIN,
+                                         bounds: str = "union") -> ThresholdedCertificate:
     """Sequential thresholded certification replayed on counts drawn at every look: ``(N, J, c)`` on-counts,
     ``[i, j]`` of the first ``looks[j]`` samples. Each input stops at the first look where
     :func:`thresholded_stopping_rule` (with ``futility``, ``spending``, ``margin``) says so; its certificate
@@ -565,12 +569,12 @@ def sequential_thresholded_certification(nested_on_counts: object, *, looks: obj
             break
         decision = thresholded_stopping_rule(nested[active, j], int(size), looks=schedule, alpha=alpha, sigma=sigma,
                                              q=q, radius=radius, futility=futility, spending=spending,
-                                             margin=margin)
+                                             margin=margin, bounds=bounds)
         stop_at[active[decision.stop]] = j
         active = active[~decision.stop]
     counts = nested[np.arange(num), stop_at].astype(np.int64)
     samples = schedule[stop_at]
-    lower, upper = anytime_on_probability_bounds(counts, samples, alpha, schedule, spending)
+    lower, upper = anytime_on_probability_bounds(counts, samples, alpha, schedule, spending, bounds)
     on, off = certified_label_radii(lower, upper, sigma=sigma, q=q)
     return ThresholdedCertificate(on_counts=counts, n=samples, lower=lower, upper=upper, on_radius=on,
                                   off_radius=off, sigma=float(sigma), q=float(q), alpha=float(alpha))

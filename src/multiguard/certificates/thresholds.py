@@ -29,7 +29,8 @@ import numpy as np
 from multiguard.common.registry import Registry
 from multiguard.common.validation import check_choice, check_float, invalid
 
-__all__ = ["SCALES", "THRESHOLD_RULES", "LabelThresholds", "parse_threshold", "read_threshold_file"]
+__all__ = ["SCALES", "THRESHOLD_RULES", "LabelThresholds", "ThresholdRuleRecord", "parse_threshold",
+           "read_threshold_file"]
 
 SCALES = ("probability", "score")
 """What a threshold is compared with: ``sigmoid(score)`` or the raw score."""
@@ -183,9 +184,23 @@ ThresholdRule = Callable[..., np.ndarray]
 base model's raw scores on D noisy copies of each of M validation inputs (disjoint from the inputs to be
 certified), ``labels`` bool ``(M, c)`` their true labels."""
 
-THRESHOLD_RULES: Registry[ThresholdRule] = Registry("threshold rule", "--threshold-rule")
-"""How thresholds are chosen on a validation split. Each entry's ``info['draws']`` is the number D of noisy
-copies per validation input it needs (``None``: n, the run's sample size)."""
+
+
+@dataclass(frozen=True)
+class ThresholdRuleRecord:
+    """What a threshold rule needs.
+
+    Attributes:
+        draws: the number D of noisy copies per validation input the rule reads; ``None``: the sampling step's
+            default (1000 copies, :func:`multiguard.runs.certify_step.choose_thresholds`).
+    """
+
+    draws: int | None = None
+
+
+THRESHOLD_RULES: Registry[ThresholdRule, ThresholdRuleRecord] = Registry("threshold rule", "--threshold-rule",
+                                                                         record=ThresholdRuleRecord)
+"""How thresholds are chosen on a validation split (a :data:`ThresholdRule` with a :class:`ThresholdRuleRecord`)."""
 
 
 def _f1_rule(scores: np.ndarray, labels: np.ndarray, **_: Any) -> np.ndarray:
@@ -207,11 +222,11 @@ def _certified_f1_rule(scores: np.ndarray, labels: np.ndarray, *, alpha: float, 
 
 
 THRESHOLD_RULES.register(
-    "f1", _f1_rule, draws=20,
+    "f1", _f1_rule, record=ThresholdRuleRecord(draws=20),
     help="each label's F1-best cut of the base model's scores on 20 noisy copies of each validation image",
 )
 THRESHOLD_RULES.register(
-    "certified-f1", _certified_f1_rule, draws=None,
+    "certified-f1", _certified_f1_rule, record=ThresholdRuleRecord(draws=None),
     help="each label's threshold (of 41 quantiles of its validation scores) with the best certified F1 summed "
          "over R = 0, 0.25, 0.5, 1 on n noisy copies of each validation image",
 )

@@ -135,6 +135,25 @@ def _add_command(sub: Any, name: str, help: str, command: Any, dest: str) -> Non
         actions = p.add_subparsers(dest=f"{name}_command", metavar="ACTION", required=True)
         for action, action_help, action_command in command.subcommands:
             _add_command(actions, action, action_help, action_command, dest=f"{name}_command")
+    p.usage = _short_usage(p)  # after the actions: their prog is the full one
+
+
+def _short_usage(p: argparse.ArgumentParser) -> str:
+    """``%(prog)s`` with what must be given (required options, positionals) and ``[options]``: the full list is
+    in the groups below it, not repeated in the usage line."""
+    parts = ["%(prog)s"]
+    for action in p._actions:
+        if action.option_strings and action.required:
+            parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+        elif not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+            metavar = action.metavar or action.dest
+            parts.append(metavar if action.nargs in (None, 1) else
+                         f"{metavar} [{metavar} ...]" if action.nargs == "+" else f"[{metavar} ...]")
+    if any(action.option_strings and not action.required for action in p._actions):
+        parts.append("[options]")
+    if any(isinstance(action, argparse._SubParsersAction) for action in p._actions):
+        parts.append("ACTION ...")
+    return " ".join(parts)
 
 
 def _tolerant_output() -> None:

@@ -18,16 +18,26 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
     "Parser",
+    "CERTIFICATE",
+    "HARDWARE",
+    "MODEL_AND_DATA",
+    "OUTPUT",
+    "SAMPLING",
+    "SEQUENTIAL",
+    "THRESHOLDED",
     "add_device",
     "add_mode",
     "add_model_source",
+    "add_noise",
     "add_dataset_folder",
     "add_output",
     "add_sampling",
     "add_shard",
+    "add_bounds",
     "add_stop_rule",
     "add_thresholds",
     "dataset_options",
+    "group",
     "mode_args",
     "stop_rule_options",
     "wrap",
@@ -51,7 +61,12 @@ DEMO_COMPILE = True
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown (unless the help already says it), descriptions wrapped by :func:`wrap`."""
+    """Defaults shown (unless the help already says it), descriptions wrapped by :func:`wrap`, and the help of
+    an option on its line up to 32 columns in (most options fit: fewer lines)."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        kwargs.setdefault("max_help_position", 32)
+        super().__init__(prog, **kwargs)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -90,8 +105,28 @@ def dataset_options(pairs: list[str] | None) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ option groups
 
-DENOISER_HELP = ("denoiser checkpoint (multiguard train-denoiser) put in front of the classifier; it must have been "
-                 "trained for the same sigma and image size")
+#: The titles of the option groups of ``--help``, in the order a command's help lists them (each shared helper
+#: below puts its options in one of them; a command's own options go in with :func:`group`).
+MODEL_AND_DATA = "model and data"
+SAMPLING = "sampling"
+HARDWARE = "device and mode"
+CERTIFICATE = "certificate"
+SEQUENTIAL = "sequential certification"
+THRESHOLDED = "thresholded certificate"
+OUTPUT = "output"
+
+
+def group(p: argparse.ArgumentParser | argparse._ArgumentGroup, title: str) -> argparse._ArgumentGroup:
+    """The option group ``title`` of parser ``p`` (made on first use, so groups list in the order first used);
+    given a group, that group."""
+    if isinstance(p, argparse._ArgumentGroup):
+        return p
+    for existing in p._action_groups:
+        if existing.title == title:
+            return existing
+    return p.add_argument_group(title)
+
+DENOISER_HELP = "a denoiser before the classifier: a multiguard train-denoiser checkpoint (same sigma, image size)"
 
 
 def denoiser_help() -> str:
@@ -104,26 +139,45 @@ def denoiser_help() -> str:
 def add_model_source(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     """The base classifier: --checkpoint and --denoiser; with ``data``, the inputs: --dataset, --data-root and
     --split, each defaulting to the checkpoint's."""
-    p.add_argument("--checkpoint", required=True, help="model checkpoint from multiguard train")
-    p.add_argument("--denoiser", default=None, help=denoiser_help())
+    p = group(p, MODEL_AND_DATA)
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="model checkpoint from multiguard train")
+    p.add_argument("--denoiser", default=None, metavar="FILE|SOURCE", help=denoiser_help())
     if data:
-        p.add_argument("--dataset", default=None, help="dataset (default: the checkpoint's)")
-        p.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's)")
+        p.add_argument("--dataset", default=None, metavar="NAME", help="dataset (default: the checkpoint's)")
+        p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default: the checkpoint's)")
         p.add_argument("--split", default=None, help="split (default: the checkpoint's test split)")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+    """--device, in the group of the device and the sampling mode."""
+    group(p, HARDWARE).add_argument("--device", default="auto",
+                                    help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+
+
+def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str | None = None) -> None:
+    """--noise {float,sound} (the noise kind, part of the run's identity) and, with ``shared``, --shared-noise."""
+    from multiguard.common.noise_kinds import DEFAULT_NOISE, NOISE_KINDS
+
+    default = DEFAULT_NOISE if default is None else default
+    p = group(p, SAMPLING)
+    p.add_argument("--noise", choices=tuple(NOISE_KINDS), default=default,
+                   help="float: Gaussian in floating point; sound: rounded to the 1/255 grid, sound in floating point "
+                   f"for 8-bit inputs (docs/soundness.md) (default: {default})")
+    if shared:
+        p.add_argument("--shared-noise", action="store_true", default=False,
+                       help="one noise block for every input (faster; each certificate keeps its 1 - alpha, but "
+                       "failures correlate across inputs)")
 
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
     """--precision, --channels-last and --compile: the sampling mode, part of the base classifier."""
-    from multiguard.sampling.modes import AUTO_HELP, PRECISION_MODES
+    from multiguard.sampling.modes import PRECISION_MODES
 
+    p = group(p, HARDWARE)
     p.add_argument(
         "--precision", choices=PRECISION_MODES.names(), default=None,
-        help=f"precision of the model's forward pass (default: {default}); the noise is still drawn and added in "
-        f"fp32, and certificates hold for the model run in this mode; {AUTO_HELP}",
+        help=f"the model's forward pass, as the certificate holds for it (default: {default}); auto: bf16 + "
+        "channels_last where the GPU or CPU has native bf16 (docs/sampling-modes.md)",
     )
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="feed batches in channels_last memory format (implied where --precision auto picks bf16)")
@@ -132,20 +186,20 @@ def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default:
                        help="do not compile the model with torch.compile (compiled by default)")
     else:
         p.add_argument("--compile", action="store_true", default=False,
-                       help="compile the model with torch.compile before sampling (compile time reported apart; "
-                       "where it cannot compile, one line says so and the model runs uncompiled)")
+                       help="torch.compile the model first (where it cannot, one line says so)")
     p.set_defaults(default_precision=default)
 
 
 def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "chooses the inputs and seeds the noise",
                  n_aliases: tuple[str, ...] = ()) -> None:
     """The noise and how it is drawn: --n, --seed, --sigma, --batch-size, --device and the sampling mode."""
-    p.add_argument("--n", *n_aliases, dest="n", type=int, default=1000, help=n_help)
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser, p = p, group(p, SAMPLING)
+    p.add_argument("--n", *n_aliases, dest="n", type=int, default=1000, metavar="N", help=n_help)
+    p.add_argument("--seed", type=int, default=0, metavar="S", help=seed_help)
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's training sigma)")
-    p.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
-    add_device(p)
-    add_mode(p)
+    p.add_argument("--batch-size", type=int, default=1000, metavar="B", help="noisy samples per forward pass")
+    add_device(parser)
+    add_mode(parser)
 
 
 def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
@@ -162,17 +216,27 @@ def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str
         SCHEDULES,
     )
 
+    p = group(p, SEQUENTIAL)
     p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
     p.add_argument("--futility", default=None, choices=FUTILITY_RULES.names(),
-                   help=f"{futility_help} (default {DEFAULT_FUTILITY}; {FUTILITY_RULES.help_text()})")
+                   help=f"{futility_help} (default {DEFAULT_FUTILITY}; each rule: docs/sequential.md)")
     p.add_argument("--futility-margin", type=float, default=None, metavar="GAMMA",
                    help=f"gamma of --futility margin, in (0, 1) (default {DEFAULT_MARGIN:g})")
     p.add_argument("--schedule", default=None, choices=SCHEDULES.names(),
-                   help=f"the sample sizes at which inputs may stop (default {DEFAULT_SCHEDULE}; "
-                   f"{SCHEDULES.help_text()})")
+                   help=f"the sample sizes at which inputs may stop (default {DEFAULT_SCHEDULE})")
     p.add_argument("--spending", type=_spending, default=None, metavar="SHARE",
-                   help=f"share of alpha spent at the last look, the rest split equally over the earlier looks, or "
-                   f"'equal' for equal shares (default {DEFAULT_SPENDING:g})")
+                   help=f"share of alpha spent at the last look, the rest equally before; or 'equal' (default "
+                   f"{DEFAULT_SPENDING:g})")
+
+
+def add_bounds(p: argparse.ArgumentParser) -> None:
+    """--bounds: the anytime bounds of --stop-at-radius (:data:`multiguard.certificates.sequential.BOUNDS`); left
+    out, the default of :class:`multiguard.certificates.stop_rule.StopRule` (a resumed run: its own)."""
+    from multiguard.certificates.sequential import BOUNDS, DEFAULT_BOUNDS
+
+    group(p, SEQUENTIAL).add_argument(
+        "--bounds", default=None, choices=list(BOUNDS),
+        help=f"anytime bounds: union or betting (confidence sequences) (default {DEFAULT_BOUNDS})")
 
 
 def _spending(text: str) -> float | str:
@@ -194,18 +258,23 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
         {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
                                                                if key not in ("radius", "k", "k_prime", "alpha")}})
     spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
+    bounds = base.bounds if getattr(args, "bounds", None) is None else args.bounds
+    schedule = base.schedule if args.schedule is None else args.schedule
+    if args.schedule is None and bounds == "betting" and bounds != base.bounds:
+        schedule = "every-block"  # the confidence sequences are valid at every n: look after every noise block
     return {"futility": base.futility if args.futility is None else args.futility,
-            "schedule": base.schedule if args.schedule is None else args.schedule,
+            "schedule": schedule,
             "spending": spending,
-            "margin": base.margin if args.futility_margin is None else args.futility_margin}
+            "margin": base.margin if args.futility_margin is None else args.futility_margin,
+            "bounds": bounds}
 
 
 def add_shard(p: argparse.ArgumentParser) -> None:
     """--shard: this job's part of a run's chunks, ``I/N`` or ``auto`` (from a SLURM job array,
     :mod:`multiguard.runs.shards`)."""
-    p.add_argument("--shard", default=None, metavar="I/N|auto",
-                   help="do only shard I of N (e.g. 0/4) of the chunks; auto: this task's shard of a SLURM job array "
-                   "(SLURM_ARRAY_TASK_ID, _MIN, _STEP, _COUNT), with torchrun's ranks splitting it further")
+    group(p, OUTPUT).add_argument("--shard", default=None, metavar="I/N|auto",
+                   help="do only shard I of N (e.g. 0/4) of the chunks; auto: this task's shard of a SLURM job "
+                   "array")
 
 
 def add_dataset_folder(p: argparse.ArgumentParser, *, names: list[str], root_help: str) -> None:
@@ -224,27 +293,27 @@ def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
     and with ``rule`` --threshold-rule (choices and help from
     :data:`multiguard.certificates.thresholds.THRESHOLD_RULES`),
     --threshold-split, --threshold-inputs."""
+    p = group(p, THRESHOLDED)
     p.add_argument("--threshold", default=None, metavar="TAU|FILE",
-                   help="certify per-label decisions too: label i is on in a noisy copy when its score passes its "
-                   "threshold (one number for every label, or a file with one per label: a number a line in class "
-                   "order, or 'name number' lines); part of the base classifier (default: none)")
+                   help="certify per-label decisions too: a label is on when its score passes its threshold (one "
+                   "number, or a file of one per label: docs/certificate.md) (default: none)")
     p.add_argument("--threshold-scale", default="probability", choices=["probability", "score"],
-                   help="what --threshold is compared with: sigmoid(score) (probability) or the raw score (logit)")
+                   help="--threshold is on sigmoid(score) or on the raw score")
     if rule:
         from multiguard.certificates.thresholds import THRESHOLD_RULES
 
         p.add_argument("--threshold-rule", default=None, choices=THRESHOLD_RULES.names(),
-                       help="choose per-label thresholds (on the score scale) on --threshold-inputs images of "
-                       f"--threshold-split, none of them certified ({THRESHOLD_RULES.help_text()})")
-        p.add_argument("--threshold-split", default=None,
+                       help="choose per-label thresholds on images none of which is certified (docs/certificate.md)")
+        p.add_argument("--threshold-split", default=None, metavar="SPLIT",
                        help="split to choose thresholds on (default: the checkpoint's training split)")
-        p.add_argument("--threshold-inputs", type=int, default=300, help="images to choose thresholds on")
+        p.add_argument("--threshold-inputs", type=int, default=300, metavar="N", help="images to choose them on")
 
 
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
                resume: str | None = None, overwrite: str | None = None, quiet: str | None = "no progress output",
                default: str | None = None) -> None:
     """Where results go: --out, with --resume, --overwrite and --quiet where the command has them."""
+    p = group(p, OUTPUT)
     if resume is not None:
         p.add_argument("--resume", action="store_true", help=resume)
     if overwrite is not None:

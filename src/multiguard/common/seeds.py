@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "NOISE_BLOCK",
+    "SHARED_NOISE_INDEX",
     "STREAM_ATTACK",
     "STREAM_ESTIMATION",
     "STREAM_SELECTION",
@@ -29,6 +30,10 @@ NOISE_BLOCK = 100
 """Samples per noise block. Each block is drawn whole (a partly used last block is still drawn in full),
 so that every sample's noise is the same however the samples are split into forward batches. 100 divides
 the usual n (100, 1000, 2000, 10000) and the default batch size, so nothing is wasted there."""
+
+SHARED_NOISE_INDEX = 2**64 - 1
+"""The index in the seed of shared noise (one noise block per block index for every input of a batch): no
+dataset index (a non-negative int64) takes it, so shared noise never repeats an input's own noise."""
 
 STREAM_ESTIMATION = 0
 """Noise of ``sample_counts``, ``certify`` and the n estimation samples of ``predict``."""

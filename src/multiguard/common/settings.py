@@ -215,11 +215,14 @@ class Settings:
 
 
 def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (),
-                  defaults: Mapping[str, Any] | None = None) -> None:
+                  defaults: Mapping[str, Any] | None = None, groups: Mapping[str, str] | None = None) -> None:
     """Add one command-line option per field of ``cls`` offered on the command line (not in ``skip``).
 
     Options default to ``None`` ("not given"), so :func:`from_namespace` can tell a given value from the field's
-    default; the help shows the field's default (or ``defaults[name]``)."""
+    default; the help shows the field's default (or ``defaults[name]``). ``groups`` maps a field's name to the
+    title of the ``--help`` group its option is listed in (made on first use; fields not named stay in the
+    parser's own list)."""
+    made = {g.title: g for g in getattr(parser, "_action_groups", ())}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in skip or not f.metadata.get("cli", True):
             continue
@@ -234,7 +237,11 @@ def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (),
             help_text = help_text()
         if options.get("action") not in ("store_true", "store_false") and default not in (None, (), ""):
             help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        parser.add_argument(_flag(f), dest=f.name, default=None, help=help_text or None, **options)
+        title = (groups or {}).get(f.name)
+        if title is not None and title not in made:
+            made[title] = parser.add_argument_group(title)
+        target = parser if title is None else made[title]
+        target.add_argument(_flag(f), dest=f.name, default=None, help=help_text or None, **options)
 
 
 def from_namespace(cls: type[S], namespace: Any, **overrides: Any) -> S:

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from multiguard.common.registry import Registry
+
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
@@ -45,6 +47,7 @@ __all__ = [
     "get_dataset",
     "is_composed",
     "load_image",
+    "register_dataset",
 ]
 
 # Importing this package does not import torch (the command line reads the registry for its help): these
@@ -117,10 +120,21 @@ class DatasetInfo:
     composed: bool = False
 
 
-# The one registry of dataset families: a new family is one module in this package and one entry here (its
-# loader is imported when first used, so reading the table needs no torch); get_dataset, `multiguard datasets
-# list` and the command line's help read everything from it.
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+#: The one registry of dataset families, each entry's target its :class:`DatasetInfo` (its own typed record): a
+#: new family is one module in this package and one :func:`register_dataset` (its loader is imported when first
+#: used, so reading the registry needs no torch); get_dataset, `multiguard datasets list` and the command line's
+#: help read everything from it.
+DATASETS: Registry[DatasetInfo, None] = Registry("dataset", argument="--dataset")
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Add the family ``info`` to :data:`DATASETS` under its name (which must be new: ValueError otherwise)."""
+    if not isinstance(info, DatasetInfo):
+        raise ValueError(f"dataset: register a DatasetInfo, got {type(info).__name__}")
+    return DATASETS.register(info.name, info, help=info.description)
+
+
+for _info_of_family in (
     DatasetInfo(
         "multidigits",
         "embedded: 2x2 grids of 1-4 scikit-learn handwritten digits, 10 classes, grayscale",
@@ -144,20 +158,20 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
         "csv", "your own images: root/classes.txt + root/<split>.csv (path,labels joined by |)",
         "train", "test", None, True, (), _load_csv,
     ),
-)}  # fmt: skip
+):  # fmt: skip
+    register_dataset(_info_of_family)
+del _info_of_family
 
 
 def dataset_names(conjunction: str = "or") -> str:
     """The registered names as running text, e.g. ``'multidigits, voc2007, coco2014, nuswide or csv'`` (for help)."""
-    names = list(DATASETS)
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
+    return DATASETS.text(conjunction)
 
 
 def is_composed(name: str) -> bool:
     """Whether dataset ``name`` is composed in memory from a seed (:attr:`DatasetInfo.composed`); ``False`` for a
     name no family has."""
-    info = DATASETS.get(name)
-    return bool(info is not None and info.composed)
+    return name in DATASETS and DATASETS[name].composed
 
 
 def _info(name: str) -> DatasetInfo:

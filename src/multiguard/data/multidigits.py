@@ -11,6 +11,10 @@ The training split draws its scans only from the first half of the 1797 scans
 handwriting is never seen in training. Image ``i`` of a split is drawn from a
 generator seeded from ``(seed, split, i)``: the dataset is deterministic for a
 seed, and a larger ``size`` only appends images.
+
+Pixels are 8-bit, as in an image file: each resized scan is rounded to the nearest ``i / 255`` and stored as
+uint8 (:attr:`MultiDigits.pixels`), so the images lie on the 1/255 grid that sound noise needs
+(``docs/soundness.md``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class MultiDigits(Dataset):
     Items are ``(image, labels)``: image float ``(1, S, S)`` in [0, 1], labels float ``(10,)``.
 
     Attributes:
-        images: float tensor ``(N, 1, S, S)``.
+        pixels: uint8 tensor ``(N, 1, S, S)``, the 8-bit pixels.
+        images: float tensor ``(N, 1, S, S)``: ``pixels / 255`` (float32 of grid values).
         labels: float tensor ``(N, 10)``.
         digits: int64 ``(N, 4)``: the digit in each grid cell (row-major), -1 for an empty cell.
         scan_ids: int64 ``(N, 4)``: the ``load_digits`` index of the scan in each cell, -1 if empty.
@@ -101,7 +106,7 @@ class MultiDigits(Dataset):
         cell = self.image_size // 2
         resized = F.interpolate(
             torch.from_numpy(scans[pool]).unsqueeze(1), size=(cell, cell), mode="bilinear", align_corners=False
-        ).clamp_(0.0, 1.0).squeeze(1)
+        ).clamp_(0.0, 1.0).squeeze(1).mul_(255).round_().to(torch.uint8)  # 8-bit, as an image file holds it
         position = {int(scan): i for i, scan in enumerate(pool)}
 
         digits = np.full((size, 4), -1, dtype=np.int64)
@@ -115,19 +120,20 @@ class MultiDigits(Dataset):
                 digits[i, c] = d
                 scan_ids[i, c] = by_class[d][rng.integers(len(by_class[d]))]
 
-        images = torch.zeros(size, 1, self.image_size, self.image_size)
+        pixels = torch.zeros(size, 1, self.image_size, self.image_size, dtype=torch.uint8)
         for c in range(4):
             rows = np.nonzero(scan_ids[:, c] >= 0)[0]
             if len(rows) == 0:
                 continue
             local = torch.as_tensor([position[int(s)] for s in scan_ids[rows, c]])
             top, left = (c // 2) * cell, (c % 2) * cell
-            images[torch.as_tensor(rows), 0, top : top + cell, left : left + cell] = resized[local]
+            pixels[torch.as_tensor(rows), 0, top : top + cell, left : left + cell] = resized[local]
         labels = torch.zeros(size, 10)
         for c in range(4):
             rows = np.nonzero(digits[:, c] >= 0)[0]
             labels[torch.as_tensor(rows), torch.as_tensor(digits[rows, c])] = 1.0
-        self.images, self.labels = images, labels
+        self.pixels, self.labels = pixels, labels
+        self.images = pixels.float().div_(255.0)
         self.digits, self.scan_ids = torch.from_numpy(digits), torch.from_numpy(scan_ids)
 
     def __len__(self) -> int:

@@ -182,32 +182,9 @@ class DiffusionDenoiser(nn.Module):
         scheduler_config = dict(scheduler.config)
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         if self.kind == "ddpm":
-            if getattr(scheduler, "alphas_cumprod", None) is None:
-                raise ValueError(f"denoiser: the scheduler {type(scheduler).__name__} of {source or 'the model'} has "
-                                 "no alphas_cumprod (a DDPM-like scheduler) and is not a consistency model's")
-            if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
-                raise ValueError(f"denoiser: prediction_type {self.prediction_type!r} of {source or 'the model'} is "
-                                 "not one of 'epsilon', 'sample', 'v_prediction'")
-            t, level = nearest_timestep(scheduler.alphas_cumprod, self.effective_noise_std)
-            abar = float(scheduler.alphas_cumprod.to(torch.float64)[t])
-            self.timestep: int | float = t
-            self.noise_level = level
-            self.register_buffer("input_scale", torch.tensor(math.sqrt(abar)), persistent=False)
-            self.register_buffer("noise_scale", torch.tensor(math.sqrt(1 - abar)), persistent=False)
+            self._set_ddpm_timestep(scheduler, source)
         else:
-            sigma_min, sigma_max = float(scheduler_config["sigma_min"]), float(scheduler_config["sigma_max"])
-            level = self.effective_noise_std
-            if not sigma_min <= level <= sigma_max:
-                raise ValueError(f"sigma: noise std {level:g} in the model's [-1, 1] units (2 sigma) is outside the "
-                                 f"consistency model's range [{sigma_min:g}, {sigma_max:g}]")
-            sigma_data = float(scheduler_config["sigma_data"])
-            c_skip, c_out = scheduler.get_scalings_for_boundary_condition(torch.tensor(level, dtype=torch.float64))
-            self.timestep = float(scheduler.sigma_to_t(level))
-            self.noise_level = level
-            self.register_buffer("input_scale", torch.tensor(1 / math.sqrt(level**2 + sigma_data**2)),
-                                 persistent=False)
-            self.register_buffer("c_skip", torch.tensor(float(c_skip)), persistent=False)
-            self.register_buffer("c_out", torch.tensor(float(c_out)), persistent=False)
+            self._set_consistency_timestep(scheduler_config, scheduler)
         self.noise_mismatch = self.noise_level / self.effective_noise_std - 1
         conditional = getattr(config, "num_class_embeds", None)
         if conditional and class_label is None:
@@ -222,6 +199,39 @@ class DiffusionDenoiser(nn.Module):
             "image_size": self.image_size, "model_size": self.model_size, "resize": self.resize,
             "in_channels": self.in_channels, "class_label": self.class_label,
         }
+
+    def _set_ddpm_timestep(self, scheduler: Any, source: str | None) -> None:
+        """A DDPM-like model: the timestep whose noise level is nearest the effective noise, and the scales that
+        map a noisy image to that timestep's input."""
+        if getattr(scheduler, "alphas_cumprod", None) is None:
+            raise ValueError(f"denoiser: the scheduler {type(scheduler).__name__} of {source or 'the model'} has "
+                             "no alphas_cumprod (a DDPM-like scheduler) and is not a consistency model's")
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"denoiser: prediction_type {self.prediction_type!r} of {source or 'the model'} is "
+                             "not one of 'epsilon', 'sample', 'v_prediction'")
+        t, level = nearest_timestep(scheduler.alphas_cumprod, self.effective_noise_std)
+        abar = float(scheduler.alphas_cumprod.to(torch.float64)[t])
+        self.timestep: int | float = t
+        self.noise_level = level
+        self.register_buffer("input_scale", torch.tensor(math.sqrt(abar)), persistent=False)
+        self.register_buffer("noise_scale", torch.tensor(math.sqrt(1 - abar)), persistent=False)
+
+    def _set_consistency_timestep(self, scheduler_config: dict[str, Any], scheduler: Any) -> None:
+        """A consistency model: the time of the effective noise level (within the model's range) and the
+        boundary-condition scalings at it."""
+        sigma_min, sigma_max = float(scheduler_config["sigma_min"]), float(scheduler_config["sigma_max"])
+        level = self.effective_noise_std
+        if not sigma_min <= level <= sigma_max:
+            raise ValueError(f"sigma: noise std {level:g} in the model's [-1, 1] units (2 sigma) is outside the "
+                             f"consistency model's range [{sigma_min:g}, {sigma_max:g}]")
+        sigma_data = float(scheduler_config["sigma_data"])
+        c_skip, c_out = scheduler.get_scalings_for_boundary_condition(torch.tensor(level, dtype=torch.float64))
+        self.timestep = float(scheduler.sigma_to_t(level))
+        self.noise_level = level
+        self.register_buffer("input_scale", torch.tensor(1 / math.sqrt(level**2 + sigma_data**2)),
+                             persistent=False)
+        self.register_buffer("c_skip", torch.tensor(float(c_skip)), persistent=False)
+        self.register_buffer("c_out", torch.tensor(float(c_out)), persistent=False)
 
     def _unet(self, sample: torch.Tensor) -> torch.Tensor:
         timestep = torch.full((sample.shape[0],), self.timestep, device=sample.device,

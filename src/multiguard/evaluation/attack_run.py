@@ -17,6 +17,7 @@ from multiguard.certificates import metrics as _metrics
 from multiguard.certificates import topk as _topk
 from multiguard.common.devices import resolve_device
 from multiguard.common.files import file_sha256
+from multiguard.common.noise_kinds import check_noise
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import MAX_N, check_alpha, check_int
 from multiguard.denoising.denoisers import denoiser_in, denoiser_record
@@ -96,6 +97,7 @@ def run_attack(
     resume: bool = False,
     attack: str = DEFAULT_ATTACK,
     restarts: int | None = None,
+    noise: str = "float",
 ) -> AttackRun:
     """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
 
@@ -121,6 +123,10 @@ def run_attack(
     ``denoiser``: a denoiser checkpoint in front of the classifier; the attack then differentiates through it
     (``attack.json`` records it).
 
+    ``noise``: the noise of the certified sizes (``"sound"``: the rounded Gaussian on the 1/255 grid, as a
+    ``certify --noise sound`` run draws it). The attacked points are off the grid, so the PGD steps and the
+    measurement of the attacked prediction use float noise either way; ``attack.json`` records the noise.
+
     ``out_dir`` holding an attack is refused unless ``overwrite`` (replace it) or ``resume`` (continue a
     killed attack from its finished blocks in ``out_dir/parts``, refused naming every setting that differs;
     the same numbers as an uninterrupted attack). ``attack.json`` records the attack's ``identity`` (the
@@ -131,18 +137,18 @@ def run_attack(
     k, k_prime, n, seed, alpha = _checked_numbers(k, k_prime, n, seed, alpha)
     method, steps, samples, restarts = _checked_method(attack, steps, samples, restarts)
     log, out = log or (lambda line: None), _attack_out(out_dir, overwrite=overwrite, resume=resume)
-    model, data, info, smoother, k, k_prime = _load_for_attack(
+    model, data, info, smoother, certifier, k, k_prime = _load_for_attack(
         checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
-        precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser)
+        precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise)
     indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
     denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
     identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
                                 k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
                                 step_size=step_size, temperature=temperature, certify=certify,
-                                attack=method.name, restarts=restarts)
+                                attack=method.name, restarts=restarts, noise=certifier.noise.name)
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
-    certified = (_certified_sizes(smoother, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
+    certified = (_certified_sizes(certifier, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
                                   alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
     sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
                                     options=_options(method, steps, samples, restarts, step_size, temperature),
@@ -159,9 +165,11 @@ def run_attack(
 def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: int, *, dataset: str | None,
                      data_root: str | os.PathLike[str] | None, split: str | None, sigma: float | None,
                      device: str | torch.device, precision: str, channels_last: bool | None, compile: bool,
-                     denoiser: str | os.PathLike[str] | None) -> tuple:
-    """The checkpoint's model, the dataset split and its info, the smoothed classifier, and k and k' checked
-    against the number of classes."""
+                     denoiser: str | os.PathLike[str] | None, noise: str = "float") -> tuple:
+    """The checkpoint's model, the dataset split and its info, the smoothed classifier (float noise), the one that
+    certifies (with ``noise``; the same object for float noise), and k and k' checked against the number of
+    classes."""
+    check_noise(noise)
     device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint_path, device=device)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
@@ -171,7 +179,10 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
                                         denoiser=denoiser)
-    return model, data, info, smoother, k, k_prime
+    certifier = smoother if noise == "float" else smoothed_from_checkpoint(
+        model, meta, k_prime=k_prime, sigma=sigma, device=device, precision=precision,
+        channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise)
+    return model, data, info, smoother, certifier, k, k_prime
 
 def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
                   log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
@@ -217,7 +228,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
                      info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
                      k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
                      step_size: float | None, temperature: float, certify: bool, attack: str,
-                     restarts: int | None) -> dict:
+                     restarts: int | None, noise: str = "float") -> dict:
     """The attack's identity (recorded in ``attack.json``; a resumed attack must match it)."""
     sigma, clamp = smoother.sigma, smoother.clamp
     return {
@@ -228,7 +239,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
         "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
-        "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(),
+        "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(), "noise": noise,
         "attack": attack, "restarts": restarts,
     }  # fmt: skip
 
@@ -282,6 +293,7 @@ def _attack_settings(checkpoint_path: str | os.PathLike[str], denoiser_facts: di
         "seed": identity["seed"], "eval_seed": attack_evaluation_seed(identity["seed"]),
         **{key: identity[key] for key in ("steps", "samples", "step_size", "temperature")},
         "num_inputs": int(len(indices)), "radii": identity["radii"], **smoother.mode.as_metadata(),
+        "noise": identity["noise"],
         "violations": None if violations is None else violations.tolist(),
         **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256", "attack",
                                           "restarts")},

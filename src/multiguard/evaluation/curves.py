@@ -207,55 +207,56 @@ def compute_curves(
     alpha = [check_alpha(a) for a in alpha]
     run_names = _run_names(runs, names)
     for run in runs:
-        for value in k:
-            if not 1 <= int(value) <= run.num_classes:
-                raise ValueError(f"k must be between 1 and the number of classes ({run.num_classes}) of run "
-                                 f"{run.path}, got {value}")
-        for value in k_prime:
-            if not 1 <= int(value) <= run.max_k_prime:
-                raise ValueError(f"k_prime must be between 1 and {run.max_k_prime} for run {run.path} (certified "
-                                 f"with --max-k-prime {run.max_k_prime}), got {value}")
+        _check_k_and_k_prime(run, k, k_prime)
     curves: list[Curve] = []
     for run, name in zip(runs, run_names, strict=True):
-        labels = run.labels
-        trivial: dict[int, dict[str, float]] = {}
-        for kk in k:
-            part = _metrics.certified_metrics(_metrics.trivial_intersection_size(labels, int(kk))[:, None], labels,
-                                             int(kk))
-            trivial[int(kk)] = {m: float(np.asarray(getattr(part, m))[0]) for m in METRICS}
-        for kp in k_prime:
-            for a in alpha:
-                bounds: dict = {}  # per way of counting the bounds a method reads (None: c)
-                for kk in k:
-                    for method in methods:
-                        if _METHODS[method].k_prime_one_only and int(kp) != 1:
-                            continue
-                        read = _METHODS[method].bounds_read
-                        if read not in bounds:
-                            bounds[read] = run_bounds(run, int(kp), float(a),
-                                                      None if read is None else read(labels))
-                        lower, upper = bounds[read]
-                        sizes = _METHODS[method].sizes(lower, upper, labels, int(kk), int(kp), run.sigma, radius)
-                        metrics = _metrics.certified_metrics(sizes, labels, int(kk))
-                        curves.append(
-                            Curve(
-                                run=name,
-                                method=method,
-                                k=int(kk),
-                                k_prime=int(kp),
-                                alpha=float(a),
-                                sigma=run.sigma,
-                                n=run.n,
-                                radius=radius.copy(),
-                                precision=np.asarray(metrics.precision, dtype=np.float64),
-                                recall=np.asarray(metrics.recall, dtype=np.float64),
-                                f1=np.asarray(metrics.f1, dtype=np.float64),
-                                num_inputs=metrics.num_inputs,
-                                num_empty=metrics.num_empty,
-                                trivial=dict(trivial[int(kk)]),
-                            )
-                        )
+        curves += _top_k_curves(run, name, methods, k, k_prime, alpha, radius)
         curves += _per_label_curves(run, name, per_label, alpha, q, radius)
+    return curves
+
+
+def _check_k_and_k_prime(run: Run, k: Sequence[int], k_prime: Sequence[int]) -> None:
+    """Every k within the run's classes and every k' within its ``max_k_prime``, else a ValueError naming it."""
+    for value in k:
+        if not 1 <= int(value) <= run.num_classes:
+            raise ValueError(f"k must be between 1 and the number of classes ({run.num_classes}) of run "
+                             f"{run.path}, got {value}")
+    for value in k_prime:
+        if not 1 <= int(value) <= run.max_k_prime:
+            raise ValueError(f"k_prime must be between 1 and {run.max_k_prime} for run {run.path} (certified "
+                             f"with --max-k-prime {run.max_k_prime}), got {value}")
+
+
+def _top_k_curves(run: Run, name: str, methods: Sequence[str], k: Sequence[int], k_prime: Sequence[int],
+                  alpha: Sequence[float], radius: np.ndarray) -> list[Curve]:
+    """The curves of the top-k methods on one run, per k' x alpha x k x method; bounds computed once per
+    (k', alpha, way of counting the bounds a method reads)."""
+    labels = run.labels
+    trivial: dict[int, dict[str, float]] = {}
+    for kk in k:
+        part = _metrics.certified_metrics(_metrics.trivial_intersection_size(labels, int(kk))[:, None], labels,
+                                         int(kk))
+        trivial[int(kk)] = {m: float(np.asarray(getattr(part, m))[0]) for m in METRICS}
+    curves = []
+    for kp in k_prime:
+        for a in alpha:
+            bounds: dict = {}  # per way of counting the bounds a method reads (None: c)
+            for kk in k:
+                for method in methods:
+                    if _METHODS[method].k_prime_one_only and int(kp) != 1:
+                        continue
+                    read = _METHODS[method].bounds_read
+                    if read not in bounds:
+                        bounds[read] = run_bounds(run, int(kp), float(a), None if read is None else read(labels))
+                    lower, upper = bounds[read]
+                    sizes = _METHODS[method].sizes(lower, upper, labels, int(kk), int(kp), run.sigma, radius)
+                    metrics = _metrics.certified_metrics(sizes, labels, int(kk))
+                    curves.append(Curve(
+                        run=name, method=method, k=int(kk), k_prime=int(kp), alpha=float(a), sigma=run.sigma,
+                        n=run.n, radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
+                        recall=np.asarray(metrics.recall, dtype=np.float64),
+                        f1=np.asarray(metrics.f1, dtype=np.float64), num_inputs=metrics.num_inputs,
+                        num_empty=metrics.num_empty, trivial=dict(trivial[int(kk)])))
     return curves
 
 
@@ -271,12 +272,14 @@ def _per_label_curves(run: Run, name: str, methods: Sequence[str], alpha: Sequen
     # A sequential run's anytime bounds spend alpha over its looks as its stopping rule did (equal shares for a
     # run written before spending could be chosen), as run_bounds does for the top-k methods.
     spending = (run.stop_rule or {}).get("spending") if looks is not None else None
+    bounds = (run.stop_rule or {}).get("bounds", "union") if looks is not None else "union"
     curves = []
     for method in methods:
         for a in alpha:
             for cut in q:
                 metrics = _METHODS[method].per_label(run.on_counts, samples, looks, run.labels, run.sigma, float(a),
-                                                     float(cut), radius, spending=spending)
+                                                     float(cut), radius, spending=spending,
+                                                     bounds=bounds)
                 curves.append(Curve(
                     run=name, method=method, k=0, k_prime=0, alpha=float(a), sigma=run.sigma, n=run.n,
                     radius=radius.copy(), precision=np.asarray(metrics.precision, dtype=np.float64),
@@ -298,8 +301,9 @@ def run_bounds(run: Run, k_prime: int, alpha: float, bounds_read: np.ndarray | N
     if run.samples is None:
         return _bounds.label_probability_bounds(counts, run.n, alpha, bounds_read)
     spending = (run.stop_rule or {}).get("spending")
+    # a run written before --bounds existed read the union bounds
     return sequential.anytime_label_probability_bounds(counts, run.samples, alpha, run.sample_sizes, spending,
-                                                       bounds_read)
+                                                       bounds_read, bounds=(run.stop_rule or {}).get("bounds", "union"))
 
 
 def _fmt(value: float) -> str:

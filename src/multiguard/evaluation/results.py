@@ -7,7 +7,8 @@ schema (``docs/results.md`` describes every field) is, in short::
     {"schema": "multiguard-results", "schema_version": 1, "multiguard_version": "0.1.0", "title": "...",
      "runs": [{"id": "run", "dataset": "voc2007", "split": "test", "inputs": {"count": 500, "seed": 0,
                "indices_sha256": "..."}, "model": {"arch": "resnet101", "checkpoint_sha256": "...",
-               "train_sigma": 0.5}, "sigma": 0.5, "n": 1000, "sampling": {"mode": "fp32", "sequential": null},
+               "train_sigma": 0.5}, "sigma": 0.5, "n": 1000, "sampling": {"mode": "fp32",
+                  "noise": "float, Gaussian in floating point (...)", "sequential": null},
                "denoiser": null, "cost": {"samples": 500000, "wall_time_s": 812.4, "device": "cuda",
                "devices": ["NVIDIA H200"], "world_size": 1, "num_shards": 1}, "software": {...}}],
      "records": [{"run": "run", "method": "multiguard", "k": 3, "k_prime": 1, "alpha": 0.001, "radius": 0.5,
@@ -73,6 +74,12 @@ def _sampling_mode(metadata: dict[str, Any]) -> str:
     return describe_mode(metadata)
 
 
+def _noise(metadata: dict[str, Any]) -> str:
+    from multiguard.runs.folder import run_noise
+
+    return run_noise(metadata)
+
+
 def run_identity(run: Any, run_id: str) -> dict[str, Any]:
     """What a run's numbers are the numbers of: ``{"id", "dataset", "split", "dataset_options", "inputs",
     "model", "sigma", "n", "sampling", "denoiser"}`` from a :class:`multiguard.runs.folder.Run` (its metadata,
@@ -97,7 +104,7 @@ def run_identity(run: Any, run_id: str) -> dict[str, Any]:
         "sigma": float(meta["sigma"]),
         "n": int(meta["n"]),
         "max_k_prime": int(run.counts.shape[1]),
-        "sampling": {"mode": _sampling_mode(meta), "sequential": dict(rule) if rule else None},
+        "sampling": {"mode": _sampling_mode(meta), "noise": _noise(meta), "sequential": dict(rule) if rule else None},
         "denoiser": denoiser,
     }
 
@@ -208,7 +215,7 @@ _INPUT_FIELDS = {"count": ((int,), True), "seed": ((int, type(None)), True),
                  "dataset_size": ((int, type(None)), False), "indices_sha256": ((str, type(None)), True)}
 _MODEL_FIELDS = {"arch": ((str, type(None)), True), "checkpoint_sha256": ((str, type(None)), True),
                  "train_sigma": ((float, int, type(None)), False)}
-_SAMPLING_FIELDS = {"mode": ((str,), True), "sequential": ((dict, type(None)), True)}
+_SAMPLING_FIELDS = {"mode": ((str,), True), "noise": ((str,), False), "sequential": ((dict, type(None)), True)}
 _COST_FIELDS = {"samples": ((int,), True), "wall_time_s": ((float, int, type(None)), True),
                 "device": ((str, type(None)), True), "devices": ((list,), False),
                 "world_size": ((int, type(None)), False), "num_shards": ((int, type(None)), False)}
@@ -314,7 +321,8 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
 _IDENTITY_SHOWN = (("dataset", ("dataset",)), ("split", ("split",)), ("inputs", ("inputs", "count")),
                    ("inputs hash", ("inputs", "indices_sha256")), ("arch", ("model", "arch")),
                    ("model hash", ("model", "checkpoint_sha256")), ("σ", ("sigma",)), ("n", ("n",)),
-                   ("mode", ("sampling", "mode")), ("denoiser", ("denoiser", "sha256")))
+                   ("mode", ("sampling", "mode")), ("noise", ("sampling", "noise")),
+                   ("denoiser", ("denoiser", "sha256")))
 
 
 def _get(obj: Any, keys: Iterable[str]) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 from multiguard.certificates.methods import METHODS as _METHODS
 from multiguard.evaluation.curves import ATTACK_LABEL, METRICS, TRIVIAL_LABEL, Curve, _label
 from multiguard.evaluation.plots import METRIC_LABELS, _varying
-from multiguard.runs.folder import Run, sampling_mode
+from multiguard.runs.folder import Run, run_noise, sampling_mode
 
 __all__ = ["SUMMARY_RADII", "summary_markdown"]
 
@@ -86,6 +86,12 @@ def _futility_text(rule: dict) -> str:
     return f"margin (gamma = {rule.get('margin', 0.2):g})" if futility == "margin" else futility
 
 
+def _bounds_text(rule: dict) -> str:
+    if rule.get("bounds", "union") == "betting":
+        return "betting bounds: beta-binomial mixture confidence sequences, no alpha spent on looks"
+    return _spending_text(rule.get("spending"))
+
+
 def _spending_text(spending: float | None) -> str:
     if spending is None:
         return "alpha spent in equal shares over the looks"
@@ -96,8 +102,8 @@ def _run_line(name: str, run: Run) -> str:
     """One line describing a run for ``summary.md``; a sequential run's rule and samples used."""
     line = (f"- run `{name}`: {run.path}, {run.counts.shape[0]} inputs, σ = {run.sigma:g}, n = {run.n}, "
             f"dataset {run.metadata.get('dataset')} ({run.metadata.get('split')}), "
-            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}"
-            + _denoiser_note(run.metadata))
+            f"arch {_shown_arch(run.metadata.get('arch'))}, mode {sampling_mode(run.metadata)}, "
+            f"noise: {run_noise(run.metadata)}" + _denoiser_note(run.metadata))
     if run.thresholds is not None:
         line += f", thresholds {run.thresholds.describe()}"
     rule = run.stop_rule
@@ -107,7 +113,7 @@ def _run_line(name: str, run: Run) -> str:
         line += (f"; sequential: sampling stopped per input once its certified size at R = {rule['radius']:g} "
                  f"(k = {rule['k']}, k' = {rule['k_prime']}, α = {rule['alpha']:g}, futility rule "
                  f"{_futility_text(rule)}, looks {rule.get('schedule', '1-2-5')}, "
-                 f"{_spending_text(rule.get('spending'))}) was settled; samples used: "
+                 f"{_bounds_text(rule)}) was settled; samples used: "
                  f"mean {used.mean():.0f}, median {np.median(used):.0f}, at most {run.n} ({shares}); the "
                  "bounds are anytime-valid, so the curves hold at every radius")
     return line

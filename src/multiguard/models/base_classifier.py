@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from multiguard.common.files import file_sha256
+from multiguard.common.noise_kinds import check_noise
 from multiguard.common.validation import check_bool, check_choice, check_int, check_positive
 
 __all__ = ["BaseClassifierSpec", "ModeSpec"]
@@ -64,6 +65,8 @@ class BaseClassifierSpec:
         thresholded base
             classifier, or ``None``: a run then stores each label's on-counts beside the top-k' counts, and the
             thresholds are part of its identity.
+        noise, shared_noise: the noise kind (``"float"`` or ``"sound"``, :mod:`multiguard.common.noise_kinds`) and
+            whether one noise block is shared by every input (``MultiGuard(noise=..., shared_noise=...)``).
 
     :meth:`load` builds the smoothed classifier once; :attr:`checkpoint_meta`, :attr:`checkpoint_sha256` and
     :attr:`denoiser_sha256` read each file once.
@@ -76,6 +79,8 @@ class BaseClassifierSpec:
     device: str | None = "auto"
     k_prime: int = 1
     thresholds: Any = None
+    noise: str = "float"
+    shared_noise: bool = False
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class BaseClassifierSpec:
         if self.denoiser is not None and not self.denoiser_is_source:
             object.__setattr__(self, "denoiser", Path(self.denoiser))
         check_int(self.k_prime, "k_prime", 1)
+        check_noise(self.noise)
+        check_bool(self.shared_noise, "shared_noise")
         if self.sigma is not None:  # before any file is read or made
             object.__setattr__(self, "sigma", check_positive(self.sigma, "sigma"))
 
@@ -152,10 +159,29 @@ class BaseClassifierSpec:
             return smoothed_from_checkpoint(
                 model, meta, k_prime=self.k_prime, sigma=self.sigma, device=self.resolved_device,
                 precision=self.mode.precision, channels_last=self.mode.channels_last, compile=self.mode.compile,
-                denoiser=self.denoiser, thresholds=self.thresholds,
+                denoiser=self.denoiser, thresholds=self.thresholds, noise=self.noise, shared_noise=self.shared_noise,
             )
 
         return self._once("smoothed", build)
+
+    def with_thresholds(self, thresholds: Any) -> BaseClassifierSpec:
+        """The same base classifier with per-label ``thresholds`` (read from the class names of
+        :attr:`checkpoint_meta`), sharing the model and the digests already read (no file is read twice)."""
+        import dataclasses
+
+        spec = dataclasses.replace(self, thresholds=thresholds)
+        spec._cache.update({key: value for key, value in self._cache.items() if key != "smoothed"})
+        return spec
+
+    def denoiser_identity(self) -> dict[str, Any] | None:
+        """What a prediction names of its denoiser: ``{"denoiser": path or source form, "sha256": the file's
+        SHA-256 or the digest of the source's identity, "settings": its training settings or identity}``;
+        ``None`` without a denoiser."""
+        if self.denoiser is None:
+            return None
+        record = self.denoiser_record()
+        return {"denoiser": os.fspath(record["denoiser"]), "sha256": record["denoiser_sha256"],
+                "settings": record["denoiser_settings"]}
 
     def denoiser_record(self) -> dict[str, Any]:
         """What a run records about the denoiser: ``denoiser`` (path), ``denoiser_sha256`` and
@@ -191,11 +217,13 @@ class BaseClassifierSpec:
             "clamp": None if smoother.clamp is None else list(smoother.clamp),
             **smoother.mode.as_metadata(),
             "thresholds": None if self.thresholds is None else self.thresholds.identity(),
+            "noise": smoother.noise.name,
+            "shared_noise": smoother.shared_noise,
         }
 
     def record(self) -> dict[str, Any]:
         """The descriptive facts a run records beside :meth:`run_fields`: the checkpoint path, the training
-        sigma, torch's version and the denoiser's path and settings."""
+        sigma, torch's version, the denoiser's path and settings, and the noise in words with its alpha slack."""
         import torch
 
         record = self.denoiser_record()
@@ -205,5 +233,9 @@ class BaseClassifierSpec:
         model_file = getattr(self._loaded()[0], "arch_file", None)
         if model_file is not None:  # the file behind model_file_sha256 (a file factory's)
             record["model_file"] = os.fspath(model_file)
+        smoother = self.load()
+        record["noise_description"] = smoother.describe_noise()
+        # the sampler's addition to alpha per noise value (0 for float noise; docs/soundness.md)
+        record["noise_alpha_slack_per_value"] = float(getattr(getattr(smoother.noise, "table", None), "slack", 0.0))
         return {**record, "checkpoint": os.fspath(self.checkpoint),
                 "train_sigma": float(self.checkpoint_meta["sigma"]), "torch_version": str(torch.__version__)}

@@ -145,6 +145,8 @@ def smoothed_from_checkpoint(
     compile: bool = False,
     denoiser: str | os.PathLike | None = None,
     thresholds: Any = None,
+    noise: str = "float",
+    shared_noise: bool = False,
 ) -> MultiGuard:
     """The smoothed classifier of a loaded checkpoint: its model, class count and clamp, with the training
     sigma unless ``sigma`` is given (a checkpoint trained without noise needs one). ``precision``,
@@ -160,7 +162,7 @@ def smoothed_from_checkpoint(
 
     ``thresholds``: per-label thresholds (:class:`multiguard.certificates.thresholds.LabelThresholds`) of a
     thresholded base
-    classifier (``MultiGuard(thresholds=...)``), or ``None``.
+    classifier (``MultiGuard(thresholds=...)``), or ``None``. ``noise``, ``shared_noise``: as in :class:`MultiGuard`.
     """
     if sigma is not None:
         sigma = check_positive(sigma, "sigma")  # a negative or NaN sigma is a mistake in the argument
@@ -179,4 +181,5 @@ def smoothed_from_checkpoint(
         model = DenoisedClassifier(denoiser_model, model)
     return MultiGuard(model, int(meta["num_classes"]), check_positive(sigma, "sigma"), k_prime=k_prime,
                       clamp=clamp, device=None if device is None else resolve_device(device),
-                      precision=precision, channels_last=channels_last, compile=compile, thresholds=thresholds)
+                      precision=precision, channels_last=channels_last, compile=compile, thresholds=thresholds,
+                      noise=noise, shared_noise=shared_noise)

@@ -11,6 +11,7 @@ normalises by hand.
                               global average pooling, one linear layer: sized for multidigits
     timm:<name>               timm.create_model(<name>, num_classes=c, in_chans=C)
     torchvision:<name>        torchvision.models.get_model(<name>, num_classes=c)
+    PREFIX:<name>             a family registered in ARCH_PREFIXES (timm and torchvision are two)
     path/to/file.py:factory   your own: factory(num_classes=c[, image_size=S][, in_channels=C]) from that file
     module:factory            the same from a module found in the current folder or on sys.path
 
@@ -38,24 +39,16 @@ from torch import nn
 
 from multiguard.common.files import file_sha256
 from multiguard.common.user_code import _first_line, _is_file_form, _on_sys_path, resolve_factory
-from multiguard.models.architectures import ARCHITECTURES, arch_forms
+from multiguard.models.architectures import ARCH_PREFIXES, ARCHITECTURES, arch_forms, arch_prefix, prefix_forms
 from multiguard.models.networks import Normalize
 from multiguard.models.pretrained import (
     _SAVE_STATE_DICT,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     _load_state,
     _pretrained_source,
     _read_state_dict,
-    _timm_model,
-    _torchvision_model,
 )
 
 __all__ = ["ARCH_FORMS", "create_model", "looks_like_probabilities"]
-
-
-
-
 
 
 ARCH_FORMS = arch_forms()  # as the built-ins define it; messages read arch_forms() (registered names too)
@@ -156,9 +149,34 @@ def _registered_model(arch: str, num_classes: int, image_size: int, in_channels:
         raise ValueError(f"arch: {label} failed when called with ({call}): {_first_line(exc)}") from exc
     if not isinstance(net, nn.Module):
         raise ValueError(f"arch: {label} returned a {type(net).__name__}, not a torch.nn.Module")
-    if not entry.info.get("builtin"):
+    if not entry.record.builtin:
         _check_model_output(net, label, num_classes, image_size, in_channels)
     return net
+
+
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None
+
+
+def _prefixed_model(arch: str, num_classes: int, image_size: int, in_channels: int, imagenet: bool
+                    ) -> tuple[nn.Module, Normalisation]:
+    """The model of ``PREFIX:<name>`` from the family registered as PREFIX (:data:`ARCH_PREFIXES`) and its
+    default normalisation (``None``: none), checked as a factory's is unless the family is a built-in."""
+    prefix, _, name = arch.partition(":")
+    entry = ARCH_PREFIXES.entry(prefix)
+    label = f"{arch!r} (the {prefix}: family)"
+    try:
+        built = entry.load()(name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                             pretrained=imagenet)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a registered family failed: one line naming it and the model
+        raise ValueError(f"arch: {label} failed to build {name!r}: {_first_line(exc)}") from exc
+    net, mean, std = built if isinstance(built, tuple) else (built, None, None)
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"arch: {label} returned a {type(net).__name__}, not a torch.nn.Module")
+    if not entry.record.builtin:
+        _check_model_output(net, label, num_classes, image_size, in_channels)
+    return net, None if mean is None else (tuple(mean), tuple(std))
 
 
 # Outputs of a batch, all inside [0, 1], look like probabilities when some are near 0: trained against labels,
@@ -236,30 +254,26 @@ def create_model(
     in_channels = _positive_int(in_channels, "in_channels")
     weights = _pretrained_source(pretrained)
     imagenet = weights == "imagenet"
-    if imagenet and not arch.startswith(("timm:", "torchvision:")):
-        raise ValueError(f"--pretrained imagenet: only timm:<name> and torchvision:<name> models have ImageNet "
-                         f"weights, not {arch!r}; give a local state_dict file (made with {_SAVE_STATE_DICT})")
-    default_mean: tuple = (0.0,) * in_channels
-    default_std: tuple = (1.0,) * in_channels
+    prefix = arch_prefix(arch) if arch not in ARCHITECTURES else None
+    if imagenet and (prefix is None or not ARCH_PREFIXES.record(prefix).imagenet):
+        raise ValueError(f"--pretrained imagenet: only {' and '.join(prefix_forms(imagenet_only=True))} models have "
+                         f"ImageNet weights, not {arch!r}; give a local state_dict file (made with {_SAVE_STATE_DICT})")
+    normalisation: Normalisation = None
     recorded, file = arch, None
     if arch in ARCHITECTURES:
         net: nn.Module = _registered_model(arch, num_classes, image_size, in_channels)
-        entry = ARCHITECTURES.entry(arch)
-        if "mean" in entry.info:
-            default_mean, default_std = tuple(entry.info["mean"]), tuple(entry.info["std"])
-    elif arch.startswith("timm:"):
-        net, m, s = _timm_model(arch[5:], num_classes, in_channels, imagenet)
-        if in_channels == 3 and len(m) == 3:
-            default_mean, default_std = m, s
-    elif arch.startswith("torchvision:"):
-        net = _torchvision_model(arch[12:], num_classes, in_channels, imagenet)
-        default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD
+        record = ARCHITECTURES.record(arch)
+        if record.mean is not None:
+            normalisation = tuple(record.mean), tuple(record.std)
+    elif prefix is not None:
+        net, normalisation = _prefixed_model(arch, num_classes, image_size, in_channels, imagenet)
     elif ":" in arch:
         net, recorded, file = _factory_model(arch, num_classes, image_size, in_channels)
     else:
         raise ValueError(f"arch must be one of {arch_forms()}, got {arch!r}")
     if weights is not None and not imagenet:
         _load_state(net, _read_state_dict(weights), weights, strict=strict)
+    default_mean, default_std = normalisation or ((0.0,) * in_channels, (1.0,) * in_channels)
     mean = list(default_mean if mean is None else mean)
     std = list(default_std if std is None else std)
     if len(mean) == 1:

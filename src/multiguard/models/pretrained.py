@@ -1,5 +1,7 @@
-"""ImageNet weights for ``timm:`` and ``torchvision:`` models (through those libraries' own download, with a
-one-line offline message naming the file to put in place) and local state_dict files."""
+"""The ``timm:`` and ``torchvision:`` prefix families (:func:`timm_family`, :func:`torchvision_family`, registered
+by path in :data:`multiguard.models.architectures.ARCH_PREFIXES`), their ImageNet weights (through those
+libraries' own download, with a one-line offline message naming the file to put in place) and local state_dict
+files."""
 
 from __future__ import annotations
 
@@ -203,3 +205,18 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, imagenet: 
     if imagenet:
         _torchvision_imagenet(name, net)
     return net
+
+
+def timm_family(name: str, *, num_classes: int, in_channels: int, image_size: int, pretrained: bool
+                ) -> tuple[nn.Module, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The ``timm:<name>`` family: ``timm.create_model(name, num_classes=c, in_chans=C)`` (ImageNet weights where
+    ``pretrained``) and its pretrained config's normalisation for 3 channels (``None`` otherwise: none)."""
+    net, mean, std = _timm_model(name, num_classes, in_channels, pretrained)
+    return (net, mean, std) if in_channels == 3 and len(mean) == 3 else (net, None, None)
+
+
+def torchvision_family(name: str, *, num_classes: int, in_channels: int, image_size: int, pretrained: bool
+                       ) -> tuple[nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The ``torchvision:<name>`` family: ``torchvision.models.get_model(name, num_classes=c)`` (3 channels;
+    ImageNet weights where ``pretrained``) with the ImageNet statistics."""
+    return _torchvision_model(name, num_classes, in_channels, pretrained), IMAGENET_MEAN, IMAGENET_STD

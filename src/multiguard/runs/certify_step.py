@@ -74,9 +74,7 @@ def sample_checkpoint(
     resume: bool = False,
     context: DistributedContext | None = None,
     on_progress: Callable[[_job.RunProgress], None] | None = None,
-    precision: str = "fp32",
-    channels_last: bool | None = None,
-    compile: bool = False,
+    precision: str = "fp32", channels_last: bool | None = None, compile: bool = False,
     log: Log | None = None,
     stop_rule: StopRule | dict[str, Any] | None = None,
     denoiser: str | os.PathLike[str] | None = None,
@@ -85,13 +83,14 @@ def sample_checkpoint(
     threshold_scale: str = "probability",
     threshold_rule: str | None = None,
     threshold_split: str | None = None,
-    threshold_inputs: int = 300,
+    threshold_inputs: int = 300, noise: str = "float", shared_noise: bool = False,
 ) -> _job.RunResult:
     """Sample a checkpoint's counts on a dataset split into the RUN_DIR ``out`` (see :mod:`multiguard.runs.job`).
 
     A keyword front for :func:`certify_base_classifier`: it makes the
     :class:`~multiguard.models.base_classifier.BaseClassifierSpec` (checkpoint, ``denoiser``, ``sigma``, the sampling
-    mode: ``mode`` whole, or ``precision``, ``channels_last``, ``compile``) and passes the plan on.
+    mode: ``mode`` whole, or ``precision``, ``channels_last``, ``compile``; the ``noise`` kind and ``shared_noise``) and
+    passes the plan on.
 
     ``sigma`` defaults to the training sigma, ``max_k_prime`` to min(5, number of classes), the dataset,
     root and split to the checkpoint's test split. A ``num_inputs`` larger than the split means the whole
@@ -122,16 +121,17 @@ def sample_checkpoint(
     context = context or init_distributed(device)
     try:
         base = BaseClassifierSpec(checkpoint, sigma=sigma, mode=mode, denoiser=denoiser, device=context.device,
-                                  k_prime=1 if stop_rule is None else stop_rule.k_prime)
+                                  k_prime=1 if stop_rule is None else stop_rule.k_prime, noise=noise,
+                                  shared_noise=shared_noise)
         if thresholds is not None:
             from multiguard.certificates.thresholds import parse_threshold
 
             chosen = parse_threshold(thresholds, base.checkpoint_meta["class_names"], threshold_scale)
-            base = dataclasses.replace(base, thresholds=chosen)
         elif threshold_rule is not None:
             chosen = choose_thresholds(base, threshold_rule, split=threshold_split, num_inputs=threshold_inputs,
                                        seed=seed, dataset=dataset, data_root=data_root, certified_split=split,
                                        certified_inputs=num_inputs, log=log)
+        if thresholds is not None or threshold_rule is not None:
             base = dataclasses.replace(base, thresholds=chosen)
         return certify_base_classifier(
             base, out, dataset=dataset, data_root=data_root, split=split, n=n, max_k_prime=max_k_prime,
@@ -239,7 +239,7 @@ def choose_thresholds(
     count = min(int(num_inputs), pool.size)
     picked = np.sort(np.random.default_rng([int(seed), STREAM_THRESHOLDS]).choice(pool, count, replace=False))
     images, labels = load_batch(data, picked)
-    draws = int(entry.info.get("draws") or 1000)
+    draws = int(entry.record.draws or 1000)
     smoother = base.load()
     if log is not None:
         log(f"choosing thresholds: rule {rule} on {count} {info['split']} images x {draws} noisy copies "

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from multiguard.common.files import TMP_SUFFIX, atomic_write_json, atomic_write_npz, create_exclusive_json
+from multiguard.common.noise_kinds import describe_noise
 from multiguard.common.validation import RunMismatchError
 from multiguard.runs.checks import (
     _check_counts,
@@ -79,6 +80,7 @@ from multiguard.runs.spec import IDENTITY_DEFAULTS, IDENTITY_FIELDS
 from multiguard.sampling.modes import describe_mode
 
 __all__ = ["CHUNKS", "COUNTS", "INPUTS", "METADATA", "STALE_TMP_SECONDS", "Run", "describe_run", "is_run", "load_run",
+           "recorded_settings",
            "run_status", "sampling_mode"]
 
 
@@ -428,6 +430,16 @@ class Run:
         return self.counts[:, k_prime - 1, :]
 
 
+def recorded_settings(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings a RUN_DIR recorded (its ``metadata.json``), read leniently for a resume that takes a run's
+    own settings: ``None`` when there is none or it cannot be read (opening the run then names the damage)."""
+    try:
+        meta = json.loads((Path(path) / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def is_run(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` is a RUN_DIR (it has a ``metadata.json`` of ours)."""
     meta = Path(path) / METADATA
@@ -511,8 +523,15 @@ def sampling_mode(metadata: dict[str, Any]) -> str:
     return describe_mode(metadata)
 
 
+def run_noise(metadata: dict[str, Any]) -> str:
+    """The noise a run's metadata records, in words: ``"sound, rounded Gaussian on the 1/255 grid"`` (float
+    noise for a run written before the noise was recorded)."""
+    return describe_noise(str(metadata.get("noise", "float")), bool(metadata.get("shared_noise", False)))
+
+
 def describe_run(run: Run, fields: Sequence[str] = ("dataset", "split", "arch", "sigma", "n", "seed")) -> str:
     """One line naming a run and its main settings."""
     parts = [f"{name}={run.metadata.get(name)}" for name in fields if name in run.metadata]
     parts.append(f"mode={sampling_mode(run.metadata)}")
+    parts.append(f"noise={run.metadata.get('noise', 'float')}")
     return f"{run.name} ({run.counts.shape[0]} inputs, k' <= {run.max_k_prime}; " + ", ".join(parts) + ")"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multiguard.certificates.stop_rule import StopRule
+from multiguard.common.noise_kinds import check_noise
 from multiguard.common.settings import Interval, Optional, Settings, setting
 from multiguard.common.validation import MAX_N, check_int
 
@@ -52,6 +53,10 @@ def _thresholds(value: Any, name: str) -> dict[str, Any] | None:
     return LabelThresholds.from_identity(dict(value)).identity()
 
 
+def _noise(value: Any, name: str) -> str:
+    return check_noise(value, name)
+
+
 def _any_int(value: Any, name: str) -> int:
     return check_int(value, name)
 
@@ -68,7 +73,8 @@ class RunSpec(Settings):
     the dataset's record fill them): ``checkpoint_sha256``, ``model_file_sha256`` (the SHA-256 of the Python
     file that defines a file factory's model, ``None`` otherwise), ``denoiser_sha256``, ``arch``, ``num_classes``,
     ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), the per-label
-    ``thresholds`` of a thresholded base classifier (then per-label on-counts are stored too), ``dataset``,
+    ``thresholds`` of a thresholded base classifier (then per-label on-counts are stored too), the ``noise`` kind
+    and ``shared_noise`` (:mod:`multiguard.common.noise_kinds`), ``dataset``,
     ``dataset_options``, ``split``, ``dataset_size``, ``image_size``. ``record`` holds descriptive fields
     (checkpoint path, class names, versions, ...) that go into ``metadata.json`` but not into the identity.
 
@@ -104,6 +110,9 @@ class RunSpec(Settings):
     thresholds: Any = setting(None, identity=True, check=_thresholds, legacy=None)
     # the Python file defining the model, for a file factory: the checkpoint holds the weights, not the code
     model_file_sha256: str | None = setting(None, identity=True, legacy=None)
+    # the noise kind (float or sound) and whether one noise block is shared by every input
+    noise: str = setting("float", identity=True, check=_noise, legacy="float")
+    shared_noise: bool = setting(False, identity=True, legacy=False)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 

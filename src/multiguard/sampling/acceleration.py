@@ -56,7 +56,7 @@ def __getattr__(name: str) -> object:
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
     """The ``torch.autocast`` dtype of a resolved precision mode (its registry entry names it)."""
-    name = PRECISION_MODES.entry(precision).info.get("autocast_dtype")
+    name = PRECISION_MODES.record(precision).autocast_dtype
     return None if name is None else getattr(torch, name)
 
 # /proc/cpuinfo flags of native bf16 arithmetic (x86): AVX512-BF16 dot products, AMX-BF16 tiles.

@@ -11,7 +11,11 @@ The loop, step by step (each a method below):
    ``batch_size``; a batch may hold the tail of one input and the head of the next.
 2. :meth:`SamplingEngine._draw_noise`: each sample's noise comes from its noise block, seeded by
    :func:`multiguard.common.seeds.noise_seed` ``(seed, index, block, stream)``, so batching never changes a draw.
-3. the forward pass of ``x + sigma * noise`` (clamped if asked).
+   The noise kind (:mod:`multiguard.sampling.noise`: float Gaussian, or the sound rounded Gaussian on the 1/255
+   grid) fills the block; with shared noise the index is :data:`multiguard.common.seeds.SHARED_NOISE_INDEX` for
+   every input, so all inputs see the same block.
+3. the forward pass of the noisy input the noise kind forms (``x + sigma * noise``, or ``(x_int + noise_int) /
+   255``), clamped if asked.
 4. :meth:`SamplingEngine._count`: the top-k' labels of every score row are added to per-input counters that
    live on the device (a ring of slots, one per input a batch can touch); an input's row is copied to the
    host once, when its last sample has been counted, without waiting for the copy (no sync inside the loop).
@@ -23,6 +27,7 @@ the lower label index; ``torch.topk`` is used only where it provably gives the s
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -30,8 +35,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multiguard.common.seeds import NOISE_BLOCK, noise_seed
+from multiguard.common.seeds import NOISE_BLOCK, SHARED_NOISE_INDEX, noise_seed
 from multiguard.common.validation import MAX_N, check_bool, check_int, invalid
+from multiguard.sampling.noise import FloatNoise, SoundNoise
+
+SHARED_CACHE_BYTES = 256 * 2**20
+"""With shared noise, the noise blocks kept for the next inputs (the least recently used ones leave first)."""
 
 __all__ = ["SamplingEngine", "as_batch", "as_index", "eval_mode", "module_device_dtype", "top_k_prime"]
 
@@ -159,6 +168,9 @@ class SamplingEngine:
             added in this dtype before any autocast).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype, or ``None``.
         channels_last: feed 4-D batches in channels_last memory format.
+        noise: the noise kind (:mod:`multiguard.sampling.noise`; default :class:`FloatNoise` at sigma).
+        shared: one noise block per block index, added to every input (seeded by ``(seed, block, stream)``
+            only): each input's samples stay i.i.d., but different inputs see the same noise.
 
     The arguments are taken as already checked (:class:`multiguard.sampling.smoothed.MultiGuard` checks them).
     """
@@ -174,8 +186,12 @@ class SamplingEngine:
         dtype: torch.dtype,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        noise: FloatNoise | SoundNoise | None = None,
+        shared: bool = False,
     ) -> None:
         self.model = model
+        self.noise = FloatNoise(sigma) if noise is None else noise
+        self.shared = shared
         self.num_classes = num_classes
         self.sigma = sigma
         self.clamp = clamp
@@ -214,7 +230,7 @@ class SamplingEngine:
         seed = check_int(seed, "seed", 0)
         batch_size = check_int(batch_size, "batch_size", 1)
         progress = check_bool(progress, "progress")
-        tensor = as_batch(x)
+        tensor = self.noise.inputs(as_batch(x))
         num_inputs = tensor.shape[0]
         index_arr = as_index(index, num_inputs)
         starts = np.zeros(num_inputs, dtype=np.int64) if start is None else np.asarray(start, dtype=np.int64)
@@ -279,20 +295,19 @@ class SamplingEngine:
         """float64 ``(N, n, c)``: the base classifier's scores on n noisy copies of each input, the noise drawn as
         :meth:`count` draws it (the same samples for the same seed, index and stream)."""
         n = check_int(n, "n", 1, MAX_N)
-        tensor = as_batch(x)
+        tensor = self.noise.inputs(as_batch(x))
         index_arr = as_index(index, tensor.shape[0])
         out = np.zeros((tensor.shape[0], n, self.num_classes))
         input_shape = tuple(tensor.shape[1:])
-        buffer = torch.empty((n, *input_shape), dtype=self.dtype, device=self.device)
-        cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=self.dtype, device=self.device),
-                 "key": None}
+        noise_buffer, batch_buffer, cache = self._buffers(n, input_shape)
         generator = torch.Generator(device=self.device)
         with torch.inference_mode(), eval_mode(self.model):
             for i in range(tensor.shape[0]):
-                self._draw_noise(buffer, [_Segment(i, 0, n, 0)], np.zeros(tensor.shape[0], dtype=np.int64), seed,
-                                 index_arr, stream, cache, generator)
-                row = tensor[i].to(device=self.device, dtype=self.dtype)
-                out[i] = self._forward(buffer.mul(self.sigma).add_(row)).float().cpu().numpy()
+                self._draw_noise(noise_buffer, [_Segment(i, 0, n, 0)], np.zeros(tensor.shape[0], dtype=np.int64),
+                                 seed, index_arr, stream, cache, generator)
+                row = tensor[i].to(device=self.device, dtype=self.noise.input_dtype(self.dtype))
+                batch = self.noise.combine(noise_buffer, row, batch_buffer)
+                out[i] = self._forward(batch).float().cpu().numpy()
         return out
 
     # ---------------------------------------------------------------------------------------------- steps
@@ -330,15 +345,48 @@ class SamplingEngine:
             for b in range(lo_sample // NOISE_BLOCK, (hi_sample - 1) // NOISE_BLOCK + 1):
                 lo, hi = max(lo_sample, b * NOISE_BLOCK), min(hi_sample, (b + 1) * NOISE_BLOCK)
                 target = buffer[seg.offset + lo - lo_sample : seg.offset + hi - lo_sample]
+                if self.shared:
+                    target.copy_(self._shared_block(b, seed, stream, cache, generator)[lo - b * NOISE_BLOCK :
+                                                                                      hi - b * NOISE_BLOCK])
+                    continue
                 if hi - lo == NOISE_BLOCK:
                     generator.manual_seed(noise_seed(seed, int(index_arr[seg.input]), b, stream))
-                    target.normal_(generator=generator)
+                    self.noise.draw(target, generator)
                     continue
                 if cache.get("key") != (seg.input, b):
                     generator.manual_seed(noise_seed(seed, int(index_arr[seg.input]), b, stream))
-                    cache["block"].normal_(generator=generator)
+                    self.noise.draw(cache["block"], generator)
                     cache["key"] = (seg.input, b)
                 target.copy_(cache["block"][lo - b * NOISE_BLOCK : hi - b * NOISE_BLOCK])
+
+    def _shared_block(self, block: int, seed: int, stream: int, cache: dict, generator: torch.Generator
+                      ) -> torch.Tensor:
+        """Shared noise: block ``block`` of every input, seeded by ``(seed, SHARED_NOISE_INDEX, block, stream)``,
+        kept in ``cache["shared"]`` (least recently used out, past :data:`SHARED_CACHE_BYTES`)."""
+        blocks: OrderedDict = cache["shared"]
+        if block in blocks:
+            blocks.move_to_end(block)
+            return blocks[block]
+        template = cache["block"]
+        capacity = max(2, SHARED_CACHE_BYTES // max(1, template.numel() * template.element_size()))
+        if len(blocks) >= capacity:
+            blocks.popitem(last=False)
+        generator.manual_seed(noise_seed(seed, SHARED_NOISE_INDEX, block, stream))
+        fresh = torch.empty_like(template)
+        self.noise.draw(fresh, generator)
+        blocks[block] = fresh
+        return fresh
+
+    def _buffers(self, batch_size: int, input_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The noise buffer ``(batch_size, *input_shape)`` in the noise kind's dtype, the buffer of model inputs
+        (the same tensor for float noise) and the block cache of :meth:`_draw_noise`."""
+        noise_dtype = self.noise.noise_dtype(self.dtype)
+        noise_buffer = torch.empty((batch_size, *input_shape), dtype=noise_dtype, device=self.device)
+        batch_buffer = (torch.empty((batch_size, *input_shape), dtype=self.dtype, device=self.device)
+                        if self.noise.separate_output(self.dtype) else noise_buffer)
+        cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=noise_dtype, device=self.device),
+                 "key": None, "shared": OrderedDict()}
+        return noise_buffer, batch_buffer, cache
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Step 3: the base classifier's scores ``(B, c)`` for a batch of noisy inputs."""
@@ -385,8 +433,8 @@ class SamplingEngine:
             num_k * c + torch.arange(num_on * c, device=device),
         )
 
-        buffer = torch.empty((batch_size, *input_shape), dtype=dtype, device=device)
-        cache = {"block": torch.empty((NOISE_BLOCK, *input_shape), dtype=dtype, device=device), "key": None}
+        buffer, batch_buffer, cache = self._buffers(batch_size, input_shape)
+        input_dtype = self.noise.input_dtype(dtype)
         generator = torch.Generator(device=device)
         accumulator = torch.zeros(slots * width + 1, dtype=torch.int64, device=device)
         per_slot = accumulator[:dummy].view(slots, width)
@@ -402,9 +450,10 @@ class SamplingEngine:
                 filled = segments[-1].offset + segments[-1].stop - segments[-1].start
                 self._draw_noise(buffer, segments, starts, seed, index_arr, stream, cache, generator)
                 for seg in segments:
-                    row = tensor[seg.input].to(device=device, dtype=dtype, non_blocking=True)
-                    buffer[seg.offset : seg.offset + seg.stop - seg.start].mul_(self.sigma).add_(row)
-                scores = self._forward(buffer[:filled])
+                    row = tensor[seg.input].to(device=device, dtype=input_dtype, non_blocking=True)
+                    rows = slice(seg.offset, seg.offset + seg.stop - seg.start)
+                    self.noise.combine(buffer[rows], row, batch_buffer[rows])
+                scores = self._forward(batch_buffer[:filled])
                 self._count(scores, segments, n, num_k, slots, width, dummy, position_offsets, accumulator, ones, on)
 
                 # Inputs whose last sample was in this batch leave the ring: their rows are copied out and

@@ -3,21 +3,22 @@ RUN_DIR records. No torch here (the command line reads :data:`PRECISION_MODES` f
 torch side, :class:`~multiguard.sampling.acceleration.SamplingMode` and ``torch.compile``, is in
 :mod:`multiguard.sampling.acceleration`, which reads the autocast dtype of each mode from this registry).
 
-A precision mode is one entry::
+A precision mode is one entry, its facts a :class:`PrecisionRecord`::
 
-    PRECISION_MODES.register("fp8", "fp8", help="...", autocast_dtype="float8_e4m3fn")
+    PRECISION_MODES.register("fp8", "fp8", help="...", record=PrecisionRecord(autocast_dtype="float8_e4m3fn"))
 
-``info["autocast_dtype"]`` names the ``torch`` dtype of the forward's ``torch.autocast`` (``None``: no
-autocast); ``info["resolved"] = False`` marks a mode resolved per device (``auto``).
+``autocast_dtype`` names the ``torch`` dtype of the forward's ``torch.autocast`` (``None``: no autocast);
+``resolved=False`` marks a mode resolved per device (``auto``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from multiguard.common.registry import Registry
 
-__all__ = ["AUTO_HELP", "MODE_DEFAULTS", "PRECISION_MODES", "describe_mode", "resolved_precisions"]
+__all__ = ["AUTO_HELP", "MODE_DEFAULTS", "PRECISION_MODES", "PrecisionRecord", "describe_mode", "resolved_precisions"]
 
 #: What ``auto`` picks, in words (for help texts).
 AUTO_HELP = (
@@ -25,19 +26,36 @@ AUTO_HELP = (
     "with native bf16 instructions (AVX512-BF16 or AMX-BF16), fp32 elsewhere"
 )
 
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    """What a precision mode is.
+
+    Attributes:
+        autocast_dtype: the name of the ``torch`` dtype of the forward's ``torch.autocast`` (``"bfloat16"``);
+            ``None``: no autocast.
+        resolved: ``False`` for a mode resolved per device (``auto``), which a run never records.
+    """
+
+    autocast_dtype: str | None = None
+    resolved: bool = True
+
+
 #: The precision modes of the base classifier's forward pass (``--precision``); the target is the name a
 #: run records.
-PRECISION_MODES: Registry[str] = Registry("precision", argument="--precision")
-PRECISION_MODES.register("fp32", "fp32", help="full precision, no autocast", autocast_dtype=None)
+PRECISION_MODES: Registry[str, PrecisionRecord] = Registry("precision", argument="--precision", record=PrecisionRecord)
+PRECISION_MODES.register("fp32", "fp32", help="full precision, no autocast", record=PrecisionRecord())
 PRECISION_MODES.register("bf16", "bf16", help="the forward under torch.autocast in bfloat16",
-                         autocast_dtype="bfloat16")
-PRECISION_MODES.register("fp16", "fp16", help="the forward under torch.autocast in float16", autocast_dtype="float16")
-PRECISION_MODES.register("auto", "auto", help=AUTO_HELP, resolved=False)
+                         record=PrecisionRecord(autocast_dtype="bfloat16"))
+PRECISION_MODES.register("fp16", "fp16", help="the forward under torch.autocast in float16",
+                         record=PrecisionRecord(autocast_dtype="float16"))
+PRECISION_MODES.register("auto", "auto", help=AUTO_HELP, record=PrecisionRecord(resolved=False))
 
 
 def resolved_precisions() -> tuple[str, ...]:
     """The precisions a resolved mode may have (every registered one but ``auto``-like entries)."""
-    return tuple(e.name for e in PRECISION_MODES.entries() if e.info.get("resolved", True))
+    return tuple(e.name for e in PRECISION_MODES.entries() if e.record.resolved)
 
 
 def __getattr__(name: str) -> Any:

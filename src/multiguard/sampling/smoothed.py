@@ -14,15 +14,14 @@ the lower label index (see :func:`multiguard.sampling.engine.top_k_prime`).
 Reproducibility: the noise of input ``x[i]`` is a function of ``(seed, index[i])`` only. Sample ``s`` of an
 input lies in noise block ``s // NOISE_BLOCK``; every block is drawn whole by one ``normal_`` call from a
 generator seeded with :func:`multiguard.common.seeds.noise_seed` ``(seed, index, block, stream)``. Batch size, the
-other inputs
-sharing a forward batch, shards and resume points therefore change nothing (on the same device type: CUDA
-and CPU generators give different numbers).
+other inputs sharing a forward batch, shards and resume points therefore change nothing (on the same device
+type: CUDA and CPU generators give different numbers).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,8 +31,10 @@ from multiguard.certificates import sequential as _sequential
 from multiguard.certificates import thresholded as _thresholded
 from multiguard.certificates import topk as _topk
 from multiguard.certificates.bounds import as_label_mask
+from multiguard.certificates.stop_rule import check_procedure, procedure_keywords
 from multiguard.certificates.thresholds import LabelThresholds
 from multiguard.common.devices import resolve_device
+from multiguard.common.noise_kinds import DEFAULT_NOISE, describe_noise
 from multiguard.common.seeds import STREAM_ESTIMATION, STREAM_SELECTION
 from multiguard.common.validation import (
     check_alpha,
@@ -47,14 +48,10 @@ from multiguard.sampling.acceleration import CompiledModel, resolve_mode
 from multiguard.sampling.certificate import Certificate, Prediction
 from multiguard.sampling.engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from multiguard.sampling.inputs import as_image_batch, image_channels
-from multiguard.sampling.soft import soft_smoothed_scores
+from multiguard.sampling.noise import make_noise
+from multiguard.sampling.soft import soft_scores_of
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
-
-
-def _procedure(futility: str, schedule: str, spending: object, margin: float) -> dict:
-    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
-    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin}
 
 
 def smoothed_top_k(counts: np.ndarray, k: int) -> np.ndarray:
@@ -87,11 +84,15 @@ class MultiGuard:
         compile: run the model through ``torch.compile`` (one graph, compiled at the first forward; where
             that fails the model runs eagerly and one line is logged). See :attr:`compile_seconds`.
         thresholds: per-label thresholds (:class:`multiguard.certificates.thresholds.LabelThresholds`, or one
-        probability for
-            every label): the base classifier then also decides each label on its own (on when its score passes
-            its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
+            probability for every label): the base classifier then also decides each label on its own (on when
+            its score passes its threshold), and :meth:`certify` and :meth:`predict` return the thresholded certificate
             (:mod:`multiguard.certificates.thresholded`) from the same samples as the top-k one. Part of the base
             classifier.
+        noise: ``"float"`` (default: Gaussian in floating point) or ``"sound"``: the Gaussian rounded to the 1/255
+            grid and added in integers to inputs on that grid (others refused), so the certificates hold for
+            ``h = f ∘ clamp ∘ round`` as a computer runs it (``docs/soundness.md``; :attr:`alpha_slack`).
+        shared_noise: one noise block per block index added to every input (Voráček & Hein's reuse): each
+            input's certificate keeps its 1 - alpha, but failures are no longer independent across inputs.
 
     The mode (:attr:`mode`: precision, channels_last, compile) is part of the base classifier: certificates
     hold for the classifier run in this mode, so claim them only for the same mode. Noise is drawn on the
@@ -113,6 +114,8 @@ class MultiGuard:
         precision: str = "fp32",
         compile: bool = False,
         thresholds: LabelThresholds | float | None = None,
+        noise: str = DEFAULT_NOISE,
+        shared_noise: bool = False,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -120,6 +123,8 @@ class MultiGuard:
         self.sigma = check_positive(sigma, "sigma")
         self.k_prime = check_int(k_prime, "k_prime", 1, self.num_classes)
         self.clamp = check_interval(clamp, "clamp")
+        self.noise = make_noise(noise, self.sigma)
+        self.shared_noise = check_bool(shared_noise, "shared_noise")
         if thresholds is not None and not isinstance(thresholds, LabelThresholds):
             thresholds = LabelThresholds.single(thresholds)
         self.thresholds: LabelThresholds | None = thresholds
@@ -143,15 +148,25 @@ class MultiGuard:
         self.engine = SamplingEngine(
             self.compiled_model if self.compiled_model is not None else model, self.num_classes, self.sigma,
             clamp=self.clamp, device=self.device, dtype=self.dtype, autocast_dtype=self.autocast_dtype,
-            channels_last=self.channels_last,
+            channels_last=self.channels_last, noise=self.noise, shared=self.shared_noise,
         )
+
+    def alpha_slack(self, n: int, input_shape: tuple[int, ...]) -> float:
+        """What the sampler adds to alpha over n samples of an input of ``input_shape``: 0 for float noise; for
+        sound noise the bound of :meth:`multiguard.sampling.noise.SoundNoise.alpha_slack` (about 1e-8 at n = 1e5,
+        32 x 32 x 3)."""
+        return self.noise.alpha_slack(int(n), int(np.prod(input_shape)))
+
+    def describe_noise(self) -> str:
+        """``"sound, rounded Gaussian on the 1/255 grid"`` or the float line, as results print it."""
+        return describe_noise(self.noise.name, self.shared_noise)
 
     def __repr__(self) -> str:
         thresholds = "" if self.thresholds is None else f", thresholds={self.thresholds.describe()!r}"
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
-            f"clamp={self.clamp}, device={self.device}, dtype={self.dtype}, mode={self.mode.describe()!r}"
-            f"{thresholds})"
+            f"clamp={self.clamp}, noise={self.noise.name!r}, device={self.device}, dtype={self.dtype}, "
+            f"mode={self.mode.describe()!r}{thresholds})"
         )
 
     @property
@@ -169,8 +184,7 @@ class MultiGuard:
         """Run one forward batch of ``batch_size`` noisy copies of ``x[0]`` now, so that compilation (with
         ``compile=True``) and lazy initialisation happen here rather than inside the first timed sampling
         call. Returns its wall time in seconds. The counts are thrown away; later counts do not change
-        (noise is seeded per input and sample).
-        """
+        (noise is seeded per input and sample)."""
         batch_size = check_int(batch_size, "batch_size", 1)
         tensor = as_batch(x)
         if tensor.shape[0] == 0:
@@ -180,8 +194,6 @@ class MultiGuard:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
-
-    # ------------------------------------------------------------------------------------------- public
 
     def sample_counts(
         self,
@@ -215,19 +227,7 @@ class MultiGuard:
                                    stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
 
-    def soft_scores(self, x: torch.Tensor, samples: int = 64, seed: int = 0, *, index: Sequence[int] | None = None,
-                    temperature: float = 1.0, step: int = 0) -> torch.Tensor:
-        """A differentiable Monte Carlo **estimate** of the smoothed label probabilities at ``x (N, *shape)``:
-        float ``(N, c)``, the mean over ``samples`` noisy copies of a soft top-k' membership of the base scores
-        (:func:`multiguard.sampling.soft.soft_smoothed_scores`), with gradients to ``x``, for your own attacks.
-        Biased (soft, not hard, membership) and noisy; no guarantee: certify and measure with the counts."""
-        tensor = x if isinstance(x, torch.Tensor) else as_batch(x)
-        samples = check_int(samples, "samples", 1)
-        temperature = check_positive(temperature, "temperature")
-        tensor = tensor.to(device=self.device, dtype=self.dtype)
-        return soft_smoothed_scores(self.model, tensor, sigma=self.sigma, k_prime=self.k_prime, samples=samples,
-                                    seed=check_int(seed, "seed", 0), index=as_index(index, tensor.shape[0]),
-                                    step=step, temperature=temperature, clamp=self.clamp)
+    soft_scores = soft_scores_of  # a differentiable Monte Carlo estimate of the smoothed scores, for attacks
 
     def _need_thresholds(self) -> np.ndarray:
         if self.score_thresholds is None:
@@ -272,6 +272,7 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -308,6 +309,10 @@ class MultiGuard:
                 over them (:func:`multiguard.certificates.sequential.spending_weights`: the share at the last look,
                 ``None``
                 for equal shares, or one weight per look summing to at most 1) and gamma of ``"margin"``.
+            bounds: the anytime bounds the rule and the certificate read (``"union"``: Clopper-Pearson over the
+                schedule's looks, spending alpha as ``spending`` says; ``"betting"``: the beta-binomial mixture
+                confidence sequences, valid at every n, best with ``schedule="every-block"``;
+                :data:`multiguard.certificates.sequential.BOUNDS`).
 
             q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
                 more than a share q of the noise; :mod:`multiguard.certificates.thresholded`).
@@ -327,7 +332,8 @@ class MultiGuard:
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), second_terms,
+            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
+            second_terms,
             seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(
@@ -396,13 +402,15 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         with_on_counts: bool = False,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
 
         The looks are :func:`multiguard.certificates.sequential.look_schedule` ``(n, schedule)``; after each one,
         :func:`multiguard.certificates.sequential.sequential_stopping_rule` decides from the counts of
         ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``) which inputs stop. Returns
+        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``, ``bounds``) which inputs stop.
+        Returns
         ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
         ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
         The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
@@ -418,7 +426,7 @@ class MultiGuard:
             tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
             check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
             batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
-            procedure=_procedure(futility, schedule, spending, margin),
+            procedure=procedure_keywords(futility, schedule, spending, margin, bounds),
         )
         if thresholds is None:
             return counts, samples
@@ -463,13 +471,15 @@ class MultiGuard:
             thresholded = _thresholded.certify_thresholded(
                 counts[:, self.k_prime], sample_sizes, alpha=alpha, sigma=self.sigma, q=q, looks=looks,
                 spending=None if looks is None else procedure["spending"],
+                bounds="union" if looks is None else procedure["bounds"],
             )
         counts = counts[:, self.k_prime - 1]
         if looks is None:
             lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
         else:
             lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks,
-                                                                        procedure["spending"])
+                                                                        procedure["spending"],
+                                                                        bounds=procedure["bounds"])
         return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
@@ -516,6 +526,7 @@ class MultiGuard:
         spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
         margin: float = _sequential.DEFAULT_MARGIN,
         q: float = _thresholded.DEFAULT_Q,
+        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -532,7 +543,8 @@ class MultiGuard:
 
         With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
         as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n; ``futility``, ``schedule``, ``spending`` and ``margin`` as in :meth:`certify`); the radii come from
+        n; ``futility``, ``schedule``, ``spending``, ``margin`` and ``bounds`` as in :meth:`certify`); the radii come
+        from
         the anytime-valid bounds and hold at every radius.
 
         With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
@@ -551,8 +563,7 @@ class MultiGuard:
         alpha = check_alpha(alpha)
         if stop_at_radius is not None:
             stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            _sequential.futility_rule(futility)
-            _sequential.look_schedule(n, schedule)
+            check_procedure(n, futility, schedule, bounds)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -565,8 +576,8 @@ class MultiGuard:
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, _procedure(futility, schedule, spending, margin), True,
-            seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
+            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
+            True, seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(

@@ -15,13 +15,16 @@ and measurements use the counts of :meth:`MultiGuard.sample_counts`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from multiguard.common.seeds import STREAM_ATTACK, noise_seed
+from multiguard.common.validation import check_int, check_positive
+from multiguard.sampling.engine import as_batch, as_index
 
-__all__ = ["attack_noise", "soft_smoothed_scores", "soft_top_k_prime"]
+__all__ = ["attack_noise", "soft_scores_of", "soft_smoothed_scores", "soft_top_k_prime"]
 
 
 def soft_top_k_prime(scores: torch.Tensor, k_prime: int, temperature: float) -> torch.Tensor:
@@ -60,3 +63,20 @@ def soft_smoothed_scores(
         batch = batch.clamp(*clamp)
     scores = model(batch.reshape(num * samples, *shape))
     return soft_top_k_prime(scores.float(), k_prime, temperature).reshape(num, samples, -1).mean(dim=1)
+
+
+def soft_scores_of(smoother: Any, x: torch.Tensor | np.ndarray, samples: int = 64, seed: int = 0, *,
+                   index: Sequence[int] | None = None, temperature: float = 1.0, step: int = 0) -> torch.Tensor:
+    """``MultiGuard.soft_scores``: a differentiable Monte Carlo **estimate** of the smoothed label probabilities
+    of ``smoother`` at ``x (N, *shape)``: float ``(N, c)``, the mean over ``samples`` noisy copies of a soft
+    top-k' membership of the base scores (:func:`soft_smoothed_scores`), with gradients to ``x``, for your own
+    attacks. Biased (soft, not hard, membership), noisy and drawn with float Gaussian noise whatever the
+    smoother's ``noise``; no guarantee: certify and measure with the counts."""
+    tensor = x if isinstance(x, torch.Tensor) else as_batch(x)
+    samples = check_int(samples, "samples", 1)
+    temperature = check_positive(temperature, "temperature")
+    tensor = tensor.to(device=smoother.device, dtype=smoother.dtype)
+    return soft_smoothed_scores(smoother.model, tensor, sigma=smoother.sigma, k_prime=smoother.k_prime,
+                                samples=samples, seed=check_int(seed, "seed", 0),
+                                index=as_index(index, tensor.shape[0]), step=step, temperature=temperature,
+                                clamp=smoother.clamp)

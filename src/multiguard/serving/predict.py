@@ -18,7 +18,7 @@ from multiguard.certificates import metrics as _metrics
 from multiguard.certificates import sequential as _sequential
 from multiguard.common.devices import resolve_device
 from multiguard.common.validation import check_int
-from multiguard.models.checkpoints import load_checkpoint, smoothed_from_checkpoint
+from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
 
 __all__ = ["ImagePrediction", "predict_images"]
 
@@ -41,6 +41,9 @@ class ImagePrediction:
     certified_on: list[tuple[str, float]] | None = None
     undecided: list[str] | None = None
     certified_off: list[tuple[str, float]] | None = None
+    # the denoiser in front of the classifier: its path or source form, SHA-256 and settings (None: no denoiser)
+    denoiser: dict[str, Any] | None = None
+    noise: str = ""  # the noise in words: "sound, rounded Gaussian on the 1/255 grid" or the float line
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -51,8 +54,10 @@ class ImagePrediction:
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
             "mode": self.mode,
+            "noise": self.noise,
             "samples": self.samples,
             "batch_seconds": self.batch_seconds,
+            "denoiser": self.denoiser,
             **({} if self.certified_on is None else {"thresholded": {
                 "on": {name: r if np.isfinite(r) else "inf" for name, r in self.certified_on},
                 "undecided": list(self.undecided or []),
@@ -68,6 +73,12 @@ def content_index(images: torch.Tensor) -> np.ndarray:
     arrays = images.detach().cpu().contiguous().numpy()
     return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
                     dtype=np.int64)
+
+
+def _parse_threshold(thresholds: Any, names: list[str], scale: str) -> Any:
+    from multiguard.certificates.thresholds import parse_threshold
+
+    return parse_threshold(thresholds, names, scale)
 
 
 def predict_images(
@@ -91,10 +102,11 @@ def predict_images(
     schedule: str = _sequential.DEFAULT_SCHEDULE,
     spending: float | None = _sequential.DEFAULT_SPENDING,
     margin: float = _sequential.DEFAULT_MARGIN,
+    bounds: str = _sequential.DEFAULT_BOUNDS,
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
-    q: float = 0.5,
+    q: float = 0.5, noise: str = "float",
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -103,10 +115,13 @@ def predict_images(
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
     ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``: the stopping
-    rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: the
+    stopping rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
+    ``noise``: ``"float"`` or ``"sound"`` (the rounded Gaussian on the 1/255 grid; 8-bit image files are on it,
+    others are refused naming the grid); each prediction's ``noise`` names it. Every request draws its own noise
+    (never shared across images).
 
     ``thresholds`` (a number, a file with one per label, or a
     :class:`~multiguard.certificates.thresholds.LabelThresholds`;
@@ -125,7 +140,9 @@ def predict_images(
     for path in images:
         if Path(path).is_dir():
             raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
-    model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
+    spec = BaseClassifierSpec(checkpoint, sigma=sigma, device=str(resolve_device(device)), k_prime=k_prime,
+                              mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser, noise=noise)
+    meta = spec.checkpoint_meta
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))
@@ -134,21 +151,30 @@ def predict_images(
     if thresholds is not None:
         from multiguard.certificates.thresholds import parse_threshold
 
-        thresholds = parse_threshold(thresholds, names, threshold_scale)
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
-                                        precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser, thresholds=thresholds)
+        spec = spec.with_thresholds(parse_threshold(thresholds, names, threshold_scale))
+    smoother = spec.load()
+    denoiser_identity = spec.denoiser_identity()
     started = time.perf_counter()
+    rule = dict(stop_at_radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin)
     result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                              batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                              schedule=schedule, spending=spending, margin=margin, q=q)
+                              batch_size=batch_size, q=q, bounds=bounds, **rule)
     seconds = time.perf_counter() - started
+    return _image_predictions(result, images, names, k, seconds, smoother.mode.as_metadata(), denoiser_identity,
+                              smoother.describe_noise())
+
+
+def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], names: list[str], k: int,
+                       seconds: float, mode: dict[str, Any], denoiser_identity: dict[str, Any] | None,
+                       noise_words: str) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image from the batch's :class:`~multiguard.sampling.certificate.Prediction`
+    (class names for indices, the trivial part, the thresholded certificate's labels on, undecided and off)."""
+    num_classes = len(names)
     trivial = _metrics.trivial_intersection_size(result.mask, k)
-    mode = smoother.mode.as_metadata()
     predictions = [
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
-                        samples=int(result.samples[i]), batch_seconds=seconds)
+                        samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity,
+                        noise=noise_words)
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:

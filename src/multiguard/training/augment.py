@@ -1,5 +1,5 @@
 """Image augmentations for training (the ASL recipe's kind), registered in
-:data:`multiguard.training.settings.AUGMENTATIONS` and chosen with ``augment=("flip", "cutout", "randaugment")``.
+:data:`multiguard.training.registries.AUGMENTATIONS` and chosen with ``augment=("flip", "cutout", "randaugment")``.
 
 Each registered target is a factory ``factory() -> augment`` with ``augment(images) -> images``: ``images``
 ``(B, C, S, S)`` floats in [0, 1], each image changed independently, before the training noise is added. The
@@ -9,11 +9,11 @@ repeats them). They run on the device of the batch, per image for torchvision's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["compose", "cutout", "flip", "randaugment"]
+__all__ = ["cutout", "flip", "randaugment"]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,19 +58,3 @@ def randaugment() -> Augment:
         return augment(as_bytes).to(image.dtype) / 255
 
     return _per_image(one)
-
-
-def compose(names: Sequence[str]) -> Augment | None:
-    """The registered augmentations ``names`` applied in order (``None`` if there are none)."""
-    from multiguard.training.settings import AUGMENTATIONS
-
-    steps = [AUGMENTATIONS.get(name)() for name in names]
-    if not steps:
-        return None
-
-    def apply(images: torch.Tensor) -> torch.Tensor:
-        for step in steps:
-            images = step(images)
-        return images
-
-    return apply

@@ -47,9 +47,9 @@ from multiguard import __version__
 from multiguard.common.devices import resolve_device
 from multiguard.common.seeds import training_seed
 from multiguard.common.torch_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint, write_checkpoint
+from multiguard.models.architectures import ARCH_PREFIXES, arch_prefix
 from multiguard.models.checkpoints import load_checkpoint
 from multiguard.models.factory import create_model, looks_like_probabilities
-from multiguard.training.augment import compose
 from multiguard.training.engine import (
     Log,
     NonFiniteOutputsError,
@@ -70,9 +70,9 @@ from multiguard.training.engine import (
     start_job,
     torch_threads,
 )
-from multiguard.training.losses import make_loss
 from multiguard.training.objectives import ObjectiveContext, TrainingClock
-from multiguard.training.settings import TRAINING_OBJECTIVES, TrainSettings, with_recipe
+from multiguard.training.registries import TRAINING_OBJECTIVES, compose_augmentations, make_loss
+from multiguard.training.settings import TrainSettings, with_recipe
 
 __all__ = ["CHECKPOINT_MARKER", "TrainSettings", "evaluate_map", "load_checkpoint", "read_checkpoint", "train"]
 
@@ -90,8 +90,9 @@ def _short(values: list[float]) -> str:
 def _normalisation_origin(arch: str, mean: Any, std: Any) -> str:
     if mean is not None or std is not None:
         return "given"
-    if arch.startswith(("timm:", "torchvision:")):
-        return f"the ImageNet statistics of {arch.split(':')[0]}; --mean/--std choose others"
+    prefix = arch_prefix(arch)
+    if prefix is not None and ARCH_PREFIXES.record(prefix).imagenet:
+        return f"the ImageNet statistics of {prefix}; --mean/--std choose others"
     return "none: the default for small_cnn and your own models; --mean/--std choose others"
 
 
@@ -191,7 +192,7 @@ def train(
             afterwards); ``None`` leaves torch's setting. On a busy 2-core machine 1 thread is much
             faster for small models and batches (see docs/training.md).
         num_workers: DataLoader workers for file-based datasets.
-        objective: a classifier objective of :data:`multiguard.training.settings.TRAINING_OBJECTIVES`
+        objective: a classifier objective of :data:`multiguard.training.registries.TRAINING_OBJECTIVES`
             (``gaussian``).
         out: checkpoint path, rewritten atomically after each epoch; ``None``: no file. An existing file
             there is never replaced unless asked: ``resume`` continues it, ``overwrite`` replaces it, and
@@ -346,9 +347,9 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
     loop = TrainingLoop(model=model, optimizer=optimizer, objective=objective, train_set=train_set,
                         batch_size=s.batch_size, seed=s.seed, device=device, evaluate=evaluate,
                         describe=_describe(s.sigma), save=save, check_outputs=_warn_if_probabilities(s.arch),
-                        num_workers=s.num_workers, progress=progress, clock=clock, forward=forward,
+                        num_workers=s.num_workers, progress=progress, clock=clock, forward=forward, dist=dist,
                         scheduler=scheduler, scaler=scaler, ema=ema, autocast_dtype=autocast_dtype,
-                        channels_last=channels_last, accumulate=s.accumulate, augment=compose(s.augment), dist=dist)
+                        channels_last=channels_last, accumulate=s.accumulate, augment=compose_augmentations(s.augment))
     loop.run(meta, s.epochs, log)
     if ema is not None:
         model = ema.module

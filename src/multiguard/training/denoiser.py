@@ -65,12 +65,8 @@ from multiguard.training.engine import (
     torch_threads,
 )
 from multiguard.training.objectives import ObjectiveContext, stability_loss
-from multiguard.training.settings import (
-    DEFAULT_STABILITY_EPOCHS,
-    TRAINING_OBJECTIVES,
-    DenoiserTrainSettings,
-    objective_names,
-)
+from multiguard.training.registries import TRAINING_OBJECTIVES, objective_names
+from multiguard.training.settings import DEFAULT_STABILITY_EPOCHS, DenoiserTrainSettings
 
 __all__ = ["OBJECTIVES", "DenoiserTrainSettings", "evaluate_denoiser", "stability_loss", "train_denoiser"]
 
@@ -144,7 +140,7 @@ def train_denoiser(
             classifier's dataset (with its data root and options) if there is a classifier, else multidigits.
         sigma: the noise level the denoiser removes (> 0); it can then serve only at this sigma.
         arch, arch_options: see :func:`multiguard.denoising.denoisers.create_denoiser` (``dncnn``, ``unet``, a factory).
-        objective: a denoiser objective of :data:`multiguard.training.settings.TRAINING_OBJECTIVES`: ``'mse'`` or
+        objective: a denoiser objective of :data:`multiguard.training.registries.TRAINING_OBJECTIVES`: ``'mse'`` or
             ``'stability'`` (needs ``classifier``); see the module docstring.
         classifier: path of a classifier checkpoint (:func:`multiguard.training.classifier.train`); required for
             ``stability``, optional for ``mse`` (then only measured: top-1 agreement). Its image size and
@@ -261,11 +257,8 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         s.dataset, s.data_root, s.image_size, s.seed, s.train_split, s.test_split, s.train_size, s.test_size,
         dict(s.dataset_options))
     meta = denoiser_metadata(s, train_set, test_set, train_split, test_split)
-    if frozen is not None and (meta["image_size"], meta["in_channels"]) != (
-            int(classifier_meta["image_size"]), int(classifier_meta["in_channels"])):
-        raise ValueError(f"classifier: {s.classifier} takes {classifier_meta['in_channels']}x"
-                         f"{classifier_meta['image_size']}x{classifier_meta['image_size']} images, the dataset gives "
-                         f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}")
+    if frozen is not None:
+        _check_classifier_fits(s, meta, classifier_meta)
     stability_epochs = s.stability_epochs_resolved
     if stability_epochs:  # the switch to stability is part of what a resumed training must continue
         meta["stability_epochs"], meta["stability_after"] = stability_epochs, s.epochs
@@ -289,16 +282,7 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
                 **({"top1_agreement": quality["top1_agreement"]} if frozen is not None else {}),
                 **({"objective": objective_name} if stability_epochs else {})}  # which stage, with two
 
-    autocast_dtype, implied_channels_last = resolve_precision(s.precision, device)
-    channels_last = s.channels_last or implied_channels_last
-    if channels_last:
-        denoiser = denoiser.to(memory_format=torch.channels_last)
-    forward: nn.Module = denoiser
-    if dist is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        forward = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    denoiser, forward, scaler, autocast_dtype, channels_last = _forward_setup(s, denoiser, device, dist)
     stages = [(s.objective, optimizer, s.epochs)]
     if stability_epochs:  # a fresh optimiser at the switch, as when started from an MSE denoiser (--pretrained)
         second = optimizer if resumed_epoch > s.epochs else make_optimizer(denoiser.parameters(), s.lr)
@@ -320,9 +304,43 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         loop.run(meta, until, log)
     meta["epochs"] = max(stages[-1][2], meta["epoch"])
     denoiser = denoiser.to(memory_format=torch.contiguous_format)
-    if frozen is not None and (dist is None or dist.rank == 0):  # good enough for this classifier? the same noisy
+    _final_check(s, meta, frozen, test_set, device, log, rank_zero=dist is None or dist.rank == 0)
+    return denoiser.eval(), meta
+
+
+def _forward_setup(s: DenoiserTrainSettings, denoiser: nn.Module, device: torch.device, dist: Any) -> tuple[
+        nn.Module, nn.Module, Any, Any, bool]:
+    """The denoiser in its memory format, the module the loop calls (DDP under torchrun), the gradient scaler
+    (fp16 only), the autocast dtype and whether channels_last is on."""
+    autocast_dtype, implied_channels_last = resolve_precision(s.precision, device)
+    channels_last = bool(s.channels_last or implied_channels_last)
+    if channels_last:
+        denoiser = denoiser.to(memory_format=torch.channels_last)
+    forward: nn.Module = denoiser
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    return denoiser, forward, scaler, autocast_dtype, channels_last
+
+
+def _check_classifier_fits(s: DenoiserTrainSettings, meta: dict[str, Any], classifier_meta: dict[str, Any]) -> None:
+    """The --classifier takes the dataset's images (channels and size), else a ValueError naming both."""
+    if (meta["image_size"], meta["in_channels"]) != (int(classifier_meta["image_size"]),
+                                                     int(classifier_meta["in_channels"])):
+        raise ValueError(f"classifier: {s.classifier} takes {classifier_meta['in_channels']}x"
+                         f"{classifier_meta['image_size']}x{classifier_meta['image_size']} images, the dataset gives "
+                         f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}")
+
+
+def _final_check(s: DenoiserTrainSettings, meta: dict[str, Any], frozen: nn.Module | None, test_set: Any,
+                 device: torch.device, log: Log, *, rank_zero: bool) -> None:
+    """After training: with a classifier, its top-1 agreement on the same noisy held-out images with and without
+    the denoiser (into ``meta["check"]`` and one line); without one, a line on the default recipe."""
+    if frozen is not None and rank_zero:
         without = evaluate_denoiser(nn.Identity(), test_set, s.sigma, classifier=frozen, clamp=s.clamp, seed=s.seed,
-                                    device=device)["top1_agreement"]  # images, with and without the denoiser
+                                    device=device)["top1_agreement"]
         meta["check"] = {"top1_agreement": meta["metrics"][-1]["top1_agreement"], "top1_agreement_without": without,
                          "images": len(test_set)}
         log(check_line(meta))
@@ -330,4 +348,3 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
         log(f"trained with MSE only (no --classifier); with --classifier CLASSIFIER the MSE epochs are followed by "
             f"{DEFAULT_STABILITY_EPOCHS} stability epochs through it (the default recipe, far better for that "
             "classifier)")
-    return denoiser.eval(), meta

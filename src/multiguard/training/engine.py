@@ -15,7 +15,7 @@ Where later features go: an optimiser or schedule is :func:`make_optimizer` (and
 :meth:`TrainingLoop.update`), mixed precision and gradient scaling :meth:`TrainingLoop.update` and the
 objective's step, EMA weights a hook after :meth:`TrainingLoop.update`, several processes (DDP) the order
 :meth:`TrainingLoop.epoch_order` hands to each rank; new objectives are registered in
-:data:`multiguard.training.settings.TRAINING_OBJECTIVES`.
+:data:`multiguard.training.registries.TRAINING_OBJECTIVES`.
 """
 
 from __future__ import annotations

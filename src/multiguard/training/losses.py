@@ -7,6 +7,9 @@ and the shifted probability ``q_m = max(q_j - m, 0)``, ASL for one input is
 
 (MultiGuard section 4.1). The paper uses ``gamma_pos = 0``, ``gamma_neg = 4``, ``m = 0.05``.
 With ``gamma_pos = gamma_neg = 0`` and ``m = 0`` it is binary cross-entropy.
+
+``paper_asl`` and ``bce`` are the ``asl`` and ``bce`` entries of :data:`multiguard.training.registries.LOSSES`;
+:func:`multiguard.training.registries.make_loss` builds a loss by name.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multiguard.training.settings import LOSSES, check_loss
-
-__all__ = ["LOSSES", "AsymmetricLoss", "bce", "make_loss", "paper_asl"]
+__all__ = ["AsymmetricLoss", "bce", "paper_asl"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -84,10 +85,3 @@ def paper_asl() -> nn.Module:
 def bce() -> nn.Module:
     """Binary cross-entropy with ASL's reduction (summed over labels, averaged over inputs)."""
     return AsymmetricLoss(gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
-
-
-def make_loss(name: str = "asl") -> nn.Module:
-    """The loss registered as ``name`` in :data:`multiguard.training.settings.LOSSES`: ``'asl'``
-    (AsymmetricLoss(0, 4, 0.05) as in the paper) or ``'bce'`` (binary cross-entropy, the same reduction:
-    summed over labels, averaged over inputs)."""
-    return LOSSES.get(check_loss(name))()

@@ -1,5 +1,5 @@
 """Training objectives: what one training step minimises, registered by name in
-:data:`multiguard.training.settings.TRAINING_OBJECTIVES` (``--objective``).
+:data:`multiguard.training.registries.TRAINING_OBJECTIVES` (``--objective``).
 
 An objective is a factory ``factory(context) -> step``; ``step(model, images, labels, noise)`` draws its noise
 from the generator ``noise`` (the training core's, seeded per epoch) and returns ``(loss, outputs)``: the scalar
@@ -8,7 +8,8 @@ look like logits). Shapes: ``images`` ``(B, C, S, S)`` in [0, 1], ``labels`` ``(
 
 Adding one (e.g. a consistency objective for classifiers) is one registration::
 
-    TRAINING_OBJECTIVES.register("consistency", "my_package.objectives:consistency", trains="classifier")
+    TRAINING_OBJECTIVES.register("consistency", "my_package.objectives:consistency",
+                                 record=ObjectiveRecord(trains="classifier"))
 
 Built in: ``gaussian`` (classifiers: the loss on noisy inputs), ``consistency`` (classifiers: the loss on m noisy
 copies plus their per-label disagreement, Jeong & Shin 2020 carried to labels), ``vote`` (classifiers: the loss on

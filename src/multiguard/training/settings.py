@@ -9,10 +9,8 @@ command-line option and help (:func:`multiguard.common.settings.add_arguments`):
     add_arguments(parser, TrainSettings)                  # --dataset ... --num-workers, as `multiguard train`
     settings = from_namespace(TrainSettings, parser.parse_args(["--epochs", "2"]))
 
-Training objectives are registered in :data:`TRAINING_OBJECTIVES` (``info``: ``trains`` ``"classifier"`` or
-``"denoiser"``, ``needs_classifier`` for objectives that read a frozen classifier); the target is a factory
-``factory(context: multiguard.training.objectives.ObjectiveContext) -> step`` with
-``step(model, images, labels, noise_generator) -> (loss, outputs)``, see :mod:`multiguard.training.objectives`.
+The objectives, losses, augmentations and recipes these settings name are the registries of
+:mod:`multiguard.training.registries` (imported here under the same names).
 """
 
 from __future__ import annotations
@@ -22,83 +20,32 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiguard.common.registry import Registry
 from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
 from multiguard.common.validation import check_bool
 from multiguard.data import DATASETS, dataset_names
 from multiguard.denoising.architectures import DENOISER_ARCHITECTURES
-from multiguard.models.architectures import ARCHITECTURES
+from multiguard.models.architectures import ARCHITECTURES, prefix_forms
+from multiguard.training.registries import (
+    AUGMENTATIONS,
+    LOSSES,
+    RECIPES,
+    TRAINING_OBJECTIVES,
+    check_loss,
+    objective_names,
+    recipe_values,
+)
 
 __all__ = [
-    "AUGMENTATIONS",
     "DEFAULT_STABILITY_EPOCHS",
-    "LOSSES",
-    "RECIPES",
-    "TRAINING_OBJECTIVES",
     "DenoiserTrainSettings",
     "TrainSettings",
-    "check_loss",
-    "objective_names",
     "parse_options",
-    "recipe_values",
     "with_recipe",
 ]
-
-TRAINING_OBJECTIVES: Registry[Any] = Registry("training objective", argument="--objective")
-TRAINING_OBJECTIVES.register("gaussian", "multiguard.training.objectives:gaussian", trains="classifier",
-                             help="the loss on inputs with fresh Gaussian noise on every batch")
-TRAINING_OBJECTIVES.register("consistency", "multiguard.training.objectives:consistency", trains="classifier",
-                             help="the loss on m noisy copies plus lambda times their per-label disagreement "
-                             "(options copies, weight, entropy, warmup)")
-TRAINING_OBJECTIVES.register("vote", "multiguard.training.objectives:vote", trains="classifier",
-                             help="the loss on m noisy copies plus lambda times the cross-entropy of their soft "
-                             "top-1 vote on the label set (options copies, weight, temperature, consistency, warmup)")
-TRAINING_OBJECTIVES.register("mse", "multiguard.training.objectives:mse", trains="denoiser",
-                             help="mean squared error between the denoised noisy image and the clean one")
-TRAINING_OBJECTIVES.register("stability", "multiguard.training.objectives:stability", trains="denoiser",
-                             needs_classifier=True,
-                             help="the frozen classifier says on denoised noisy images what it says on clean ones")
 
 #: The default denoiser recipe (measured on multidigits, benchmarks/bench_denoiser_recipe.py): the unet denoiser
 #: (width 32, levels 2, depth 2), 4 MSE epochs, then this many stability epochs through the classifier.
 DEFAULT_STABILITY_EPOCHS = 8
-
-
-LOSSES: Registry[Any] = Registry("loss", argument="--loss")
-LOSSES.register("asl", "multiguard.training.losses:paper_asl",
-                help="asymmetric loss, the paper's (gamma+ 0, gamma- 4, clip 0.05)")
-LOSSES.register("bce", "multiguard.training.losses:bce", help="binary cross-entropy")
-
-
-AUGMENTATIONS: Registry[Any] = Registry("augmentation", argument="--augment")
-AUGMENTATIONS.register("flip", "multiguard.training.augment:flip", help="horizontal flip with probability 1/2")
-AUGMENTATIONS.register("cutout", "multiguard.training.augment:cutout",
-                       help="cutout: one random rectangle (up to half the side) set to random noise, probability 1/2 "
-                       "(torchvision RandomErasing)")
-AUGMENTATIONS.register("randaugment", "multiguard.training.augment:randaugment",
-                       help="RandAugment, 2 operations of magnitude 9 (torchvision)")
-
-# The paper's base classifiers as ASL trains them (Ridnik et al. 2021, section on MS-COCO training: TResNet-L
-# pretrained on ImageNet, 448 px, Adam with true weight decay 1e-4, one-cycle up to lr 2e-4, batch 128, EMA of the
-# weights, cutout + RandAugment, mixed precision, ASL gamma- 4, gamma+ 0, clip 0.05) and MultiGuard's noise.
-_ASL_RECIPE = {
-    "arch": "timm:tresnet_l", "pretrained": "imagenet", "image_size": 448, "loss": "asl", "sigma": 0.5,
-    "batch_size": 128, "lr": 2e-4, "optimizer": "adamw", "weight_decay": 1e-4, "schedule": "onecycle",
-    "warmup": 0.2, "ema": 0.9997, "augment": ("flip", "cutout", "randaugment"), "precision": "auto",
-    "channels_last": True,
-}  # fmt: skip
-RECIPES: Registry[Any] = Registry("recipe", argument="--recipe")
-RECIPES.register("asl-voc2007", {**_ASL_RECIPE, "dataset": "voc2007", "epochs": 40},
-                 help="the paper's VOC 2007 classifier (5,011 trainval images), ASL's recipe")
-RECIPES.register("asl-coco2014", {**_ASL_RECIPE, "dataset": "coco2014", "epochs": 40},
-                 help="the paper's MS-COCO 2014 classifier (82,081 train images), ASL's recipe")
-RECIPES.register("asl-nuswide", {**_ASL_RECIPE, "dataset": "nuswide", "epochs": 40},
-                 help="the paper's NUS-WIDE classifier (about 154,000 train images), ASL's recipe")
-
-
-def recipe_values(name: str) -> dict[str, Any]:
-    """The settings the recipe ``name`` sets (a copy); UnknownNameError naming the recipes otherwise."""
-    return dict(RECIPES.get(name))
 
 
 def with_recipe(explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -114,11 +61,6 @@ def with_recipe(explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     overridden = {key: [values[key], explicit[key]] for key in values
                   if key in explicit and explicit[key] != values[key]}
     return fields, {"name": name, "values": values, "overridden": overridden}
-
-
-def objective_names(trains: str) -> tuple[str, ...]:
-    """The registered objectives that train a ``trains`` (``"classifier"`` or ``"denoiser"``)."""
-    return tuple(e.name for e in TRAINING_OBJECTIVES.entries() if e.info.get("trains") == trains)
 
 
 class _Choices:
@@ -211,15 +153,6 @@ def _path(value: Any, name: str) -> str:
     return os.fspath(value)
 
 
-def check_loss(value: Any, name: str = "loss") -> str:
-    """``value`` if it names a registered loss; ``ValueError("loss must be 'asl' or 'bce', got ...")`` otherwise."""
-    if value not in LOSSES:
-        quoted = [repr(n) for n in LOSSES.names()]
-        allowed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return value
-
-
 def _floats(value: Any, name: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
@@ -242,7 +175,7 @@ class TrainSettings(Settings):
         help="dataset folder (all datasets but multidigits; stored absolute in the checkpoint)")
     arch: str = setting(
         "small_cnn", identity=True,
-        help=lambda: f"{', '.join(ARCHITECTURES.names())}, timm:<name>, torchvision:<name>, path/to/file.py:factory "
+        help=lambda: f"{', '.join((*ARCHITECTURES.names(), *prefix_forms()))}, path/to/file.py:factory "
         "or module:factory (your function: takes num_classes, returns an nn.Module giving logits (B, num_classes); a "
         "module is found in the current folder or on sys.path; the checkpoint records the file's absolute path)")
     sigma: float = setting(0.5, identity=True, check=Interval(float, 0.0),
@@ -353,7 +286,7 @@ class DenoiserTrainSettings(Settings):
         default_factory=dict, identity=True, check=_arch_options, flag="--arch-option", action="append",
         metavar="KEY=VALUE",
         help=lambda: "options of a registered architecture: " + "; ".join(
-            f"{e.name}: {', '.join(e.info.get('options', ())) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
+            f"{e.name}: {', '.join(e.record.options) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
         + " (repeatable)")
     objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
                              choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
@@ -392,8 +325,7 @@ class DenoiserTrainSettings(Settings):
                                   help="channels_last memory format for the denoiser and batches")
 
     def _check(self) -> None:
-        entry = TRAINING_OBJECTIVES.entry(self.objective)
-        if entry.info.get("needs_classifier") and self.classifier is None:
+        if TRAINING_OBJECTIVES.record(self.objective).needs_classifier and self.classifier is None:
             raise ValueError(f"classifier: the {self.objective} objective needs a classifier checkpoint (--classifier)")
         if self.stability_epochs:
             if self.objective != "mse":
@@ -416,15 +348,15 @@ class DenoiserTrainSettings(Settings):
         default, when known) that is a multiple of what the options need (``image_size_multiple``)."""
         if self.arch not in DENOISER_ARCHITECTURES:
             return  # a factory: its own signature speaks when it is called
-        info = DENOISER_ARCHITECTURES.entry(self.arch).info
-        allowed = tuple(info.get("options", ()))
+        record = DENOISER_ARCHITECTURES.record(self.arch)
+        allowed = record.options
         unknown = sorted(set(self.arch_options) - set(allowed))
         if unknown:
             raise ValueError(f"arch-option: {self.arch!r} takes {list(allowed) or 'no options'}, got {unknown}")
-        for key, least in dict(info.get("minima", {})).items():
+        for key, least in record.minima.items():
             if key in self.arch_options and self.arch_options[key] < least:
                 raise ValueError(f"arch-option {key}: {self.arch} needs {key} >= {least}, got {self.arch_options[key]}")
-        multiple = info.get("image_size_multiple")
+        multiple = record.image_size_multiple
         dataset = self.dataset if self.dataset is not None else "multidigits"
         side = self.image_size if self.image_size is not None else (
             DATASETS[dataset].image_size if self.classifier is None and dataset in DATASETS else None)

@@ -34,7 +34,7 @@ __all__ = ["COMMANDS", "Command", "OutputStreamError", "echo", "fail"]
 
 
 #: The commands of ``multiguard``, in the order ``--help`` lists them.
-COMMANDS: Registry[Command] = Registry("command")
+COMMANDS: Registry[Command, None] = Registry("command")
 COMMANDS.register("train", Command(_cmd_train, wrap(
     "Train a base multi-label classifier with Gaussian noise on every batch (ASL loss, Adam), saving a checkpoint "
     "after each epoch."), _train_options), help="train a base classifier on noisy inputs")
@@ -75,10 +75,9 @@ COMMANDS.register("datasets", Command(None, wrap(
     )), help="list, describe, download and verify datasets")
 COMMANDS.register("certify", Command(_cmd_certify, wrap(
     "Draw n noisy samples of each of --num-inputs random inputs (chosen from --seed) and save, for every k' <= "
-    "--max-k-prime, how often each label is in the model's top k'. Chunks are saved atomically: a killed run "
-    "continues with --resume.\n\nScale out: `torchrun --nproc-per-node G -m multiguard certify --num-samples 1000 "
-    "...` (one GPU per rank), or --shard I/N for job arrays (--shard auto in a SLURM job array: the task's shard from "
-    "SLURM_ARRAY_TASK_ID); all write the same RUN_DIR and give the same counts as one process."), _certify_options),
+    "--max-k-prime, how often each label is in the model's top k' (a killed run continues with --resume). Scale "
+    "out with torchrun (one GPU per rank) or --shard I/N: the same counts as one process (docs/reproduce.md)."),
+    _certify_options),
     help="sample counts into a RUN_DIR (resumable, shardable)")
 COMMANDS.register("report", Command(_cmd_report, wrap(
     "Certified top-k precision/recall/F1 curves of MultiGuard, MultiGuard with first terms only, and (where k' = 1) "

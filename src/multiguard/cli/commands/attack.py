@@ -8,11 +8,17 @@ import argparse
 
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
+    CERTIFICATE,
+    SAMPLING,
     add_model_source,
+    add_noise,
     add_output,
     add_sampling,
+    group,
     mode_args,
 )
+
+ATTACK = "attack"  # the --help group of the attack's own options
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
@@ -26,7 +32,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
-        attack=args.attack, restarts=args.restarts, **mode,
+        attack=args.attack, restarts=args.restarts, **mode, noise=args.noise,
     )
     if args.quiet:  # the numbers are in ATTACK_DIR
         return 0
@@ -42,11 +48,11 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_attack_choice(parser: argparse.ArgumentParser) -> None:
+def add_attack_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--attack NAME`` and ``--restarts``: which attack (:data:`multiguard.evaluation.attacks.ATTACKS`)."""
     from multiguard.evaluation.attacks import ATTACKS, DEFAULT_ATTACK
 
-    names = ", ".join(f"{name} ({method.summary})" for name, method in ATTACKS.items())
+    names = ATTACKS.help_text()
     parser.add_argument("--attack", default=DEFAULT_ATTACK, metavar="NAME",
                         help=f"the attack (default {DEFAULT_ATTACK}): {names}")
     parser.add_argument("--restarts", type=int, default=None,
@@ -56,16 +62,21 @@ def add_attack_choice(parser: argparse.ArgumentParser) -> None:
 def _attack_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_help="fresh samples that measure the attacked prediction")
-    p.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
-    p.add_argument("--k", type=int, default=3, help="labels the smoothed classifier predicts")
-    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
-    p.add_argument("--num-inputs", type=int, default=100, help="random test inputs to attack (0: all)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="gradient steps (per restart; default: the attack's, 30 for apgd-targeted, 20 for pgd)")
-    p.add_argument("--samples", type=int, default=None, help="noise samples per gradient step (default 32)")
-    add_attack_choice(p)
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
-    p.add_argument("--no-certify", action="store_true", help="skip the certified sizes and the violation count")
+    group(p, SAMPLING).add_argument("--num-inputs", type=int, default=100, metavar="N",
+                                    help="random test inputs to attack (0: all)")
+    attack = group(p, ATTACK)
+    attack.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
+    attack.add_argument("--steps", type=int, default=None,
+                        help="gradient steps (per restart; default: the attack's, 30 for apgd-targeted, 20 for pgd)")
+    attack.add_argument("--samples", type=int, default=None, help="noise samples per gradient step (default 32)")
+    add_attack_choice(attack)
+    certificate = group(p, CERTIFICATE)
+    certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels the smoothed classifier predicts")
+    certificate.add_argument("--k-prime", type=int, default=1, metavar="K", help="labels the base classifier predicts")
+    certificate.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
+    certificate.add_argument("--no-certify", action="store_true",
+                             help="skip the certified sizes and the violation count")
+    add_noise(p, shared=False)
     add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
                resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
                overwrite="replace the attack in --out")

@@ -5,19 +5,24 @@ Each handler parses nothing, calls the library and prints; ``*_options`` adds th
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
+    OUTPUT,
+    SAMPLING,
+    SEQUENTIAL,
+    add_bounds,
     add_model_source,
+    add_noise,
     add_output,
     add_sampling,
     add_shard,
     add_stop_rule,
     add_thresholds,
+    group,
     mode_args,
     stop_rule_options,
 )
@@ -26,7 +31,7 @@ _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
 # the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
 
 
-_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending")
+_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending", "bounds")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 
 
@@ -34,7 +39,7 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
                  ("max_k_prime", "max_k_prime"), ("sigma", "sigma"), ("batch_size", "batch_size"),
                  ("dataset", "dataset"), ("data_root", "data_root"), ("split", "split"),
                  ("denoiser", "denoiser"), ("precision", "precision"), ("channels_last", "channels_last"),
-                 ("compile", "compile"))
+                 ("compile", "compile"), ("noise", "noise"), ("shared_noise", "shared_noise"))
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
@@ -54,13 +59,10 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
     mode only as a whole, when none of its options is given). Returns the
     ``name = value`` of those that differ from the command's defaults; nothing when the run has no readable
     metadata (the run folder's own checks then speak)."""
-    path = os.path.join(args.out, "metadata.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (OSError, ValueError):
-        return []
-    if not isinstance(meta, dict):
+    from multiguard.runs.folder import recorded_settings
+
+    meta = recorded_settings(args.out)
+    if meta is None:
         return []
     given = getattr(args, "given", frozenset())
     taken = []
@@ -85,11 +87,9 @@ def _settings_from_run(args: argparse.Namespace) -> list[str]:
 def _stored_stop_rule(run_dir: str) -> dict | None:
     """The stop rule a run folder was written with (None without one), so that --resume continues it with its
     own rule where the command line leaves the rule's options out."""
-    path = Path(run_dir) / "metadata.json"
-    try:
-        return json.loads(path.read_text()).get("stop_rule")
-    except (OSError, ValueError):
-        return None
+    from multiguard.runs.folder import recorded_settings
+
+    return (recorded_settings(run_dir) or {}).get("stop_rule")
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
@@ -97,30 +97,23 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from multiguard.common.distributed import init_distributed
     from multiguard.common.progress import ProgressPrinter
     from multiguard.models.base_classifier import ModeSpec
-    from multiguard.runs import folder as _folder
-    from multiguard.runs import job as _job
     from multiguard.runs.certify_step import sample_checkpoint
-    from multiguard.runs.shards import auto_shard
 
-    place = auto_shard() if str(args.shard).strip().lower() == "auto" else None
-    shard = _job.parse_shard(args.shard) if place is None else (place.index, place.count)
+    place, shard = _shard(args.shard)
     _check_stop_rule_options(args)
     from_run = _settings_from_run(args) if args.resume else []
     context = init_distributed(args.device)
     try:
-        where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
-        if shard[1] > 1:
-            where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
         say = echo if context.rank == 0 else (lambda line: None)
-        prefix = f"certify ({where})" if where else "certify"
+        prefix = _prefix(context, shard)
         if place is not None and not args.quiet:
             say(f"{prefix}: --shard auto: {place.source}")
         quiet_say = (lambda line: None) if args.quiet else say
         mode = mode_args(args, context.device, quiet_say)
         started = time.perf_counter()
-        printer = None if args.quiet or context.rank != 0 else ProgressPrinter(
-            say, args.n, prefix=prefix, header=f"n = {args.n} samples per input into {args.out} on {context.device}"
-        )
+        header = f"n = {args.n} samples per input into {args.out} on {context.device}"
+        quiet = args.quiet or context.rank != 0
+        printer = None if quiet else ProgressPrinter(say, args.n, prefix=prefix, header=header)
         if from_run:
             quiet_say(f"resume: as the run was made (not given here): {', '.join(from_run)}")
         result = sample_checkpoint(
@@ -149,53 +142,80 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             thresholds=args.threshold,
             threshold_scale=args.threshold_scale,
             threshold_rule=args.threshold_rule,
-            threshold_split=args.threshold_split,
-            threshold_inputs=args.threshold_inputs,
+            threshold_split=args.threshold_split, threshold_inputs=args.threshold_inputs,
+            noise=args.noise, shared_noise=args.shared_noise,
         )
-        wall = time.perf_counter() - started
-        meta = result.metadata
         for line in result.repairs:  # what was damaged and redone, unless the progress lines said so already
             if printer is None or line not in printer.repairs_shown:
                 say(f"{prefix}: {line}")
-        if result.complete and meta.get("stop_rule"):
-            used = _folder.load_run(args.out).samples
-            quiet_say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
-                f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
-                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
-        elif result.complete:
-            quiet_say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= "
-                f"{meta['max_k_prime']}, sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)")
-            k, why = next_k(args.out)
-            methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
-            quiet_say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
-        else:
-            status = _folder.run_status(args.out)
-            quiet_say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of "
-                f"{status['num_chunks']} chunks: the last shard to finish writes counts.npz")
+        _say_outcome(args, result, time.perf_counter() - started, quiet_say)
         return 0
     finally:
         context.close()
 
 
+def _shard(text: str | None) -> tuple[Any, tuple[int, int]]:
+    """--shard: ``(None, (i, n))`` from ``I/N`` (``(0, 1)`` without one), or ``(placement, (i, n))`` for ``auto``
+    (the SLURM job array's task)."""
+    from multiguard.runs import job as _job
+    from multiguard.runs.shards import auto_shard
+
+    place = auto_shard() if str(text).strip().lower() == "auto" else None
+    return place, _job.parse_shard(text) if place is None else (place.index, place.count)
+
+
+def _prefix(context: Any, shard: tuple[int, int]) -> str:
+    """``certify``, with this worker's rank and shard where the job has several: ``certify (rank 1 of 4, shard
+    0/2)``."""
+    where = f"rank {context.rank} of {context.world_size}" if context.world_size > 1 else ""
+    if shard[1] > 1:
+        where = (where + ", " if where else "") + f"shard {shard[0]}/{shard[1]}"
+    return f"certify ({where})" if where else "certify"
+
+
+def _say_outcome(args: argparse.Namespace, result: Any, wall: float, say: Callable[[str], None]) -> None:
+    """The last lines of certify: the run complete (with the samples a sequential run used, or the report to
+    run next), or this worker's part done while other shards are still sampling."""
+    from multiguard.runs import folder as _folder
+
+    meta = result.metadata
+    times = f"sampling time {meta.get('wall_time_s', 0):.1f} s (this session {wall:.1f} s)"
+    if result.complete and meta.get("stop_rule"):
+        used = _folder.load_run(args.out).samples
+        say(f"run complete: {meta['num_inputs']} inputs, sequential at R = {args.stop_at_radius:g} (at most "
+            f"n = {meta['n']}): {used.mean():.0f} samples per input on average, counts for k' <= "
+            f"{meta['max_k_prime']}, {times}")
+    elif result.complete:
+        say(f"run complete: {meta['num_inputs']} inputs x n = {meta['n']}, counts for k' <= {meta['max_k_prime']}, "
+            f"{times}")
+        k, why = next_k(args.out)
+        methods = " --methods multiguard threshold" if meta.get("thresholds") else ""
+        say(f"next: multiguard report {args.out} --k {k} --k-prime 1{methods} --out REPORT_DIR   ({why})")
+    else:
+        status = _folder.run_status(args.out)
+        say(f"this worker is done ({wall:.1f} s); the run has {status['chunks_done']} of {status['num_chunks']} "
+            "chunks: the last shard to finish writes counts.npz")
+
+
 def _certify_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
-    add_sampling(p, n_aliases=("--num-samples",),
-                 n_help="noisy samples per input (write --num-samples under torchrun, whose parser reads --n as an "
-                 "abbreviation of its own options)")
-    p.add_argument("--max-k-prime", type=int, default=None,
-                   help="store counts for every k' <= this (default: min(5, number of classes))")
-    p.add_argument("--num-inputs", type=int, default=500,
-                   help="random test inputs to certify (0: all; more than the split holds: all, with a message)")
-    p.add_argument("--chunk-size", type=int, default=10, help="inputs per saved chunk (a kill loses at most one)")
+    add_sampling(p, n_aliases=("--num-samples",), n_help="noisy samples per input (--num-samples under torchrun)")
+    sampling = group(p, SAMPLING)
+    sampling.add_argument("--num-inputs", type=int, default=500, metavar="N", help="random test inputs (0: all)")
+    sampling.add_argument("--max-k-prime", type=int, default=None, metavar="K",
+                          help="store counts for every k' <= this (default: min(5, number of classes))")
     add_shard(p)
+    add_noise(p)
     add_stop_rule(
-        p, stop_help="sequential certification: n becomes the most samples per input, and each input stops once its "
-        "certified size at R (for --k, --k-prime, --alpha) is settled; see docs/sequential.md",
-        futility_help="with --stop-at-radius: give up on an input when none of these outcomes of its remaining "
-        "samples could raise its size at R")
-    p.add_argument("--k", type=int, default=3, help="with --stop-at-radius: k of the stopping rule")
-    p.add_argument("--k-prime", type=int, default=1, help="with --stop-at-radius: k' of the stopping rule")
-    p.add_argument("--alpha", type=float, default=0.001, help="with --stop-at-radius: alpha of the stopping rule")
+        p, stop_help="each input stops once its certified size at R (for --k, --k-prime, --alpha) is settled; n is "
+        "then the most samples (docs/sequential.md)", futility_help="when to give up on an input")
+    sequential = group(p, SEQUENTIAL)
+    sequential.add_argument("--k", type=int, default=3, metavar="K", help="k of the stopping rule")
+    sequential.add_argument("--k-prime", type=int, default=1, metavar="K", help="k' of the stopping rule")
+    sequential.add_argument("--alpha", type=float, default=0.001, help="alpha of the stopping rule")
+    add_bounds(p)
     add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")
+    group(p, OUTPUT).add_argument("--chunk-size", type=int, default=10, metavar="N",
+                                  help="inputs per saved chunk (a kill loses at most one)")

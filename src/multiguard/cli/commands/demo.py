@@ -13,6 +13,7 @@ from multiguard.cli.options import (
     DEMO_COMPILE,
     add_device,
     add_mode,
+    add_noise,
     add_output,
     mode_args,
 )
@@ -45,7 +46,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from multiguard.common.devices import resolve_device
 
     mode = mode_args(args, resolve_device(args.device), echo)
-    result = run_demo(args.out, quick=args.quick, device=args.device, log=echo, **mode)
+    result = run_demo(args.out, quick=args.quick, device=args.device, log=echo, noise=args.noise,
+                      shared_noise=args.shared_noise, **mode)
     main_report = result.reports["report"]
     echo()
     echo(main_report.summary.rstrip())
@@ -67,10 +69,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         echo()
         echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
         echo()
-    from multiguard.runs.folder import load_run, sampling_mode
+    from multiguard.runs.folder import load_run, run_noise, sampling_mode
 
-    echo(f"These tables are reproducible in sampling mode {sampling_mode(load_run(result.run_dir).metadata)} (the "
-         "seeds fix the model, the inputs and every noise sample; another mode is another base classifier).")
+    recorded = load_run(result.run_dir).metadata
+    echo(f"These tables are reproducible in sampling mode {sampling_mode(recorded)} with noise: {run_noise(recorded)} "
+         "(the seeds fix the model, the inputs and every noise sample; another mode is another base classifier).")
     echo()
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
@@ -92,6 +95,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
                    "stability denoiser, and a noise-trained one, certified on the same 100 inputs (into OUT/denoised)")
     add_device(p)
     add_mode(p, default="auto", compile_default=DEMO_COMPILE)
+    add_noise(p)
 
 
 # ---------------------------------------------------------------------------------------- the command table

@@ -12,10 +12,17 @@ from typing import Any
 
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
+    CERTIFICATE,
+    HARDWARE,
+    OUTPUT,
+    THRESHOLDED,
+    add_bounds,
     add_model_source,
+    add_noise,
     add_sampling,
     add_stop_rule,
     add_thresholds,
+    group,
     mode_args,
     stop_rule_options,
 )
@@ -69,6 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         thresholds=args.threshold,
         threshold_scale=args.threshold_scale,
         q=args.q,
+        noise=args.noise,
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -94,7 +102,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if p.certified_on is not None:
             _echo_thresholded(p, args.q)
     echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
-          "pixels in [0, 1])")
+          f"pixels in [0, 1]; noise: {predictions[0].noise})")
     return 0
 
 
@@ -115,16 +123,20 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p, data=False)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_sampling(p, n_help="samples that certify them", seed_help="seeds the noise")
-    p.add_argument("--k", type=int, default=3, help="labels to predict")
-    p.add_argument("--k-prime", type=int, default=1, help="labels the base classifier predicts")
-    p.add_argument("--n0", type=int, default=100, help="samples that select the labels")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    certificate = group(p, CERTIFICATE)
+    certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels to predict")
+    certificate.add_argument("--k-prime", type=int, default=1, metavar="K", help="labels the base classifier predicts")
+    certificate.add_argument("--n0", type=int, default=100, metavar="N", help="samples that select the labels")
+    certificate.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
+    add_bounds(p)
     add_thresholds(p, rule=False)
-    p.add_argument("--q", type=float, default=0.5,
-                   help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--mode-of", default=None, metavar="RUN_DIR",
-                   help="use the sampling mode a certify run recorded (to claim that run's certificate)")
+    add_noise(p, shared=False)
+    group(p, THRESHOLDED).add_argument(
+        "--q", type=float, default=0.5,
+        help="with --threshold: a label is predicted when it is on in more than a share q of the noise")
+    group(p, HARDWARE).add_argument("--mode-of", default=None, metavar="RUN_DIR",
+                                    help="use the sampling mode a certify run recorded (to claim its certificate)")
+    group(p, OUTPUT).add_argument("--json", action="store_true", help="print JSON")

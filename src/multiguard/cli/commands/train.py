@@ -11,6 +11,8 @@ import os
 
 from multiguard.cli.console import echo, shown
 from multiguard.cli.options import (
+    HARDWARE,
+    MODEL_AND_DATA,
     add_device,
     add_output,
 )
@@ -70,11 +72,22 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
+_MODEL_AND_DATA = ("dataset", "data_root", "arch", "arch_options", "pretrained", "mean", "std", "image_size",
+                   "train_size", "test_size", "train_split", "test_split", "dataset_options", "classifier")
+_HARDWARE = ("num_threads", "num_workers", "precision", "channels_last", "compile")
+#: The --help group of each training setting (the others are listed under "training").
+_TRAIN_GROUPS = {**dict.fromkeys(_MODEL_AND_DATA, MODEL_AND_DATA), **dict.fromkeys(_HARDWARE, HARDWARE)}
+
+
+def _groups(cls: type) -> dict[str, str]:
+    return {f.name: _TRAIN_GROUPS.get(f.name, "training") for f in dataclasses.fields(cls)}
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
     from multiguard.common.settings import add_arguments
     from multiguard.training.settings import TrainSettings
 
-    add_arguments(p, TrainSettings)  # every setting once, on its field: flag, default, check, help
+    add_arguments(p, TrainSettings, groups=_groups(TrainSettings))  # every setting once, on its field
     add_device(p)
     add_output(p, metavar=None, help="checkpoint file to write (e.g. model.pt)",
                resume="continue the checkpoint at --out", overwrite="replace an existing checkpoint at --out")
@@ -84,7 +97,7 @@ def _train_denoiser_options(p: argparse.ArgumentParser) -> None:
     from multiguard.common.settings import add_arguments
     from multiguard.training.settings import DenoiserTrainSettings
 
-    add_arguments(p, DenoiserTrainSettings)
+    add_arguments(p, DenoiserTrainSettings, groups=_groups(DenoiserTrainSettings))
     add_device(p)
     add_output(p, metavar=None, help="denoiser checkpoint to write (e.g. denoiser.pt)",
                resume="continue the checkpoint at --out", overwrite="replace an existing denoiser at --out")

@@ -1,0 +1,135 @@
+"""Anytime-valid label probability bounds by betting: the beta-binomial (Krichevsky-Trofimov) mixture martingale
+and the confidence sequence it gives. NumPy/SciPy only, no torch.
+
+For a label whose indicator "label i in the base classifier's top-k' of sample s" is Bernoulli(p), s = 1, 2, ...,
+and a candidate value p0, the mixture of the likelihood ratios of Bernoulli(q) against Bernoulli(p0) over
+q ~ Beta(1/2, 1/2) (the Krichevsky-Trofimov prior) after n samples of which S had the label is, in closed form,
+
+    M_n(p0) = B(1/2 + S, 1/2 + n - S) / B(1/2, 1/2) / (p0^S (1 - p0)^(n - S))
+
+(B the Beta function, ``scipy.special.betaln`` in logs). Under p = p0 it is a nonnegative martingale with
+M_0 = 1 (a test martingale: the wealth of a bettor who bets on the coin with the mixture's predictive
+probabilities, Robbins' method of mixtures), so Ville's inequality gives P(sup_n M_n(p) >= 1/a) <= a. The
+confidence sequence C_n = {p0 : M_n(p0) < 1/a} therefore contains p at every n at once with probability at least
+1 - a, and its ends hold at any stopping time, whatever the rule (Waudby-Smith and Ramdas, "Estimating means of
+bounded random variables by betting", JRSS-B 2023, give this construction for bounded means; Voracek, "Treatment
+of statistical estimation problems in randomized smoothing for adversarial robustness", NeurIPS 2024, uses this
+mixture test for randomized smoothing). log M_n(p0) is convex in p0 with its minimum at S / n, where it is <= 0,
+so C_n is an interval around S / n and each end is the one root of log M_n(p0) = log(1/a) on its side; bisection
+finds it, and the end returned is the bracket end outside C_n's interior side (so the interval returned contains
+C_n: rounding only makes it wider).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from multiguard.common.validation import check_alpha
+
+__all__ = ["KT_PRIOR", "betting_confidence_sequence", "betting_label_probability_bounds", "log_wealth"]
+
+KT_PRIOR = 0.5
+"""Both parameters of the Beta mixing prior (Beta(1/2, 1/2), the Krichevsky-Trofimov prior)."""
+
+_BISECTION_STEPS = 60  # halves the bracket 60 times: below 1e-18, under float64 resolution of p
+
+
+def log_wealth(p0: object, successes: object, n: object, mixture: np.ndarray | None = None) -> np.ndarray:
+    """log M_n(p0) of the beta-binomial mixture martingale (module docstring), broadcast over the arguments.
+
+    ``successes`` S and ``n`` are counts (0 <= S <= n); ``p0`` in [0, 1]. Returns float64 of the broadcast shape;
+    ``+inf`` where p0 is 0 with S > 0 or 1 with S < n (such a p0 is refuted by one sample). ``mixture``: the
+    log marginal likelihood ``log B(1/2 + S, 1/2 + n - S) - log B(1/2, 1/2)`` if already computed.
+    """
+    from scipy import special
+
+    p0, successes, n = (np.asarray(v, dtype=np.float64) for v in (p0, successes, n))
+    failures = n - successes
+    if mixture is None:
+        mixture = special.betaln(KT_PRIOR + successes, KT_PRIOR + failures) - special.betaln(KT_PRIOR, KT_PRIOR)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        likelihood = special.xlogy(successes, p0) + special.xlog1py(failures, -p0)
+    return mixture - likelihood
+
+
+def betting_confidence_sequence(counts: object, n: object, level: object) -> tuple[np.ndarray, np.ndarray]:
+    """Both ends of the beta-binomial mixture confidence sequence at ``level`` for every count, vectorised.
+
+    ``counts`` (any shape, whole numbers in [0, n]) are label counts after ``n`` samples (a scalar or an array
+    broadcasting to ``counts``); ``level`` (in (0, 1), broadcasting too) is the error probability a of each
+    sequence. Returns ``(lower, upper)`` float64 arrays of ``counts``' shape.
+
+    Guarantee (Ville's inequality, module docstring): for a label with probability p, with probability at least
+    ``1 - level`` over its samples, ``lower <= p <= upper`` at every n at once; so a one-sided end read at a
+    stopping time, whatever the rule, fails with probability at most ``level``. A certificate reading c such ends
+    (c labels, one end each) at ``level = alpha / c`` holds with probability at least ``1 - alpha`` by the union
+    bound over the c labels (not over the looks: there is nothing to pay for looking after every sample).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), counts.shape)
+    level = np.broadcast_to(np.asarray(level, dtype=np.float64), counts.shape)
+    for value in np.unique(level):
+        check_alpha(float(value))
+    if ((counts < 0) | (counts > n) | (counts != np.round(counts))).any():
+        raise ValueError("counts must be whole numbers in [0, n]")
+    from scipy import special
+
+    threshold = -np.log(level)
+    mixture = special.betaln(KT_PRIOR + counts, KT_PRIOR + n - counts) - special.betaln(KT_PRIOR, KT_PRIOR)
+    centre = np.where(n > 0, counts / np.where(n > 0, n, 1.0), 0.5)
+    lower = _crossing(counts, n, mixture, threshold, np.zeros_like(centre), centre)
+    upper = _crossing(counts, n, mixture, threshold, np.ones_like(centre), centre)
+    return lower, upper
+
+
+def _crossing(counts: np.ndarray, n: np.ndarray, mixture: np.ndarray, threshold: np.ndarray, outside: np.ndarray,
+              inside: np.ndarray) -> np.ndarray:
+    """Bisection for the end of C_n between ``outside`` (0 for the lower end, 1 for the upper) and ``inside`` (S/n,
+    in C_n): the bracket keeps log M >= threshold at its ``outside`` end; returns that end (so the end returned is
+    never inside C_n's interior, and the interval returned contains C_n). Where log M at ``outside`` is already
+    below the threshold, C_n reaches ``outside`` and that is returned."""
+    out = outside.copy()
+    into = inside.copy()
+    reaches = log_wealth(out, counts, n, mixture) < threshold
+    for _ in range(_BISECTION_STEPS):
+        middle = 0.5 * (out + into)
+        refuted = log_wealth(middle, counts, n, mixture) >= threshold
+        out = np.where(refuted, middle, out)
+        into = np.where(refuted, into, middle)
+    return np.where(reaches, outside, out)
+
+
+def betting_label_probability_bounds(counts: object, n: object, alpha: float,
+                                     bounds_read: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """The label probability bounds of a certificate from the confidence sequences: ``(lower, upper)`` float64
+    shaped like ``counts`` ``(N, c)`` (or ``(c,)``), each label's ends at level ``alpha / B`` (B the bounds the
+    certificate reads: ``bounds_read``, one per row or a scalar, default c, as in
+    :func:`multiguard.certificates.bounds.label_probability_bounds`); ``n`` a scalar or one per row.
+
+    Guarantee: fix L before sampling. With probability at least ``1 - alpha``, at every n at once,
+    ``lower_i <= p_i`` for every i in L and ``upper_j >= p_j`` for every j outside L (each of the B one-sided
+    ends fails at some n with probability at most ``alpha / B``, :func:`betting_confidence_sequence`; union over
+    the B labels). So the bounds read at any stopping time, and every certificate from them, at every radius,
+    hold with probability at least ``1 - alpha``: no share of alpha is spent on looks.
+    """
+    from multiguard.certificates import bounds as _bounds
+
+    array2d, single = _bounds._as_float_matrix(counts, "counts")
+    sizes = np.asarray(n)
+    if sizes.dtype.kind not in "iu" or sizes.ndim > 1 or (sizes.ndim == 1 and sizes.shape[0] != array2d.shape[0]):
+        raise ValueError(f"n must be an integer or ({array2d.shape[0]},) integers, got {n!r}")
+    sizes = np.broadcast_to(sizes, (array2d.shape[0],))
+    alpha = check_alpha(alpha)
+    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
+    if ((array2d < 0) | (array2d > sizes[:, None]) | (array2d != np.round(array2d))).any():
+        raise ValueError("counts must be whole numbers in [0, n]")
+    # each distinct (count, n, B) is solved once: a look of many inputs holds few distinct counts
+    whole = array2d.astype(np.int64)
+    top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
+    keys = (whole * top_n + sizes[:, None]) * top_b + read[:, None]  # one integer per (count, n, B)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    b, rest = unique % top_b, unique // top_b
+    low, up = betting_confidence_sequence(rest // top_n, rest % top_n, alpha / b)
+    lower = low[inverse.ravel()].reshape(array2d.shape)
+    upper = up[inverse.ravel()].reshape(array2d.shape)
+    return (lower[0], upper[0]) if single else (lower, upper)

@@ -1,0 +1,34 @@
+"""The kinds of smoothing noise, by name, and the line every result prints for each. No torch.
+
+``"float"``: Gaussian noise drawn and added in floating point (the textbook sampler; Voráček and Hein, ICLR 2023,
+show a base classifier can read its rounding fingerprint, so its certificates are those of real arithmetic).
+``"sound"``: the Gaussian rounded to the 1/255 grid and added in integers
+(:mod:`multiguard.sampling.sound_noise`), for inputs on that grid: the certificates hold for the classifier a
+computer runs. See ``docs/soundness.md``.
+"""
+
+from __future__ import annotations
+
+from multiguard.common.validation import check_choice
+
+__all__ = ["DEFAULT_NOISE", "NOISE_KINDS", "check_noise", "describe_noise"]
+
+NOISE_KINDS = {
+    "float": "Gaussian in floating point (certificates of real arithmetic, not sound in floating point)",
+    "sound": "rounded Gaussian on the 1/255 grid",
+}
+"""Each noise kind and what it is, in one line."""
+
+DEFAULT_NOISE = "float"
+"""The noise when none is named (see benchmarks/README.md for the measurements behind it)."""
+
+
+def check_noise(value: object, name: str = "noise") -> str:
+    """``value`` if it names a noise kind; else a one-line ValueError naming ``name`` and the choices."""
+    return check_choice(value, name, tuple(NOISE_KINDS))
+
+
+def describe_noise(noise: str, shared: bool = False) -> str:
+    """The line results print: ``"sound, rounded Gaussian on the 1/255 grid"`` (plus the sharing, if any)."""
+    text = f"{noise}, {NOISE_KINDS[noise]}"
+    return text + "; one noise block shared by every input of a batch" if shared else text

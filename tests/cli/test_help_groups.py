@@ -1,0 +1,70 @@
+"""--help in groups (issue 27): no option of 0.1 is lost, the long commands list theirs under titled groups, and
+certify's help fits 100 lines at 80 columns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from multiguard.cli import build_parser
+
+SNAPSHOT = Path(__file__).with_name("help_options_0.1.json")  # every command's options before the regrouping
+
+
+def _commands(parser: argparse.ArgumentParser, name: str = "") -> dict[str, argparse.ArgumentParser]:
+    found = {name: parser} if name else {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, child in action.choices.items():
+                found.update(_commands(child, f"{name} {sub}".strip()))
+    return found
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings} | {
+        a.dest for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)}
+
+
+def test_no_option_of_0_1_is_lost() -> None:
+    before = json.loads(SNAPSHOT.read_text())
+    now = _commands(build_parser())
+    assert set(before) <= set(now)
+    for command, options in before.items():
+        missing = set(options) - _options(now[command])
+        assert not missing, f"multiguard {command} lost {sorted(missing)}"
+
+
+def _help(*command: str) -> str:
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "multiguard", *command, "--help"], capture_output=True, text=True,
+                          env=env, check=True).stdout
+
+
+@pytest.mark.parametrize("command, groups", [
+    ("certify", ["model and data", "sampling", "device and mode", "output", "sequential certification",
+                 "thresholded certificate"]),
+    ("predict", ["model and data", "sampling", "device and mode", "sequential certification",
+                 "thresholded certificate"]),
+    ("attack", ["model and data", "sampling", "device and mode", "output"]),
+    ("train", ["model and data", "training", "device and mode", "output"]),
+])
+def test_long_commands_list_their_options_in_groups(command: str, groups: list[str]) -> None:
+    text = _help(command)
+    titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert set(groups) <= set(titles), titles
+    # every option line sits under a group title: none left in the untitled "options" list but -h and --debug
+    untitled = text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
+    flags = {line.split()[0].rstrip(",") for line in untitled.splitlines() if line.startswith("  -")}
+    assert flags <= {"-h", "--debug"}, flags
+
+
+def test_certify_help_fits_100_lines_and_starts_with_what_must_be_given() -> None:
+    text = _help("certify")
+    assert len(text.splitlines()) <= 100, len(text.splitlines())
+    assert text.startswith("usage: multiguard certify --checkpoint FILE --out RUN_DIR [options]\n")
