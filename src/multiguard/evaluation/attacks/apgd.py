@@ -43,7 +43,7 @@ import torch
 from multiguard.certificates.bounds import as_label_mask
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import check_float, check_int, check_interval
-from multiguard.evaluation.attack import AttackResult, _intersection, _project, _smoother_for
+from multiguard.evaluation.attack import AttackResult, _intersection, _pgd, _project, _smoother_for
 from multiguard.sampling.engine import as_batch, as_index, eval_mode
 from multiguard.sampling.smoothed import MultiGuard, smoothed_top_k
 from multiguard.sampling.soft import attack_noise, soft_smoothed_scores
@@ -176,7 +176,8 @@ def _apgd(objective: _Objective, start: torch.Tensor, target: torch.Tensor, acti
 
 def _attack_chunk(smoother: MultiGuard, x: torch.Tensor, mask: np.ndarray, index: np.ndarray, init: torch.Tensor,
                   *, radius: float, k: int, steps: int, samples: int, restarts: int, select_n: int, seed: int,
-                  temperature: float, input_range: tuple[float, float] | None, batch_size: int) -> torch.Tensor:
+                  temperature: float, input_range: tuple[float, float] | None, batch_size: int,
+                  pgd_steps: int = 0) -> torch.Tensor:
     """The kept perturbation ``(B, *shape)`` of one chunk of inputs."""
     outside = torch.as_tensor(~mask, device=x.device)
     objective = _Objective(smoother, x, index, outside, k=k, samples=samples, seed=seed, temperature=temperature)
@@ -189,6 +190,14 @@ def _attack_chunk(smoother: MultiGuard, x: torch.Tensor, mask: np.ndarray, index
         return _gap_score(counts, mask, k, select_n), counts
 
     best_score, counts = judge(best, 0)
+    if pgd_steps:  # the baseline's own point is a candidate: same noise, so the same delta pgd finds
+        found = _pgd(smoother, x, torch.as_tensor(mask, device=x.device), index, radius=radius, k=k,
+                     steps=pgd_steps, samples=samples, step_size=2.5 * radius / pgd_steps, temperature=temperature,
+                     seed=seed, input_range=input_range)
+        score, found_counts = judge(found, restarts + 1)
+        keep = score < best_score
+        best[torch.as_tensor(keep, device=x.device)] = found[torch.as_tensor(keep, device=x.device)]
+        best_score, counts = np.where(keep, score, best_score), np.where(keep[:, None], found_counts, counts)
     for rho in range(restarts):
         target, active = _targets(counts, mask, k, rho)
         start = best.clone()
@@ -222,6 +231,7 @@ def attack_smoothed_apgd(
     samples: int = 32,
     restarts: int = 3,
     select_n: int = 256,
+    pgd_steps: int = 20,
     n: int = 1000,
     seed: int = 0,
     index: np.ndarray | Sequence[int] | None = None,
@@ -241,6 +251,8 @@ def attack_smoothed_apgd(
         steps: APGD steps per restart; samples: noisy copies per step (EOT); restarts: APGD runs per input, each
             at the next weakest label of L, from the best point so far (the first from ``init``).
         select_n: samples that judge each candidate (a seed of their own; not the measurement's).
+        pgd_steps: first run the ``pgd`` baseline's untargeted steps (its noise, so its very point) as one more
+            candidate, the restarts then going on from the better (0: none).
         init: ``(N, *input_shape)`` warm start (e.g. the result at a smaller radius), projected on this ball;
             default zeros.
 
@@ -251,6 +263,7 @@ def attack_smoothed_apgd(
     radius = check_float(radius, "radius", 0.0, low_open=True)
     steps, samples = check_int(steps, "steps", 1), check_int(samples, "samples", 1)
     restarts, select_n = check_int(restarts, "restarts", 1), check_int(select_n, "select_n", 1)
+    pgd_steps = check_int(pgd_steps, "pgd_steps", 0)
     n, seed, batch_size = check_int(n, "n", 1), check_int(seed, "seed", 0), check_int(batch_size, "batch_size", 1)
     temperature = check_float(temperature, "temperature", 0.0, low_open=True)
     input_range = check_interval(input_range, "input_range")
@@ -278,7 +291,7 @@ def attack_smoothed_apgd(
                 deltas[part] = _attack_chunk(
                     smoother, x_dev[part], mask[part], index_arr[part], deltas[part], radius=radius, k=k,
                     steps=steps, samples=samples, restarts=restarts, select_n=select_n, seed=seed,
-                    temperature=temperature, input_range=input_range, batch_size=batch_size)
+                    temperature=temperature, input_range=input_range, batch_size=batch_size, pgd_steps=pgd_steps)
     return _measured(smoother, x_dev, deltas, mask, index_arr, radius=radius, k=k, n=n, eval_seed=eval_seed,
                      batch_size=batch_size, measure_clean=measure_clean)
 
