@@ -8,6 +8,7 @@ input's empirical |L ∩ top-k| under attack falls below its certified size, bey
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -155,3 +156,19 @@ def test_no_certificate_is_beaten_by_the_attack(checkpoint: str, tmp_path) -> No
     assert np.allclose(curves.recall, run.curves.recall)
     assert curves.settings["k"] == 3 and curves.settings["violations"] == run.violations.tolist()
     assert not list((tmp_path / "attack").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_apgd_targeted_matches_pgd_with_no_violations_on_a_demo_like_model(checkpoint: str, tmp_path) -> None:
+    """Same checkpoint, inputs and seed, each attack at its default budget (apgd's is larger): no input falls
+    below its certificate (each such input a probability-alpha failure: none at these seeds), and the default
+    attack is no weaker than pgd beyond one input's Monte Carlo tie per radius. Measured here (20 inputs,
+    R = 0.25, 0.5): pgd 34 / 30 labels kept, apgd-targeted 33 / 30 (33 / 31 before pgd's point was one of its
+    candidates) -- on this model the two are about level (see benchmarks/README.md)."""
+    common = dict(radii=[0.25, 0.5], k=3, k_prime=1, num_inputs=20, samples=8, n=300, alpha=0.001, seed=1)
+    pgd = run_attack(checkpoint, out_dir=tmp_path / "pgd", attack="pgd", **common)
+    apgd = run_attack(checkpoint, out_dir=tmp_path / "apgd", attack="apgd-targeted", **common)
+    assert np.array_equal(pgd.certified, apgd.certified)  # the same inputs and certificate
+    assert (apgd.sizes.sum(axis=0) <= pgd.sizes.sum(axis=0) + 1).all()
+    assert apgd.violations.tolist() == [0, 0] and pgd.violations.tolist() == [0, 0]
+    assert json.loads((tmp_path / "apgd" / "attack.json").read_text())["attack"] == "apgd-targeted"

@@ -153,3 +153,32 @@ def test_plot_figure(run_dir: Path, tmp_path: Path) -> None:
             ("k'", _curves.compute_curves([run], k_prime=[1, 2, 3], methods=["multiguard"], radius=grid))]
     _plots.plot_figure(rows, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_attack_curve_brings_its_gap_to_the_plot_and_results_json(run_dir: Path, tmp_path: Path) -> None:
+    """An attack's curve with the certified values of its inputs: results.json's ``attacked`` records carry both
+    per radius, and each metric's figure shades the gap (so it differs from the figure without the certified
+    values)."""
+    import json
+
+    radius = _curves.parse_radius_grid("0:1:0.25")
+    certified = {"precision": np.array([0.6, 0.4, 0.2, 0.1, 0.0]), "recall": np.array([0.7, 0.5, 0.3, 0.1, 0.0]),
+                 "f1": np.array([0.65, 0.45, 0.25, 0.1, 0.0])}
+    common = dict(run="attack", method="attack", k=3, k_prime=1, alpha=0.001, sigma=0.25, n=400, radius=radius,
+                  precision=np.linspace(0.9, 0.5, 5), recall=np.linspace(1.0, 0.6, 5), f1=np.linspace(0.95, 0.55, 5),
+                  num_inputs=30, violations=np.zeros(5, dtype=np.int64))
+    with_gap = _curves.Curve(**common, certified=certified)
+    _report.make_report([run_dir], tmp_path / "gap", radius_grid="0:1:0.25", extra_curves=[with_gap])
+    document = json.loads((tmp_path / "gap" / "results.json").read_text())
+    attacked = document["attacked"]
+    assert [r["radius"] for r in attacked] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert [r["attacked_recall"] for r in attacked] == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])
+    assert [r["certified_recall"] for r in attacked] == pytest.approx([0.7, 0.5, 0.3, 0.1, 0.0])
+    assert {r["violations"] for r in attacked} == {0} and {r["attack"] for r in attacked} == {"attack"}
+    assert all(r["method"] != "attack" for r in document["records"])  # the certified records stay certificates
+
+    _report.make_report([run_dir], tmp_path / "nogap", radius_grid="0:1:0.25",
+                        extra_curves=[_curves.Curve(**common)])
+    assert "attacked" in json.loads((tmp_path / "nogap" / "results.json").read_text())
+    for metric in ("precision", "recall", "f1"):
+        assert (tmp_path / "gap" / f"{metric}.png").read_bytes() != (tmp_path / "nogap" / f"{metric}.png").read_bytes()

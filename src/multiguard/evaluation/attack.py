@@ -43,11 +43,13 @@ import torch
 
 from multiguard.certificates import metrics as _metrics
 from multiguard.certificates.bounds import as_label_mask
-from multiguard.common.seeds import STREAM_ATTACK, attack_evaluation_seed, noise_seed
+from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import check_float, check_int, check_interval
 from multiguard.evaluation.empirical import EMPIRICAL_COLUMNS, EmpiricalCurves, load_empirical
 from multiguard.sampling.engine import as_batch, as_index, eval_mode
 from multiguard.sampling.smoothed import MultiGuard, smoothed_top_k
+from multiguard.sampling.soft import attack_noise as _attack_noise
+from multiguard.sampling.soft import soft_top_k_prime as _soft_top_k_prime
 
 __all__ = [
     "EMPIRICAL_COLUMNS",
@@ -97,24 +99,6 @@ class AttackResult:
     def metrics(self) -> _metrics.CertifiedMetrics:
         """Empirical top-k precision, recall and F1 at ``radius`` (the certificate's definitions)."""
         return _metrics.certified_metrics(self.sizes, self.labels, self.k)
-
-
-def _soft_top_k_prime(scores: torch.Tensor, k_prime: int, temperature: float) -> torch.Tensor:
-    """Soft membership of the top-k' ``(B, c)``: sigmoid of each score's distance to the k'/k'+1 midpoint."""
-    c = scores.shape[1]
-    if k_prime >= c:
-        return torch.ones_like(scores)
-    top = torch.topk(scores, k_prime + 1, dim=1).values
-    threshold = 0.5 * (top[:, k_prime - 1] + top[:, k_prime])
-    return torch.sigmoid((scores - threshold[:, None]) / temperature)
-
-
-def _attack_noise(
-    seed: int, index: int, step: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(noise_seed(seed, index, step, STREAM_ATTACK))
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def _project(delta: torch.Tensor, x: torch.Tensor, radius: float, input_range: tuple[float, float] | None) -> None:

@@ -22,7 +22,8 @@ from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import MAX_N, check_alpha, check_int
 from multiguard.denoising.denoisers import denoiser_in, denoiser_record
 from multiguard.evaluation import curves as _curves
-from multiguard.evaluation.attack import attack_smoothed
+from multiguard.evaluation.attack import AttackResult, attack_smoothed
+from multiguard.evaluation.attacks import DEFAULT_ATTACK, AttackMethod, attack_method
 from multiguard.evaluation.empirical import (
     EMPIRICAL_CSV,
     PARTS,
@@ -76,8 +77,8 @@ def run_attack(
     data_root: str | os.PathLike[str] | None = None,
     split: str | None = None,
     num_inputs: int | None = 100,
-    steps: int = 20,
-    samples: int = 32,
+    steps: int | None = None,
+    samples: int | None = None,
     n: int = 1000,
     alpha: float = 0.001,
     seed: int = 0,
@@ -92,7 +93,11 @@ def run_attack(
     channels_last: bool | None = None,
     compile: bool = False,
     denoiser: str | os.PathLike[str] | None = None,
-    overwrite: bool = False, resume: bool = False, noise: str = "float",
+    overwrite: bool = False,
+    resume: bool = False,
+    attack: str = DEFAULT_ATTACK,
+    restarts: int | None = None,
+    noise: str = "float",
 ) -> AttackRun:
     """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
 
@@ -130,8 +135,8 @@ def run_attack(
     """
     radii_arr = _curves.parse_radius_grid(radii)
     k, k_prime, n, seed, alpha = _checked_numbers(k, k_prime, n, seed, alpha)
-    log = log or (lambda line: None)
-    out = _attack_out(out_dir, overwrite=overwrite, resume=resume)
+    method, steps, samples, restarts = _checked_method(attack, steps, samples, restarts)
+    log, out = log or (lambda line: None), _attack_out(out_dir, overwrite=overwrite, resume=resume)
     model, data, info, smoother, certifier, k, k_prime = _load_for_attack(
         checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
         precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise)
@@ -140,21 +145,16 @@ def run_attack(
     identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
                                 k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
                                 step_size=step_size, temperature=temperature, certify=certify,
-                                noise=certifier.noise.name)
+                                attack=method.name, restarts=restarts, noise=certifier.noise.name)
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
-
     certified = (_certified_sizes(certifier, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
                                   alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
-    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, steps=steps, samples=samples,
-                                    n=n, seed=seed, step_size=step_size, temperature=temperature,
+    sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
+                                    options=_options(method, steps, samples, restarts, step_size, temperature),
                                     batch_size=batch_size, log=log, parts=parts)
-    violations = None if certified is None else (sizes < certified).sum(axis=0).astype(np.int64)
-
-    curves, arrays = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
-    settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, radii_arr, indices,
-                                violations, k=k, k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps,
-                                samples=samples, step_size=step_size, temperature=temperature)
+    curves, arrays, violations = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
+    settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, indices, violations)
     write_attack_dir(out, curves, arrays, settings)
     parts.remove()
     return AttackRun(out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}),
@@ -202,10 +202,33 @@ def _checked_numbers(k: int, k_prime: int, n: int, seed: int, alpha: float) -> t
     return k, k_prime, n, seed, alpha
 
 
+def _options(method: AttackMethod, steps: int, samples: int, restarts: int | None, step_size: float | None,
+             temperature: float) -> dict:
+    """The keywords of ``method``'s budget."""
+    own = {"restarts": restarts} if method.restarts is not None else {"step_size": step_size}
+    return dict(steps=steps, samples=samples, temperature=temperature, **own)
+
+
+def _checked_method(attack: str, steps: int | None, samples: int | None, restarts: int | None
+                    ) -> tuple[AttackMethod, int, int, int | None]:
+    """The attack named ``attack`` and its budget (its defaults where ``None``), checked before any work."""
+    method = attack_method(attack)
+    steps = method.steps if steps is None else check_int(steps, "steps", 0)
+    samples = method.samples if samples is None else check_int(samples, "samples", 1)
+    if method.restarts is None:
+        if restarts is not None:
+            raise ValueError(f"restarts: the {method.name} attack has no restarts")
+    else:
+        restarts = method.restarts if restarts is None else check_int(restarts, "restarts", 1)
+        steps = check_int(steps, "steps", 1)
+    return method, steps, samples, restarts
+
+
 def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Module, denoiser_facts: dict,
                      info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
                      k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
-                     step_size: float | None, temperature: float, certify: bool, noise: str = "float") -> dict:
+                     step_size: float | None, temperature: float, certify: bool, attack: str,
+                     restarts: int | None, noise: str = "float") -> dict:
     """The attack's identity (recorded in ``attack.json``; a resumed attack must match it)."""
     sigma, clamp = smoother.sigma, smoother.clamp
     return {
@@ -217,6 +240,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
         "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(), "noise": noise,
+        "attack": attack, "restarts": restarts,
     }  # fmt: skip
 
 
@@ -240,8 +264,10 @@ def _certified_sizes(smoother: MultiGuard, parts: AttackParts, x: torch.Tensor, 
 def _empirical_results(
     sizes: np.ndarray, labels: np.ndarray, k: int, radii_arr: np.ndarray, indices: np.ndarray, norms: np.ndarray,
     certified: np.ndarray | None,
-) -> tuple[EmpiricalCurves, dict[str, np.ndarray]]:
-    """The empirical curves of the attacked sizes and the per-input arrays written to ``per_input.npz``."""
+) -> tuple[EmpiricalCurves, dict[str, np.ndarray], np.ndarray | None]:
+    """The empirical curves of the attacked sizes, the per-input arrays written to ``per_input.npz``, and the
+    violations per radius (inputs attacked below their certified size; ``None`` without certified sizes)."""
+    violations = None if certified is None else (sizes < certified).sum(axis=0).astype(np.int64)
     metrics = _metrics.certified_metrics(sizes, labels, k)
     curves = EmpiricalCurves(
         radius=radii_arr, precision=np.asarray(metrics.precision), recall=np.asarray(metrics.recall),
@@ -251,25 +277,26 @@ def _empirical_results(
                                          delta_norms=norms)
     if certified is not None:
         arrays["certified"] = certified
-    return curves, arrays
+    return curves, arrays, violations
 
 
 def _attack_settings(checkpoint_path: str | os.PathLike[str], denoiser_facts: dict, info: dict, identity: dict,
-                     smoother: MultiGuard, radii_arr: np.ndarray, indices: np.ndarray, violations: np.ndarray | None,
-                     *, k: int, k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
-                     step_size: float | None, temperature: float) -> dict:
-    """The settings recorded in ``attack.json``."""
-    sigma, clamp = smoother.sigma, smoother.clamp
+                     smoother: MultiGuard, indices: np.ndarray, violations: np.ndarray | None) -> dict:
+    """The settings recorded in ``attack.json`` (the numbers of the attack's ``identity`` among them)."""
+    clamp = smoother.clamp
     settings = {
         "checkpoint": os.fspath(checkpoint_path),
         **denoiser_facts,
         **{key: info[key] for key in ("dataset", "data_root", "split", "dataset_options") if key in info},
-        "k": k, "k_prime": k_prime, "sigma": sigma, "clamp": None if clamp is None else list(clamp), "n": n,
-        "alpha": float(alpha), "seed": seed, "eval_seed": attack_evaluation_seed(seed), "steps": steps,
-        "samples": samples, "step_size": step_size, "temperature": temperature, "num_inputs": int(len(indices)),
-        "radii": radii_arr.tolist(), **smoother.mode.as_metadata(), "noise": identity["noise"],
+        **{key: identity[key] for key in ("k", "k_prime")}, "sigma": smoother.sigma,
+        "clamp": None if clamp is None else list(clamp), "n": identity["n"], "alpha": identity["alpha"],
+        "seed": identity["seed"], "eval_seed": attack_evaluation_seed(identity["seed"]),
+        **{key: identity[key] for key in ("steps", "samples", "step_size", "temperature")},
+        "num_inputs": int(len(indices)), "radii": identity["radii"], **smoother.mode.as_metadata(),
+        "noise": identity["noise"],
         "violations": None if violations is None else violations.tolist(),
-        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256")},
+        **{key: identity[key] for key in ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256", "attack",
+                                          "restarts")},
         "identity": identity,
     }  # fmt: skip
     return settings
@@ -295,47 +322,99 @@ def _attack_out(out_dir: str | os.PathLike[str], *, overwrite: bool = False, res
 
 
 def _attack_at_radii(smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
-                     radii_arr: np.ndarray, *, k: int, steps: int, samples: int, n: int, seed: int,
-                     step_size: float | None, temperature: float, batch_size: int,
-                     log: Callable[[str], None], parts: AttackParts | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """PGD at each radius on every input, in blocks so that progress shows (the noise of an input depends on
-    ``(seed, index)`` only, so blocks give what one call on all inputs gives): the empirical sizes
-    ``|L ∩ top-k|`` and the perturbation norms, both ``(num_inputs, len(radii_arr))``. Each finished block is
-    saved in ``parts`` (positions, sizes, norms); blocks found there (a killed attack's) are not done again."""
+                     radii_arr: np.ndarray, *, k: int, method: AttackMethod, options: dict, n: int, seed: int,
+                     batch_size: int, log: Callable[[str], None],
+                     parts: AttackParts | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The attack ``method`` (with ``options``: its budget) at each radius on every input, in blocks so that
+    progress shows (the noise of an input depends on ``(seed, index)`` only, so blocks give what one call on all
+    inputs gives): the empirical sizes ``|L ∩ top-k|`` and the perturbation norms, both
+    ``(num_inputs, len(radii_arr))``. An attack with a warm start starts each input from its perturbation at the
+    previous radius. Each finished block is saved in ``parts`` (positions, sizes, norms, and the perturbations
+    for a warm start); blocks found there (a killed attack's) are not done again. R = 0 is measured, not
+    attacked."""
     sizes = np.zeros((len(indices), radii_arr.size), dtype=np.int64)
     norms = np.zeros((len(indices), radii_arr.size))
-    block = max(1, batch_size // max(1, samples))
-    total = len(indices) * radii_arr.size
-    started = last = time.perf_counter()
-    log(f"attack: {len(indices)} inputs x {radii_arr.size} radii, {steps} PGD steps of {samples} samples, "
-        f"then n = {n} samples to measure")
-    finished = 0
+    block = max(1, batch_size // max(1, options["samples"]))
+    progress = _Progress(log, len(indices) * radii_arr.size, len(indices))
+    log(f"attack: {method.name}, {len(indices)} inputs x {radii_arr.size} radii, {options['steps']} steps of "
+        f"{options['samples']} samples" + (f", {options['restarts']} restarts" if "restarts" in options else "")
+        + f", then n = {n} samples to measure")
+    previous = torch.zeros(tuple(x.shape), dtype=torch.float32) if method.warm_start else None
     for j, radius in enumerate(radii_arr):
-        todo = np.ones(len(indices), dtype=bool)
-        for name in parts.names(f"r{j:03d}-") if parts is not None else ():
-            found = parts.load(name)
-            if found is not None:
-                sizes[found["positions"], j], norms[found["positions"], j] = found["sizes"], found["norms"]
-                todo[found["positions"]] = False
-        finished += int((~todo).sum())
+        todo, found_deltas = _finished_blocks(parts, j, sizes, norms, previous)
+        progress.skip(int((~todo).sum()))
+        current = found_deltas
         remaining = np.flatnonzero(todo)
         for begin in range(0, len(remaining), block):
             part = remaining[begin : begin + block]
-            result = attack_smoothed(
-                smoother, x[part], labels[part], radius=float(radius), k=k, steps=steps, samples=samples, n=n,
-                seed=seed, index=indices[part], step_size=step_size, temperature=temperature, batch_size=batch_size,
-            )
+            kwargs = dict(options, radius=float(radius), k=k, n=n, seed=seed, index=indices[part],
+                          batch_size=batch_size)
+            result = _attack_block(method, smoother, x[part], labels[part], kwargs,
+                                   None if previous is None else previous[part])
             sizes[part, j] = result.sizes
             norms[part, j] = result.deltas.reshape(len(result.sizes), -1).double().norm(dim=1).numpy()
+            if current is not None:
+                current[part] = result.deltas.to(current.dtype)
             if parts is not None:
-                parts.save(f"r{j:03d}-p{int(part[0]):07d}", positions=part, sizes=sizes[part, j], norms=norms[part, j])
-            finished += len(part)
-            now = time.perf_counter()
-            if now - last >= 5.0 and finished < total:
-                last = now
-                left = (now - started) / finished * (total - finished)
-                log(f"attack: R = {radius:g}: {len(indices) - len(remaining) + begin + len(part)}/{len(indices)} "
-                    f"inputs, {now - started:.0f} s, about {left:.0f} s left")
+                extra = {} if current is None else {"deltas": result.deltas.numpy()}
+                parts.save(f"r{j:03d}-p{int(part[0]):07d}", positions=part, sizes=sizes[part, j],
+                           norms=norms[part, j], **extra)
+            progress.advance(len(part), radius, len(indices) - len(remaining) + begin + len(part))
+        previous = current
         log(f"attack: R = {radius:g}: mean |L ∩ top-k| {sizes[:, j].mean():.3f} over {len(indices)} inputs "
-            f"({time.perf_counter() - started:.0f} s)")
+            f"({progress.elapsed():.0f} s)")
     return sizes, norms
+
+
+def _attack_block(method: AttackMethod, smoother: MultiGuard, x: torch.Tensor, labels: np.ndarray, kwargs: dict,
+                  init: torch.Tensor | None) -> AttackResult:
+    """One block of inputs attacked (or, at R = 0, only measured, by the baseline's path with no steps)."""
+    if kwargs["radius"] <= 0:
+        kwargs = {key: value for key, value in kwargs.items() if key not in ("restarts", "step_size")}
+        return attack_smoothed(smoother, x, labels, **{**kwargs, "steps": 0})
+    if method.restarts is None:
+        return method.function(smoother, x, labels, **kwargs)
+    return method.function(smoother, x, labels, init=init if method.warm_start else None, **kwargs)
+
+
+def _finished_blocks(parts: AttackParts | None, j: int, sizes: np.ndarray, norms: np.ndarray,
+                     previous: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    """The inputs still to attack at radius ``j`` (bool mask), after filling ``sizes``, ``norms`` (and the
+    perturbations, started from ``previous``) from the blocks a killed attack saved in ``parts``."""
+    todo = np.ones(sizes.shape[0], dtype=bool)
+    current = None if previous is None else previous.clone()
+    for name in parts.names(f"r{j:03d}-") if parts is not None else ():
+        found = parts.load(name)
+        if found is not None:
+            sizes[found["positions"], j], norms[found["positions"], j] = found["sizes"], found["norms"]
+            todo[found["positions"]] = False
+            if current is not None and "deltas" in found:
+                current[torch.as_tensor(found["positions"])] = torch.as_tensor(found["deltas"]).to(current)
+    return todo, current
+
+
+class _Progress:
+    """Progress lines with an ETA per radius, at most one each 5 s."""
+
+    def __init__(self, log: Callable[[str], None], total: int, per_radius: int) -> None:
+        self.log, self.total, self.per_radius, self.finished = log, total, per_radius, 0
+        self.started = self.last = self.radius_started = time.perf_counter()
+        self.radius_done = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def skip(self, done: int) -> None:
+        self.finished += done
+        self.radius_started, self.radius_done = time.perf_counter(), 0
+
+    def advance(self, done: int, radius: float, inputs_done: int) -> None:
+        self.finished += done
+        self.radius_done += done
+        now = time.perf_counter()
+        if now - self.last >= 5.0 and self.finished < self.total:
+            self.last = now
+            rate = (now - self.radius_started) / max(self.radius_done, 1)
+            left = rate * (self.per_radius - inputs_done)
+            self.log(f"attack: R = {radius:g}: {inputs_done}/{self.per_radius} inputs, {now - self.started:.0f} s, "
+                     f"about {left:.0f} s left at this radius")

@@ -59,6 +59,8 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
             markersize=5,
             label=_curve_label(c, varying),
         )
+        if empirical and c.certified is not None:
+            _draw_gap(ax, c, metric, color)
         level = c.trivial.get(metric, 0.0)
         key = (c.run, c.k, level)
         if level > 0 and key not in trivial_drawn:  # the part of every curve that holds by counting alone
@@ -83,6 +85,16 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
             ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # type: ignore
         else:
             ax.legend(fontsize=8, frameon=False)  # type: ignore[attr-defined]
+
+
+def _draw_gap(ax: object, attack: Curve, metric: str, color: str) -> None:
+    """The certified curve of an attack's own inputs (lower bound) and the gap up to its attacked curve (upper
+    bound) shaded: the robustness neither the certificate nor the attack has settled."""
+    lower, upper = attack.certified[metric], attack.metric(metric)
+    ax.plot(attack.radius, lower, linestyle=":", color=color, linewidth=1.4, marker="x",  # type: ignore
+            markersize=5, label=f"certified, {attack.run}'s inputs")
+    ax.fill_between(attack.radius, lower, upper, color=color, alpha=0.18, linewidth=0,  # type: ignore
+                    label="gap: certified to attacked")
 
 
 def _save_figure(fig: object, path: str | os.PathLike[str]) -> None:

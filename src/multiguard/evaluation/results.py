@@ -151,7 +151,9 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
     """The ``results.json`` document of a report: ``runs`` (``runs[i]`` is called ``names[i]`` by the curves;
     where one run is read at several n, its ids become ``NAME@n=N``) and one record per curve and radius of
     the certified curves (curves of method ``attack``, empirical, are not results of a certificate and are
-    left out)."""
+    left out of ``records``); with attack curves, ``attacked``: one record per attack and radius with its
+    ``attacked_*`` metrics (empirical, an upper bound) and the ``certified_*`` ones of the same inputs (a lower
+    bound; the gap between them is what neither has settled) and its ``violations``."""
     from multiguard import __version__
 
     if len(names) != len(runs):
@@ -174,7 +176,7 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
                 "certified_precision": _round(curve.precision[j]), "certified_recall": _round(curve.recall[j]),
                 "certified_f1": _round(curve.f1[j]), "num_inputs": int(curve.num_inputs),
             })
-    return {
+    document = {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,
         "multiguard_version": __version__,
@@ -183,6 +185,27 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
                  for run, run_id in zip(runs, ids, strict=True)],
         "records": records,
     }
+    attacked = [record for curve in curves if curve.method == "attack" for record in _attacked_records(curve)]
+    if attacked:
+        document["attacked"] = attacked
+    return document
+
+
+def _attacked_records(curve: Any) -> list[dict[str, Any]]:
+    """One ``attacked`` record per radius of an attack's curve: the attacked (empirical, an upper bound) and,
+    where the attack certified its inputs, the certified (a lower bound) metrics of the same inputs."""
+    certified = getattr(curve, "certified", None)
+    violations = getattr(curve, "violations", None)
+    out = []
+    for j, radius in enumerate(np.asarray(curve.radius, dtype=np.float64)):
+        record = {"attack": str(curve.run), "k": int(curve.k), "k_prime": int(curve.k_prime),
+                  "alpha": float(curve.alpha), "radius": _round(radius), "num_inputs": int(curve.num_inputs),
+                  "violations": None if violations is None else int(violations[j])}
+        for metric in ("precision", "recall", "f1"):
+            record[f"attacked_{metric}"] = _round(curve.metric(metric)[j])
+            record[f"certified_{metric}"] = None if certified is None else _round(certified[metric][j])
+        out.append(record)
+    return out
 
 
 def results_bytes(document: dict[str, Any]) -> bytes:
@@ -243,6 +266,20 @@ def _check_fields(obj: Any, fields: dict[str, tuple[tuple[type, ...], bool]], wh
             raise ValueError(f"results: {where}.{name}: must be finite, got {value!r}")
 
 
+def _check_attacked(attacked: Any) -> None:
+    """The optional ``attacked`` list: each record a radius >= 0 and metrics in [0, 1] (certified ones may be
+    null)."""
+    if not isinstance(attacked, list):
+        raise ValueError("results: attacked: must be a list")
+    for i, record in enumerate(attacked):
+        if not isinstance(record, dict) or not isinstance(record.get("radius"), (int, float)) or record["radius"] < 0:
+            raise ValueError(f"results: attacked[{i}]: must be a record with a radius >= 0")
+        for metric in ("precision", "recall", "f1"):
+            values = [record.get(f"attacked_{metric}"), record.get(f"certified_{metric}")]
+            if not isinstance(values[0], (int, float)) or not all(v is None or 0.0 <= v <= 1.0 for v in values):
+                raise ValueError(f"results: attacked[{i}].{metric}: must be numbers in [0, 1]")
+
+
 def validate_results(document: Any) -> None:
     """Check a ``results.json`` document against schema version 1; raises ValueError naming the field.
 
@@ -273,6 +310,7 @@ def validate_results(document: Any) -> None:
         if run["id"] in ids:
             raise ValueError(f"results: {where}.id: {run['id']!r} appears twice")
         ids.add(run["id"])
+    _check_attacked(document.get("attacked", []))
     seen = set()
     for i, record in enumerate(document["records"]):
         where = f"records[{i}]"

@@ -49,6 +49,7 @@ from multiguard.sampling.certificate import Certificate, Prediction
 from multiguard.sampling.engine import SamplingEngine, as_batch, as_index, module_device_dtype
 from multiguard.sampling.inputs import as_image_batch, image_channels
 from multiguard.sampling.noise import make_noise
+from multiguard.sampling.soft import soft_scores_of
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
 
@@ -165,8 +166,7 @@ class MultiGuard:
         return (
             f"MultiGuard(num_classes={self.num_classes}, sigma={self.sigma}, k_prime={self.k_prime}, "
             f"clamp={self.clamp}, noise={self.noise.name!r}, device={self.device}, dtype={self.dtype}, "
-            f"mode={self.mode.describe()!r}"
-            f"{thresholds})"
+            f"mode={self.mode.describe()!r}{thresholds})"
         )
 
     @property
@@ -184,8 +184,7 @@ class MultiGuard:
         """Run one forward batch of ``batch_size`` noisy copies of ``x[0]`` now, so that compilation (with
         ``compile=True``) and lazy initialisation happen here rather than inside the first timed sampling
         call. Returns its wall time in seconds. The counts are thrown away; later counts do not change
-        (noise is seeded per input and sample).
-        """
+        (noise is seeded per input and sample)."""
         batch_size = check_int(batch_size, "batch_size", 1)
         tensor = as_batch(x)
         if tensor.shape[0] == 0:
@@ -195,8 +194,6 @@ class MultiGuard:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
-
-    # ------------------------------------------------------------------------------------------- public
 
     def sample_counts(
         self,
@@ -229,6 +226,8 @@ class MultiGuard:
         counts = self.engine.count(x, n, seed=seed, index=index, batch_size=batch_size, num_k=num_k,
                                    stream=STREAM_ESTIMATION, progress=progress)
         return counts if max_k_prime is not None else counts[:, self.k_prime - 1]
+
+    soft_scores = soft_scores_of  # a differentiable Monte Carlo estimate of the smoothed scores, for attacks
 
     def _need_thresholds(self) -> np.ndarray:
         if self.score_thresholds is None:

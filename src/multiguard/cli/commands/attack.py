@@ -32,7 +32,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         steps=args.steps, samples=args.samples, n=args.n, alpha=args.alpha, seed=args.seed, sigma=args.sigma,
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
-        **mode, noise=args.noise,
+        attack=args.attack, restarts=args.restarts, **mode, noise=args.noise,
     )
     if args.quiet:  # the numbers are in ATTACK_DIR
         return 0
@@ -48,6 +48,17 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_attack_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--attack NAME`` and ``--restarts``: which attack (:data:`multiguard.evaluation.attacks.ATTACKS`)."""
+    from multiguard.evaluation.attacks import ATTACKS, DEFAULT_ATTACK
+
+    names = ATTACKS.help_text()
+    parser.add_argument("--attack", default=DEFAULT_ATTACK, metavar="NAME",
+                        help=f"the attack (default {DEFAULT_ATTACK}): {names}")
+    parser.add_argument("--restarts", type=int, default=None,
+                        help="restarts per input and radius of an attack that has them (default 3 for apgd-targeted)")
+
+
 def _attack_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
     add_sampling(p, n_help="fresh samples that measure the attacked prediction")
@@ -55,8 +66,10 @@ def _attack_options(p: argparse.ArgumentParser) -> None:
                                     help="random test inputs to attack (0: all)")
     attack = group(p, ATTACK)
     attack.add_argument("--radii", default="0.25,0.5,1.0", help="l2 radii to attack at (comma list)")
-    attack.add_argument("--steps", type=int, default=20, help="PGD steps")
-    attack.add_argument("--samples", type=int, default=32, help="noise samples per gradient step")
+    attack.add_argument("--steps", type=int, default=None,
+                        help="gradient steps (per restart; default: the attack's, 30 for apgd-targeted, 20 for pgd)")
+    attack.add_argument("--samples", type=int, default=None, help="noise samples per gradient step (default 32)")
+    add_attack_choice(attack)
     certificate = group(p, CERTIFICATE)
     certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels the smoothed classifier predicts")
     certificate.add_argument("--k-prime", type=int, default=1, metavar="K", help="labels the base classifier predicts")
