@@ -21,14 +21,14 @@ from multiguard.runs import folder as _folder
 from multiguard.runs import job as _job
 from multiguard.runs.certify_step import sample_checkpoint
 
-__all__ = ["DEMO_SETTINGS", "DENOISED_DEMO_SETTINGS", "DemoResult", "DenoisedDemoResult", "run_demo",
-           "run_denoised_demo"]
-
+__all__ = ["DEMO_ALPHAS", "DEMO_SETTINGS", "DEMO_SIGMA", "DENOISED_DEMO_SETTINGS", "DemoResult", "DenoisedDemoResult",
+           "demo_paths", "figure_rows", "run_demo", "run_denoised_demo", "sigma_table"]
 
 
 @dataclass
 class DemoResult:
-    """Where the demo put its files and what it measured."""
+    """Where the demo put its files and what it measured. ``checkpoint`` and ``run_dir`` are the main
+    (sigma = 0.5) model's; ``checkpoints`` and ``run_dirs`` hold every model's, by training sigma."""
 
     out: Path
     checkpoint: Path
@@ -36,16 +36,43 @@ class DemoResult:
     reports: dict[str, _report.Report]
     figure: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    checkpoints: dict[float, Path] = field(default_factory=dict)
+    run_dirs: dict[float, Path] = field(default_factory=dict)
+    sigma_figure: Path | None = None
 
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); about 2 minutes on 2 cores
     # lr 3e-3 rather than the paper's 1e-3: in 8 epochs small_cnn is still under-fitted at 1e-3 (noisy-test
     # mAP 0.884 against 0.906, docs/training.md)
-    "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000, "lr": 3e-3},
-    # quick: a smaller model budget and 100 inputs; well under 90 s
-    "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000, "lr": 3e-3},
+    # sigmas: one model per sigma (same arch, epochs, seed), each certified on the same inputs with the same n,
+    # for the impact-of-sigma row; the first is the main model (model.pt, run/) of every other row
+    "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000, "lr": 3e-3,
+             "sigmas": (0.5, 0.25, 1.0)},
+    # quick: a smaller model budget, 100 inputs and one model; well under 90 s
+    "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000, "lr": 3e-3,
+              "sigmas": (0.5,)},
 }
+
+DEMO_SIGMA = 0.5
+"""The main model's sigma (the paper's default): its files are ``model.pt`` and ``run/``, as before the sigma row."""
+
+DEMO_ALPHAS: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
+"""The alphas of the impact-of-alpha row (the main run's counts, no extra sampling)."""
+
+DEMO_RADIUS_GRID = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
+SIGMA_RADIUS_GRID = "0:3:0.05"  # with sigma = 1.0, n = 1000 none reaches 2.4
+SIGMA_TABLE_RADII: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def demo_paths(out: str | os.PathLike[str], sigma: float) -> tuple[Path, Path]:
+    """The checkpoint and RUN_DIR of the demo's model trained with ``sigma``: ``model.pt`` and ``run/`` for the main
+    one (sigma = 0.5, so a demo folder from before the sigma row resumes), ``model-s<sigma>.pt`` and
+    ``run-s<sigma>/`` for the others."""
+    out = Path(out)
+    if float(sigma) == DEMO_SIGMA:
+        return out / "model.pt", out / "run"
+    return out / f"model-s{float(sigma):g}.pt", out / f"run-s{float(sigma):g}"
 
 
 DEMO_THRESHOLD = 0.5
@@ -71,6 +98,21 @@ def thresholded_vs_top_k(curves: list[_curves.Curve], radii: tuple[float, ...] =
     return "\n".join(lines)
 
 
+def sigma_table(curves: list[_curves.Curve], radii: tuple[float, ...] = SIGMA_TABLE_RADII) -> str:
+    """A markdown table of certified top-k precision / recall / F1 (%) at ``radii``, one row per run's sigma (the
+    curves' sigma, which is the one its run's metadata records), of the MultiGuard curves of one report."""
+    rows = sorted((c for c in curves if c.method == "multiguard" and c.q is None), key=lambda c: c.sigma)
+    if len({c.sigma for c in rows}) != len(rows) or not rows:
+        raise ValueError("curves: need one MultiGuard curve per sigma")
+    lines = ["| σ | " + " | ".join(f"R = {r:g}" for r in radii) + " |", "|---|" + "---:|" * len(radii)]
+    for c in rows:
+        cells = [" / ".join(f"{100 * c.at(m, r):.1f}" for m in _curves.METRICS) for r in radii]
+        lines.append(f"| {c.sigma:g} | " + " | ".join(cells) + " |")
+    k, k_prime = rows[0].k, rows[0].k_prime
+    return "\n".join(lines) + (f"\n\n(certified top-{k} precision / recall / F1 in %, k' = {k_prime}, "
+                               f"n = {rows[0].n}, α = {rows[0].alpha:g}, {rows[0].num_inputs} inputs)")
+
+
 def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _job.RunResult:
     """A demo's RUN_DIR, finished: continued where a killed demo left it, or started over (saying so) when it
     holds a run with other settings (e.g. a --quick run after a full one). ``say`` tells the user; ``kwargs``
@@ -87,12 +129,12 @@ def _demo_run(checkpoint: Path, run_dir: Path, say: Log, **kwargs: Any) -> _job.
 
 
 def _demo_train(checkpoint: Path, settings: dict[str, Any], *, sigma: float, seed: int, device: str,
-                log: Log) -> None:
-    """Step 1 of the demo: train (or resume, or replace a demo model of other settings) small_cnn at
-    ``checkpoint``; a ValueError if ``checkpoint`` is a model of another kind."""
+                log: Log, step: str = "[1/3]") -> None:
+    """Train (or resume, or replace a demo model of other settings) small_cnn at ``checkpoint``; a ValueError if
+    ``checkpoint`` is a model of another kind. ``step`` starts the progress line (which step, which model)."""
     from multiguard.training.classifier import train
 
-    log(f"[1/3] training small_cnn on multidigits with Gaussian noise sigma = {sigma} "
+    log(f"{step} training small_cnn on multidigits with Gaussian noise sigma = {sigma:g} "
          f"({settings['epochs']} epochs of {settings['train_size']} images)")
     train_args: dict[str, Any] = dict(
         arch="small_cnn", sigma=sigma, epochs=settings["epochs"], seed=seed, out=checkpoint, device=device,
@@ -101,60 +143,129 @@ def _demo_train(checkpoint: Path, settings: dict[str, Any], *, sigma: float, see
     )
     try:
         _, meta = train("multidigits", resume=True, **train_args)
-    except RunMismatchError:  # a demo model.pt from other settings (e.g. --quick after a full demo): train afresh
+    except RunMismatchError:  # a demo model from other settings (e.g. --quick after a full demo): train afresh
         saved = read_checkpoint(checkpoint)["meta"]
         if (saved.get("dataset"), saved.get("arch")) != ("multidigits", "small_cnn"):  # never replace a user's model
             raise ValueError(f"out: {checkpoint} is a model of another kind ({saved.get('arch')} on "
                              f"{saved.get('dataset')}), not the demo's; choose another --out") from None
-        log("      model.pt was trained with other settings: training a new one")
+        log(f"      {checkpoint.name} was trained with other settings: training a new one")
         _, meta = train("multidigits", resume=False, overwrite=True, **train_args)
     last = meta["metrics"][-1]
     log(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
 
 
-def _demo_reports(out: Path, run_dir: Path, log: Log) -> tuple[dict[str, Any], Path]:
-    """Step 3 of the demo: the reports drawn from the saved run (no model) and the figure of their rows."""
-    run = _folder.load_run(run_dir)
-    grid = "0:2:0.05"  # with sigma = 0.5, n = 1000 no radius reaches 2
-    reports = {
-        "report": _report.make_report(
-            [run], out / "report", k=[3], k_prime=[1], names=["multidigits"], radius_grid=grid,
-            methods=["multiguard", "multiguard-first-terms", "jia"], title="MultiGuard vs Jia et al. (k' = 1, k = 3)",
-        ),
-        "report-k-prime": _report.make_report(
-            [run], out / "report-k-prime", k=[3], k_prime=[1, 2, 3], methods=["multiguard"],
-            names=["multidigits"], radius_grid=grid, title="Impact of k' (k = 3)",
-        ),
-        "report-k": _report.make_report(
-            [run], out / "report-k", k=[1, 2, 3, 4, 5], k_prime=[1], methods=["multiguard"],
-            names=["multidigits"], radius_grid=grid, title="Impact of k (k' = 1)",
-        ),
+def _main_report_specs(run: Any) -> dict[str, dict[str, Any]]:
+    """The reports drawn from the main run's counts (no sampling), by folder: ``make_report`` arguments."""
+    specs: dict[str, dict[str, Any]] = {
+        "report": dict(k=[3], k_prime=[1], methods=["multiguard", "multiguard-first-terms", "jia"],
+                       title="MultiGuard vs Jia et al. (k' = 1, k = 3)"),
+        "report-k-prime": dict(k=[3], k_prime=[1, 2, 3], methods=["multiguard"], title="Impact of k' (k = 3)"),
+        "report-k": dict(k=[1, 2, 3, 4, 5], k_prime=[1], methods=["multiguard"], title="Impact of k (k' = 1)"),
+        "report-alpha": dict(k=[3], k_prime=[1], alpha=list(DEMO_ALPHAS), methods=["multiguard"],
+                             title="Impact of alpha (k' = 1, k = 3)"),
     }
     if run.on_counts is not None:  # the same run's per-label on-counts: no extra sampling
-        reports["report-thresholded"] = _report.make_report(
-            [run], out / "report-thresholded", k=[1, 2, 3, 4, 5], k_prime=[1, 2, 3],
-            methods=["multiguard", "threshold"], q=[0.5, 0.3], names=["multidigits"], radius_grid=grid,
-            title="Thresholded vs top-k (label on when its probability > 0.5; MultiGuard at k = 1..5, k' = 1..3)",
-        )
-    sizes = run.sample_sizes
-    if run.nested_counts is not None and sizes is not None:  # a run from before nested counts has none
-        reports["report-n"] = _report.make_report(
-            [run], out / "report-n", k=[3], k_prime=[1], methods=["multiguard"], names=["multidigits"],
-            radius_grid=grid, n=[int(size) for size in sizes], title="Impact of n (k' = 1, k = 3)",
-        )
-    else:
-        log(f"      {run_dir} holds no nested counts (certified by an older version): no impact-of-n report")
-    figure = out / "figure.png"
-    _plots.plot_figure(
-        [
-            ("MultiGuard vs Jia et al.", reports["report"].curves),
-            ("Impact of k'", reports["report-k-prime"].curves),
-            ("Impact of k", reports["report-k"].curves),
-            *([("Impact of n", reports["report-n"].curves)] if "report-n" in reports else []),
-        ],
-        figure,
+        specs["report-thresholded"] = dict(
+            k=[1, 2, 3, 4, 5], k_prime=[1, 2, 3], methods=["multiguard", "threshold"], q=[0.5, 0.3],
+            title="Thresholded vs top-k (label on when its probability > 0.5; MultiGuard at k = 1..5, k' = 1..3)")
+    if run.nested_counts is not None and run.sample_sizes is not None:  # a run from before nested counts has none
+        specs["report-n"] = dict(k=[3], k_prime=[1], methods=["multiguard"], n=[int(s) for s in run.sample_sizes],
+                                 title="Impact of n (k' = 1, k = 3)")
+    return specs
+
+
+def _sigma_report(out: Path, run_dirs: dict[float, Path]) -> _report.Report | None:
+    """The impact-of-sigma report: MultiGuard (k' = 1, k = 3) on every model's run, each named and ordered by the
+    sigma its run's metadata records; None for a demo of one model (--quick)."""
+    if len(run_dirs) < 2:
+        return None
+    runs = sorted((_folder.load_run(path) for path in run_dirs.values()), key=lambda run: run.sigma)
+    return _report.make_report(
+        runs, out / "report-sigma", k=[3], k_prime=[1], methods=["multiguard"], radius_grid=SIGMA_RADIUS_GRID,
+        names=[f"sigma = {run.sigma:g}" for run in runs], summary_radii=SIGMA_TABLE_RADII,
+        title="Impact of sigma (k' = 1, k = 3; one model per sigma, certified on the same inputs with the same n)",
     )
-    return reports, figure
+
+
+FIGURE_ROWS: tuple[tuple[str, str], ...] = (
+    ("report", "MultiGuard vs Jia et al."),
+    ("report-k-prime", "Impact of k'"),
+    ("report-k", "Impact of k"),
+    ("report-sigma", "Impact of σ"),
+    ("report-n", "Impact of n"),
+    ("report-alpha", "Impact of α"),
+)
+"""The rows of ``figure.png``, the paper's Figure 1 in its order: (report folder, row title). A report the demo did
+not make (``report-sigma`` of --quick, ``report-n`` of an old run) is left out. Hook for the attack panel (issue
+32): once the tightness attack exists, the demo runs it on the sigma = 0.5 model for a few inputs and adds its
+report here (certified against attacked top-3 recall, the gap shaded); until then there is no such row."""
+
+def figure_rows(reports: dict[str, _report.Report], keys: tuple[str, ...] | None = None) -> list[tuple[str, list]]:
+    """The ``(title, curves)`` rows of the demo's figure from its reports: :data:`FIGURE_ROWS` in order (or only
+    the report folders ``keys``), skipping the reports not made."""
+    wanted = [key for key, _ in FIGURE_ROWS] if keys is None else list(keys)
+    titles = dict(FIGURE_ROWS)
+    return [(titles[key], reports[key].curves) for key in wanted if key in reports]
+
+
+def _figure_caption(run: Any) -> str:
+    """The caption line of the demo's figure: the setting every row shares unless it varies it."""
+    meta = run.metadata
+    return (f"{meta.get('dataset', 'multidigits')}, {run.counts.shape[0]} test inputs, n = {run.n}, α = 0.001, "
+            f"σ = {run.sigma:g}, k' = 1, k = 3 (unless the row varies it); sampling mode "
+            f"{_folder.sampling_mode(meta)}; noise: {_folder.run_noise(meta)}")
+
+
+def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The last step of the demo: the reports drawn from the saved runs (no model) and the figures of their rows
+    (``figure``: the paper's six rows; ``sigma``: the sigma row alone, full demo only). The README's three-row
+    overview is a copy kept in docs/ (drawing a second large figure would cost the demo seconds of matplotlib)."""
+    run = _folder.load_run(run_dirs[DEMO_SIGMA])
+    reports = {name: _report.make_report([run], out / name, names=["multidigits"], radius_grid=DEMO_RADIUS_GRID,
+                                         **spec)
+               for name, spec in _main_report_specs(run).items()}
+    if "report-n" not in reports:
+        log(f"      {run_dirs[DEMO_SIGMA]} holds no nested counts (certified by an older version): "
+            "no impact-of-n report")
+    sigma_report = _sigma_report(out, run_dirs)
+    if sigma_report is not None:
+        reports["report-sigma"] = sigma_report
+    caption = _figure_caption(run)
+    figures = {"figure": out / "figure.png"}
+    _plots.plot_figure(figure_rows(reports), figures["figure"], caption=caption)
+    if sigma_report is not None:
+        figures["sigma"] = out / "figure-sigma.png"
+        _plots.plot_figure(figure_rows(reports, ("report-sigma",)), figures["sigma"], caption=caption)
+    return reports, figures
+
+
+def _indented(log: Log) -> Log:
+    """``log``, each line indented under its step."""
+    return lambda line: log("      " + line)
+
+
+def _train_and_certify(out: Path, settings: dict[str, Any], log: Log, seconds: dict[str, float],
+                       **certify: Any) -> dict[float, Path]:
+    """Every model of the demo, one after another: train (or reuse) it, then certify (or resume) its run, each on
+    the same inputs with the same n; progress lines name the step and the model. Returns the RUN_DIRs by sigma."""
+    sigmas = tuple(float(s) for s in settings["sigmas"])
+    total, seed, run_dirs = 2 * len(sigmas) + 1, 0, {}
+    for i, sigma in enumerate(sigmas):
+        checkpoint, run_dirs[sigma] = demo_paths(out, sigma)
+        model = f"model {i + 1} of {len(sigmas)}, sigma = {sigma:g}" if len(sigmas) > 1 else f"sigma = {sigma:g}"
+        started = time.perf_counter()
+        _demo_train(checkpoint, settings, sigma=sigma, seed=seed, device=certify["device"], log=log,
+                    step=f"[{2 * i + 1}/{total}] {model}:")
+        seconds["train"] = seconds.get("train", 0.0) + time.perf_counter() - started
+        started = time.perf_counter()
+        log(f"[{2 * i + 2}/{total}] {model}: certifying {settings['num_inputs']} random test inputs: "
+            f"n = {settings['n']} noisy samples each, counts for every k' <= 3")
+        indent = _indented(log)
+        _demo_run(checkpoint, run_dirs[sigma], indent, n=settings["n"], max_k_prime=3, seed=seed,
+                  num_inputs=settings["num_inputs"], thresholds=DEMO_THRESHOLD, log=indent,
+                  on_progress=ProgressPrinter(indent, settings["n"], prefix=f"sigma = {sigma:g}"), **certify)
+        seconds["certify"] = seconds.get("certify", 0.0) + time.perf_counter() - started
+    return run_dirs
 
 
 def run_demo(
@@ -169,15 +280,22 @@ def run_demo(
     noise: str = "float",
     shared_noise: bool = False,
 ) -> DemoResult:
-    """Train small_cnn on multidigits with noise (sigma = 0.5), certify test inputs for every k' <= 3 with
-    n = 1000, and report MultiGuard vs Jia et al. (k' = 1, k = 3) and the k and k' ablations.
+    """Train small_cnn on multidigits with noise, certify test inputs for every k' <= 3 with n = 1000, and report
+    MultiGuard vs Jia et al. (k' = 1, k = 3) and the k', k, sigma, n and alpha ablations (the paper's Figure 1).
 
-    Files in ``out``: ``model.pt``, ``run/`` (the RUN_DIR), ``report/`` (comparison), ``report-k/``,
-    ``report-k-prime/`` and ``report-n/`` (ablations; the impact of n reads the run's nested counts at n = 100,
-    200, 500, 1000), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at
-    k = 1..5 and k' = 1..3, from the same run's on-counts), and ``figure.png`` (the rows side by side, as the
-    paper's Figure 1). Running it again
-    reuses a finished model and run; a killed demo continues where it stopped.
+    The full demo trains three models, sigma = 0.25, 0.5 and 1.0 (``DEMO_SETTINGS["full"]["sigmas"]``; the same
+    architecture, epochs and seed) and certifies each on the same test inputs with the same n; ``quick`` trains
+    one (sigma = 0.5) and has no sigma row.
+
+    Files in ``out``: ``model.pt`` and ``run/`` (the sigma = 0.5 model and its RUN_DIR), ``model-s0.25.pt``,
+    ``run-s0.25/``, ``model-s1.pt``, ``run-s1/`` (the others), ``report/`` (comparison), ``report-k-prime/``,
+    ``report-k/``, ``report-alpha/`` (alpha = 0.1 .. 0.0001) and ``report-n/`` (the run's nested counts at n = 100,
+    200, 500, 1000) from the main run, ``report-sigma/`` (the three runs, each named by the sigma its metadata
+    records), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at k = 1..5
+    and k' = 1..3, from the main run's on-counts), ``figure.png`` (the paper's Figure 1: six rows, comparison, k',
+    k, sigma, n, alpha, by three columns, precision, recall, F1) and ``figure-sigma.png`` (the sigma row alone,
+    full demo only). Running it again reuses every finished model and run; a killed demo
+    continues where it stopped.
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
     device has native bf16) and ``compile``; the run records the mode and the report names it. ``noise`` and
@@ -186,31 +304,16 @@ def run_demo(
     settings = DEMO_SETTINGS["quick" if quick else "full"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint, run_dir = out / "model.pt", out / "run"
     seconds: dict[str, float] = {}
-    sigma, seed, max_k_prime = 0.5, 0, 3
-
+    run_dirs = _train_and_certify(out, settings, log, seconds, device=device, precision=precision,
+                                  channels_last=channels_last, compile=compile, noise=noise, shared_noise=shared_noise)
     started = time.perf_counter()
-    _demo_train(checkpoint, settings, sigma=sigma, seed=seed, device=device, log=log)
-    seconds["train"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    log(f"[2/3] certifying {settings['num_inputs']} random test inputs: n = {settings['n']} noisy samples each, "
-         f"counts for every k' <= {max_k_prime}")
-    certify_args: dict[str, Any] = dict(
-        n=settings["n"], max_k_prime=max_k_prime, num_inputs=settings["num_inputs"], seed=seed, device=device,
-        on_progress=ProgressPrinter(lambda line: log("      " + line), settings["n"]),
-        precision=precision, channels_last=channels_last, compile=compile, log=lambda line: log("      " + line),
-        thresholds=DEMO_THRESHOLD, noise=noise, shared_noise=shared_noise,
-    )
-    _demo_run(checkpoint, run_dir, lambda line: log("      " + line), **certify_args)
-    seconds["certify"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    log("[3/3] reporting from the saved counts (no model)")
-    reports, figure = _demo_reports(out, run_dir, log)
+    log(f"[{2 * len(run_dirs) + 1}/{2 * len(run_dirs) + 1}] reporting from the saved counts (no model)")
+    reports, figures = _demo_reports(out, run_dirs, log)
     seconds["report"] = time.perf_counter() - started
-    return DemoResult(out, checkpoint, run_dir, reports, figure, seconds)
+    checkpoints = {sigma: demo_paths(out, sigma)[0] for sigma in run_dirs}
+    return DemoResult(out, checkpoints[DEMO_SIGMA], run_dirs[DEMO_SIGMA], reports, figures["figure"], seconds,
+                      checkpoints=checkpoints, run_dirs=run_dirs, sigma_figure=figures.get("sigma"))
 
 
 # ---------------------------------------------------------------------------------- the denoised demo

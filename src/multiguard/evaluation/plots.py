@@ -97,9 +97,12 @@ def _draw_gap(ax: object, attack: Curve, metric: str, color: str) -> None:
                     label="gap: certified to attacked")
 
 
+FIGURE_DPI = 110  # the pixels per inch of every saved figure
+
+
 def _save_figure(fig: object, path: str | os.PathLike[str]) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")  # type: ignore[attr-defined]
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -148,15 +151,25 @@ def plot_metric(curves: Sequence[Curve], metric: str, path: str | os.PathLike[st
     plt.close(fig)  # type: ignore[attr-defined]
 
 
-def plot_figure(rows: Sequence[tuple[str, Sequence[Curve]]], path: str | os.PathLike[str]) -> None:
-    """A grid like the paper's Figure 1: one row per ``(title, curves)`` and one column per metric."""
+FIGURE_ROW_INCHES = 3.4  # the height of one row of :func:`plot_figure`
+FIGURE_WIDTH_INCHES = 13.5  # and of its three columns
+
+
+def plot_figure(rows: Sequence[tuple[str, Sequence[Curve]]], path: str | os.PathLike[str],
+                caption: str | None = None) -> None:
+    """A grid like the paper's Figure 1: one row per ``(title, curves)`` and one column per metric (precision,
+    recall, F1), each panel a certified metric against the l2 radius; ``caption`` is a line of text under the
+    grid (e.g. the setting: dataset, n, alpha, inputs, sampling mode, noise)."""
     plt = _pyplot()
     if not rows:
         raise ValueError("rows must hold at least one (title, curves) pair")
-    fig, axes = plt.subplots(len(rows), 3, figsize=(13.5, 3.4 * len(rows)), squeeze=False)  # type: ignore
+    fig, axes = plt.subplots(len(rows), 3, figsize=(FIGURE_WIDTH_INCHES, FIGURE_ROW_INCHES * len(rows)),
+                             squeeze=False)  # type: ignore[attr-defined]
     for i, (title, curves) in enumerate(rows):
         for j, metric in enumerate(METRICS):
             _draw_panel(axes[i][j], curves, metric, title if j == 0 else None)
     fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.0, caption.replace("$", r"\$"), ha="center", va="top", fontsize=9)  # type: ignore
     _save_figure(fig, path)
     plt.close(fig)  # type: ignore[attr-defined]

@@ -52,8 +52,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     echo()
     echo(main_report.summary.rstrip())
     echo()
-    for key, label in (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
-                       ("report-n", "Impact of n (k' = 1, k = 3)")):
+    ablations = (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
+                 ("report-n", "Impact of n (k' = 1, k = 3)"), ("report-alpha", "Impact of alpha (k' = 1, k = 3)"))
+    for key, label in ablations:
         if key not in result.reports:
             continue
         text = result.reports[key].summary
@@ -69,6 +70,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         echo()
         echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
         echo()
+    if "report-sigma" in result.reports:
+        from multiguard.demo import sigma_table
+
+        echo("### Impact of sigma (k' = 1, k = 3; one model per sigma, the same inputs and n)")
+        echo()
+        echo(sigma_table(result.reports["report-sigma"].curves))
+        echo()
     from multiguard.runs.folder import load_run, run_noise, sampling_mode
 
     recorded = load_run(result.run_dir).metadata
@@ -78,11 +86,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     total = time.perf_counter() - started
     timings = ", ".join(f"{name} {secs:.0f} s" for name, secs in result.seconds.items())
     echo(f"done in {total:.0f} s ({timings}). Files:")
-    echo(f"  {'model':<15} {result.checkpoint}")
-    echo(f"  {'counts':<15} {result.run_dir}/ (metadata.json, counts.npz, chunks/)")
+    for sigma, checkpoint in result.checkpoints.items():
+        echo(f"  {f'model σ={sigma:g}':<15} {checkpoint}")
+        echo(f"  {f'counts σ={sigma:g}':<15} {result.run_dirs[sigma]}/ (metadata.json, counts.npz, chunks/)")
     for key, rep in result.reports.items():
         echo(f"  {key:<15} {rep.out}/ ({', '.join(REPORT_FILES)})")
-    echo(f"  {'figure':<15} {result.figure}")
+    echo(f"  {'figure':<15} {result.figure} (the paper's Figure 1: one row per comparison, P, R, F1)")
+    if result.sigma_figure is not None:
+        echo(f"  {'sigma row':<15} {result.sigma_figure}")
     return 0
 
 

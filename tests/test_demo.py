@@ -1,0 +1,126 @@
+"""``multiguard demo``'s full setting at a tiny scale (issue 32): three models, sigma 0.25, 0.5 and 1.0, the sigma row
+drawn from their runs (each named by the sigma its metadata records), the six-row Figure 1, and a killed demo that
+resumes with its finished models and runs. The demo runs as a subprocess (one torch thread: bit-identical
+sampling) with ``DEMO_SETTINGS["full"]`` made tiny; the paper's finding on the real demo's numbers is checked by
+hand (docs/demo.md) since the real demo takes minutes."""
+
+from __future__ import annotations
+
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clitools import env
+
+from multiguard.demo import DEMO_SIGMA, demo_paths
+from multiguard.evaluation.curves import compute_curves, parse_radius_grid, read_csv
+from multiguard.evaluation.plots import FIGURE_DPI, FIGURE_ROW_INCHES
+from multiguard.runs.folder import load_run
+
+pytestmark = pytest.mark.slow
+
+SIGMAS = (0.25, 0.5, 1.0)
+TINY = {"epochs": 1, "train_size": 300, "test_size": 100, "num_inputs": 20, "n": 200, "lr": 3e-3,
+        "sigmas": (0.5, 0.25, 1.0)}
+SCRIPT = f"""
+import sys
+from multiguard import demo
+demo.DEMO_SETTINGS["full"] = {TINY!r}
+demo.run_demo(sys.argv[1], device="cpu", precision="fp32", compile=False)
+"""
+
+
+def _demo(out: Path, check: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    args = [sys.executable, "-c", SCRIPT, str(out)]
+    if not check:
+        return subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, _demo(out).stdout
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_the_sigma_row_comes_from_three_runs_with_the_sigmas_their_metadata_records(tiny_demo) -> None:
+    out, stdout = tiny_demo
+    runs = {}
+    for sigma in SIGMAS:
+        checkpoint, run_dir = demo_paths(out, sigma)
+        assert checkpoint.exists() and (run_dir / "counts.npz").exists()
+        runs[sigma] = load_run(run_dir)
+        assert runs[sigma].metadata["sigma"] == sigma and runs[sigma].metadata["train_sigma"] == sigma
+    assert demo_paths(out, DEMO_SIGMA) == (out / "model.pt", out / "run")  # a demo folder of before resumes
+    main = runs[DEMO_SIGMA]
+    assert all(np.array_equal(run.indices, main.indices) and run.n == main.n == TINY["n"] for run in runs.values())
+    curves = read_csv(out / "report-sigma" / "curves.csv")
+    assert sorted((c.run, c.sigma) for c in curves) == [(f"sigma = {s:g}", s) for s in SIGMAS]
+    for curve in curves:  # each named curve is that run's certificate, computed here from the run alone
+        run = runs[curve.sigma]
+        (alone,) = compute_curves([run], k=[3], k_prime=[1], methods=["multiguard"], radius=curve.radius)
+        for metric in ("precision", "recall", "f1"):
+            np.testing.assert_allclose(curve.metric(metric), alone.metric(metric), atol=1e-6, err_msg=curve.run)
+    summary = (out / "report-sigma" / "summary.md").read_text()
+    assert all(f"| MultiGuard | sigma = {s:g} | {s:g} |" in summary for s in SIGMAS)
+    assert "Impact of sigma" in summary and parse_radius_grid("0:3:0.05").size == curves[0].radius.size
+
+
+def test_the_progress_names_the_model_and_the_step(tiny_demo) -> None:
+    _, stdout = tiny_demo
+    for i, sigma in enumerate((0.5, 0.25, 1.0)):
+        model = f"model {i + 1} of 3, sigma = {sigma:g}:"
+        assert f"[{2 * i + 1}/7] {model} training small_cnn" in stdout
+        assert f"[{2 * i + 2}/7] {model} certifying 20 random test inputs" in stdout
+    assert "[7/7] reporting" in stdout
+
+
+def test_the_figure_is_the_papers_six_rows_by_three_metrics(tiny_demo) -> None:
+    out, _ = tiny_demo
+    six = _png_size(out / "figure.png")
+    one = _png_size(out / "figure-sigma.png")  # the sigma row alone, drawn by the same function
+    assert six[0] == one[0]  # the same three columns
+    row = FIGURE_ROW_INCHES * FIGURE_DPI
+    assert abs((six[1] - one[1]) / row - 5) < 0.15, (six, one)  # five rows taller than one row
+
+
+def test_a_killed_full_demo_resumes_with_its_finished_models_and_runs(tiny_demo, tmp_path) -> None:
+    whole, _ = tiny_demo
+    out = tmp_path / "killed"
+    proc = _demo(out, check=False)
+    partial = demo_paths(out, 0.25)[1]
+    try:
+        deadline = time.monotonic() + 300
+        while not list((partial / "chunks").glob("chunk-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (partial / "counts.npz").exists() and not demo_paths(out, 1.0)[0].exists()
+    finished = [out / "model.pt", out / "run" / "counts.npz", demo_paths(out, 0.25)[0],
+                *sorted((partial / "chunks").glob("chunk-*.npz"))]
+    stamps = {path: path.stat().st_mtime_ns for path in finished}
+    log = _demo(out).stdout
+    assert {path: path.stat().st_mtime_ns for path in finished} == stamps  # nothing finished was redone
+    assert "epoch 1/1" not in log.split("[3/7]")[1].split("[5/7]")[0]  # the sigma = 0.25 model was not retrained
+    for sigma in SIGMAS:
+        with np.load(demo_paths(out, sigma)[1] / "counts.npz") as resumed, \
+                np.load(demo_paths(whole, sigma)[1] / "counts.npz") as uninterrupted:
+            assert sorted(resumed.files) == sorted(uninterrupted.files)
+            for key in [key for key in uninterrupted.files if not key.startswith("identity")]:  # names the file hash
+                np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=f"{sigma} {key}")
+    assert (out / "report-sigma" / "curves.csv").read_text() == (whole / "report-sigma" / "curves.csv").read_text() \
+        .replace(str(whole), str(out))
