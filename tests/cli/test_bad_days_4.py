@@ -63,3 +63,69 @@ def test_verify_names_every_missing_voc_label_file_in_one_run(tmp_path):
     for name in VOC_CLASSES[12:18]:
         assert f"{name}_test.txt" in out and f"{name}_trainval.txt" in out
     assert "and 2 more" in out
+
+
+def _image_of(path: Path, width: int, height: int) -> Path:
+    rng = np.random.default_rng(width * 1000 + height)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _side(checkpoint: Path) -> int:
+    from multiguard.models.checkpoints import load_checkpoint
+
+    return int(load_checkpoint(checkpoint)[1]["image_size"])
+
+
+def _predict(checkpoint: Path, *args: str, check: bool = True):
+    return run("predict", "--checkpoint", str(checkpoint), "--n", "60", "--n0", "10", "--k", "2", "--device", "cpu",
+               *args, check=check)
+
+
+def test_predict_says_the_file_size_and_the_size_certified_and_that_radii_are_in_the_latter(tiny_model_checkpoint,
+                                                                                            tmp_path):
+    import json
+
+    side = _side(tiny_model_checkpoint)
+    odd = _image_of(tmp_path / "wide.png", 50, 20)
+    fitting = _image_of(tmp_path / "square.png", side, side)
+    text = _predict(tiny_model_checkpoint, str(odd), str(fitting)).stdout
+    assert f"wide.png (50x20 file stretched to {side}x{side}: radii in the {side}x{side} image's pixels" in text
+    assert "square.png: " in text  # a file of the model's size needs no note
+    assert f"of the {side}x{side} image certified" in text
+    out = json.loads(_predict(tiny_model_checkpoint, str(odd), str(fitting), "--json", "--resize", "pad").stdout)
+    assert out[0]["file_size"] == [50, 20] and out[0]["certified_size"] == [side, side]
+    assert out[0]["resize"] == "pad" and f"{side}x{side}" in out[0]["radius_units"]
+    assert out[1]["file_size"] == [side, side] and out[1]["resize"] is None
+    padded = _predict(tiny_model_checkpoint, str(odd), "--resize", "pad").stdout
+    assert "50x20 file scaled and padded to" in padded
+
+
+def test_predict_resize_refuse_names_the_file_and_both_sizes(tiny_model_checkpoint, tmp_path):
+    side = _side(tiny_model_checkpoint)
+    odd = _image_of(tmp_path / "tall.png", 20, 50)
+    proc = _predict(tiny_model_checkpoint, str(odd), "--resize", "refuse", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"resize: {odd} is 20x50 pixels, the model takes {side}x{side}" in lines[0]
+    fitting = _image_of(tmp_path / "square.png", side, side)
+    assert _predict(tiny_model_checkpoint, str(fitting), "--resize", "refuse").returncode == 0  # control
+
+
+def test_pad_keeps_the_aspect_ratio_with_black_borders(tmp_path):
+    from multiguard.data import load_image
+
+    path = tmp_path / "white.png"
+    Image.new("RGB", (40, 20), (255, 255, 255)).save(path)
+    padded = load_image(path, 20, resize="pad")
+    assert padded.shape == (3, 20, 20)
+    assert float(padded[:, 5:15, :].min()) == 1.0  # the image, scaled to 20x10, in the middle rows
+    assert float(padded[:, :5, :].max()) == 0.0 and float(padded[:, 15:, :].max()) == 0.0  # black bands
+    assert float(load_image(path, 20).min()) == 1.0  # stretch fills the square
+
+
+def test_the_cli_resize_choices_are_the_librarys():
+    from multiguard.cli.options import RESIZE_CHOICES as CLI_CHOICES
+    from multiguard.data._common import DEFAULT_RESIZE, RESIZE_CHOICES
+
+    assert CLI_CHOICES == RESIZE_CHOICES and DEFAULT_RESIZE == "stretch"

@@ -315,3 +315,16 @@ def mode_args(args: argparse.Namespace, device: object, say: Callable[[str], Non
     how = f" (--precision auto on {device})" if precision == "auto" else ""
     say(f"sampling mode: {mode.describe()}{how}")
     return {"precision": mode.precision, "channels_last": mode.channels_last, "compile": mode.compile}
+
+
+# The same choices as multiguard.data._common.RESIZE_CHOICES (not imported here: that module loads torch, and
+# --help should not); tests/cli/test_bad_days_4.py checks that the two agree.
+RESIZE_CHOICES = ("stretch", "pad", "refuse")
+
+
+def add_resize(p: argparse.ArgumentParser) -> None:
+    """--resize: how an image file of another size than the model's square is fitted to it."""
+    group(p, MODEL_AND_DATA).add_argument("--resize", default="stretch", choices=RESIZE_CHOICES,
+                   help="an image of another size than the model's: stretch it to the model's square (aspect ratio "
+                   "not kept), pad it (scaled to fit, aspect ratio kept, black borders) or refuse it; the radii are "
+                   "in the pixels of the image certified, not the file's")
