@@ -129,3 +129,26 @@ def test_the_cli_resize_choices_are_the_librarys():
     from multiguard.data._common import DEFAULT_RESIZE, RESIZE_CHOICES
 
     assert CLI_CHOICES == RESIZE_CHOICES and DEFAULT_RESIZE == "stretch"
+
+
+def test_the_api_flags_trivial_radii_and_metrics_say_how_much_is_trivial():
+    from multiguard import MultiGuard
+
+    torch.manual_seed(0)
+    guard = MultiGuard(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)), num_classes=3, sigma=0.5)
+    x = torch.rand(4, 3, 2, 2)
+    prediction = guard.predict(x, k=2, n0=20, n=60)
+    # 2 of 3 classes: any top-2 keeps at least 1 of the 2 predicted labels, so e = 1 is trivial (its radius inf)
+    assert prediction.trivial_size.tolist() == [1, 1, 1, 1]
+    assert prediction.trivial.tolist() == [[True, False]] * 4
+    assert np.isinf(prediction.radii[:, 0]).all()
+    labels = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 0], [0, 1, 1]], dtype=bool)
+    certificate = guard.certify(x, labels, n=60, alpha=0.001, k=2)
+    assert certificate.trivial_size.tolist() == [2, 2, 0, 1]
+    assert certificate.trivial.tolist() == [[True, True], [True, True], [False, False], [True, False]]
+    metrics = certificate.metrics(np.array([0.0, 10.0]))
+    assert metrics.num_trivial == 3
+    # at R = 10 nothing but the counting part remains: recall (2/3 + 2/3 + 0 + 1/2) / 4 of it trivial
+    np.testing.assert_allclose(metrics.trivial_recall, [(2 / 3 + 2 / 3 + 0 + 1 / 2) / 4] * 2)
+    np.testing.assert_allclose(metrics.recall[1], metrics.trivial_recall[1])
+    np.testing.assert_allclose(metrics.trivial_precision, [(1 + 1 + 0 + 0.5) / 4] * 2)
