@@ -152,3 +152,35 @@ def test_the_api_flags_trivial_radii_and_metrics_say_how_much_is_trivial():
     np.testing.assert_allclose(metrics.trivial_recall, [(2 / 3 + 2 / 3 + 0 + 1 / 2) / 4] * 2)
     np.testing.assert_allclose(metrics.recall[1], metrics.trivial_recall[1])
     np.testing.assert_allclose(metrics.trivial_precision, [(1 + 1 + 0 + 0.5) / 4] * 2)
+
+
+def test_an_objective_option_of_the_wrong_kind_is_named(tmp_path):
+    proc = run("train", "--dataset", "multidigits", "--objective", "consistency", "--objective-option", "copies=abc",
+               "--epochs", "1", "--out", str(tmp_path / "m.pt"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("multiguard: error: objective_options: consistency's copies must be a whole number "
+                    "(--objective-option copies=VALUE), got 'abc'")
+    assert "invalid literal" not in proc.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_a_corrupt_mirror_is_not_called_a_network_problem(tmp_path):
+    import json
+
+    from data_server import file_entry, http_server, voc_tar
+
+    name = "VOCtest_06-Nov-2007.tar"
+    data = voc_tar("test")
+    with http_server() as (base, served):
+        served.files["/a.tar"] = data[:-1] + bytes([data[-1] ^ 1])
+        served.files["/b.tar"] = data[:-1] + bytes([data[-1] ^ 2])
+        manifest = tmp_path / "m.json"
+        manifest.write_text(json.dumps({"datasets": {"voc2007": {"files": [file_entry(
+            name, data, [f"{base}/a.tar", f"{base}/b.tar"], "tar",
+            ["VOCdevkit/VOC2007/ImageSets/Main/test.txt"])]}}}))
+        proc = run("datasets", "download", "voc2007", "--root", str(tmp_path / "voc"), "--manifest", str(manifest),
+                   check=False)
+    assert proc.returncode == 1
+    advice = proc.stderr.strip().splitlines()[-1]
+    assert advice.startswith("multiguard: error: what to do: every URL answered, with bytes that are not the file")
+    assert "not the network" in advice and "check the network" not in proc.stderr
