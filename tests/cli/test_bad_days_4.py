@@ -184,3 +184,36 @@ def test_a_corrupt_mirror_is_not_called_a_network_problem(tmp_path):
     advice = proc.stderr.strip().splitlines()[-1]
     assert advice.startswith("multiguard: error: what to do: every URL answered, with bytes that are not the file")
     assert "not the network" in advice and "check the network" not in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_a_threshold_that_keeps_every_label_always_on_or_off_is_refused(tiny_model_checkpoint, tmp_path, value):
+    proc = run("certify", "--checkpoint", str(tiny_model_checkpoint), "--threshold", value, "--num-inputs", "2",
+               "--num-samples", "50", "--device", "cpu", "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    state = "on" if value == "0" else "off"
+    assert len(lines) == 1 and lines[0].startswith(f"multiguard: error: threshold: {value} keeps every label always "
+                                                   f"{state}"), lines
+    assert "strictly between 0 and 1" in lines[0]
+    assert not (tmp_path / "run").exists()
+    image = _image_of(tmp_path / "x.png", _side(tiny_model_checkpoint), _side(tiny_model_checkpoint))
+    proc = _predict(tiny_model_checkpoint, str(image), "--threshold", value, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"threshold: {value} keeps every label always {state}" in proc.stderr
+    assert _predict(tiny_model_checkpoint, str(image), "--threshold", "0.5").returncode == 0  # control
+
+
+def test_a_sigma_far_from_the_training_sigma_is_said_in_one_line(tiny_model_checkpoint, tmp_path):
+    image = _image_of(tmp_path / "x.png", _side(tiny_model_checkpoint), _side(tiny_model_checkpoint))
+    far = _predict(tiny_model_checkpoint, str(image), "--sigma", "0.12")
+    warnings = [line for line in far.stderr.splitlines() if "training sigma" in line]
+    assert warnings == ["warning: sigma 0.12 is 0.24x the checkpoint's training sigma 0.5: the certificate holds at "
+                        "that sigma, but the model never saw such noise (expect small radii; leave --sigma out to use "
+                        "the training sigma)"]
+    for near in (["--sigma", "0.6"], []):  # within a factor 1.5, or the training sigma itself: nothing said
+        assert "training sigma" not in _predict(tiny_model_checkpoint, str(image), *near).stderr
+    proc = run("certify", "--checkpoint", str(tiny_model_checkpoint), "--sigma", "1.0", "--num-inputs", "2",
+               "--num-samples", "50", "--device", "cpu", "--out", str(tmp_path / "run"))
+    said = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "training sigma" in line]
+    assert len(said) == 1 and said[0].startswith("warning: sigma 1 is 2x the checkpoint's training sigma 0.5")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,7 @@ def predict_images(
     threshold_scale: str = "probability",
     q: float = 0.5, noise: str = "float",
     resize: str = "stretch",
+    log: Callable[[str], None] | None = None,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -158,6 +159,7 @@ def predict_images(
     ``resize``: how a file of another size than the model's square is fitted to it (``"stretch"``, the default,
     ``"pad"`` or ``"refuse"``; see :func:`~multiguard.data.load_image`). The radii are then in the pixels of the
     fitted image: each prediction's ``file_size`` and ``certified_size`` say both sizes.
+    ``log``: where a warning goes (``sigma`` far from the checkpoint's training sigma); ``None``: nowhere.
     """
     from multiguard.data._common import check_resize
 
@@ -167,6 +169,8 @@ def predict_images(
     spec = BaseClassifierSpec(checkpoint, sigma=sigma, device=str(resolve_device(device)), k_prime=k_prime,
                               mode=ModeSpec(precision, channels_last, compile), denoiser=denoiser, noise=noise)
     meta = spec.checkpoint_meta
+    if log is not None and (warning := spec.sigma_warning()) is not None:
+        log(warning)
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     size, channels = int(meta["image_size"]), int(meta.get("in_channels", 3))

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from multiguard.cli.console import echo
@@ -78,6 +79,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         q=args.q,
         noise=args.noise,
         resize=args.resize,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
