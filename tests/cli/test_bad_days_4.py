@@ -217,3 +217,30 @@ def test_a_sigma_far_from_the_training_sigma_is_said_in_one_line(tiny_model_chec
                "--num-samples", "50", "--device", "cpu", "--out", str(tmp_path / "run"))
     said = [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if "training sigma" in line]
     assert len(said) == 1 and said[0].startswith("warning: sigma 1 is 2x the checkpoint's training sigma 0.5")
+
+
+def _section(summary: str, start: str) -> str:
+    return summary[summary.index(start):]
+
+
+def test_a_report_explains_only_what_it_holds(tiny_model_checkpoint, tmp_path):
+    run_dir = tmp_path / "run"
+    run("certify", "--checkpoint", str(tiny_model_checkpoint), "--threshold", "0.5", "--num-inputs", "4",
+        "--num-samples", "60", "--device", "cpu", "--quiet", "--out", str(run_dir))
+    per_label = run("report", str(run_dir), "--methods", "threshold", "--out", str(tmp_path / "r1")).stdout
+    same = next(line for line in per_label.splitlines() if line.startswith("Same for every row"))
+    assert "q = 0.5" in same and "k = " not in same and "k' = " not in same, same
+    reading = _section(per_label, "## Reading this report")
+    assert "top-k" not in reading and "**k**" not in reading and "e / k" not in reading, reading
+    assert "**precision**: certified precision@R of the per-label prediction" in reading
+    assert "**q**: a label is predicted when its score passes its threshold" in reading
+    assert "top-k" not in (tmp_path / "r1" / "summary.md").read_text()
+
+    top_k = run("report", str(run_dir), "--methods", "multiguard", "--k", "2", "--out", str(tmp_path / "r2")).stdout
+    same = next(line for line in top_k.splitlines() if line.startswith("Same for every row"))
+    assert "k = 2" in same and "k' = 1" in same and "q = " not in same, same
+    assert "None" not in top_k and "**q**" not in top_k
+    assert "**precision**: certified top-k precision@R: e / k" in _section(top_k, "## Reading this report")
+
+    both = run("report", str(run_dir), "--methods", "multiguard", "threshold", "--out", str(tmp_path / "r3")).stdout
+    assert "None" not in both and "**q**: per-label rows (thresholded)" in both and "**k**" in both  # control
