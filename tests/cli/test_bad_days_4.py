@@ -244,3 +244,35 @@ def test_a_report_explains_only_what_it_holds(tiny_model_checkpoint, tmp_path):
 
     both = run("report", str(run_dir), "--methods", "multiguard", "threshold", "--out", str(tmp_path / "r3")).stdout
     assert "None" not in both and "**q**: per-label rows (thresholded)" in both and "**k**" in both  # control
+
+
+def test_verify_counts_every_missing_and_undecodable_image_and_names_the_first_in_full(tmp_path):
+    import json
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    rows = ["path,labels"]
+    for i in range(31):  # 3 good, 3 not decodable, 25 missing
+        path = tmp_path / "images" / f"img{i:02d}.png"
+        if i < 3:
+            Image.new("RGB", (8, 8)).save(path)
+        elif i < 6:
+            path.write_bytes(b"not a picture")
+        rows.append(f"images/img{i:02d}.png,cat")
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    proc = run("datasets", "verify", "csv", "--root", str(tmp_path), "--split", "train", check=False)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert "  train: 31 images; 28 problem(s): 25 missing images, 3 corrupt (not decodable) images" in lines
+    for i in range(6, 26):  # the first 20 missing, each in full
+        assert f"    train: missing image: {tmp_path / 'images' / f'img{i:02d}.png'}" in lines
+    assert str(tmp_path / "images" / "img26.png") not in proc.stdout
+    assert "    ... and 5 more missing images (datasets verify --json lists every one)" in lines
+    for i in range(3, 6):
+        assert any(line.startswith(f"    train: corrupt image: {tmp_path / 'images' / f'img{i:02d}.png'}: ")
+                   for line in lines)
+    assert sum(str(tmp_path / "images" / "img07.png") in line for line in lines) == 1  # listed once, not twice
+    found = json.loads(run("datasets", "verify", "csv", "--root", str(tmp_path), "--split", "train", "--json",
+                           check=False).stdout)
+    assert len(found["splits"][0]["missing"]) == 25 and len(found["splits"][0]["corrupt"]) == 3
