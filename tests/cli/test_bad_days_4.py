@@ -276,3 +276,25 @@ def test_verify_counts_every_missing_and_undecodable_image_and_names_the_first_i
     found = json.loads(run("datasets", "verify", "csv", "--root", str(tmp_path), "--split", "train", "--json",
                            check=False).stdout)
     assert len(found["splits"][0]["missing"]) == 25 and len(found["splits"][0]["corrupt"]) == 3
+
+
+def test_compare_strict_fails_on_runs_of_other_sigma_or_thresholds_and_lists_the_thresholds(tiny_model_checkpoint,
+                                                                                           tmp_path):
+    reports = {}
+    for name, args in {"a": ["--threshold", "0.5"], "b": ["--threshold", "0.4"],
+                       "c": ["--threshold", "0.5", "--sigma", "0.6"]}.items():
+        run("certify", "--checkpoint", str(tiny_model_checkpoint), *args, "--num-inputs", "3", "--num-samples", "40",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / f"run_{name}"))
+        run("report", str(tmp_path / f"run_{name}"), "--methods", "threshold", "--quiet", "--out",
+            str(tmp_path / name))
+        reports[name] = str(tmp_path / name)
+    loose = run("report", "--compare", reports["a"], reports["b"])
+    assert "The runs differ in: thresholds." in loose.stdout and "0.4 (probability)" in loose.stdout
+    strict = run("report", "--compare", reports["a"], reports["b"], "--strict", check=False)
+    assert strict.returncode == 1 and "## Runs" in strict.stdout  # the table first, then why it failed
+    assert strict.stderr.strip().splitlines() == [
+        "multiguard: error: compare --strict: the runs differ in thresholds: their numbers are not of the same "
+        "experiment (compare runs of the same data, noise and thresholds, or leave out --strict)"]
+    strict = run("report", "--compare", reports["a"], reports["c"], "--strict", check=False)
+    assert strict.returncode == 1 and "the runs differ in σ:" in strict.stderr
+    assert run("report", "--compare", reports["a"], reports["a"] + "/results.json", "--strict").returncode == 0
