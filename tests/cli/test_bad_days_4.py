@@ -298,3 +298,18 @@ def test_compare_strict_fails_on_runs_of_other_sigma_or_thresholds_and_lists_the
     strict = run("report", "--compare", reports["a"], reports["c"], "--strict", check=False)
     assert strict.returncode == 1 and "the runs differ in σ:" in strict.stderr
     assert run("report", "--compare", reports["a"], reports["a"] + "/results.json", "--strict").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["png", "truncated", "npz"])
+def test_predict_and_attack_name_a_file_that_is_not_a_checkpoint_in_one_line(tmp_path, kind):
+    path = _not_checkpoints(tmp_path / "files")[kind]
+    image = _image_of(tmp_path / "x.png", 8, 8)
+    for args in (["predict", "--checkpoint", str(path), str(image)],
+                 ["attack", "--checkpoint", str(path), "--out", str(tmp_path / "attack")]):
+        proc = run(*args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"multiguard: error: checkpoint: {path} is not a MultiGuard "
+                                                       "checkpoint: "), lines
+        assert "weights_only" not in proc.stderr + proc.stdout and "torch" not in lines[0]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "attack").exists()
