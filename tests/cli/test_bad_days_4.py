@@ -313,3 +313,45 @@ def test_predict_and_attack_name_a_file_that_is_not_a_checkpoint_in_one_line(tmp
                                                        "checkpoint: "), lines
         assert "weights_only" not in proc.stderr + proc.stdout and "torch" not in lines[0]
         assert "Traceback" not in proc.stderr and not (tmp_path / "attack").exists()
+
+
+def _options_of_group(help_text: str, title: str) -> set[str]:
+    block = help_text.split(f"\n{title}:\n", 1)[1].split("\n\n", 1)[0]
+    return {line.split()[0].rstrip(",") for line in block.splitlines() if line.startswith("  --")}
+
+
+@pytest.mark.parametrize("command", ["certify", "predict", "attack"])
+def test_threads_is_an_option_of_the_device_group_and_a_bad_count_is_named(tiny_model_checkpoint, tmp_path,
+                                                                           command):
+    assert "--threads" in _options_of_group(run(command, "--help").stdout, "device and mode")
+    args = {"certify": ["--out", str(tmp_path / "run")], "attack": ["--out", str(tmp_path / "attack")],
+            "predict": [str(_image_of(tmp_path / "x.png", 8, 8))]}[command]
+    proc = run(command, "--checkpoint", str(tiny_model_checkpoint), "--threads", "0", "--device", "cpu", *args,
+               check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["multiguard: error: threads must be an integer >= 1, got 0"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "attack").exists()
+
+
+def test_predict_threads_sets_torchs_cpu_threads_and_says_so(tiny_model_checkpoint, tmp_path):
+    image = _image_of(tmp_path / "x.png", _side(tiny_model_checkpoint), _side(tiny_model_checkpoint))
+    assert "CPU threads: 2 (--threads)" in _predict(tiny_model_checkpoint, str(image), "--threads", "2").stdout
+    assert "CPU threads" not in _predict(tiny_model_checkpoint, str(image)).stdout  # torch's own setting: nothing
+
+
+def test_multiguard_certify_defaults_alpha_to_predicts():
+    import inspect
+
+    from multiguard import MultiGuard
+
+    defaults = {name: inspect.signature(getattr(MultiGuard, name)).parameters["alpha"].default
+                for name in ("certify", "predict")}
+    assert defaults == {"certify": 0.001, "predict": 0.001}
+    torch.manual_seed(0)
+    guard = MultiGuard(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)), num_classes=3, sigma=0.5)
+    x, labels = torch.rand(3, 3, 2, 2), np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0]], dtype=bool)
+    default = guard.certify(x, labels, n=200, k=2).radii
+    np.testing.assert_array_equal(default, guard.certify(x, labels, n=200, alpha=0.001, k=2).radii)
+    assert not np.array_equal(default, guard.certify(x, labels, n=200, alpha=0.2, k=2).radii)  # alpha matters
+    with pytest.raises(ValueError, match="^k must be an integer, got None$"):
+        guard.certify(x, labels, n=200)

@@ -23,6 +23,7 @@ from multiguard.cli.options import (
     add_sampling,
     add_stop_rule,
     add_thresholds,
+    apply_threads,
     group,
     mode_args,
     stop_rule_options,
@@ -58,6 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.channels_last = bool(recorded.get("channels_last", False))
         args.compile = bool(recorded.get("compile", False))
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
+    apply_threads(args, (lambda line: None) if args.json else echo)
     predictions = predict_images(
         args.checkpoint,
         args.images,
