@@ -41,3 +41,17 @@ def test_readme_own_data_commands_are_those_the_walkthrough_runs() -> None:
     section = section[:section.index("\n## ", 5)]
     ours = commands(section)
     assert len(ours) >= 4 and ours <= commands((ROOT / "docs" / "own-data.md").read_text())
+
+
+def test_every_walkthrough_numbers_its_steps_in_order() -> None:
+    """The numbered steps of each code block of the README and the docs (``# 1. fetch ...``) count 1, 2, 3, ...
+    with no number repeated or skipped (issue 33: a walkthrough once read 1, 2, 3, 4, 2, 5, 6)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for block in re.findall(r"```[\w-]*\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            steps = [int(m) for m in re.findall(r"^# (\d+)\. ", block, re.M)]
+            if steps:
+                checked += 1
+                assert steps == list(range(1, len(steps) + 1)), f"{page.name}: steps numbered {steps}"
+    assert checked >= 2  # docs/gpu.md and docs/denoised.md at least

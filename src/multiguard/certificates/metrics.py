@@ -20,6 +20,11 @@ class CertifiedMetrics:
     ``precision``, ``recall`` and ``f1`` are float arrays of shape ``(R,)`` (or floats for a ``(N,)`` sizes
     array). Inputs with an empty label set count as recall 0 and F1 0; there are ``num_empty`` of them among
     ``num_inputs``.
+
+    ``trivial_precision``, ``trivial_recall`` and ``trivial_f1`` (same shapes) are the part of each figure that
+    holds by counting alone (:func:`trivial_intersection_size`: any classifier, any perturbation, any radius
+    gets it); ``num_trivial`` inputs have such a part. A figure equal to its trivial part says nothing about
+    the model (keep k well below the number of classes).
     """
 
     precision: np.ndarray
@@ -27,6 +32,10 @@ class CertifiedMetrics:
     f1: np.ndarray
     num_inputs: int
     num_empty: int
+    trivial_precision: np.ndarray | float = 0.0
+    trivial_recall: np.ndarray | float = 0.0
+    trivial_f1: np.ndarray | float = 0.0
+    num_trivial: int = 0
 
 
 def trivial_intersection_size(labels: object, k: int) -> np.ndarray:
@@ -71,13 +80,24 @@ def certified_metrics(sizes: object, labels: object, k: int) -> CertifiedMetrics
     if (sizes_arr < 0).any() or (sizes_arr > np.minimum(d, k).reshape((-1,) + (1,) * (sizes_arr.ndim - 1))).any():
         raise ValueError("sizes must lie in [0, min(|L|, k)] for each input")
     d_b = d.reshape((-1,) + (1,) * (sizes_arr.ndim - 1))
-    precision = sizes_arr / k
-    recall = np.divide(sizes_arr, d_b, out=np.zeros_like(sizes_arr), where=d_b > 0)
-    f1 = 2.0 * sizes_arr / (d_b + k)
+    trivial = np.maximum(0.0, d - (mask.shape[1] - k))
+    floor = np.minimum(sizes_arr, trivial.reshape(d_b.shape))
+    precision, recall, f1 = _ratios(sizes_arr, d_b, k)
+    trivial_precision, trivial_recall, trivial_f1 = _ratios(floor, d_b, k)
     return CertifiedMetrics(
-        precision=precision.mean(axis=0),
-        recall=recall.mean(axis=0),
-        f1=f1.mean(axis=0),
+        precision=precision,
+        recall=recall,
+        f1=f1,
         num_inputs=int(sizes_arr.shape[0]),
         num_empty=int((d == 0).sum()),
+        trivial_precision=trivial_precision,
+        trivial_recall=trivial_recall,
+        trivial_f1=trivial_f1,
+        num_trivial=int((trivial > 0).sum()),
     )
+
+
+def _ratios(sizes: np.ndarray, d_b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean e/k, e/|L| (0 for an empty L) and 2e/(|L| + k) over inputs (axis 0)."""
+    recall = np.divide(sizes, d_b, out=np.zeros_like(sizes), where=d_b > 0)
+    return (sizes / k).mean(axis=0), recall.mean(axis=0), (2.0 * sizes / (d_b + k)).mean(axis=0)

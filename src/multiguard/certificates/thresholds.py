@@ -68,8 +68,14 @@ class LabelThresholds:
 
     @classmethod
     def single(cls, value: float, scale: str = "probability") -> LabelThresholds:
-        """One threshold for every label."""
+        """One threshold for every label. Refused on the probability scale at 0 (every label always on) and 1 (every
+        label always off): a certificate of a constant classifier says nothing about the model."""
         value = check_float(value, "threshold")
+        if scale == "probability" and value in (0.0, 1.0):
+            state = "on (sigmoid(score) > 0 for every score)" if value == 0.0 else "off (sigmoid(score) > 1 for none)"
+            raise ValueError(f"threshold: {value:g} keeps every label always {state}, whatever the model; its "
+                             "certificate would say nothing about the model: give a threshold strictly between 0 "
+                             "and 1")
         return cls((value,), scale, f"--threshold {value:g}" + ("" if scale == "probability" else f" ({scale})"))
 
     def per_label(self, num_classes: int) -> np.ndarray:

@@ -36,6 +36,8 @@ __all__ = [
     "add_bounds",
     "add_stop_rule",
     "add_thresholds",
+    "add_threads",
+    "apply_threads",
     "dataset_options",
     "group",
     "mode_args",
@@ -150,8 +152,26 @@ def add_model_source(p: argparse.ArgumentParser, *, data: bool = True) -> None:
 
 def add_device(p: argparse.ArgumentParser) -> None:
     """--device, in the group of the device and the sampling mode."""
-    group(p, HARDWARE).add_argument("--device", default="auto",
-                                    help="torch device: auto (cuda if available), cpu, cuda, cuda:1")
+    group(p, HARDWARE).add_argument("--device", default="auto", help="auto (default; cuda if available), cpu, cuda:1")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    """--threads (as train has), in the group of the device and the sampling mode; :func:`apply_threads` sets it."""
+    group(p, HARDWARE).add_argument("--threads", type=int, default=None, metavar="N",
+                                    help="CPU threads for torch (default: torch's)")
+
+
+def apply_threads(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """``torch.set_num_threads(args.threads)`` for the rest of the command, announced in one line; nothing
+    without --threads. Raises ValueError("threads: ...") for a number below 1."""
+    if getattr(args, "threads", None) is None:
+        return
+    import torch
+
+    from multiguard.common.validation import check_int
+
+    torch.set_num_threads(check_int(args.threads, "threads", 1))
+    say(f"CPU threads: {torch.get_num_threads()} (--threads)")
 
 
 def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str | None = None) -> None:
@@ -199,6 +219,7 @@ def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "c
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's training sigma)")
     p.add_argument("--batch-size", type=int, default=1000, metavar="B", help="noisy samples per forward pass")
     add_device(parser)
+    add_threads(parser)
     add_mode(parser)
 
 
@@ -332,3 +353,16 @@ def mode_args(args: argparse.Namespace, device: object, say: Callable[[str], Non
     how = f" (--precision auto on {device})" if precision == "auto" else ""
     say(f"sampling mode: {mode.describe()}{how}")
     return {"precision": mode.precision, "channels_last": mode.channels_last, "compile": mode.compile}
+
+
+# The same choices as multiguard.data._common.RESIZE_CHOICES (not imported here: that module loads torch, and
+# --help should not); tests/cli/test_bad_days_4.py checks that the two agree.
+RESIZE_CHOICES = ("stretch", "pad", "refuse")
+
+
+def add_resize(p: argparse.ArgumentParser) -> None:
+    """--resize: how an image file of another size than the model's square is fitted to it."""
+    group(p, MODEL_AND_DATA).add_argument("--resize", default="stretch", choices=RESIZE_CHOICES,
+                   help="an image of another size than the model's: stretch it to the model's square (aspect ratio "
+                   "not kept), pad it (scaled to fit, aspect ratio kept, black borders) or refuse it; the radii are "
+                   "in the pixels of the image certified, not the file's")

@@ -239,8 +239,9 @@ def get_dataset(
     return info.load(root, split, image_size, seed, **options)
 
 
-def format_description(description: dict[str, Any] | list[dict[str, Any]]) -> str:
-    """A plain-text table of one :func:`describe` result, or of several (e.g. one per split) side by side."""
+def format_description(description: dict[str, Any] | list[dict[str, Any]], list_unreadable: bool = True) -> str:
+    """A plain-text table of one :func:`describe` result, or of several (e.g. one per split) side by side;
+    ``list_unreadable=False``: the unreadable images counted, not listed (``datasets verify`` lists them)."""
     descs = [description] if isinstance(description, dict) else list(description)
     if not descs:
         return ""
@@ -267,7 +268,7 @@ def format_description(description: dict[str, Any] | list[dict[str, Any]]) -> st
     out += [line(r) for r in rows[len(names):]]
     notes = {d.get("image_size_note") or d.get("image_size") for d in descs}
     for i, d in enumerate(descs):
-        out += _image_lines(d, len(descs) > 1, size_line=i == 0 or len(notes) > 1)
+        out += _image_lines(d, len(descs) > 1, size_line=i == 0 or len(notes) > 1, list_unreadable=list_unreadable)
     return "\n".join(out)
 
 
@@ -282,7 +283,8 @@ def _channels_text(mode: str) -> str:
     return "? channels" if channels is None else f"{channels} channel{'s' if channels > 1 else ''}"
 
 
-def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True) -> list[str]:
+def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True, list_unreadable: bool = True
+                 ) -> list[str]:
     """The image-file part of :func:`format_description` for one description."""
     head = f"{d['split'] or d['name']} images" if name_split else "images"
     out = [""]
@@ -308,7 +310,9 @@ def _image_lines(d: dict[str, Any], name_split: bool, size_line: bool = True) ->
     converted = ", ".join(f"{note} ({count})" for note, count in (d.get("image_conversions") or {}).items())
     if converted:  # what loading does to these files besides decoding and resizing: worth a look
         out.append(f"{head}: converted when loaded: {converted}")
-    if bad:
+    if bad and not list_unreadable:
+        out.append(f"{head}: {len(bad)} unreadable (listed above)")
+    elif bad:
         out.append(f"{head}: {len(bad)} unreadable:")
         out += [f"  {item['path']}: {item['error']}" for item in bad[:20]]
         if len(bad) > 20:

@@ -167,7 +167,50 @@ def _high_bit_plane(img: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(array / scale, mode="F")
 
 
-def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> torch.Tensor:
+# How an image of another size than the model's square is fitted to it: ``stretch`` resizes it to the square
+# (bilinear, aspect ratio not kept), ``pad`` scales it to fit inside the square with its aspect ratio kept and
+# fills the rest with black (0), ``refuse`` refuses it. Certified radii are in the pixels of the fitted image.
+RESIZE_CHOICES = ("stretch", "pad", "refuse")
+DEFAULT_RESIZE = "stretch"
+
+
+def check_resize(resize: str) -> str:
+    """``resize`` if it is one of :data:`RESIZE_CHOICES`, else ValueError naming it."""
+    if resize not in RESIZE_CHOICES:
+        raise ValueError(f"resize: {resize!r} is not one of {', '.join(RESIZE_CHOICES)}")
+    return resize
+
+
+def image_file_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as a viewer shows it (after its EXIF orientation), read from its header
+    without decoding the pixels."""
+    with open_image(Path(path)) as img:
+        width, height = img.size
+        if exif_orientation(img) in (5, 6, 7, 8):  # rotated by 90 degrees: the sides swap
+            width, height = height, width
+    return int(width), int(height)
+
+
+def _fit(img: Image.Image, image_size: int, resize: str, path: Path) -> Image.Image:
+    """The open image fitted to ``image_size`` x ``image_size`` as ``resize`` says (see :data:`RESIZE_CHOICES`)."""
+    width, height = img.size
+    if (width, height) == (image_size, image_size):
+        return img
+    if resize == "refuse":
+        raise ValueError(f"resize: {path} is {width}x{height} pixels, the model takes {image_size}x{image_size}; "
+                         "resize the file, or let MultiGuard fit it (resize 'stretch' or 'pad'; --resize on the "
+                         "command line)")
+    if resize == "stretch":
+        return img.resize((image_size, image_size), Image.BILINEAR)
+    scale = image_size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new(img.mode, (image_size, image_size), 0)
+    canvas.paste(img.resize(inner, Image.BILINEAR), ((image_size - inner[0]) // 2, (image_size - inner[1]) // 2))
+    return canvas
+
+
+def load_image(path: str | os.PathLike, image_size: int, channels: int = 3,
+               resize: str = DEFAULT_RESIZE) -> torch.Tensor:
     """Read an image file as a float tensor ``(channels, image_size, image_size)`` in [0, 1].
 
     Every Pillow mode is converted to RGB (``channels=3``) or grayscale (``channels=1``) as a viewer shows it:
@@ -180,11 +223,15 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
     - transparency (RGBA, LA, PA, a transparent palette entry) is composited on :data:`ALPHA_BACKGROUND` (white);
     - palette, CMYK, YCbCr, LAB and HSV images are converted by Pillow; grayscale is repeated over RGB.
 
-    The image is then resized (bilinear, aspect ratio not kept) to a square of side ``image_size``.
+    The image is then fitted to a square of side ``image_size`` as ``resize`` says: ``"stretch"`` (the
+    default) resizes it (bilinear, aspect ratio not kept), ``"pad"`` keeps its aspect ratio and pads with black,
+    ``"refuse"`` raises ValueError for an image of another size (see :data:`RESIZE_CHOICES`). A radius certified
+    for the result is in the fitted image's pixels, not the file's.
     Raises DatasetFileError if the file is missing, :class:`ImageTooLargeError` over the pixel limit
     (:func:`max_image_pixels`) and ValueError naming the file if it cannot be decoded.
     """
     path = Path(path)
+    check_resize(resize)
     if not path.is_file():
         raise DatasetFileError(f"image not found: expected {path}")
     try:
@@ -193,7 +240,7 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
             if exif_orientation(img) != 1:
                 img = ImageOps.exif_transpose(img)
             if img.mode in _HIGH_BIT_MODES:
-                plane = _high_bit_plane(img, path).resize((image_size, image_size), Image.BILINEAR)
+                plane = _fit(_high_bit_plane(img, path), image_size, resize, path)
                 array = np.asarray(plane, dtype=np.float32).clip(0.0, 1.0)
                 tensor = torch.from_numpy(array.copy()).unsqueeze(0)
                 return tensor.expand(channels, -1, -1).contiguous() if channels != 1 else tensor
@@ -202,7 +249,7 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
                 background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
                 img = Image.alpha_composite(background, rgba)
             img = img.convert("RGB" if channels == 3 else "L")
-            img = img.resize((image_size, image_size), Image.BILINEAR)
+            img = _fit(img, image_size, resize, path)
             array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read image {path}: {_first_line(exc)}") from exc

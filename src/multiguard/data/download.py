@@ -575,7 +575,7 @@ def download_dataset(
             archive = fetch_file(item, root / DOWNLOAD_DIR, progress=progress, retries=retries, timeout=timeout,
                                  log=log, validate=validate)
         except DownloadError as exc:
-            raise DownloadError([*exc.lines, f"what to do: {offline_advice(name)}"]) from None
+            raise DownloadError([*exc.lines, f"what to do: {_advice(name, exc.lines)}"]) from None
         _unpack(archive, item, root, log)
         digests = {"size": archive.stat().st_size, **item.checksums}
         if not keep_archives:
@@ -594,6 +594,17 @@ def download_dataset(
             log(f"{name}: {missing}")
             manual = [line.replace("{root}", str(root)) for line in entry.manual]
     return DownloadResult(name=name, root=root, fetched=fetched, present=present, manual=manual)
+
+
+def _advice(name: str, lines: Sequence[str]) -> str:
+    """What to do after every URL failed: the network advice, unless every URL answered with wrong bytes."""
+    urls = [line for line in lines[1:] if line.startswith("  ")]
+    if urls and all(": refused: " in line for line in urls):
+        return (f"every URL answered, with bytes that are not the file the manifest describes (a corrupt or "
+                f"changed mirror, not the network): fetch it by hand from another source into ROOT/{DOWNLOAD_DIR}/ "
+                f"(it is checked there) and run `multiguard datasets download {name} --root ROOT` again, or name a "
+                "mirror of your own: --manifest FILE (docs/datasets.md)")
+    return offline_advice(name)
 
 
 def offline_advice(name: str) -> str:

@@ -62,25 +62,43 @@ class VerifyReport:
         return [line for check in self.splits for line in check.problems]
 
     def text(self, max_listed: int = 20) -> str:
-        """The report as printed by ``datasets verify``: per split its count, its problems (at most
-        ``max_listed`` images named per kind) and the label statistics of the loadable splits."""
+        """The report as printed by ``datasets verify``: per split its count, its problems counted by kind (every
+        problem but the image ones in full; the first ``max_listed`` missing and the first ``max_listed`` corrupt
+        images in full, then how many more: ``--json`` lists them all) and the label statistics of the loadable
+        splits."""
         out = [f"{self.name} in {self.root}:"]
         for check in self.splits:
-            count = "not loadable" if check.images is None else f"{check.images} images"
-            if check.expected is not None:
-                count += f" (official: {check.expected})"
-            out.append(f"  {check.split}: {count}; {'ok' if check.ok else f'{len(check.problems)} problem(s)'}")
-            out += [f"    {line}" for line in check.notes]
-            listed = check.problems
-            out += [f"    {line}" for line in listed[:max_listed]]
-            if len(listed) > max_listed:
-                out.append(f"    ... and {len(listed) - max_listed} more")
+            out += _split_text(check, max_listed)
         described = [check.description for check in self.splits if check.description is not None]
         if described:
-            out += ["", format_description(described)]
+            out += ["", format_description(described, list_unreadable=False)]
         out.append("")
         out.append("verify: ok" if self.ok else f"verify: {len(self.problems)} problem(s) found")
         return "\n".join(out)
+
+
+def _split_text(check: SplitCheck, max_listed: int) -> list[str]:
+    """The lines of one split in :meth:`VerifyReport.text`."""
+    count = "not loadable" if check.images is None else f"{check.images} images"
+    if check.expected is not None:
+        count += f" (official: {check.expected})"
+    kinds = [(len(check.missing), "missing"), (len(check.corrupt), "corrupt (not decodable)")]
+    counted = ", ".join(f"{number} {kind} image{'s' if number != 1 else ''}" for number, kind in kinds if number)
+    state = "ok" if check.ok else f"{len(check.problems)} problem(s)" + (f": {counted}" if counted else "")
+    out = [f"  {check.split}: {count}; {state}"]
+    out += [f"    {line}" for line in check.notes]
+    image_lines = {f"{check.split}: missing image: {path}" for path in check.missing}
+    image_lines |= {f"{check.split}: corrupt image: {item['path']}: {item['error']}" for item in check.corrupt}
+    out += [f"    {line}" for line in check.problems if line not in image_lines]
+    for number, kind, lines in ((len(check.corrupt), "corrupt", [f"{check.split}: corrupt image: {item['path']}: "
+                                                                 f"{item['error']}" for item in check.corrupt]),
+                                (len(check.missing), "missing", [f"{check.split}: missing image: {path}"
+                                                                 for path in check.missing])):
+        out += [f"    {line}" for line in lines[:max_listed]]
+        if number > max_listed:
+            out.append(f"    ... and {number - max_listed} more {kind} images (datasets verify --json lists "
+                       "every one)")
+    return out
 
 
 def _expected(manifest: DatasetManifest, name: str, split: str) -> int | None:

@@ -106,6 +106,7 @@ def run_identity(run: Any, run_id: str) -> dict[str, Any]:
         "max_k_prime": int(run.counts.shape[1]),
         "sampling": {"mode": _sampling_mode(meta), "noise": _noise(meta), "sequential": dict(rule) if rule else None},
         "denoiser": denoiser,
+        "thresholds": meta.get("thresholds") or None,  # {"values", "scale"} of a thresholded base classifier
     }
 
 
@@ -232,7 +233,7 @@ _RUN_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "dataset_options": ((dict,), True), "image_size": ((int, type(None)), False), "inputs": ((dict,), True),
     "model": ((dict,), True), "sigma": ((float, int), True), "n": ((int,), True), "max_k_prime": ((int,), False),
     "sampling": ((dict,), True), "denoiser": ((dict, type(None)), True), "cost": ((dict,), True),
-    "software": ((dict,), False),
+    "software": ((dict,), False), "thresholds": ((dict, type(None)), False),
 }
 _INPUT_FIELDS = {"count": ((int,), True), "seed": ((int, type(None)), True),
                  "dataset_size": ((int, type(None)), False), "indices_sha256": ((str, type(None)), True)}
@@ -360,7 +361,12 @@ _IDENTITY_SHOWN = (("dataset", ("dataset",)), ("split", ("split",)), ("inputs", 
                    ("inputs hash", ("inputs", "indices_sha256")), ("arch", ("model", "arch")),
                    ("model hash", ("model", "checkpoint_sha256")), ("σ", ("sigma",)), ("n", ("n",)),
                    ("mode", ("sampling", "mode")), ("noise", ("sampling", "noise")),
-                   ("denoiser", ("denoiser", "sha256")))
+                   ("denoiser", ("denoiser", "sha256")), ("thresholds", ("thresholds",)))
+
+STRICT_FIELDS = ("dataset", "split", "inputs", "inputs hash", "σ", "n", "noise", "thresholds")
+"""The fields of :data:`_IDENTITY_SHOWN` in which ``report --compare --strict`` refuses a difference: what the
+numbers are measured on (the data, the noise, the base classifier's thresholds). The model, the sampling mode and
+the denoiser are what a comparison usually compares, so they may differ."""
 
 
 def _get(obj: Any, keys: Iterable[str]) -> Any:
@@ -382,6 +388,11 @@ def _labels(paths: Sequence[Path]) -> list[str]:
 def _shown(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict) and "values" in value:  # thresholds: the values (a hash of a long list) and scale
+        values = [float(v) for v in value["values"]]
+        shown = ", ".join(f"{v:g}" for v in values) if len(values) <= 3 else \
+            f"{len(values)} per label, sha256 {hashlib.sha256(json.dumps(values).encode()).hexdigest()[:8]}"
+        return f"{shown} ({value.get('scale', 'probability')})"
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return value[:12]
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -423,7 +434,7 @@ def compare_results(
                          str(cost["samples"]), _shown(cost["wall_time_s"]),
                          ", ".join(cost.get("devices") or []) or _shown(cost["device"])])
     out += _markdown(head, rows)
-    differing = [name for i, (name, _) in enumerate(_IDENTITY_SHOWN) if len({row[2 + i] for row in rows}) > 1]
+    differing = differing_fields(documents)
     if len(rows) > 1:
         out += ["", "The runs differ in: " + (", ".join(differing) if differing else "nothing of the above") + "."]
     for metric in metrics:
@@ -441,6 +452,14 @@ def compare_results(
                                                        for r in chosen)] for key, values in table.items()]
         out += _markdown(head, rows)
     return "\n".join(out) + "\n"
+
+
+def differing_fields(documents: Sequence[dict[str, Any]]) -> list[str]:
+    """The names (those of the compare table's columns: ``σ``, ``thresholds``, ...) of the identity fields in which
+    the runs of these ``results.json`` documents differ; empty when every run has the same value of each."""
+    runs = [run for document in documents for run in document["runs"]]
+    return [name for name, keys in _IDENTITY_SHOWN
+            if len({json.dumps(_get(run, keys), sort_keys=True) for run in runs}) > 1]
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:

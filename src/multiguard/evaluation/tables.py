@@ -74,6 +74,12 @@ COLUMN_HELP: dict[str, str] = {
          "a share q of the noise; their precision, recall and F1 are those of the worst predicted set between "
          "the labels certified on and those not certified off at R (an empty prediction has precision 0 on an "
          "input with labels), where top-k rows count e of k predicted labels; k and k' do not apply (-)",
+    "per-label precision": "certified precision@R of the per-label prediction: that of the worst predicted set "
+                           "between the labels certified on and those not certified off at R (an empty prediction "
+                           "has precision 0 on an input with labels; mean over inputs)",
+    "per-label recall": "the same set's share of L, the input's true labels",
+    "per-label f1": "the same set's F1 with L",
+    "per-label q": "a label is predicted when its score passes its threshold in more than a share q of the noise",
     "trivial": f"'{TRIVIAL_LABEL}': what any k of the c labels keep of L whatever the model "
                "(e <= |L| - (c - k)); it is part of every method's value at every R",
     "attack": "'empirical (attack)': |L ∩ top-k| measured at the inputs an l2 PGD attack found (an upper bound "
@@ -130,7 +136,7 @@ def summary_markdown(
     headers = {"run": "run", "k": "k", "k_prime": "k'", "q": "q", "alpha": "α", "sigma": "σ", "n": "n",
                "num_inputs": "inputs"}
     varying = _varying(curves, candidates)
-    fixed = [f for f in candidates if f not in varying]
+    fixed = [f for f in candidates if f not in varying and _setting_cell(curves[0], f) != "-"]  # none that never apply
     lines = [f"# {title}", ""]
     first = curves[0]
     fixed_text = ", ".join(f"{headers[f]} = {_cell(getattr(first, f))}" for f in fixed)
@@ -200,14 +206,16 @@ def explanations_markdown(curves: Sequence[Curve]) -> str:
     for name in dict.fromkeys(c.method for c in curves):
         if name in _METHODS:
             lines.append(f"- **{_METHODS[name].label}**: {_METHODS[name].description}")
-    keys = ["R", "precision", "recall", "f1", "k", "α"]
-    if any(c.q is not None for c in curves):
-        keys.append("q")
+    top_k, per_label = any(c.q is None for c in curves), any(c.q is not None for c in curves)
+    if top_k:  # k and k' and the top-k metrics, only where the report holds top-k rows
+        keys = ["R", "precision", "recall", "f1", "k", "α", *(["q"] if per_label else [])]
+    else:  # per-label rows only: their own metrics and q, no k
+        keys = ["R", "per-label precision", "per-label recall", "per-label f1", "per-label q", "α"]
     if any(any(v > 0 for v in c.trivial.values()) for c in curves):
         keys.append("trivial")
     if any(c.method == "attack" for c in curves):
         keys.append("attack")
-    lines += [f"- **{key}**: {COLUMN_HELP[key]}." for key in keys]
+    lines += [f"- **{key.removeprefix('per-label ')}**: {COLUMN_HELP[key]}." for key in keys]
     lines += ["- Every certified value holds with probability at least 1 - α over the sampling, for each input.", ""]
     return "\n".join(lines)
 

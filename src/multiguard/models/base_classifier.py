@@ -20,6 +20,10 @@ from multiguard.common.validation import check_bool, check_choice, check_int, ch
 __all__ = ["BaseClassifierSpec", "ModeSpec"]
 
 
+# How far (as a ratio either way) --sigma may be from the checkpoint's training sigma before a warning.
+SIGMA_FAR = 1.5
+
+
 @dataclass(frozen=True)
 class ModeSpec:
     """How the base classifier's forward runs, as a user asks for it (torch-free; see
@@ -146,6 +150,20 @@ class BaseClassifierSpec:
     def checkpoint_meta(self) -> dict[str, Any]:
         """The checkpoint's metadata (architecture, classes, training sigma, dataset, ...)."""
         return self._loaded()[1]
+
+    def sigma_warning(self) -> str | None:
+        """One line when ``sigma`` is far (more than a factor 1.5) from the checkpoint's training sigma, without a
+        denoiser (a denoiser's mismatch is refused where it is loaded); None otherwise. The certificate still
+        holds at ``sigma``; the base classifier has not seen such noise, so it is usually a poor one."""
+        trained = self.checkpoint_meta.get("sigma")
+        if self.sigma is None or self.denoiser is not None or not trained:
+            return None
+        ratio = float(self.sigma) / float(trained)
+        if 1 / SIGMA_FAR <= ratio <= SIGMA_FAR:
+            return None
+        return (f"warning: sigma {self.sigma:g} is {ratio:.3g}x the checkpoint's training sigma {float(trained):g}: "
+                "the certificate holds at that sigma, but the model never saw such noise (expect small radii; "
+                "leave --sigma out to use the training sigma)")
 
     def load(self) -> Any:
         """The smoothed classifier (:class:`multiguard.sampling.smoothed.MultiGuard`), built once.

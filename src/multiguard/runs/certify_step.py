@@ -123,6 +123,8 @@ def sample_checkpoint(
         base = BaseClassifierSpec(checkpoint, sigma=sigma, mode=mode, denoiser=denoiser, device=context.device,
                                   k_prime=1 if stop_rule is None else stop_rule.k_prime, noise=noise,
                                   shared_noise=shared_noise)
+        if (warning := base.sigma_warning()) is not None:
+            log(warning)
         if thresholds is not None:
             from multiguard.certificates.thresholds import parse_threshold
 

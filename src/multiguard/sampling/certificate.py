@@ -34,6 +34,9 @@ class Certificate:
         radii: float ``(N, k)`` certified radius of each intersection size e = 1..k (``inf`` possible).
         samples: int64 ``(N,)`` samples each input used: n for every input unless sampling stopped early.
         stop_at_radius: the target radius R of sequential certification, or ``None`` (fixed n).
+
+    ``trivial_size`` and ``trivial`` say which radii hold by counting alone, whatever the model
+    (:func:`~multiguard.certificates.metrics.trivial_intersection_size`).
     """
 
     counts: np.ndarray
@@ -50,6 +53,17 @@ class Certificate:
     samples: np.ndarray | None = None
     stop_at_radius: float | None = None
     thresholded: _thresholded.ThresholdedCertificate | None = None
+
+    @property
+    def trivial_size(self) -> np.ndarray:
+        """int64 ``(N,)``: how many labels of L any top-k keeps by counting alone (``max(0, |L| - (c - k))``)."""
+        return _metrics.trivial_intersection_size(self.labels, self.k)
+
+    @property
+    def trivial(self) -> np.ndarray:
+        """bool ``(N, k)``: ``trivial[i, e-1]`` is True where ``radii[i, e-1]`` (often ``inf``) holds for any
+        classifier, so it is no guarantee about the model."""
+        return _trivial_flags(self.trivial_size, self.radii.shape[1])
 
     def thresholded_metrics(self, radius: float | np.ndarray) -> _thresholded.ThresholdedMetrics:
         """Certified precision, recall, F1 and Hamming accuracy of the thresholded classifier against ``labels``
@@ -99,6 +113,8 @@ class Prediction:
         lower, upper: float ``(N, c)`` bounds from ``counts`` (anytime-valid ones when sampling stopped early).
         samples: int64 ``(N,)`` estimation samples each input used (n unless ``stop_at_radius`` is set).
         stop_at_radius: the target radius R of sequential certification, or ``None`` (fixed n).
+
+    ``trivial_size`` and ``trivial`` say which radii hold by counting alone, whatever the model.
     """
 
     labels: np.ndarray
@@ -124,6 +140,23 @@ class Prediction:
         np.put_along_axis(mask, self.labels, True, axis=1)
         return mask
 
+    @property
+    def trivial_size(self) -> np.ndarray:
+        """int64 ``(N,)``: how many of the k predicted labels any top-k keeps by counting alone
+        (``max(0, 2k - c)``)."""
+        return _metrics.trivial_intersection_size(self.mask, self.k)
+
+    @property
+    def trivial(self) -> np.ndarray:
+        """bool ``(N, k)``: ``trivial[i, e-1]`` is True where ``radii[i, e-1]`` holds for any classifier (no
+        guarantee about the model; the CLI's ``trivial``)."""
+        return _trivial_flags(self.trivial_size, self.radii.shape[1])
+
     def intersection_size(self, radius: float | np.ndarray) -> np.ndarray:
         """How many predicted labels are certified to stay at R: int64 ``(N,)`` or ``(N, len(R))``."""
         return _topk.intersection_size_from_radii(self.radii, radius)
+
+
+def _trivial_flags(sizes: np.ndarray, k: int) -> np.ndarray:
+    """bool ``(N, k)``: entry ``[i, e-1]`` is ``e <= sizes[i]``."""
+    return np.arange(1, k + 1)[None, :] <= np.asarray(sizes)[:, None]

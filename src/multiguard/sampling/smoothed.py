@@ -258,8 +258,8 @@ class MultiGuard:
         x: torch.Tensor | np.ndarray,
         labels: np.ndarray | torch.Tensor,
         n: int,
-        alpha: float,
-        k: int,
+        alpha: float = 0.001,
+        k: int | None = None,
         seed: int = 0,
         index: np.ndarray | torch.Tensor | list[int] | None = None,
         batch_size: int = 1000,
@@ -282,8 +282,8 @@ class MultiGuard:
         Args:
             x: ``(N, *input_shape)``; labels: ``(N, c)`` boolean mask of L (e.g. the ground truth).
             n: noise samples per input (the most any input gets when ``stop_at_radius`` is set); alpha: failure
-                probability; k: labels the smoothed classifier predicts. seed, index, batch_size, progress: as
-                in :meth:`sample_counts`.
+                probability (0.001 as in :meth:`predict`); k: labels the smoothed classifier predicts (needed).
+                seed, index, batch_size, progress: as in :meth:`sample_counts`.
             second_terms: ``False`` drops the u- and v-terms of Theorem 1 (the paper's ablation).
             check_range: refuse image batches with values above 1 (see :func:`as_image_batch`, which also
                 refuses integer inputs such as uint8 images and turns one image ``(C, H, W)`` into a batch of one).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,16 @@ class ImagePrediction:
     # the denoiser in front of the classifier: its path or source form, SHA-256 and settings (None: no denoiser)
     denoiser: dict[str, Any] | None = None
     noise: str = ""  # the noise in words: "sound, rounded Gaussian on the 1/255 grid" or the float line
+    # the file's (width, height), the (width, height) of the image certified, and how one became the other:
+    # the radii are l2 norms in the certified image's pixels (in [0, 1]), not the file's
+    file_size: tuple[int, int] | None = None
+    certified_size: tuple[int, int] | None = None
+    resize: str = "stretch"
+
+    @property
+    def resized(self) -> bool:
+        """Whether the file had another size than the image certified (then the radii are not in its pixels)."""
+        return self.file_size is not None and self.file_size != self.certified_size
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (infinite radii become the string ``"inf"``; ``trivial[e-1]``: whether the guarantee
@@ -52,6 +62,11 @@ class ImagePrediction:
             "labels": self.labels,
             "radii": [r if np.isfinite(r) else "inf" for r in self.radii],
             "trivial": [e <= self.trivial for e in range(1, len(self.radii) + 1)],
+            "file_size": None if self.file_size is None else list(self.file_size),
+            "certified_size": None if self.certified_size is None else list(self.certified_size),
+            "resize": self.resize if self.resized else None,
+            "radius_units": "l2 norm in the pixels (in [0, 1]) of the certified image"
+                            + (f", {self.certified_size[0]}x{self.certified_size[1]}" if self.certified_size else ""),
             "mode": self.mode,
             "noise": self.noise,
             "samples": self.samples,
@@ -72,6 +87,19 @@ def content_index(images: torch.Tensor) -> np.ndarray:
     arrays = images.detach().cpu().contiguous().numpy()
     return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
                     dtype=np.int64)
+
+
+def _load_images(images: Sequence[str | os.PathLike[str]], size: int, channels: int,
+                 resize: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The image files as a batch ``(N, channels, size, size)`` fitted as ``resize`` says, and each file's own
+    (width, height)."""
+    from multiguard.data._common import image_file_size, load_image
+
+    for path in images:
+        if Path(path).is_dir():
+            raise ValueError(f"images: {path} is a folder; name the image files in it (e.g. {Path(path) / '*.png'})")
+    batch = torch.stack([load_image(path, size, channels, resize=resize) for path in images])
+    return batch, [image_file_size(path) for path in images]
 
 
 def predict_images(
@@ -100,6 +128,8 @@ def predict_images(
     thresholds: Any = None,
     threshold_scale: str = "probability",
     q: float = 0.5, noise: str = "float",
+    resize: str = "stretch",
+    log: Callable[[str], None] | None = None,
 ) -> list[ImagePrediction]:
     """Predict k labels for each image file with the smoothed classifier and certify them (per-e radii).
 
@@ -125,9 +155,15 @@ def predict_images(
 
     The noise of each image is seeded from ``seed`` and the image's content (:func:`content_index`): the same
     image gets the same labels and radii wherever it stands in ``images``.
-    """
-    from multiguard.data import load_image
 
+    ``resize``: how a file of another size than the model's square is fitted to it (``"stretch"``, the default,
+    ``"pad"`` or ``"refuse"``; see :func:`~multiguard.data.load_image`). The radii are then in the pixels of the
+    fitted image: each prediction's ``file_size`` and ``certified_size`` say both sizes.
+    ``log``: where a warning goes (``sigma`` far from the checkpoint's training sigma); ``None``: nowhere.
+    """
+    from multiguard.data._common import check_resize
+
+    check_resize(resize)
     if not images:
         raise ValueError("images: name at least one image file")
     for path in images:
@@ -136,13 +172,18 @@ def predict_images(
     served = load_model(checkpoint, k_prime=k_prime, sigma=sigma, device=device, precision=precision,
                         channels_last=channels_last, compile=compile, denoiser=denoiser, thresholds=thresholds,
                         threshold_scale=threshold_scale, noise=noise, load=False)
+    if log is not None and (warning := served.spec.sigma_warning()) is not None:
+        log(warning)
     served.check_k(k)
-    batch = torch.stack([load_image(path, served.image_size, served.channels) for path in images])
+    size = served.image_size
+    batch, file_sizes = _load_images(images, size, served.channels, resize)
     served.load()
-    return served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha, seed=seed,
-                          batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                          schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
-
+    predictions = served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha,
+                                 seed=seed, batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
+                                 schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
+    for prediction, file_size in zip(predictions, file_sizes, strict=True):
+        prediction.file_size, prediction.certified_size, prediction.resize = file_size, (size, size), resize
+    return predictions
 
 @dataclass
 class LoadedModel:
@@ -219,6 +260,7 @@ def load_model(checkpoint: str | os.PathLike[str], *, k_prime: int = 1, sigma: f
                                                     threshold_scale))
     served = LoadedModel(spec)
     return served.load() if load else served
+
 
 
 def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], names: list[str], k: int,

@@ -60,7 +60,13 @@ class ObjectiveContext:
 
     def option(self, name: str, default: Any, kind: type, low: float, objective: str) -> Any:
         """``options[name]`` as ``kind`` (``default`` if absent); ValueError naming it if below ``low``."""
-        value = kind(self.options.get(name, default))
+        raw = self.options.get(name, default)
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            what = {int: "a whole number", float: "a number"}.get(kind, kind.__name__)
+            raise ValueError(f"objective_options: {objective}'s {name} must be {what} "
+                             f"(--objective-option {name}=VALUE), got {raw!r}") from None
         if value < low:
             raise ValueError(f"objective_options: {objective}'s {name} must be >= {low:g}, got {value!r}")
         return value

@@ -14,6 +14,7 @@ from multiguard.cli.options import (
     add_noise,
     add_output,
     add_sampling,
+    apply_threads,
     group,
     mode_args,
 )
@@ -26,6 +27,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     from multiguard.evaluation.attack_run import run_attack
 
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
+    apply_threads(args, (lambda line: None) if args.quiet else echo)
     result = run_attack(
         args.checkpoint, out_dir=args.out, radii=args.radii, k=args.k, k_prime=args.k_prime,
         dataset=args.dataset, data_root=args.data_root, split=args.split, num_inputs=args.num_inputs or None,

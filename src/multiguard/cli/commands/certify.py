@@ -22,6 +22,7 @@ from multiguard.cli.options import (
     add_shard,
     add_stop_rule,
     add_thresholds,
+    apply_threads,
     group,
     mode_args,
     stop_rule_options,
@@ -110,6 +111,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             say(f"{prefix}: --shard auto: {place.source}")
         quiet_say = (lambda line: None) if args.quiet else say
         mode = mode_args(args, context.device, quiet_say)
+        apply_threads(args, quiet_say)
         started = time.perf_counter()
         header = f"n = {args.n} samples per input into {args.out} on {context.device}"
         quiet = args.quiet or context.rank != 0

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from multiguard.cli.console import echo
@@ -19,9 +20,11 @@ from multiguard.cli.options import (
     add_bounds,
     add_model_source,
     add_noise,
+    add_resize,
     add_sampling,
     add_stop_rule,
     add_thresholds,
+    apply_threads,
     group,
     mode_args,
     stop_rule_options,
@@ -63,6 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
+    apply_threads(args, (lambda line: None) if args.json else echo)
     predictions = predict_images(
         args.checkpoint,
         args.images,
@@ -83,6 +87,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         threshold_scale=args.threshold_scale,
         q=args.q,
         noise=args.noise,
+        resize=args.resize,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     if args.json:
         echo(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -94,7 +100,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
              f"{predictions[0].batch_seconds:.2f} s for all of them")
     for p in predictions:
         used = f" ({p.samples} samples)" if args.stop_at_radius is not None else ""
-        echo(f"{p.path}: {', '.join(p.labels)}{used}")
+        echo(f"{p.path}{_size_note(p)}: {', '.join(p.labels)}{used}")
         for e, radius in enumerate(p.radii, start=1):
             if e <= p.trivial:
                 echo(f"  at least {e} of them: trivial, not a guarantee about the model: any {args.k} of the "
@@ -107,9 +113,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 echo(f"  {e} of them: no guarantee")
         if p.certified_on is not None:
             _echo_thresholded(p, args.q)
+    side = predictions[0].certified_size
     echo(f"(for each image, its lines hold together with probability >= {1 - args.alpha:g} over the sampling; "
-          f"pixels in [0, 1]; noise: {predictions[0].noise})")
+          f"radii are l2 norms in the pixels, in [0, 1], of the {side[0]}x{side[1]} image certified; "
+          f"noise: {predictions[0].noise})")
     return 0
+
+
+def _size_note(p: Any) -> str:
+    """`` (20x50 file stretched to 32x32: radii in the 32x32 image's pixels)`` for a file of another size than
+    the image certified; empty for one of the model's size."""
+    if not p.resized:
+        return ""
+    (fw, fh), (cw, ch) = p.file_size, p.certified_size
+    how = {"stretch": "stretched", "pad": "scaled and padded"}[p.resize]
+    return f" ({fw}x{fh} file {how} to {cw}x{ch}: radii in the {cw}x{ch} image's pixels, not the file's)"
 
 
 def _echo_thresholded(p: Any, q: float) -> None:
@@ -141,6 +159,7 @@ def _predict_options(p: argparse.ArgumentParser, images: bool = True) -> None:
     add_bounds(p)
     add_thresholds(p, rule=False)
     add_noise(p, shared=False)
+    add_resize(p)
     group(p, THRESHOLDED).add_argument(
         "--q", type=float, default=0.5,
         help="with --threshold: a label is predicted when it is on in more than a share q of the noise")

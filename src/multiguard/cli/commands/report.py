@@ -7,14 +7,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from multiguard.cli.console import echo
-from multiguard.cli.options import add_output
+from multiguard.cli.console import echo, fail
+from multiguard.cli.options import EXIT_FAILURE, add_output
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from multiguard.evaluation.curves import parse_radius_grid
     from multiguard.evaluation.report import make_report
-    from multiguard.evaluation.results import RESULTS_FILE, compare_results
+    from multiguard.evaluation.results import RESULTS_FILE, compare_results, differing_fields, read_results
 
     if not args.runs and not args.compare:
         raise ValueError("runs: give RUN_DIRs to report (with --out), or --compare RESULTS.json ... to compare reports")
@@ -44,8 +44,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
             echo(result.summary)
         echo("wrote " + ", ".join(str(p) for p in result.files))
         compared = [os.path.join(args.out, RESULTS_FILE), *compared] if compared else []
+    if args.strict and not compared:
+        raise ValueError("strict: --strict checks a comparison: give --compare RESULTS.json ...")
     if compared:
         echo(compare_results(compared, metrics=args.metric).rstrip())
+        if args.strict:
+            from multiguard.evaluation.results import STRICT_FIELDS
+
+            differ = [name for name in differing_fields([read_results(p) for p in compared]) if name in STRICT_FIELDS]
+            if differ:
+                return fail(f"compare --strict: the runs differ in {', '.join(differ)}: their numbers are not of the "
+                            "same experiment (compare runs of the same data, noise and thresholds, or leave out "
+                            "--strict)", EXIT_FAILURE)
     return 0
 
 
@@ -76,6 +86,9 @@ def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", nargs="+", default=None, metavar="RESULTS",
                    help="put these results.json files (or report folders) in one table, after the report of the "
                    "RUN_DIRs if any; see docs/results.md")
+    p.add_argument("--strict", action="store_true",
+                   help="with --compare: exit 1 when the runs differ in what they are measured on (dataset, split, "
+                   "inputs, sigma, n, noise or thresholds); the model, mode and denoiser may differ")
     p.add_argument("--metric", nargs="+", default=["f1"], choices=["precision", "recall", "f1"],
                    help="with --compare: the certified metrics to tabulate")
     add_output(p, metavar="REPORT_DIR", help="folder for the report files (needed with RUN_DIRs)", required=False,
