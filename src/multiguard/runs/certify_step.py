@@ -55,6 +55,17 @@ def capped_num_inputs(num_inputs: int | None, split_size: int, split: str, log: 
     return num_inputs
 
 
+def _check_threshold_arguments(thresholds: Any, threshold_rule: str | None, threshold_inputs: int) -> None:
+    """--threshold or --threshold-rule (not both), a known rule and a positive count, before any model loads."""
+    if thresholds is not None and threshold_rule is not None:
+        raise ValueError("threshold-rule: give --threshold or --threshold-rule, not both")
+    if threshold_rule is not None:
+        from multiguard.certificates.thresholds import THRESHOLD_RULES
+
+        THRESHOLD_RULES.entry(threshold_rule)
+        check_int(threshold_inputs, "threshold_inputs", 1)
+
+
 def sample_checkpoint(
     checkpoint: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -109,13 +120,7 @@ def sample_checkpoint(
     """
     stop_rule = StopRule.coerce(stop_rule)
     check_int(n, "n", 1, MAX_N)  # before the model is loaded or any file made
-    if thresholds is not None and threshold_rule is not None:
-        raise ValueError("threshold-rule: give --threshold or --threshold-rule, not both")
-    if threshold_rule is not None:
-        from multiguard.certificates.thresholds import THRESHOLD_RULES
-
-        THRESHOLD_RULES.entry(threshold_rule)
-        check_int(threshold_inputs, "threshold_inputs", 1)
+    _check_threshold_arguments(thresholds, threshold_rule, threshold_inputs)
     mode = mode if mode is not None else ModeSpec(precision, channels_last, compile)
     own_context = context is None
     context = context or init_distributed(device)

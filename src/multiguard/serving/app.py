@@ -176,11 +176,11 @@ async def _read_upload(request: Request, state: ServerState) -> tuple[list[str],
     params = {**request.query_params, **{key: value for key, value in form.items() if isinstance(value, str)}}
     names = [os.path.basename(item.filename or f"image{i}") or f"image{i}" for i, item in enumerate(files)]
     contents = [await item.read() for item in files]
-    batch = await asyncio.to_thread(_decode, contents, names, state.model)
+    batch = await asyncio.to_thread(_decode, contents, names, state.model, state.settings.resize)
     return names, batch, params
 
 
-def _decode(contents: list[bytes], names: list[str], model: LoadedModel) -> torch.Tensor:
+def _decode(contents: list[bytes], names: list[str], model: LoadedModel, resize: str = "stretch") -> torch.Tensor:
     """``(N, C, S, S)``: each upload decoded by :func:`multiguard.data.load_image` (the decoder of ``predict``)
     from a private temporary file; an error names the upload, not the temporary file."""
     from multiguard.data import load_image
@@ -192,7 +192,7 @@ def _decode(contents: list[bytes], names: list[str], model: LoadedModel) -> torc
             path = Path(folder) / f"upload{i}"
             path.write_bytes(data)
             try:
-                tensors.append(load_image(path, model.image_size, model.channels))
+                tensors.append(load_image(path, model.image_size, model.channels, resize=resize))
             except ImageTooLargeError as error:
                 raise RequestError(f"image {name}: {error.reason}", 413) from None
             except (ValueError, OSError) as error:

@@ -41,6 +41,7 @@ class ServeSettings:
         "spending": _sequential.DEFAULT_SPENDING, "margin": _sequential.DEFAULT_MARGIN,
         "bounds": _sequential.DEFAULT_BOUNDS})
     q: float = 0.5
+    resize: str = "stretch"  # how an upload of another size is fitted (as predict --resize)
     max_n: int = 100_000  # the most estimation samples a request may ask for
     max_files: int = 16  # images per request
     max_body_bytes: int = 20 * 2**20  # the request body (413 past it)

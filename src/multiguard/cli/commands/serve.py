@@ -12,7 +12,7 @@ import sys
 
 from multiguard.cli.commands.predict import _predict_options, apply_mode_of
 from multiguard.cli.console import echo
-from multiguard.cli.options import group, mode_args, stop_rule_options
+from multiguard.cli.options import apply_threads, group, mode_args, stop_rule_options
 
 SERVER = "server"
 TOKEN_ENV = "MULTIGUARD_TOKEN"
@@ -35,14 +35,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"multiguard serve: warning: listening on {args.host} without a token: anyone who can reach this "
               f"port can use the model; set --token or {TOKEN_ENV}", file=sys.stderr, flush=True)
+    apply_threads(args, echo)
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), echo)
     model = load_model(args.checkpoint, k_prime=args.k_prime, sigma=args.sigma, device=args.device, **mode,
                        denoiser=args.denoiser, thresholds=args.threshold, threshold_scale=args.threshold_scale,
                        noise=args.noise)
     model.check_k(args.k)
+    if (warning := model.spec.sigma_warning()) is not None:
+        print(f"multiguard serve: {warning}", file=sys.stderr, flush=True)
     settings = ServeSettings(k=args.k, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                              stop_at_radius=args.stop_at_radius, stop_rule=stop_rule_options(args), q=args.q,
+                             resize=args.resize,
                              max_n=args.max_n, max_files=args.max_files, max_body_bytes=args.max_body_bytes,
                              max_queue=args.max_queue, time_limit=args.time_limit, token=token,
                              model_name=args.model_name, seed=args.seed)
