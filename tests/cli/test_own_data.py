@@ -473,7 +473,8 @@ def test_attack_in_the_summary(readme_project, tmp_path, capsys):
     project, _, _ = readme_project
     attack = run("attack", "--checkpoint", str(project / "shapes-model.pt"), "--radii", "0.1,0.3", "--k", "2",
                  "--num-inputs", "4", "--steps", "2", "--samples", "4", "--n", "100", "--out", str(tmp_path / "att"))
-    assert "attack: 4 inputs x 2 radii" in attack.stdout and "attack: R = 0.3: mean |L ∩ top-k|" in attack.stdout
+    assert "attack: apgd-targeted, 4 inputs x 2 radii" in attack.stdout  # the default attack, named
+    assert "attack: R = 0.3: mean |L ∩ top-k|" in attack.stdout
     code, _, err = run_in_process(capsys, "report", str(project / "shapes-run"), "--k", "2", "--attack",
                                   str(tmp_path / "att"), "--quiet", "--out", str(tmp_path / "rep"))
     assert code == 0, err
