@@ -133,9 +133,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        names, batch, params = await _read_upload(request, state)
+        names, (batch, file_sizes), params = await _read_upload(request, state)
         certificate = state.certificate(params)
         predictions = await state.predict(batch, names, certificate)
+        size = (state.model.image_size, state.model.image_size)
+        for prediction, file_size in zip(predictions, file_sizes, strict=True):  # as predict says it
+            prediction.file_size, prediction.certified_size, prediction.resize = file_size, size, state.settings.resize
         request.state.images, request.state.samples = len(names), sum(p.samples or 0 for p in predictions)
         return {"predictions": [p.as_dict() for p in predictions]}
 
@@ -160,7 +163,8 @@ def model_description(state: ServerState) -> dict[str, Any]:
             "name": s.model_name, "multiguard_version": __version__}
 
 
-async def _read_upload(request: Request, state: ServerState) -> tuple[list[str], torch.Tensor, dict[str, Any]]:
+async def _read_upload(request: Request, state: ServerState) -> tuple[list[str], tuple[torch.Tensor, list],
+                                                                   dict[str, Any]]:
     """The images of the field ``image`` of a multipart form, decoded as ``multiguard predict`` decodes files,
     and the parameters (form fields, else query parameters)."""
     limit = state.settings.max_files
@@ -180,21 +184,24 @@ async def _read_upload(request: Request, state: ServerState) -> tuple[list[str],
     return names, batch, params
 
 
-def _decode(contents: list[bytes], names: list[str], model: LoadedModel, resize: str = "stretch") -> torch.Tensor:
-    """``(N, C, S, S)``: each upload decoded by :func:`multiguard.data.load_image` (the decoder of ``predict``)
-    from a private temporary file; an error names the upload, not the temporary file."""
+def _decode(contents: list[bytes], names: list[str], model: LoadedModel,
+            resize: str = "stretch") -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """``(N, C, S, S)`` and each upload's own ``(width, height)``: each upload decoded by
+    :func:`multiguard.data.load_image` (the decoder of ``predict``) from a private temporary file;
+    an error names the upload, not the temporary file."""
     from multiguard.data import load_image
-    from multiguard.data._common import ImageTooLargeError
+    from multiguard.data._common import ImageTooLargeError, image_file_size
 
-    tensors = []
+    tensors, sizes = [], []
     with tempfile.TemporaryDirectory(prefix="multiguard-serve-") as folder:
         for i, (data, name) in enumerate(zip(contents, names, strict=True)):
             path = Path(folder) / f"upload{i}"
             path.write_bytes(data)
             try:
                 tensors.append(load_image(path, model.image_size, model.channels, resize=resize))
+                sizes.append(image_file_size(path))
             except ImageTooLargeError as error:
                 raise RequestError(f"image {name}: {error.reason}", 413) from None
             except (ValueError, OSError) as error:
                 raise RequestError(f"image {name}: {str(error).replace(str(path), name)}") from None
-    return torch.stack(tensors)
+    return torch.stack(tensors), sizes
