@@ -172,6 +172,20 @@ def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool | None, 
             raise _Dropped(f"connection closed after {received} of {expected} bytes")
 
 
+def _set_aside(final: Path, part: Path, entry: ManifestFile, problem: str, log: Callable[[str], None]) -> None:
+    """Move a wrong ``final`` out of the way: a shorter one (a truncated copy put there by hand) becomes the
+    ``.part`` that the transfer resumes with a Range request; any other is deleted, said before it is."""
+    size = final.stat().st_size
+    kept = part.stat().st_size if part.is_file() else 0
+    if entry.size is not None and 0 < size < entry.size and size > kept:
+        log(f"{final}: {problem}; keeping its {size} bytes as {part.name} and resuming from there "
+            "(it is fetched again from zero if the result does not match)")
+        os.replace(final, part)
+        return
+    log(f"{final}: {problem}; deleting it and fetching it again")
+    final.unlink()
+
+
 def fetch_file(
     entry: ManifestFile,
     folder: str | os.PathLike[str],
@@ -188,8 +202,9 @@ def fetch_file(
     URL a dropped connection is resumed with a Range request up to ``retries`` times as long as bytes keep
     arriving. The bytes live in ``NAME.part`` until the size and every checksum match (and
     ``validate(path)``, where given, returns None rather than a reason), then are renamed to ``NAME``. A
-    ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put there); one
-    that does not is removed and fetched again.
+    ``NAME`` already there that matches is used as it is (an archive fetched by hand can be put there); a
+    shorter one (a truncated copy) is kept as ``NAME.part`` and resumed; any other is deleted (said first)
+    and fetched again.
 
     Raises:
         DownloadError: every URL failed; one line per URL and what to do. A non-empty ``NAME.part`` is kept
@@ -206,8 +221,7 @@ def fetch_file(
         problem = problem_of(final)
         if problem is None:
             return final
-        log(f"{final}: {problem}; fetching it again")
-        final.unlink()
+        _set_aside(final, part, entry, problem, log)
     folder.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
