@@ -14,7 +14,8 @@ Every figure comes from one set of samples per model: the counts of each input a
 10,000 (``MultiGuard.sample_nested_counts``, kept in ``--work/MODEL/nested100.npz`` and reused). Each such
 count is exactly what a fixed-n run with that n draws, and each sequential procedure is replayed on them
 (``multiguard.certificates.sequential.sequential_certification``): the replay is what running the procedure gives
-(``--live N`` checks it on the first N inputs of the first model: ``MultiGuard.certify(..., stop_at_radius=R)``
+(``--live N`` checks it on the first N inputs of the first model:
+``MultiGuard.certify(..., stop_rule=StopRule(radius=R))``
 with the default rule at most 1,000 samples, timed, against the replay: samples, counts and radii equal).
 
 Columns, per (model, R, most samples):
@@ -46,6 +47,7 @@ from multiguard.certificates import metrics as _metrics
 from multiguard.certificates import sequential as seq
 from multiguard.certificates import topk as _topk
 from multiguard.certificates.sequential import SequentialCertificate
+from multiguard.certificates.stop_rule import StopRule
 
 K, K_PRIME, ALPHA, SEED, NUM_INPUTS = 3, 1, 0.001, 0, 500
 MOST = (1000, 10_000)
@@ -293,8 +295,8 @@ def live_check(work: Path, model: str, num: int, radii: list[float], threads: in
     out = {}
     for radius in radii:
         start = time.perf_counter()
-        live = guard.certify(torch.as_tensor(images), labels, n=MOST[0], alpha=ALPHA, k=K, stop_at_radius=radius,
-                             seed=SEED, index=indices, batch_size=1000)
+        live = guard.certify(torch.as_tensor(images), labels, n=MOST[0], alpha=ALPHA, k=K,
+                             stop_rule=StopRule(radius=radius), seed=SEED, index=indices, batch_size=1000)
         seconds = time.perf_counter() - start
         replayed = seq.sequential_certification(nested, labels, looks=looks, alpha=ALPHA, k=K, k_prime=K_PRIME,
                                                 sigma=float(data["sigma"]), radius=radius)

@@ -213,8 +213,8 @@ def test_a_registered_futility_rule_is_used_by_the_rule_the_stop_rule_and_the_sa
         x = VectorData().x[:3]
         mask = np.zeros((3, 6), dtype=bool)
         mask[:, 0] = True
-        certificate = guard.certify(x, mask, n=1000, alpha=0.001, k=2, stop_at_radius=0.1, futility="test-hopeless",
-                                    check_range=False)
+        certificate = guard.certify(x, mask, n=1000, alpha=0.001, k=2, check_range=False,
+                                    stop_rule=StopRule(radius=0.1, futility="test-hopeless"))
         assert (certificate.samples == 100).all()
     finally:
         seq.FUTILITY_RULES.unregister("test-hopeless")
@@ -379,7 +379,7 @@ def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batc
     model, x, labels = vector_problem(12, seed=k_prime)
     guard = MultiGuard(model, num_classes=6, sigma=0.25, k_prime=k_prime)
     rule = PROCEDURES[procedure]
-    options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_at_radius=0.1, **rule)
+    options = dict(n=2000, alpha=0.001, k=2, seed=4, stop_rule=StopRule(radius=0.1, **rule))
     result = guard.certify(x, labels, batch_size=300, **options)
     looks = seq.look_schedule(2000, rule.get("schedule", seq.DEFAULT_SCHEDULE))
     assert looks.size == LOOKS_AT_2000[procedure]
@@ -409,7 +409,7 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
     model, x, _ = vector_problem(10, seed=5)
     guard = MultiGuard(model, num_classes=6, sigma=0.25)
     fixed = guard.predict(x, k=2, n=1000, seed=2)
-    result = guard.predict(x, k=2, n=1000, seed=2, stop_at_radius=0.05)
+    result = guard.predict(x, k=2, n=1000, seed=2, stop_rule=StopRule(radius=0.05))
     np.testing.assert_array_equal(result.labels, fixed.labels)  # the same selection samples
     assert result.samples.min() < 1000 and fixed.samples.tolist() == [1000] * 10
     looks = seq.look_schedule(1000)  # the default rule's looks and spending
@@ -423,7 +423,17 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
         counts = guard.engine.count(x[i : i + 1], int(result.samples[i]), seed=2, index=[i])[0, 0]
         np.testing.assert_array_equal(result.counts[i], counts)
     with pytest.raises(ValueError, match="stop_at_radius"):
-        guard.predict(x, k=2, stop_at_radius=-1.0)
+        guard.predict(x, k=2, stop_rule=StopRule(radius=-1.0))
+    with pytest.raises(ValueError, match="k: 2 where the stop_rule says 3"):
+        guard.predict(x, k=2, stop_rule=StopRule(radius=0.05, k=3))
+    with pytest.raises(ValueError, match="alpha: 0.01 where the stop_rule says 0.001"):
+        guard.certify(x, np.ones((10, 6), dtype=bool), n=100, k=2, alpha=0.01,
+                      stop_rule=StopRule(radius=0.05, alpha=0.001))
+    with pytest.raises(ValueError, match="k_prime: 1 where the stop_rule says 2"):
+        guard.predict(x, k=2, stop_rule=StopRule(radius=0.05, k_prime=2))
+    # The rule's alpha is the call's where the call leaves it out (and 0.001 where neither gives one).
+    assert guard.predict(x[:2], k=2, n=100, stop_rule=StopRule(radius=0.05, alpha=0.01)).alpha == 0.01
+    assert guard.predict(x[:2], k=2, n=100, stop_rule=StopRule(radius=0.05)).alpha == 0.001
 
 
 # ---------------------------------------------------------------------------------- exact soundness, sampled
@@ -458,7 +468,7 @@ def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius(pr
             labels[i, np.argsort(-p[i], kind="stable")[: d[i]]] = True
         guard = MultiGuard(model, num_classes=c, sigma=sigma, k_prime=k_prime)
         result = guard.certify(torch.as_tensor(x[:, None]), labels, n=n, alpha=alpha, k=k, seed=problem,
-                               stop_at_radius=0.25, **PROCEDURES[procedure])
+                               stop_rule=StopRule(radius=0.25, **PROCEDURES[procedure]))
         stops.append(result.samples)
         for i in range(num):
             broke = break_radii(offsets[:, None], probabilities_1d(*arrangement, x[i] + offsets, sigma), labels[i], k)

@@ -11,6 +11,7 @@ from scipy import stats
 
 from multiguard import MultiGuard
 from multiguard.certificates.sequential import DEFAULT_SPENDING, look_schedule
+from multiguard.certificates.stop_rule import StopRule
 from multiguard.certificates.thresholded import certify_thresholded
 from multiguard.certificates.thresholds import LabelThresholds
 
@@ -107,8 +108,8 @@ def test_fixed_nested_and_sequential_on_counts_agree() -> None:
         assert np.array_equal(fixed, nested_on[:, j])
     labels = np.zeros((5, c), dtype=bool)
     labels[:, 0] = True
-    counts, samples, on = guard.sample_sequential_counts(x, labels, 1000, stop_at_radius=0.1, alpha=0.01, k=1,
-                                                         seed=4, index=np.arange(10, 15), max_k_prime=2,
+    counts, samples, on = guard.sample_sequential_counts(x, labels, 1000, stop_rule=StopRule(radius=0.1), alpha=0.01,
+                                                         k=1, seed=4, index=np.arange(10, 15), max_k_prime=2,
                                                          with_on_counts=True)
     looks = np.searchsorted(sizes, samples)
     assert np.array_equal(on, nested_on[np.arange(5), looks])
@@ -138,7 +139,7 @@ def test_certify_and_predict_return_the_thresholded_certificate_of_the_same_samp
     assert np.array_equal(pred.thresholded.on_counts, on) and pred.thresholded.q == 0.5
     # Sequential: the on-counts at each input's stop, with the anytime bounds at the looks and spending of the
     # stopping rule that chose the stop (the default: fine looks, three quarters of alpha at the last one).
-    seq = guard.certify(x, labels, n=n, alpha=alpha, k=2, seed=1, stop_at_radius=0.1)
+    seq = guard.certify(x, labels, n=n, alpha=alpha, k=2, seed=1, stop_rule=StopRule(radius=0.1))
     looks = look_schedule(n)
     anytime = certify_thresholded(seq.thresholded.on_counts, seq.samples, alpha=alpha, sigma=sigma, looks=looks,
                                   spending=DEFAULT_SPENDING)

@@ -505,7 +505,7 @@ def sequential_certification(
     as :meth:`multiguard.sampling.engine.SamplingEngine.count_nested` and the nested counts of a run give them). Each
     input looks at ``looks[0], looks[1], ...`` and stops at the first look where
     :func:`sequential_stopping_rule` (with ``futility``) says so; the counts after that look are never read.
-    Sampling those counts look by look (as ``MultiGuard.certify(..., stop_at_radius=R)`` does) with the same
+    Sampling those counts look by look (as ``MultiGuard.certify(..., stop_rule=StopRule(radius=R))`` does) with the same
     seed gives the same result with fewer forward passes.
 
     Guarantee: for each input, with probability at least ``1 - alpha``, at least e labels of L stay in the

@@ -4,6 +4,7 @@ functions and a run's metadata carry instead of loose keywords."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,23 +18,9 @@ from multiguard.certificates.sequential import (
     DEFAULT_SPENDING,
 )
 from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
-from multiguard.common.validation import check_alpha, check_choice
+from multiguard.common.validation import check_alpha
 
-__all__ = ["StopRule", "check_procedure", "procedure_keywords"]
-
-
-def procedure_keywords(futility: str, schedule: str, spending: object, margin: float, bounds: str) -> dict:
-    """The keywords of the sequential procedure besides radius, k, k' and alpha (checked where used)."""
-    return {"futility": futility, "schedule": schedule, "spending": spending, "margin": margin, "bounds": bounds}
-
-
-def check_procedure(n: int, futility: str, schedule: str, bounds: str) -> None:
-    """The rule's names, checked before the first forward pass (ValueError naming the argument)."""
-    from multiguard.certificates import sequential as _sequential
-
-    _sequential.futility_rule(futility)
-    _sequential.look_schedule(n, schedule)
-    check_choice(bounds, "bounds", _sequential.BOUNDS)
+__all__ = ["StopRule"]
 
 
 def _futility_names() -> list[str]:
@@ -71,9 +58,10 @@ class StopRule(Settings):
 
     radius: float = setting(check=Interval(float, 0.0), flag="--stop-at-radius",
                             help="the radius R whose certified intersection size decides when an input stops")
-    k: int = setting(check=Interval(int, 1), help="smoothed top-k")
-    k_prime: int = setting(check=Interval(int, 1), help="the base classifier's top-k'")
-    alpha: float = setting(check=_alpha, help="1 - confidence")
+    k: int | None = setting(None, check=Optional(Interval(int, 1)), help="smoothed top-k (None: the call's k)")
+    k_prime: int | None = setting(None, check=Optional(Interval(int, 1)),
+                                  help="the base classifier's top-k' (None: the smoothed classifier's)")
+    alpha: float | None = setting(None, check=Optional(_alpha), help="1 - confidence (None: the call's alpha)")
     futility: str = setting(DEFAULT_FUTILITY, check=OneOf(_futility_names), legacy="remaining",
                             help="when to give up on an input (multiguard.certificates.sequential.FUTILITY_RULES)")
     schedule: str = setting(DEFAULT_SCHEDULE, check=OneOf(_schedule_names), legacy="1-2-5",
@@ -84,6 +72,20 @@ class StopRule(Settings):
                             legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
     bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union",
                           help="the anytime bounds read: union (over the looks) or betting (confidence sequences)")
+
+    def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
+        """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call
+        that gives another value than the rule is a ``ValueError`` naming both (``k=5`` for a rule of
+        ``k=3``). A ``None`` the call cannot fill (no k given anywhere) is a ``ValueError`` too."""
+        values = {}
+        for name, given in (("k", k), ("k_prime", k_prime), ("alpha", alpha)):
+            mine = getattr(self, name)
+            if mine is not None and given is not None and mine != given:
+                raise ValueError(f"{name}: {given} where the stop_rule says {mine} (give one, or the same)")
+            values[name] = mine if mine is not None else given
+            if values[name] is None:
+                raise ValueError(f"{name}: needed, by the call or by its stop_rule")
+        return dataclasses.replace(self, **values)
 
     def looks(self, n: int) -> Any:
         """The looks of this rule's schedule up to ``n`` samples: int64 ``(J,)``."""

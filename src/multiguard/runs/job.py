@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from multiguard.runs.folder import (
 )
 from multiguard.runs.spec import RunSpec
 
+if TYPE_CHECKING:
+    from multiguard.certificates.stop_rule import StopRule
+
 __all__ = ["RunProgress", "RunResult", "load_batch", "parse_shard", "run_lock", "sample_run", "select_inputs"]
 
 
@@ -65,14 +68,12 @@ class Sampler(Protocol):
         ...
 
     def sample_sequential_counts(
-        self, x: Any, labels: Any, n: int, *, stop_at_radius: float, alpha: float, k: int, seed: int, index: Any,
-        batch_size: int, max_k_prime: int,
+        self, x: Any, labels: Any, n: int, *, stop_rule: StopRule, seed: int, index: Any, batch_size: int,
+        max_k_prime: int,
     ) -> tuple[Any, Any]:
-        """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until the stopping rule stops it
-        (the rule's ``futility``, ``schedule``, ``spending`` and ``margin`` are passed as keywords too,
-        :meth:`multiguard.certificates.stop_rule.StopRule.procedure`; with ``with_on_counts=True`` a third array, the
-        per-label
-        on-counts ``(m, c)`` at each row's stop)."""
+        """``(counts (m, max_k_prime, c), samples (m,))``: each row sampled until ``stop_rule`` (a complete
+        :class:`~multiguard.certificates.stop_rule.StopRule`: radius, k, k', alpha and the procedure) stops it;
+        with ``with_on_counts=True`` a third array, the per-label on-counts ``(m, c)`` at each row's stop."""
         ...
 
 
@@ -361,8 +362,7 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
             extra["on_counts"] = extra["nested_on_counts"][:, -1]
     else:
         result = sampler.sample_sequential_counts(
-            images, labels, spec.n, stop_at_radius=rule.radius, alpha=rule.alpha, k=rule.k, **rule.procedure(),
-            **common,
+            images, labels, spec.n, stop_rule=rule, **common,
         )
         counts, samples = result[0], result[1]
         counts = np.asarray(counts, dtype=np.int64)

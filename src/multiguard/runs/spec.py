@@ -30,7 +30,11 @@ FORMAT_VERSION = 1
 
 
 def _stop_rule(value: Any, name: str) -> StopRule | None:
-    return StopRule.coerce(value)
+    rule = StopRule.coerce(value)
+    if rule is not None and None in (rule.k, rule.k_prime, rule.alpha):
+        raise ValueError(f"{name}: a run's stop rule gives its k, k_prime and alpha (StopRule(radius=..., k=..., "
+                         "k_prime=..., alpha=...))")
+    return rule
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:

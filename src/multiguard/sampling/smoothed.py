@@ -31,7 +31,7 @@ from multiguard.certificates import sequential as _sequential
 from multiguard.certificates import thresholded as _thresholded
 from multiguard.certificates import topk as _topk
 from multiguard.certificates.bounds import as_label_mask
-from multiguard.certificates.stop_rule import check_procedure, procedure_keywords
+from multiguard.certificates.stop_rule import StopRule
 from multiguard.certificates.thresholds import LabelThresholds
 from multiguard.common.devices import resolve_device
 from multiguard.common.noise_kinds import DEFAULT_NOISE, describe_noise
@@ -50,6 +50,8 @@ from multiguard.sampling.engine import SamplingEngine, as_batch, as_index, modul
 from multiguard.sampling.inputs import as_image_batch, image_channels
 from multiguard.sampling.noise import make_noise
 from multiguard.sampling.soft import soft_scores_of
+
+DEFAULT_ALPHA = 0.001  # the failure probability of certify and predict when neither the call nor its rule gives one
 
 __all__ = ["MultiGuard", "smoothed_top_k"]
 
@@ -258,7 +260,7 @@ class MultiGuard:
         x: torch.Tensor | np.ndarray,
         labels: np.ndarray | torch.Tensor,
         n: int,
-        alpha: float = 0.001,
+        alpha: float | None = None,
         k: int | None = None,
         seed: int = 0,
         index: np.ndarray | torch.Tensor | list[int] | None = None,
@@ -266,13 +268,8 @@ class MultiGuard:
         progress: bool = False,
         second_terms: bool = True,
         check_range: bool = True,
-        stop_at_radius: float | None = None,
-        futility: str = _sequential.DEFAULT_FUTILITY,
-        schedule: str = _sequential.DEFAULT_SCHEDULE,
-        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
-        margin: float = _sequential.DEFAULT_MARGIN,
+        stop_rule: StopRule | None = None,
         q: float = _thresholded.DEFAULT_Q,
-        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Certificate:
         """Certify, for each input, how many labels of its label set L stay in the smoothed top-k.
 
@@ -280,40 +277,23 @@ class MultiGuard:
         the smoothed classifier's top k at every ``x[i] + delta`` with ``||delta||_2 < radii[i, e-1]``.
 
         Args:
-            x: ``(N, *input_shape)``; labels: ``(N, c)`` boolean mask of L (e.g. the ground truth).
-            n: noise samples per input (the most any input gets when ``stop_at_radius`` is set); alpha: failure
-                probability (0.001 as in :meth:`predict`); k: labels the smoothed classifier predicts (needed).
+            x: ``(N, *input_shape)``; labels: ``(N, c)`` boolean mask of L (e.g. the ground truth), or label
+                index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
+            n: noise samples per input (the most any input gets with a ``stop_rule``); alpha: failure
+                probability (default 0.001, as in :meth:`predict`, or the stop rule's); k: labels the smoothed
+                classifier predicts (needed, here or in the stop rule).
                 seed, index, batch_size, progress: as in :meth:`sample_counts`.
             second_terms: ``False`` drops the u- and v-terms of Theorem 1 (the paper's ablation).
             check_range: refuse image batches with values above 1 (see :func:`as_image_batch`, which also
                 refuses integer inputs such as uint8 images and turns one image ``(C, H, W)`` into a batch of one).
-
-        ``labels`` may also be label index lists, one per input (``[[0, 2], [1]]``; ``[0, 2]`` for one input).
-            stop_at_radius: a target radius R: sample in rounds at the looks of ``schedule``
-                (:func:`multiguard.certificates.sequential.look_schedule` ``(n, schedule)``) and stop each input as
-                soon as its
-                certified intersection size at R is settled
-                (:func:`multiguard.certificates.sequential.sequential_stopping_rule`).
-                The bounds are then the anytime-valid ones, and the radii are valid at every radius, not only
-                at R. The counts, and so the certificate, are those :func:`multiguard.certificates.sequential.
-                sequential_certification` gives on the nested counts of the same seed.
-            futility: when the stopping rule gives up on an input (``"margin"``, the default: the remaining
-                samples at the favourable Clopper-Pearson bound at level ``margin`` of the counts so far would
-                not raise its size at R; ``"remaining"``: no outcome could; ``"plausible"``: none the samples so
-                far make plausible could; ``"projected"``: the remaining samples at the frequencies seen so far
-                would not; see :func:`multiguard.certificates.sequential.sequential_stopping_rule`). The guarantee is
-                the
-                same for all.
-            schedule, spending, margin: the looks (:data:`multiguard.certificates.sequential.SCHEDULES`), how alpha
-            is spent
-                over them (:func:`multiguard.certificates.sequential.spending_weights`: the share at the last look,
-                ``None``
-                for equal shares, or one weight per look summing to at most 1) and gamma of ``"margin"``.
-            bounds: the anytime bounds the rule and the certificate read (``"union"``: Clopper-Pearson over the
-                schedule's looks, spending alpha as ``spending`` says; ``"betting"``: the beta-binomial mixture
-                confidence sequences, valid at every n, best with ``schedule="every-block"``;
-                :data:`multiguard.certificates.sequential.BOUNDS`).
-
+            stop_rule: a :class:`~multiguard.certificates.stop_rule.StopRule` (``StopRule(radius=R)``; its k,
+                k' and alpha, left out, are this call's): sample in rounds at the looks of its ``schedule`` and
+                stop each input as soon as its certified intersection size at R is settled, or its ``futility``
+                rule gives up on it (:func:`multiguard.certificates.sequential.sequential_stopping_rule`). The
+                bounds are then the anytime-valid ones its ``bounds`` names, and the radii are valid at every
+                radius, not only at R. The counts, and so the certificate, are those
+                :func:`multiguard.certificates.sequential.sequential_certification` gives on the nested counts
+                of the same seed. The guarantee is the same for every futility rule.
             q: with thresholds, the thresholded smoothed classifier's cut (a label is predicted when it is on in
                 more than a share q of the noise; :mod:`multiguard.certificates.thresholded`).
 
@@ -323,17 +303,14 @@ class MultiGuard:
             :class:`multiguard.certificates.thresholded.ThresholdedCertificate`: per-label on / off radii) from the same
             samples, its bounds holding for all labels at once with probability at least ``1 - alpha``.
         """
-        alpha = check_alpha(alpha)
+        rule, k, alpha = self._bind_stop_rule(stop_rule, k, alpha)
         k = check_int(k, "k", 1, self.num_classes)
         n = check_int(n, "n", 1)
         q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         mask = as_label_mask(labels, tensor.shape[0], self.num_classes)
-        if stop_at_radius is not None:
-            stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
-            second_terms,
+            tensor, mask, n, alpha, k, rule, second_terms,
             seed=seed, index=index, batch_size=batch_size, progress=progress, q=q,
         )
         radii = _topk.certified_radii(
@@ -352,9 +329,25 @@ class MultiGuard:
             alpha=alpha,
             second_terms=bool(second_terms),
             samples=samples,
-            stop_at_radius=stop_at_radius,
+            stop_at_radius=None if rule is None else rule.radius,
             thresholded=thresholded,
         )
+
+    def _bind_stop_rule(self, stop_rule: StopRule | None, k: int | None, alpha: float | None,
+                        ) -> tuple[StopRule | None, int | None, float]:
+        """``(rule, k, alpha)`` of a call: its stop rule with the k, k' and alpha it leaves out filled from the
+        call (and k' from this classifier), and the call's k and alpha (:data:`DEFAULT_ALPHA` where neither the
+        call nor the rule gives one). ValueError where the rule and the call disagree."""
+        if alpha is not None:
+            alpha = check_alpha(alpha)
+        if stop_rule is None:
+            return None, k, DEFAULT_ALPHA if alpha is None else alpha
+        if not isinstance(stop_rule, StopRule):
+            raise ValueError(f"stop_rule: expected a multiguard.StopRule, got {type(stop_rule).__name__}")
+        if alpha is None and stop_rule.alpha is None:
+            alpha = DEFAULT_ALPHA
+        rule = stop_rule.bind(k=k, k_prime=self.k_prime, alpha=alpha)
+        return rule, rule.k, rule.alpha
 
     def sample_nested_counts(
         self,
@@ -388,29 +381,23 @@ class MultiGuard:
         labels: np.ndarray | torch.Tensor,
         n: int,
         *,
-        stop_at_radius: float,
-        alpha: float,
-        k: int,
+        stop_rule: StopRule,
+        alpha: float | None = None,
+        k: int | None = None,
         seed: int = 0,
         index: np.ndarray | torch.Tensor | list[int] | None = None,
         batch_size: int = 1000,
         max_k_prime: int | None = None,
         second_terms: bool = True,
         progress: bool = False,
-        futility: str = _sequential.DEFAULT_FUTILITY,
-        schedule: str = _sequential.DEFAULT_SCHEDULE,
-        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
-        margin: float = _sequential.DEFAULT_MARGIN,
         with_on_counts: bool = False,
-        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample each input look by look until sequential certification at ``stop_at_radius`` stops it.
+        """Sample each input look by look until sequential certification by ``stop_rule`` stops it.
 
-        The looks are :func:`multiguard.certificates.sequential.look_schedule` ``(n, schedule)``; after each one,
-        :func:`multiguard.certificates.sequential.sequential_stopping_rule` decides from the counts of
-        ``self.k_prime`` (with
-        ``alpha``, ``k``, ``second_terms``, ``futility``, ``spending``, ``margin``, ``bounds``) which inputs stop.
-        Returns
+        The looks are the rule's (:meth:`~multiguard.certificates.stop_rule.StopRule.looks` ``(n)``); after each
+        one, :func:`multiguard.certificates.sequential.sequential_stopping_rule` decides from the counts of
+        ``self.k_prime`` (with the rule's radius, k, alpha, futility, spending, margin and bounds, and
+        ``second_terms``) which inputs stop; ``k`` and ``alpha`` fill what the rule leaves out. Returns
         ``(counts, samples)``: int64 ``(N, K, c)`` counts for every k' <= K (``max_k_prime``, default
         ``self.k_prime``) of the samples each input used, and int64 ``(N,)`` those numbers of samples (looks).
         The counts are those of the same samples in a fixed-n call (same seed and index), cut at each input's
@@ -422,11 +409,13 @@ class MultiGuard:
         num_k = self.k_prime if max_k_prime is None else check_int(max_k_prime, "max_k_prime", self.k_prime,
                                                                    self.num_classes)
         thresholds = self._need_thresholds() if check_bool(with_on_counts, "with_on_counts") else None
+        if stop_rule is None:
+            raise ValueError("stop_rule: needed (a multiguard.StopRule)")
+        rule, k, _ = self._bind_stop_rule(stop_rule, k, alpha)
+        check_int(k, "k", 1, self.num_classes)
         counts, samples = self._sample_sequentially(
-            tensor, mask, check_int(n, "n", 1), check_alpha(alpha), check_int(k, "k", 1, self.num_classes),
-            check_float(stop_at_radius, "stop_at_radius", 0.0), second_terms, seed=seed, index=index,
+            tensor, mask, check_int(n, "n", 1), rule, second_terms, seed=seed, index=index,
             batch_size=batch_size, progress=progress, num_k=num_k, thresholds=thresholds,
-            procedure=procedure_keywords(futility, schedule, spending, margin, bounds),
         )
         if thresholds is None:
             return counts, samples
@@ -435,8 +424,8 @@ class MultiGuard:
     # ------------------------------------------------------------------------------------------ estimation
 
     def _estimate(
-        self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, stop_at_radius: float | None,
-        procedure: dict, second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
+        self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, rule: StopRule | None,
+        second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool,
         q: float = _thresholded.DEFAULT_Q,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, _thresholded.ThresholdedCertificate | None]:
         """The one estimation path of :meth:`certify` and :meth:`predict`: counts of ``self.k_prime`` over the
@@ -445,11 +434,11 @@ class MultiGuard:
 
         Fixed n: n samples per input, Clopper-Pearson bounds
         (:func:`multiguard.certificates.bounds.label_probability_bounds`).
-        With ``stop_at_radius``: the sequential procedure
+        With a stop ``rule`` (bound: its k and alpha are ``k`` and ``alpha``): the sequential procedure
         (:func:`multiguard.certificates.sequential.sample_until_stopped`),
         anytime-valid bounds at each input's stop (for the on-counts too)."""
         thresholds = self.score_thresholds
-        if stop_at_radius is None:
+        if rule is None:
             counts = self.engine.count(tensor, n, seed=seed, index=index, batch_size=batch_size,
                                        num_k=self.k_prime, stream=STREAM_ESTIMATION, progress=progress,
                                        thresholds=thresholds)
@@ -458,34 +447,31 @@ class MultiGuard:
             sample_sizes: object = n
         else:
             counts, samples = self._sample_sequentially(
-                tensor, mask, n, alpha, k, stop_at_radius, second_terms, seed=seed, index=index,
-                batch_size=batch_size, progress=progress, num_k=self.k_prime, procedure=procedure,
-                thresholds=thresholds,
+                tensor, mask, n, rule, second_terms, seed=seed, index=index,
+                batch_size=batch_size, progress=progress, num_k=self.k_prime, thresholds=thresholds,
             )
             # The looks and spending the stopping rule used: the anytime bounds of both certificates must be
             # those the rule read, or they would not hold at the rule's stopping time.
-            looks = _sequential.look_schedule(n, procedure["schedule"])
+            looks = rule.looks(n)
             sample_sizes = samples
         thresholded = None
         if thresholds is not None:
             thresholded = _thresholded.certify_thresholded(
                 counts[:, self.k_prime], sample_sizes, alpha=alpha, sigma=self.sigma, q=q, looks=looks,
-                spending=None if looks is None else procedure["spending"],
-                bounds="union" if looks is None else procedure["bounds"],
+                spending=None if rule is None else rule.spending,
+                bounds="union" if rule is None else rule.bounds,
             )
         counts = counts[:, self.k_prime - 1]
         if looks is None:
             lower, upper = _bounds.label_probability_bounds(counts, n, alpha)
         else:
-            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks,
-                                                                        procedure["spending"],
-                                                                        bounds=procedure["bounds"])
+            lower, upper = _sequential.anytime_label_probability_bounds(counts, samples, alpha, looks, rule.spending,
+                                                                        bounds=rule.bounds)
         return counts, samples, lower, upper, thresholded
 
     def _sample_sequentially(
-        self, tensor: torch.Tensor, mask: np.ndarray, n: int, alpha: float, k: int, radius: float,
-        second_terms: bool, *, seed: int, index: object, batch_size: int, progress: bool, num_k: int,
-        procedure: dict, thresholds: np.ndarray | None = None,
+        self, tensor: torch.Tensor, mask: np.ndarray, n: int, rule: StopRule, second_terms: bool, *, seed: int,
+        index: object, batch_size: int, progress: bool, num_k: int, thresholds: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`multiguard.certificates.sequential.sample_until_stopped` on this classifier's estimation stream:
         each round
@@ -504,8 +490,8 @@ class MultiGuard:
 
         rows = num_k + (0 if thresholds is None else 1)  # the on-counts ride along; the rule reads k' only
         return _sequential.sample_until_stopped(
-            count, mask, n, num_k=rows, alpha=alpha, k=k, k_prime=self.k_prime, sigma=self.sigma, radius=radius,
-            second_terms=second_terms, **procedure,
+            count, mask, n, num_k=rows, alpha=rule.alpha, k=rule.k, k_prime=self.k_prime, sigma=self.sigma,
+            radius=rule.radius, second_terms=second_terms, **rule.procedure(),
         )
 
     def predict(
@@ -514,19 +500,14 @@ class MultiGuard:
         k: int,
         n0: int = 100,
         n: int = 1000,
-        alpha: float = 0.001,
+        alpha: float | None = None,
         seed: int = 0,
         index: np.ndarray | torch.Tensor | list[int] | None = None,
         batch_size: int = 1000,
         progress: bool = False,
         check_range: bool = True,
-        stop_at_radius: float | None = None,
-        futility: str = _sequential.DEFAULT_FUTILITY,
-        schedule: str = _sequential.DEFAULT_SCHEDULE,
-        spending: float | list[float] | None = _sequential.DEFAULT_SPENDING,
-        margin: float = _sequential.DEFAULT_MARGIN,
+        stop_rule: StopRule | None = None,
         q: float = _thresholded.DEFAULT_Q,
-        bounds: str = _sequential.DEFAULT_BOUNDS,
     ) -> Prediction:
         """Predict k labels per input and certify how many of them survive any perturbation up to a radius.
 
@@ -541,11 +522,11 @@ class MultiGuard:
         ``x`` as in :meth:`certify` (one image ``(C, H, W)`` is a batch of one; uint8 and values above 1 are
         refused unless ``check_range=False``).
 
-        With ``stop_at_radius=R``, n is the most estimation samples any input gets: each input stops as soon
-        as the number of its predicted labels certified at R is settled (all k, or no more reachable within
-        n; ``futility``, ``schedule``, ``spending``, ``margin`` and ``bounds`` as in :meth:`certify`); the radii come
-        from
-        the anytime-valid bounds and hold at every radius.
+        ``alpha``: 0.001 by default (or the stop rule's). With ``stop_rule=StopRule(radius=R)``, n is the most
+        estimation samples any input gets: each input stops as soon as the number of its predicted labels
+        certified at R is settled (all k, or no more reachable within n; the rule's futility, schedule,
+        spending, margin and bounds as in :meth:`certify`); the radii come from the anytime-valid bounds and
+        hold at every radius.
 
         With thresholds (``MultiGuard(..., thresholds=...)``), ``thresholded`` holds the thresholded
         certificate of the same estimation samples at cut ``q``: per label, certified on up to ``on_radius``,
@@ -556,14 +537,13 @@ class MultiGuard:
             a :class:`Prediction` with ``labels`` int64 ``(N, k)`` (class indices: ``class_names[j]`` names
             them) and ``radii`` float ``(N, k)``.
         """
+        rule, k, alpha = self._bind_stop_rule(stop_rule, k, alpha)
         k = check_int(k, "k", 1, self.num_classes)
         q = check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
         n0 = check_int(n0, "n0", 1)
         n = check_int(n, "n", 1)
-        alpha = check_alpha(alpha)
-        if stop_at_radius is not None:
-            stop_at_radius = check_float(stop_at_radius, "stop_at_radius", 0.0)
-            check_procedure(n, futility, schedule, bounds)
+        if rule is not None:
+            rule.looks(n)  # the schedule is checked before the first forward pass
         tensor = as_image_batch(x, check_range, image_channels(self.model))
         index_arr = as_index(index, tensor.shape[0])
         check_int(seed, "seed", 0)  # before the first forward pass
@@ -576,8 +556,8 @@ class MultiGuard:
         mask = np.zeros(selection.shape, dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         counts, samples, lower, upper, thresholded = self._estimate(
-            tensor, mask, n, alpha, k, stop_at_radius, procedure_keywords(futility, schedule, spending, margin, bounds),
-            True, seed=seed, index=index_arr, batch_size=batch_size, progress=progress, q=q,
+            tensor, mask, n, alpha, k, rule, True, seed=seed, index=index_arr, batch_size=batch_size,
+            progress=progress, q=q,
         )
         radii = _topk.certified_radii(lower, upper, mask, k=k, k_prime=self.k_prime, sigma=self.sigma)
         return Prediction(
@@ -594,6 +574,6 @@ class MultiGuard:
             n=n,
             alpha=alpha,
             samples=samples,
-            stop_at_radius=stop_at_radius,
+            stop_at_radius=None if rule is None else rule.radius,
             thresholded=thresholded,
         )

@@ -16,6 +16,7 @@ import torch
 
 from multiguard.certificates import metrics as _metrics
 from multiguard.certificates import sequential as _sequential
+from multiguard.certificates.stop_rule import StopRule
 from multiguard.common.devices import resolve_device
 from multiguard.common.validation import check_int
 from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
@@ -237,9 +238,11 @@ class LoadedModel:
         k = self.check_k(k)
         smoother = self.load().smoother
         started = time.perf_counter()
+        rule = None if stop_at_radius is None else StopRule(
+            radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin,
+            bounds=bounds)
         result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
-                                  batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                                  schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
+                                  batch_size=batch_size, stop_rule=rule, q=q)
         seconds = time.perf_counter() - started
         return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
                                   self.spec.denoiser_identity(), smoother.describe_noise())
