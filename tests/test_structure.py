@@ -29,11 +29,7 @@ MAX_MODULE_LINES = 600
 MAX_TOP_LEVEL_ENTRIES = 12  # rooms and modules at the top of src/multiguard, besides __init__ and __main__
 # Still over the limits when 0.2.0 was cut (issue 27 is open on them): each may only shrink, and none may be
 # added; delete an entry once it is under the limit.
-KNOWN_LONG_FUNCTIONS = {
-    "evaluation/report.py:make_report": 80,
-    "data/download.py:fetch_file": 65,
-    "sampling/smoothed.py:predict": 61,
-}
+KNOWN_LONG_FUNCTIONS: dict[str, int] = {}
 KNOWN_LONG_MODULES: dict[str, int] = {}
 
 
@@ -201,7 +197,9 @@ def test_every_registry_is_in_the_catalogue_of_docs_extending():
 def test_a_layers_contract_catches_an_upward_import_inside_a_function(tmp_path):
     """Control: on a two-room package whose low room imports the high one inside a function, the same kind of
     contract as pyproject.toml's fails, and passes once the import is gone."""
-    if shutil.which("lint-imports") is None:
+    beside = Path(sys.executable).parent / "lint-imports"  # make test runs .venv/bin/python, not on PATH
+    tool = str(beside) if beside.exists() else shutil.which("lint-imports")
+    if tool is None:
         pytest.skip("lint-imports is not installed (pip install -e .[dev])")
     pkg = tmp_path / "tinypkg"
     (pkg / "high").mkdir(parents=True)
@@ -221,10 +219,10 @@ def test_a_layers_contract_catches_an_upward_import_inside_a_function(tmp_path):
             tinypkg.low
         """))
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    broken = subprocess.run(["lint-imports"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    broken = subprocess.run([tool], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert broken.returncode != 0 and "BROKEN" in broken.stdout, broken.stdout + broken.stderr
     (pkg / "low" / "__init__.py").write_text("value = 1\n")
-    kept = subprocess.run(["lint-imports"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    kept = subprocess.run([tool], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert kept.returncode == 0, kept.stdout + kept.stderr
 
 

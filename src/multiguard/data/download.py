@@ -172,6 +172,37 @@ def _transfer(url: str, part: Path, entry: ManifestFile, progress: bool | None, 
             raise _Dropped(f"connection closed after {received} of {expected} bytes")
 
 
+def _fetch_from(url: str, part: Path, entry: ManifestFile, problem_of: Callable[[Path], str | None],
+                progress: bool | None, retries: int, timeout: float, log: Callable[[str], None]) -> str | None:
+    """Fetch ``entry`` from ``url`` into ``part`` until it checks (None) or this URL fails (the error line).
+
+    A dropped connection resumes while bytes keep arriving (``retries`` times); a checked-and-wrong file that
+    was resumed from earlier bytes is fetched once more from zero (the kept bytes may be the bad ones)."""
+    resumed_from = part.stat().st_size if part.exists() else 0
+    tries = 0
+    while True:
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            _transfer(url, part, entry, progress, timeout)
+        except _Dropped as exc:
+            after = part.stat().st_size if part.exists() else 0
+            tries += 1
+            if after > before and tries <= retries:
+                log(f"{entry.name}: {exc}; resuming from byte {after}")
+                continue
+            return f"  {url}: {exc} (kept {after} bytes in {part.name}: the next run resumes them)"
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError, http.client.HTTPException) as exc:
+            return f"  {url}: {_short(exc)}"
+        problem = problem_of(part)
+        if problem is None:
+            return None
+        part.unlink()
+        if not resumed_from:
+            return f"  {url}: refused: {problem}"
+        log(f"{entry.name}: the resumed file is not right ({problem}); fetching it again from {url}")
+        resumed_from = 0
+
+
 def _set_aside(final: Path, part: Path, entry: ManifestFile, problem: str, log: Callable[[str], None]) -> None:
     """Move a wrong ``final`` out of the way: a shorter one (a truncated copy put there by hand) becomes the
     ``.part`` that the transfer resumes with a Range request; any other is deleted, said before it is."""
@@ -231,37 +262,12 @@ def fetch_file(
 
     try:
         for number, url in enumerate(entry.urls, start=1):
-            resumed_from = part.stat().st_size if part.exists() else 0
-            tries = 0
-            while True:
-                before = part.stat().st_size if part.exists() else 0
-                try:
-                    _transfer(url, part, entry, progress, timeout)
-                except _Dropped as exc:
-                    after = part.stat().st_size if part.exists() else 0
-                    tries += 1
-                    if after > before and tries <= retries:
-                        log(f"{entry.name}: {exc}; resuming from byte {after}")
-                        continue
-                    lines.append(f"  {url}: {exc} (kept {after} bytes in {part.name}: the next run resumes them)")
-                    note(lines[-1], number)
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError, ValueError, http.client.HTTPException) as exc:
-                    lines.append(f"  {url}: {_short(exc)}")
-                    note(lines[-1], number)
-                    break
-                problem = problem_of(part)
-                if problem is None:
-                    os.replace(part, final)
-                    return final
-                part.unlink()
-                if resumed_from:  # the bytes kept from before may be the bad ones: this URL once more from zero
-                    log(f"{entry.name}: the resumed file is not right ({problem}); fetching it again from {url}")
-                    resumed_from = 0
-                    continue
-                lines.append(f"  {url}: refused: {problem}")
-                note(lines[-1], number)
-                break
+            failure = _fetch_from(url, part, entry, problem_of, progress, retries, timeout, log)
+            if failure is None:
+                os.replace(part, final)
+                return final
+            lines.append(failure)
+            note(failure, number)
     finally:
         if part.exists() and part.stat().st_size == 0:
             part.unlink()

@@ -152,6 +152,75 @@ def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: 
     return curve
 
 
+def _checked_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """``out`` as a Path, refused (ValueError naming it) when it is a file, or a folder of other files
+    without ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out) and not overwrite:
+        raise ValueError(f"out: {out} is not empty and holds no report; choose a new --out, or pass --overwrite")
+    return out
+
+
+def _check_methods(methods: Sequence[str], k_prime: Sequence[int]) -> None:
+    """Every method is a registered one, and a set of k'-one-only methods comes with k' = 1."""
+    for method in methods:
+        check_choice(method, "methods", tuple(_METHODS))
+    if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
+        only = ", ".join(f"{m} ({_METHODS[m].label})" for m in methods)
+        raise ValueError(f"methods: {only} needs k' = 1 (a base classifier that predicts one label), got k' "
+                         f"{', '.join(str(kp) for kp in k_prime)}; add --k-prime 1 or another method")
+
+
+def _report_radii(runs: Sequence[Run], radius_grid: str | Sequence[float] | None, summary_radii: Sequence[float],
+                  extra_curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray]:
+    """``(radius, table_radii)``: the radii every curve is evaluated at (the grid, the extra curves' radii and
+    the summary's) and those of the summary tables (:data:`SUMMARY_RADII` and ``summary_radii``)."""
+    grid = sigma_radius_grid(run.sigma for run in runs) if radius_grid is None else parse_radius_grid(radius_grid)
+    extra_radii = [np.asarray(c.radius, dtype=np.float64) for c in extra_curves]
+    if extra_radii:
+        grid = np.unique(np.round(np.concatenate([grid, *extra_radii]), 12))
+    table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radius_grid(summary_radii)
+                                                     if len(summary_radii) else np.zeros(0)]), 12))
+    radius = np.unique(np.concatenate([grid, table_radii]))
+    if radius.size > MAX_RADII:
+        raise ValueError(f"radii must be a grid of at most {MAX_RADII} points with the summary radii, got "
+                         f"{radius.size}")
+    return radius, table_radii
+
+
+def _summary_text(curves: list[Curve], table_radii: np.ndarray, runs: Sequence[Run], names: Sequence[str] | None,
+                  title: str) -> str:
+    """``summary.md``: the tables at ``table_radii``, the attack's tables, the run lines, the explanations."""
+    table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
+    summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
+    attacks = [c for c in curves if c.method == "attack"]
+    if attacks:
+        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks)
+    summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
+    header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
+    return summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
+
+
+def _write_report(out: Path, curves: list[Curve], text: str, results: dict, overwrite: bool) -> None:
+    """All or nothing: the report's files into a staging folder beside ``out``, then into place."""
+    place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
+    place.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(place)  # left by a killed report whose process is gone
+    staging = staging_folder(place)
+    try:
+        write_csv(curves, staging / "curves.csv")
+        for metric in METRICS:
+            plot_metric(curves, metric, staging / f"{metric}.png")
+        atomic_write_bytes(staging / "summary.md", text.encode())
+        atomic_write_bytes(staging / RESULTS_FILE, results_bytes(results))
+        _place_report(staging, place, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def make_report(
     run_dirs: Sequence[str | os.PathLike[str]] | Sequence[Run],
     out: str | os.PathLike[str],
@@ -198,11 +267,7 @@ def make_report(
     denoiser, dataset, split and sigma) and against ``k`` and ``k_prime`` (its k and k' among them); a
     mismatch is a ValueError naming the attack, the run and each field.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_report(out) and not overwrite:
-        raise ValueError(f"out: {out} is not empty and holds no report; choose a new --out, or pass --overwrite")
+    out = _checked_out(out, overwrite)
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
@@ -211,53 +276,15 @@ def make_report(
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]
         runs = [run.at_sample_size(size) for run in runs for size in n]
-    explicit_methods = methods
-    methods = default_methods() if methods is None else methods  # every method reports compute by default
-    for method in methods:
-        check_choice(method, "methods", tuple(_METHODS))
-    if methods and all(_METHODS[m].k_prime_one_only for m in methods) and 1 not in [int(kp) for kp in k_prime]:
-        only = ", ".join(f"{m} ({_METHODS[m].label})" for m in methods)
-        raise ValueError(f"methods: {only} needs k' = 1 (a base classifier that predicts one label), got k' "
-                         f"{', '.join(str(kp) for kp in k_prime)}; add --k-prime 1 or another method")
-    spec = radius_grid
-    grid = sigma_radius_grid(run.sigma for run in runs) if spec is None else parse_radius_grid(spec)
-    extra_radii = [np.asarray(c.radius, dtype=np.float64) for c in extra_curves]
-    if extra_radii:
-        grid = np.unique(np.round(np.concatenate([grid, *extra_radii]), 12))
-    table_radii = np.unique(np.round(np.concatenate([np.array(SUMMARY_RADII), parse_radius_grid(summary_radii)
-                                                     if len(summary_radii) else np.zeros(0)]), 12))
-    radius = np.unique(np.concatenate([grid, table_radii]))
-    if radius.size > MAX_RADII:
-        raise ValueError(f"radii must be a grid of at most {MAX_RADII} points with the summary radii, got "
-                         f"{radius.size}")
-    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=explicit_methods,
+    _check_methods(default_methods() if methods is None else methods, k_prime)  # None: every method reports compute
+    radius, table_radii = _report_radii(runs, radius_grid, summary_radii, extra_curves)
+    curves = compute_curves(runs, k=k, k_prime=k_prime, alpha=alpha, radius=radius, methods=methods,
                             names=names, q=q)
     curves += list(extra_curves)
     if not curves:
         raise ValueError("methods: no curve to report for these methods and k'")
-    table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
-    summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
-    attacks = [c for c in curves if c.method == "attack"]
-    if attacks:
-        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks)
-    summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
-    header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
-    text = summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
+    text = _summary_text(curves, table_radii, runs, names, title)
     results = results_document(curves, runs, _run_names(runs, names), title=title)
     validate_results(results)
-
-    place = Path(os.path.abspath(out))  # "." and "reports/.." have a name and a parent this way
-    place.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(place)  # left by a killed report whose process is gone
-    staging = staging_folder(place)
-    try:
-        write_csv(curves, staging / "curves.csv")
-        for metric in METRICS:
-            plot_metric(curves, metric, staging / f"{metric}.png")
-        atomic_write_bytes(staging / "summary.md", text.encode())
-        atomic_write_bytes(staging / RESULTS_FILE, results_bytes(results))
-        _place_report(staging, place, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    _write_report(out, curves, text, results, overwrite)
     return Report(out=out, curves=curves, summary=text, files=[out / name for name in REPORT_FILES])
