@@ -21,6 +21,7 @@ def images(serve_images: list[Path]) -> list[Path]:
 
 # samples that keep the tiny model busy for seconds on one CPU thread (about 0.3 ms each here)
 LONG_N = "8000"
+VERY_LONG_N = "40000"  # still running a second after it was sent, on a fast idle machine too
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path_factory, images: list[Path]) -> None:
@@ -61,15 +62,15 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path_factory, im
     server = Server(tiny_checkpoint(tmp_path_factory), "--max-n", "100000", "--n", "100")
     files = [(images[0].name, images[0].read_bytes())]
     answers: list = []
-    client = threading.Thread(target=lambda: answers.append(server.predict(files, {"seed": "3", "n": LONG_N})))
+    client = threading.Thread(target=lambda: answers.append(server.predict(files, {"seed": "3", "n": VERY_LONG_N})))
     client.start()
     time.sleep(1.0)  # the request is on the worker (it takes seconds)
-    assert client.is_alive(), "the long request was answered before SIGTERM: make LONG_N larger"
+    assert client.is_alive(), "the long request was answered before SIGTERM: make VERY_LONG_N larger"
     code, err = server.stop()  # SIGTERM, then wait for the exit
     client.join(timeout=60)
     assert code == 0, err
     assert answers and answers[0][0] == 200, answers
-    assert answers[0][1]["predictions"][0]["samples"] == int(LONG_N)
+    assert answers[0][1]["predictions"][0]["samples"] == int(VERY_LONG_N)
     try:
         server.get("/health")
     except OSError:
