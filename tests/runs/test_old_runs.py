@@ -1,5 +1,6 @@
 """Runs written by the code before the second structure step (tests/fixtures/old_run, see its README.md) still load,
-report the same curves and resume to the same counts. The folders are copied first: tests/fixtures is never changed.
+report the same curves; resuming them is refused since the embedded data's pixels changed (dataset version 2).
+The folders are copied first: tests/fixtures is never changed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clitools import assert_same_counts, load_counts, run_in_process
+from clitools import run_in_process
 
 from multiguard.certificates.stop_rule import StopRule
 from multiguard.runs.folder import load_run
@@ -85,19 +86,18 @@ def test_an_old_run_reports_the_same_curves(old_copy: Path, name: str, capsys: p
     _assert_same_curves(old_copy / "R" / "curves.csv", OLD / f"expected_curves_{name.split('_')[1]}.csv")
 
 
-@pytest.mark.parametrize("name", [
-    "run_fixed",
-    # issue 28 made multidigits 8-bit: this fixture's inputs were float pixels, and the re-sampled chunk's counts
-    # moved (the fixture needs regenerating; a dataset version in the run identity would refuse such a resume)
-    pytest.param("run_sequential", marks=pytest.mark.xfail(strict=True, reason="multidigits became 8-bit")),
-])
-def test_an_old_run_resumes_to_the_same_counts(old_copy: Path, name: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("name", ["run_fixed", "run_sequential"])
+def test_an_old_multidigits_run_is_not_resumed_on_the_new_pixels(old_copy: Path, name: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """0.2.0 made multidigits 8-bit (dataset version 2): a run sampled on 0.1's float pixels (no version) still
+    loads and reports (above), but new samples would be of other images, so its resume is refused, naming
+    the field, and nothing in the folder changes."""
     run_dir = old_copy / name
-    (run_dir / "counts.npz").unlink()
     (run_dir / "chunks" / "chunk-000001.npz").unlink()
+    before = sorted((p.relative_to(run_dir), p.read_bytes()) for p in run_dir.rglob("*") if p.is_file())
     code, _, err = run_in_process(capsys, "certify", "--checkpoint", "model.pt", "--out", name, *CERTIFY[name],
                                   "--resume")
-    assert code == 0, err
-    assert_same_counts(run_dir, OLD / name)  # counts, labels, indices, nested counts or samples, identity
-    assert ("samples" if name == "run_sequential" else "nested_counts") in load_counts(run_dir)
-    assert json.loads((run_dir / "metadata.json").read_text())["complete"] is True
+    assert code == 2
+    assert "dataset_version: the run has None, the arguments give 2" in err and "pixels changed" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted((p.relative_to(run_dir), p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()) == before

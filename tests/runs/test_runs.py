@@ -252,6 +252,7 @@ def test_the_run_spec_declares_the_identity_and_reads_old_metadata() -> None:
         "num_inputs", "chunk_size", "precision", "channels_last", "compile", "stop_rule", "thresholds",
         "model_file_sha256",  # added since (issue 22): absent from older runs, read as its legacy value None
         "noise", "shared_noise",  # added since (issue 28): older runs read as float, unshared
+        "dataset_version",  # added since (issue 28: multidigits became 8-bit): older runs read as None
     )
     old = {"n": 200, "max_k_prime": 3, "seed": 1, "num_inputs": 12, "chunk_size": 5, "sigma": 0.5,
            "sample_sizes": [100, 200], "format_version": 1}  # written before sampling modes were recorded

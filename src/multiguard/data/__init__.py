@@ -39,6 +39,7 @@ __all__ = [
     "DATASETS",
     "DatasetFileError",
     "DatasetInfo",
+    "dataset_version",
     "MultiLabelImageDataset",
     "dataset_names",
     "default_splits",
@@ -105,6 +106,9 @@ class DatasetInfo:
         options: the names of the family's extra options (``--dataset-option KEY=VALUE``).
         composed: whether the dataset is composed in memory from ``seed`` (as multidigits): then the seed
             and the split sizes (the ``size`` option) decide its images, and a run records them.
+        version: the version of the pixels the loader gives for a name, split and options, raised whenever
+            a release changes them (``None``: never changed). A run records it in its identity, so that a run
+            made on other pixels is not resumed or merged with new samples.
         load: ``load(root, split, image_size, seed, **options) -> Dataset`` (``image_size`` may be
             ``None``: the family's default).
     """
@@ -118,6 +122,7 @@ class DatasetInfo:
     options: tuple[str, ...]
     load: Callable[..., Dataset] = field(repr=False, compare=False)
     composed: bool = False
+    version: int | None = None
 
 
 #: The one registry of dataset families, each entry's target its :class:`DatasetInfo` (its own typed record): a
@@ -140,6 +145,7 @@ for _info_of_family in (
         "embedded: 2x2 grids of 1-4 scikit-learn handwritten digits, 10 classes, grayscale",
         "train", "test", 32, False,
         ("size", "min_digits", "max_digits"), _load_multidigits, composed=True,
+        version=2,  # 2: 8-bit pixels (0.2.0); 1: float pixels
     ),
     DatasetInfo(
         "voc2007", "PASCAL VOC 2007, root/VOCdevkit/VOC2007, 20 classes, labels from ImageSets/Main "
@@ -172,6 +178,11 @@ def is_composed(name: str) -> bool:
     """Whether dataset ``name`` is composed in memory from a seed (:attr:`DatasetInfo.composed`); ``False`` for a
     name no family has."""
     return name in DATASETS and DATASETS[name].composed
+
+
+def dataset_version(name: str) -> int | None:
+    """The :attr:`DatasetInfo.version` of dataset ``name`` (``None`` for a name no family has)."""
+    return DATASETS[name].version if name in DATASETS else None
 
 
 def _info(name: str) -> DatasetInfo:

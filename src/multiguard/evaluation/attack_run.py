@@ -235,7 +235,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
         "checkpoint_sha256": file_sha256(checkpoint_path),
         "model_file_sha256": getattr(model, "arch_file_sha256", None),
         "denoiser_sha256": denoiser_facts["denoiser_sha256"],
-        **{key: info.get(key) for key in ("dataset", "split", "dataset_options")},
+        **{key: info.get(key) for key in ("dataset", "split", "dataset_options", "dataset_version")},
         "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,

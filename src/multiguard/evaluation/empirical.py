@@ -42,7 +42,7 @@ SETTINGS = "attack.json"
 PARTS = "parts"
 # What an attack must share with a run to be drawn over its certificate (a field either lacks is not compared).
 ATTACK_RUN_FIELDS = ("checkpoint_sha256", "model_file_sha256", "denoiser_sha256", "dataset", "split",
-                     "dataset_options", "sigma")
+                     "dataset_options", "dataset_version", "sigma")
 
 
 @dataclass(frozen=True, eq=False)

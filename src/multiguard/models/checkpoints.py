@@ -20,7 +20,7 @@ from torch import nn
 from multiguard.common.devices import resolve_device
 from multiguard.common.torch_files import CHECKPOINT_FORMAT, CHECKPOINT_MARKER, read_checkpoint
 from multiguard.common.validation import check_positive
-from multiguard.data import get_dataset, is_composed
+from multiguard.data import dataset_version, get_dataset, is_composed
 from multiguard.data._common import class_list_difference
 from multiguard.models.factory import create_model
 from multiguard.sampling.smoothed import MultiGuard
@@ -96,7 +96,7 @@ def dataset_for_checkpoint(
     Defaults come from the checkpoint: its dataset, data root and test split. The images get the model's
     image size; multidigits is rebuilt from the training seed and size (the images are a function of them).
     Returns ``(dataset, description)`` with the fields a run records (dataset, data_root, split,
-    dataset_options, image_size).
+    dataset_options, dataset_version, image_size).
     """
     name = dataset or meta["dataset"]
     same = name == meta["dataset"]
@@ -127,6 +127,7 @@ def dataset_for_checkpoint(
         "data_root": None if root is None else os.fspath(root),
         "split": getattr(data, "split", split),
         "dataset_options": options_record,
+        "dataset_version": dataset_version(name),
         "image_size": int(meta["image_size"]),
         "class_names": list(data.class_names),
     }

@@ -189,7 +189,8 @@ def certify_base_classifier(
         check_int(stop_rule.k_prime, "k_prime", 1, max_k_prime, high_label="max_k_prime")
     smoother = base.load()
     spec = RunSpec(
-        **base.run_fields(), dataset=info["dataset"], dataset_options=info["dataset_options"], split=info["split"],
+        **base.run_fields(), dataset=info["dataset"], dataset_options=info["dataset_options"],
+        dataset_version=info["dataset_version"], split=info["split"],
         image_size=info["image_size"], n=n, seed=seed, max_k_prime=max_k_prime,
         num_inputs=num_inputs, chunk_size=chunk_size,
         batch_size=batch_size, stop_rule=stop_rule,

@@ -210,7 +210,10 @@ def _prepare_run_dir(
         existing = metadata
     mismatch = _identity_mismatch(existing, metadata)
     if mismatch is not None:
-        raise RunMismatchError(f"resume: {run_dir} was made with different settings ({mismatch})")
+        hint = ("; the dataset's pixels changed since the run was made (multiguard.data.DatasetInfo.version): "
+                "its counts still report, but new samples go into a new --out"
+                if "dataset_version:" in mismatch else "")
+        raise RunMismatchError(f"resume: {run_dir} was made with different settings ({mismatch}){hint}")
     inputs_path = run_dir / INPUTS
     if not inputs_path.exists():  # killed between metadata and inputs: the indices follow from the metadata
         atomic_write_npz(inputs_path, indices=indices)

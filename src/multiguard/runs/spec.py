@@ -79,7 +79,8 @@ class RunSpec(Settings):
     ``sigma``, ``clamp``, the sampling mode (``precision``, ``channels_last``, ``compile``), the per-label
     ``thresholds`` of a thresholded base classifier (then per-label on-counts are stored too), the ``noise`` kind
     and ``shared_noise`` (:mod:`multiguard.common.noise_kinds`), ``dataset``,
-    ``dataset_options``, ``split``, ``dataset_size``, ``image_size``. ``record`` holds descriptive fields
+    ``dataset_options``, ``dataset_version`` (:attr:`multiguard.data.DatasetInfo.version`), ``split``,
+    ``dataset_size``, ``image_size``. ``record`` holds descriptive fields
     (checkpoint path, class names, versions, ...) that go into ``metadata.json`` but not into the identity.
 
     ``dataset_size``, ``sample_sizes`` and a ``num_inputs`` of 0 are settled by :meth:`planned` once the
@@ -117,6 +118,9 @@ class RunSpec(Settings):
     # the noise kind (float or sound) and whether one noise block is shared by every input
     noise: str = setting("float", identity=True, check=_noise, legacy="float")
     shared_noise: bool = setting(False, identity=True, legacy=False)
+    # the version of the dataset's pixels (multiguard.data.DatasetInfo.version): runs before it was recorded
+    # read as None, so a multidigits run of 0.1's float pixels is not resumed on the 8-bit ones
+    dataset_version: int | None = setting(None, identity=True, legacy=None)
     batch_size: int = setting(1000, check=Interval(int, 1))
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
 
