@@ -337,7 +337,7 @@ def plot(results: dict, radii: list[float], path: Path) -> None:
                            label="fixed n" if most == MOST[0] else None)
                 ax.scatter([entry["oracle_samples"]], [100 * entry["fixed_f1"]], color="k", marker=marker,
                            label="oracle" if most == MOST[0] else None)
-                for color, key in zip(("C3", "C2", "C1", "C4"), PROCEDURES, strict=True):
+                for color, key in zip(("C3", "C2", "C1", "C4", "C5"), PROCEDURES, strict=True):
                     p = entry["procedures"][key]
                     ax.scatter([p["mean_samples"]], [100 * p["f1"]], color=color, marker=marker,
                                label=key if most == MOST[0] else None)
