@@ -19,8 +19,9 @@ def images(serve_images: list[Path]) -> list[Path]:
     return serve_images
 
 
-# samples that keep the tiny model busy for seconds on one CPU thread (about 0.3 ms each here)
-LONG_N = "8000"
+# samples that keep the tiny model busy for seconds on one CPU thread (0.1 to 0.3 ms each here: 8000 could end
+# within the 1 s the SIGTERM test waits on a quiet machine)
+LONG_N = "20000"
 
 
 def test_full_queue_answers_503_with_retry_after(tmp_path_factory, images: list[Path]) -> None:
