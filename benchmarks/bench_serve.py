@@ -1,7 +1,7 @@
 """Time ``multiguard serve`` against the offline per-image rate of ``predict`` in one process.
 
     python benchmarks/bench_serve.py --checkpoint model.pt [--images 16] [--requests 16] [--clients 1 2 4 8]
-                                     [--n 1000] [--threads 1]
+                                     [--n 1000] [--threads 1] [--small-n 100] [--small-clients 8]
 
 Baseline: :func:`multiguard.serving.predict.predict_images` on ``--images`` multidigits test images in one
 process (the model loaded once), after a warm-up call; its per-image time is the offline rate. Then a real
@@ -10,6 +10,11 @@ and ``C`` client threads each posting ``--requests`` / C one-image requests to `
 client (urllib): latency p50/p95/p99 and throughput per C. Printed ratios: median latency over (offline per-image
 time + 50 ms) (goal <= 1.5) and throughput over the offline rate (goal >= 2/3 at 8 clients). Both sides use the
 same thread count (``OMP_NUM_THREADS``). Without ``--checkpoint`` it trains the tests' tiny small_cnn first.
+
+Dynamic batching: then two more servers at ``--small-n`` (default 100, below the forward batch of 1000), one
+with batching on (``--max-batch-images 32``, the default) and one with it off (``--max-batch-images 1``),
+``--small-clients`` (default 8) clients each; printed: requests per second of both, their ratio and the mean
+``batched_requests`` of the answers. ``--small-n 0`` skips it.
 """
 
 from __future__ import annotations
@@ -45,13 +50,17 @@ def offline_per_image(checkpoint: Path, images: list[Path], n: int) -> float:
     return (time.perf_counter() - started) / len(images)
 
 
-def served(server: Server, files: list[tuple[str, bytes]], clients: int, requests: int) -> tuple[np.ndarray, float]:
-    """Latencies (s) of ``requests`` one-image requests from ``clients`` threads, and requests per second."""
+def served(server: Server, files: list[tuple[str, bytes]], clients: int, requests: int,
+           merged: list[int] | None = None) -> tuple[np.ndarray, float]:
+    """Latencies (s) of ``requests`` one-image requests from ``clients`` threads, and requests per second;
+    each answer's ``batched_requests`` is appended to ``merged`` when given."""
     def one(i: int) -> float:
         started = time.perf_counter()
         status, answer, _ = server.predict([files[i % len(files)]])
         if status != 200:
             raise RuntimeError(f"request {i}: {status} {answer}")
+        if merged is not None:
+            merged.append(answer["batched_requests"])
         return time.perf_counter() - started
 
     server.predict([files[0]])  # warm-up
@@ -59,6 +68,24 @@ def served(server: Server, files: list[tuple[str, bytes]], clients: int, request
     with ThreadPoolExecutor(clients) as pool:
         latencies = np.array(list(pool.map(one, range(requests))))
     return latencies, requests / (time.perf_counter() - started)
+
+
+def batching_on_off(checkpoint: Path, files: list[tuple[str, bytes]], n: int, clients: int, requests: int) -> None:
+    """Throughput at small n with dynamic batching on and off (one server each, in this run)."""
+    rates = {}
+    print(f"\ndynamic batching: n = {n}, {clients} clients, {requests} one-image requests")
+    print("| batching | p50 ms | p95 ms | req/s | mean batched_requests |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, cap in (("on (--max-batch-images 32)", "32"), ("off (--max-batch-images 1)", "1")):
+        server = Server(checkpoint, "--n", str(n), "--max-queue", str(clients + 1), "--max-batch-images", cap)
+        try:
+            merged: list[int] = []
+            latencies, rates[cap] = served(server, files, clients, requests, merged)
+        finally:
+            server.stop()
+        p50, p95 = np.percentile(latencies, [50, 95]) * 1000
+        print(f"| {label} | {p50:.0f} | {p95:.0f} | {rates[cap]:.2f} | {np.mean(merged):.2f} |", flush=True)
+    print(f"throughput ratio, batching on / off: {rates['32'] / rates['1']:.2f}")
 
 
 def main() -> None:
@@ -69,6 +96,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--small-n", type=int, default=100, help="n of the batching on/off case (0: skip it)")
+    parser.add_argument("--small-clients", type=int, default=8)
+    parser.add_argument("--small-requests", type=int, default=64)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -97,6 +127,8 @@ def main() -> None:
                   f"{p50 / (per_image * 1000 + 50):.2f} | {rate * per_image:.2f} |", flush=True)
     finally:
         server.stop()
+    if args.small_n:
+        batching_on_off(checkpoint, files, args.small_n, args.small_clients, args.small_requests)
 
 
 if __name__ == "__main__":

@@ -391,3 +391,17 @@ def test_non_finite_scores_name_the_input() -> None:
 
 def test_block_size_divides_the_usual_n() -> None:
     assert all(n % NOISE_BLOCK == 0 for n in (100, 1000, 2000, 10_000))
+
+
+def test_inputs_with_n_below_a_batch_share_full_forward_batches() -> None:
+    # what dynamic batching in serve relies on: several inputs' samples fill one forward batch, the counts
+    # being those of each input alone
+    torch.manual_seed(0)
+    model = Recorder(4, 5)
+    guard = MultiGuard(model, num_classes=5, sigma=0.5, clamp=None)
+    x = torch.rand(7, 4)
+    together = guard.sample_counts(x, n=100, seed=4, index=np.arange(10, 17), batch_size=300)
+    assert [batch.shape[0] for batch in model.batches] == [300, 300, 100]
+    for i in range(7):
+        alone = guard.sample_counts(x[i : i + 1], n=100, seed=4, index=[10 + i], batch_size=300)
+        np.testing.assert_array_equal(alone[0], together[i])

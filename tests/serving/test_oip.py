@@ -69,7 +69,8 @@ def test_infer_uint8_equals_predict_json(server: Server, images: list[Path], tmp
                                                  "parameters": {"seed": 7}})
     assert status == 200, answer
     assert answer["id"] == "req-1" and answer["model_name"] == "multiguard"
-    assert answer["parameters"] == {"alpha": 0.001, "n": 200, "k": 3, "noise": expected[0]["noise"]}
+    assert answer["parameters"] == {"alpha": 0.001, "n": 200, "k": 3, "noise": expected[0]["noise"],
+                                    "batched_requests": 1}
     got = _outputs(answer)
     assert got["labels"] == [p["labels"] for p in expected]
     assert got["radii"] == [p["radii"] for p in expected]

@@ -2,7 +2,8 @@
 
 :func:`create_app` takes a :class:`~multiguard.serving.predict.LoadedModel` (built once) and
 :class:`ServeSettings` and returns the app: ``GET /health``, ``GET /v1/model``, ``POST /v1/predict`` (the objects
-``multiguard predict --json`` prints, one per uploaded image), the Open Inference Protocol v2 endpoints
+``multiguard predict --json`` prints, one per uploaded image, and ``batched_requests``, how many requests shared
+the model call), the Open Inference Protocol v2 endpoints
 (:mod:`multiguard.serving.oip`) and the web page ``GET /``. Every answer to a bad request is a 4xx with a JSON
 ``{"error": "..."}`` naming the problem. Without a ``seed``, each request's noise is seeded from
 :func:`secrets.randbits` (the operating system's secure randomness): an attacker cannot aim an input at noise it
@@ -48,7 +49,8 @@ def create_app(model: LoadedModel, settings: ServeSettings | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202 - the shape FastAPI expects
-        state.queue = InferenceQueue(state.settings.max_queue)
+        state.queue = InferenceQueue(state.settings.max_queue, max_batch_images=state.settings.max_batch_images,
+                                     merge=state.merge)
         yield
         state.queue.close()
 
@@ -72,7 +74,8 @@ def _add_middleware(app: FastAPI, settings: ServeSettings) -> None:
             info = request.scope.get("state", {})
             ms = (time.perf_counter() - started) * 1000
             print(f"multiguard serve: {request.method} {request.url.path} {response.status_code} "
-                  f"images={info.get('images', 0)} samples={info.get('samples', 0)} ms={ms:.0f}",
+                  f"images={info.get('images', 0)} samples={info.get('samples', 0)} ms={ms:.0f} "
+                  f"batched={info.get('batched', 0)}",
                   file=sys.stderr, flush=True)
         return response
 
@@ -135,12 +138,13 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def predict(request: Request) -> dict[str, Any]:
         names, (batch, file_sizes), params = await _read_upload(request, state)
         certificate = state.certificate(params)
-        predictions = await state.predict(batch, names, certificate)
+        predictions, batched = await state.predict(batch, names, certificate)
         size = (state.model.image_size, state.model.image_size)
         for prediction, file_size in zip(predictions, file_sizes, strict=True):  # as predict says it
             prediction.file_size, prediction.certified_size, prediction.resize = file_size, size, state.settings.resize
         request.state.images, request.state.samples = len(names), sum(p.samples or 0 for p in predictions)
-        return {"predictions": [p.as_dict() for p in predictions]}
+        request.state.batched = batched
+        return {"predictions": [p.as_dict() for p in predictions], "batched_requests": batched}
 
     @app.get("/")
     async def page() -> FileResponse:

@@ -5,7 +5,8 @@ MLServer and BentoML).
 ``FP32`` of shape ``(C, H, W)`` with values in [0, 1], optionally with a leading batch dimension, of the model's
 size (no resizing). It answers the output tensors ``labels`` (``BYTES``, ``(N, k)``), ``radii`` (``FP32``,
 ``(N, k)``, an infinite radius as the string ``"inf"``), ``trivial`` (``BOOL``, ``(N, k)``) and ``samples``
-(``INT64``, ``(N,)``), and the certificate's ``alpha``, ``n`` and ``noise`` in ``parameters``. The request's
+(``INT64``, ``(N,)``), and the certificate's ``alpha``, ``n`` and ``noise`` in ``parameters`` (with
+``batched_requests``: how many requests shared the model call). The request's
 ``parameters`` may hold ``k``, ``n``, ``alpha``, ``seed`` and ``stop_at_radius`` as in ``/v1/predict``.
 """
 
@@ -68,18 +69,19 @@ def add_oip_routes(app: FastAPI, state: ServerState) -> None:
             raise RequestError("parameters: expected a JSON object")
         certificate = state.certificate(params)
         names = [f"input{i}" for i in range(batch.shape[0])]
-        predictions = await state.predict(batch, names, certificate)
+        predictions, batched = await state.predict(batch, names, certificate)
         request.state.images, request.state.samples = len(names), sum(p.samples or 0 for p in predictions)
-        return _answer(name, body.get("id"), predictions, certificate, __version__)
+        request.state.batched = batched
+        return _answer(name, body.get("id"), predictions, certificate, __version__, batched)
 
 
 def _answer(name: str, request_id: Any, predictions: list[Any], certificate: dict[str, Any],
-            version: str) -> dict[str, Any]:
+            version: str, batched: int = 1) -> dict[str, Any]:
     rows = [p.as_dict() for p in predictions]
     count, k = len(rows), certificate["k"]
     answer = {"model_name": name, "model_version": version,
               "parameters": {"alpha": certificate["alpha"], "n": certificate["n"], "k": k,
-                             "noise": rows[0]["noise"] if rows else ""},
+                             "noise": rows[0]["noise"] if rows else "", "batched_requests": batched},
               "outputs": [
                   {"name": "labels", "datatype": "BYTES", "shape": [count, k],
                    "data": [label for row in rows for label in row["labels"]]},

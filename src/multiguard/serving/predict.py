@@ -81,12 +81,13 @@ class ImagePrediction:
         }
 
 
-def content_index(images: torch.Tensor) -> np.ndarray:
-    """int64 ``(N,)``: each image's noise index from its pixels (the first 56 bits of the SHA-256 of the image as
-    the model sees it), so that an image gets the same noise, and the same answer, wherever it stands in the
-    list and however often it is named."""
+def content_index(images: torch.Tensor, salt: bytes = b"") -> np.ndarray:
+    """int64 ``(N,)``: each image's noise index from its pixels (the first 56 bits of the SHA-256 of ``salt`` and
+    the image as the model sees it), so that an image gets the same noise, and the same answer, wherever it stands
+    in the list and however often it is named. A distinct ``salt`` per request keeps the noise of requests merged
+    into one model call apart (:meth:`LoadedModel.predict_merged`)."""
     arrays = images.detach().cpu().contiguous().numpy()
-    return np.array([int.from_bytes(hashlib.sha256(a.tobytes()).digest()[:7], "big") for a in arrays],
+    return np.array([int.from_bytes(hashlib.sha256(salt + a.tobytes()).digest()[:7], "big") for a in arrays],
                     dtype=np.int64)
 
 
@@ -232,20 +233,48 @@ class LoadedModel:
                 alpha: float = 0.001, seed: int = 0, batch_size: int = 1000, stop_at_radius: float | None = None,
                 futility: str = _sequential.DEFAULT_FUTILITY, schedule: str = _sequential.DEFAULT_SCHEDULE,
                 spending: float | None = _sequential.DEFAULT_SPENDING, margin: float = _sequential.DEFAULT_MARGIN,
-                bounds: str = _sequential.DEFAULT_BOUNDS, q: float = 0.5) -> list[ImagePrediction]:
+                bounds: str = _sequential.DEFAULT_BOUNDS, q: float = 0.5,
+                index: np.ndarray | None = None) -> list[ImagePrediction]:
         """:func:`predict_images` for a loaded ``batch`` ``(N, C, H, W)`` in [0, 1] named ``paths`` (the
-        ``image`` of each answer): the noise of each image from ``seed`` and its content (:func:`content_index`)."""
+        ``image`` of each answer): the noise of each image from ``seed`` and its content (:func:`content_index`;
+        ``index``: the images' noise indices ``(N,)`` instead)."""
         k = self.check_k(k)
         smoother = self.load().smoother
         started = time.perf_counter()
         rule = None if stop_at_radius is None else StopRule(
             radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin,
             bounds=bounds)
-        result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=content_index(batch),
+        index = content_index(batch) if index is None else index
+        result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=index,
                                   batch_size=batch_size, stop_rule=rule, q=q)
         seconds = time.perf_counter() - started
         return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
                                   self.spec.denoiser_identity(), smoother.describe_noise())
+
+
+    def predict_merged(self, batches: Sequence[torch.Tensor], paths: Sequence[Sequence[str]], *, seed: int,
+                       **certificate: Any) -> list[list[ImagePrediction]]:
+        """The predictions of several requests' ``batches`` (each ``(N_r, C, H, W)``, named ``paths[r]``) in ONE
+        call of the smoothed classifier, so that the engine packs their samples into full forward batches; one
+        list per request, in order. ``certificate``: the keywords of :meth:`predict` but ``seed`` and ``index``.
+
+        The images of request r get the noise indices :func:`content_index` ``(batch, salt=r)``: under the one
+        ``seed`` of the call, each request's noise is independent of every other's (the same image in two requests
+        meets independent noise; twice in one request, the same), and each answer is exactly the one
+        :meth:`predict` gives that request alone with the same seed and indices (the engine's counts do not depend
+        on how samples are batched). ``batch_seconds`` is the time of the whole call."""
+        if len(batches) != len(paths):
+            raise ValueError(f"paths: {len(paths)} lists of names for {len(batches)} batches")
+        index = np.concatenate([content_index(batch, _request_salt(r)) for r, batch in enumerate(batches)])
+        flat = [name for names in paths for name in names]
+        predictions = self.predict(torch.cat(list(batches)), flat, seed=seed, index=index, **certificate)
+        bounds = np.cumsum([0, *(len(names) for names in paths)])
+        return [predictions[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _request_salt(position: int) -> bytes:
+    """The :func:`content_index` salt of the request at ``position`` in a merged call."""
+    return b"multiguard-request:" + position.to_bytes(8, "big")
 
 
 def load_model(checkpoint: str | os.PathLike[str], *, k_prime: int = 1, sigma: float | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,8 @@ class ServeSettings:
     max_files: int = 16  # images per request
     max_body_bytes: int = 20 * 2**20  # the request body (413 past it)
     max_queue: int = 16  # requests waiting for the model (503 past it)
+    # dynamic batching: the most images of compatible waiting requests run in one model call (1: every request alone)
+    max_batch_images: int = 32
     time_limit: float = 60.0  # seconds per request, queueing included
     token: str | None = None  # with a token, every endpoint but PUBLIC_PATHS needs "Authorization: Bearer TOKEN"
     model_name: str = "multiguard"  # the model's name in the OIP v2 endpoints
@@ -63,8 +65,9 @@ class ServerState:
 
     def certificate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The certificate settings of one request: ``params`` (k, n, alpha, seed, stop_at_radius, strings from a
-        form, a query or JSON) checked against the server's limits, the rest from the settings; a missing seed is
-        drawn from :mod:`secrets`."""
+        form, a query or JSON) checked against the server's limits, the rest from the settings; a missing seed
+        (and no ``--seed`` of the server) stays ``None``: the worker draws it from :mod:`secrets` when the request
+        runs, one seed per model call (:meth:`predict`)."""
         s = self.settings
         k = _number(params, "k", int, s.k)
         if not 1 <= k <= len(self.model.class_names):
@@ -81,20 +84,50 @@ class ServerState:
         radius = _number(params, "stop_at_radius", float, s.stop_at_radius)
         if radius is not None and not (radius > 0 and math.isfinite(radius)):
             raise RequestError(f"stop_at_radius: must be a positive number, got {radius:g}")
-        return {"k": k, "n0": s.n0, "n": n, "alpha": alpha, "seed": secrets.randbits(63) if seed is None else seed,
+        return {"k": k, "n0": s.n0, "n": n, "alpha": alpha, "seed": seed,
                 "batch_size": s.batch_size, "stop_at_radius": radius, **s.stop_rule, "q": s.q}
 
-    async def predict(self, batch: torch.Tensor, names: list[str], certificate: dict[str, Any]) -> list[Any]:
-        """The predictions of ``batch`` through the queue (503 when it is full, 504 past the time limit)."""
+    async def predict(self, batch: torch.Tensor, names: list[str],
+                      certificate: dict[str, Any]) -> tuple[list[Any], int]:
+        """The predictions of ``batch`` through the queue (503 when it is full, 504 past the time limit) and how
+        many requests shared their model call (1: alone).
+
+        A request without a seed whose n is below the forward batch size may be merged with the compatible
+        requests waiting with it (:meth:`merge_key`): one call of the smoothed classifier, one fresh seed from
+        :mod:`secrets` for all of them, each request's noise independent of the others'
+        (:meth:`~multiguard.serving.predict.LoadedModel.predict_merged`). A seeded request runs alone and
+        answers what ``multiguard predict --seed`` answers."""
         assert self.queue is not None, "the app's lifespan starts the queue"
+        model = self.model
+
+        def alone() -> list[Any]:
+            seed = secrets.randbits(63) if certificate["seed"] is None else certificate["seed"]
+            return model.predict(batch, names, **{**certificate, "seed": seed})
+
         try:
-            return await self.queue.submit(lambda: self.model.predict(batch, names, **certificate),
-                                           self.settings.time_limit)
+            return await self.queue.submit(alone, self.settings.time_limit, key=self.merge_key(certificate),
+                                           images=batch.shape[0], payload=(batch, names, certificate))
         except QueueFullError as error:
             raise RequestError(str(error), 503, {"Retry-After": "1"}) from None
         except TimeoutError:
             raise RequestError(f"the request took longer than the server's time limit of "
                                f"{self.settings.time_limit:g} s", 504) from None
+
+    @staticmethod
+    def merge_key(certificate: dict[str, Any]) -> tuple | None:
+        """What requests must share to be merged: every certificate setting (k, n0, n, alpha, batch size, stopping
+        rule and its bounds, q); ``None`` (never merged) for a seeded request or one whose n fills forward batches
+        alone (n at least the batch size)."""
+        if certificate["seed"] is not None or certificate["n"] >= certificate["batch_size"]:
+            return None
+        return tuple(sorted((name, repr(value)) for name, value in certificate.items() if name != "seed"))
+
+    def merge(self, payloads: Sequence[tuple[torch.Tensor, list[str], dict[str, Any]]]) -> list[list[Any]]:
+        """The queue's merge: the ``(batch, names, certificate)`` of requests of one :meth:`merge_key` in one call
+        of the smoothed classifier under one fresh seed from :mod:`secrets`; one list of predictions per request."""
+        certificate = {name: value for name, value in payloads[0][2].items() if name != "seed"}
+        return self.model.predict_merged([batch for batch, _, _ in payloads], [names for _, names, _ in payloads],
+                                         seed=secrets.randbits(63), **certificate)
 
 
 def _number(params: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:

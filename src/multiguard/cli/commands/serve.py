@@ -48,11 +48,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                              stop_at_radius=args.stop_at_radius, stop_rule=stop_rule_options(args), q=args.q,
                              resize=args.resize,
                              max_n=args.max_n, max_files=args.max_files, max_body_bytes=args.max_body_bytes,
-                             max_queue=args.max_queue, time_limit=args.time_limit, token=token,
+                             max_queue=args.max_queue, max_batch_images=args.max_batch_images,
+                             time_limit=args.time_limit, token=token,
                              model_name=args.model_name, seed=args.seed)
     if args.seed is not None:
         print(f"multiguard serve: warning: --seed {args.seed}: requests without a seed all get noise from this known "
               "seed (for tests; an attacker who knows it can aim inputs at the noise)", file=sys.stderr, flush=True)
+    if settings.max_batch_images < 1:
+        raise ValueError(f"max-batch-images: must be at least 1, got {settings.max_batch_images}")
     if settings.n > settings.max_n:
         raise ValueError(f"n: {settings.n} is over --max-n {settings.max_n}")
     app = create_app(model, settings)
@@ -87,4 +90,7 @@ def add_server(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=None, metavar="P",
                    help="pixels per image (default: $MULTIGUARD_MAX_IMAGE_PIXELS or the library's limit)")
     p.add_argument("--max-queue", type=int, default=16, metavar="N", help="requests waiting for the model (503 past)")
+    p.add_argument("--max-batch-images", type=int, default=32, metavar="N",
+                   help="dynamic batching: the most images of waiting requests without a seed and with the same "
+                        "settings run in one model call when n is below --batch-size (1: each request alone)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="S", help="seconds per request, queue included")
