@@ -1,9 +1,10 @@
 """``multiguard demo``'s full setting at a tiny scale (issue 32): three models, sigma 0.25, 0.5 and 1.0, the sigma row
 drawn from their runs (each named by the sigma its metadata records), the attack on the sigma = 0.5 model and its
 panel, the six-row Figure 1 with that panel under it, and a killed demo that resumes with its finished models, runs
-and attack. The demo runs as a subprocess (one torch thread: bit-identical
-sampling) with ``DEMO_SETTINGS["full"]`` made tiny; the paper's finding on the real demo's numbers is checked by
-hand (docs/demo.md) since the real demo takes minutes."""
+and attack. The demo runs as a subprocess (one torch thread: bit-identical sampling) with ``DEMO_SETTINGS["full"]``
+made tiny. The paper's finding on the real demo's numbers is checked by hand, since the real demo takes minutes:
+docs/demo.md ("The sigma row") has the table, where it holds except at R = 0 between sigma = 0.25 and 0.5 with
+k' = 1, and why (one vote per noisy copy on images of several labels; it holds there with k' = 2 and 3)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ class DemoResult:
 
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); about 2 minutes on 2 cores
+    # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); three models and the attack in
+    # about 3 minutes on 2 shared cores (docs/demo.md, "Time")
     # lr 3e-3 rather than the paper's 1e-3: in 8 epochs small_cnn is still under-fitted at 1e-3 (noisy-test
     # mAP 0.884 against 0.906, docs/training.md)
     # sigmas: one model per sigma (same arch, epochs, seed), each certified on the same inputs with the same n,
@@ -61,7 +62,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
              "sigmas": (0.5, 0.25, 1.0),
              "attack": {"num_inputs": 16, "n": 500, "radii": "0,0.25,0.5,0.75,1", "steps": 20, "samples": 16,
                         "restarts": 1}},
-    # quick: a smaller model budget, 100 inputs and one model; well under 90 s
+    # quick: a smaller model budget, 100 inputs and one model, no attack; about 20 s (docs/demo.md)
     "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000, "lr": 3e-3,
               "sigmas": (0.5,)},
 }
@@ -170,10 +171,12 @@ ATTACK_DIR = "attack"
 """The demo's ATTACK_DIR (in its folder): the attack on the main model, ``DEMO_SETTINGS["full"]["attack"]``."""
 
 
-def _attack_args(spec: dict[str, Any], seed: int) -> dict[str, Any]:
-    """The :func:`~multiguard.evaluation.attack_run.run_attack` keywords of the demo's attack (top-3, k' = 1)."""
+def _attack_args(spec: dict[str, Any], seed: int, noise: str) -> dict[str, Any]:
+    """The :func:`~multiguard.evaluation.attack_run.run_attack` keywords of the demo's attack (top-3, k' = 1; its
+    certified sizes drawn with the demo's ``noise``)."""
     return dict(radii=spec["radii"], k=3, k_prime=1, num_inputs=spec["num_inputs"], n=spec["n"], seed=seed,
-                steps=spec["steps"], samples=spec["samples"], restarts=spec["restarts"], attack=DEFAULT_ATTACK)
+                steps=spec["steps"], samples=spec["samples"], restarts=spec["restarts"], attack=DEFAULT_ATTACK,
+                noise=noise)
 
 
 def _finished_attack(attack_dir: Path, checkpoint: Path, args: dict[str, Any]) -> bool:
@@ -183,18 +186,19 @@ def _finished_attack(attack_dir: Path, checkpoint: Path, args: dict[str, Any]) -
         return False
     identity = load_empirical(attack_dir).settings.get("identity", {})
     wanted = {"checkpoint_sha256": file_sha256(checkpoint), "radii": parse_radius_grid(args["radii"]).tolist(),
-              **{key: args[key] for key in ("k", "k_prime", "n", "seed", "steps", "samples", "restarts", "attack")}}
+              **{key: args[key] for key in ("k", "k_prime", "n", "seed", "steps", "samples", "restarts", "attack",
+                                            "noise")}}
     return all(identity.get(key) == value for key, value in wanted.items()) and \
         len(identity.get("inputs", ())) == args["num_inputs"]
 
 
 def _demo_attack(checkpoint: Path, attack_dir: Path, spec: dict[str, Any], *, seed: int, device: str,
-                 log: Log) -> Path:
+                 noise: str, log: Log) -> Path:
     """``attack_dir`` holding the demo's finished attack on ``checkpoint``: reused when it is there, continued
     from its finished blocks when a killed demo left it, started over (saying so) when it holds another attack."""
     from multiguard.evaluation.attack_run import run_attack
 
-    args = _attack_args(spec, seed)
+    args = _attack_args(spec, seed, noise)
     if _finished_attack(attack_dir, checkpoint, args):
         log(f"{attack_dir} holds this attack: reusing it")
         return attack_dir
@@ -353,7 +357,8 @@ def _train_and_certify(out: Path, settings: dict[str, Any], log: Log, seconds: d
             spec, started, step = settings["attack"], time.perf_counter(), step + 1
             log(f"[{step}/{total}] {model}: attacking {spec['num_inputs']} of its test inputs ({DEFAULT_ATTACK}, "
                 f"top-3, radii {spec['radii']}) beside their certificate at n = {spec['n']}")
-            _demo_attack(checkpoint, out / ATTACK_DIR, spec, seed=seed, device=certify["device"], log=indent)
+            _demo_attack(checkpoint, out / ATTACK_DIR, spec, seed=seed, device=certify["device"],
+                         noise=certify["noise"], log=indent)
             seconds["attack"] = time.perf_counter() - started
     return run_dirs
 
