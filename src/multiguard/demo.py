@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multiguard.common.files import file_sha256
 from multiguard.common.progress import Log, ProgressPrinter
 from multiguard.common.torch_files import read_checkpoint
 from multiguard.common.validation import RunMismatchError
@@ -17,18 +18,23 @@ from multiguard.evaluation import curves as _curves
 from multiguard.evaluation import plots as _plots
 from multiguard.evaluation import report as _report
 from multiguard.evaluation import tables as _tables
+from multiguard.evaluation.attacks import DEFAULT_ATTACK
+from multiguard.evaluation.curves import parse_radius_grid
+from multiguard.evaluation.empirical import EMPIRICAL_CSV, load_empirical
 from multiguard.runs import folder as _folder
 from multiguard.runs import job as _job
 from multiguard.runs.certify_step import sample_checkpoint
 
-__all__ = ["DEMO_ALPHAS", "DEMO_SETTINGS", "DEMO_SIGMA", "DENOISED_DEMO_SETTINGS", "DemoResult", "DenoisedDemoResult",
-           "demo_paths", "figure_rows", "run_demo", "run_denoised_demo", "sigma_table"]
+__all__ = ["ATTACK_DIR", "DEMO_ALPHAS", "DEMO_SETTINGS", "DEMO_SIGMA", "DENOISED_DEMO_SETTINGS", "DemoResult",
+           "DenoisedDemoResult", "demo_paths", "demo_steps", "figure_rows", "run_demo", "run_denoised_demo",
+           "sigma_table"]
 
 
 @dataclass
 class DemoResult:
     """Where the demo put its files and what it measured. ``checkpoint`` and ``run_dir`` are the main
-    (sigma = 0.5) model's; ``checkpoints`` and ``run_dirs`` hold every model's, by training sigma."""
+    (sigma = 0.5) model's; ``checkpoints`` and ``run_dirs`` hold every model's, by training sigma; ``attack_dir``
+    the ATTACK_DIR of the attack on the main model (full demo only)."""
 
     out: Path
     checkpoint: Path
@@ -39,17 +45,24 @@ class DemoResult:
     checkpoints: dict[float, Path] = field(default_factory=dict)
     run_dirs: dict[float, Path] = field(default_factory=dict)
     sigma_figure: Path | None = None
+    attack_dir: Path | None = None
 
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); about 2 minutes on 2 cores
+    # full: the paper's protocol at laptop scale (500 test inputs, n = 1000); three models and the attack in
+    # about 3 minutes on 2 shared cores (docs/demo.md, "Time")
     # lr 3e-3 rather than the paper's 1e-3: in 8 epochs small_cnn is still under-fitted at 1e-3 (noisy-test
     # mAP 0.884 against 0.906, docs/training.md)
     # sigmas: one model per sigma (same arch, epochs, seed), each certified on the same inputs with the same n,
     # for the impact-of-sigma row; the first is the main model (model.pt, run/) of every other row
+    # attack: the tightness attack (``multiguard attack``, its default apgd-targeted) on the main model, beside its
+    # certificate: few inputs, a small budget (steps per restart, EOT samples, restarts) and n, so that it stays
+    # a small part of the demo's time
     "full": {"epochs": 8, "train_size": 8000, "test_size": 2000, "num_inputs": 500, "n": 1000, "lr": 3e-3,
-             "sigmas": (0.5, 0.25, 1.0)},
-    # quick: a smaller model budget, 100 inputs and one model; well under 90 s
+             "sigmas": (0.5, 0.25, 1.0),
+             "attack": {"num_inputs": 16, "n": 500, "radii": "0,0.25,0.5,0.75,1", "steps": 20, "samples": 16,
+                        "restarts": 1}},
+    # quick: a smaller model budget, 100 inputs and one model, no attack; about 20 s (docs/demo.md)
     "quick": {"epochs": 4, "train_size": 4000, "test_size": 1000, "num_inputs": 100, "n": 1000, "lr": 3e-3,
               "sigmas": (0.5,)},
 }
@@ -154,6 +167,51 @@ def _demo_train(checkpoint: Path, settings: dict[str, Any], *, sigma: float, see
     log(f"      test mAP: clean {last['clean_map']:.3f}, noisy {last['noisy_map']:.3f}")
 
 
+ATTACK_DIR = "attack"
+"""The demo's ATTACK_DIR (in its folder): the attack on the main model, ``DEMO_SETTINGS["full"]["attack"]``."""
+
+
+def _attack_args(spec: dict[str, Any], seed: int, noise: str) -> dict[str, Any]:
+    """The :func:`~multiguard.evaluation.attack_run.run_attack` keywords of the demo's attack (top-3, k' = 1; its
+    certified sizes drawn with the demo's ``noise``)."""
+    return dict(radii=spec["radii"], k=3, k_prime=1, num_inputs=spec["num_inputs"], n=spec["n"], seed=seed,
+                steps=spec["steps"], samples=spec["samples"], restarts=spec["restarts"], attack=DEFAULT_ATTACK,
+                noise=noise)
+
+
+def _finished_attack(attack_dir: Path, checkpoint: Path, args: dict[str, Any]) -> bool:
+    """Whether ``attack_dir`` holds a finished attack of ``checkpoint`` (the same file, by SHA-256) with the
+    demo's settings ``args`` (as recorded in its ``attack.json`` identity): then the demo reuses it."""
+    if not (attack_dir / EMPIRICAL_CSV).is_file():
+        return False
+    identity = load_empirical(attack_dir).settings.get("identity", {})
+    wanted = {"checkpoint_sha256": file_sha256(checkpoint), "radii": parse_radius_grid(args["radii"]).tolist(),
+              **{key: args[key] for key in ("k", "k_prime", "n", "seed", "steps", "samples", "restarts", "attack",
+                                            "noise")}}
+    return all(identity.get(key) == value for key, value in wanted.items()) and \
+        len(identity.get("inputs", ())) == args["num_inputs"]
+
+
+def _demo_attack(checkpoint: Path, attack_dir: Path, spec: dict[str, Any], *, seed: int, device: str,
+                 noise: str, log: Log) -> Path:
+    """``attack_dir`` holding the demo's finished attack on ``checkpoint``: reused when it is there, continued
+    from its finished blocks when a killed demo left it, started over (saying so) when it holds another attack."""
+    from multiguard.evaluation.attack_run import run_attack
+
+    args = _attack_args(spec, seed, noise)
+    if _finished_attack(attack_dir, checkpoint, args):
+        log(f"{attack_dir} holds this attack: reusing it")
+        return attack_dir
+    try:
+        run_attack(checkpoint, out_dir=attack_dir, device=device, log=log, resume=True, **args)
+    except ValueError as exc:
+        if not str(exc).startswith("resume:"):  # never replace files that are not an attack's
+            raise
+        log(f"{attack_dir} holds an attack with other settings: starting it over")
+        run_attack(checkpoint, out_dir=attack_dir, device=device, log=log, overwrite=True, **args)
+    return attack_dir
+
+
 def _main_report_specs(run: Any) -> dict[str, dict[str, Any]]:
     """The reports drawn from the main run's counts (no sampling), by folder: ``make_report`` arguments."""
     specs: dict[str, dict[str, Any]] = {
@@ -194,18 +252,34 @@ FIGURE_ROWS: tuple[tuple[str, str], ...] = (
     ("report-sigma", "Impact of σ"),
     ("report-n", "Impact of n"),
     ("report-alpha", "Impact of α"),
+    ("report-attack", "Certified vs attacked (σ = 0.5)"),
 )
-"""The rows of ``figure.png``, the paper's Figure 1 in its order: (report folder, row title). A report the demo did
-not make (``report-sigma`` of --quick, ``report-n`` of an old run) is left out. Hook for the attack panel (issue
-32): once the tightness attack exists, the demo runs it on the sigma = 0.5 model for a few inputs and adds its
-report here (certified against attacked top-3 recall, the gap shaded); until then there is no such row."""
+"""The rows of ``figure.png``: the paper's Figure 1 in its order, (report folder, row title), then the attack panel
+(full demo only): the certified and the attacked top-3 recall of the attack's own inputs, the gap between them
+shaded, in the recall column. A report the demo did not make (``report-sigma`` and ``report-attack`` of --quick,
+``report-n`` of an old run) is left out."""
 
-def figure_rows(reports: dict[str, _report.Report], keys: tuple[str, ...] | None = None) -> list[tuple[str, list]]:
-    """The ``(title, curves)`` rows of the demo's figure from its reports: :data:`FIGURE_ROWS` in order (or only
-    the report folders ``keys``), skipping the reports not made."""
+ATTACK_ROW_METRICS: tuple[str, ...] = ("recall",)
+"""The metrics the attack row draws (one panel: top-3 recall); its other columns are blank."""
+
+
+def figure_rows(reports: dict[str, _report.Report], keys: tuple[str, ...] | None = None) -> list[tuple]:
+    """The rows of the demo's figure from its reports, for :func:`~multiguard.evaluation.plots.plot_figure`:
+    :data:`FIGURE_ROWS` in order (or only the report folders ``keys``), skipping the reports not made. Each is
+    ``(title, curves)``; the attack row is ``(title, [the attack's curve], ATTACK_ROW_METRICS)``, the curve (method
+    ``attack``) read from the ATTACK_DIR's files, its certified values (``curve.certified``) those of the same
+    inputs."""
     wanted = [key for key, _ in FIGURE_ROWS] if keys is None else list(keys)
     titles = dict(FIGURE_ROWS)
-    return [(titles[key], reports[key].curves) for key in wanted if key in reports]
+    rows: list[tuple] = []
+    for key in (key for key in wanted if key in reports):
+        if key == "report-attack":
+            attacked = [c for c in reports[key].curves if c.method == "attack"]
+            shown = f"{titles[key][:-1]}, {attacked[0].num_inputs} inputs, n = {attacked[0].n})" if attacked else ""
+            rows.append((shown or titles[key], attacked, ATTACK_ROW_METRICS))
+        else:
+            rows.append((titles[key], reports[key].curves))
+    return rows
 
 
 def _figure_caption(run: Any) -> str:
@@ -216,10 +290,12 @@ def _figure_caption(run: Any) -> str:
             f"{_folder.sampling_mode(meta)}; noise: {_folder.run_noise(meta)}")
 
 
-def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log) -> tuple[dict[str, Any], dict[str, Path]]:
+def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log,
+                  attack_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
     """The last step of the demo: the reports drawn from the saved runs (no model) and the figures of their rows
-    (``figure``: the paper's six rows; ``sigma``: the sigma row alone, full demo only). The README's three-row
-    overview is a copy kept in docs/ (drawing a second large figure would cost the demo seconds of matplotlib)."""
+    (``figure``: the paper's six rows, then the attack panel when there is ``attack_dir``; ``sigma``: the sigma
+    row alone, full demo only). The README's three-row overview is a copy kept in docs/ (drawing a second large
+    figure would cost the demo seconds of matplotlib)."""
     run = _folder.load_run(run_dirs[DEMO_SIGMA])
     reports = {name: _report.make_report([run], out / name, names=["multidigits"], radius_grid=DEMO_RADIUS_GRID,
                                          **spec)
@@ -230,6 +306,11 @@ def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log) -> tuple[dic
     sigma_report = _sigma_report(out, run_dirs)
     if sigma_report is not None:
         reports["report-sigma"] = sigma_report
+    if attack_dir is not None:  # the main run's certificate with the attack over it (checked to be its model's)
+        reports["report-attack"] = _report.make_report(
+            [run], out / "report-attack", k=[3], k_prime=[1], methods=["multiguard"], names=["multidigits"],
+            radius_grid=DEMO_RADIUS_GRID, attacks=[attack_dir],
+            title="Certified vs attacked (k' = 1, k = 3; the attack's inputs certified at its own n)")
     caption = _figure_caption(run)
     figures = {"figure": out / "figure.png"}
     _plots.plot_figure(figure_rows(reports), figures["figure"], caption=caption)
@@ -244,27 +325,41 @@ def _indented(log: Log) -> Log:
     return lambda line: log("      " + line)
 
 
+def demo_steps(settings: dict[str, Any]) -> int:
+    """The numbered steps of a demo of ``settings``: train and certify each model, attack the main one (when
+    ``settings`` has an ``attack``), report."""
+    return 2 * len(settings["sigmas"]) + ("attack" in settings) + 1
+
+
 def _train_and_certify(out: Path, settings: dict[str, Any], log: Log, seconds: dict[str, float],
                        **certify: Any) -> dict[float, Path]:
     """Every model of the demo, one after another: train (or reuse) it, then certify (or resume) its run, each on
-    the same inputs with the same n; progress lines name the step and the model. Returns the RUN_DIRs by sigma."""
+    the same inputs with the same n, and attack the main model right after its run (when ``settings`` has an
+    ``attack``); progress lines name the step and the model. Returns the RUN_DIRs by sigma."""
     sigmas = tuple(float(s) for s in settings["sigmas"])
-    total, seed, run_dirs = 2 * len(sigmas) + 1, 0, {}
+    total, step, seed, run_dirs = demo_steps(settings), 0, 0, {}
     for i, sigma in enumerate(sigmas):
         checkpoint, run_dirs[sigma] = demo_paths(out, sigma)
         model = f"model {i + 1} of {len(sigmas)}, sigma = {sigma:g}" if len(sigmas) > 1 else f"sigma = {sigma:g}"
-        started = time.perf_counter()
+        started, step = time.perf_counter(), step + 1
         _demo_train(checkpoint, settings, sigma=sigma, seed=seed, device=certify["device"], log=log,
-                    step=f"[{2 * i + 1}/{total}] {model}:")
+                    step=f"[{step}/{total}] {model}:")
         seconds["train"] = seconds.get("train", 0.0) + time.perf_counter() - started
-        started = time.perf_counter()
-        log(f"[{2 * i + 2}/{total}] {model}: certifying {settings['num_inputs']} random test inputs: "
+        started, step = time.perf_counter(), step + 1
+        log(f"[{step}/{total}] {model}: certifying {settings['num_inputs']} random test inputs: "
             f"n = {settings['n']} noisy samples each, counts for every k' <= 3")
         indent = _indented(log)
         _demo_run(checkpoint, run_dirs[sigma], indent, n=settings["n"], max_k_prime=3, seed=seed,
                   num_inputs=settings["num_inputs"], thresholds=DEMO_THRESHOLD, log=indent,
                   on_progress=ProgressPrinter(indent, settings["n"], prefix=f"sigma = {sigma:g}"), **certify)
         seconds["certify"] = seconds.get("certify", 0.0) + time.perf_counter() - started
+        if sigma == DEMO_SIGMA and "attack" in settings:
+            spec, started, step = settings["attack"], time.perf_counter(), step + 1
+            log(f"[{step}/{total}] {model}: attacking {spec['num_inputs']} of its test inputs ({DEFAULT_ATTACK}, "
+                f"top-3, radii {spec['radii']}) beside their certificate at n = {spec['n']}")
+            _demo_attack(checkpoint, out / ATTACK_DIR, spec, seed=seed, device=certify["device"],
+                         noise=certify["noise"], log=indent)
+            seconds["attack"] = time.perf_counter() - started
     return run_dirs
 
 
@@ -284,8 +379,10 @@ def run_demo(
     MultiGuard vs Jia et al. (k' = 1, k = 3) and the k', k, sigma, n and alpha ablations (the paper's Figure 1).
 
     The full demo trains three models, sigma = 0.25, 0.5 and 1.0 (``DEMO_SETTINGS["full"]["sigmas"]``; the same
-    architecture, epochs and seed) and certifies each on the same test inputs with the same n; ``quick`` trains
-    one (sigma = 0.5) and has no sigma row.
+    architecture, epochs and seed) and certifies each on the same test inputs with the same n, and runs the
+    tightness attack (``multiguard attack``, apgd-targeted, ``DEMO_SETTINGS["full"]["attack"]``: a few inputs, a
+    small budget) on the sigma = 0.5 model right after its run; ``quick`` trains one model (sigma = 0.5) and has
+    no sigma row and no attack.
 
     Files in ``out``: ``model.pt`` and ``run/`` (the sigma = 0.5 model and its RUN_DIR), ``model-s0.25.pt``,
     ``run-s0.25/``, ``model-s1.pt``, ``run-s1/`` (the others), ``report/`` (comparison), ``report-k-prime/``,
@@ -293,9 +390,13 @@ def run_demo(
     200, 500, 1000) from the main run, ``report-sigma/`` (the three runs, each named by the sigma its metadata
     records), ``report-thresholded/`` (the thresholded certificate, q = 1/2 and 0.3, beside MultiGuard at k = 1..5
     and k' = 1..3, from the main run's on-counts), ``figure.png`` (the paper's Figure 1: six rows, comparison, k',
-    k, sigma, n, alpha, by three columns, precision, recall, F1) and ``figure-sigma.png`` (the sigma row alone,
-    full demo only). Running it again reuses every finished model and run; a killed demo
-    continues where it stopped.
+    k, sigma, n, alpha, by three columns, precision, recall, F1; the full demo adds a seventh row, one panel in
+    the recall column: the attack's certified and attacked top-3 recall, the gap shaded), ``figure-sigma.png``
+    (the sigma row alone, full demo only), ``attack/`` (the ATTACK_DIR: ``empirical.csv``, ``per_input.npz``,
+    ``attack.json``) and ``report-attack/`` (the main run's certificate with the attack over it; its
+    ``summary.md`` holds the attacked and certified values and the inputs below their certificate), full demo
+    only. Running it again reuses every finished model, run and attack; a killed demo continues where it
+    stopped.
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
     device has native bf16) and ``compile``; the run records the mode and the report names it. ``noise`` and
@@ -308,12 +409,14 @@ def run_demo(
     run_dirs = _train_and_certify(out, settings, log, seconds, device=device, precision=precision,
                                   channels_last=channels_last, compile=compile, noise=noise, shared_noise=shared_noise)
     started = time.perf_counter()
-    log(f"[{2 * len(run_dirs) + 1}/{2 * len(run_dirs) + 1}] reporting from the saved counts (no model)")
-    reports, figures = _demo_reports(out, run_dirs, log)
+    log(f"[{demo_steps(settings)}/{demo_steps(settings)}] reporting from the saved counts (no model)")
+    attack_dir = out / ATTACK_DIR if "attack" in settings else None
+    reports, figures = _demo_reports(out, run_dirs, log, attack_dir)
     seconds["report"] = time.perf_counter() - started
     checkpoints = {sigma: demo_paths(out, sigma)[0] for sigma in run_dirs}
     return DemoResult(out, checkpoints[DEMO_SIGMA], run_dirs[DEMO_SIGMA], reports, figures["figure"], seconds,
-                      checkpoints=checkpoints, run_dirs=run_dirs, sigma_figure=figures.get("sigma"))
+                      checkpoints=checkpoints, run_dirs=run_dirs, sigma_figure=figures.get("sigma"),
+                      attack_dir=attack_dir)
 
 
 # ---------------------------------------------------------------------------------- the denoised demo

@@ -155,6 +155,20 @@ def test_plot_figure(run_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_figure_row_may_draw_one_metric_and_leaves_its_other_columns_blank(run_dir: Path, tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    curves = _curves.compute_curves([_folder.load_run(run_dir)], radius=_curves.parse_radius_grid("0:1:0.1"))
+    _plots.plot_figure([("recall only", curves, ["recall"])], tmp_path / "one.png")
+    pixels = imread(tmp_path / "one.png")[..., :3]
+    width = pixels.shape[1]
+    inked = [float((pixels[:, int(a * width):int(b * width)] < 0.9).mean()) for a, b in ((0, 0.3), (0.4, 0.6),
+                                                                                         (0.7, 1))]
+    assert inked[0] < 0.002 and inked[2] < 0.002 and inked[1] > 0.02, inked
+    with pytest.raises(ValueError, match="rows: row 'none' names no metric"):
+        _plots.plot_figure([("none", curves, ["accuracy"])], tmp_path / "none.png")
+
+
 def test_an_attack_curve_brings_its_gap_to_the_plot_and_results_json(run_dir: Path, tmp_path: Path) -> None:
     """An attack's curve with the certified values of its inputs: results.json's ``attacked`` records carry both
     per radius, and each metric's figure shades the gap (so it differs from the figure without the certified

@@ -155,19 +155,27 @@ FIGURE_ROW_INCHES = 3.4  # the height of one row of :func:`plot_figure`
 FIGURE_WIDTH_INCHES = 13.5  # and of its three columns
 
 
-def plot_figure(rows: Sequence[tuple[str, Sequence[Curve]]], path: str | os.PathLike[str],
-                caption: str | None = None) -> None:
+def plot_figure(rows: Sequence[tuple[str, Sequence[Curve]] | tuple[str, Sequence[Curve], Sequence[str]]],
+                path: str | os.PathLike[str], caption: str | None = None) -> None:
     """A grid like the paper's Figure 1: one row per ``(title, curves)`` and one column per metric (precision,
     recall, F1), each panel a certified metric against the l2 radius; ``caption`` is a line of text under the
-    grid (e.g. the setting: dataset, n, alpha, inputs, sampling mode, noise)."""
+    grid (e.g. the setting: dataset, n, alpha, inputs, sampling mode, noise). A row ``(title, curves, metrics)``
+    draws only those metrics, each in its own column (the others left blank; the title on its first panel)."""
     plt = _pyplot()
     if not rows:
         raise ValueError("rows must hold at least one (title, curves) pair")
     fig, axes = plt.subplots(len(rows), 3, figsize=(FIGURE_WIDTH_INCHES, FIGURE_ROW_INCHES * len(rows)),
                              squeeze=False)  # type: ignore[attr-defined]
-    for i, (title, curves) in enumerate(rows):
+    for i, row in enumerate(rows):
+        title, curves = row[0], row[1]
+        shown = [m for m in METRICS if m in (row[2] if len(row) > 2 else METRICS)]  # type: ignore[misc]
+        if not shown:
+            raise ValueError(f"rows: row {title!r} names no metric of {', '.join(METRICS)}")
         for j, metric in enumerate(METRICS):
-            _draw_panel(axes[i][j], curves, metric, title if j == 0 else None)
+            if metric in shown:
+                _draw_panel(axes[i][j], curves, metric, title if metric == shown[0] else None)
+            else:
+                axes[i][j].axis("off")
     fig.tight_layout()
     if caption:
         fig.text(0.5, 0.0, caption.replace("$", r"\$"), ha="center", va="top", fontsize=9)  # type: ignore

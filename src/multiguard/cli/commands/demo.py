@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import TYPE_CHECKING
 
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
@@ -17,6 +18,9 @@ from multiguard.cli.options import (
     add_output,
     mode_args,
 )
+
+if TYPE_CHECKING:
+    from multiguard.demo import DemoResult
 
 
 def _cmd_demo_denoised(args: argparse.Namespace) -> int:
@@ -34,6 +38,49 @@ def _cmd_demo_denoised(args: argparse.Namespace) -> int:
     return 0
 
 
+def _section(summary: str, heading: str) -> str:
+    """The section of a report's ``summary.md`` that starts with ``heading`` (without its ``## ``), up to the
+    next section."""
+    start = summary.find(heading)
+    end = summary.find("\n## ", start + 3)
+    return summary[start + 3 : end if end > 0 else len(summary)].strip()
+
+
+def _echo_tables(result: DemoResult) -> None:
+    """The demo's tables: the comparison's ``summary.md``, the F1 table of each ablation, the thresholded, sigma
+    and attack tables (those the demo made)."""
+    reports = result.reports
+    echo()
+    echo(reports["report"].summary.rstrip())
+    echo()
+    ablations = (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
+                 ("report-n", "Impact of n (k' = 1, k = 3)"), ("report-alpha", "Impact of alpha (k' = 1, k = 3)"))
+    for key, label in ablations:
+        if key in reports:
+            echo(f"### {label}: " + _section(reports[key].summary, "## Certified top-k f1-score@R"))
+            echo()
+    if "report-thresholded" in reports:
+        from multiguard.demo import thresholded_vs_top_k
+
+        echo("### Thresholded vs top-k (the same run's samples; a label is on in a noisy copy when its probability > "
+             "0.5; docs/certificate.md)")
+        echo()
+        echo(thresholded_vs_top_k(reports["report-thresholded"].curves))
+        echo()
+    if "report-sigma" in reports:
+        from multiguard.demo import sigma_table
+
+        echo("### Impact of sigma (k' = 1, k = 3; one model per sigma, the same inputs and n)")
+        echo()
+        echo(sigma_table(reports["report-sigma"].curves))
+        echo()
+    if "report-attack" in reports:
+        echo("### Certified vs attacked (the sigma = 0.5 model; the attack's inputs, certified at its own n)")
+        echo()
+        echo(_section(reports["report-attack"].summary, "## Under attack"))
+        echo()
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from multiguard.demo import run_demo
     from multiguard.evaluation.report import REPORT_FILES
@@ -48,35 +95,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     mode = mode_args(args, resolve_device(args.device), echo)
     result = run_demo(args.out, quick=args.quick, device=args.device, log=echo, noise=args.noise,
                       shared_noise=args.shared_noise, **mode)
-    main_report = result.reports["report"]
-    echo()
-    echo(main_report.summary.rstrip())
-    echo()
-    ablations = (("report-k-prime", "Impact of k' (k = 3)"), ("report-k", "Impact of k (k' = 1)"),
-                 ("report-n", "Impact of n (k' = 1, k = 3)"), ("report-alpha", "Impact of alpha (k' = 1, k = 3)"))
-    for key, label in ablations:
-        if key not in result.reports:
-            continue
-        text = result.reports[key].summary
-        start = text.find("## Certified top-k f1-score@R")
-        end = text.find("\n## ", start + 3)
-        echo(f"### {label}: " + text[start + 3 : end if end > 0 else len(text)].strip())
-        echo()
-    if "report-thresholded" in result.reports:
-        from multiguard.demo import thresholded_vs_top_k
-
-        echo("### Thresholded vs top-k (the same run's samples; a label is on in a noisy copy when its probability > "
-             "0.5; docs/certificate.md)")
-        echo()
-        echo(thresholded_vs_top_k(result.reports["report-thresholded"].curves))
-        echo()
-    if "report-sigma" in result.reports:
-        from multiguard.demo import sigma_table
-
-        echo("### Impact of sigma (k' = 1, k = 3; one model per sigma, the same inputs and n)")
-        echo()
-        echo(sigma_table(result.reports["report-sigma"].curves))
-        echo()
+    _echo_tables(result)
     from multiguard.runs.folder import load_run, run_noise, sampling_mode
 
     recorded = load_run(result.run_dir).metadata
@@ -94,6 +113,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     echo(f"  {'figure':<15} {result.figure} (the paper's Figure 1: one row per comparison, P, R, F1)")
     if result.sigma_figure is not None:
         echo(f"  {'sigma row':<15} {result.sigma_figure}")
+    if result.attack_dir is not None:
+        echo(f"  {'attack':<15} {result.attack_dir}/ (empirical.csv, per_input.npz, attack.json)")
     return 0
 
 
