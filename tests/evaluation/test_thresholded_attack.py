@@ -100,3 +100,25 @@ def test_a_run_without_thresholds_writes_no_thresholded_csv_and_refuses_a_cut(ti
         run_attack(tiny_model_checkpoint, out_dir=tmp_path / "a", radii=[0.25], k=3, num_inputs=2, q=0.3,
                    device="cpu")
     assert not (tmp_path / "a").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_thresholded_attack_resumes_to_the_same_numbers(tiny_model_checkpoint, tmp_path) -> None:
+    common = dict(radii=[0.25, 0.5], k=3, num_inputs=4, steps=2, samples=4, restarts=1, n=100, seed=3,
+                  device="cpu", thresholds=0.5, batch_size=8)  # blocks of 2 inputs
+    whole = run_attack(tiny_model_checkpoint, out_dir=tmp_path / "whole", **common)
+
+    def killer(line: str) -> None:  # dies once the thresholded attack finished its first radius
+        if line.startswith("thresholded attack: R = 0.25"):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_attack(tiny_model_checkpoint, out_dir=tmp_path / "cut", log=killer, **common)
+    assert list((tmp_path / "cut" / "parts").glob("t000-*.npz"))
+    resumed = run_attack(tiny_model_checkpoint, out_dir=tmp_path / "cut", resume=True, **common)
+    assert np.array_equal(resumed.thresholded.on_counts, whole.thresholded.on_counts)
+    assert (tmp_path / "cut" / "empirical_thresholded.csv").read_text() == \
+        (tmp_path / "whole" / "empirical_thresholded.csv").read_text()
