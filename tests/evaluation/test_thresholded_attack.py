@@ -122,3 +122,14 @@ def test_a_killed_thresholded_attack_resumes_to_the_same_numbers(tiny_model_chec
     assert np.array_equal(resumed.thresholded.on_counts, whole.thresholded.on_counts)
     assert (tmp_path / "cut" / "empirical_thresholded.csv").read_text() == \
         (tmp_path / "whole" / "empirical_thresholded.csv").read_text()
+
+
+def test_without_a_certificate_the_certified_columns_are_empty(tiny_model_checkpoint, tmp_path) -> None:
+    run = run_attack(tiny_model_checkpoint, out_dir=tmp_path / "a", radii=[0.25], k=3, num_inputs=2, steps=1,
+                     samples=2, restarts=1, n=20, device="cpu", thresholds=0.5, q=0.4, certify=False)
+    table = load_thresholded(tmp_path / "a")
+    assert np.isnan(table["certified_f1"]).all() and table["violations"].tolist() == [-1]
+    assert run.thresholded.violations is None and run.thresholded.certificate is None
+    assert json.loads((tmp_path / "a" / "attack.json").read_text())["thresholded_violations"] is None
+    # the measured set is the labels on in more than a share q of the n samples
+    assert np.array_equal(run.thresholded.predicted[:, 0], run.thresholded.on_counts[:, 0] / 20 > 0.4)
