@@ -7,10 +7,11 @@ true labels turned off (``p_i <= q``) and other labels turned on (``p_i > q``). 
 - *soft on-probabilities*: ``p̂_i`` = the mean over ``samples`` fresh noisy copies per step (EOT, as SmoothAdv) of
   ``sigmoid((s_i - tau_i) / temperature)``, differentiable in delta (:func:`soft_on_scores`; an estimate, no
   guarantee);
-- *objective*: for each targeted label its signed margin past the cut on the probit scale,
-  ``m_i = ndtri(q) - ndtri(p̂_i)`` for a true label and ``ndtri(p̂_i) - ndtri(q)`` for another one, capped at
-  ``cap`` so that a label pushed past its cut stops pulling; the sum over the targets is maximised. The probit
-  scale is the certificate's own: ``ndtri(p_i(x + delta))`` moves by at most ``||delta|| / sigma``;
+- *objective*: for each targeted label the log of its soft probability of being on the wrong side,
+  ``log(1 - p̂_i)`` for a true label and ``log p̂_i`` for another one, computed in log space (a log-sum-exp of
+  log-sigmoids over the copies, so that a label on, or off, in every copy still has a gradient), capped at
+  ``cap`` above the cut's value (``log(1 - q)``, ``log q``) so that a label pushed past its cut stops pulling; the
+  sum over the targets is maximised;
 - *targets, nearest to the cut first*: round 0 targets the correctly decided label whose Monte Carlo
   probability (by counts at the current best point) is nearest its cut, together with every label already
   decided wrongly there (to keep them wrong); each later round adds the next nearest label not tried in vain
@@ -19,7 +20,7 @@ true labels turned off (``p_i <= q``) and other labels turned on (``p_i > q``). 
   every iterate on the ball and in ``input_range``; round 0 starts from ``init`` (a warm start, e.g. the result
   at a smaller radius), each later round from the best point so far;
 - *selection*: each candidate is judged on ``select_n`` samples of a seed of its own (more wrong decisions, then
-  the nearest remaining correct label); the best is kept.
+  the wrong ones furthest past their cuts, so that the flips survive fresh samples); the best is kept.
 
 The kept point is measured on ``n`` fresh samples with the seed :func:`thresholded_evaluation_seed` ``(seed)``
 (independent of the certificate's, the attack's, the selection's and the top-k measurement's noise): the set
@@ -50,7 +51,6 @@ __all__ = ["ThresholdedAttackResult", "attack_thresholded", "soft_on_scores", "t
 _STEP_OFFSET = 1 << 21  # the attack noise's step ids: apart from pgd's and apgd-targeted's
 _SELECTION_TAG = 0x7E5D
 _MEASURE_TAG = 0x7E5E
-_EPS = 1e-4  # probit of the soft scores taken inside [EPS, 1 - EPS]
 
 
 def _seed_of(seed: int, *tags: int) -> int:
@@ -93,6 +93,13 @@ def soft_on_scores(smoother: MultiGuard, x: torch.Tensor, *, samples: int, seed:
     """A differentiable Monte Carlo **estimate** of the on-probabilities ``p_i(x)``: float ``(N, c)``, the mean
     over ``samples`` noisy copies (attack stream ``(seed, index[i], step)``) of ``sigmoid((s_i - tau_i) / T)``.
     Biased and noisy, no guarantee (measure with :meth:`MultiGuard.sample_on_counts`)."""
+    return torch.sigmoid(_soft_on_logits(smoother, x, samples=samples, seed=seed, index=index, step=step,
+                                         temperature=temperature)).mean(dim=1)
+
+
+def _soft_on_logits(smoother: MultiGuard, x: torch.Tensor, *, samples: int, seed: int, index: np.ndarray,
+                    step: int, temperature: float) -> torch.Tensor:
+    """``(s_i - tau_i) / T`` of each noisy copy: float ``(N, samples, c)``."""
     num, shape = x.shape[0], tuple(x.shape[1:])
     tau = torch.as_tensor(smoother._need_thresholds(), device=x.device).clamp(-1e6, 1e6).float()
     noise = torch.stack([attack_noise(seed, int(i), step, (samples, *shape), x.device, x.dtype) for i in index])
@@ -100,27 +107,29 @@ def soft_on_scores(smoother: MultiGuard, x: torch.Tensor, *, samples: int, seed:
     if smoother.clamp is not None:
         batch = batch.clamp(*smoother.clamp)
     scores = smoother.model(batch.reshape(num * samples, *shape)).float()
-    return torch.sigmoid((scores - tau) / temperature).reshape(num, samples, -1).mean(dim=1)
+    return ((scores - tau) / temperature).reshape(num, samples, -1)
 
 
 class _Objective:
-    """The capped probit margins of the targeted labels and their gradient (fresh EOT noise per call)."""
+    """The capped log wrong-side probabilities of the targeted labels and their gradient (fresh EOT noise per
+    call)."""
 
     def __init__(self, smoother: MultiGuard, x: torch.Tensor, index: np.ndarray, mask: np.ndarray, *, q: float,
                  samples: int, seed: int, temperature: float, cap: float) -> None:
         self.smoother, self.x, self.index = smoother, x, index
         self.sign = torch.as_tensor(np.where(mask, -1.0, 1.0), device=x.device, dtype=torch.float32)
-        self.z_q, self.samples, self.seed, self.temperature, self.cap = float(special.ndtri(q)), samples, seed, \
-            temperature, cap
+        self.ceiling = torch.as_tensor(np.log(np.where(mask, 1.0 - q, q)) + cap, device=x.device,
+                                       dtype=torch.float32)
+        self.samples, self.seed, self.temperature = samples, seed, temperature
         self.calls = 0
 
     def __call__(self, delta: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         delta = delta.detach().requires_grad_(True)
-        p = soft_on_scores(self.smoother, self.x + delta, samples=self.samples, seed=self.seed, index=self.index,
-                           step=_STEP_OFFSET + self.calls, temperature=self.temperature)
+        z = _soft_on_logits(self.smoother, self.x + delta, samples=self.samples, seed=self.seed, index=self.index,
+                            step=_STEP_OFFSET + self.calls, temperature=self.temperature)
         self.calls += 1
-        margin = self.sign * (torch.special.ndtri(p.clamp(_EPS, 1.0 - _EPS)) - self.z_q)
-        value = (margin.clamp(max=self.cap) * target).sum(dim=1)
+        log_wrong = torch.logsumexp(torch.nn.functional.logsigmoid(self.sign[:, None] * z), dim=1) - np.log(z.shape[1])
+        value = (torch.minimum(log_wrong, self.ceiling) * target).sum(dim=1)
         (grad,) = torch.autograd.grad(value.sum(), delta)
         return value.detach(), grad.detach()
 
@@ -135,12 +144,12 @@ def _standing(on_counts: np.ndarray, mask: np.ndarray, n: int, q: float) -> tupl
 
 
 def _score(on_counts: np.ndarray, mask: np.ndarray, n: int, q: float) -> np.ndarray:
-    """Lower is better for the attacker: minus the wrong decisions, plus in [0, 1) the nearest correct label's
-    distance to its cut."""
-    wrong, distance = _standing(on_counts, mask, n, q)
-    nearest = np.where(wrong, np.inf, distance).min(axis=1)
-    nearest = np.where(np.isfinite(nearest), nearest, 0.0)
-    return -wrong.sum(axis=1) + nearest / (1.0 + nearest)
+    """Lower is better for the attacker: minus the wrong decisions, plus in (0, 1] how near its cut the least
+    safely wrong label is (a point whose flips survive fresh samples is preferred)."""
+    wrong = (on_counts / n > q) != mask
+    past = np.abs(special.ndtri((on_counts + 0.5) / (n + 1.0)) - special.ndtri(q))
+    safest = np.where(wrong, past, np.inf).min(axis=1)
+    return -wrong.sum(axis=1) + np.where(np.isfinite(safest), 1.0 / (1.0 + safest), 1.0)
 
 
 def _attack_chunk(smoother: MultiGuard, x: torch.Tensor, mask: np.ndarray, index: np.ndarray, init: torch.Tensor,
@@ -212,7 +221,8 @@ def attack_thresholded(
         n: fresh samples that measure the kept point (seed ``eval_seed``, default
             :func:`thresholded_evaluation_seed` ``(seed)``); seed: the attack's noise per ``(seed, index)``.
         init: ``(N, *input_shape)`` warm start, projected on this ball; temperature: of the soft decisions
-            (in score units); cap: the probit margin past the cut at which a label stops pulling.
+            (in score units); cap: how far past its cut (in log probability of the wrong side) a label stops
+            pulling.
         input_range: ``(lo, hi)`` that ``x + delta`` stays in (``None``: none).
 
     Returns:
