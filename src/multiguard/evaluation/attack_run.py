@@ -8,30 +8,41 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from multiguard.certificates import bounds as _bounds
 from multiguard.certificates import metrics as _metrics
+from multiguard.certificates import thresholded as _thresholded
 from multiguard.certificates import topk as _topk
+from multiguard.certificates.thresholds import parse_threshold
 from multiguard.common.devices import resolve_device
 from multiguard.common.files import file_sha256
 from multiguard.common.noise_kinds import check_noise
 from multiguard.common.seeds import attack_evaluation_seed
-from multiguard.common.validation import MAX_N, check_alpha, check_int
+from multiguard.common.validation import MAX_N, check_alpha, check_float, check_int
 from multiguard.denoising.denoisers import denoiser_in, denoiser_record
 from multiguard.evaluation import curves as _curves
 from multiguard.evaluation.attack import AttackResult, attack_smoothed
 from multiguard.evaluation.attacks import DEFAULT_ATTACK, AttackMethod, attack_method
+from multiguard.evaluation.attacks.thresholded import thresholded_evaluation_seed
 from multiguard.evaluation.empirical import (
     EMPIRICAL_CSV,
     PARTS,
     PER_INPUT,
     SETTINGS,
+    THRESHOLDED_CSV,
     AttackParts,
     EmpiricalCurves,
     write_attack_dir,
+    write_thresholded_csv,
+)
+from multiguard.evaluation.thresholded_attack import (
+    ThresholdedAttack,
+    attack_thresholded_at_radii,
+    certify_thresholded_inputs,
 )
 from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
 from multiguard.runs import job as _job
@@ -54,6 +65,8 @@ class AttackRun:
         certified: int64 ``(N, R)`` certified sizes of the same inputs (``None`` without ``certify``).
         violations: int64 ``(R,)``: inputs with ``sizes < certified`` at each radius (``None`` likewise).
         delta_norms: float ``(N, R)``.
+        thresholded: with thresholds, the thresholded attack
+            (:class:`~multiguard.evaluation.thresholded_attack.ThresholdedAttack`); else ``None``.
     """
 
     out_dir: Path
@@ -64,6 +77,7 @@ class AttackRun:
     certified: np.ndarray | None
     violations: np.ndarray | None
     delta_norms: np.ndarray
+    thresholded: ThresholdedAttack | None = None
 
 
 def run_attack(
@@ -89,15 +103,10 @@ def run_attack(
     batch_size: int = 1000,
     device: str | torch.device = "auto",
     log: Callable[[str], None] | None = None,
-    precision: str = "fp32",
-    channels_last: bool | None = None,
-    compile: bool = False,
-    denoiser: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    attack: str = DEFAULT_ATTACK,
-    restarts: int | None = None,
-    noise: str = "float",
+    precision: str = "fp32", channels_last: bool | None = None, compile: bool = False,
+    denoiser: str | os.PathLike[str] | None = None, overwrite: bool = False, resume: bool = False,
+    attack: str = DEFAULT_ATTACK, restarts: int | None = None, noise: str = "float",
+    thresholds: Any = None, threshold_scale: str = "probability", q: float | None = None,
 ) -> AttackRun:
     """Attack a checkpoint's smoothed classifier on a dataset split at several radii; write ``out_dir``.
 
@@ -127,6 +136,15 @@ def run_attack(
     ``certify --noise sound`` run draws it). The attacked points are off the grid, so the PGD steps and the
     measurement of the attacked prediction use float noise either way; ``attack.json`` records the noise.
 
+    ``thresholds`` (a number, a file of one per label, or a
+    :class:`~multiguard.certificates.thresholds.LabelThresholds`; ``threshold_scale`` as for certify): the base
+    classifier is thresholded too, and after the top-k attack the per-label decisions of the smoothed
+    thresholded classifier (cut ``q``, default 0.5) are attacked at each radius
+    (:mod:`multiguard.evaluation.attacks.thresholded`, the attack's steps and samples, its restarts as rounds),
+    written to ``empirical_thresholded.csv`` beside the certified values (:data:`THRESHOLDED_COLUMNS`), with
+    ``thresholded_violations`` in ``attack.json``; ``per_input.npz`` gains ``thresholded_predicted`` and, with
+    ``certify``, ``certified_on_radius`` and ``certified_off_radius``. ``q`` without ``thresholds`` is refused.
+
     ``out_dir`` holding an attack is refused unless ``overwrite`` (replace it) or ``resume`` (continue a
     killed attack from its finished blocks in ``out_dir/parts``, refused naming every setting that differs;
     the same numbers as an uninterrupted attack). ``attack.json`` records the attack's ``identity`` (the
@@ -136,36 +154,92 @@ def run_attack(
     radii_arr = _curves.parse_radius_grid(radii)
     k, k_prime, n, seed, alpha = _checked_numbers(k, k_prime, n, seed, alpha)
     method, steps, samples, restarts = _checked_method(attack, steps, samples, restarts)
+    q = _checked_q(thresholds, q)
     log, out = log or (lambda line: None), _attack_out(out_dir, overwrite=overwrite, resume=resume)
     model, data, info, smoother, certifier, k, k_prime = _load_for_attack(
         checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
-        precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise)
+        precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise,
+        thresholds=thresholds, threshold_scale=threshold_scale)
     indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
     denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
     identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
                                 k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
                                 step_size=step_size, temperature=temperature, certify=certify,
-                                attack=method.name, restarts=restarts, noise=certifier.noise.name)
+                                attack=method.name, restarts=restarts, noise=certifier.noise.name, q=q)
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
     certified = (_certified_sizes(certifier, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
                                   alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
+    options = _options(method, steps, samples, restarts, step_size, temperature)
     sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
-                                    options=_options(method, steps, samples, restarts, step_size, temperature),
-                                    batch_size=batch_size, log=log, parts=parts)
+                                    options=options, batch_size=batch_size, log=log, parts=parts)
     curves, arrays, violations = _empirical_results(sizes, labels, k, radii_arr, indices, norms, certified)
     settings = _attack_settings(checkpoint_path, denoiser_facts, info, identity, smoother, indices, violations)
+    thresholded = _thresholded_part(smoother, certifier, parts, x, labels, indices, radii_arr, q=q, n=n, alpha=alpha,
+                                    seed=seed, certify=certify, batch_size=batch_size, log=log, options=options,
+                                    out=out, arrays=arrays, settings=settings)
     write_attack_dir(out, curves, arrays, settings)
     parts.remove()
     return AttackRun(out_dir=out, curves=EmpiricalCurves(**{**curves.__dict__, "settings": settings}),
                      indices=indices, labels=labels, sizes=sizes, certified=certified, violations=violations,
-                     delta_norms=norms)
+                     delta_norms=norms, thresholded=thresholded)
+
+
+def _checked_q(thresholds: Any, q: float | None) -> float:
+    """The thresholded classifier's cut (default 0.5), checked before any work; ``q`` without thresholds is
+    refused in one line."""
+    if q is None:
+        return _thresholded.DEFAULT_Q
+    if thresholds is None:
+        raise ValueError("q: --q is the cut of the thresholded classifier; give --threshold TAU|FILE too (the "
+                         "checkpoint has no thresholds of its own)")
+    return check_float(q, "q", 0.0, 1.0, low_open=True, high_open=True)
+
+
+def _thresholded_part(smoother: MultiGuard, certifier: MultiGuard, parts: AttackParts, x: torch.Tensor,
+                      labels: np.ndarray, indices: np.ndarray, radii_arr: np.ndarray, *, q: float, n: int,
+                      alpha: float, seed: int, certify: bool, batch_size: int, log: Callable[[str], None],
+                      options: dict, out: Path, arrays: dict, settings: dict) -> ThresholdedAttack | None:
+    """With thresholds: the thresholded certificate (with ``certify``) and the thresholded attack at every radius,
+    its arrays and keys added to ``arrays`` and ``settings``, and ``empirical_thresholded.csv`` written; ``None``
+    (nothing done) without thresholds."""
+    if smoother.thresholds is None:
+        return None
+    certificate = (certify_thresholded_inputs(certifier, parts, x, indices, n=n, alpha=alpha, seed=seed, q=q,
+                                              batch_size=batch_size) if certify else None)
+    budget = {"steps": max(1, options["steps"]), "samples": options["samples"],
+              "rounds": options.get("restarts") or 3, "temperature": options["temperature"]}
+    result = attack_thresholded_at_radii(smoother, x, labels, indices, radii_arr, q=q, options=budget, n=n,
+                                         seed=seed, batch_size=batch_size, log=log, parts=parts,
+                                         certificate=certificate)
+    _add_thresholded(arrays, settings, result, smoother, q)
+    write_thresholded_csv(out, result.table, len(indices))
+    return result
+
+
+def _add_thresholded(arrays: dict, settings: dict, result: ThresholdedAttack, smoother: MultiGuard,
+                     q: float) -> None:
+    """The thresholded attack's arrays (``per_input.npz``) and keys (``attack.json``), added in place."""
+    arrays["thresholded_predicted"] = result.predicted
+    arrays["thresholded_on_counts"] = result.on_counts
+    if result.certificate is not None:
+        arrays["certified_on_radius"] = result.certificate.on_radius
+        arrays["certified_off_radius"] = result.certificate.off_radius
+    assert smoother.thresholds is not None
+    settings.update(
+        thresholds=smoother.thresholds.identity(), threshold_source=smoother.thresholds.source, q=q,
+        thresholded_eval_seed=thresholded_evaluation_seed(settings["seed"]),
+        thresholded_violations=None if result.violations is None else result.violations.tolist(),
+        thresholded_violated_labels=None if result.violated_labels is None else result.violated_labels.tolist(),
+        thresholded_csv=THRESHOLDED_CSV,
+    )
 
 
 def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: int, *, dataset: str | None,
                      data_root: str | os.PathLike[str] | None, split: str | None, sigma: float | None,
                      device: str | torch.device, precision: str, channels_last: bool | None, compile: bool,
-                     denoiser: str | os.PathLike[str] | None, noise: str = "float") -> tuple:
+                     denoiser: str | os.PathLike[str] | None, noise: str = "float", thresholds: Any = None,
+                     threshold_scale: str = "probability") -> tuple:
     """The checkpoint's model, the dataset split and its info, the smoothed classifier (float noise), the one that
     certifies (with ``noise``; the same object for float noise), and k and k' checked against the number of
     classes."""
@@ -176,12 +250,15 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
     k_prime = check_int(k_prime, "k_prime", 1, num_classes, high_label="the number of classes")
+    if thresholds is not None:
+        thresholds = parse_threshold(thresholds, data.class_names, threshold_scale)
+        thresholds.per_label(num_classes)  # one or one per label, said before any work
     smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
                                         precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser)
+                                        denoiser=denoiser, thresholds=thresholds)
     certifier = smoother if noise == "float" else smoothed_from_checkpoint(
         model, meta, k_prime=k_prime, sigma=sigma, device=device, precision=precision,
-        channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise)
+        channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise, thresholds=thresholds)
     return model, data, info, smoother, certifier, k, k_prime
 
 def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
@@ -228,9 +305,11 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
                      info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
                      k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
                      step_size: float | None, temperature: float, certify: bool, attack: str,
-                     restarts: int | None, noise: str = "float") -> dict:
-    """The attack's identity (recorded in ``attack.json``; a resumed attack must match it)."""
+                     restarts: int | None, noise: str = "float", q: float = 0.5) -> dict:
+    """The attack's identity (recorded in ``attack.json``; a resumed attack must match it); with thresholds,
+    they and ``q`` are in it too."""
     sigma, clamp = smoother.sigma, smoother.clamp
+    extra = {} if smoother.thresholds is None else {"thresholds": smoother.thresholds.identity(), "q": q}
     return {
         "checkpoint_sha256": file_sha256(checkpoint_path),
         "model_file_sha256": getattr(model, "arch_file_sha256", None),
@@ -240,7 +319,7 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
         "clamp": None if clamp is None else list(clamp), "n": n, "alpha": float(alpha), "seed": seed,
         "steps": steps, "samples": samples, "step_size": step_size, "temperature": temperature,
         "radii": radii_arr.tolist(), "certify": bool(certify), **smoother.mode.as_metadata(), "noise": noise,
-        "attack": attack, "restarts": restarts,
+        "attack": attack, "restarts": restarts, **extra,
     }  # fmt: skip
 
 
@@ -311,7 +390,7 @@ def _attack_out(out_dir: str | os.PathLike[str], *, overwrite: bool = False, res
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} exists and is not a folder")
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
-    if not names <= {EMPIRICAL_CSV, PER_INPUT, SETTINGS, PARTS}:
+    if not names <= {EMPIRICAL_CSV, THRESHOLDED_CSV, PER_INPUT, SETTINGS, PARTS}:
         raise ValueError(f"out: {out} holds other files than an attack's; choose a new --out")  # never mix or lose
     if names and not overwrite and not resume:
         if EMPIRICAL_CSV in names:

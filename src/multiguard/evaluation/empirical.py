@@ -4,6 +4,11 @@ Layout (written by :func:`multiguard.evaluation.attack_run.run_attack`, each fil
 
     ATTACK_DIR/
       empirical.csv    radius,precision,recall,f1,num_inputs: one row per attacked radius (fractions in [0, 1])
+      empirical_thresholded.csv
+                       with thresholds only (``multiguard attack --threshold``): per radius the empirical
+                       precision, recall and F1 of the thresholded set under attack, the certified ones of the
+                       same inputs, and the inputs whose attacked set broke their certificate
+                       (:data:`THRESHOLDED_COLUMNS`)
       per_input.npz    indices, labels, radii, sizes, delta_norms (and certified, when certified sizes were computed)
       attack.json      the attack's settings, its ``identity`` (what decides its numbers: the checkpoint's and
                        model file's SHA-256, dataset, split, the inputs, k, k', sigma, n, seed, radii, ...) and,
@@ -30,13 +35,21 @@ import numpy as np
 
 from multiguard.common.files import atomic_write_bytes, atomic_write_json, atomic_write_npz
 
-__all__ = ["ATTACK_RUN_FIELDS", "EMPIRICAL_COLUMNS", "EMPIRICAL_CSV", "PARTS", "PER_INPUT", "SETTINGS", "AttackParts",
-           "EmpiricalCurves", "attack_run_mismatch", "identity_mismatch", "load_empirical", "write_attack_dir"]
+__all__ = ["ATTACK_RUN_FIELDS", "EMPIRICAL_COLUMNS", "EMPIRICAL_CSV", "PARTS", "PER_INPUT", "SETTINGS",
+           "THRESHOLDED_COLUMNS", "THRESHOLDED_CSV", "AttackParts", "EmpiricalCurves", "attack_run_mismatch",
+           "identity_mismatch", "load_empirical", "load_thresholded", "write_attack_dir", "write_thresholded_csv"]
 
 EMPIRICAL_COLUMNS: tuple[str, ...] = ("radius", "precision", "recall", "f1", "num_inputs")
 """The columns of ``ATTACK_DIR/empirical.csv``, in order (metrics as fractions in [0, 1])."""
 
 EMPIRICAL_CSV = "empirical.csv"
+THRESHOLDED_CSV = "empirical_thresholded.csv"
+THRESHOLDED_COLUMNS: tuple[str, ...] = ("radius", "precision", "recall", "f1", "certified_precision",
+                                        "certified_recall", "certified_f1", "violations", "num_inputs")
+"""The columns of ``ATTACK_DIR/empirical_thresholded.csv``: the empirical (attacked) and certified precision,
+recall and F1 of the thresholded set (means over inputs, fractions in [0, 1]; the certified ones ``nan``
+without a certificate), and ``violations``: inputs with a label the certificate says is on (off) at this
+radius measured off (on) under attack (``-1`` without a certificate)."""
 PER_INPUT = "per_input.npz"
 SETTINGS = "attack.json"
 PARTS = "parts"
@@ -84,6 +97,37 @@ def write_attack_dir(out: str | os.PathLike[str], curves: EmpiricalCurves, array
     atomic_write_npz(out / PER_INPUT, **arrays)
     atomic_write_json(out / SETTINGS, settings)
     atomic_write_bytes(out / EMPIRICAL_CSV, text.getvalue().encode())  # last: its presence means a complete dir
+
+
+def write_thresholded_csv(out: str | os.PathLike[str], table: dict[str, np.ndarray], num_inputs: int) -> None:
+    """Write ``out/empirical_thresholded.csv`` atomically: ``table`` maps each of :data:`THRESHOLDED_COLUMNS`
+    but ``num_inputs`` to an ``(R,)`` array."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(THRESHOLDED_COLUMNS)
+    for j in range(len(table["radius"])):
+        row = [repr(float(table[name][j])) for name in THRESHOLDED_COLUMNS[:-2]]
+        writer.writerow([*row, int(table["violations"][j]), int(num_inputs)])
+    atomic_write_bytes(Path(out) / THRESHOLDED_CSV, text.getvalue().encode())
+
+
+def load_thresholded(attack_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read ``ATTACK_DIR/empirical_thresholded.csv``: each of :data:`THRESHOLDED_COLUMNS` as a float ``(R,)``
+    array. A ValueError names the file if it is missing or has other columns."""
+    path = Path(attack_dir) / THRESHOLDED_CSV
+    if not path.is_file():
+        raise ValueError(f"attack_dir: no {THRESHOLDED_CSV} in {attack_dir} (run `multiguard attack --threshold`)")
+    with path.open(newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows or tuple(rows[0]) != THRESHOLDED_COLUMNS:
+        raise ValueError(f"attack_dir: {path} has columns {rows[0] if rows else None}, expected "
+                         f"{','.join(THRESHOLDED_COLUMNS)}")
+    try:
+        table = np.array([[float(v) for v in row] for row in rows[1:]], dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"attack_dir: {path} holds a value that is not a number") from None
+    table = table.reshape(-1, len(THRESHOLDED_COLUMNS))
+    return {name: table[:, i] for i, name in enumerate(THRESHOLDED_COLUMNS)}
 
 
 def load_empirical(attack_dir: str | os.PathLike[str]) -> EmpiricalCurves:

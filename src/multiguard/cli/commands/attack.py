@@ -10,10 +10,12 @@ from multiguard.cli.console import echo
 from multiguard.cli.options import (
     CERTIFICATE,
     SAMPLING,
+    THRESHOLDED,
     add_model_source,
     add_noise,
     add_output,
     add_sampling,
+    add_thresholds,
     apply_threads,
     group,
     mode_args,
@@ -35,6 +37,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         certify=not args.no_certify, batch_size=args.batch_size, device=args.device,
         log=None if args.quiet else echo, denoiser=args.denoiser, overwrite=args.overwrite, resume=args.resume,
         attack=args.attack, restarts=args.restarts, **mode, noise=args.noise,
+        thresholds=args.threshold, threshold_scale=args.threshold_scale, q=args.q,
     )
     if args.quiet:  # the numbers are in ATTACK_DIR
         return 0
@@ -46,8 +49,31 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         if result.violations is not None:
             line += f"  {int(result.violations[i]):>18d}"
         echo(line)
+    if result.thresholded is not None:
+        _echo_thresholded(result, args.alpha)
     echo(f"wrote {result.out_dir}/empirical.csv (overlay it with: multiguard report RUN_DIR --attack {args.out})")
     return 0
+
+
+def _echo_thresholded(result, alpha: float) -> None:  # noqa: ANN001
+    """The thresholded table (empirical beside certified) and, loudly, any violation of the certificate."""
+    table, settings = result.thresholded.table, result.curves.settings
+    certified = result.thresholded.violations is not None
+    echo(f"thresholded set under attack (q = {settings['q']:g}; thresholds {settings['threshold_source']}):")
+    echo("  radius  precision  recall      f1" + ("  certified: precision  recall      f1  violations"
+                                                 if certified else ""))
+    for j, radius in enumerate(table["radius"]):
+        line = (f"  {radius:6g}  {table['precision'][j]:9.3f}  {table['recall'][j]:6.3f}  {table['f1'][j]:6.3f}")
+        if certified:
+            line += (f"  {table['certified_precision'][j]:20.3f}  {table['certified_recall'][j]:6.3f}  "
+                     f"{table['certified_f1'][j]:6.3f}  {int(table['violations'][j]):>10d}")
+        echo(line)
+    if certified and result.thresholded.violations.sum() > 0:
+        echo(f"VIOLATIONS: at radii {table['radius'].tolist()} the attack flipped "
+             f"{result.thresholded.violated_labels.tolist()} label decisions the certificate held on or off, on "
+             f"{result.thresholded.violations.tolist()} inputs: each a certificate failure (probability at most "
+             f"alpha = {alpha:g} per input) or Monte Carlo error of the measurement on a near tie")
+    echo(f"wrote {result.out_dir}/empirical_thresholded.csv")
 
 
 def add_attack_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -78,6 +104,11 @@ def _attack_options(p: argparse.ArgumentParser) -> None:
     certificate.add_argument("--alpha", type=float, default=0.001, help="failure probability of the certified sizes")
     certificate.add_argument("--no-certify", action="store_true",
                              help="skip the certified sizes and the violation count")
+    add_thresholds(p, rule=False)
+    group(p, THRESHOLDED).add_argument(
+        "--q", type=float, default=None,
+        help="with --threshold: a label is predicted when it is on in more than a share q of the noise (default "
+        "0.5); the per-label decisions are attacked too (empirical_thresholded.csv)")
     add_noise(p, shared=False)
     add_output(p, metavar="ATTACK_DIR", help="folder for the attack's files",
                resume="continue the killed attack in --out from its finished blocks (its settings must agree)",
