@@ -38,9 +38,14 @@ def test_sound_certify_report_predict_resume_and_shards(tmp_path_factory, tmp_pa
     meta = json.loads((reference / "metadata.json").read_text())
     assert meta["noise"] == "sound" and meta["shared_noise"] is False and meta["noise_description"] == SOUND_LINE
     assert 0 < meta["noise_alpha_slack_per_value"] < 1e-15
-    # the same seed with float noise samples other counts
+    # sound is the command line's default: the same run without --noise is the same counts
+    default = tmp_path / "default"
+    run("certify", "--checkpoint", checkpoint, *ARGS[:-2], "--quiet", "--out", str(default))
+    assert json.loads((default / "metadata.json").read_text())["noise"] == "sound"
+    np.testing.assert_array_equal(load_counts(default)["counts"], load_counts(reference)["counts"])
+    # the same seed with float noise (the opt-out) samples other counts
     floating = tmp_path / "float"
-    run("certify", "--checkpoint", checkpoint, *ARGS[:-2], "--quiet", "--out", str(floating))
+    run("certify", "--checkpoint", checkpoint, *ARGS[:-2], "--noise", "float", "--quiet", "--out", str(floating))
     assert json.loads((floating / "metadata.json").read_text())["noise"] == "float"
     assert not np.array_equal(load_counts(reference)["counts"], load_counts(floating)["counts"])
 
@@ -96,5 +101,12 @@ def test_sound_predict_names_the_noise_and_refuses_off_grid_images(tmp_path_fact
     assert_one_line_error_in_process(
         run_in_process(capsys, "predict", "--checkpoint", checkpoint, str(deep), "--n", "100", "--device", "cpu",
                        "--noise", "sound"), "off the 1/255 grid")
+    # sound is the default: the same refusal without --noise, and it names the opt-out, which predicts it
+    assert_one_line_error_in_process(
+        run_in_process(capsys, "predict", "--checkpoint", checkpoint, str(deep), "--n", "100", "--device", "cpu"),
+        "off the 1/255 grid", "--noise float")
+    code, out, err = run_in_process(capsys, "predict", "--checkpoint", checkpoint, str(deep), "--n", "100",
+                                    "--device", "cpu", "--noise", "float", "--json")
+    assert code == 0 and json.loads(out)[0]["noise"].startswith("float"), err
     assert_one_line_error_in_process(
         run_in_process(capsys, "predict", "--checkpoint", checkpoint, str(path), "--noise", "discrete"), "--noise")

@@ -156,7 +156,9 @@ def test_sequential_run_with_thresholds_reports_with_anytime_bounds(project: Pat
     model, meta = load_checkpoint(project / "model.pt")
     data, _ = dataset_for_checkpoint(meta, split=run.metadata["split"])
     images, labels = load_batch(data, run.indices)
-    guard = smoothed_from_checkpoint(model, meta, device="cpu", thresholds=run.thresholds)
+    guard = smoothed_from_checkpoint(model, meta, device="cpu", thresholds=run.thresholds,
+                                     noise=run.metadata["noise"])  # the command line's default: sound
+    assert run.metadata["noise"] == "sound"
     nested, nested_on = guard.sample_nested_counts(images, looks, seed=run.metadata["seed"], index=run.indices,
                                                    max_k_prime=1, with_on_counts=True)
     replay = sequential_certification(nested[:, :, 0], labels, looks=looks, alpha=rule["alpha"], k=rule["k"],

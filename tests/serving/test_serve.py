@@ -36,7 +36,7 @@ def test_health_and_model(server: Server, tmp_path_factory) -> None:
     assert model["checkpoint_sha256"] == file_sha256(tiny_checkpoint(tmp_path_factory))
     assert model["arch"] == "small_cnn" and model["num_classes"] == len(model["class_names"])
     assert (model["k"], model["k_prime"], model["n"], model["alpha"]) == (3, 1, 200, 0.001)
-    assert model["noise"] == "float" and model["denoiser_sha256"] is None and model["multiguard_version"]
+    assert model["noise"] == "sound" and model["denoiser_sha256"] is None and model["multiguard_version"]
 
 
 def test_seeded_answer_equals_predict_json(server: Server, images: list[Path], tmp_path_factory) -> None:

@@ -176,9 +176,9 @@ def apply_threads(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str | None = None) -> None:
     """--noise {float,sound} (the noise kind, part of the run's identity) and, with ``shared``, --shared-noise."""
-    from multiguard.common.noise_kinds import DEFAULT_NOISE, NOISE_KINDS
+    from multiguard.common.noise_kinds import IMAGE_DEFAULT_NOISE, NOISE_KINDS
 
-    default = DEFAULT_NOISE if default is None else default
+    default = IMAGE_DEFAULT_NOISE if default is None else default
     p = group(p, SAMPLING)
     p.add_argument("--noise", choices=tuple(NOISE_KINDS), default=default,
                    help="float: Gaussian in floating point; sound: rounded to the 1/255 grid, sound in floating point "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from multiguard.common.validation import check_choice
 
-__all__ = ["DEFAULT_NOISE", "NOISE_KINDS", "check_noise", "describe_noise"]
+__all__ = ["DEFAULT_NOISE", "IMAGE_DEFAULT_NOISE", "NOISE_KINDS", "check_noise", "describe_noise"]
 
 NOISE_KINDS = {
     "float": "Gaussian in floating point (certificates of real arithmetic, not sound in floating point)",
@@ -20,7 +20,12 @@ NOISE_KINDS = {
 """Each noise kind and what it is, in one line."""
 
 DEFAULT_NOISE = "float"
-"""The noise when none is named (see benchmarks/README.md for the measurements behind it)."""
+"""The noise of the Python API when none is named (``MultiGuard(...)`` takes any tensor, on the grid or not)."""
+
+IMAGE_DEFAULT_NOISE = "sound"
+"""The noise of the command line (certify, predict, attack, demo, serve: 8-bit images), when none is named:
+sound noise certified within half a point of float noise at the same time per sample on the demo
+(benchmarks/README.md); ``--noise float`` is the opt-out (e.g. for 16-bit images, which are off the grid)."""
 
 
 def check_noise(value: object, name: str = "noise") -> str:

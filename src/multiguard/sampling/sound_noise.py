@@ -191,6 +191,6 @@ def grid_integers(tensor: torch.Tensor) -> torch.Tensor:
             raise ValueError(
                 f"x: off the 1/255 grid (value {value!r} at flat position {flat} is {worst:.3g} steps from "
                 "the nearest i/255); sound noise needs 8-bit pixels: pass x = (255 * x).round() / 255 and "
-                "reduce every radius by ||x - x_rounded||, or use noise='float'"
+                "reduce every radius by ||x - x_rounded||, or use float noise (--noise float; noise='float' in Python)"
             )
     return rounded.to(torch.int32)
