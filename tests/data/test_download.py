@@ -185,52 +185,43 @@ def test_a_killed_download_resumes_in_the_next_run(tmp_path):
     assert_voc_loads(root)
 
 
-def test_a_truncated_archive_put_there_by_hand_is_kept_and_resumed(tmp_path):
-    root = tmp_path / "voc"
-    name = VOC_NAMES["test"]
+def _download_with_a_file_put_there_by_hand(tmp_path: Path, made_from) -> tuple[bytes, list, list[str]]:
+    """Put ``made_from(archive bytes)`` where the VOC test archive goes, download, and return the archive's
+    bytes, the requests made for it (their Range headers) and the log lines."""
+    root, name = tmp_path / "voc", VOC_NAMES["test"]
     with http_server() as (base, served):
         manifest = voc_manifest(tmp_path, base, served)
         data = served.files[f"/{name}"]
-        cut = len(data) // 3
         (root / DOWNLOAD_DIR).mkdir(parents=True)
-        (root / DOWNLOAD_DIR / name).write_bytes(data[:cut])  # a browser download that stopped
-        logs = []
+        (root / DOWNLOAD_DIR / name).write_bytes(made_from(data))
+        logs: list[str] = []
         download_dataset("voc2007", root, manifest=manifest, progress=False, log=logs.append)
-        assert (f"/{name}", f"bytes={cut}-") in served.requests  # resumed, not fetched from zero
-        assert served.bytes_sent[f"/{name}"] == len(data) - cut
-    said = [line for line in logs if name in line and "keeping its" in line]
-    assert said and f"{cut} bytes where the manifest says {len(data)}" in said[0] and "resuming" in said[0]
+        requests = [r for p, r in served.requests if p == f"/{name}"]
+        assert served.bytes_sent[f"/{name}"] == sum(len(data) - int(r[6:-1]) if r else len(data) for r in requests)
     assert_voc_loads(root)
+    return data, requests, logs
+
+
+def test_a_truncated_archive_put_there_by_hand_is_kept_and_resumed(tmp_path):
+    data, requests, logs = _download_with_a_file_put_there_by_hand(tmp_path, lambda data: data[: len(data) // 3])
+    cut = len(data) // 3
+    assert requests == [f"bytes={cut}-"]  # resumed, not fetched from zero
+    said = [line for line in logs if "keeping its" in line]
+    assert said and f"{cut} bytes where the manifest says {len(data)}" in said[0] and "resuming" in said[0]
 
 
 def test_a_truncated_archive_by_hand_with_wrong_bytes_is_fetched_again_from_zero(tmp_path):
-    root = tmp_path / "voc"
-    name = VOC_NAMES["test"]
-    with http_server() as (base, served):
-        manifest = voc_manifest(tmp_path, base, served)
-        data = served.files[f"/{name}"]
-        (root / DOWNLOAD_DIR).mkdir(parents=True)
-        (root / DOWNLOAD_DIR / name).write_bytes(bytes(len(data) // 2))  # the right length so far, wrong bytes
-        logs = []
-        download_dataset("voc2007", root, manifest=manifest, progress=False, log=logs.append)
-        assert [r for p, r in served.requests if p == f"/{name}"] == [f"bytes={len(data) // 2}-", None]
+    # the right length so far, wrong bytes: resumed, found wrong, fetched again from zero
+    data, requests, logs = _download_with_a_file_put_there_by_hand(tmp_path, lambda data: bytes(len(data) // 2))
+    assert requests == [f"bytes={len(data) // 2}-", None]
     assert any("fetching it again from" in line for line in logs)
-    assert_voc_loads(root)
 
 
 def test_a_wrong_archive_by_hand_is_said_to_be_deleted_before_it_is(tmp_path):
-    root = tmp_path / "voc"
-    name = VOC_NAMES["test"]
-    with http_server() as (base, served):
-        manifest = voc_manifest(tmp_path, base, served)
-        data = served.files[f"/{name}"]
-        (root / DOWNLOAD_DIR).mkdir(parents=True)
-        (root / DOWNLOAD_DIR / name).write_bytes(data + b"extra")  # longer: not a truncated copy
-        logs = []
-        download_dataset("voc2007", root, manifest=manifest, progress=False, log=logs.append)
-        assert [r for p, r in served.requests if p == f"/{name}"] == [None]
+    # longer than the manifest's size: not a truncated copy
+    data, requests, logs = _download_with_a_file_put_there_by_hand(tmp_path, lambda data: data + b"extra")
+    assert requests == [None]
     assert any(f"{len(data) + 5} bytes where the manifest says {len(data)}; deleting it" in line for line in logs)
-    assert_voc_loads(root)
 
 
 def test_a_corrupted_archive_is_refused_by_its_checksum_and_the_next_url_is_tried(tmp_path):

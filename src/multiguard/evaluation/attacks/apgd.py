@@ -269,20 +269,9 @@ def attack_smoothed_apgd(
     input_range = check_interval(input_range, "input_range")
     smoother = _smoother_for(model, labels, k_prime=k_prime, sigma=sigma, clamp=clamp, device=device)
     k = check_int(k, "k", 1, smoother.num_classes, high_label="the number of classes")
-    tensor = as_batch(x)
-    num = tensor.shape[0]
-    mask = as_label_mask(labels, num, smoother.num_classes)
-    index_arr = as_index(index, num)
     eval_seed = attack_evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
-    x_dev = tensor.to(device=smoother.device, dtype=smoother.dtype).contiguous()
-    if input_range is not None and num and (x_dev.min() < input_range[0] or x_dev.max() > input_range[1]):
-        raise ValueError(f"x must lie in input_range {input_range} (pass input_range=None for unbounded inputs)")
-    deltas = torch.zeros_like(x_dev)
-    if init is not None:
-        init = torch.as_tensor(init).to(device=x_dev.device, dtype=x_dev.dtype)
-        if init.shape != x_dev.shape:
-            raise ValueError(f"init must have the shape of x {tuple(x_dev.shape)}, got {tuple(init.shape)}")
-        deltas = init.clone()
+    x_dev, mask, index_arr, deltas = attack_inputs(smoother, x, labels, index, init, input_range)
+    num = x_dev.shape[0]
     if num:
         chunk = max(1, batch_size // samples)
         with eval_mode(smoother.model), torch.enable_grad():
@@ -294,6 +283,27 @@ def attack_smoothed_apgd(
                     temperature=temperature, input_range=input_range, batch_size=batch_size, pgd_steps=pgd_steps)
     return _measured(smoother, x_dev, deltas, mask, index_arr, radius=radius, k=k, n=n, eval_seed=eval_seed,
                      batch_size=batch_size, measure_clean=measure_clean)
+
+
+def attack_inputs(smoother: MultiGuard, x: object, labels: object, index: object, init: object,
+                  input_range: tuple[float, float] | None) -> tuple[torch.Tensor, np.ndarray, np.ndarray, torch.Tensor]:
+    """What every attack starts from: ``(x_dev, mask, index, deltas)``, the inputs on the smoothed classifier's
+    device and dtype ``(N, ...)``, the label mask ``(N, c)``, the noise indices ``(N,)`` and the starting
+    perturbations (zeros, or ``init`` of x's shape). ValueError naming ``x`` or ``init`` where they do not fit."""
+    tensor = as_batch(x)
+    num = tensor.shape[0]
+    mask = as_label_mask(labels, num, smoother.num_classes)
+    index_arr = as_index(index, num)
+    x_dev = tensor.to(device=smoother.device, dtype=smoother.dtype).contiguous()
+    if input_range is not None and num and (x_dev.min() < input_range[0] or x_dev.max() > input_range[1]):
+        raise ValueError(f"x must lie in input_range {input_range} (pass input_range=None for unbounded inputs)")
+    deltas = torch.zeros_like(x_dev)
+    if init is not None:
+        init = torch.as_tensor(init).to(device=x_dev.device, dtype=x_dev.dtype)
+        if init.shape != x_dev.shape:
+            raise ValueError(f"init must have the shape of x {tuple(x_dev.shape)}, got {tuple(init.shape)}")
+        deltas = init.clone()
+    return x_dev, mask, index_arr, deltas
 
 
 def _measured(smoother: MultiGuard, x: torch.Tensor, deltas: torch.Tensor, mask: np.ndarray, index: np.ndarray, *,

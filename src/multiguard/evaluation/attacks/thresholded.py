@@ -38,11 +38,10 @@ import torch
 from scipy import special
 
 from multiguard.certificates import thresholded as _thresholded
-from multiguard.certificates.bounds import as_label_mask
 from multiguard.common.validation import check_float, check_int, check_interval
 from multiguard.evaluation.attack import _project
-from multiguard.evaluation.attacks.apgd import _apgd
-from multiguard.sampling.engine import as_batch, as_index, eval_mode
+from multiguard.evaluation.attacks.apgd import _apgd, attack_inputs
+from multiguard.sampling.engine import eval_mode
 from multiguard.sampling.smoothed import MultiGuard
 from multiguard.sampling.soft import attack_noise
 
@@ -238,20 +237,9 @@ def attack_thresholded(
     temperature = check_float(temperature, "temperature", 0.0, low_open=True)
     cap = check_float(cap, "cap", 0.0, low_open=True)
     input_range = check_interval(input_range, "input_range")
-    tensor = as_batch(x)
-    num = tensor.shape[0]
-    mask = as_label_mask(labels, num, smoother.num_classes)
-    index_arr = as_index(index, num)
     eval_seed = thresholded_evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
-    x_dev = tensor.to(device=smoother.device, dtype=smoother.dtype).contiguous()
-    if input_range is not None and num and (x_dev.min() < input_range[0] or x_dev.max() > input_range[1]):
-        raise ValueError(f"x must lie in input_range {input_range} (pass input_range=None for unbounded inputs)")
-    deltas = torch.zeros_like(x_dev)
-    if init is not None:
-        init = torch.as_tensor(init).to(device=x_dev.device, dtype=x_dev.dtype)
-        if init.shape != x_dev.shape:
-            raise ValueError(f"init must have the shape of x {tuple(x_dev.shape)}, got {tuple(init.shape)}")
-        deltas = init.clone()
+    x_dev, mask, index_arr, deltas = attack_inputs(smoother, x, labels, index, init, input_range)
+    num = x_dev.shape[0]
     if num:
         chunk = max(1, batch_size // samples)
         with eval_mode(smoother.model), torch.enable_grad():
