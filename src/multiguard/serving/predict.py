@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from multiguard.certificates import metrics as _metrics
-from multiguard.certificates import sequential as _sequential
 from multiguard.certificates.stop_rule import StopRule
 from multiguard.common.devices import resolve_device
 from multiguard.common.validation import check_int
@@ -120,12 +119,7 @@ def predict_images(
     precision: str = "fp32",
     channels_last: bool | None = None,
     compile: bool = False,
-    stop_at_radius: float | None = None,
-    futility: str = _sequential.DEFAULT_FUTILITY,
-    schedule: str = _sequential.DEFAULT_SCHEDULE,
-    spending: float | None = _sequential.DEFAULT_SPENDING,
-    margin: float = _sequential.DEFAULT_MARGIN,
-    bounds: str = _sequential.DEFAULT_BOUNDS,
+    stop_rule: StopRule | None = None,
     denoiser: str | os.PathLike[str] | None = None,
     thresholds: Any = None,
     threshold_scale: str = "probability",
@@ -139,9 +133,10 @@ def predict_images(
     smoothed classifier's top k under any perturbation of l2 norm below ``radii[e-1]`` (pixels in [0, 1]).
     The guarantee is for the base classifier in the sampling mode given by ``precision``, ``channels_last``
     and ``compile`` (recorded in each prediction's ``mode``); to claim a run's certificate, use the run's mode.
-    ``stop_at_radius``: sample each image only until the number of its labels certified at that radius is
-    settled (n is then the most samples; ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: the
-    stopping rule, see :meth:`MultiGuard.certify`); ``samples`` says how many it used, ``batch_seconds`` how long the
+    ``stop_rule`` (``StopRule(radius=R)``, :class:`~multiguard.certificates.stop_rule.StopRule`): sample each
+    image only until the number of its labels certified at R is settled (n is then the most samples; the rule's
+    futility, schedule, spending, margin and bounds, see :meth:`MultiGuard.certify`); ``samples`` says how many
+    it used, ``batch_seconds`` how long the
     whole batch took (selection, estimation and certificate).
     ``denoiser``: a denoiser checkpoint in front of the classifier (denoised smoothing).
     ``noise``: ``"float"`` or ``"sound"`` (the rounded Gaussian on the 1/255 grid; 8-bit image files are on it,
@@ -181,8 +176,7 @@ def predict_images(
     batch, file_sizes = _load_images(images, size, served.channels, resize)
     served.load()
     predictions = served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha,
-                                 seed=seed, batch_size=batch_size, stop_at_radius=stop_at_radius, futility=futility,
-                                 schedule=schedule, spending=spending, margin=margin, bounds=bounds, q=q)
+                                 seed=seed, batch_size=batch_size, stop_rule=stop_rule, q=q)
     for prediction, file_size in zip(predictions, file_sizes, strict=True):
         prediction.file_size, prediction.certified_size, prediction.resize = file_size, (size, size), resize
     return predictions
@@ -230,23 +224,17 @@ class LoadedModel:
                 "image_size": self.image_size, "in_channels": self.channels}
 
     def predict(self, batch: torch.Tensor, paths: Sequence[str], *, k: int = 3, n0: int = 100, n: int = 1000,
-                alpha: float = 0.001, seed: int = 0, batch_size: int = 1000, stop_at_radius: float | None = None,
-                futility: str = _sequential.DEFAULT_FUTILITY, schedule: str = _sequential.DEFAULT_SCHEDULE,
-                spending: float | None = _sequential.DEFAULT_SPENDING, margin: float = _sequential.DEFAULT_MARGIN,
-                bounds: str = _sequential.DEFAULT_BOUNDS, q: float = 0.5,
-                index: np.ndarray | None = None) -> list[ImagePrediction]:
+                alpha: float = 0.001, seed: int = 0, batch_size: int = 1000, stop_rule: StopRule | None = None,
+                q: float = 0.5, index: np.ndarray | None = None) -> list[ImagePrediction]:
         """:func:`predict_images` for a loaded ``batch`` ``(N, C, H, W)`` in [0, 1] named ``paths`` (the
         ``image`` of each answer): the noise of each image from ``seed`` and its content (:func:`content_index`;
         ``index``: the images' noise indices ``(N,)`` instead)."""
         k = self.check_k(k)
         smoother = self.load().smoother
         started = time.perf_counter()
-        rule = None if stop_at_radius is None else StopRule(
-            radius=stop_at_radius, futility=futility, schedule=schedule, spending=spending, margin=margin,
-            bounds=bounds)
         index = content_index(batch) if index is None else index
         result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=index,
-                                  batch_size=batch_size, stop_rule=rule, q=q)
+                                  batch_size=batch_size, stop_rule=stop_rule, q=q)
         seconds = time.perf_counter() - started
         return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
                                   self.spec.denoiser_identity(), smoother.describe_noise())

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from multiguard.certificates import sequential as _sequential
+from multiguard.certificates.stop_rule import StopRule
 from multiguard.serving.batching import InferenceQueue, QueueFullError
 from multiguard.serving.predict import LoadedModel
 
@@ -84,8 +85,9 @@ class ServerState:
         radius = _number(params, "stop_at_radius", float, s.stop_at_radius)
         if radius is not None and not (radius > 0 and math.isfinite(radius)):
             raise RequestError(f"stop_at_radius: must be a positive number, got {radius:g}")
+        rule = None if radius is None else StopRule(radius=radius, **s.stop_rule)
         return {"k": k, "n0": s.n0, "n": n, "alpha": alpha, "seed": seed,
-                "batch_size": s.batch_size, "stop_at_radius": radius, **s.stop_rule, "q": s.q}
+                "batch_size": s.batch_size, "stop_rule": rule, "q": s.q}
 
     async def predict(self, batch: torch.Tensor, names: list[str],
                       certificate: dict[str, Any]) -> tuple[list[Any], int]:

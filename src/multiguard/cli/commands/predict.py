@@ -61,6 +61,7 @@ def apply_mode_of(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from multiguard.certificates.stop_rule import StopRule
     from multiguard.common.devices import resolve_device
     from multiguard.serving.predict import predict_images
 
@@ -80,8 +81,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         **mode,
-        stop_at_radius=args.stop_at_radius,
-        **stop_rule_options(args),
+        stop_rule=None if args.stop_at_radius is None else StopRule(radius=args.stop_at_radius,
+                                                                  **stop_rule_options(args)),
         denoiser=args.denoiser,
         thresholds=args.threshold,
         threshold_scale=args.threshold_scale,
