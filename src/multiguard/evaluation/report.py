@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from multiguard.certificates import metrics as _metrics
 from multiguard.certificates.methods import METHODS as _METHODS
 from multiguard.certificates.methods import default_methods
 from multiguard.common.files import atomic_write_bytes, remove_abandoned_staging, staging_folder
+from multiguard.common.registry import Registry
 from multiguard.common.validation import check_choice
 from multiguard.evaluation.curves import (
     MAX_RADII,
@@ -60,7 +61,7 @@ from multiguard.evaluation.tables import (
 )
 from multiguard.runs.folder import Run, load_run
 
-__all__ = ["Report", "make_report"]
+__all__ = ["REPORT_SECTIONS", "Report", "make_report"]
 
 
 REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md", "results.json")
@@ -190,15 +191,38 @@ def _report_radii(runs: Sequence[Run], radius_grid: str | Sequence[float] | None
     return radius, table_radii
 
 
+#: The parts of ``summary.md``, in order: each a function ``section(curves, table_radii, title) -> str | None``
+#: (markdown, or ``None`` where the report holds nothing for it). A new kind of result (a new curve method with
+#: tables of its own) registers its section here instead of being spliced into the report by hand.
+REPORT_SECTIONS: Registry[Callable[[list[Curve], np.ndarray, str], str | None], None] = Registry("report section")
+
+
+@REPORT_SECTIONS.register("tables", help="the certified tables of every curve at the summary radii")
+def _tables_section(curves: list[Curve], table_radii: np.ndarray, title: str) -> str | None:
+    table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
+    return summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
+
+
+@REPORT_SECTIONS.register("attack", help="attacked against certified values of an attack's inputs, and violations")
+def _attack_section(curves: list[Curve], table_radii: np.ndarray, title: str) -> str | None:
+    attacks = [c for c in curves if c.method == "attack"]
+    return attack_markdown(attacks) if attacks else None
+
+
+@REPORT_SECTIONS.register("explanations", help="what every name and column of the report means")
+def _explanations_section(curves: list[Curve], table_radii: np.ndarray, title: str) -> str | None:
+    return explanations_markdown(curves)
+
+
 def _summary_text(curves: list[Curve], table_radii: np.ndarray, runs: Sequence[Run], names: Sequence[str] | None,
                   title: str) -> str:
-    """``summary.md``: the tables at ``table_radii``, the attack's tables, the run lines, the explanations."""
-    table_curves = [c for c in curves if all(np.isclose(c.radius, r, atol=1e-9).any() for r in table_radii)]
-    summary = summary_markdown(table_curves, [float(r) for r in table_radii], title=title)
-    attacks = [c for c in curves if c.method == "attack"]
-    if attacks:
-        summary = summary.rstrip("\n") + "\n\n" + attack_markdown(attacks)
-    summary = summary.rstrip("\n") + "\n\n" + explanations_markdown(curves)
+    """``summary.md``: the :data:`REPORT_SECTIONS` that hold something, in order, with the run lines after the
+    title."""
+    summary = ""
+    for section in REPORT_SECTIONS.entries():
+        part = section.load()(curves, table_radii, title)
+        if part:
+            summary = part if not summary else summary.rstrip("\n") + "\n\n" + part
     header = "\n".join(_run_line(name, run) for name, run in zip(_run_names(runs, names), runs, strict=True))
     return summary.replace("\n\n", f"\n\n{header}\n\n", 1) + "\n"
 
