@@ -341,7 +341,7 @@ def test_the_mode_is_recorded_enforced_reported_and_reused(tmp_path_factory, tmp
     # predict in the run's mode gives the run's counts for the same inputs and seed.
     model, meta = load_checkpoint(checkpoint)
     mode = {name: run_dir.metadata[name] for name in MODE_DEFAULTS}
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=2, **mode)
+    smoother = smoothed_from_checkpoint(model, meta, k_prime=2, **mode, noise=run_dir.metadata["noise"])
     from multiguard.models.checkpoints import dataset_for_checkpoint
 
     data, _ = dataset_for_checkpoint(meta)
