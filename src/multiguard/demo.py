@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from multiguard.common.files import file_sha256
+from multiguard.common.noise_kinds import IMAGE_DEFAULT_NOISE
 from multiguard.common.progress import Log, ProgressPrinter
 from multiguard.common.torch_files import read_checkpoint
 from multiguard.common.validation import RunMismatchError
@@ -372,7 +373,7 @@ def run_demo(
     precision: str = "auto",
     channels_last: bool | None = None,
     compile: bool = True,
-    noise: str = "float",
+    noise: str = IMAGE_DEFAULT_NOISE,
     shared_noise: bool = False,
 ) -> DemoResult:
     """Train small_cnn on multidigits with noise, certify test inputs for every k' <= 3 with n = 1000, and report

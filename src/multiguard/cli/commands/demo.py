@@ -127,8 +127,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
                    "stability denoiser, and a noise-trained one, certified on the same 100 inputs (into OUT/denoised)")
     add_device(p)
     add_mode(p, default="auto", compile_default=DEMO_COMPILE)
-    # float until the README's demo tables are re-measured with sound noise (the other commands default to sound)
-    add_noise(p, default="float")
+    add_noise(p)
 
 
 # ---------------------------------------------------------------------------------------- the command table
