@@ -68,3 +68,48 @@ def test_certify_help_fits_100_lines_and_starts_with_what_must_be_given() -> Non
     text = _help("certify")
     assert len(text.splitlines()) <= 100, len(text.splitlines())
     assert text.startswith("usage: multiguard certify --checkpoint FILE --out RUN_DIR [options]\n")
+
+
+def _certify_parser() -> argparse.ArgumentParser:
+    return _commands(build_parser())["certify"]
+
+
+def test_certify_options_are_generated_from_the_run_spec_and_stop_rule_declarations() -> None:
+    """Each plan field of RunSpec and each field of StopRule is one certify option whose flag, aliases and help
+    are the field's declaration (so a field added there appears here, and a changed help changes --help)."""
+    import dataclasses
+
+    from multiguard.certificates.stop_rule import StopRule
+    from multiguard.runs.spec import RunSpec
+
+    actions = {a.dest: a for a in _certify_parser()._actions}
+    declared = [(cls, f) for cls in (RunSpec, StopRule) for f in dataclasses.fields(cls)
+                if cls is StopRule or f.name in RunSpec.PLAN_FIELDS]
+    assert len(declared) == len(RunSpec.PLAN_FIELDS) + len(dataclasses.fields(StopRule))
+    for cls, f in declared:
+        dest = f.metadata.get("dest") or f.name
+        action = actions[dest]
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        assert action.option_strings == [flag, *f.metadata["aliases"]], (cls.__name__, f.name)
+        words = f.metadata["help"].split()[:3]
+        if f.name not in ("radius", "futility", "k", "k_prime", "alpha", "max_k_prime"):  # certify's own texts
+            assert action.help.split()[:3] == words, (f.name, action.help)
+
+
+def test_certify_builds_its_stop_rule_from_the_generated_options() -> None:
+    from multiguard.certificates.stop_rule import StopRule
+
+    parser = _certify_parser()
+    args = parser.parse_args(["--checkpoint", "c.pt", "--out", "r", "--stop-at-radius", "0.5", "--spending",
+                              "equal", "--futility-margin", "0.3", "--bounds", "betting"])
+    assert (args.k, args.k_prime, args.alpha, args.n, args.num_inputs, args.noise) == (3, 1, 0.001, 1000, 500, "sound")
+    rule = StopRule(radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha,
+                    **StopRule.procedure_from(args))
+    assert rule == StopRule(radius=0.5, k=3, k_prime=1, alpha=0.001, spending=None, margin=0.3, bounds="betting",
+                            schedule="every-block")
+    # a resumed run's rule fills what the command line leaves out (what it predates: the legacy values, so no
+    # spending is equal shares); given options win
+    args = parser.parse_args(["--checkpoint", "c.pt", "--out", "r", "--schedule", "1-2-5"])
+    stored = {"radius": 0.25, "k": 2, "k_prime": 1, "alpha": 0.01, "futility": "remaining", "bounds": "betting"}
+    assert StopRule.procedure_from(args, stored) == {"futility": "remaining", "schedule": "1-2-5", "spending": None,
+                                                     "margin": 0.2, "bounds": "betting"}

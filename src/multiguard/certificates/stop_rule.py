@@ -4,6 +4,7 @@ functions and a run's metadata carry instead of loose keywords."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from multiguard.certificates.sequential import (
     DEFAULT_SCHEDULE,
     DEFAULT_SPENDING,
 )
-from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
+from multiguard.common.settings import Choices, Interval, OneOf, Optional, Settings, setting
 from multiguard.common.validation import check_alpha
 
 __all__ = ["StopRule"]
@@ -39,6 +40,26 @@ def _alpha(value: Any, name: str) -> float:
     return check_alpha(value)
 
 
+def _spending(value: Any, name: str) -> float | None:
+    """A share of alpha in (0, 1], or ``None`` / ``"equal"`` for equal shares."""
+    if value is None or value == "equal":
+        return None
+    return Interval(float, 0.0, 1.0, open_low=True)(value, name)
+
+
+def _spending_option(text: str) -> float | str:
+    """--spending: a share, or ``equal``."""
+    if text == "equal":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or 'equal', got {text!r}") from None
+
+
+_PROCEDURE = ("futility", "schedule", "spending", "margin", "bounds")  # the fields of StopRule.procedure()
+
+
 @dataclass(frozen=True)
 class StopRule(Settings):
     """The stopping rule of a sequential run: stop an input once its certified intersection size at ``radius``
@@ -56,22 +77,27 @@ class StopRule(Settings):
 
     option_names = False
 
-    radius: float = setting(check=Interval(float, 0.0), flag="--stop-at-radius",
+    radius: float = setting(check=Interval(float, 0.0), flag="--stop-at-radius", dest="stop_at_radius", metavar="R",
                             help="the radius R whose certified intersection size decides when an input stops")
-    k: int | None = setting(None, check=Optional(Interval(int, 1)), help="smoothed top-k (None: the call's k)")
-    k_prime: int | None = setting(None, check=Optional(Interval(int, 1)),
-                                  help="the base classifier's top-k' (None: the smoothed classifier's)")
-    alpha: float | None = setting(None, check=Optional(_alpha), help="1 - confidence (None: the call's alpha)")
+    k: int | None = setting(None, check=Optional(Interval(int, 1)), metavar="K",
+                            help="k of the stopping rule (None: the call's k)")
+    k_prime: int | None = setting(None, check=Optional(Interval(int, 1)), metavar="K",
+                                  help="k' of the stopping rule (None: the smoothed classifier's)")
+    alpha: float | None = setting(None, check=Optional(_alpha), type=float,
+                                  help="alpha of the stopping rule (None: the call's alpha)")
     futility: str = setting(DEFAULT_FUTILITY, check=OneOf(_futility_names), legacy="remaining",
-                            help="when to give up on an input (multiguard.certificates.sequential.FUTILITY_RULES)")
+                            choices=Choices(_futility_names),
+                            help="when to give up on an input (each rule: docs/sequential.md)")
     schedule: str = setting(DEFAULT_SCHEDULE, check=OneOf(_schedule_names), legacy="1-2-5",
-                            help="the looks (multiguard.certificates.sequential.SCHEDULES)")
-    spending: float | None = setting(DEFAULT_SPENDING, check=Optional(Interval(float, 0.0, 1.0, open_low=True)),
-                                     legacy=None, help="share of alpha spent at the last look (None: equal shares)")
+                            choices=Choices(_schedule_names), help="the sample sizes at which inputs may stop")
+    spending: float | None = setting(DEFAULT_SPENDING, check=_spending, legacy=None, type=_spending_option,
+                                     metavar="SHARE", help="share of alpha at the last look (the rest equally before), "
+                                     "or 'equal'")
     margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
-                            legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
-    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union",
-                          help="the anytime bounds read: union (over the looks) or betting (confidence sequences)")
+                            legacy=DEFAULT_MARGIN, flag="--futility-margin", dest="futility_margin",
+                            metavar="GAMMA", help="gamma of --futility margin, in (0, 1)")
+    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union", choices=BOUNDS,
+                          help="anytime bounds: union or betting (confidence sequences)")
 
     def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
         """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call
@@ -99,6 +125,25 @@ class StopRule(Settings):
         and alpha: ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``."""
         return {"futility": self.futility, "schedule": self.schedule, "spending": self.spending,
                 "margin": self.margin, "bounds": self.bounds}
+
+    @classmethod
+    def procedure_from(cls, namespace: Any, stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The procedure (``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: :meth:`procedure`)
+        that parsed command-line options ask for: each read under its field's option
+        (:func:`multiguard.common.settings.add_arguments`, so ``margin`` is ``--futility-margin``) where given
+        (not ``None``), else the rule of ``stored`` (a resumed run's stop rule; the ``legacy`` values for what
+        it predates), else this class's defaults. Bounds other than ``union`` given without a schedule look
+        after every noise block (``every-block``: they are valid at every n, looks cost nothing)."""
+        base = cls(radius=0.0) if stored is None else cls.from_dict(
+            {"radius": 0.0, **{key: value for key, value in stored.items() if key in _PROCEDURE}})
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in _PROCEDURE:
+                given = getattr(namespace, f.metadata.get("dest") or f.name, None)
+                values[f.name] = getattr(base, f.name) if given is None else given
+        if getattr(namespace, "schedule", None) is None and values["bounds"] not in ("union", base.bounds):
+            values["schedule"] = "every-block"
+        return cls(radius=0.0, **values).procedure()
 
     @classmethod
     def field_label(cls, name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "add_output",
     "add_sampling",
     "add_shard",
-    "add_bounds",
     "add_stop_rule",
     "add_thresholds",
     "add_threads",
@@ -41,7 +40,6 @@ __all__ = [
     "dataset_options",
     "group",
     "mode_args",
-    "stop_rule_options",
     "wrap",
 ]
 
@@ -210,84 +208,43 @@ def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default:
     p.set_defaults(default_precision=default)
 
 
-def add_sampling(p: argparse.ArgumentParser, *, n_help: str, seed_help: str = "chooses the inputs and seeds the noise",
-                 n_aliases: tuple[str, ...] = ()) -> None:
-    """The noise and how it is drawn: --n, --seed, --sigma, --batch-size, --device and the sampling mode."""
+def add_sampling(p: argparse.ArgumentParser, *, n_help: str | None, seed_help: str = "seeds the noise") -> None:
+    """The noise and how it is drawn: --n, --seed, --sigma, --batch-size, --device and the sampling mode
+    (``n_help=None``: without --n, --seed and --batch-size, which the command declares itself, as certify does
+    from :class:`multiguard.runs.spec.RunSpec`)."""
     parser, p = p, group(p, SAMPLING)
-    p.add_argument("--n", *n_aliases, dest="n", type=int, default=1000, metavar="N", help=n_help)
-    p.add_argument("--seed", type=int, default=0, metavar="S", help=seed_help)
+    if n_help is not None:
+        p.add_argument("--n", type=int, default=1000, metavar="N", help=n_help)
+        p.add_argument("--seed", type=int, default=0, metavar="S", help=seed_help)
     p.add_argument("--sigma", type=float, default=None, help="noise level (default: the checkpoint's training sigma)")
-    p.add_argument("--batch-size", type=int, default=1000, metavar="B", help="noisy samples per forward pass")
+    if n_help is not None:
+        p.add_argument("--batch-size", type=int, default=1000, metavar="B", help="noisy samples per forward pass")
     add_device(parser)
     add_threads(parser)
     add_mode(parser)
 
 
-def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str) -> None:
-    """Sequential certification: --stop-at-radius, --futility (the entries of
+def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str, *,
+                  rule_values: Mapping[str, Any] | None = None) -> None:
+    """Sequential certification, generated from the fields of :class:`multiguard.certificates.stop_rule.StopRule`
+    (their options, checks and defaults are declared there): --stop-at-radius, --futility (the entries of
     :data:`multiguard.certificates.sequential.FUTILITY_RULES`), --futility-margin, --schedule (the entries of
-    :data:`multiguard.certificates.sequential.SCHEDULES`) and --spending. Left out, the last four are the defaults of
-    :class:`multiguard.certificates.stop_rule.StopRule` (:func:`stop_rule_options`)."""
-    from multiguard.certificates.sequential import (
-        DEFAULT_FUTILITY,
-        DEFAULT_MARGIN,
-        DEFAULT_SCHEDULE,
-        DEFAULT_SPENDING,
-        FUTILITY_RULES,
-        SCHEDULES,
-    )
-
-    p = group(p, SEQUENTIAL)
-    p.add_argument("--stop-at-radius", type=float, default=None, metavar="R", help=stop_help)
-    p.add_argument("--futility", default=None, choices=FUTILITY_RULES.names(),
-                   help=f"{futility_help} (default {DEFAULT_FUTILITY}; each rule: docs/sequential.md)")
-    p.add_argument("--futility-margin", type=float, default=None, metavar="GAMMA",
-                   help=f"gamma of --futility margin, in (0, 1) (default {DEFAULT_MARGIN:g})")
-    p.add_argument("--schedule", default=None, choices=SCHEDULES.names(),
-                   help=f"the sample sizes at which inputs may stop (default {DEFAULT_SCHEDULE})")
-    p.add_argument("--spending", type=_spending, default=None, metavar="SHARE",
-                   help=f"share of alpha spent at the last look, the rest equally before; or 'equal' (default "
-                   f"{DEFAULT_SPENDING:g})")
-
-
-def add_bounds(p: argparse.ArgumentParser) -> None:
-    """--bounds: the anytime bounds of --stop-at-radius (:data:`multiguard.certificates.sequential.BOUNDS`); left
-    out, the default of :class:`multiguard.certificates.stop_rule.StopRule` (a resumed run: its own)."""
-    from multiguard.certificates.sequential import BOUNDS, DEFAULT_BOUNDS
-
-    group(p, SEQUENTIAL).add_argument(
-        "--bounds", default=None, choices=list(BOUNDS),
-        help=f"anytime bounds: union or betting (confidence sequences) (default {DEFAULT_BOUNDS})")
-
-
-def _spending(text: str) -> float | str:
-    if text == "equal":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or 'equal', got {text!r}") from None
-
-
-def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> dict:
-    """The futility, schedule, spending and margin of a sequential command: those given on the command line,
-    the others from ``stored`` (the rule of a run being resumed; its ``legacy`` values for what it predates)
-    or the defaults of :class:`multiguard.certificates.stop_rule.StopRule`."""
+    :data:`multiguard.certificates.sequential.SCHEDULES`), --spending and --bounds; left out, the last five are
+    the rule's defaults (or a resumed run's: ``StopRule.procedure_from``). With ``rule_values`` (``{"k": 3,
+    "k_prime": 1, "alpha": 0.001}``) the rule's own --k, --k-prime and --alpha too, parsed with those
+    defaults (certify's rule; predict's come from its certificate options)."""
     from multiguard.certificates.stop_rule import StopRule
+    from multiguard.common.settings import add_arguments
 
-    base = StopRule(radius=0.0, k=1, k_prime=1, alpha=0.5) if stored is None else StopRule.from_dict(
-        {"radius": 0.0, "k": 1, "k_prime": 1, "alpha": 0.5, **{key: value for key, value in stored.items()
-                                                               if key not in ("radius", "k", "k_prime", "alpha")}})
-    spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
-    bounds = base.bounds if getattr(args, "bounds", None) is None else args.bounds
-    schedule = base.schedule if args.schedule is None else args.schedule
-    if args.schedule is None and bounds == "betting" and bounds != base.bounds:
-        schedule = "every-block"  # the confidence sequences are valid at every n: look after every noise block
-    return {"futility": base.futility if args.futility is None else args.futility,
-            "schedule": schedule,
-            "spending": spending,
-            "margin": base.margin if args.futility_margin is None else args.futility_margin,
-            "bounds": bounds}
+    helps = {"radius": stop_help, "futility": f"{futility_help} (each rule: docs/sequential.md)",
+             "k": "k of the stopping rule", "k_prime": "k' of the stopping rule", "alpha": "alpha of the stopping rule"}
+    names = ("radius", "futility", "margin", "schedule", "spending", "k", "k_prime", "alpha", "bounds")
+    groups = dict.fromkeys(names, SEQUENTIAL)
+    add_arguments(p, StopRule, only=names[:5], groups=groups, helps=helps)
+    if rule_values is not None:
+        add_arguments(p, StopRule, only=names[5:8], groups=groups, helps=helps, defaults=rule_values,
+                      parsed_defaults=True)
+    add_arguments(p, StopRule, only=names[8:], groups=groups, helps=helps)
 
 
 def add_shard(p: argparse.ArgumentParser) -> None:

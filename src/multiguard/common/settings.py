@@ -25,12 +25,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from multiguard.common.validation import check_choice, check_float, check_int, invalid
 
-__all__ = ["Interval", "OneOf", "Optional", "Settings", "add_arguments", "from_namespace", "setting"]
+__all__ = ["Choices", "Interval", "OneOf", "Optional", "Settings", "add_arguments", "from_namespace", "setting"]
 
 S = TypeVar("S", bound="Settings")
 _NO_LEGACY = object()
@@ -95,10 +95,25 @@ class Optional:
         return f"None or {self.inner}"
 
 
+class Choices:
+    """argparse ``choices`` read when parsing (``names()``), so that extensions registered later count (and
+    building a parser imports nothing the names need)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self.names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self.names()))
+
+
 def setting(default: Any = dataclasses.MISSING, *, identity: bool = False,
             check: Callable[[Any, str], Any] | None = None, flag: str | None = None,
             help: str = "", legacy: Any = _NO_LEGACY,  # noqa: A002
-            default_factory: Any = dataclasses.MISSING, cli: bool = True, **argparse_options: Any) -> Any:
+            default_factory: Any = dataclasses.MISSING, cli: bool = True, dest: str | None = None,
+            aliases: tuple[str, ...] = (), **argparse_options: Any) -> Any:
     """A settings field.
 
     Args:
@@ -108,11 +123,12 @@ def setting(default: Any = dataclasses.MISSING, *, identity: bool = False,
         flag: the command-line option (default ``--field-name``); ``help``: its help text, or a function returning
             it when the parser is built (help derived from a registry).
         legacy: the value that files written before this field existed mean (:meth:`Settings.from_dict`).
-        cli: offered on the command line by :func:`add_arguments`.
+        cli: offered on the command line by :func:`add_arguments`; ``dest``: the name of its value in the parsed
+            arguments (default the field's name); ``aliases``: other spellings of the option.
         argparse_options: passed to ``add_argument`` (``type``, ``choices``, ``nargs``, ``action``, ``metavar``).
     """
     metadata = {"identity": identity, "check": check, "flag": flag, "help": help, "legacy": legacy, "cli": cli,
-                "argparse": argparse_options}
+                "dest": dest, "aliases": tuple(aliases), "argparse": argparse_options}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -120,6 +136,10 @@ def setting(default: Any = dataclasses.MISSING, *, identity: bool = False,
 
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _dest(f: dataclasses.Field) -> str:
+    return f.metadata.get("dest") or f.name
 
 
 def _frozen(value: Any) -> Any:
@@ -214,16 +234,22 @@ class Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (),
-                  defaults: Mapping[str, Any] | None = None, groups: Mapping[str, str] | None = None) -> None:
-    """Add one command-line option per field of ``cls`` offered on the command line (not in ``skip``).
+def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (), only: Sequence[str] | None = None,
+                  defaults: Mapping[str, Any] | None = None, groups: Mapping[str, str] | None = None,
+                  helps: Mapping[str, str] | None = None, parsed_defaults: bool = False) -> None:
+    """Add one command-line option per field of ``cls`` offered on the command line (not in ``skip``; with
+    ``only``, just those fields, in that order).
 
     Options default to ``None`` ("not given"), so :func:`from_namespace` can tell a given value from the field's
-    default; the help shows the field's default (or ``defaults[name]``). ``groups`` maps a field's name to the
-    title of the ``--help`` group its option is listed in (made on first use; fields not named stay in the
-    parser's own list)."""
+    default; with ``parsed_defaults`` the parsed value is the default itself (for commands that tell given
+    options by the words of the command line, as ``multiguard``'s ``args.given``). The help shows the field's
+    default (or ``defaults[name]``, which replaces it); ``helps[name]`` replaces a field's help text. ``groups``
+    maps a field's name to the title of the ``--help`` group its option is listed in (made on first use; fields
+    not named stay in the parser's own list)."""
     made = {g.title: g for g in getattr(parser, "_action_groups", ())}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name in (only if only is not None else list(fields)):
+        f = fields[name]
         if f.name in skip or not f.metadata.get("cli", True):
             continue
         options = dict(f.metadata.get("argparse", {}))
@@ -232,16 +258,18 @@ def add_arguments(parser: Any, cls: type[Settings], *, skip: Sequence[str] = (),
         if isinstance(inner, Interval) and "type" not in options and "action" not in options:
             options["type"] = inner.kind
         default = (defaults or {}).get(f.name, f.default if f.default is not dataclasses.MISSING else None)
-        help_text = f.metadata.get("help", "")
+        help_text = (helps or {}).get(f.name, f.metadata.get("help", ""))
         if callable(help_text):  # derived from a registry when the parser is built, so later entries show
             help_text = help_text()
-        if options.get("action") not in ("store_true", "store_false") and default not in (None, (), ""):
+        if (options.get("action") not in ("store_true", "store_false") and default not in (None, (), "")
+                and "default" not in help_text):
             help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         title = (groups or {}).get(f.name)
         if title is not None and title not in made:
             made[title] = parser.add_argument_group(title)
         target = parser if title is None else made[title]
-        target.add_argument(_flag(f), dest=f.name, default=None, help=help_text or None, **options)
+        target.add_argument(_flag(f), *f.metadata.get("aliases", ()), dest=_dest(f),
+                            default=default if parsed_defaults else None, help=help_text or None, **options)
 
 
 def from_namespace(cls: type[S], namespace: Any, **overrides: Any) -> S:
@@ -250,6 +278,6 @@ def from_namespace(cls: type[S], namespace: Any, **overrides: Any) -> S:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in overrides:
             values[f.name] = overrides[f.name]
-        elif getattr(namespace, f.name, None) is not None:
-            values[f.name] = getattr(namespace, f.name)
+        elif getattr(namespace, _dest(f), None) is not None:
+            values[f.name] = getattr(namespace, _dest(f))
     return cls(**values)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from multiguard.certificates.stop_rule import StopRule
-from multiguard.common.noise_kinds import check_noise
+from multiguard.common.noise_kinds import NOISE_KINDS, check_noise
 from multiguard.common.settings import Interval, Optional, Settings, setting
 from multiguard.common.validation import MAX_N, check_int
 
@@ -102,12 +102,17 @@ class RunSpec(Settings):
     sigma: float | None = setting(None, identity=True, check=Optional(Interval(float, 0.0, open_low=True)),
                                   legacy=None)
     clamp: Any = setting(None, identity=True, legacy=None)
-    n: int = setting(1000, identity=True, check=Interval(int, 1, MAX_N))
+    n: int = setting(1000, identity=True, check=Interval(int, 1, MAX_N), aliases=("--num-samples",), metavar="N",
+                     help="noisy samples per input (--num-samples under torchrun)")
     sample_sizes: tuple[int, ...] | None = setting(None, identity=True, legacy=None)
-    seed: int = setting(0, identity=True, check=Interval(int, 0))
-    max_k_prime: int = setting(5, identity=True, check=Interval(int, 1))
-    num_inputs: int | None = setting(500, identity=True, check=Optional(Interval(int, 0)))
-    chunk_size: int = setting(10, identity=True, check=Interval(int, 1))
+    seed: int = setting(0, identity=True, check=Interval(int, 0), metavar="S",
+                        help="chooses the inputs and seeds the noise")
+    max_k_prime: int = setting(5, identity=True, check=Interval(int, 1), metavar="K",
+                               help="store counts for every k' <= this")
+    num_inputs: int | None = setting(500, identity=True, check=Optional(Interval(int, 0)), metavar="N",
+                                     help="random test inputs (0: all)")
+    chunk_size: int = setting(10, identity=True, check=Interval(int, 1), metavar="N",
+                              help="inputs per saved chunk (a kill loses at most one)")
     precision: str = setting("fp32", identity=True, legacy="fp32")
     channels_last: bool = setting(False, identity=True, legacy=False)
     compile: bool = setting(False, identity=True, legacy=False)
@@ -116,13 +121,22 @@ class RunSpec(Settings):
     # the Python file defining the model, for a file factory: the checkpoint holds the weights, not the code
     model_file_sha256: str | None = setting(None, identity=True, legacy=None)
     # the noise kind (float or sound) and whether one noise block is shared by every input
-    noise: str = setting("float", identity=True, check=_noise, legacy="float")
-    shared_noise: bool = setting(False, identity=True, legacy=False)
+    noise: str = setting("float", identity=True, check=_noise, legacy="float", choices=tuple(NOISE_KINDS),
+                         help="float: Gaussian in floating point; sound: rounded to the 1/255 grid, sound in "
+                         "floating point for 8-bit inputs (docs/soundness.md)")
+    shared_noise: bool = setting(False, identity=True, legacy=False, action="store_true",
+                                 help="one noise block for every input (faster; each certificate keeps its "
+                                 "1 - alpha, but failures correlate across inputs)")
     # the version of the dataset's pixels (multiguard.data.DatasetInfo.version): runs before it was recorded
     # read as None, so a multidigits run of 0.1's float pixels is not resumed on the 8-bit ones
     dataset_version: int | None = setting(None, identity=True, legacy=None)
-    batch_size: int = setting(1000, check=Interval(int, 1))
+    batch_size: int = setting(1000, check=Interval(int, 1), metavar="B", help="noisy samples per forward pass")
     record: dict[str, Any] = setting(default_factory=dict, check=_mapping)
+
+    #: The fields a certify command line sets (:func:`multiguard.common.settings.add_arguments` makes their options
+    #: from the declarations above); the others come from the checkpoint, the dataset and the stop rule.
+    PLAN_FIELDS: ClassVar[tuple[str, ...]] = ("n", "seed", "batch_size", "num_inputs", "max_k_prime", "noise",
+                                             "shared_noise", "chunk_size")
 
     def _check(self) -> None:
         if self.stop_rule is not None and self.stop_rule.k_prime > self.max_k_prime:

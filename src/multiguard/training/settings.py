@@ -16,11 +16,11 @@ The objectives, losses, augmentations and recipes these settings name are the re
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from multiguard.common.settings import Interval, OneOf, Optional, Settings, setting
+from multiguard.common.settings import Choices, Interval, OneOf, Optional, Settings, setting
 from multiguard.common.validation import check_bool
 from multiguard.data import DATASETS, dataset_names
 from multiguard.denoising.architectures import DENOISER_ARCHITECTURES
@@ -61,19 +61,6 @@ def with_recipe(explicit: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     overridden = {key: [values[key], explicit[key]] for key in values
                   if key in explicit and explicit[key] != values[key]}
     return fields, {"name": name, "values": values, "overridden": overridden}
-
-
-class _Choices:
-    """argparse ``choices`` read when parsing (``names()``), so that extensions registered later count."""
-
-    def __init__(self, names: Callable[[], tuple[str, ...]]) -> None:
-        self.names = names
-
-    def __contains__(self, value: object) -> bool:
-        return value in self.names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
 
 def _option_value(text: str) -> Any:
@@ -185,7 +172,7 @@ class TrainSettings(Settings):
     batch_size: int = setting(32, identity=True, check=Interval(int, 1), help="training batch size")
     lr: float = setting(1e-3, identity=True, check=Interval(float, 0.0, open_low=True),
                         help="learning rate (the peak of a --schedule)")
-    loss: str = setting("asl", identity=True, check=check_loss, choices=_Choices(LOSSES.names), help="training loss")
+    loss: str = setting("asl", identity=True, check=check_loss, choices=Choices(LOSSES.names), help="training loss")
     clamp: bool = setting(False, identity=True, check=_flag, action="store_true",
                           help="clamp noisy inputs to [0, 1] (also when certifying)")
     seed: int = setting(0, identity=True, check=Interval(int, 0), help="seeds initialisation, data order and noise")
@@ -216,7 +203,7 @@ class TrainSettings(Settings):
         "machine)")
     num_workers: int = setting(0, check=Interval(int, 0), help="data loader workers for image files")
     objective: str = setting("gaussian", identity=True, check=OneOf(lambda: objective_names("classifier")),
-                             legacy="gaussian", choices=_Choices(lambda: objective_names("classifier")),
+                             legacy="gaussian", choices=Choices(lambda: objective_names("classifier")),
                              help="training objective (docs/training.md: what each optimises)")
     objective_options: dict[str, Any] = setting(
         default_factory=dict, identity=True, check=_objective_options, legacy={}, flag="--objective-option",
@@ -225,7 +212,7 @@ class TrainSettings(Settings):
         "weight, temperature, consistency, warmup) (repeatable)")
 
     recipe: str | None = setting(
-        None, check=Optional(OneOf(lambda: RECIPES.names())), choices=_Choices(lambda: RECIPES.names()),
+        None, check=Optional(OneOf(lambda: RECIPES.names())), choices=Choices(lambda: RECIPES.names()),
         help="a registered recipe: the settings it names (printed in full, recorded in the checkpoint); every "
         "option given explicitly overrides its value")
     optimizer: str = setting("adam", identity=True, check=OneOf(("adam", "adamw")), legacy="adam",
@@ -289,7 +276,7 @@ class DenoiserTrainSettings(Settings):
             f"{e.name}: {', '.join(e.record.options) or 'none'}" for e in DENOISER_ARCHITECTURES.entries())
         + " (repeatable)")
     objective: str = setting("mse", identity=True, check=OneOf(lambda: objective_names("denoiser")),
-                             choices=_Choices(lambda: objective_names("denoiser")), help="training objective")
+                             choices=Choices(lambda: objective_names("denoiser")), help="training objective")
     classifier: str | None = setting(
         None, check=Optional(_path),
         help="classifier checkpoint: needed for stability; with mse its top-1 agreement is reported")

@@ -89,7 +89,8 @@ def add_attack_choice(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 def _attack_options(p: argparse.ArgumentParser) -> None:
     add_model_source(p)
-    add_sampling(p, n_help="fresh samples that measure the attacked prediction")
+    add_sampling(p, n_help="fresh samples that measure the attacked prediction",
+                 seed_help="chooses the inputs and seeds the noise")
     group(p, SAMPLING).add_argument("--num-inputs", type=int, default=100, metavar="N",
                                     help="random test inputs to attack (0: all)")
     attack = group(p, ATTACK)

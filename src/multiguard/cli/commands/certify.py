@@ -13,19 +13,14 @@ from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
     OUTPUT,
     SAMPLING,
-    SEQUENTIAL,
-    add_bounds,
     add_model_source,
-    add_noise,
     add_output,
     add_sampling,
     add_shard,
     add_stop_rule,
     add_thresholds,
     apply_threads,
-    group,
     mode_args,
-    stop_rule_options,
 )
 
 _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
@@ -137,7 +132,7 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             context=context,
             stop_rule=None if args.stop_at_radius is None else StopRule(
                 radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha,
-                **stop_rule_options(args, _stored_stop_rule(args.out) if args.resume else None)),
+                **StopRule.procedure_from(args, _stored_stop_rule(args.out) if args.resume else None)),
             log=quiet_say,
             denoiser=args.denoiser,
             on_progress=printer,
@@ -200,24 +195,25 @@ def _say_outcome(args: argparse.Namespace, result: Any, wall: float, say: Callab
 
 
 def _certify_options(p: argparse.ArgumentParser) -> None:
+    """certify's options: the run's plan generated from :class:`multiguard.runs.spec.RunSpec`'s fields
+    (``RunSpec.PLAN_FIELDS``), the stopping rule from :class:`multiguard.certificates.stop_rule.StopRule`'s."""
+    from multiguard.common.noise_kinds import IMAGE_DEFAULT_NOISE
+    from multiguard.common.settings import add_arguments
+    from multiguard.runs.spec import RunSpec
+
     add_model_source(p)
-    add_sampling(p, n_aliases=("--num-samples",), n_help="noisy samples per input (--num-samples under torchrun)")
-    sampling = group(p, SAMPLING)
-    sampling.add_argument("--num-inputs", type=int, default=500, metavar="N", help="random test inputs (0: all)")
-    sampling.add_argument("--max-k-prime", type=int, default=None, metavar="K",
-                          help="store counts for every k' <= this (default: min(5, number of classes))")
+    groups = {**dict.fromkeys(RunSpec.PLAN_FIELDS, SAMPLING), "chunk_size": OUTPUT}
+    plan = {"only": RunSpec.PLAN_FIELDS[:-1], "groups": groups, "parsed_defaults": True,
+            "helps": {"max_k_prime": "store counts for every k' <= this (default: min(5, number of classes))"},
+            "defaults": {"noise": IMAGE_DEFAULT_NOISE, "max_k_prime": None}}
+    add_arguments(p, RunSpec, **plan)
+    add_sampling(p, n_help=None)
     add_shard(p)
-    add_noise(p)
     add_stop_rule(
         p, stop_help="each input stops once its certified size at R (for --k, --k-prime, --alpha) is settled; n is "
-        "then the most samples (docs/sequential.md)", futility_help="when to give up on an input")
-    sequential = group(p, SEQUENTIAL)
-    sequential.add_argument("--k", type=int, default=3, metavar="K", help="k of the stopping rule")
-    sequential.add_argument("--k-prime", type=int, default=1, metavar="K", help="k' of the stopping rule")
-    sequential.add_argument("--alpha", type=float, default=0.001, help="alpha of the stopping rule")
-    add_bounds(p)
+        "then the most samples (docs/sequential.md)", futility_help="when to give up on an input",
+        rule_values={"k": 3, "k_prime": 1, "alpha": 0.001})
     add_thresholds(p)
     add_output(p, metavar="RUN_DIR", help="the run folder to write",
                resume="continue the run in --out (its settings must agree)")
-    group(p, OUTPUT).add_argument("--chunk-size", type=int, default=10, metavar="N",
-                                  help="inputs per saved chunk (a kill loses at most one)")
+    add_arguments(p, RunSpec, **{**plan, "only": RunSpec.PLAN_FIELDS[-1:]})

@@ -17,7 +17,6 @@ from multiguard.cli.options import (
     HARDWARE,
     OUTPUT,
     THRESHOLDED,
-    add_bounds,
     add_model_source,
     add_noise,
     add_resize,
@@ -27,7 +26,6 @@ from multiguard.cli.options import (
     apply_threads,
     group,
     mode_args,
-    stop_rule_options,
 )
 
 
@@ -82,7 +80,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         **mode,
         stop_rule=None if args.stop_at_radius is None else StopRule(radius=args.stop_at_radius,
-                                                                  **stop_rule_options(args)),
+                                                                  **StopRule.procedure_from(args)),
         denoiser=args.denoiser,
         thresholds=args.threshold,
         threshold_scale=args.threshold_scale,
@@ -148,7 +146,7 @@ def _predict_options(p: argparse.ArgumentParser, images: bool = True) -> None:
     add_model_source(p, data=False)
     if images:
         p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    add_sampling(p, n_help="samples that certify them", seed_help="seeds the noise")
+    add_sampling(p, n_help="samples that certify them")
     certificate = group(p, CERTIFICATE)
     certificate.add_argument("--k", type=int, default=3, metavar="K", help="labels to predict")
     certificate.add_argument("--k-prime", type=int, default=1, metavar="K", help="labels the base classifier predicts")
@@ -157,7 +155,6 @@ def _predict_options(p: argparse.ArgumentParser, images: bool = True) -> None:
     add_stop_rule(
         p, stop_help="stop sampling an image once how many of its labels are certified at R is settled (--n is then "
         "the most samples)", futility_help="with --stop-at-radius: when to give up on an image (see certify --help)")
-    add_bounds(p)
     add_thresholds(p, rule=False)
     add_noise(p, shared=False)
     add_resize(p)

@@ -12,7 +12,7 @@ import sys
 
 from multiguard.cli.commands.predict import _predict_options, apply_mode_of
 from multiguard.cli.console import echo
-from multiguard.cli.options import apply_threads, group, mode_args, stop_rule_options
+from multiguard.cli.options import apply_threads, group, mode_args
 
 SERVER = "server"
 TOKEN_ENV = "MULTIGUARD_TOKEN"
@@ -26,6 +26,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ValueError(f"serve: needs the serve extra ({error.name} is missing): pip install 'multiguard[serve]'"
                          ) from None
+    from multiguard.certificates.stop_rule import StopRule
     from multiguard.common.devices import resolve_device
     from multiguard.serving.predict import load_model
 
@@ -45,7 +46,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if (warning := model.spec.sigma_warning()) is not None:
         print(f"multiguard serve: {warning}", file=sys.stderr, flush=True)
     settings = ServeSettings(k=args.k, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
-                             stop_at_radius=args.stop_at_radius, stop_rule=stop_rule_options(args), q=args.q,
+                             stop_at_radius=args.stop_at_radius, stop_rule=StopRule.procedure_from(args), q=args.q,
                              resize=args.resize,
                              max_n=args.max_n, max_files=args.max_files, max_body_bytes=args.max_body_bytes,
                              max_queue=args.max_queue, max_batch_images=args.max_batch_images,
