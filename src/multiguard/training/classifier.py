@@ -57,6 +57,7 @@ from multiguard.training.engine import (
     add_noise,
     base_and_indices,
     batches,
+    finish_job,
     fork_rng,
     global_batches,
     identity_now,
@@ -358,6 +359,7 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
         _measure_imported(s, model, meta, evaluate, save, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])
     model.class_names = list(meta["class_names"])
+    finish_job(dist)
     return model.eval(), meta
 
 

@@ -53,6 +53,7 @@ from multiguard.training.engine import (
     add_noise,
     base_and_indices,
     batches,
+    finish_job,
     fork_rng,
     identity_now,
     load_splits,
@@ -305,6 +306,7 @@ def _train_denoiser(settings: DenoiserTrainSettings, *, out: str | os.PathLike |
     meta["epochs"] = max(stages[-1][2], meta["epoch"])
     denoiser = denoiser.to(memory_format=torch.contiguous_format)
     _final_check(s, meta, frozen, test_set, device, log, rank_zero=dist is None or dist.rank == 0)
+    finish_job(dist)
     return denoiser.eval(), meta
 
 

@@ -114,6 +114,16 @@ def start_job(device: str | torch.device, out: str | os.PathLike | None, *, resu
     return dist, device, out_path, log
 
 
+def finish_job(dist: Any) -> None:
+    """What a training process under torchrun does last: wait for every rank, then leave the process group
+    (``destroy_process_group``), so no rank's interpreter exits holding a live gloo group whose connections
+    another rank still has open (an exit without it aborted a rank now and then, SIGABRT in gloo's teardown).
+    Nothing without ``dist``."""
+    if dist is not None:
+        dist.barrier()
+        dist.close()
+
+
 def make_log(progress: bool, log: Log | None) -> Log:
     """``log``, or by default ``tqdm.write`` with ``progress`` and silence without."""
     if log is not None:
