@@ -111,6 +111,18 @@ def test_the_figure_is_the_papers_six_rows_by_three_metrics_and_the_attack_row(t
     assert drawn[0] < 0.002 and drawn[2] < 0.002 and drawn[1] > 0.02, drawn  # one panel: the recall column
 
 
+def test_the_readme_overview_is_the_figures_first_three_rows(tiny_demo, tmp_path) -> None:
+    from multiguard.demo import draw_overview
+
+    out, _ = tiny_demo
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    three = _png_size(draw_overview(out, tmp_path / "overview.png"))
+    one = _png_size(out / "figure-sigma.png")
+    row = FIGURE_ROW_INCHES * FIGURE_DPI
+    assert three[0] == one[0] and abs((three[1] - one[1]) / row - 2) < 0.15, (three, one)  # two rows more than one
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before  # the demo folder untouched
+
+
 def test_the_attack_panel_draws_the_attacks_own_files_and_none_is_below_its_certificate(
         tiny_demo, monkeypatch, capsys) -> None:
     from multiguard import demo

@@ -26,9 +26,9 @@ from multiguard.runs import folder as _folder
 from multiguard.runs import job as _job
 from multiguard.runs.certify_step import sample_checkpoint
 
-__all__ = ["ATTACK_DIR", "DEMO_ALPHAS", "DEMO_SETTINGS", "DEMO_SIGMA", "DENOISED_DEMO_SETTINGS", "DemoResult",
-           "DenoisedDemoResult", "demo_paths", "demo_steps", "figure_rows", "run_demo", "run_denoised_demo",
-           "sigma_table"]
+__all__ = ["ATTACK_DIR", "DEMO_ALPHAS", "DEMO_SETTINGS", "DEMO_SIGMA", "DENOISED_DEMO_SETTINGS", "OVERVIEW_ROWS",
+           "DemoResult", "DenoisedDemoResult", "demo_paths", "demo_steps", "draw_overview", "figure_rows", "run_demo",
+           "run_denoised_demo", "sigma_table"]
 
 
 @dataclass
@@ -281,6 +281,26 @@ def figure_rows(reports: dict[str, _report.Report], keys: tuple[str, ...] | None
         else:
             rows.append((titles[key], reports[key].curves))
     return rows
+
+
+OVERVIEW_ROWS: tuple[str, ...] = ("report", "report-k-prime", "report-k")
+"""The rows of the README's overview figure (``docs/demo-figure.png``): the first three of :data:`FIGURE_ROWS`."""
+
+
+def draw_overview(demo_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Draw the README's overview figure from a finished demo folder: the first three rows of its ``figure.png``
+    (MultiGuard vs Jia et al., the impact of k' and of k; :data:`OVERVIEW_ROWS`) with its caption, from the
+    main run's saved counts (the reports are made again in a temporary folder: nothing in ``demo_dir`` changes).
+    Returns ``path``; ``docs/demo-figure.png`` is ``draw_overview("multiguard-demo", "docs/demo-figure.png")``."""
+    import tempfile
+
+    run = _folder.load_run(demo_paths(demo_dir, DEMO_SIGMA)[1])
+    specs = _main_report_specs(run)
+    with tempfile.TemporaryDirectory(prefix="multiguard-overview-") as scratch:
+        reports = {name: _report.make_report([run], Path(scratch) / name, names=["multidigits"],
+                                             radius_grid=DEMO_RADIUS_GRID, **specs[name]) for name in OVERVIEW_ROWS}
+    _plots.plot_figure(figure_rows(reports, OVERVIEW_ROWS), Path(path), caption=_figure_caption(run))
+    return Path(path)
 
 
 def _figure_caption(run: Any) -> str:
