@@ -829,3 +829,22 @@ def test_a_killed_attack_resumes_to_the_same_numbers(own_model, tmp_path):
         for key in whole.files:
             np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
     assert (out / "empirical.csv").read_bytes() == (tmp_path / "whole" / "empirical.csv").read_bytes()
+
+
+def test_a_sequential_run_resumes_with_its_own_rule_and_a_changed_rule_option_names_that_option(
+        own_model, tmp_path, capsys):
+    """--resume of a sequential run without --stop-at-radius continues it under its stored rule; a rule option
+    given then (--bounds, --futility-margin) is compared with the run's rule, not refused as 'no
+    --stop-at-radius', and the refusal names only the fields that differ."""
+    ck, out = str(own_model["checkpoint"]), tmp_path / "seq"
+    made = run_in_process(capsys, "certify", "--checkpoint", ck, *SMALL, "--stop-at-radius", "0.25", "--bounds",
+                          "betting", "--out", str(out))
+    assert made[0] == 0, made[2]
+    resumed = run_in_process(capsys, "certify", "--checkpoint", ck, "--out", str(out), "--resume", "--device", "cpu")
+    assert resumed[0] == 0, resumed[2]
+    assert "stop_at_radius = 0.25" in resumed[1] and "sequential at R = 0.25" in resumed[1]
+    result = run_in_process(capsys, "certify", "--checkpoint", ck, "--out", str(out), "--resume", "--device", "cpu",
+                            "--bounds", "union", "--futility-margin", "0.3")
+    assert_one_line_error_in_process(result, "stop_rule's bounds: the run has 'betting', the arguments give 'union'",
+                                     "stop_rule's margin: the run has 0.2")
+    assert "stop-at-radius, which is not given" not in result[2] and "'schedule'" not in result[2]

@@ -152,19 +152,23 @@ def _identity_mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str 
         if not _same_value(_comparable(name, old), _comparable(name, new)):
             path = wanted.get(name.removesuffix("_sha256")) if name.endswith("_sha256") else None
             about = f" ({path} changed since the run was made)" if old is not None and new is not None and path else ""
+            if name == "stop_rule" and isinstance(old, dict) and isinstance(new, dict):  # only the fields that differ
+                found.append(_settings_difference(old, new, f"{name}'s ")[2:])
+                continue
             found.append(f"{name}: the run has {old!r}, the arguments give {new!r}{about}" + _settings_difference(
                 existing.get(f"{name.removesuffix('_sha256')}_settings"),
                 wanted.get(f"{name.removesuffix('_sha256')}_settings")))
     return "; ".join(found) or None
 
 
-def _settings_difference(old: Any, new: Any) -> str:
+def _settings_difference(old: Any, new: Any, prefix: str = "") -> str:
     """``' (timestep: the run has 258, the arguments give 144)'``: the recorded settings behind a digest that
     differs (a denoiser's), when both sides have them; else nothing."""
     if not isinstance(old, dict) or not isinstance(new, dict):
         return ""
     keys = [key for key in dict.fromkeys([*old, *new]) if not _same_value(old.get(key), new.get(key))]
-    return "".join(f"; {key}: the run has {old.get(key)!r}, the arguments give {new.get(key)!r}" for key in keys)
+    return "".join(f"; {prefix}{key}: the run has {old.get(key)!r}, the arguments give {new.get(key)!r}"
+                   for key in keys)
 
 
 def _prepare_run_dir(

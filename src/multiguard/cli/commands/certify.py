@@ -96,8 +96,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from multiguard.runs.certify_step import sample_checkpoint
 
     place, shard = _shard(args.shard)
+    from_run = _settings_from_run(args) if args.resume else []  # a sequential run resumes with its own rule
     _check_stop_rule_options(args)
-    from_run = _settings_from_run(args) if args.resume else []
     context = init_distributed(args.device)
     try:
         say = echo if context.rank == 0 else (lambda line: None)
