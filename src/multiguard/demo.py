@@ -47,6 +47,7 @@ class DemoResult:
     run_dirs: dict[float, Path] = field(default_factory=dict)
     sigma_figure: Path | None = None
     attack_dir: Path | None = None
+    findings: Path | None = None  # findings.md: which of the paper's findings the demo's numbers reproduce
 
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
@@ -338,7 +339,22 @@ def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log,
     if sigma_report is not None:
         figures["sigma"] = out / "figure-sigma.png"
         _plots.plot_figure(figure_rows(reports, ("report-sigma",)), figures["sigma"], caption=caption)
+    figures["findings"] = _write_findings(out, reports, caption)
     return reports, figures
+
+
+def _write_findings(out: Path, reports: dict[str, _report.Report], caption: str) -> Path:
+    """``findings.md``: which of the paper's findings these reports reproduce
+    (:func:`multiguard.evaluation.findings.paper_findings`), with the values that decide each."""
+    from multiguard.common.files import atomic_write_bytes
+    from multiguard.evaluation.findings import findings_markdown, paper_findings
+
+    findings = paper_findings({name: report.curves for name, report in reports.items()})
+    held = sum(f.holds for f in findings)
+    text = (f"# The paper's findings on this demo\n\n{caption}.\n\n{held} of {len(findings)} hold on these "
+            f"numbers.\n\n{findings_markdown(findings)}\n")
+    atomic_write_bytes(out / "findings.md", text.encode())
+    return out / "findings.md"
 
 
 def _indented(log: Log) -> Log:
@@ -417,7 +433,8 @@ def run_demo(
     ``attack.json``) and ``report-attack/`` (the main run's certificate with the attack over it; its
     ``summary.md`` holds the attacked and certified values and the inputs below their certificate), full demo
     only. Running it again reuses every finished model, run and attack; a killed demo continues where it
-    stopped.
+    stopped. ``findings.md`` says which of the paper's findings (Section 4.2) these numbers reproduce, with the
+    values that decide each (:func:`multiguard.evaluation.findings.paper_findings`).
 
     Sampling runs in the fastest safe mode by default: ``precision="auto"`` (bf16 + channels_last where the
     device has native bf16) and ``compile``; the run records the mode and the report names it. ``noise`` and
@@ -437,7 +454,7 @@ def run_demo(
     checkpoints = {sigma: demo_paths(out, sigma)[0] for sigma in run_dirs}
     return DemoResult(out, checkpoints[DEMO_SIGMA], run_dirs[DEMO_SIGMA], reports, figures["figure"], seconds,
                       checkpoints=checkpoints, run_dirs=run_dirs, sigma_figure=figures.get("sigma"),
-                      attack_dir=attack_dir)
+                      attack_dir=attack_dir, findings=figures["findings"])
 
 
 # ---------------------------------------------------------------------------------- the denoised demo

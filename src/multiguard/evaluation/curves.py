@@ -329,22 +329,23 @@ def write_csv(curves: Sequence[Curve], path: str | os.PathLike[str]) -> None:
 
 
 def read_csv(path: str | os.PathLike[str]) -> list[Curve]:
-    """Read a ``curves.csv`` back into :class:`Curve` objects (rows grouped by run, method, k, k', alpha)."""
-    groups: dict[tuple[str, str, int, int, float, str], list[dict[str, str]]] = {}
+    """Read a ``curves.csv`` back into :class:`Curve` objects (rows grouped by run, method, k, k', alpha, n and
+    q: an impact-of-n report's curves differ in n alone)."""
+    groups: dict[tuple[str, str, int, int, float, int, str], list[dict[str, str]]] = {}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) not in (CSV_COLUMNS, CSV_COLUMNS + ("q",)):
             raise ValueError(f"{path} does not have the columns {','.join(CSV_COLUMNS)}")
         for row in reader:
-            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]),
+            key = (row["run"], row["method"], int(row["k"]), int(row["k_prime"]), float(row["alpha"]), int(row["n"]),
                    row.get("q") or "")
             groups.setdefault(key, []).append(row)
     curves = []
-    for (run, method, k, k_prime, alpha, cut), rows in groups.items():
+    for (run, method, k, k_prime, alpha, n, cut), rows in groups.items():
         curves.append(
             Curve(
                 run=run, method=method, k=k, k_prime=k_prime, alpha=alpha,
-                sigma=float(rows[0]["sigma"]), n=int(rows[0]["n"]),
+                sigma=float(rows[0]["sigma"]), n=n,
                 radius=np.array([float(r["radius"]) for r in rows]),
                 precision=np.array([float(r["precision"]) for r in rows]),
                 recall=np.array([float(r["recall"]) for r in rows]),

@@ -352,9 +352,7 @@ def _train(settings: TrainSettings, *, out: str | os.PathLike | None, resume: bo
                         scheduler=scheduler, scaler=scaler, ema=ema, autocast_dtype=autocast_dtype,
                         channels_last=channels_last, accumulate=s.accumulate, augment=compose_augmentations(s.augment))
     loop.run(meta, s.epochs, log)
-    if ema is not None:
-        model = ema.module
-    model = model.to(memory_format=torch.contiguous_format)
+    model = (model if ema is None else ema.module).to(memory_format=torch.contiguous_format)  # the EMA is served
     if s.epochs == 0 and not meta["metrics"]:  # imported weights: measured once, saved as a checkpoint
         _measure_imported(s, model, meta, evaluate, save, log)
     meta["epochs"] = max(s.epochs, meta["epoch"])

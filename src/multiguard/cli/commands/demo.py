@@ -79,6 +79,12 @@ def _echo_tables(result: DemoResult) -> None:
         echo()
         echo(_section(reports["report-attack"].summary, "## Under attack"))
         echo()
+    if result.findings is not None:
+        text = result.findings.read_text()
+        echo("### The paper's findings on these numbers (findings.md)")
+        echo()
+        echo(text.split("\n\n", 2)[2].rstrip())  # after its title and caption: the count, then the table
+        echo()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -115,6 +121,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         echo(f"  {'sigma row':<15} {result.sigma_figure}")
     if result.attack_dir is not None:
         echo(f"  {'attack':<15} {result.attack_dir}/ (empirical.csv, per_input.npz, attack.json)")
+    if result.findings is not None:
+        echo(f"  {'findings':<15} {result.findings} (which of the paper's findings these numbers reproduce)")
     return 0
 
 
