@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from multiguard.cli.console import echo
 from multiguard.cli.options import (
     DEMO_COMPILE,
+    DEMO_PRECISION,
     add_device,
     add_mode,
     add_noise,
@@ -134,7 +135,7 @@ def _demo_options(p: argparse.ArgumentParser) -> None:
                    help="instead: denoised smoothing, a classifier trained without noise alone, behind an MSE and a "
                    "stability denoiser, and a noise-trained one, certified on the same 100 inputs (into OUT/denoised)")
     add_device(p)
-    add_mode(p, default="auto", compile_default=DEMO_COMPILE)
+    add_mode(p, default=DEMO_PRECISION, compile_default=DEMO_COMPILE)
     add_noise(p)
 
 
