@@ -831,6 +831,19 @@ def test_a_killed_attack_resumes_to_the_same_numbers(own_model, tmp_path):
     assert (out / "empirical.csv").read_bytes() == (tmp_path / "whole" / "empirical.csv").read_bytes()
 
 
+def test_predict_refuses_stop_rule_options_without_stop_at_radius(own_model, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(image)
+    for option, value in (("--futility", "margin"), ("--bounds", "betting"), ("--spending", "0.5")):
+        result = run_in_process(capsys, "predict", "--checkpoint", str(own_model["checkpoint"]), str(image),
+                                "--n", "100", "--device", "cpu", option, value)
+        assert_one_line_error_in_process(result, f"{option} only sets the stopping rule of --stop-at-radius",
+                                         "every image gets --n samples")
+    code, _, err = run_in_process(capsys, "predict", "--checkpoint", str(own_model["checkpoint"]), str(image), "--n",
+                                  "100", "--device", "cpu", "--bounds", "betting", "--stop-at-radius", "0.1")
+    assert code == 0, err
+
+
 def test_a_sequential_run_resumes_with_its_own_rule_and_a_changed_rule_option_names_that_option(
         own_model, tmp_path, capsys):
     """--resume of a sequential run without --stop-at-radius continues it under its stored rule; a rule option

@@ -12,6 +12,7 @@ from typing import Any
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
     OUTPUT,
+    PROCEDURE_OPTIONS,
     SAMPLING,
     add_model_source,
     add_output,
@@ -21,13 +22,13 @@ from multiguard.cli.options import (
     add_thresholds,
     apply_threads,
     mode_args,
+    refuse_rule_options_without_radius,
 )
 
 _STOP_RULE_OPTIONS = ("k", "k_prime", "alpha", "futility")
-# the options that only set the procedure of a stopping rule (a resumed run's come from its stop rule)
+# the options of a stopping rule a resumed run's stop rule gives when they are not given (with its radius)
 
 
-_PROCEDURE_OPTIONS = ("futility_margin", "schedule", "spending", "bounds")
 # certify's options that a --resume takes from the run's metadata.json when they are not given: (dest, key)
 
 
@@ -39,14 +40,11 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
 
 
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
-    """--k, --k-prime, --alpha, --futility, --futility-margin, --schedule and --spending set the stopping rule:
-    without --stop-at-radius they would be ignored, so they are refused (a fixed-n run stores counts for every
-    k, k' and alpha)."""
-    given = [name for name in (*_STOP_RULE_OPTIONS, *_PROCEDURE_OPTIONS) if name in getattr(args, "given", ())]
-    if given and args.stop_at_radius is None and "stop_at_radius" not in getattr(args, "given", ()):
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise ValueError(f"{given[0]}: {flags} only set the stopping rule of --stop-at-radius, which is not given; "
-                         "a fixed-n run stores counts for every k, k' and alpha: choose them in multiguard report")
+    """--k, --k-prime, --alpha and the rule's procedure options set the stopping rule: without --stop-at-radius
+    they would be ignored, so they are refused (a fixed-n run stores counts for every k, k' and alpha)."""
+    refuse_rule_options_without_radius(args, ("k", "k_prime", "alpha", *PROCEDURE_OPTIONS),
+                                       "a fixed-n run stores counts for every k, k' and alpha: choose them in "
+                                       "multiguard report")
 
 
 def _settings_from_run(args: argparse.Namespace) -> list[str]:

@@ -16,6 +16,7 @@ from multiguard.cli.options import (
     CERTIFICATE,
     HARDWARE,
     OUTPUT,
+    PROCEDURE_OPTIONS,
     THRESHOLDED,
     add_model_source,
     add_noise,
@@ -26,6 +27,7 @@ from multiguard.cli.options import (
     apply_threads,
     group,
     mode_args,
+    refuse_rule_options_without_radius,
 )
 
 
@@ -63,6 +65,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from multiguard.common.devices import resolve_device
     from multiguard.serving.predict import predict_images
 
+    refuse_rule_options_without_radius(args, PROCEDURE_OPTIONS, "without it every image gets --n samples")
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
     apply_threads(args, (lambda line: None) if args.json else echo)
