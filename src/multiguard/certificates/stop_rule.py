@@ -48,11 +48,13 @@ class StopRule(Settings):
     is spent
     over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
     shares). ``bounds`` says which anytime bounds the rule and the certificate read: ``union`` (Clopper-Pearson
-    at each look's share of alpha) or ``betting`` (the beta-binomial mixture confidence sequences of
+    at each look's share of alpha), ``betting`` (the beta-binomial mixture confidence sequences of
     :mod:`multiguard.certificates.betting`, valid at every n; ``spending`` is then not read, and the schedule
-    ``every-block`` looks after every noise block). Runs written before the schedule, spending, margin and bounds
-    existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values), so they are reported with
-    their own bounds."""
+    ``every-block`` looks after every noise block) or ``betting-cp`` (those sequences at ``1 - spending`` of each
+    bound's alpha, and at the last look the better of them and a fixed-n Clopper-Pearson bound at ``spending``
+    of it: ``spending`` is then that share, ``None`` reading as 1/2). Runs written before the schedule,
+    spending, margin and bounds existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values),
+    so they are reported with their own bounds."""
 
     option_names = False
 
@@ -71,7 +73,8 @@ class StopRule(Settings):
     margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
                             legacy=DEFAULT_MARGIN, help="gamma of the margin futility rule")
     bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union",
-                          help="the anytime bounds read: union (over the looks) or betting (confidence sequences)")
+                          help="the anytime bounds read: union (over the looks), betting (confidence sequences) or "
+                          "betting-cp (confidence sequences, and Clopper-Pearson at the last look)")
 
     def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
         """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call

@@ -256,8 +256,8 @@ def add_bounds(p: argparse.ArgumentParser) -> None:
     from multiguard.certificates.sequential import BOUNDS, DEFAULT_BOUNDS
 
     group(p, SEQUENTIAL).add_argument(
-        "--bounds", default=None, choices=list(BOUNDS),
-        help=f"anytime bounds: union or betting (confidence sequences) (default {DEFAULT_BOUNDS})")
+        "--bounds", default=None, choices=list(BOUNDS), metavar="NAME",
+        help=f"anytime bounds: {', '.join(BOUNDS)} (default {DEFAULT_BOUNDS})")
 
 
 def _spending(text: str) -> float | str:
@@ -281,7 +281,7 @@ def stop_rule_options(args: argparse.Namespace, stored: dict | None = None) -> d
     spending = base.spending if args.spending is None else (None if args.spending == "equal" else args.spending)
     bounds = base.bounds if getattr(args, "bounds", None) is None else args.bounds
     schedule = base.schedule if args.schedule is None else args.schedule
-    if args.schedule is None and bounds == "betting" and bounds != base.bounds:
+    if args.schedule is None and bounds in ("betting", "betting-cp") and base.bounds not in ("betting", "betting-cp"):
         schedule = "every-block"  # the confidence sequences are valid at every n: look after every noise block
     return {"futility": base.futility if args.futility is None else args.futility,
             "schedule": schedule,
