@@ -204,7 +204,7 @@ SCHEDULES: Registry[Callable[[int], np.ndarray], None] = Registry("schedule", ar
 SCHEDULES.register("1-2-5", sample_size_schedule,
                    help="100, 200, 500, 1000, 2000, ... (the looks of runs written before schedules existed)")
 SCHEDULES.register("every-block", lambda n: np.array([*range(NOISE_BLOCK, n, NOISE_BLOCK), n], dtype=np.int64),
-                   help="after every noise block: 100, 200, 300, ... (for --bounds betting, which looks for free)")
+                   help="after every noise block: 100, 200, 300, ... (for --bounds betting and betting-cp)")
 SCHEDULES.register("fine", fine_sample_size_schedule,
                    help="100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, ... (about 20 %% apart; "
                    "the default)")
