@@ -28,6 +28,10 @@ Columns, per (model, R, most samples):
 - each procedure: mean samples per input, F1@R, its F1 minus fixed n's (points), and its mean samples over
   the oracle's.
 
+``betting-cp`` is the betting column's sequences at 1/4 of each bound's alpha plus, at the last look, a fixed-n
+Clopper-Pearson bound at the other w = 3/4 (read where better); ``--cp-shares`` replays other shares w of that
+bound and prints them in a table of their own.
+
 ``--search`` adds a grid (schedule x share of alpha at the last look x futility margin gamma) for the design
 choice. Writes ``results.json`` and ``sequential.png`` into ``--work``.
 """
@@ -76,6 +80,8 @@ class Procedure:
         rule = f"margin gamma={self.margin:g}" if self.futility == "margin" else self.futility
         if self.bounds == "betting":
             return f"{rule}, {self.schedule}, betting bounds"
+        if self.bounds == "betting-cp":
+            return f"{rule}, {self.schedule}, betting bounds + Clopper-Pearson at the last look ({spend})"
         return f"{rule}, {self.schedule}, {spend}"
 
 
@@ -86,7 +92,13 @@ PROCEDURES = {
     "default": Procedure(seq.DEFAULT_SCHEDULE, seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN),
     # issue 31: the confidence sequences of multiguard.certificates.betting, looking after every noise block
     "betting": Procedure("every-block", None, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN, "betting"),
+    # the same sequences at (1 - w) of each bound's alpha, and at the last look the better of them and a fixed-n
+    # Clopper-Pearson bound at w of it (w = the spending share: the command line's default, 0.75)
+    "betting-cp": Procedure("every-block", seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN,
+                            "betting-cp"),
 }
+CP_SHARES = (0.5, 0.75, 0.9)
+"""The shares w of betting-cp replayed besides (``--cp-shares``), printed in a table of their own."""
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -223,6 +235,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sampling only)")
     parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="target radii R")
     parser.add_argument("--search", action="store_true", help="also replay a grid of schedules, shares and margins")
+    parser.add_argument("--cp-shares", type=float, nargs="*", default=list(CP_SHARES), metavar="W",
+                        help="shares w of alpha at the last look's Clopper-Pearson bound of betting-cp to replay")
     parser.add_argument("--live", type=int, default=0, metavar="N",
                         help="check live sampling against the replay on the first N inputs of the first model")
     args = parser.parse_args()
@@ -230,6 +244,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     procedures = dict(PROCEDURES)
+    share_keys = [share_key(share) for share in args.cp_shares]
+    for share, key in zip(args.cp_shares, share_keys, strict=True):
+        procedures.setdefault(key, Procedure("every-block", share, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN,
+                                             "betting-cp"))
     if args.search:
         for schedule in ("1-2-5", "fine"):
             for share in (None, 0.5, 0.75, 0.9):
@@ -262,6 +280,8 @@ def main() -> None:
     for model, name, halves in default_halves:
         print(f"default on even / odd inputs, {model} {name}: " + "; ".join(
             f"{h['mean_samples']:,.0f} samples, {100 * h['f1_change']:+.1f} points" for h in halves))
+    if args.cp_shares:
+        print_shares(results, share_keys)
     if args.search:
         print_search(results, procedures)
     (work / "results.json").write_text(json.dumps(results, indent=1))
@@ -309,6 +329,26 @@ def live_check(work: Path, model: str, num: int, radii: list[float], threads: in
     return out
 
 
+def share_key(share: float) -> str:
+    """The procedure key of betting-cp at share w (the main column's where w is its share)."""
+    return "betting-cp" if share == PROCEDURES["betting-cp"].spending else f"betting-cp w={share:g}"
+
+
+def print_shares(results: dict, keys: list[str]) -> None:
+    """betting-cp at each share w: per cell, mean samples / F1 change (points) / x oracle."""
+    print("| model | R | most | fixed n | oracle | " + " | ".join(keys) + " |")
+    print("| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |")
+    for model, item in results["models"].items():
+        for name, entry in item["cells"].items():
+            radius, most = name.split("/")
+            line = [model, radius, f"{int(most):,}", f"{100 * entry['fixed_f1']:.1f}",
+                    f"{entry['oracle_samples']:,.0f}"]
+            for key in keys:
+                p = entry["procedures"][key]
+                line.append(f"{p['mean_samples']:,.0f} / {100 * p['f1_change']:+.1f} / {p['over_oracle']:.2f}x")
+            print("| " + " | ".join(line) + " |", flush=True)
+
+
 def print_search(results: dict, procedures: dict[str, Procedure]) -> None:
     """Per grid procedure: the worst cell against the goals (samples over the oracle, F1 change)."""
     print("| procedure | " + " | ".join(f"{m} R={c}" for m, item in results["models"].items() for c in item["cells"])
@@ -337,7 +377,7 @@ def plot(results: dict, radii: list[float], path: Path) -> None:
                            label="fixed n" if most == MOST[0] else None)
                 ax.scatter([entry["oracle_samples"]], [100 * entry["fixed_f1"]], color="k", marker=marker,
                            label="oracle" if most == MOST[0] else None)
-                for color, key in zip(("C3", "C2", "C1", "C4", "C5"), PROCEDURES, strict=True):
+                for color, key in zip(("C3", "C2", "C1", "C4", "C5", "C6"), PROCEDURES, strict=True):
                     p = entry["procedures"][key]
                     ax.scatter([p["mean_samples"]], [100 * p["f1"]], color=color, marker=marker,
                                label=key if most == MOST[0] else None)

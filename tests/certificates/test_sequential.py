@@ -367,12 +367,13 @@ def vector_problem(num: int, seed: int) -> tuple[torch.nn.Linear, torch.Tensor, 
 
 # The default rule (margin, fine looks, 3/4 of alpha last) and the rule of runs written before it.
 PROCEDURES = {"default": {}, "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None},
-              "betting": {"bounds": "betting", "schedule": "every-block"}}
-LOOKS_AT_2000 = {"default": 11, "legacy": 5, "betting": 20}
+              "betting": {"bounds": "betting", "schedule": "every-block"},
+              "betting-cp": {"bounds": "betting-cp", "schedule": "every-block", "spending": 0.75}}
+LOOKS_AT_2000 = {"default": 11, "legacy": 5, "betting": 20, "betting-cp": 20}
 
 
 @pytest.mark.parametrize(("k_prime", "procedure"), [(1, "default"), (2, "default"), (1, "legacy"), (1, "betting"),
-                                                    (2, "betting")])
+                                                    (2, "betting"), (1, "betting-cp"), (2, "betting-cp")])
 def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(
     k_prime: int, procedure: str
 ) -> None:
@@ -439,7 +440,7 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
 # ---------------------------------------------------------------------------------- exact soundness, sampled
 
 
-@pytest.mark.parametrize("procedure", ["default", "betting"])
+@pytest.mark.parametrize("procedure", ["default", "betting", "betting-cp"])
 def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius(procedure: str) -> None:
     """Linear scores on a 1-D input (top-k' piecewise constant in the input) wrapped as a torch model and
     certified sequentially with real sampling. From the exact smoothed probabilities on a fine grid of the
@@ -565,10 +566,12 @@ EXPECTED_RULES = {
     "default": {"futility": "margin", "schedule": "fine", "spending": 0.75, "margin": 0.2, "bounds": "union"},
     "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None, "margin": 0.2, "bounds": "union"},
     "betting": {"futility": "margin", "schedule": "every-block", "spending": 0.75, "margin": 0.2, "bounds": "betting"},
+    "betting-cp": {"futility": "margin", "schedule": "every-block", "spending": 0.75, "margin": 0.2,
+                   "bounds": "betting-cp"},
 }
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy", "betting"])
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp"])
 def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path, procedure: str) -> None:
     rule = StopRule(**RULE, **PROCEDURES[procedure])
     reference = certify_vectors(tmp_path / "ref", stop_rule=rule)
@@ -605,7 +608,8 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     # Another rule is another stored.
     with pytest.raises(ValueError, match="stop_rule"):
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(radius=0.2), resume=True)
-    other = {"default": {"schedule": "1-2-5"}, "legacy": {"spending": 0.75}, "betting": {"bounds": "union"}}[procedure]
+    other = {"default": {"schedule": "1-2-5"}, "legacy": {"spending": 0.75}, "betting": {"bounds": "union"},
+             "betting-cp": {"spending": 0.5}}[procedure]
     with pytest.raises(ValueError, match="different settings"):  # another schedule or spending: another rule
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(**other), resume=True)
     with pytest.raises(ValueError, match="k_prime must be the sampler's k_prime"):
@@ -614,7 +618,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     assert StopRule.coerce(RULE) == StopRule(**RULE, **PROCEDURES["legacy"])
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy", "betting"])
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp"])
 def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path, procedure: str) -> None:
     """A run is reported with the bounds of its own rule: its looks and its spending."""
     rule = {**RULE, **PROCEDURES[procedure]}
@@ -634,6 +638,8 @@ def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: P
     assert {"default": "margin (gamma = 0.2), looks fine, 0.75 of alpha spent at the last look",
             "legacy": "remaining, looks 1-2-5, alpha spent in equal shares",
             "betting": "looks every-block, betting bounds: beta-binomial mixture confidence sequences",
+            "betting-cp": "looks every-block, betting-cp bounds: beta-binomial mixture confidence sequences, and at "
+                          "the last look Clopper-Pearson at 0.75 of alpha",
             }[procedure] in result.summary
     assert f"mean {stored.samples.mean():.0f}" in result.summary
     with pytest.raises(ValueError, match="it is sequential"):

@@ -243,6 +243,8 @@ SEQUENTIAL_PROCEDURES = {
     # the default of a sequential run (multiguard.certificates.stop_rule.StopRule): fine looks, 3/4 of alpha at the
     # last one
     "default": dict(futility=DEFAULT_FUTILITY, schedule=DEFAULT_SCHEDULE, spending=DEFAULT_SPENDING),
+    # issue 31: the betting sequences at 1/4 of alpha at every block, Clopper-Pearson at 3/4 at the last look
+    "betting-cp": dict(futility=DEFAULT_FUTILITY, schedule="every-block", spending=0.75, bounds="betting-cp"),
 }
 
 
@@ -262,7 +264,8 @@ def test_calibration_under_the_sequential_stopping_rule(p: list[float], procedur
     looks = look_schedule(1000, settings["schedule"])
     nested = nested_counts(rng, p_arr, looks, trials)
     cert = sequential_thresholded_certification(nested, looks=looks, alpha=alpha, sigma=sigma, q=q, radius=radius,
-                                                futility=futility, spending=spending)
+                                                futility=futility, spending=spending,
+                                                bounds=settings.get("bounds", "union"))
     rate = wrong_statements(cert.on_radius, cert.off_radius, p_arr, sigma, q).mean()
     # The control: the same stopping rule, reading fixed-n bounds at every look (no correction for the looks).
     open_rows = np.ones(trials, dtype=bool)

@@ -26,10 +26,22 @@ import numpy as np
 
 from multiguard.common.validation import check_alpha
 
-__all__ = ["KT_PRIOR", "betting_confidence_sequence", "betting_label_probability_bounds", "log_wealth"]
+__all__ = [
+    "DEFAULT_CP_SHARE",
+    "KT_PRIOR",
+    "betting_confidence_sequence",
+    "betting_cp_label_probability_bounds",
+    "betting_label_probability_bounds",
+    "check_cp_share",
+    "log_wealth",
+]
 
 KT_PRIOR = 0.5
 """Both parameters of the Beta mixing prior (Beta(1/2, 1/2), the Krichevsky-Trofimov prior)."""
+
+DEFAULT_CP_SHARE = 0.5
+"""The share w of each bound's alpha that :func:`betting_cp_label_probability_bounds` spends on the fixed-n
+Clopper-Pearson bound at the last look when ``share`` is ``None`` (equal shares between the two bounds)."""
 
 _BISECTION_STEPS = 60  # halves the bracket 60 times: below 1e-18, under float64 resolution of p
 
@@ -112,17 +124,8 @@ def betting_label_probability_bounds(counts: object, n: object, alpha: float,
     the B labels). So the bounds read at any stopping time, and every certificate from them, at every radius,
     hold with probability at least ``1 - alpha``: no share of alpha is spent on looks.
     """
-    from multiguard.certificates import bounds as _bounds
-
-    array2d, single = _bounds._as_float_matrix(counts, "counts")
-    sizes = np.asarray(n)
-    if sizes.dtype.kind not in "iu" or sizes.ndim > 1 or (sizes.ndim == 1 and sizes.shape[0] != array2d.shape[0]):
-        raise ValueError(f"n must be an integer or ({array2d.shape[0]},) integers, got {n!r}")
-    sizes = np.broadcast_to(sizes, (array2d.shape[0],))
+    array2d, single, sizes, read = _checked(counts, n, bounds_read)
     alpha = check_alpha(alpha)
-    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
-    if ((array2d < 0) | (array2d > sizes[:, None]) | (array2d != np.round(array2d))).any():
-        raise ValueError("counts must be whole numbers in [0, n]")
     # each distinct (count, n, B) is solved once: a look of many inputs holds few distinct counts
     whole = array2d.astype(np.int64)
     top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
@@ -133,3 +136,76 @@ def betting_label_probability_bounds(counts: object, n: object, alpha: float,
     lower = low[inverse.ravel()].reshape(array2d.shape)
     upper = up[inverse.ravel()].reshape(array2d.shape)
     return (lower[0], upper[0]) if single else (lower, upper)
+
+
+def betting_cp_label_probability_bounds(counts: object, n: object, alpha: float, last: int, share: float | None,
+                                        bounds_read: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """Betting at every look plus one Clopper-Pearson bound at the last look: ``(lower, upper)`` float64 shaped
+    like ``counts`` ``(N, c)`` (or ``(c,)``), ``n`` a scalar or one per row (each at most ``last``).
+
+    Each of the B one-sided bounds the certificate reads (``bounds_read``, as in
+    :func:`betting_label_probability_bounds`) has level ``alpha_b = alpha / B``, split in two: ``(1 - w) alpha_b``
+    for the end of the label's confidence sequence (:func:`betting_confidence_sequence`, valid at every n) and
+    ``w alpha_b`` for the one-sided fixed-n Clopper-Pearson bound on the first ``last`` samples, ``last`` the
+    most samples the procedure allows (the last look of its schedule, fixed before sampling). w is ``share``
+    (in (0, 1]; ``None``: :data:`DEFAULT_CP_SHARE`). A row at ``n < last`` reads the sequence's end; a row at
+    ``n = last`` reads the better of the two (the larger lower end, the smaller upper end). At ``w = 1`` the
+    sequence gets no alpha and reads [0, 1].
+
+    Guarantee: fix L before sampling. With probability at least ``1 - alpha``, at every n up to ``last`` at once,
+    ``lower_i <= p_i`` for every i in L and ``upper_j >= p_j`` for every j outside L; so under any stopping rule.
+    Proof, for one bound (a lower one; an upper one is the same): let E_CS be the event that the sequence's end
+    at level ``(1 - w) alpha_b`` passes p at some n (probability at most ``(1 - w) alpha_b``, Ville's inequality)
+    and E_CP the event that the Clopper-Pearson bound at level ``w alpha_b`` computed from the first ``last``
+    samples of the label's sample sequence passes p (at most ``w alpha_b``: a fixed-n bound at a fixed n). E_CP
+    is an event of the sample sequence, defined whether or not a procedure reaches ``last``. The bound read at a
+    stopping time tau fails only if the sequence's end fails at tau (in E_CS) or tau = ``last`` and the
+    Clopper-Pearson end fails (in E_CP): probability at most ``(1 - w) alpha_b + w alpha_b = alpha_b``, whatever
+    tau. The union over the B bounds gives ``alpha``.
+    """
+    from multiguard.certificates.sequential import _clopper_pearson
+
+    w = check_cp_share(share)
+    array2d, single, sizes, read = _checked(counts, n, bounds_read)
+    alpha = check_alpha(alpha)
+    if (sizes > last).any():
+        raise ValueError(f"n must be at most the last look {last}, got {int(sizes.max())}")
+    if w < 1.0:
+        lower, upper = betting_label_probability_bounds(array2d, sizes, alpha * (1.0 - w), read)
+    else:
+        lower, upper = np.zeros(array2d.shape), np.ones(array2d.shape)
+    for b in np.unique(read[sizes == last]):
+        rows = (sizes == last) & (read == b)
+        cp_lower, cp_upper = _clopper_pearson(array2d[rows], last, alpha * w / float(b))
+        lower[rows] = np.maximum(lower[rows], cp_lower)
+        upper[rows] = np.minimum(upper[rows], cp_upper)
+    return (lower[0], upper[0]) if single else (lower, upper)
+
+
+def check_cp_share(share: object) -> float:
+    """``share`` as the w of :func:`betting_cp_label_probability_bounds`: a number in (0, 1], ``None`` for
+    :data:`DEFAULT_CP_SHARE`; anything else (J spending weights among them) is a ``ValueError`` naming
+    ``spending``, the setting that carries it."""
+    if share is None:
+        return DEFAULT_CP_SHARE
+    value = float(share) if np.ndim(share) == 0 and not isinstance(share, (str, bool)) else float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"spending must be a share in (0, 1] (of alpha, for the last look's Clopper-Pearson bound) "
+                         f"or None with bounds betting-cp, got {share!r}")
+    return value
+
+
+def _checked(counts: object, n: object, bounds_read: object) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
+    """``counts`` as float64 ``(N, c)`` (and whether it was one row), ``n`` as ``(N,)`` integers and the bounds
+    read ``(N,)``; the counts whole numbers in [0, n]."""
+    from multiguard.certificates import bounds as _bounds
+
+    array2d, single = _bounds._as_float_matrix(counts, "counts")
+    sizes = np.asarray(n)
+    if sizes.dtype.kind not in "iu" or sizes.ndim > 1 or (sizes.ndim == 1 and sizes.shape[0] != array2d.shape[0]):
+        raise ValueError(f"n must be an integer or ({array2d.shape[0]},) integers, got {n!r}")
+    sizes = np.broadcast_to(sizes, (array2d.shape[0],))
+    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
+    if ((array2d < 0) | (array2d > sizes[:, None]) | (array2d != np.round(array2d))).any():
+        raise ValueError("counts must be whole numbers in [0, n]")
+    return array2d, single, sizes, read

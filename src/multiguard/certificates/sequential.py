@@ -75,13 +75,13 @@ DEFAULT_SPENDING = 0.75
 asked for; ``None`` spends equal shares (the spending of runs written before spending could be chosen)."""
 DEFAULT_MARGIN = 0.2
 """gamma of the ``margin`` futility rule unless another is asked for."""
-BOUNDS = ("union", "betting")
+BOUNDS = ("union", "betting", "betting-cp")
 """The anytime bounds a sequential run reads: ``union`` (Clopper-Pearson at each look's share of alpha, the union
-over a fixed schedule of looks) or ``betting`` (the beta-binomial mixture confidence sequences of
-:mod:`multiguard.certificates.betting`, valid at every sample size: no alpha is spent on looks)."""
+over a fixed schedule of looks), ``betting`` (the beta-binomial mixture confidence sequences of
+:mod:`multiguard.certificates.betting`, valid at every n: no alpha spent on looks) or ``betting-cp`` (those at
+``1 - spending`` of each bound's alpha; at the last look, the better of them and Clopper-Pearson at ``spending``)."""
 DEFAULT_BOUNDS = "union"
 """The bounds unless others are asked for (docs/sequential.md: ``betting`` did not win the benchmark)."""
-
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ SCHEDULES: Registry[Callable[[int], np.ndarray], None] = Registry("schedule", ar
 SCHEDULES.register("1-2-5", sample_size_schedule,
                    help="100, 200, 500, 1000, 2000, ... (the looks of runs written before schedules existed)")
 SCHEDULES.register("every-block", lambda n: np.array([*range(NOISE_BLOCK, n, NOISE_BLOCK), n], dtype=np.int64),
-                   help="after every noise block: 100, 200, 300, ... (for --bounds betting, which looks for free)")
+                   help="after every noise block: 100, 200, 300, ... (for --bounds betting and betting-cp)")
 SCHEDULES.register("fine", fine_sample_size_schedule,
                    help="100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, ... (about 20 %% apart; "
                    "the default)")
@@ -272,7 +272,9 @@ def anytime_label_probability_bounds(
 
     ``bounds="betting"``: the confidence sequences of
     :func:`multiguard.certificates.betting.betting_label_probability_bounds` instead (each bound at
-    ``alpha / B``, valid at every n; ``spending`` is not read). The default ``"union"`` is described here:
+    ``alpha / B``, valid at every n; ``spending`` is not read). ``"betting-cp"``: those at ``(1 - w) alpha / B``
+    and, at ``looks[-1]``, the better of them and Clopper-Pearson at ``w alpha / B`` (w = ``spending``; ``None``:
+    1/2; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`, with the proof). Else:
 
     ``spending`` (:func:`spending_weights`: ``None`` for equal shares, a share of alpha at the last look, or J
     weights summing to at most 1) says how alpha is spent over the looks: at look j each bound is at level
@@ -299,11 +301,7 @@ def anytime_label_probability_bounds(
     the c labels, of the events that that bound fails at that look; by the union bound its probability is at
     most ``J c alpha / (c J) = alpha``.
 
-    Why a union over a fixed schedule and not a confidence sequence valid at every n: at the sizes that
-    matter here (J of about 4-8 looks, ``alpha / c`` of 1e-4), the beta-binomial mixture confidence sequence
-    (Robbins' method of mixtures with Ville's inequality, Beta(1/2, 1/2) or uniform mixing) gives a lower bound
-    below this one for every count (for example with all of 1000 samples in the top-k', 0.9869 against
-    0.9889; with 900 of 1000, 0.8451 against 0.8550), because it pays for looking after every sample.
+    The confidence sequences are looser than these bounds at the sizes that matter here (docs/sequential.md).
     """
     from multiguard.certificates import bounds as _bounds  # SciPy loads here, on first use
     lows = _as_looks(looks)
@@ -312,9 +310,11 @@ def anytime_label_probability_bounds(
     array2d, single = _bounds._as_float_matrix(counts, "counts")
     sizes = _as_row_sizes(n, array2d.shape[0], lows)
     alpha = check_alpha(alpha)
-    if check_choice(bounds, "bounds", BOUNDS) == "betting":
-        from multiguard.certificates.betting import betting_label_probability_bounds
-        lower, upper = betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
+    if check_choice(bounds, "bounds", BOUNDS) != "union":
+        from multiguard.certificates import betting as _betting
+        lower, upper = (_betting.betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
+                        if bounds == "betting" else _betting.betting_cp_label_probability_bounds(
+                            array2d, sizes, alpha, int(lows[-1]), spending, bounds_read))
         return (lower[0], upper[0]) if single else (lower, upper)
     c = array2d.shape[1]
     read = _bounds._as_bounds_read(bounds_read, array2d.shape)
@@ -416,9 +416,9 @@ def sequential_stopping_rule(
       ``projected`` (about gamma = 1/2); 0.2 gives up only inputs that a continuation less likely than about
       one in five would save.
 
-    The bounds (now and at the last look) spend alpha by ``spending`` (:func:`spending_weights`), or, with
-    ``bounds="betting"``, are the confidence sequences (:func:`anytime_label_probability_bounds`): the margin rule
-    then asks whether the favourable continuation would raise the size the same martingales certify at the end.
+    The bounds (now and at the last look) spend alpha by ``spending`` (:func:`spending_weights`), or are those
+    of ``bounds`` (:func:`anytime_label_probability_bounds`): with ``"betting-cp"`` the favourable continuation
+    is judged at the last look by the better of the sequences and the last look's Clopper-Pearson bound.
 
     The rule only decides when to stop: the bounds read at the stop are anytime-valid whatever the rule, so
     the guarantee of :func:`anytime_label_probability_bounds` holds for the certificate at the stop, at every
@@ -576,7 +576,9 @@ def sample_until_stopped(
     looks = look_schedule(n, schedule)
     spending_weights(looks.size, spending)  # checked before any sample is drawn
     check_float(margin, "margin", 0.0, 1.0, low_open=True, high_open=True)
-    check_choice(bounds, "bounds", BOUNDS)
+    if check_choice(bounds, "bounds", BOUNDS) == "betting-cp":
+        from multiguard.certificates.betting import check_cp_share
+        check_cp_share(spending)
     num_inputs, num_classes = labels.shape
     counts = np.zeros((num_inputs, num_k, num_classes), dtype=np.int64)
     samples = np.full(num_inputs, n, dtype=np.int64)

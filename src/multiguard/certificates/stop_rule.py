@@ -69,11 +69,13 @@ class StopRule(Settings):
     is spent
     over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
     shares). ``bounds`` says which anytime bounds the rule and the certificate read: ``union`` (Clopper-Pearson
-    at each look's share of alpha) or ``betting`` (the beta-binomial mixture confidence sequences of
+    at each look's share of alpha), ``betting`` (the beta-binomial mixture confidence sequences of
     :mod:`multiguard.certificates.betting`, valid at every n; ``spending`` is then not read, and the schedule
-    ``every-block`` looks after every noise block). Runs written before the schedule, spending, margin and bounds
-    existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values), so they are reported with
-    their own bounds."""
+    ``every-block`` looks after every noise block) or ``betting-cp`` (those sequences at ``1 - spending`` of each
+    bound's alpha, and at the last look the better of them and a fixed-n Clopper-Pearson bound at ``spending``
+    of it: ``spending`` is then that share, ``None`` reading as 1/2). Runs written before the schedule,
+    spending, margin and bounds existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values),
+    so they are reported with their own bounds."""
 
     option_names = False
 
@@ -96,8 +98,8 @@ class StopRule(Settings):
     margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
                             legacy=DEFAULT_MARGIN, flag="--futility-margin", dest="futility_margin",
                             metavar="GAMMA", help="gamma of --futility margin, in (0, 1)")
-    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union", choices=BOUNDS,
-                          help="anytime bounds: union or betting (confidence sequences)")
+    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union", choices=BOUNDS, metavar="NAME",
+                          help="anytime bounds: union, betting or betting-cp (docs/sequential.md)")
 
     def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
         """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call
@@ -132,8 +134,9 @@ class StopRule(Settings):
         that parsed command-line options ask for: each read under its field's option
         (:func:`multiguard.common.settings.add_arguments`, so ``margin`` is ``--futility-margin``) where given
         (not ``None``), else the rule of ``stored`` (a resumed run's stop rule; the ``legacy`` values for what
-        it predates), else this class's defaults. Bounds other than ``union`` given without a schedule look
-        after every noise block (``every-block``: they are valid at every n, looks cost nothing)."""
+        it predates), else this class's defaults. Confidence-sequence bounds (``betting``, ``betting-cp``) given
+        without a schedule, over a base rule of ``union``, look after every noise block (``every-block``: they are
+        valid at every n, looks cost nothing)."""
         base = cls(radius=0.0) if stored is None else cls.from_dict(
             {"radius": 0.0, **{key: value for key, value in stored.items() if key in _PROCEDURE}})
         values = {}
@@ -141,7 +144,7 @@ class StopRule(Settings):
             if f.name in _PROCEDURE:
                 given = getattr(namespace, f.metadata.get("dest") or f.name, None)
                 values[f.name] = getattr(base, f.name) if given is None else given
-        if getattr(namespace, "schedule", None) is None and values["bounds"] not in ("union", base.bounds):
+        if getattr(namespace, "schedule", None) is None and values["bounds"] != "union" and base.bounds == "union":
             values["schedule"] = "every-block"
         return cls(radius=0.0, **values).procedure()
 

@@ -159,7 +159,9 @@ def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, lo
     (union bound over the 2c events of each look, and over the looks), so the bounds read at any data-dependent
     stopping look hold with that probability. ``bounds="betting"``: both ends of each label's beta-binomial
     mixture confidence sequence at ``alpha / (2c)`` (:mod:`multiguard.certificates.betting`), valid at every n,
-    so at every look at once with probability at least ``1 - alpha``; ``spending`` is not read.
+    so at every look at once with probability at least ``1 - alpha``; ``spending`` is not read. ``"betting-cp"``:
+    those sequences at ``(1 - w) alpha / (2c)`` and at the last look the better of them and Clopper-Pearson at
+    ``w alpha / (2c)`` (w = ``spending``; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`).
     """
     alpha = check_alpha(alpha)
     return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks, spending, bounds=bounds)
@@ -374,7 +376,8 @@ def certify_thresholded(on_counts: object, n: object, *, alpha: float, sigma: fl
     the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`), spending alpha over the looks
     by ``spending`` (``None``: equal shares). Pass the looks and spending of the stopping rule that chose each
     row's look, so the bounds are those valid at its stopping time; ``spending`` without ``looks`` is refused.
-    ``bounds``: ``"union"`` or ``"betting"``, as the rule read them (:func:`anytime_on_probability_bounds`)."""
+    ``bounds``: ``"union"``, ``"betting"`` or ``"betting-cp"``, as the rule read them
+    (:func:`anytime_on_probability_bounds`)."""
     if looks is None:
         if spending is not None:
             raise invalid("spending", "None for a fixed-n certificate (it spends alpha over looks)", spending)

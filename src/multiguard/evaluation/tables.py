@@ -95,6 +95,10 @@ def _futility_text(rule: dict) -> str:
 def _bounds_text(rule: dict) -> str:
     if rule.get("bounds", "union") == "betting":
         return "betting bounds: beta-binomial mixture confidence sequences, no alpha spent on looks"
+    if rule.get("bounds") == "betting-cp":
+        share = rule.get("spending")
+        return (f"betting-cp bounds: beta-binomial mixture confidence sequences, and at the last look "
+                f"Clopper-Pearson at {0.5 if share is None else share:g} of alpha")
     return _spending_text(rule.get("spending"))
 
 
