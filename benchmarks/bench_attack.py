@@ -2,6 +2,7 @@
 
     python benchmarks/bench_attack.py [--checkpoint multiguard-demo/model.pt] [--inputs 100] [--n 500]
                                       [--radii 0.25,0.5,1] [--work bench-attack] [--threads 2]
+                                      [--slack-n 20000]
 
 Both attacks run through :func:`multiguard.evaluation.attack_run.run_attack`, at their default budgets, on the
 same checkpoint, the same test inputs (seed 0, as a certify run picks them), the same certified sizes (n samples
