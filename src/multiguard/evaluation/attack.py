@@ -55,6 +55,7 @@ __all__ = [
     "EMPIRICAL_COLUMNS",
     "AttackResult",
     "EmpiricalCurves",
+    "attack_in_chunks",
     "attack_smoothed",
     "load_empirical",
     "smoothed_top_k",
@@ -191,19 +192,34 @@ def _pgd_deltas(smoother: MultiGuard, x_dev: torch.Tensor, mask: np.ndarray, ind
                 input_range: tuple[float, float] | None, batch_size: int) -> torch.Tensor:
     """The PGD perturbations of every input (zeros where there is no attack), in chunks of inputs whose
     noisy copies fit ``batch_size``."""
-    num = x_dev.shape[0]
     deltas = torch.zeros_like(x_dev)
-    if radius > 0 and steps > 0 and num:
-        chunk = max(1, batch_size // samples)
+    if radius > 0 and steps > 0:
         labels_dev = torch.as_tensor(mask, device=smoother.device)
+
+        def attack_chunk(part: slice) -> torch.Tensor:
+            return _pgd(smoother, x_dev[part], labels_dev[part], index_arr[part], radius=radius, k=k, steps=steps,
+                        samples=samples, step_size=step_size, temperature=temperature, seed=seed,
+                        input_range=input_range)
+
+        attack_in_chunks(smoother, x_dev, deltas, batch_size=batch_size, samples=samples, attack_chunk=attack_chunk)
+    return deltas
+
+
+def attack_in_chunks(smoother: MultiGuard, x_dev: torch.Tensor, deltas: torch.Tensor, *, batch_size: int,
+                     samples: int, attack_chunk: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """Run an attack chunk by chunk of inputs: ``deltas[part] = attack_chunk(part)`` for the consecutive slices
+    ``part`` of ``max(1, batch_size // samples)`` of the ``N = x_dev.shape[0]`` inputs (so that a chunk's
+    ``samples`` noisy copies per input fit one forward batch of ``batch_size``), with ``smoother.model`` in eval
+    mode and gradients on (both restored afterwards). ``deltas`` ``(N, *input_shape)`` is filled in place and
+    returned; ``attack_chunk(part)`` returns the chunk's perturbations, of ``deltas[part]``'s shape, and may read
+    ``deltas[part]`` (its start) first. Nothing is run for ``N = 0``."""
+    num = x_dev.shape[0]
+    if num:
+        chunk = max(1, batch_size // samples)
         with eval_mode(smoother.model), torch.enable_grad():
             for start in range(0, num, chunk):
                 part = slice(start, start + chunk)
-                deltas[part] = _pgd(
-                    smoother, x_dev[part], labels_dev[part], index_arr[part], radius=radius, k=k, steps=steps,
-                    samples=samples, step_size=step_size, temperature=temperature, seed=seed,
-                    input_range=input_range,
-                )
+                deltas[part] = attack_chunk(part)
     return deltas
 
 

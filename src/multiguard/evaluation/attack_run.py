@@ -3,6 +3,7 @@ curves, and the certified sizes of the same inputs; the step behind ``multiguard
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,6 @@ from multiguard.certificates import thresholded as _thresholded
 from multiguard.certificates import topk as _topk
 from multiguard.certificates.thresholds import parse_threshold
 from multiguard.common.devices import resolve_device
-from multiguard.common.files import file_sha256
 from multiguard.common.noise_kinds import check_noise
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import MAX_N, check_alpha, check_float, check_int
@@ -44,7 +44,8 @@ from multiguard.evaluation.thresholded_attack import (
     attack_thresholded_at_radii,
     certify_thresholded_inputs,
 )
-from multiguard.models.checkpoints import dataset_for_checkpoint, load_checkpoint, smoothed_from_checkpoint
+from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
+from multiguard.models.checkpoints import dataset_for_checkpoint
 from multiguard.runs import job as _job
 from multiguard.runs.certify_step import _compile_now, capped_num_inputs
 from multiguard.sampling.smoothed import MultiGuard
@@ -156,13 +157,13 @@ def run_attack(
     method, steps, samples, restarts = _checked_method(attack, steps, samples, restarts)
     q = _checked_q(thresholds, q)
     log, out = log or (lambda line: None), _attack_out(out_dir, overwrite=overwrite, resume=resume)
-    model, data, info, smoother, certifier, k, k_prime = _load_for_attack(
+    base, data, info, smoother, certifier, k, k_prime = _load_for_attack(
         checkpoint_path, k, k_prime, dataset=dataset, data_root=data_root, split=split, sigma=sigma, device=device,
         precision=precision, channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise,
-        thresholds=thresholds, threshold_scale=threshold_scale)
+        thresholds=thresholds, threshold_scale=threshold_scale, log=log)
     indices = _job.select_inputs(len(data), capped_num_inputs(num_inputs, len(data), info["split"], log), seed)
     denoiser_facts = denoiser_record(denoiser, denoiser_in(smoother))  # a file's digest or a source's identity
-    identity = _attack_identity(checkpoint_path, model, denoiser_facts, info, indices, smoother, radii_arr, k=k,
+    identity = _attack_identity(base, denoiser_facts, info, indices, smoother, radii_arr, k=k,
                                 k_prime=k_prime, n=n, alpha=alpha, seed=seed, steps=steps, samples=samples,
                                 step_size=step_size, temperature=temperature, certify=certify,
                                 attack=method.name, restarts=restarts, noise=certifier.noise.name, q=q)
@@ -239,13 +240,18 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
                      data_root: str | os.PathLike[str] | None, split: str | None, sigma: float | None,
                      device: str | torch.device, precision: str, channels_last: bool | None, compile: bool,
                      denoiser: str | os.PathLike[str] | None, noise: str = "float", thresholds: Any = None,
-                     threshold_scale: str = "probability") -> tuple:
-    """The checkpoint's model, the dataset split and its info, the smoothed classifier (float noise), the one that
-    certifies (with ``noise``; the same object for float noise), and k and k' checked against the number of
-    classes."""
+                     threshold_scale: str = "probability", log: Callable[[str], None] | None = None) -> tuple:
+    """``(base, data, info, smoother, certifier, k, k_prime)``: the base classifier
+    (:class:`~multiguard.models.base_classifier.BaseClassifierSpec`, built as certify and predict build theirs),
+    the dataset split and its info, the smoothed classifier (float noise), the one that certifies (with
+    ``noise``; the same object for float noise), and k and k' checked against the number of classes. A sigma far
+    from the training sigma is said through ``log``, as certify says it."""
     check_noise(noise)
-    device = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint_path, device=device)
+    base = BaseClassifierSpec(checkpoint_path, sigma=sigma, mode=ModeSpec(precision, channels_last, compile),
+                              denoiser=denoiser, device=str(resolve_device(device)), k_prime=k_prime)
+    meta = base.checkpoint_meta
+    if log is not None and (warning := base.sigma_warning()) is not None:
+        log(warning)
     data, info = dataset_for_checkpoint(meta, dataset=dataset, data_root=data_root, split=split)
     num_classes = int(meta["num_classes"])
     k = check_int(k, "k", 1, num_classes, high_label="the number of classes")
@@ -253,13 +259,11 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
     if thresholds is not None:
         thresholds = parse_threshold(thresholds, data.class_names, threshold_scale)
         thresholds.per_label(num_classes)  # one or one per label, said before any work
-    smoother = smoothed_from_checkpoint(model, meta, k_prime=k_prime, sigma=sigma, device=device,
-                                        precision=precision, channels_last=channels_last, compile=compile,
-                                        denoiser=denoiser, thresholds=thresholds)
-    certifier = smoother if noise == "float" else smoothed_from_checkpoint(
-        model, meta, k_prime=k_prime, sigma=sigma, device=device, precision=precision,
-        channels_last=channels_last, compile=compile, denoiser=denoiser, noise=noise, thresholds=thresholds)
-    return model, data, info, smoother, certifier, k, k_prime
+        base = base.with_thresholds(thresholds)
+    smoother = base.load()
+    # sound noise certifies; the attack's steps and measurement stay on float noise (the points are off the grid)
+    certifier = smoother if noise == "float" else dataclasses.replace(base, noise=noise).load()
+    return base, data, info, smoother, certifier, k, k_prime
 
 def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
                   log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
@@ -301,7 +305,7 @@ def _checked_method(attack: str, steps: int | None, samples: int | None, restart
     return method, steps, samples, restarts
 
 
-def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Module, denoiser_facts: dict,
+def _attack_identity(base: BaseClassifierSpec, denoiser_facts: dict,
                      info: dict, indices: np.ndarray, smoother: MultiGuard, radii_arr: np.ndarray, *, k: int,
                      k_prime: int, n: int, alpha: float, seed: int, steps: int, samples: int,
                      step_size: float | None, temperature: float, certify: bool, attack: str,
@@ -311,8 +315,8 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
     sigma, clamp = smoother.sigma, smoother.clamp
     extra = {} if smoother.thresholds is None else {"thresholds": smoother.thresholds.identity(), "q": q}
     return {
-        "checkpoint_sha256": file_sha256(checkpoint_path),
-        "model_file_sha256": getattr(model, "arch_file_sha256", None),
+        "checkpoint_sha256": base.checkpoint_sha256,
+        "model_file_sha256": base.run_fields()["model_file_sha256"],
         "denoiser_sha256": denoiser_facts["denoiser_sha256"],
         **{key: info.get(key) for key in ("dataset", "split", "dataset_options", "dataset_version")},
         "inputs": [int(i) for i in indices], "k": k, "k_prime": k_prime, "sigma": float(sigma),

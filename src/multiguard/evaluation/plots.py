@@ -47,7 +47,7 @@ def _draw_panel(ax: object, curves: Sequence[Curve], metric: str, title: str | N
     for c in curves:
         setting = tuple(getattr(c, f) for f in varying)
         color = (colors[settings.index(setting)] if varying and setting in settings
-                 else (_METHODS[c.method].color if c.method in _METHODS else "C2"))
+                 else (_METHODS[c.method].color if c.method in _METHODS else "C2" if c.q is None else "C4"))
         empirical = c.method not in _METHODS
         ax.plot(  # type: ignore[attr-defined]
             c.radius,
@@ -91,10 +91,11 @@ def _draw_gap(ax: object, attack: Curve, metric: str, color: str) -> None:
     """The certified curve of an attack's own inputs (lower bound) and the gap up to its attacked curve (upper
     bound) shaded: the robustness neither the certificate nor the attack has settled."""
     lower, upper = attack.certified[metric], attack.metric(metric)
+    kind = "" if attack.q is None else f" (per-label, q={attack.q:g})"  # a thresholded attack's curves
     ax.plot(attack.radius, lower, linestyle=":", color=color, linewidth=1.4, marker="x",  # type: ignore
-            markersize=5, label=f"certified, {attack.run}'s inputs")
+            markersize=5, label=f"certified, {attack.run}'s inputs{kind}")
     ax.fill_between(attack.radius, lower, upper, color=color, alpha=0.18, linewidth=0,  # type: ignore
-                    label="gap: certified to attacked")
+                    label=f"gap: certified to attacked{kind}")
 
 
 FIGURE_DPI = 110  # the pixels per inch of every saved figure

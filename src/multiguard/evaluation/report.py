@@ -49,7 +49,13 @@ from multiguard.evaluation.curves import (
     sigma_radius_grid,
     write_csv,
 )
-from multiguard.evaluation.empirical import PER_INPUT, attack_run_mismatch, load_empirical
+from multiguard.evaluation.empirical import (
+    PER_INPUT,
+    THRESHOLDED_CSV,
+    attack_run_mismatch,
+    load_empirical,
+    load_thresholded,
+)
 from multiguard.evaluation.plots import plot_metric
 from multiguard.evaluation.results import RESULTS_FILE, results_bytes, results_document, validate_results
 from multiguard.evaluation.tables import (
@@ -58,10 +64,11 @@ from multiguard.evaluation.tables import (
     attack_markdown,
     explanations_markdown,
     summary_markdown,
+    thresholded_attack_markdown,
 )
 from multiguard.runs.folder import Run, load_run
 
-__all__ = ["REPORT_SECTIONS", "Report", "make_report"]
+__all__ = ["REPORT_SECTIONS", "Report", "empirical_curve", "make_report", "thresholded_empirical_curve"]
 
 
 REPORT_FILES: tuple[str, ...] = ("curves.csv", "precision.png", "recall.png", "f1.png", "summary.md", "results.json")
@@ -105,6 +112,33 @@ def empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve:
         raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
 
 
+def thresholded_empirical_curve(attack_dir: str | os.PathLike[str]) -> Curve | None:
+    """The thresholded attack of an ATTACK_DIR (``multiguard attack --threshold``) as a per-label :class:`Curve`
+    (method ``attack``, its ``q``, k and k' 0): the attacked set's precision, recall and F1 of
+    ``empirical_thresholded.csv`` (upper bounds on the worst case) with the thresholded certificate's values
+    for the same inputs as ``certified`` (lower bounds; ``None`` where the attack certified nothing) and the
+    inputs that broke their certificate as ``violations``; ``None`` where the folder has no such file."""
+    if not (Path(attack_dir) / THRESHOLDED_CSV).is_file():
+        return None
+    table = load_thresholded(attack_dir)
+    settings = load_empirical(attack_dir).settings
+    certified = {m: table[f"certified_{m}"] for m in METRICS}
+    if any(np.isnan(values).any() for values in certified.values()):
+        certified = None
+    violations = table["violations"].astype(np.int64)
+    try:
+        return Curve(
+            run=Path(attack_dir).name, method="attack", k=0, k_prime=0, alpha=float(settings["alpha"]),
+            sigma=float(settings["sigma"]), n=int(settings["n"]), radius=table["radius"],
+            precision=table["precision"], recall=table["recall"], f1=table["f1"],
+            num_inputs=int(table["num_inputs"][0]) if len(table["num_inputs"]) else 0,
+            violations=None if (violations < 0).any() else violations, certified=certified,
+            q=float(settings["q"]),
+        )
+    except KeyError as missing:
+        raise ValueError(f"attack: {attack_dir} has no setting {missing} in attack.json") from None
+
+
 def _is_report(folder: Path) -> bool:
     """Whether ``folder`` holds a report written by :func:`make_report` and nothing else."""
     names = {p.name for p in folder.iterdir()}
@@ -135,9 +169,12 @@ def _place_report(staging: Path, out: Path, overwrite: bool) -> None:
 
 
 def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: Sequence[int],
-                    k_prime: Sequence[int]) -> Curve:
-    """The empirical curve of ``attack_dir``, refused (ValueError naming each field) when it attacked another
-    model, data or noise than a run it is drawn over, or another k or k' than the report shows."""
+                    k_prime: Sequence[int], q: Sequence[float]) -> list[Curve]:
+    """The empirical curves of ``attack_dir`` (the top-k one; and the thresholded one where the folder has
+    ``empirical_thresholded.csv`` and a run has thresholded certificates), refused (ValueError naming each
+    field) when it attacked another model, data or noise than a run it is drawn over, or another k or k' than
+    the report shows (or, for the thresholded one, other thresholds than those runs or a q the report does not
+    show)."""
     curve = empirical_curve(attack_dir)
     settings = load_empirical(attack_dir).settings
     for run in runs:
@@ -150,7 +187,19 @@ def _checked_attack(attack_dir: str | os.PathLike[str], runs: Sequence[Run], k: 
             flag = "--" + name.replace("_", "-")
             raise ValueError(f"attack: {attack_dir} attacked the top-k with {name} = {value}, but the report shows "
                              f"{name} = {', '.join(str(v) for v in shown)}; add {flag} {value}")
-    return curve
+    thresholded = [run for run in runs if run.on_counts is not None]
+    per_label = thresholded_empirical_curve(attack_dir) if thresholded else None
+    if per_label is None:
+        return [curve]
+    for run in thresholded:
+        if run.metadata.get("thresholds") != settings.get("thresholds"):
+            raise ValueError(f"attack: {attack_dir} attacked the thresholds {settings.get('thresholds')}, run "
+                             f"{run.path} certified {run.metadata.get('thresholds')}; attack with the run's "
+                             "--threshold, or report the two apart")
+    if not any(np.isclose(per_label.q, float(cut), rtol=0.0, atol=1e-12) for cut in q):
+        raise ValueError(f"attack: {attack_dir} attacked the thresholded classifier with q = {per_label.q:g}, but the "
+                         f"report shows q = {', '.join(f'{float(v):g}' for v in q)}; add --q {per_label.q:g}")
+    return [curve, per_label]
 
 
 def _checked_out(out: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -205,8 +254,15 @@ def _tables_section(curves: list[Curve], table_radii: np.ndarray, title: str) ->
 
 @REPORT_SECTIONS.register("attack", help="attacked against certified values of an attack's inputs, and violations")
 def _attack_section(curves: list[Curve], table_radii: np.ndarray, title: str) -> str | None:
-    attacks = [c for c in curves if c.method == "attack"]
+    attacks = [c for c in curves if c.method == "attack" and c.q is None]
     return attack_markdown(attacks) if attacks else None
+
+
+@REPORT_SECTIONS.register("attack-thresholded",
+                          help="the thresholded attack: the attacked set against the thresholded certificate")
+def _thresholded_attack_section(curves: list[Curve], table_radii: np.ndarray, title: str) -> str | None:
+    attacks = [c for c in curves if c.method == "attack" and c.q is not None]
+    return thresholded_attack_markdown(attacks) if attacks else None
 
 
 @REPORT_SECTIONS.register("explanations", help="what every name and column of the report means")
@@ -289,13 +345,18 @@ def make_report(
     ``attacks``: ATTACK_DIRs of ``multiguard attack`` to overlay (as ``extra_curves``), each checked first
     against every run (:func:`multiguard.evaluation.empirical.attack_run_mismatch`: the same checkpoint, model file,
     denoiser, dataset, split and sigma) and against ``k`` and ``k_prime`` (its k and k' among them); a
-    mismatch is a ValueError naming the attack, the run and each field.
+    mismatch is a ValueError naming the attack, the run and each field. An ATTACK_DIR with
+    ``empirical_thresholded.csv`` over runs with thresholded certificates brings its thresholded curve too
+    (:func:`thresholded_empirical_curve`: drawn with the gap to its certified curve in each metric's figure,
+    in ``results.json``'s ``attacked`` list with its ``q``, and a table of its own in ``summary.md``), checked
+    against those runs' thresholds and against ``q`` (its q among them); over runs without thresholds only
+    its top-k curve is drawn.
     """
     out = _checked_out(out, overwrite)
     runs = [r if isinstance(r, Run) else load_run(r) for r in run_dirs]
     if not runs:
         raise ValueError("run_dirs must name at least one run")
-    extra_curves = [*extra_curves, *(_checked_attack(path, runs, k, k_prime) for path in attacks)]
+    extra_curves = [*extra_curves, *(c for path in attacks for c in _checked_attack(path, runs, k, k_prime, q))]
     if len(n):
         run_names = _run_names(runs, names)
         names = [name for name in run_names for _ in n]

@@ -154,7 +154,8 @@ def results_document(curves: Sequence[Any], runs: Sequence[Any], names: Sequence
     the certified curves (curves of method ``attack``, empirical, are not results of a certificate and are
     left out of ``records``); with attack curves, ``attacked``: one record per attack and radius with its
     ``attacked_*`` metrics (empirical, an upper bound) and the ``certified_*`` ones of the same inputs (a lower
-    bound; the gap between them is what neither has settled) and its ``violations``."""
+    bound; the gap between them is what neither has settled) and its ``violations``; a thresholded attack's
+    records (per-label curves of method ``attack``) also carry its ``q``, with k and k' 0."""
     from multiguard import __version__
 
     if len(names) != len(runs):
@@ -202,6 +203,8 @@ def _attacked_records(curve: Any) -> list[dict[str, Any]]:
         record = {"attack": str(curve.run), "k": int(curve.k), "k_prime": int(curve.k_prime),
                   "alpha": float(curve.alpha), "radius": _round(radius), "num_inputs": int(curve.num_inputs),
                   "violations": None if violations is None else int(violations[j])}
+        if getattr(curve, "q", None) is not None:  # a thresholded attack: its cut; k and k' are 0
+            record["q"] = float(curve.q)
         for metric in ("precision", "recall", "f1"):
             record[f"attacked_{metric}"] = _round(curve.metric(metric)[j])
             record[f"certified_{metric}"] = None if certified is None else _round(certified[metric][j])

@@ -204,6 +204,37 @@ def attack_markdown(attack_curves: Sequence[Curve]) -> str:
     return "\n".join(lines)
 
 
+def thresholded_attack_markdown(attack_curves: Sequence[Curve]) -> str:
+    """Tables of thresholded attacks (per-label curves of method ``attack``, in percent): the attacked set's
+    precision, recall and F1 beside the thresholded certificate's values for the same inputs at the same radii,
+    and the inputs with a decision the attack turned against their certificate."""
+    lines: list[str] = []
+    for a in attack_curves:
+        radii = [float(r) for r in a.radius]
+        lines += [f"## Under attack, per-label: {a.run} (q = {a.q:g}, {a.num_inputs} inputs) (%)", ""]
+        lines.append("| " + " | ".join(["", *[f"R = {r:g}" for r in radii]]) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
+        for metric in METRICS:
+            short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
+            lines.append("| " + " | ".join([f"{short}, {ATTACK_LABEL}",
+                                             *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
+            if a.certified is not None:
+                lines.append("| " + " | ".join([f"{short}, certified (thresholded, α = {a.alpha:g})",
+                                                 *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
+        if a.violations is not None:
+            lines.append("| " + " | ".join(["inputs with a decision against their certificate (count)",
+                                             *[str(int(v)) for v in a.violations]]) + " |")
+        lines += ["", "The same inputs in every row. The attacked rows are the set of labels on in more than a share "
+                  "q of fresh noise at the point the thresholded attack found (true labels turned off, others on): "
+                  "an upper bound on the worst case; the certified rows are the thresholded certificate's worst "
+                  "set of the same inputs, a lower bound. An input with a label certified on (off) at R and "
+                  "measured off (on) under attack is a failure of probability at most α (or Monte Carlo error on "
+                  "a near tie)."
+                  + (f" The certified rows: the attack's {a.num_inputs} inputs at n = {a.n}, sampled by the attack "
+                     "(not the inputs and n of the tables above)." if a.certified is not None else ""), ""]
+    return "\n".join(lines)
+
+
 def explanations_markdown(curves: Sequence[Curve]) -> str:
     """The section of summary.md that says what every method name and column means."""
     lines = ["## Reading this report", ""]

@@ -43,8 +43,15 @@ import torch
 from multiguard.certificates.bounds import as_label_mask
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import check_float, check_int, check_interval
-from multiguard.evaluation.attack import AttackResult, _intersection, _pgd, _project, _smoother_for
-from multiguard.sampling.engine import as_batch, as_index, eval_mode
+from multiguard.evaluation.attack import (
+    AttackResult,
+    _intersection,
+    _pgd,
+    _project,
+    _smoother_for,
+    attack_in_chunks,
+)
+from multiguard.sampling.engine import as_batch, as_index
 from multiguard.sampling.smoothed import MultiGuard, smoothed_top_k
 from multiguard.sampling.soft import attack_noise, soft_smoothed_scores
 
@@ -271,16 +278,10 @@ def attack_smoothed_apgd(
     k = check_int(k, "k", 1, smoother.num_classes, high_label="the number of classes")
     eval_seed = attack_evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
     x_dev, mask, index_arr, deltas = attack_inputs(smoother, x, labels, index, init, input_range)
-    num = x_dev.shape[0]
-    if num:
-        chunk = max(1, batch_size // samples)
-        with eval_mode(smoother.model), torch.enable_grad():
-            for start in range(0, num, chunk):
-                part = slice(start, start + chunk)
-                deltas[part] = _attack_chunk(
-                    smoother, x_dev[part], mask[part], index_arr[part], deltas[part], radius=radius, k=k,
-                    steps=steps, samples=samples, restarts=restarts, select_n=select_n, seed=seed,
-                    temperature=temperature, input_range=input_range, batch_size=batch_size, pgd_steps=pgd_steps)
+    attack_in_chunks(smoother, x_dev, deltas, batch_size=batch_size, samples=samples, attack_chunk=lambda part: (
+        _attack_chunk(smoother, x_dev[part], mask[part], index_arr[part], deltas[part], radius=radius, k=k,
+                      steps=steps, samples=samples, restarts=restarts, select_n=select_n, seed=seed,
+                      temperature=temperature, input_range=input_range, batch_size=batch_size, pgd_steps=pgd_steps)))
     return _measured(smoother, x_dev, deltas, mask, index_arr, radius=radius, k=k, n=n, eval_seed=eval_seed,
                      batch_size=batch_size, measure_clean=measure_clean)
 

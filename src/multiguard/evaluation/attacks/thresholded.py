@@ -39,9 +39,8 @@ from scipy import special
 
 from multiguard.certificates import thresholded as _thresholded
 from multiguard.common.validation import check_float, check_int, check_interval
-from multiguard.evaluation.attack import _project
+from multiguard.evaluation.attack import _project, attack_in_chunks
 from multiguard.evaluation.attacks.apgd import _apgd, attack_inputs
-from multiguard.sampling.engine import eval_mode
 from multiguard.sampling.smoothed import MultiGuard
 from multiguard.sampling.soft import attack_noise
 
@@ -239,16 +238,10 @@ def attack_thresholded(
     input_range = check_interval(input_range, "input_range")
     eval_seed = thresholded_evaluation_seed(seed) if eval_seed is None else check_int(eval_seed, "eval_seed", 0)
     x_dev, mask, index_arr, deltas = attack_inputs(smoother, x, labels, index, init, input_range)
-    num = x_dev.shape[0]
-    if num:
-        chunk = max(1, batch_size // samples)
-        with eval_mode(smoother.model), torch.enable_grad():
-            for start in range(0, num, chunk):
-                part = slice(start, start + chunk)
-                deltas[part] = _attack_chunk(
-                    smoother, x_dev[part], mask[part], index_arr[part], deltas[part], radius=radius, q=q,
-                    steps=steps, samples=samples, rounds=rounds, select_n=select_n, seed=seed,
-                    temperature=temperature, cap=cap, input_range=input_range, batch_size=batch_size)
+    attack_in_chunks(smoother, x_dev, deltas, batch_size=batch_size, samples=samples, attack_chunk=lambda part: (
+        _attack_chunk(smoother, x_dev[part], mask[part], index_arr[part], deltas[part], radius=radius, q=q,
+                      steps=steps, samples=samples, rounds=rounds, select_n=select_n, seed=seed,
+                      temperature=temperature, cap=cap, input_range=input_range, batch_size=batch_size)))
     on_counts = np.asarray(smoother.sample_on_counts(x_dev + deltas, n, seed=eval_seed, index=index_arr,
                                                      batch_size=batch_size)).astype(np.int64)
     return ThresholdedAttackResult(deltas=deltas.detach().cpu(), on_counts=on_counts, predicted=on_counts / n > q,
