@@ -163,7 +163,7 @@ def betting_cp_label_probability_bounds(counts: object, n: object, alpha: float,
     Clopper-Pearson end fails (in E_CP): probability at most ``(1 - w) alpha_b + w alpha_b = alpha_b``, whatever
     tau. The union over the B bounds gives ``alpha``.
     """
-    from multiguard.certificates.sequential import _clopper_pearson
+    from multiguard.certificates.bounds import clopper_pearson
 
     w = check_cp_share(share)
     array2d, single, sizes, read = _checked(counts, n, bounds_read)
@@ -176,7 +176,7 @@ def betting_cp_label_probability_bounds(counts: object, n: object, alpha: float,
         lower, upper = np.zeros(array2d.shape), np.ones(array2d.shape)
     for b in np.unique(read[sizes == last]):
         rows = (sizes == last) & (read == b)
-        cp_lower, cp_upper = _clopper_pearson(array2d[rows], last, alpha * w / float(b))
+        cp_lower, cp_upper = clopper_pearson(array2d[rows], last, alpha * w / float(b))
         lower[rows] = np.maximum(lower[rows], cp_lower)
         upper[rows] = np.minimum(upper[rows], cp_upper)
     return (lower[0], upper[0]) if single else (lower, upper)

@@ -8,7 +8,9 @@ from scipy import stats
 
 from multiguard.common.validation import check_alpha, check_int
 
-__all__ = ["as_label_mask", "jia_bounds_read", "label_probability_bounds", "multiguard_bounds_read"]
+__all__ = [
+    "as_label_mask", "clopper_pearson", "jia_bounds_read", "label_probability_bounds", "multiguard_bounds_read",
+]
 
 
 def _as_float_matrix(value: object, name: str) -> tuple[np.ndarray, bool]:
@@ -176,11 +178,16 @@ def label_probability_bounds(
         level = (alpha / read.astype(np.float64))[:, None]
         if array.ndim == 1:
             level = level[0]
-    positive = array > 0
-    below_n = array < n
+    return clopper_pearson(array, n, level)
+
+
+def clopper_pearson(counts: np.ndarray, n: object, level: object) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper-Pearson bounds at ``level`` each (broadcast), for counts in [0, n] (float arrays; ``n`` a
+    scalar or broadcasting): ``(lower, upper)`` with ``P(lower > p) <= level`` and ``P(upper < p) <= level`` for a
+    Binomial(n, p) count; 0 and 1 at the edges (no count: lower 0; all n: upper 1)."""
+    positive = counts > 0
+    below_n = counts < n
     # Beta parameters must stay valid where the closed-form edge applies; those entries are replaced below.
-    lower = stats.beta.ppf(level, np.where(positive, array, 1.0), n - array + 1.0)
-    upper = stats.beta.ppf(1.0 - level, array + 1.0, np.where(below_n, n - array, 1.0))
-    lower = np.where(positive, lower, 0.0)
-    upper = np.where(below_n, upper, 1.0)
-    return lower, upper
+    lower = stats.beta.ppf(level, np.where(positive, counts, 1.0), n - counts + 1.0)
+    upper = stats.beta.ppf(1.0 - level, counts + 1.0, np.where(below_n, n - counts, 1.0))
+    return np.where(positive, lower, 0.0), np.where(below_n, upper, 1.0)

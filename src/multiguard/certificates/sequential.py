@@ -345,15 +345,10 @@ def anytime_label_probability_bounds(
 
 
 def _clopper_pearson(counts: np.ndarray, n: object, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided Clopper-Pearson bounds at ``level`` each, for float counts in [0, n] (the formulas of
-    :func:`label_probability_bounds`, with the level given instead of ``alpha / c``)."""
-    from scipy import stats
+    """One-sided Clopper-Pearson bounds at ``level`` each (:func:`multiguard.certificates.bounds.clopper_pearson`)."""
+    from multiguard.certificates.bounds import clopper_pearson
 
-    positive = counts > 0
-    below_n = counts < n
-    lower = stats.beta.ppf(level, np.where(positive, counts, 1.0), n - counts + 1.0)
-    upper = stats.beta.ppf(1.0 - level, counts + 1.0, np.where(below_n, n - counts, 1.0))
-    return np.where(positive, lower, 0.0), np.where(below_n, upper, 1.0)
+    return clopper_pearson(counts, n, level)
 
 
 @dataclass(frozen=True)
