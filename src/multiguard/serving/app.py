@@ -208,4 +208,9 @@ def _decode(contents: list[bytes], names: list[str], model: LoadedModel,
                 raise RequestError(f"image {name}: {error.reason}", 413) from None
             except (ValueError, OSError) as error:
                 raise RequestError(f"image {name}: {str(error).replace(str(path), name)}") from None
-    return torch.stack(tensors), sizes
+    batch = torch.stack(tensors)
+    try:
+        model.check_grid(batch, names, "this server runs with --noise sound: start it with --noise float")
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    return batch, sizes

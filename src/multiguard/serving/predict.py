@@ -174,6 +174,7 @@ def predict_images(
     served.check_k(k)
     size = served.image_size
     batch, file_sizes = _load_images(images, size, served.channels, resize)
+    served.check_grid(batch, [os.fspath(path) for path in images], "--noise float; noise='float' in Python")
     served.load()
     predictions = served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha,
                                  seed=seed, batch_size=batch_size, stop_rule=stop_rule, q=q)
@@ -209,6 +210,20 @@ class LoadedModel:
     def check_k(self, k: object) -> int:
         """``k`` as an int in [1, the number of classes], else ValueError naming ``k``."""
         return check_int(k, "k", 1, len(self.class_names), high_label="the number of classes")
+
+    def check_grid(self, batch: torch.Tensor, names: Sequence[str], fix: str) -> None:
+        """With sound noise, refuse in one line naming the file the first image of ``batch`` ``(N, C, H, W)``
+        whose pixels are off the 1/255 grid (a 16-bit or float image): the sound noise is defined on 8-bit
+        pixels only. ``fix``: how this caller switches to float noise (``"--noise float"``)."""
+        if self.spec.noise != "sound":
+            return
+        scaled = batch.detach().to(torch.float64) * 255.0
+        off = (scaled - scaled.round()).abs().flatten(1).amax(dim=1) > 1e-3
+        for name, bad in zip(names, off.tolist(), strict=True):
+            if bad:
+                raise ValueError(f"image {name}: its pixels are not 8-bit (off the 1/255 grid: a 16-bit or float "
+                                 "image); sound noise needs 8-bit pixels: save the file as an 8-bit image, or use "
+                                 f"float noise ({fix})")
 
     def load(self) -> LoadedModel:
         """Build the smoothed classifier (model load, compile) if not yet built; returns self."""
