@@ -25,6 +25,7 @@ from multiguard.cli.options import (
     add_stop_rule,
     add_thresholds,
     apply_threads,
+    check_q_given,
     group,
     mode_args,
     stop_rule_options,
@@ -65,6 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from multiguard.common.devices import resolve_device
     from multiguard.serving.predict import predict_images
 
+    check_q_given(args)
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
     apply_threads(args, (lambda line: None) if args.json else echo)

@@ -19,12 +19,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.runs and not args.compare:
         raise ValueError("runs: give RUN_DIRs to report (with --out), or --compare RESULTS.json ... to compare reports")
     compared = list(args.compare or ())
+    if not args.runs and args.out is not None:
+        raise ValueError("out: --compare alone prints its table and writes no files into --out; leave out --out "
+                         "(redirect the table to keep it: > compare.md), or give RUN_DIRs to report into --out")
     if args.runs:
         if args.out is None:
             raise ValueError("out: give --out REPORT_DIR, the folder for the report of the runs")
-        summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
+        summary_radii = ([float(r) for r in parse_radius_grid(args.summary_radii, "--summary-radii")]
+                         if args.summary_radii else [])
         if args.radii is not None:
-            parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
+            parse_radius_grid(args.radii, "--radii")  # fail on a bad grid before reading any run
         result = make_report(
             args.runs,
             args.out,
