@@ -169,7 +169,7 @@ def run_attack(
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
     certified = (_certified_sizes(certifier, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
-                                  alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
+                                  alpha=alpha, seed=seed, batch_size=batch_size, dataset=data) if certify else None)
     options = _options(method, steps, samples, restarts, step_size, temperature)
     sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
                                     options=options, batch_size=batch_size, log=log, parts=parts)
@@ -325,9 +325,12 @@ def _attack_identity(checkpoint_path: str | os.PathLike[str], model: torch.nn.Mo
 
 def _certified_sizes(smoother: MultiGuard, parts: AttackParts, x: torch.Tensor, labels: np.ndarray,
                      indices: np.ndarray, radii_arr: np.ndarray, *, k: int, k_prime: int, n: int, alpha: float,
-                     seed: int, batch_size: int) -> np.ndarray:
+                     seed: int, batch_size: int, dataset: Any = None) -> np.ndarray:
     """The certified intersection sizes at every radius, from n samples at ``x`` drawn as a certify run with
-    this ``seed`` draws them (or the counts a killed attack saved in ``parts``)."""
+    this ``seed`` draws them (or the counts a killed attack saved in ``parts``). Under sound noise an input off
+    the 1/255 grid is refused naming its file in ``dataset`` (:func:`multiguard.runs.job.check_grid`)."""
+    if smoother.noise.name == "sound":
+        _job.check_grid(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x), indices, dataset)
     done = parts.load("certified")
     if done is None:
         counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)
