@@ -41,18 +41,26 @@ def test_predict_names_the_16_bit_file_that_sound_noise_refuses_and_the_option_t
     assert '"noise": "float' in fine.stdout
 
 
-def test_serve_names_the_16_bit_upload_and_the_servers_own_option(tmp_path, checkpoint):
+def test_serve_names_the_16_bit_upload_and_a_wrong_token_for_what_it_is(tmp_path, checkpoint):
     from servetools import Server
 
     deep = _sixteen_bit_png(tmp_path / "deep.png")
-    server = Server(checkpoint, "--n", "50")
+    server = Server(checkpoint, "--n", "50", "--token", "s3cret")
+    upload = [("scan.png", deep.read_bytes())]
     try:
-        status, answer, _ = server.predict([("scan.png", deep.read_bytes())])
+        status, answer, _ = server.predict(upload, headers={"Authorization": "Bearer s3cret"})
+        refusals = [server.predict(upload, headers=headers)[:2] for headers in
+                    ({}, {"Authorization": "s3cret"}, {"Authorization": "Bearer wrong"})]
     finally:
         server.stop()
     assert status == 400, answer
     assert answer["error"].startswith("image scan.png: its pixels are not 8-bit"), answer
     assert "start it with --noise float" in answer["error"] and "upload" not in answer["error"]
+    assert [code for code, _ in refusals] == [401, 401, 401]
+    said = [body["error"] for _, body in refusals]
+    assert said[0] == "unauthorized: send the header 'Authorization: Bearer TOKEN'"
+    assert said[1] == "unauthorized: the header must read 'Authorization: Bearer TOKEN'"
+    assert said[2].startswith("unauthorized: the token sent is not this server's") and "s3cret" not in said[2]
 
 
 @pytest.mark.parametrize(("option", "value", "said"), [
@@ -163,3 +171,51 @@ def test_ctrl_c_in_certify_says_what_is_kept_and_how_to_continue(tmp_path, check
                          "to continue"), err
     assert "Traceback" not in err
     assert not [name for name in os.listdir(out) if ".tmp" in name or name.startswith(".")]
+
+
+def test_certify_and_attack_on_a_16_bit_dataset_name_its_file_under_sound_noise(tmp_path):
+    root = tmp_path / "deep"
+    (root / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\n")
+    for split in ("train", "test"):
+        rows = ["path,labels"]
+        for i in range(4):
+            _sixteen_bit_png(root / "images" / f"{split}{i}.png")
+            rows.append(f"images/{split}{i}.png,{'ab'[i % 2]}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    model = tmp_path / "m.pt"
+    run("train", "--dataset", "csv", "--data-root", str(root), "--image-size", "32", "--epochs", "1", "--quiet",
+        "--device", "cpu", "--out", str(model))
+    said = ("is not 8-bit (off the 1/255 grid: a 16-bit or float image)", "--noise float")
+    proc = run("certify", "--checkpoint", str(model), "--n", "100", "--num-inputs", "0", "--device", "cpu",
+               "--quiet", "--out", str(tmp_path / "run"), check=False)
+    assert_one_line_error(proc, f"dataset: image {root / 'images' / 'test'}", *said)
+    assert "x: off the" not in proc.stderr
+    proc = run("attack", "--checkpoint", str(model), "--n", "20", "--k", "1", "--steps", "1", "--samples", "2",
+               "--radii", "0.5", "--num-inputs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "a"),
+               check=False)
+    assert_one_line_error(proc, f"dataset: image {root / 'images' / 'test'}", *said)
+
+
+def test_report_of_a_file_says_it_is_a_file_and_where_a_results_json_goes(tmp_path, checkpoint):
+    proc = run("report", str(checkpoint), "--out", str(tmp_path / "r"), check=False)
+    assert_one_line_error(proc, f"run: {checkpoint} is a file, not a RUN_DIR")
+    results = tmp_path / "results.json"
+    results.write_text("{}")
+    proc = run("report", str(results), "--out", str(tmp_path / "r"), check=False)
+    assert_one_line_error(proc, "is a file, not a RUN_DIR", "compared with --compare")
+    assert not (tmp_path / "r").exists()
+
+
+def test_certificate_metrics_names_a_radius_that_is_not_a_number(checkpoint):
+    import multiguard
+
+    model, meta = multiguard.load_checkpoint(checkpoint)
+    smoothed = multiguard.smoothed_from_checkpoint(model, meta)
+    x = torch.zeros(2, meta["in_channels"], meta["image_size"], meta["image_size"])
+    labels = np.zeros((2, meta["num_classes"]), dtype=bool)
+    labels[:, 0] = True
+    certificate = smoothed.certify(x, labels, k=1, n=50)
+    with pytest.raises(ValueError, match=r"^radius must be a number or a 1-D array of numbers, got 'abc'$"):
+        certificate.metrics("abc")
+    assert float(certificate.metrics(0.0).recall) >= 0.0
