@@ -219,3 +219,21 @@ def test_certificate_metrics_names_a_radius_that_is_not_a_number(checkpoint):
     with pytest.raises(ValueError, match=r"^radius must be a number or a 1-D array of numbers, got 'abc'$"):
         certificate.metrics("abc")
     assert float(certificate.metrics(0.0).recall) >= 0.0
+
+
+def test_train_names_threads_as_its_option_is_named(tmp_path):
+    proc = run("train", "--threads", "0", "--epochs", "1", "--out", str(tmp_path / "m.pt"), check=False)
+    assert_one_line_error(proc, "threads must be an integer >= 1, got 0")
+    assert "num_threads" not in proc.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_report_refuses_q_where_no_threshold_curve_is_computed(tmp_path_factory, tmp_path):
+    from clitools import reference_run
+
+    reference = reference_run(tmp_path_factory)  # certified without thresholds
+    out = tmp_path / "report"
+    proc = run("report", str(reference), "--q", "0.3", "--out", str(out), check=False)
+    assert_one_line_error(proc, "q: --q is the cut of the threshold curves", "no run here was certified with")
+    proc = run("report", str(reference), "--methods", "multiguard", "--q", "0.3", "--out", str(out), check=False)
+    assert_one_line_error(proc, "--methods leaves them out")
+    assert not out.exists()
