@@ -23,6 +23,7 @@ from multiguard.common.files import file_sha256
 from multiguard.common.noise_kinds import check_noise
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import MAX_N, check_alpha, check_float, check_int
+from multiguard.data._common import resized_files_note
 from multiguard.denoising.denoisers import denoiser_in, denoiser_record
 from multiguard.evaluation import curves as _curves
 from multiguard.evaluation.attack import AttackResult, attack_smoothed
@@ -264,6 +265,8 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
 def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
                   log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
     """The inputs at ``indices`` and their labels; a compiled smoother is compiled on the first (logged)."""
+    if (note := resized_files_note(data, indices)) is not None:
+        log(f"attack: {note}")
     x, labels = _job.load_batch(data, indices)
     if smoother.mode.compile and len(indices):
         _compile_now(smoother, x[:1], batch_size, log)

@@ -88,7 +88,8 @@ def _refusal(request: Request, settings: ServeSettings) -> JSONResponse | None:
         if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), settings.token.encode()):
             why = ("send the header 'Authorization: Bearer TOKEN'" if not given else
                    "the header must read 'Authorization: Bearer TOKEN'" if scheme.lower() != "bearer" else
-                   "the token sent is not this server's (its --token or MULTIGUARD_TOKEN)")
+                   "the token sent in 'Authorization: Bearer TOKEN' is not this server's (its --token or "
+                   "MULTIGUARD_TOKEN)")
             return _error(f"unauthorized: {why}", 401, {"WWW-Authenticate": "Bearer"})
     if request.method in ("POST", "PUT", "PATCH"):
         length = request.headers.get("content-length")
