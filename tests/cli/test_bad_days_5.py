@@ -260,3 +260,16 @@ def test_certify_and_attack_say_when_the_datasets_files_are_stretched_to_the_mod
     proc = run("attack", "--checkpoint", str(model), "--n", "20", "--k", "1", "--steps", "1", "--samples", "2",
                "--radii", "0.5", "--num-inputs", "0", "--device", "cpu", "--out", str(tmp_path / "a"))
     assert f"attack: {said}" in proc.stdout
+
+
+def test_predict_json_says_the_sigma_and_alpha_its_radii_hold_at_and_the_training_sigma(tmp_path, checkpoint):
+    import json
+
+    image = tmp_path / "x.png"
+    Image.new("L", (32, 32), 0).save(image)
+    trained = torch.load(checkpoint, weights_only=True)["meta"]["sigma"]
+    proc = run("predict", "--checkpoint", str(checkpoint), "--n", "50", "--device", "cpu", "--sigma", "1.5",
+               "--alpha", "0.01", "--json", str(image))
+    answer = json.loads(proc.stdout)[0]
+    assert (answer["sigma"], answer["alpha"], answer["training_sigma"]) == (1.5, 0.01, trained)
+    assert "training sigma" in proc.stderr  # the one-line warning, beside the fields

@@ -48,6 +48,11 @@ class ImagePrediction:
     file_size: tuple[int, int] | None = None
     certified_size: tuple[int, int] | None = None
     resize: str = "stretch"
+    # the noise level and failure probability the radii hold at, and the checkpoint's training sigma (a sigma far
+    # from it is allowed, and said: the JSON reader sees both)
+    sigma: float | None = None
+    alpha: float | None = None
+    training_sigma: float | None = None
 
     @property
     def resized(self) -> bool:
@@ -67,6 +72,9 @@ class ImagePrediction:
             "resize": self.resize if self.resized else None,
             "radius_units": "l2 norm in the pixels (in [0, 1]) of the certified image"
                             + (f", {self.certified_size[0]}x{self.certified_size[1]}" if self.certified_size else ""),
+            "sigma": self.sigma,
+            "alpha": self.alpha,
+            "training_sigma": self.training_sigma,
             "mode": self.mode,
             "noise": self.noise,
             "samples": self.samples,
@@ -251,8 +259,12 @@ class LoadedModel:
         result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=index,
                                   batch_size=batch_size, stop_rule=stop_rule, q=q)
         seconds = time.perf_counter() - started
-        return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
-                                  self.spec.denoiser_identity(), smoother.describe_noise())
+        predictions = _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
+                                         self.spec.denoiser_identity(), smoother.describe_noise())
+        trained = self.meta.get("sigma")
+        for prediction in predictions:
+            prediction.training_sigma = None if trained is None else float(trained)
+        return predictions
 
 
     def predict_merged(self, batches: Sequence[torch.Tensor], paths: Sequence[Sequence[str]], *, seed: int,
@@ -309,7 +321,7 @@ def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], na
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
                         samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity,
-                        noise=noise_words)
+                        noise=noise_words, sigma=float(result.sigma), alpha=float(result.alpha))
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:
