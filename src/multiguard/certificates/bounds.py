@@ -84,7 +84,10 @@ def _check_probabilities(array: np.ndarray, name: str) -> None:
 
 def _as_radius(radius: object) -> tuple[np.ndarray, bool]:
     """Return radii as a 1-D float array and whether a scalar was given."""
-    array = np.asarray(radius, dtype=np.float64)
+    try:
+        array = np.asarray(radius, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be a number or a 1-D array of numbers, got {radius!r}") from None
     if array.ndim > 1:
         raise ValueError(f"radius must be a scalar or a 1-D array, got shape {array.shape}")
     if np.isnan(array).any() or (array < 0).any():

@@ -159,6 +159,13 @@ def read_threshold_file(path: str | os.PathLike[str], class_names: Sequence[str]
         missing = [n for n in names if n not in by_name] if by_name else []
         detail = f"missing {', '.join(missing)}" if missing else f"{len(values)} thresholds"
         raise ValueError(f"threshold file {text_path}: needs one threshold per label ({len(names)}), {detail}")
+    if scale == "probability":
+        for name, value in zip(names, values, strict=True):
+            if value in (0.0, 1.0):  # a constant label: its certificate says nothing about the model
+                state = ("on (sigmoid(score) > 0 for every score)" if value == 0.0
+                         else "off (sigmoid(score) > 1 for none)")
+                raise ValueError(f"threshold file {text_path}: label {name!r} has threshold {value:g}, which keeps it "
+                                 f"always {state}, whatever the model; give thresholds strictly between 0 and 1")
     try:
         return LabelThresholds(tuple(values), scale, f"file {text_path}")
     except ValueError as exc:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -175,22 +176,54 @@ def _given_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> froz
     return frozenset(names[word.split("=", 1)[0]] for word in argv if word.split("=", 1)[0] in names)
 
 
+# The commands whose --out keeps what a killed run finished, and continue it with --resume.
+_RESUMABLE = ("certify", "attack", "train", "train-denoiser")
+
+
+def _interrupted_detail(args: argparse.Namespace) -> str:
+    """What a Ctrl-C left: ``'; run keeps what was finished: run the same command with --resume to continue'``
+    for a resumable command whose --out exists, ``''`` otherwise."""
+    out = getattr(args, "out", None)
+    if getattr(args, "command", None) not in _RESUMABLE or out is None or not os.path.exists(out):
+        return ""
+    return f"; {out} keeps what was finished: run the same command with --resume to continue"
+
+
+_NEGATIVE_LIST = re.compile(r"^-\.?\d[^\s]*[,:]")
+
+
+def _attach_negative_lists(argv: Sequence[str]) -> list[str]:
+    """``--radii -1,0.5`` as ``--radii=-1,0.5``: argparse takes a value that starts with ``-`` and is not a
+    single number for an option and says "expected one argument"; attached, the value reaches its own check,
+    whose message names what is wrong with it (a negative radius)."""
+    words = list(argv)
+    out: list[str] = []
+    for i, word in enumerate(words):
+        previous = out[-1] if out else ""
+        if i and previous.startswith("--") and "=" not in previous and _NEGATIVE_LIST.match(word):
+            out[-1] = f"{previous}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``multiguard`` command; returns the exit status: 0, 2 for the user's errors, 1 for the machine's
     (with one line on stderr, and a traceback only under ``--debug`` or ``MULTIGUARD_DEBUG=1``)."""
     _tolerant_output()
     parser = build_parser()
+    argv = _attach_negative_lists(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser, so that its --help is the one named
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.given = _given_options(getattr(args, "command_parser", parser), sys.argv[1:] if argv is None else argv)
+    args.given = _given_options(getattr(args, "command_parser", parser), argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     try:
         with warnings.catch_warnings():  # library warnings as one line each, without the source location
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("multiguard: interrupted", file=sys.stderr)
+        print(f"multiguard: interrupted{_interrupted_detail(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter shutdown from flushing again

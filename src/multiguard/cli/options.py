@@ -308,6 +308,15 @@ def add_thresholds(p: argparse.ArgumentParser, *, rule: bool = True) -> None:
         p.add_argument("--threshold-inputs", type=int, default=300, metavar="N", help="images to choose them on")
 
 
+def check_q_given(args: argparse.Namespace) -> None:
+    """Refuse ``--q`` without ``--threshold`` (or ``--threshold-rule``): q is the cut of the thresholded
+    certificate, and a top-k certificate alone would silently ignore it. Raises ValueError("q: ...")."""
+    if "q" in getattr(args, "given", ()) and getattr(args, "threshold", None) is None \
+            and getattr(args, "threshold_rule", None) is None:
+        raise ValueError("q: --q is the cut of the thresholded certificate and does nothing without --threshold; "
+                         "give --threshold TAU|FILE too, or leave out --q")
+
+
 def add_output(p: argparse.ArgumentParser, *, metavar: str | None, help: str, required: bool = True,  # noqa: A002
                resume: str | None = None, overwrite: str | None = None, quiet: str | None = "no progress output",
                default: str | None = None) -> None:

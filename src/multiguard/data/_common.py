@@ -191,6 +191,29 @@ def image_file_size(path: str | os.PathLike) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def resized_files_note(dataset: object, indices: Sequence[int] | np.ndarray) -> str | None:
+    """One line when files of a dataset read from image files (``dataset.paths``, ``dataset.image_size``) at
+    ``indices`` are not of the model's square size: they are stretched to it (as in training), so the certified
+    radii are in the stretched image's pixels, not the files'. ``None`` when every file has that size, or for a
+    dataset without files (multidigits). Reads only the files' headers."""
+    paths, size = getattr(dataset, "paths", None), getattr(dataset, "image_size", None)
+    if paths is None or size is None:
+        return None
+    sizes: Counter[tuple[int, int]] = Counter()
+    for index in indices:
+        try:
+            sizes[image_file_size(paths[int(index)])] += 1
+        except (OSError, ValueError):  # a missing or unreadable file is named when it is loaded
+            continue
+    other = {shape: count for shape, count in sizes.items() if shape != (size, size)}
+    if not other:
+        return None
+    width, height = max(other, key=lambda shape: other[shape])
+    return (f"{sum(other.values())} of the {len(indices)} inputs' files are not {size}x{size} (e.g. {width}x{height}): "
+            f"each is stretched to {size}x{size}, as in training; radii are l2 norms in the pixels of the "
+            f"{size}x{size} image, not the file's")
+
+
 def _fit(img: Image.Image, image_size: int, resize: str, path: Path) -> Image.Image:
     """The open image fitted to ``image_size`` x ``image_size`` as ``resize`` says (see :data:`RESIZE_CHOICES`)."""
     width, height = img.size

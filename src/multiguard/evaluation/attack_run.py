@@ -23,6 +23,7 @@ from multiguard.common.devices import resolve_device
 from multiguard.common.noise_kinds import check_noise
 from multiguard.common.seeds import attack_evaluation_seed
 from multiguard.common.validation import MAX_N, check_alpha, check_float, check_int
+from multiguard.data._common import resized_files_note
 from multiguard.denoising.denoisers import denoiser_in, denoiser_record
 from multiguard.evaluation import curves as _curves
 from multiguard.evaluation.attack import AttackResult, attack_smoothed
@@ -170,7 +171,7 @@ def run_attack(
     parts = AttackParts(out, identity, resume=resume)
     x, labels = _attack_batch(smoother, data, indices, batch_size, log)
     certified = (_certified_sizes(certifier, parts, x, labels, indices, radii_arr, k=k, k_prime=k_prime, n=n,
-                                  alpha=alpha, seed=seed, batch_size=batch_size) if certify else None)
+                                  alpha=alpha, seed=seed, batch_size=batch_size, dataset=data) if certify else None)
     options = _options(method, steps, samples, restarts, step_size, temperature)
     sizes, norms = _attack_at_radii(smoother, x, labels, indices, radii_arr, k=k, method=method, n=n, seed=seed,
                                     options=options, batch_size=batch_size, log=log, parts=parts)
@@ -268,6 +269,8 @@ def _load_for_attack(checkpoint_path: str | os.PathLike[str], k: int, k_prime: i
 def _attack_batch(smoother: MultiGuard, data, indices: np.ndarray, batch_size: int,
                   log: Callable[[str], None]) -> tuple[torch.Tensor, np.ndarray]:
     """The inputs at ``indices`` and their labels; a compiled smoother is compiled on the first (logged)."""
+    if (note := resized_files_note(data, indices)) is not None:
+        log(f"attack: {note}")
     x, labels = _job.load_batch(data, indices)
     if smoother.mode.compile and len(indices):
         _compile_now(smoother, x[:1], batch_size, log)
@@ -329,9 +332,12 @@ def _attack_identity(base: BaseClassifierSpec, denoiser_facts: dict,
 
 def _certified_sizes(smoother: MultiGuard, parts: AttackParts, x: torch.Tensor, labels: np.ndarray,
                      indices: np.ndarray, radii_arr: np.ndarray, *, k: int, k_prime: int, n: int, alpha: float,
-                     seed: int, batch_size: int) -> np.ndarray:
+                     seed: int, batch_size: int, dataset: Any = None) -> np.ndarray:
     """The certified intersection sizes at every radius, from n samples at ``x`` drawn as a certify run with
-    this ``seed`` draws them (or the counts a killed attack saved in ``parts``)."""
+    this ``seed`` draws them (or the counts a killed attack saved in ``parts``). Under sound noise an input off
+    the 1/255 grid is refused naming its file in ``dataset`` (:func:`multiguard.runs.job.check_grid`)."""
+    if smoother.noise.name == "sound":
+        _job.check_grid(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x), indices, dataset)
     done = parts.load("certified")
     if done is None:
         counts = smoother.sample_counts(x, n, seed=seed, index=indices, batch_size=batch_size)

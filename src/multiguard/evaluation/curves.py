@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -117,12 +118,13 @@ def sigma_radius_grid(sigmas: Iterable[float]) -> np.ndarray:
     return np.unique(np.round(step * np.arange(4 * RADIUS_GRID_STEPS_PER_SIGMA + 1), 12))
 
 
-def parse_radius_grid(text: str | float | Iterable[float]) -> np.ndarray:
+def parse_radius_grid(text: str | float | Iterable[float], name: str = "radii") -> np.ndarray:
     """Radii from ``"start:stop:step"`` (stop included), ``"0,0.25,0.5"``, a single number, or numbers: the one
     parser of radius lists (report grids, summary radii, attack radii), sorted, without repeats.
 
     Values are rounded to 12 decimals so that a grid such as ``0:3:0.05`` hits 0.25, 0.5 and 1.0 exactly.
-    Raises ValueError naming ``radii`` for anything else, negative or non-finite radii.
+    Raises ValueError naming ``name`` (the argument: ``radii``, ``--summary-radii``, ...) for anything else: an
+    empty list or entry (``"0.5,,1"``), negative or non-finite radii.
     """
     points = 0.0  # of a START:STOP:STEP grid, counted before any array is made
     if isinstance(text, (int, float, np.number)) and not isinstance(text, bool):
@@ -140,21 +142,30 @@ def parse_radius_grid(text: str | float | Iterable[float]) -> np.ndarray:
                 points = (stop - start) / step + 1  # inf for a step too small to count
                 if math.isfinite(points) and points <= MAX_RADII + 1:
                     values = np.round(start + step * np.arange(int(math.floor(points - 1 + 1e-9)) + 1), 12)
+            elif spec:
+                items = re.split(r"\s*,\s*|\s+", spec)
+                if "" in items:
+                    raise ValueError(f"{name} must be numbers separated by commas, got {text!r} (an empty entry)")
+                values = np.array([float(p) for p in items], dtype=np.float64)
             else:
-                values = np.array([float(p) for p in spec.replace(" ", ",").split(",") if p], dtype=np.float64)
-        except ValueError:
+                raise ValueError(f"{name} must be at least one radius, got {text!r}")
+        except ValueError as exc:
+            if str(exc).startswith(f"{name} must"):
+                raise
             raise ValueError(
-                f"radii must be START:STOP:STEP (e.g. 0:3:0.05) or comma-separated numbers, got {text!r}"
+                f"{name} must be START:STOP:STEP (e.g. 0:3:0.05) or comma-separated numbers, got {text!r}"
             ) from None
     else:
         try:
             values = np.round(np.asarray(list(text), dtype=np.float64), 12)
         except (TypeError, ValueError):
-            raise ValueError(f"radii must be numbers, got {text!r}") from None
+            raise ValueError(f"{name} must be numbers, got {text!r}") from None
     if not math.isfinite(points) or points > MAX_RADII + 1 or values.size > MAX_RADII:
-        raise ValueError(f"radii must be a grid of at most {MAX_RADII} points (use a larger STEP), got {text!r}")
-    if values.size == 0 or not np.all(np.isfinite(values)) or (values < 0).any():
-        raise ValueError(f"radii must be finite and >= 0, got {text!r}")
+        raise ValueError(f"{name} must be a grid of at most {MAX_RADII} points (use a larger STEP), got {text!r}")
+    if values.size == 0:
+        raise ValueError(f"{name} must be at least one radius, got {text!r}")
+    if not np.all(np.isfinite(values)) or (values < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {text!r}")
     return np.unique(values)
 
 

@@ -41,6 +41,46 @@ def _build(meta: dict) -> nn.Module:
                         mean=meta["mean"], std=meta["std"])
 
 
+def _check_meta(meta: object, path: str | os.PathLike) -> dict:
+    """The checkpoint's metadata if the fields every command reads are there and of their type; else a one-line
+    ValueError naming the file and the field (a checkpoint of ours always has them: it was damaged or edited)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint: {path} is damaged (its 'meta' is not a dict)")
+    for key in ("arch", "num_classes", "image_size", "class_names", "sigma"):
+        if key not in meta:
+            raise ValueError(f"checkpoint: {path} is damaged (no '{key}' in it)")
+    for key in ("num_classes", "image_size", "in_channels"):
+        value = meta.get(key, 3)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"checkpoint: {path} is damaged (its '{key}' is {value!r}, not an integer >= 1)")
+    sigma = meta["sigma"]
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma >= 0:
+        raise ValueError(f"checkpoint: {path} is damaged (its 'sigma' is {sigma!r}, not a number >= 0)")
+    return meta
+
+
+def _weights_mismatch(model: nn.Module, weights: object) -> str:
+    """What does not fit between ``model`` and a state dict, for one line: missing, unexpected and reshaped
+    tensors, each counted with the first name (and shapes)."""
+    if not isinstance(weights, dict):
+        return f"its weights are a {type(weights).__name__}, not a state dict"
+    own = model.state_dict()
+    missing = [name for name in own if name not in weights]
+    extra = [name for name in weights if name not in own]
+    shapes = [name for name in own if name in weights and hasattr(weights[name], "shape")
+              and tuple(weights[name].shape) != tuple(own[name].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) of the model missing, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} not in the model, e.g. {extra[0]}")
+    if shapes:
+        name = shapes[0]
+        parts.append(f"{len(shapes)} of another shape, e.g. {name}: {tuple(weights[name].shape)} in the file, "
+                     f"{tuple(own[name].shape)} in the model")
+    return "; ".join(parts) or "the weights do not load"
+
+
 def _model_file_change(model: nn.Module, meta: dict) -> str | None:
     """``'the model file F changed since the checkpoint was trained (...)'`` when the Python file defining the
     checkpoint's model (a file factory) no longer has the SHA-256 training recorded; ``None`` otherwise (also
@@ -61,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     not a MultiGuard checkpoint.
     """
     checkpoint = read_checkpoint(path)
-    meta = checkpoint["meta"]
+    meta = _check_meta(checkpoint["meta"], path)
     try:
         model = _build(meta)
     except KeyError as missing:  # a checkpoint of ours always has them: it was damaged or edited
@@ -72,8 +112,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model.class_names = list(meta["class_names"])
     except KeyError as missing:
         raise ValueError(f"checkpoint: {path} is damaged (no {missing} in it)") from None
-    except RuntimeError as exc:  # load_state_dict: weights of other shapes or names than the model's
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except RuntimeError:  # load_state_dict: weights of other shapes or names than the model's
+        reason = _weights_mismatch(model, checkpoint["state_dict"])
         if model.arch_file is not None:  # the user's model file builds another model than the one trained
             how = changed or f"was {model.arch_file} edited since {path} was trained?"
             raise ValueError(f"checkpoint: the weights in {path} do not fit the model its file builds now ({how}; "

@@ -22,6 +22,7 @@ from multiguard.common import processes as _processes
 from multiguard.common.distributed import DistributedContext, init_distributed
 from multiguard.common.progress import Log, ProgressPrinter
 from multiguard.common.validation import MAX_N, check_int
+from multiguard.data._common import resized_files_note
 from multiguard.models.base_classifier import BaseClassifierSpec, ModeSpec
 from multiguard.models.checkpoints import dataset_for_checkpoint
 from multiguard.runs import job as _job
@@ -196,6 +197,8 @@ def certify_base_classifier(
         batch_size=batch_size, stop_rule=stop_rule,
         record={"data_root": info["data_root"], "class_names": info["class_names"], **base.record()},
     )
+    if log is not None and (note := resized_files_note(data, _job.select_inputs(len(data), num_inputs, seed))):
+        log(f"certify: {note}")
     if smoother.mode.compile and len(data):
         _compile_now(smoother, data[0][0][None], batch_size, log)
     return _job.sample_run(out, spec, sampler=smoother, dataset=data, resume=resume, shard=shard, context=context,

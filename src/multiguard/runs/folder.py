@@ -471,6 +471,10 @@ def load_run(path: str | os.PathLike[str], *, allow_partial: bool = False) -> Ru
     :class:`multiguard.common.validation.DamagedFileError` naming it and what to do.
     """
     path = Path(path)
+    if path.is_file():
+        hint = " (a report's results.json is compared with --compare)" if path.suffix == ".json" else ""
+        raise FileNotFoundError(f"run: {path} is a file, not a RUN_DIR (the folder multiguard certify --out "
+                                f"writes){hint}")
     if not path.is_dir():
         raise FileNotFoundError(f"run: {path} does not exist or is not a folder")
     meta_path = path / METADATA

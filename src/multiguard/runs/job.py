@@ -51,7 +51,8 @@ from multiguard.runs.spec import RunSpec
 if TYPE_CHECKING:
     from multiguard.certificates.stop_rule import StopRule
 
-__all__ = ["RunProgress", "RunResult", "load_batch", "parse_shard", "run_lock", "sample_run", "select_inputs"]
+__all__ = ["RunProgress", "RunResult", "check_grid", "load_batch", "parse_shard", "run_lock", "sample_run",
+           "select_inputs"]
 
 
 
@@ -376,6 +377,19 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
     return counts, extra, drawn
 
 
+def check_grid(images: np.ndarray, indices: np.ndarray, dataset: Any) -> None:
+    """Refuse, naming the dataset's file (or input index), the first image ``(m, ...)`` off the 1/255 grid: the
+    sound noise is defined on 8-bit pixels only, and a 16-bit dataset fails every chunk the same way."""
+    scaled = np.asarray(images, dtype=np.float64).reshape(len(images), -1) * 255.0
+    off = np.abs(scaled - np.round(scaled)).max(axis=1, initial=0.0) > 1e-3
+    if off.any():
+        index = int(indices[int(np.argmax(off))])
+        paths = getattr(dataset, "paths", None)
+        name = f"image {paths[index]}" if paths is not None and index < len(paths) else f"input {index}"
+        raise ValueError(f"dataset: {name} is not 8-bit (off the 1/255 grid: a 16-bit or float image); sound noise "
+                         "needs 8-bit pixels: save the dataset's images as 8-bit, or use --noise float")
+
+
 def _sample_chunks(run_dir: Path, plan: _Plan, work: _Work, sampler: Any, dataset: Any, context: Any,
                    run_meta: dict[str, Any], on_progress: Callable[[RunProgress], None] | None,
                    repairs: list[str]) -> int:
@@ -390,6 +404,8 @@ def _sample_chunks(run_dir: Path, plan: _Plan, work: _Work, sampler: Any, datase
         chunk_indices = plan.chunk_indices(chunk)
         chunk_start = time.perf_counter()
         images, labels = load_batch(dataset, chunk_indices)
+        if plan.spec.noise == "sound":
+            check_grid(images, chunk_indices, dataset)
         counts, extra, drawn = _sample_chunk(plan, sampler, images, labels, chunk_indices)
         atomic_write_npz(
             _chunk_path(run_dir, chunk), start=np.int64(chunk * plan.spec.chunk_size), indices=chunk_indices,

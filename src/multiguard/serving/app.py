@@ -86,8 +86,11 @@ def _refusal(request: Request, settings: ServeSettings) -> JSONResponse | None:
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), settings.token.encode()):
-            return _error("unauthorized: send the header 'Authorization: Bearer TOKEN'", 401,
-                          {"WWW-Authenticate": "Bearer"})
+            why = ("send the header 'Authorization: Bearer TOKEN'" if not given else
+                   "the header must read 'Authorization: Bearer TOKEN'" if scheme.lower() != "bearer" else
+                   "the token sent in 'Authorization: Bearer TOKEN' is not this server's (its --token or "
+                   "MULTIGUARD_TOKEN)")
+            return _error(f"unauthorized: {why}", 401, {"WWW-Authenticate": "Bearer"})
     if request.method in ("POST", "PUT", "PATCH"):
         length = request.headers.get("content-length")
         if length is None:
@@ -208,4 +211,9 @@ def _decode(contents: list[bytes], names: list[str], model: LoadedModel,
                 raise RequestError(f"image {name}: {error.reason}", 413) from None
             except (ValueError, OSError) as error:
                 raise RequestError(f"image {name}: {str(error).replace(str(path), name)}") from None
-    return torch.stack(tensors), sizes
+    batch = torch.stack(tensors)
+    try:
+        model.check_grid(batch, names, "this server runs with --noise sound: start it with --noise float")
+    except ValueError as error:
+        raise RequestError(str(error)) from None
+    return batch, sizes

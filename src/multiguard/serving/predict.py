@@ -48,6 +48,11 @@ class ImagePrediction:
     file_size: tuple[int, int] | None = None
     certified_size: tuple[int, int] | None = None
     resize: str = "stretch"
+    # the noise level and failure probability the radii hold at, and the checkpoint's training sigma (a sigma far
+    # from it is allowed, and said: the JSON reader sees both)
+    sigma: float | None = None
+    alpha: float | None = None
+    training_sigma: float | None = None
 
     @property
     def resized(self) -> bool:
@@ -67,6 +72,9 @@ class ImagePrediction:
             "resize": self.resize if self.resized else None,
             "radius_units": "l2 norm in the pixels (in [0, 1]) of the certified image"
                             + (f", {self.certified_size[0]}x{self.certified_size[1]}" if self.certified_size else ""),
+            "sigma": self.sigma,
+            "alpha": self.alpha,
+            "training_sigma": self.training_sigma,
             "mode": self.mode,
             "noise": self.noise,
             "samples": self.samples,
@@ -174,6 +182,7 @@ def predict_images(
     served.check_k(k)
     size = served.image_size
     batch, file_sizes = _load_images(images, size, served.channels, resize)
+    served.check_grid(batch, [os.fspath(path) for path in images], "--noise float; noise='float' in Python")
     served.load()
     predictions = served.predict(batch, [os.fspath(path) for path in images], k=k, n0=n0, n=n, alpha=alpha,
                                  seed=seed, batch_size=batch_size, stop_rule=stop_rule, q=q)
@@ -210,6 +219,20 @@ class LoadedModel:
         """``k`` as an int in [1, the number of classes], else ValueError naming ``k``."""
         return check_int(k, "k", 1, len(self.class_names), high_label="the number of classes")
 
+    def check_grid(self, batch: torch.Tensor, names: Sequence[str], fix: str) -> None:
+        """With sound noise, refuse in one line naming the file the first image of ``batch`` ``(N, C, H, W)``
+        whose pixels are off the 1/255 grid (a 16-bit or float image): the sound noise is defined on 8-bit
+        pixels only. ``fix``: how this caller switches to float noise (``"--noise float"``)."""
+        if self.spec.noise != "sound":
+            return
+        scaled = batch.detach().to(torch.float64) * 255.0
+        off = (scaled - scaled.round()).abs().flatten(1).amax(dim=1) > 1e-3
+        for name, bad in zip(names, off.tolist(), strict=True):
+            if bad:
+                raise ValueError(f"image {name}: its pixels are not 8-bit (off the 1/255 grid: a 16-bit or float "
+                                 "image); sound noise needs 8-bit pixels: save the file as an 8-bit image, or use "
+                                 f"float noise ({fix})")
+
     def load(self) -> LoadedModel:
         """Build the smoothed classifier (model load, compile) if not yet built; returns self."""
         if self.smoother is None:
@@ -236,8 +259,12 @@ class LoadedModel:
         result = smoother.predict(batch, k=k, n0=n0, n=n, alpha=alpha, seed=seed, index=index,
                                   batch_size=batch_size, stop_rule=stop_rule, q=q)
         seconds = time.perf_counter() - started
-        return _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
-                                  self.spec.denoiser_identity(), smoother.describe_noise())
+        predictions = _image_predictions(result, paths, self.class_names, k, seconds, smoother.mode.as_metadata(),
+                                         self.spec.denoiser_identity(), smoother.describe_noise())
+        trained = self.meta.get("sigma")
+        for prediction in predictions:
+            prediction.training_sigma = None if trained is None else float(trained)
+        return predictions
 
 
     def predict_merged(self, batches: Sequence[torch.Tensor], paths: Sequence[Sequence[str]], *, seed: int,
@@ -294,7 +321,7 @@ def _image_predictions(result: Any, images: Sequence[str | os.PathLike[str]], na
         ImagePrediction(os.fspath(path), [names[j] for j in result.labels[i]], [float(r) for r in result.radii[i]],
                         trivial=int(trivial[i]), num_classes=num_classes, mode=dict(mode),
                         samples=int(result.samples[i]), batch_seconds=seconds, denoiser=denoiser_identity,
-                        noise=noise_words)
+                        noise=noise_words, sigma=float(result.sigma), alpha=float(result.alpha))
         for i, path in enumerate(images)
     ]
     if result.thresholded is not None:

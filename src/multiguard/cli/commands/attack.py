@@ -17,6 +17,7 @@ from multiguard.cli.options import (
     add_sampling,
     add_thresholds,
     apply_threads,
+    check_q_given,
     group,
     mode_args,
 )
@@ -27,7 +28,10 @@ ATTACK = "attack"  # the --help group of the attack's own options
 def _cmd_attack(args: argparse.Namespace) -> int:
     from multiguard.common.devices import resolve_device
     from multiguard.evaluation.attack_run import run_attack
+    from multiguard.evaluation.curves import parse_radius_grid
 
+    check_q_given(args)
+    parse_radius_grid(args.radii, "--radii")  # a bad list is refused before the model is loaded
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.quiet else echo)
     apply_threads(args, (lambda line: None) if args.quiet else echo)
     result = run_attack(

@@ -94,8 +94,14 @@ def _cmd_datasets_verify(args: argparse.Namespace) -> int:
     else:
         echo(report.text())
     if not report.ok:
-        return fail(f"{len(report.problems)} problem(s) in {args.root} (listed above): fix them, or fetch the "
-                    f"data again (multiguard datasets download {args.name} --root {args.root})", EXIT_FAILURE)
+        from multiguard.data.download import downloadable_names
+
+        again = (f"or fetch the data again (multiguard datasets download {args.name} --root {args.root})"
+                 if args.name in downloadable_names() else
+                 "or remove the rows of missing images from the split's csv (your own data: there is nothing to "
+                 "download; the layout: docs/own-data.md)")
+        return fail(f"{len(report.problems)} problem(s) in {args.root} (listed above): fix them, {again}",
+                    EXIT_FAILURE)
     return 0
 
 

@@ -25,6 +25,7 @@ from multiguard.cli.options import (
     add_stop_rule,
     add_thresholds,
     apply_threads,
+    check_q_given,
     group,
     mode_args,
     refuse_rule_options_without_radius,
@@ -66,6 +67,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from multiguard.serving.predict import predict_images
 
     refuse_rule_options_without_radius(args, PROCEDURE_OPTIONS, "without it every image gets --n samples")
+    check_q_given(args)
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)
     apply_threads(args, (lambda line: None) if args.json else echo)

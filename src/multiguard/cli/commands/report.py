@@ -5,6 +5,7 @@ Each handler parses nothing, calls the library and prints; ``*_options`` adds th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from multiguard.cli.console import echo, fail
@@ -19,12 +20,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.runs and not args.compare:
         raise ValueError("runs: give RUN_DIRs to report (with --out), or --compare RESULTS.json ... to compare reports")
     compared = list(args.compare or ())
+    if not args.runs and args.out is not None:
+        raise ValueError("out: --compare alone prints its table and writes no files into --out; leave out --out "
+                         "(redirect the table to keep it: > compare.md), or give RUN_DIRs to report into --out")
+    _check_q_has_thresholds(args)
     if args.runs:
         if args.out is None:
             raise ValueError("out: give --out REPORT_DIR, the folder for the report of the runs")
-        summary_radii = [float(r) for r in parse_radius_grid(args.summary_radii)] if args.summary_radii else []
+        summary_radii = ([float(r) for r in parse_radius_grid(args.summary_radii, "--summary-radii")]
+                         if args.summary_radii else [])
         if args.radii is not None:
-            parse_radius_grid(args.radii)  # fail on a bad grid before reading any run
+            parse_radius_grid(args.radii, "--radii")  # fail on a bad grid before reading any run
         result = make_report(
             args.runs,
             args.out,
@@ -57,6 +63,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
                             "same experiment (compare runs of the same data, noise and thresholds, or leave out "
                             "--strict)", EXIT_FAILURE)
     return 0
+
+
+def _check_q_has_thresholds(args: argparse.Namespace) -> None:
+    """Refuse --q where no threshold curve is computed (``--methods`` without ``threshold``, or no run certified
+    with thresholds): q is the cut of those curves only, and the report would silently ignore it."""
+    if "q" not in getattr(args, "given", ()) or not args.runs:
+        return
+    if args.methods is not None and "threshold" not in args.methods:
+        raise ValueError("q: --q is the cut of the threshold curves, and --methods leaves them out; add threshold "
+                         "to --methods, or leave out --q")
+    for run in args.runs:
+        try:
+            with open(os.path.join(run, "metadata.json"), encoding="utf-8") as handle:
+                if json.load(handle).get("thresholds"):
+                    return
+        except (OSError, ValueError, AttributeError):  # not a run, or damaged: make_report names it
+            return
+    raise ValueError("q: --q is the cut of the threshold curves, and no run here was certified with thresholds "
+                     "(certify --threshold); leave out --q")
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import sys
 
 from multiguard.cli.commands.predict import _predict_options, apply_mode_of
 from multiguard.cli.console import echo
-from multiguard.cli.options import apply_threads, group, mode_args
+from multiguard.cli.options import apply_threads, check_q_given, group, mode_args
 
 SERVER = "server"
 TOKEN_ENV = "MULTIGUARD_TOKEN"
@@ -36,6 +36,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"multiguard serve: warning: listening on {args.host} without a token: anyone who can reach this "
               f"port can use the model; set --token or {TOKEN_ENV}", file=sys.stderr, flush=True)
+    check_q_given(args)
     apply_threads(args, echo)
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), echo)

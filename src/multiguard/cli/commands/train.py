@@ -18,11 +18,21 @@ from multiguard.cli.options import (
 )
 
 
+def _check_threads(args: argparse.Namespace) -> None:
+    """--threads below 1 named as the option is (``threads``, as certify, predict and attack name it), not by
+    the settings field behind it (``num_threads``)."""
+    from multiguard.common.validation import check_int
+
+    if getattr(args, "num_threads", None) is not None:
+        check_int(args.num_threads, "threads", 1)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from multiguard.common.settings import from_namespace
     from multiguard.training.classifier import train
     from multiguard.training.settings import TrainSettings
 
+    _check_threads(args)
     run = {"out": args.out, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,
            "progress": not args.quiet, "log": None if not args.quiet else (lambda line: None)}
     if getattr(args, "recipe", None):  # the recipe's values, each replaced by an option given explicitly
@@ -53,6 +63,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     from multiguard.training.denoiser import train_denoiser
     from multiguard.training.settings import DenoiserTrainSettings
 
+    _check_threads(args)
     _, meta = train_denoiser(from_namespace(DenoiserTrainSettings, args), out=args.out, resume=args.resume,
                              overwrite=args.overwrite, device=args.device, progress=not args.quiet,
                              log=None if not args.quiet else (lambda line: None))
