@@ -192,6 +192,7 @@ def test_certify_and_attack_on_a_16_bit_dataset_name_its_file_under_sound_noise(
                "--quiet", "--out", str(tmp_path / "run"), check=False)
     assert_one_line_error(proc, f"dataset: image {root / 'images' / 'test'}", *said)
     assert "x: off the" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before the RUN_DIR is made
     proc = run("attack", "--checkpoint", str(model), "--n", "20", "--k", "1", "--steps", "1", "--samples", "2",
                "--radii", "0.5", "--num-inputs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "a"),
                check=False)

@@ -231,6 +231,8 @@ def sample_run(
     context = context or SingleProcess()
     _check_arguments(spec, sampler, shard)
     plan = _plan_run(spec, sampler, dataset, context, shard)
+    if plan.spec.noise == "sound" and len(plan.indices):  # a 16-bit dataset is refused before any folder is made
+        check_grid(load_batch(dataset, plan.chunk_indices(0))[0], plan.chunk_indices(0), dataset)
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"out: {run_dir} exists and is not a folder")
