@@ -85,6 +85,8 @@ def _png(width: int, height: int) -> bytes:
     ([("a.png", _png(8, 8))], {"alpha": "1.5"}, 400, "alpha:"),
     ([("a.png", _png(8, 8))], {"seed": "-1"}, 400, "seed:"),
     ([("a.png", _png(8, 8))], {"stop_at_radius": "-0.5"}, 400, "stop_at_radius:"),
+    ([("a.png", _png(8, 8))], {"resize": "refuse"}, 400, "resize: not a request parameter"),
+    ([("a.png", _png(8, 8))], {"q": "0.3", "k": "2"}, 400, "q: not a request parameter"),
 ])
 def test_bad_requests_get_a_json_error(server: Server, files, fields, status, words) -> None:
     got, answer, _ = server.predict(files, fields)

@@ -67,7 +67,7 @@ def add_oip_routes(app: FastAPI, state: ServerState) -> None:
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise RequestError("parameters: expected a JSON object")
-        certificate = state.certificate(params)
+        certificate = state.certificate(params, known_only=False)  # OIP parameters may hold a client's own keys
         names = [f"input{i}" for i in range(batch.shape[0])]
         predictions, batched = await state.predict(batch, names, certificate)
         request.state.images, request.state.samples = len(names), sum(p.samples or 0 for p in predictions)

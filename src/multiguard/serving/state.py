@@ -56,6 +56,10 @@ class ServeSettings:
     seed: int | None = None  # the seed of requests that give none (None: fresh noise from secrets per request)
 
 
+#: What a request may set (a query, form fields, or OIP ``parameters``); the rest is the server's command line.
+REQUEST_PARAMETERS = ("k", "n", "alpha", "seed", "stop_at_radius")
+
+
 @dataclass
 class ServerState:
     """What the endpoints share: the model, the settings and the inference queue."""
@@ -64,12 +68,19 @@ class ServerState:
     settings: ServeSettings
     queue: InferenceQueue | None = None
 
-    def certificate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def certificate(self, params: Mapping[str, Any], *, known_only: bool = True) -> dict[str, Any]:
         """The certificate settings of one request: ``params`` (k, n, alpha, seed, stop_at_radius, strings from a
         form, a query or JSON) checked against the server's limits, the rest from the settings; a missing seed
         (and no ``--seed`` of the server) stays ``None``: the worker draws it from :mod:`secrets` when the request
-        runs, one seed per model call (:meth:`predict`)."""
+        runs, one seed per model call (:meth:`predict`). With ``known_only`` (``/v1/predict``) a parameter of
+        another name is refused (400), never ignored: a client asking for ``resize`` or ``q`` would otherwise get
+        the server's settings unawares (the Open Inference Protocol's ``parameters`` may carry a client's own
+        keys, so ``/v2`` passes ``known_only=False``)."""
         s = self.settings
+        unknown = sorted(set(params) - set(REQUEST_PARAMETERS))
+        if unknown and known_only:
+            raise RequestError(f"{unknown[0]}: not a request parameter (this server takes "
+                               f"{', '.join(REQUEST_PARAMETERS)}; the others are its command line's settings)")
         k = _number(params, "k", int, s.k)
         if not 1 <= k <= len(self.model.class_names):
             raise RequestError(f"k: must be in [1, {len(self.model.class_names)}] (the number of classes), got {k}")
