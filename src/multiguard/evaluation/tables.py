@@ -177,25 +177,31 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def _attack_rows(a: Curve, heading: str, certified_label: str, violations_label: str) -> list[str]:
+    """One attack curve's table: its heading, the attacked values of each metric (in percent) and the certified
+    ones of the same inputs under ``certified_label``, and its count of violations under ``violations_label``."""
+    radii = [float(r) for r in a.radius]
+    lines = [heading, "", "| " + " | ".join(["", *[f"R = {r:g}" for r in radii]]) + " |",
+             "|" + "|".join(["---"] + ["---:"] * len(radii)) + "|"]
+    for metric in METRICS:
+        short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
+        lines.append("| " + " | ".join([f"{short}, {ATTACK_LABEL}", *[f"{100 * v:.1f}" for v in a.metric(metric)]])
+                     + " |")
+        if a.certified is not None:
+            lines.append("| " + " | ".join([f"{short}, certified ({certified_label}, α = {a.alpha:g})",
+                                             *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
+    if a.violations is not None:
+        lines.append("| " + " | ".join([violations_label, *[str(int(v)) for v in a.violations]]) + " |")
+    return lines
+
+
 def attack_markdown(attack_curves: Sequence[Curve]) -> str:
     """Tables of empirical curves under attack (in percent) beside MultiGuard's certified values for the same
     inputs at the same radii, and the count of inputs whose attacked size fell below their certified size."""
     lines: list[str] = []
     for a in attack_curves:
-        radii = [float(r) for r in a.radius]
-        lines += [f"## Under attack: {a.run} (k = {a.k}, k' = {a.k_prime}, {a.num_inputs} inputs) (%)", ""]
-        lines.append("| " + " | ".join(["", *[f"R = {r:g}" for r in radii]]) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
-        for metric in METRICS:
-            short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
-            lines.append("| " + " | ".join([f"{short}, {ATTACK_LABEL}",
-                                             *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
-            if a.certified is not None:
-                lines.append("| " + " | ".join([f"{short}, certified ({_label('multiguard')}, α = {a.alpha:g})",
-                                                 *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
-        if a.violations is not None:
-            lines.append("| " + " | ".join(["inputs below their certificate (count)",
-                                             *[str(int(v)) for v in a.violations]]) + " |")
+        lines += _attack_rows(a, f"## Under attack: {a.run} (k = {a.k}, k' = {a.k_prime}, {a.num_inputs} inputs) (%)",
+                              _label("multiguard"), "inputs below their certificate (count)")
         lines += ["", "The same inputs in every row. The attack's values bound robustness from above, the certified "
                   "ones from below; an input below its certificate is a failure of probability at most α (or Monte "
                   "Carlo error of the measurement)."
@@ -210,20 +216,8 @@ def thresholded_attack_markdown(attack_curves: Sequence[Curve]) -> str:
     and the inputs with a decision the attack turned against their certificate."""
     lines: list[str] = []
     for a in attack_curves:
-        radii = [float(r) for r in a.radius]
-        lines += [f"## Under attack, per-label: {a.run} (q = {a.q:g}, {a.num_inputs} inputs) (%)", ""]
-        lines.append("| " + " | ".join(["", *[f"R = {r:g}" for r in radii]]) + " |")
-        lines.append("|" + "|".join(["---"] + ["---:"] * len(radii)) + "|")
-        for metric in METRICS:
-            short = {"precision": "precision", "recall": "recall", "f1": "F1"}[metric]
-            lines.append("| " + " | ".join([f"{short}, {ATTACK_LABEL}",
-                                             *[f"{100 * v:.1f}" for v in a.metric(metric)]]) + " |")
-            if a.certified is not None:
-                lines.append("| " + " | ".join([f"{short}, certified (thresholded, α = {a.alpha:g})",
-                                                 *[f"{100 * v:.1f}" for v in a.certified[metric]]]) + " |")
-        if a.violations is not None:
-            lines.append("| " + " | ".join(["inputs with a decision against their certificate (count)",
-                                             *[str(int(v)) for v in a.violations]]) + " |")
+        lines += _attack_rows(a, f"## Under attack, per-label: {a.run} (q = {a.q:g}, {a.num_inputs} inputs) (%)",
+                              "thresholded", "inputs with a decision against their certificate (count)")
         lines += ["", "The same inputs in every row. The attacked rows are the set of labels on in more than a share "
                   "q of fresh noise at the point the thresholded attack found (true labels turned off, others on): "
                   "an upper bound on the worst case; the certified rows are the thresholded certificate's worst "
