@@ -135,7 +135,9 @@ def _margin(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.ndar
     counts so far: the upper bound for labels of L, the lower bound outside. gamma near 0 credits implausibly
     good continuations (``plausible`` is gamma = the anytime level), gamma = 1/2 about the frequencies so far
     (``projected``)."""
-    low, up = _clopper_pearson(counts, n, margin)
+    from multiguard.certificates.bounds import clopper_pearson
+
+    low, up = clopper_pearson(counts, n, margin)
     return np.ceil(remaining * up), np.floor(remaining * low)
 
 
@@ -338,17 +340,10 @@ def anytime_label_probability_bounds(
                 raise ValueError("counts must be whole numbers")
             if values[0] < 0 or values[-1] > size:
                 raise ValueError(f"counts must lie in [0, n] = [0, {size}] for the rows at look n = {size}")
-            lower_values, upper_values = _clopper_pearson(values.astype(np.float64), int(size), level)
+            lower_values, upper_values = _bounds.clopper_pearson(values.astype(np.float64), int(size), level)
             lower[rows] = lower_values[inverse.ravel()].reshape(-1, c)
             upper[rows] = upper_values[inverse.ravel()].reshape(-1, c)
     return (lower[0], upper[0]) if single else (lower, upper)
-
-
-def _clopper_pearson(counts: np.ndarray, n: object, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided Clopper-Pearson bounds at ``level`` each (:func:`multiguard.certificates.bounds.clopper_pearson`)."""
-    from multiguard.certificates.bounds import clopper_pearson
-
-    return clopper_pearson(counts, n, level)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def _spending_option(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or 'equal', got {text!r}") from None
 
 
-_PROCEDURE = ("futility", "schedule", "spending", "margin", "bounds")  # the fields of StopRule.procedure()
+_PROCEDURE = ("futility", "schedule", "spending", "margin", "bounds")  # the fields StopRule.procedure() returns
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,7 @@ class StopRule(Settings):
         """The keywords of :mod:`multiguard.certificates.sequential`'s functions that this rule sets besides radius,
         k, k'
         and alpha: ``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``."""
-        return {"futility": self.futility, "schedule": self.schedule, "spending": self.spending,
-                "margin": self.margin, "bounds": self.bounds}
+        return {name: getattr(self, name) for name in _PROCEDURE}
 
     @classmethod
     def procedure_from(cls, namespace: Any, stored: Mapping[str, Any] | None = None) -> dict[str, Any]:

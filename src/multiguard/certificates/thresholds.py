@@ -71,8 +71,8 @@ class LabelThresholds:
         """One threshold for every label. Refused on the probability scale at 0 (every label always on) and 1 (every
         label always off): a certificate of a constant classifier says nothing about the model."""
         value = check_float(value, "threshold")
-        if scale == "probability" and value in (0.0, 1.0):
-            state = "on (sigmoid(score) > 0 for every score)" if value == 0.0 else "off (sigmoid(score) > 1 for none)"
+        state = _constant_state(value, scale)
+        if state is not None:
             raise ValueError(f"threshold: {value:g} keeps every label always {state}, whatever the model; its "
                              "certificate would say nothing about the model: give a threshold strictly between 0 "
                              "and 1")
@@ -159,17 +159,23 @@ def read_threshold_file(path: str | os.PathLike[str], class_names: Sequence[str]
         missing = [n for n in names if n not in by_name] if by_name else []
         detail = f"missing {', '.join(missing)}" if missing else f"{len(values)} thresholds"
         raise ValueError(f"threshold file {text_path}: needs one threshold per label ({len(names)}), {detail}")
-    if scale == "probability":
-        for name, value in zip(names, values, strict=True):
-            if value in (0.0, 1.0):  # a constant label: its certificate says nothing about the model
-                state = ("on (sigmoid(score) > 0 for every score)" if value == 0.0
-                         else "off (sigmoid(score) > 1 for none)")
-                raise ValueError(f"threshold file {text_path}: label {name!r} has threshold {value:g}, which keeps it "
-                                 f"always {state}, whatever the model; give thresholds strictly between 0 and 1")
+    for name, value in zip(names, values, strict=True):
+        state = _constant_state(value, scale)
+        if state is not None:  # a constant label: its certificate says nothing about the model
+            raise ValueError(f"threshold file {text_path}: label {name!r} has threshold {value:g}, which keeps it "
+                             f"always {state}, whatever the model; give thresholds strictly between 0 and 1")
     try:
         return LabelThresholds(tuple(values), scale, f"file {text_path}")
     except ValueError as exc:
         raise ValueError(f"threshold file {text_path}: {exc}") from None
+
+
+def _constant_state(value: float, scale: str) -> str | None:
+    """How a probability threshold of 0 or 1 keeps its label whatever the model (``"on (...)"`` or
+    ``"off (...)"``); ``None`` for any other threshold or scale."""
+    if scale != "probability" or value not in (0.0, 1.0):
+        return None
+    return "on (sigmoid(score) > 0 for every score)" if value == 0.0 else "off (sigmoid(score) > 1 for none)"
 
 
 def parse_threshold(value: object, class_names: Sequence[str], scale: str = "probability") -> LabelThresholds:
