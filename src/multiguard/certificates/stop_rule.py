@@ -128,6 +128,12 @@ class StopRule(Settings):
         return {name: getattr(self, name) for name in _PROCEDURE}
 
     @classmethod
+    def procedure_dests(cls) -> dict[str, str]:
+        """The fields of :meth:`procedure` and where parsed command-line options hold each
+        (:func:`multiguard.common.settings.add_arguments`'s ``dest``: ``margin`` is ``futility_margin``)."""
+        return {f.name: f.metadata.get("dest") or f.name for f in dataclasses.fields(cls) if f.name in _PROCEDURE}
+
+    @classmethod
     def procedure_from(cls, namespace: Any, stored: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The procedure (``futility``, ``schedule``, ``spending``, ``margin``, ``bounds``: :meth:`procedure`)
         that parsed command-line options ask for: each read under its field's option
@@ -139,10 +145,9 @@ class StopRule(Settings):
         base = cls(radius=0.0) if stored is None else cls.from_dict(
             {"radius": 0.0, **{key: value for key, value in stored.items() if key in _PROCEDURE}})
         values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in _PROCEDURE:
-                given = getattr(namespace, f.metadata.get("dest") or f.name, None)
-                values[f.name] = getattr(base, f.name) if given is None else given
+        for name, dest in cls.procedure_dests().items():
+            given = getattr(namespace, dest, None)
+            values[name] = getattr(base, name) if given is None else given
         if getattr(namespace, "schedule", None) is None and values["bounds"] != "union" and base.bounds == "union":
             values["schedule"] = "every-block"
         return cls(radius=0.0, **values).procedure()

@@ -34,7 +34,6 @@ __all__ = [
     "add_output",
     "add_sampling",
     "add_shard",
-    "PROCEDURE_OPTIONS",
     "refuse_rule_options_without_radius",
     "add_stop_rule",
     "add_thresholds",
@@ -253,13 +252,14 @@ def add_stop_rule(p: argparse.ArgumentParser, stop_help: str, futility_help: str
     add_arguments(p, StopRule, only=names[8:], groups=groups, helps=helps)
 
 
-#: The destinations of the options that set a stopping rule's procedure (``StopRule.procedure_from``).
-PROCEDURE_OPTIONS = ("futility", "futility_margin", "schedule", "spending", "bounds")
+def refuse_rule_options_without_radius(args: argparse.Namespace, consequence: str, *,
+                                       names: tuple[str, ...] = ()) -> None:
+    """The options of a stopping rule's procedure (``StopRule.procedure_dests``) and those of ``names``
+    (destinations) set the rule of --stop-at-radius: given without it they would be ignored, so they are refused
+    in one line naming them and ``consequence`` (what happens instead)."""
+    from multiguard.certificates.stop_rule import StopRule
 
-
-def refuse_rule_options_without_radius(args: argparse.Namespace, names: tuple[str, ...], consequence: str) -> None:
-    """Options of ``names`` (destinations) set the stopping rule of --stop-at-radius: given without it they would
-    be ignored, so they are refused in one line naming them and ``consequence`` (what happens instead)."""
+    names = (*names, *StopRule.procedure_dests().values())
     given = [name for name in names if name in getattr(args, "given", ())]
     if given and args.stop_at_radius is None:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)

@@ -12,7 +12,6 @@ from typing import Any
 from multiguard.cli.console import echo, next_k
 from multiguard.cli.options import (
     OUTPUT,
-    PROCEDURE_OPTIONS,
     SAMPLING,
     add_model_source,
     add_output,
@@ -42,9 +41,8 @@ _RUN_SETTINGS = (("n", "n"), ("seed", "seed"), ("num_inputs", "num_inputs"), ("c
 def _check_stop_rule_options(args: argparse.Namespace) -> None:
     """--k, --k-prime, --alpha and the rule's procedure options set the stopping rule: without --stop-at-radius
     they would be ignored, so they are refused (a fixed-n run stores counts for every k, k' and alpha)."""
-    refuse_rule_options_without_radius(args, ("k", "k_prime", "alpha", *PROCEDURE_OPTIONS),
-                                       "a fixed-n run stores counts for every k, k' and alpha: choose them in "
-                                       "multiguard report")
+    refuse_rule_options_without_radius(args, "a fixed-n run stores counts for every k, k' and alpha: choose them "
+                                       "in multiguard report", names=("k", "k_prime", "alpha"))
 
 
 def _settings_from_run(args: argparse.Namespace) -> list[str]:

@@ -16,7 +16,6 @@ from multiguard.cli.options import (
     CERTIFICATE,
     HARDWARE,
     OUTPUT,
-    PROCEDURE_OPTIONS,
     THRESHOLDED,
     add_model_source,
     add_noise,
@@ -66,7 +65,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from multiguard.common.devices import resolve_device
     from multiguard.serving.predict import predict_images
 
-    refuse_rule_options_without_radius(args, PROCEDURE_OPTIONS, "without it every image gets --n samples")
+    refuse_rule_options_without_radius(args, "without it every image gets --n samples")
     check_q_given(args)
     apply_mode_of(args)
     mode = mode_args(args, resolve_device(args.device), (lambda line: None) if args.json else echo)

@@ -5,7 +5,6 @@ Each handler parses nothing, calls the library and prints; ``*_options`` adds th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from multiguard.cli.console import echo, fail
@@ -73,12 +72,11 @@ def _check_q_has_thresholds(args: argparse.Namespace) -> None:
     if args.methods is not None and "threshold" not in args.methods:
         raise ValueError("q: --q is the cut of the threshold curves, and --methods leaves them out; add threshold "
                          "to --methods, or leave out --q")
+    from multiguard.runs.folder import recorded_settings
+
     for run in args.runs:
-        try:
-            with open(os.path.join(run, "metadata.json"), encoding="utf-8") as handle:
-                if json.load(handle).get("thresholds"):
-                    return
-        except (OSError, ValueError, AttributeError):  # not a run, or damaged: make_report names it
+        meta = recorded_settings(run)
+        if meta is None or meta.get("thresholds"):  # not a run, or damaged: make_report names it
             return
     raise ValueError("q: --q is the cut of the threshold curves, and no run here was certified with thresholds "
                      "(certify --threshold); leave out --q")
