@@ -48,6 +48,7 @@ class DemoResult:
     sigma_figure: Path | None = None
     attack_dir: Path | None = None
     findings: Path | None = None  # findings.md: which of the paper's findings the demo's numbers reproduce
+    paper_findings: list[Any] = field(default_factory=list)  # those findings (multiguard.evaluation.findings.Finding)
 
 
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
@@ -313,11 +314,12 @@ def _figure_caption(run: Any) -> str:
 
 
 def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log,
-                  attack_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+                  attack_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Path], list[Any]]:
     """The last step of the demo: the reports drawn from the saved runs (no model) and the figures of their rows
     (``figure``: the paper's six rows, then the attack panel when there is ``attack_dir``; ``sigma``: the sigma
-    row alone, full demo only). The README's three-row overview is a copy kept in docs/ (drawing a second large
-    figure would cost the demo seconds of matplotlib)."""
+    row alone, full demo only; ``findings``: ``findings.md``), and the paper's findings checked on the reports.
+    The README's three-row overview is drawn apart (:func:`draw_overview`: a second large figure would cost the
+    demo seconds of matplotlib)."""
     run = _folder.load_run(run_dirs[DEMO_SIGMA])
     reports = {name: _report.make_report([run], out / name, names=["multidigits"], radius_grid=DEMO_RADIUS_GRID,
                                          **spec)
@@ -339,22 +341,21 @@ def _demo_reports(out: Path, run_dirs: dict[float, Path], log: Log,
     if sigma_report is not None:
         figures["sigma"] = out / "figure-sigma.png"
         _plots.plot_figure(figure_rows(reports, ("report-sigma",)), figures["sigma"], caption=caption)
-    figures["findings"] = _write_findings(out, reports, caption)
-    return reports, figures
+    findings, figures["findings"] = _write_findings(out, reports, caption)
+    return reports, figures, findings
 
 
-def _write_findings(out: Path, reports: dict[str, _report.Report], caption: str) -> Path:
+def _write_findings(out: Path, reports: dict[str, _report.Report], caption: str) -> tuple[list[Any], Path]:
     """``findings.md``: which of the paper's findings these reports reproduce
-    (:func:`multiguard.evaluation.findings.paper_findings`), with the values that decide each."""
+    (:func:`multiguard.evaluation.findings.paper_findings`), with the values that decide each; returns the
+    findings and the file."""
     from multiguard.common.files import atomic_write_bytes
-    from multiguard.evaluation.findings import findings_markdown, paper_findings
+    from multiguard.evaluation.findings import findings_summary, paper_findings
 
     findings = paper_findings({name: report.curves for name, report in reports.items()})
-    held = sum(f.holds for f in findings)
-    text = (f"# The paper's findings on this demo\n\n{caption}.\n\n{held} of {len(findings)} hold on these "
-            f"numbers.\n\n{findings_markdown(findings)}\n")
+    text = f"# The paper's findings on this demo\n\n{caption}.\n\n{findings_summary(findings)}\n"
     atomic_write_bytes(out / "findings.md", text.encode())
-    return out / "findings.md"
+    return findings, out / "findings.md"
 
 
 def _indented(log: Log) -> Log:
@@ -450,12 +451,12 @@ def run_demo(
     started = time.perf_counter()
     log(f"[{demo_steps(settings)}/{demo_steps(settings)}] reporting from the saved counts (no model)")
     attack_dir = out / ATTACK_DIR if "attack" in settings else None
-    reports, figures = _demo_reports(out, run_dirs, log, attack_dir)
+    reports, figures, findings = _demo_reports(out, run_dirs, log, attack_dir)
     seconds["report"] = time.perf_counter() - started
     checkpoints = {sigma: demo_paths(out, sigma)[0] for sigma in run_dirs}
     return DemoResult(out, checkpoints[DEMO_SIGMA], run_dirs[DEMO_SIGMA], reports, figures["figure"], seconds,
                       checkpoints=checkpoints, run_dirs=run_dirs, sigma_figure=figures.get("sigma"),
-                      attack_dir=attack_dir, findings=figures["findings"])
+                      attack_dir=attack_dir, findings=figures["findings"], paper_findings=findings)
 
 
 # ---------------------------------------------------------------------------------- the denoised demo

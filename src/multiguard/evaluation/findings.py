@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from multiguard.evaluation.curves import Curve
 
-__all__ = ["FINDING_RADII", "Finding", "findings_markdown", "paper_findings"]
+__all__ = ["FINDING_RADII", "Finding", "findings_markdown", "findings_summary", "paper_findings"]
 
 FINDING_RADII: tuple[float, float] = (0.0, 1.0)
 """The radii of "without attacks" (R = 0) and "as R increases" (R = 1, where the demo's curves still differ)."""
@@ -121,3 +121,9 @@ def findings_markdown(findings: Sequence[Finding]) -> str:
     lines = ["| Figure 1 row | the paper's finding | here (%) | holds |", "|---|---|---|---|"]
     lines += [f"| {f.row} | {f.claim} | {f.evidence} | {'yes' if f.holds else '**no**'} |" for f in findings]
     return "\n".join(lines)
+
+
+def findings_summary(findings: Sequence[Finding]) -> str:
+    """How many of ``findings`` hold (``"8 of 9 hold on these numbers."``), then :func:`findings_markdown`."""
+    held = sum(f.holds for f in findings)
+    return f"{held} of {len(findings)} hold on these numbers.\n\n{findings_markdown(findings)}"

@@ -81,10 +81,11 @@ def _echo_tables(result: DemoResult) -> None:
         echo(_section(reports["report-attack"].summary, "## Under attack"))
         echo()
     if result.findings is not None:
-        text = result.findings.read_text()
+        from multiguard.evaluation.findings import findings_summary
+
         echo("### The paper's findings on these numbers (findings.md)")
         echo()
-        echo(text.split("\n\n", 2)[2].rstrip())  # after its title and caption: the count, then the table
+        echo(findings_summary(result.paper_findings))
         echo()
 
 
