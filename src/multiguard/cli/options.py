@@ -178,18 +178,16 @@ def apply_threads(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def add_noise(p: argparse.ArgumentParser, *, shared: bool = True, default: str | None = None) -> None:
-    """--noise {float,sound} (the noise kind, part of the run's identity) and, with ``shared``, --shared-noise."""
-    from multiguard.common.noise_kinds import IMAGE_DEFAULT_NOISE, NOISE_KINDS
+    """--noise {float,sound} (the noise kind, part of the run's identity) and, with ``shared``, --shared-noise:
+    generated from those fields of :class:`multiguard.runs.spec.RunSpec`, as certify's are; --noise defaults to
+    ``default`` (images: :data:`multiguard.common.noise_kinds.IMAGE_DEFAULT_NOISE`)."""
+    from multiguard.common.noise_kinds import IMAGE_DEFAULT_NOISE
+    from multiguard.common.settings import add_arguments
+    from multiguard.runs.spec import RunSpec
 
-    default = IMAGE_DEFAULT_NOISE if default is None else default
-    p = group(p, SAMPLING)
-    p.add_argument("--noise", choices=tuple(NOISE_KINDS), default=default,
-                   help="float: Gaussian in floating point; sound: rounded to the 1/255 grid, sound in floating point "
-                   f"for 8-bit inputs (docs/soundness.md) (default: {default})")
-    if shared:
-        p.add_argument("--shared-noise", action="store_true", default=False,
-                       help="one noise block for every input (faster; each certificate keeps its 1 - alpha, but "
-                       "failures correlate across inputs)")
+    names = ("noise", "shared_noise") if shared else ("noise",)
+    add_arguments(p, RunSpec, only=names, groups=dict.fromkeys(names, SAMPLING), parsed_defaults=True,
+                  defaults={"noise": IMAGE_DEFAULT_NOISE if default is None else default})
 
 
 def add_mode(p: argparse.ArgumentParser, default: str = "fp32", compile_default: bool = False) -> None:
