@@ -9,9 +9,12 @@ computer runs. See ``docs/soundness.md``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from multiguard.common.validation import check_choice
 
-__all__ = ["DEFAULT_NOISE", "IMAGE_DEFAULT_NOISE", "NOISE_KINDS", "check_noise", "describe_noise"]
+__all__ = ["DEFAULT_NOISE", "GRID_TOLERANCE", "IMAGE_DEFAULT_NOISE", "NOISE_KINDS", "check_noise", "describe_noise",
+           "off_grid_rows"]
 
 NOISE_KINDS = {
     "float": "Gaussian in floating point (certificates of real arithmetic, not sound in floating point)",
@@ -21,6 +24,10 @@ NOISE_KINDS = {
 
 DEFAULT_NOISE = "float"
 """The noise of the Python API when none is named (``MultiGuard(...)`` takes any tensor, on the grid or not)."""
+
+GRID_TOLERANCE = 1e-3
+"""How far (in steps of 1/255) a pixel may lie from the grid and still count as on it: the error of any float dtype
+that stores ``i / 255``."""
 
 IMAGE_DEFAULT_NOISE = "sound"
 """The noise of the command line (certify, predict, attack, demo, serve: 8-bit images), when none is named:
@@ -37,3 +44,12 @@ def describe_noise(noise: str, shared: bool = False) -> str:
     """The line results print: ``"sound, rounded Gaussian on the 1/255 grid"`` (plus the sharing, if any)."""
     text = f"{noise}, {NOISE_KINDS[noise]}"
     return text + "; one noise block shared by every input of a batch" if shared else text
+
+
+def off_grid_rows(images: object) -> np.ndarray:
+    """bool ``(N,)``: which of ``images`` ``(N, ...)`` (pixels in [0, 1], any float array) have a pixel off the
+    1/255 grid by more than :data:`GRID_TOLERANCE` of a step (a 16-bit or float image), where sound noise is not
+    defined."""
+    array = np.asarray(images, dtype=np.float64)
+    scaled = array.reshape(len(array), -1) * 255.0
+    return np.abs(scaled - np.round(scaled)).max(axis=1, initial=0.0) > GRID_TOLERANCE

@@ -382,8 +382,9 @@ def _sample_chunk(plan: _Plan, sampler: Any, images: np.ndarray, labels: np.ndar
 def check_grid(images: np.ndarray, indices: np.ndarray, dataset: Any) -> None:
     """Refuse, naming the dataset's file (or input index), the first image ``(m, ...)`` off the 1/255 grid: the
     sound noise is defined on 8-bit pixels only, and a 16-bit dataset fails every chunk the same way."""
-    scaled = np.asarray(images, dtype=np.float64).reshape(len(images), -1) * 255.0
-    off = np.abs(scaled - np.round(scaled)).max(axis=1, initial=0.0) > 1e-3
+    from multiguard.common.noise_kinds import off_grid_rows
+
+    off = off_grid_rows(images)
     if off.any():
         index = int(indices[int(np.argmax(off))])
         paths = getattr(dataset, "paths", None)

@@ -31,6 +31,8 @@ import mpmath
 import numpy as np
 import torch
 
+from multiguard.common.noise_kinds import GRID_TOLERANCE
+
 __all__ = [
     "GRID_LEVELS",
     "WORD_BITS",
@@ -176,8 +178,9 @@ def rounded_gaussian_probabilities(sigma: float, half_width: int) -> np.ndarray:
 
 
 def grid_integers(tensor: torch.Tensor) -> torch.Tensor:
-    """int32 ``i`` of a float tensor of grid values ``i / 255`` (to within 1e-3 of a step, the error of any
-    float dtype that stores them); refuses, in one line naming the grid, a value off it."""
+    """int32 ``i`` of a float tensor of grid values ``i / 255`` (to within
+    :data:`~multiguard.common.noise_kinds.GRID_TOLERANCE` of a step, the error of any float dtype that stores
+    them); refuses, in one line naming the grid, a value off it."""
     if not tensor.is_floating_point():
         raise ValueError(f"x: sound noise takes float pixels i/255 on the 1/255 grid, got dtype {tensor.dtype}")
     scaled = tensor.detach().to(torch.float64) * GRID_LEVELS
@@ -185,7 +188,7 @@ def grid_integers(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.numel():
         error = (scaled - rounded).abs()
         worst = float(error.max())
-        if not worst <= 1e-3:
+        if not worst <= GRID_TOLERANCE:
             flat = int(torch.argmax(torch.nan_to_num(error, nan=np.inf)).item())
             value = float(tensor.reshape(-1)[flat])
             raise ValueError(

@@ -225,8 +225,9 @@ class LoadedModel:
         pixels only. ``fix``: how this caller switches to float noise (``"--noise float"``)."""
         if self.spec.noise != "sound":
             return
-        scaled = batch.detach().to(torch.float64) * 255.0
-        off = (scaled - scaled.round()).abs().flatten(1).amax(dim=1) > 1e-3
+        from multiguard.common.noise_kinds import off_grid_rows
+
+        off = off_grid_rows(batch.detach().cpu().numpy())
         for name, bad in zip(names, off.tolist(), strict=True):
             if bad:
                 raise ValueError(f"image {name}: its pixels are not 8-bit (off the 1/255 grid: a 16-bit or float "
