@@ -45,6 +45,7 @@ from multiguard.common.validation import check_alpha, check_choice, check_float,
 __all__ = [
     "BOUNDS",
     "DEFAULT_BOUNDS",
+    "BoundsRecord",
     "DEFAULT_FUTILITY",
     "DEFAULT_MARGIN",
     "DEFAULT_SCHEDULE",
@@ -56,6 +57,7 @@ __all__ = [
     "SequentialCertificate",
     "StoppingDecision",
     "anytime_label_probability_bounds",
+    "bounds_family",
     "fine_sample_size_schedule",
     "futility_rule",
     "look_schedule",
@@ -75,11 +77,6 @@ DEFAULT_SPENDING = 0.75
 asked for; ``None`` spends equal shares (the spending of runs written before spending could be chosen)."""
 DEFAULT_MARGIN = 0.2
 """gamma of the ``margin`` futility rule unless another is asked for."""
-BOUNDS = ("union", "betting", "betting-cp")
-"""The anytime bounds a sequential run reads: ``union`` (Clopper-Pearson at each look's share of alpha, the union
-over a fixed schedule of looks), ``betting`` (the beta-binomial mixture confidence sequences of
-:mod:`multiguard.certificates.betting`, valid at every n: no alpha spent on looks) or ``betting-cp`` (those at
-``1 - spending`` of each bound's alpha; at the last look, the better of them and Clopper-Pearson at ``spending``)."""
 DEFAULT_BOUNDS = "union"
 """The bounds unless others are asked for (docs/sequential.md: ``betting`` did not win the benchmark)."""
 
@@ -151,6 +148,127 @@ def _futility_gains(name: str, margin: float, *args: np.ndarray) -> tuple[np.nda
     entry = FUTILITY_RULES.entry(name)
     values = {"margin": margin}
     return entry.load()(*args, **{key: values[key] for key in entry.record.parameters})
+
+
+@dataclass(frozen=True)
+class BoundsRecord:
+    """What a family of anytime bounds (:data:`BOUNDS`) reads besides the counts, for its readers.
+
+    Attributes:
+        spending: how it reads the stopping rule's ``spending``: ``"looks"`` (alpha spent over the looks,
+            :func:`spending_weights`), ``"share"`` (the share w of each bound's alpha at the last look's
+            Clopper-Pearson bound, checked by :func:`multiguard.certificates.betting.check_cp_share` before any
+            sample is drawn; ``None``: 1/2) or ``"unused"``.
+        anytime: valid at every n, so looks cost nothing: given without ``--schedule`` over a rule of ``union``,
+            the command line looks after every noise block (``every-block``).
+        last_look: reads ``looks[-1]`` (the most samples the procedure allows: a Clopper-Pearson bound there, or
+            the sizes its sequences are tuned to).
+        report: the report's sentence for it, ``{share:g}`` replaced by the share (``""``: the spending's).
+    """
+
+    spending: str = "unused"
+    anytime: bool = True
+    last_look: bool = False
+    report: str = ""
+
+    def __post_init__(self) -> None:
+        if self.spending not in ("looks", "share", "unused"):
+            raise ValueError(f"spending must be 'looks', 'share' or 'unused', got {self.spending!r}")
+
+
+BOUNDS: Registry[Callable[..., tuple[np.ndarray, np.ndarray]], BoundsRecord] = Registry(
+    "anytime bounds", argument="--bounds", record=BoundsRecord)
+"""The families of anytime bounds a sequential run reads, by name (``--bounds``, ``StopRule.bounds``). A family
+is ``f(counts (N, c) float64, n (N,) int64, alpha, looks (J,) int64, spending, bounds_read) -> (lower, upper)``
+each ``(N, c)`` float64: label probability bounds that hold, for a label set L fixed before sampling, at every
+look at once with probability at least ``1 - alpha`` (``bounds_read`` B one-sided bounds per row, as
+:func:`multiguard.certificates.bounds.label_probability_bounds`); its :class:`BoundsRecord` says what else it
+reads. :func:`anytime_label_probability_bounds` checks the arguments and calls it."""
+
+
+def _union_bounds(array2d: np.ndarray, sizes: np.ndarray, alpha: float, lows: np.ndarray, spending: object,
+                  bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    """Clopper-Pearson at each look's share of alpha (:func:`anytime_label_probability_bounds`'s proof)."""
+    from multiguard.certificates import bounds as _bounds
+
+    c = array2d.shape[1]
+    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
+    if spending is None:  # equal shares, as runs written before spending existed computed them, to the last bit
+        look_levels = None
+    else:
+        look_levels = alpha * spending_weights(lows.size, spending)
+    # Each distinct count is evaluated once per (look, B): a look of N inputs holds at most n + 1 distinct counts,
+    # and the Beta quantile is the whole cost.
+    lower = np.zeros(array2d.shape)
+    upper = np.ones(array2d.shape)
+    for size in np.unique(sizes):
+        for b in np.unique(read[sizes == size]):
+            rows = (sizes == size) & (read == b)
+            if look_levels is None:
+                level = alpha / (c * lows.size) if b == c else alpha / (float(b) * lows.size)
+            else:
+                level = look_levels[np.searchsorted(lows, size)] / float(b)
+            values, inverse = np.unique(array2d[rows], return_inverse=True)
+            if (values != np.round(values)).any():
+                raise ValueError("counts must be whole numbers")
+            if values[0] < 0 or values[-1] > size:
+                raise ValueError(f"counts must lie in [0, n] = [0, {size}] for the rows at look n = {size}")
+            lower_values, upper_values = _bounds.clopper_pearson(values.astype(np.float64), int(size), level)
+            lower[rows] = lower_values[inverse.ravel()].reshape(-1, c)
+            upper[rows] = upper_values[inverse.ravel()].reshape(-1, c)
+    return lower, upper
+
+
+BOUNDS.register("union", _union_bounds, help="Clopper-Pearson at each look's share of alpha (the union over a fixed "
+                "schedule of looks; the default)", record=BoundsRecord(spending="looks", anytime=False))
+
+
+@BOUNDS.register("betting", help="beta-binomial mixture confidence sequences, valid at every n (no alpha spent on "
+                 "looks)", record=BoundsRecord(report="betting bounds: beta-binomial mixture confidence sequences, "
+                                               "no alpha spent on looks"))
+def _betting_bounds(array2d: np.ndarray, sizes: np.ndarray, alpha: float, lows: np.ndarray, spending: object,
+                    bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    from multiguard.certificates import betting as _betting
+
+    return _betting.betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
+
+
+@BOUNDS.register("betting-cp", help="those sequences at 1 - spending of each bound's alpha; at the last look, the "
+                 "better of them and Clopper-Pearson at spending", record=BoundsRecord(
+                     spending="share", last_look=True, report="betting-cp bounds: beta-binomial mixture confidence "
+                     "sequences, and at the last look Clopper-Pearson at {share:g} of alpha"))
+def _betting_cp_bounds(array2d: np.ndarray, sizes: np.ndarray, alpha: float, lows: np.ndarray, spending: object,
+                       bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    from multiguard.certificates import betting as _betting
+
+    return _betting.betting_cp_label_probability_bounds(array2d, sizes, alpha, int(lows[-1]), spending, bounds_read)
+
+
+@BOUNDS.register("tuned", help="mixtures of likelihood ratios tuned to the sample sizes up to the last look, valid "
+                 "at every n", record=BoundsRecord(last_look=True, report="tuned bounds: mixture confidence "
+                                                   "sequences tuned to the sizes up to the last look, no alpha "
+                                                   "spent on looks"))
+def _tuned_bounds(array2d: np.ndarray, sizes: np.ndarray, alpha: float, lows: np.ndarray, spending: object,
+                  bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    from multiguard.certificates import tuned as _tuned
+
+    return _tuned.tuned_label_probability_bounds(array2d, sizes, alpha, int(lows[-1]), bounds_read)
+
+
+@BOUNDS.register("tuned-cp", help="those tuned sequences at 1 - spending of each bound's alpha; at the last look, "
+                 "the better of them and Clopper-Pearson at spending", record=BoundsRecord(
+                     spending="share", last_look=True, report="tuned-cp bounds: mixture confidence sequences tuned "
+                     "to the sizes up to the last look, and at the last look Clopper-Pearson at {share:g} of alpha"))
+def _tuned_cp_bounds(array2d: np.ndarray, sizes: np.ndarray, alpha: float, lows: np.ndarray, spending: object,
+                     bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    from multiguard.certificates import tuned as _tuned
+
+    return _tuned.tuned_cp_label_probability_bounds(array2d, sizes, alpha, int(lows[-1]), spending, bounds_read)
+
+
+def bounds_family(name: str) -> BoundsRecord:
+    """The record of the anytime bounds registered as ``name`` (ValueError naming ``bounds`` and the choices)."""
+    return BOUNDS.record(check_choice(name, "bounds", BOUNDS.names()))
 
 
 def sample_size_schedule(n: int, first: int = 100) -> np.ndarray:
@@ -312,37 +430,8 @@ def anytime_label_probability_bounds(
     array2d, single = _bounds._as_float_matrix(counts, "counts")
     sizes = _as_row_sizes(n, array2d.shape[0], lows)
     alpha = check_alpha(alpha)
-    if check_choice(bounds, "bounds", BOUNDS) != "union":
-        from multiguard.certificates import betting as _betting
-        lower, upper = (_betting.betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
-                        if bounds == "betting" else _betting.betting_cp_label_probability_bounds(
-                            array2d, sizes, alpha, int(lows[-1]), spending, bounds_read))
-        return (lower[0], upper[0]) if single else (lower, upper)
-    c = array2d.shape[1]
-    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
-    if spending is None:  # equal shares, as runs written before spending existed computed them, to the last bit
-        look_levels = None
-    else:
-        look_levels = alpha * spending_weights(lows.size, spending)
-    # Each distinct count is evaluated once per (look, B): a look of N inputs holds at most n + 1 distinct counts,
-    # and the Beta quantile is the whole cost.
-    lower = np.zeros(array2d.shape)
-    upper = np.ones(array2d.shape)
-    for size in np.unique(sizes):
-        for b in np.unique(read[sizes == size]):
-            rows = (sizes == size) & (read == b)
-            if look_levels is None:
-                level = alpha / (c * lows.size) if b == c else alpha / (float(b) * lows.size)
-            else:
-                level = look_levels[np.searchsorted(lows, size)] / float(b)
-            values, inverse = np.unique(array2d[rows], return_inverse=True)
-            if (values != np.round(values)).any():
-                raise ValueError("counts must be whole numbers")
-            if values[0] < 0 or values[-1] > size:
-                raise ValueError(f"counts must lie in [0, n] = [0, {size}] for the rows at look n = {size}")
-            lower_values, upper_values = _bounds.clopper_pearson(values.astype(np.float64), int(size), level)
-            lower[rows] = lower_values[inverse.ravel()].reshape(-1, c)
-            upper[rows] = upper_values[inverse.ravel()].reshape(-1, c)
+    lower, upper = BOUNDS.get(check_choice(bounds, "bounds", BOUNDS.names()))(array2d, sizes, alpha, lows, spending,
+                                                                              bounds_read)
     return (lower[0], upper[0]) if single else (lower, upper)
 
 
@@ -566,7 +655,7 @@ def sample_until_stopped(
     looks = look_schedule(n, schedule)
     spending_weights(looks.size, spending)  # checked before any sample is drawn
     check_float(margin, "margin", 0.0, 1.0, low_open=True, high_open=True)
-    if check_choice(bounds, "bounds", BOUNDS) == "betting-cp":
+    if bounds_family(bounds).spending == "share":
         from multiguard.certificates.betting import check_cp_share
         check_cp_share(spending)
     num_inputs, num_classes = labels.shape
