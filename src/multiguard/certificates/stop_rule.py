@@ -35,10 +35,6 @@ def _bounds_names() -> tuple[str, ...]:
     return BOUNDS.names()
 
 
-def _bounds_help() -> str:
-    return f"anytime bounds: {BOUNDS.text()} (docs/sequential.md)"
-
-
 def _schedule_names() -> list[str]:
     from multiguard.certificates.sequential import SCHEDULES
 
@@ -110,7 +106,7 @@ class StopRule(Settings):
                             legacy=DEFAULT_MARGIN, flag="--futility-margin", dest="futility_margin",
                             metavar="GAMMA", help="gamma of --futility margin, in (0, 1)")
     bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(_bounds_names), legacy="union", choices=Choices(_bounds_names),
-                          metavar="NAME", help=_bounds_help)
+                          metavar="NAME", help=f"{BOUNDS.text()} (docs/sequential.md)")
 
     def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
         """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call
