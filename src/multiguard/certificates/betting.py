@@ -22,6 +22,8 @@ C_n: rounding only makes it wider).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from multiguard.common.validation import check_alpha
@@ -33,7 +35,9 @@ __all__ = [
     "betting_cp_label_probability_bounds",
     "betting_label_probability_bounds",
     "check_cp_share",
+    "ends_per_distinct_count",
     "log_wealth",
+    "with_last_look_clopper_pearson",
 ]
 
 KT_PRIOR = 0.5
@@ -126,15 +130,7 @@ def betting_label_probability_bounds(counts: object, n: object, alpha: float,
     """
     array2d, single, sizes, read = _checked(counts, n, bounds_read)
     alpha = check_alpha(alpha)
-    # each distinct (count, n, B) is solved once: a look of many inputs holds few distinct counts
-    whole = array2d.astype(np.int64)
-    top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
-    keys = (whole * top_n + sizes[:, None]) * top_b + read[:, None]  # one integer per (count, n, B)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    b, rest = unique % top_b, unique // top_b
-    low, up = betting_confidence_sequence(rest // top_n, rest % top_n, alpha / b)
-    lower = low[inverse.ravel()].reshape(array2d.shape)
-    upper = up[inverse.ravel()].reshape(array2d.shape)
+    lower, upper = ends_per_distinct_count(array2d, sizes, read, alpha, betting_confidence_sequence)
     return (lower[0], upper[0]) if single else (lower, upper)
 
 
@@ -163,15 +159,33 @@ def betting_cp_label_probability_bounds(counts: object, n: object, alpha: float,
     Clopper-Pearson end fails (in E_CP): probability at most ``(1 - w) alpha_b + w alpha_b = alpha_b``, whatever
     tau. The union over the B bounds gives ``alpha``.
     """
-    from multiguard.certificates.bounds import clopper_pearson
-
     w = check_cp_share(share)
     array2d, single, sizes, read = _checked(counts, n, bounds_read)
-    alpha = check_alpha(alpha)
+    lower, upper = with_last_look_clopper_pearson(betting_label_probability_bounds, array2d, sizes, read,
+                                                  check_alpha(alpha), last, w)
+    return (lower[0], upper[0]) if single else (lower, upper)
+
+
+SequenceBounds = Callable[[np.ndarray, np.ndarray, float, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""A family's label probability bounds from its confidence sequences alone: ``(counts (N, c), n (N,), alpha,
+bounds_read (N,)) -> (lower, upper)``, each end at ``alpha / B`` and valid at every n."""
+
+
+def with_last_look_clopper_pearson(sequence_bounds: SequenceBounds, array2d: np.ndarray, sizes: np.ndarray,
+                                   read: np.ndarray, alpha: float, last: int, w: float
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``-cp`` construction of :func:`betting_cp_label_probability_bounds` for any family of sequences:
+    ``sequence_bounds`` at ``(1 - w) alpha`` at every n (``[0, 1]`` at ``w = 1``) and, at ``n = last``, the better
+    of them and the fixed-n Clopper-Pearson bound at ``w alpha / B``. ``array2d`` ``(N, c)`` counts, ``sizes``
+    ``(N,)`` (each at most ``last``), ``read`` ``(N,)`` the bounds read, ``w`` a checked share in (0, 1]; returns
+    ``(lower, upper)`` ``(N, c)``. The proof is :func:`betting_cp_label_probability_bounds`'s, whatever the
+    sequences, as long as each end of theirs fails at some n with probability at most its level."""
+    from multiguard.certificates.bounds import clopper_pearson
+
     if (sizes > last).any():
         raise ValueError(f"n must be at most the last look {last}, got {int(sizes.max())}")
     if w < 1.0:
-        lower, upper = betting_label_probability_bounds(array2d, sizes, alpha * (1.0 - w), read)
+        lower, upper = sequence_bounds(array2d, sizes, alpha * (1.0 - w), read)
     else:
         lower, upper = np.zeros(array2d.shape), np.ones(array2d.shape)
     for b in np.unique(read[sizes == last]):
@@ -179,7 +193,23 @@ def betting_cp_label_probability_bounds(counts: object, n: object, alpha: float,
         cp_lower, cp_upper = clopper_pearson(array2d[rows], last, alpha * w / float(b))
         lower[rows] = np.maximum(lower[rows], cp_lower)
         upper[rows] = np.minimum(upper[rows], cp_upper)
-    return (lower[0], upper[0]) if single else (lower, upper)
+    return lower, upper
+
+
+def ends_per_distinct_count(array2d: np.ndarray, sizes: np.ndarray, read: np.ndarray, alpha: float,
+                            sequence: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Both ends of a family's sequences for every count of ``array2d`` ``(N, c)`` (``sizes`` ``(N,)`` samples,
+    ``read`` ``(N,)`` bounds read), each at level ``alpha / B``: ``sequence(counts, n, level) -> (lower, upper)``
+    (vectorised) is called once on the distinct ``(count, n, B)`` (a look of many inputs holds few distinct
+    counts) and its ends spread back to ``(N, c)``."""
+    whole = array2d.astype(np.int64)
+    top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
+    keys = (whole * top_n + sizes[:, None]) * top_b + read[:, None]  # one integer per (count, n, B)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    b, rest = unique % top_b, unique // top_b
+    low, up = sequence(rest // top_n, rest % top_n, alpha / b)
+    return low[inverse.ravel()].reshape(array2d.shape), up[inverse.ravel()].reshape(array2d.shape)
 
 
 def check_cp_share(share: object) -> float:

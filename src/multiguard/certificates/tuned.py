@@ -258,18 +258,11 @@ def tuned_label_probability_bounds(counts: object, n: object, alpha: float, last
     fails at some n with probability at most ``alpha / B``, :func:`tuned_confidence_sequence`; union over the B
     labels), so under any stopping rule. Each distinct (count, n, B) is solved once.
     """
-    from multiguard.certificates.betting import _checked
+    from multiguard.certificates.betting import _checked, ends_per_distinct_count
 
     array2d, single, sizes, read = _checked(counts, n, bounds_read)
-    alpha = check_alpha(alpha)
-    whole = array2d.astype(np.int64)
-    top_n, top_b = int(sizes.max()) + 1, int(read.max()) + 1
-    keys = (whole * top_n + sizes[:, None]) * top_b + read[:, None]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    b, rest = unique % top_b, unique // top_b
-    low, up = tuned_confidence_sequence(rest // top_n, rest % top_n, alpha / b, last)
-    lower = low[inverse.ravel()].reshape(array2d.shape)
-    upper = up[inverse.ravel()].reshape(array2d.shape)
+    lower, upper = ends_per_distinct_count(array2d, sizes, read, check_alpha(alpha),
+                                           lambda c, size, level: tuned_confidence_sequence(c, size, level, last))
     return (lower[0], upper[0]) if single else (lower, upper)
 
 
@@ -282,21 +275,11 @@ def tuned_cp_label_probability_bounds(counts: object, n: object, alpha: float, l
     ``None``: :data:`multiguard.certificates.betting.DEFAULT_CP_SHARE`). Shapes and guarantee as there (the proof
     reads the same: the sequence fails at some n with probability at most ``(1 - w) alpha / B``, the last look's
     bound at most ``w alpha / B``)."""
-    from multiguard.certificates.betting import _checked, check_cp_share
-    from multiguard.certificates.bounds import clopper_pearson
+    from multiguard.certificates.betting import _checked, check_cp_share, with_last_look_clopper_pearson
 
     w = check_cp_share(share)
     array2d, single, sizes, read = _checked(counts, n, bounds_read)
-    alpha = check_alpha(alpha)
-    if (sizes > last).any():
-        raise ValueError(f"n must be at most the last look {last}, got {int(sizes.max())}")
-    if w < 1.0:
-        lower, upper = tuned_label_probability_bounds(array2d, sizes, alpha * (1.0 - w), last, read)
-    else:
-        lower, upper = np.zeros(array2d.shape), np.ones(array2d.shape)
-    for b in np.unique(read[sizes == last]):
-        rows = (sizes == last) & (read == b)
-        cp_lower, cp_upper = clopper_pearson(array2d[rows], last, alpha * w / float(b))
-        lower[rows] = np.maximum(lower[rows], cp_lower)
-        upper[rows] = np.minimum(upper[rows], cp_upper)
+    lower, upper = with_last_look_clopper_pearson(
+        lambda a, size, level, r: tuned_label_probability_bounds(a, size, level, last, r), array2d, sizes, read,
+        check_alpha(alpha), last, w)
     return (lower[0], upper[0]) if single else (lower, upper)
