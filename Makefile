@@ -23,11 +23,13 @@ install: $(BIN)/multiguard browser
 demo: install
 	$(BIN)/multiguard demo
 
+# The suite runs in one worker per core (pytest-xdist), each test file on one worker so that its module fixtures
+# are made once; the 15 slowest tests are listed at the end.
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/mkdocs build --strict --site-dir $(or $(TMPDIR),/tmp)/multiguard-site
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or reference.
 docs: install
@@ -36,7 +38,7 @@ docs: install
 # The inner loop: every test not marked slow (the end-to-end ones), in about a minute.
 test-fast: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_certify.py

@@ -29,8 +29,10 @@ Columns, per (model, R, most samples):
   the oracle's.
 
 ``betting-cp`` is the betting column's sequences at 1/4 of each bound's alpha plus, at the last look, a fixed-n
-Clopper-Pearson bound at the other w = 3/4 (read where better); ``--cp-shares`` replays other shares w of that
-bound and prints them in a table of their own.
+Clopper-Pearson bound at the other w = 3/4 (read where better). ``tuned`` is the mixture of likelihood ratios
+tuned to the sizes up to the last look (``multiguard.certificates.tuned``), looking after every block;
+``tuned-cp`` is it at 1 - w plus Clopper-Pearson at the last look at w = 3/4. ``--cp-shares`` replays other
+shares w of both and prints them in a table of their own.
 
 ``--search`` adds a grid (schedule x share of alpha at the last look x futility margin gamma) for the design
 choice. Writes ``results.json`` and ``sequential.png`` into ``--work``.
@@ -78,11 +80,13 @@ class Procedure:
     def name(self) -> str:
         spend = "equal shares" if self.spending is None else f"{self.spending:g} of alpha last"
         rule = f"margin gamma={self.margin:g}" if self.futility == "margin" else self.futility
-        if self.bounds == "betting":
-            return f"{rule}, {self.schedule}, betting bounds"
-        if self.bounds == "betting-cp":
-            return f"{rule}, {self.schedule}, betting bounds + Clopper-Pearson at the last look ({spend})"
-        return f"{rule}, {self.schedule}, {spend}"
+        reads = seq.bounds_family(self.bounds).spending  # what the bounds family reads of the spending
+        if reads == "looks":
+            return f"{rule}, {self.schedule}, {spend}"
+        base = self.bounds.removesuffix("-cp")
+        if reads == "share":
+            return f"{rule}, {self.schedule}, {base} bounds + Clopper-Pearson at the last look ({spend})"
+        return f"{rule}, {self.schedule}, {base} bounds"
 
 
 PROCEDURES = {
@@ -96,9 +100,16 @@ PROCEDURES = {
     # Clopper-Pearson bound at w of it (w = the spending share: the command line's default, 0.75)
     "betting-cp": Procedure("every-block", seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN,
                             "betting-cp"),
+    # issue 31, second try: mixtures of likelihood ratios tuned to the sizes up to the last look
+    # (multiguard.certificates.tuned), alone and with Clopper-Pearson at the last look at the spending share
+    "tuned": Procedure("every-block", None, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN, "tuned"),
+    "tuned-cp": Procedure("every-block", seq.DEFAULT_SPENDING, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN,
+                          "tuned-cp"),
 }
-CP_SHARES = (0.5, 0.75, 0.9)
-"""The shares w of betting-cp replayed besides (``--cp-shares``), printed in a table of their own."""
+CP_SHARES = (0.25, 0.5, 0.75, 0.9)
+"""The shares w of betting-cp and tuned-cp replayed besides (``--cp-shares``), printed in a table of their own."""
+CP_FAMILIES = ("betting-cp", "tuned-cp")
+"""The bounds families whose last-look Clopper-Pearson share ``--cp-shares`` sweeps."""
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -244,10 +255,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     procedures = dict(PROCEDURES)
-    share_keys = [share_key(share) for share in args.cp_shares]
-    for share, key in zip(args.cp_shares, share_keys, strict=True):
-        procedures.setdefault(key, Procedure("every-block", share, seq.DEFAULT_FUTILITY, seq.DEFAULT_MARGIN,
-                                             "betting-cp"))
+    share_keys = [share_key(family, share) for family in CP_FAMILIES for share in args.cp_shares]
+    for family in CP_FAMILIES:
+        for share in args.cp_shares:
+            procedures.setdefault(share_key(family, share), Procedure("every-block", share, seq.DEFAULT_FUTILITY,
+                                                                      seq.DEFAULT_MARGIN, family))
     if args.search:
         for schedule in ("1-2-5", "fine"):
             for share in (None, 0.5, 0.75, 0.9):
@@ -329,13 +341,13 @@ def live_check(work: Path, model: str, num: int, radii: list[float], threads: in
     return out
 
 
-def share_key(share: float) -> str:
-    """The procedure key of betting-cp at share w (the main column's where w is its share)."""
-    return "betting-cp" if share == PROCEDURES["betting-cp"].spending else f"betting-cp w={share:g}"
+def share_key(family: str, share: float) -> str:
+    """The procedure key of ``family`` (betting-cp, tuned-cp) at share w (the main column's where w is its share)."""
+    return family if share == PROCEDURES[family].spending else f"{family} w={share:g}"
 
 
 def print_shares(results: dict, keys: list[str]) -> None:
-    """betting-cp at each share w: per cell, mean samples / F1 change (points) / x oracle."""
+    """betting-cp and tuned-cp at each share w: per cell, mean samples / F1 change (points) / x oracle."""
     print("| model | R | most | fixed n | oracle | " + " | ".join(keys) + " |")
     print("| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in keys) + " |")
     for model, item in results["models"].items():
@@ -377,7 +389,7 @@ def plot(results: dict, radii: list[float], path: Path) -> None:
                            label="fixed n" if most == MOST[0] else None)
                 ax.scatter([entry["oracle_samples"]], [100 * entry["fixed_f1"]], color="k", marker=marker,
                            label="oracle" if most == MOST[0] else None)
-                for color, key in zip(("C3", "C2", "C1", "C4", "C5", "C6"), PROCEDURES, strict=True):
+                for color, key in zip(("C3", "C2", "C1", "C4", "C5", "C6", "C7", "C8"), PROCEDURES, strict=True):
                     p = entry["procedures"][key]
                     ax.scatter([p["mean_samples"]], [100 * p["f1"]], color=color, marker=marker,
                                label=key if most == MOST[0] else None)

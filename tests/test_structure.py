@@ -194,6 +194,21 @@ def test_every_registry_is_in_the_catalogue_of_docs_extending():
     assert rows == found
 
 
+def test_the_docs_name_only_test_files_and_modules_that_exist():
+    """Every ``tests/...py`` and ``src/multiguard/...py`` path that the README, docs/ and benchmarks/README.md
+    name is a file of the repository (the tests and modules moved into rooms once; a page that points at the old
+    path sends the reader nowhere)."""
+    import re
+
+    root = PACKAGE_DIR.parents[1]
+    pages = [root / "README.md", root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = {(page.name, match) for page in pages
+             for match in re.findall(r"(?:tests|src/multiguard)/[A-Za-z0-9_/]+\.py", page.read_text())}
+    assert len(named) >= 10, named  # the pattern finds the paths the pages do name
+    missing = sorted((page, path) for page, path in named if not (root / path).is_file())
+    assert not missing, missing
+
+
 def test_a_layers_contract_catches_an_upward_import_inside_a_function(tmp_path):
     """Control: on a two-room package whose low room imports the high one inside a function, the same kind of
     contract as pyproject.toml's fails, and passes once the import is gone."""

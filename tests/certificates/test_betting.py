@@ -24,6 +24,7 @@ rarely for a doubled one to show in 20,000 runs, and the exact-bounds test pins 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,18 @@ def setup(radius_factor: float, futility: str, bounds: str = "betting") -> tuple
     return looks, options, np.stack([first, looks[None, :] - first], axis=2)
 
 
-def exact_failure_probability(looks: np.ndarray, alpha: float, options: dict, share: float | None = None) -> float:
+def mixture_refutes(x: np.ndarray, n: int, level: float) -> np.ndarray:
+    """Whether the beta-binomial mixture's wealth against p_0 has passed 1 / level at count x of n."""
+    return mixture_log_wealth(P0, x.astype(np.float64), n) >= np.log(1 / level)
+
+
+def exact_failure_probability(looks: np.ndarray, alpha: float, options: dict, share: float | None = None,
+                              refutes: Callable[[np.ndarray, int, float], np.ndarray] = mixture_refutes) -> float:
     """P(the bound read at the stop fails), by recursion over label 0's count; the rule's decisions come from
-    ``sequential_stopping_rule`` at ``alpha``, the failures from the wealth formula above at level alpha / 2.
-    With a ``share`` w (``bounds="betting-cp"``): the sequence at (1 - w) alpha / 2, and at the last look also
-    the Clopper-Pearson bound at w alpha / 2, from the binomial tail."""
+    ``sequential_stopping_rule`` at ``alpha``, the failures from the sequence's wealth against p_0 at level
+    alpha / 2 (``refutes(x, n, level)``: the beta-binomial mixture's formula above, or another family's).
+    With a ``share`` w (``bounds="betting-cp"``, ``"tuned-cp"``): the sequence at (1 - w) alpha / 2, and at the
+    last look also the Clopper-Pearson bound at w alpha / 2, from the binomial tail."""
     level = alpha if share is None else (1 - share) * alpha
     extra = {} if share is None else {"spending": share}
     alive = np.ones(1)
@@ -126,7 +134,7 @@ def exact_failure_probability(looks: np.ndarray, alpha: float, options: dict, sh
         counts = np.stack([x, n - x], axis=1)
         stop = seq.sequential_stopping_rule(counts, n, np.broadcast_to([True, False], counts.shape), alpha=alpha,
                                             **options, **extra).stop
-        fails = (x > P0 * n) & (mixture_log_wealth(P0, x.astype(np.float64), n) >= np.log(2 / level))
+        fails = (x > P0 * n) & refutes(x, n, level / 2)
         if share is not None and n == looks[-1]:
             fails |= stats.binom.sf(x - 1, n, P0) < share * alpha / 2
         failure += alive[stop & fails].sum()

@@ -368,12 +368,15 @@ def vector_problem(num: int, seed: int) -> tuple[torch.nn.Linear, torch.Tensor, 
 # The default rule (margin, fine looks, 3/4 of alpha last) and the rule of runs written before it.
 PROCEDURES = {"default": {}, "legacy": {"futility": "remaining", "schedule": "1-2-5", "spending": None},
               "betting": {"bounds": "betting", "schedule": "every-block"},
-              "betting-cp": {"bounds": "betting-cp", "schedule": "every-block", "spending": 0.75}}
-LOOKS_AT_2000 = {"default": 11, "legacy": 5, "betting": 20, "betting-cp": 20}
+              "betting-cp": {"bounds": "betting-cp", "schedule": "every-block", "spending": 0.75},
+              "tuned": {"bounds": "tuned", "schedule": "every-block"},
+              "tuned-cp": {"bounds": "tuned-cp", "schedule": "every-block", "spending": 0.5}}
+LOOKS_AT_2000 = {"default": 11, "legacy": 5, "betting": 20, "betting-cp": 20, "tuned": 20, "tuned-cp": 20}
 
 
 @pytest.mark.parametrize(("k_prime", "procedure"), [(1, "default"), (2, "default"), (1, "legacy"), (1, "betting"),
-                                                    (2, "betting"), (1, "betting-cp"), (2, "betting-cp")])
+                                                    (2, "betting"), (1, "betting-cp"), (2, "betting-cp"),
+                                                    (1, "tuned"), (2, "tuned-cp")])
 def test_sequential_certify_is_the_replay_of_its_nested_counts_whatever_the_batching(
     k_prime: int, procedure: str
 ) -> None:
@@ -440,7 +443,7 @@ def test_sequential_predict_stops_and_its_radii_come_from_anytime_bounds() -> No
 # ---------------------------------------------------------------------------------- exact soundness, sampled
 
 
-@pytest.mark.parametrize("procedure", ["default", "betting", "betting-cp"])
+@pytest.mark.parametrize("procedure", ["default", "betting", "betting-cp", "tuned", "tuned-cp"])
 def test_sequential_certificates_on_exact_1d_classifiers_hold_at_every_radius(procedure: str) -> None:
     """Linear scores on a 1-D input (top-k' piecewise constant in the input) wrapped as a torch model and
     certified sequentially with real sampling. From the exact smoothed probabilities on a fine grid of the
@@ -568,10 +571,11 @@ EXPECTED_RULES = {
     "betting": {"futility": "margin", "schedule": "every-block", "spending": 0.75, "margin": 0.2, "bounds": "betting"},
     "betting-cp": {"futility": "margin", "schedule": "every-block", "spending": 0.75, "margin": 0.2,
                    "bounds": "betting-cp"},
+    "tuned-cp": {"futility": "margin", "schedule": "every-block", "spending": 0.5, "margin": 0.2, "bounds": "tuned-cp"},
 }
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp"])
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp", "tuned-cp"])
 def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_path: Path, procedure: str) -> None:
     rule = StopRule(**RULE, **PROCEDURES[procedure])
     reference = certify_vectors(tmp_path / "ref", stop_rule=rule)
@@ -609,7 +613,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     with pytest.raises(ValueError, match="stop_rule"):
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(radius=0.2), resume=True)
     other = {"default": {"schedule": "1-2-5"}, "legacy": {"spending": 0.75}, "betting": {"bounds": "union"},
-             "betting-cp": {"spending": 0.5}}[procedure]
+             "betting-cp": {"spending": 0.5}, "tuned-cp": {"bounds": "betting-cp"}}[procedure]
     with pytest.raises(ValueError, match="different settings"):  # another schedule or spending: another rule
         certify_vectors(tmp_path / "ref", stop_rule=rule.replace(**other), resume=True)
     with pytest.raises(ValueError, match="k_prime must be the sampler's k_prime"):
@@ -618,7 +622,7 @@ def test_sequential_runs_are_identical_across_batch_sizes_shards_and_resume(tmp_
     assert StopRule.coerce(RULE) == StopRule(**RULE, **PROCEDURES["legacy"])
 
 
-@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp"])
+@pytest.mark.parametrize("procedure", ["default", "legacy", "betting", "betting-cp", "tuned-cp"])
 def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: Path, procedure: str) -> None:
     """A run is reported with the bounds of its own rule: its looks and its spending."""
     rule = {**RULE, **PROCEDURES[procedure]}
@@ -640,6 +644,8 @@ def test_a_sequential_report_uses_anytime_bounds_and_states_the_rule(tmp_path: P
             "betting": "looks every-block, betting bounds: beta-binomial mixture confidence sequences",
             "betting-cp": "looks every-block, betting-cp bounds: beta-binomial mixture confidence sequences, and at "
                           "the last look Clopper-Pearson at 0.75 of alpha",
+            "tuned-cp": "looks every-block, tuned-cp bounds: mixture confidence sequences tuned to the sizes up to "
+                        "the last look, and at the last look Clopper-Pearson at 0.5 of alpha",
             }[procedure] in result.summary
     assert f"mean {stored.samples.mean():.0f}" in result.summary
     with pytest.raises(ValueError, match="it is sequential"):

@@ -245,6 +245,9 @@ SEQUENTIAL_PROCEDURES = {
     "default": dict(futility=DEFAULT_FUTILITY, schedule=DEFAULT_SCHEDULE, spending=DEFAULT_SPENDING),
     # issue 31: the betting sequences at 1/4 of alpha at every block, Clopper-Pearson at 3/4 at the last look
     "betting-cp": dict(futility=DEFAULT_FUTILITY, schedule="every-block", spending=0.75, bounds="betting-cp"),
+    # the tuned sequences alone, and at 1/2 of alpha with Clopper-Pearson at the other 1/2 at the last look
+    "tuned": dict(futility=DEFAULT_FUTILITY, schedule="every-block", spending=None, bounds="tuned"),
+    "tuned-cp": dict(futility=DEFAULT_FUTILITY, schedule="every-block", spending=0.5, bounds="tuned-cp"),
 }
 
 

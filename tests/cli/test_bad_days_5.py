@@ -174,8 +174,27 @@ def test_ctrl_c_in_certify_says_what_is_kept_and_how_to_continue(tmp_path, check
     assert not [name for name in os.listdir(out) if ".tmp" in name or name.startswith(".")]
 
 
-def test_certify_and_attack_on_a_16_bit_dataset_name_its_file_under_sound_noise(tmp_path):
-    root = tmp_path / "deep"
+@pytest.fixture(scope="module")
+def odd_csv_model(tmp_path_factory) -> tuple[Path, Path]:
+    """Own csv data (classes a, b) of files of several sizes, and a small_cnn trained on it for one epoch at 32x32:
+    ``(data root, checkpoint)``, made once for the tests that need a model of own data."""
+    root = tmp_path_factory.mktemp("odd")
+    (root / "images").mkdir()
+    (root / "classes.txt").write_text("a\nb\n")
+    for split in ("train", "test"):
+        rows = ["path,labels"]
+        for i, size in enumerate([(32, 32), (20, 50), (20, 50), (64, 40)]):
+            Image.new("RGB", size, (40 * i, 0, 0)).save(root / "images" / f"{split}{i}.png")
+            rows.append(f"images/{split}{i}.png,{'ab'[i % 2]}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    model = root.parent / f"{root.name}-model.pt"
+    run("train", "--dataset", "csv", "--data-root", str(root), "--image-size", "32", "--epochs", "1", "--quiet",
+        "--device", "cpu", "--out", str(model))
+    return root, model
+
+
+def test_certify_and_attack_on_a_16_bit_dataset_name_its_file_under_sound_noise(tmp_path, odd_csv_model):
+    root = tmp_path / "deep"  # the same classes and layout as the model's own data, in 16-bit files
     (root / "images").mkdir(parents=True)
     (root / "classes.txt").write_text("a\nb\n")
     for split in ("train", "test"):
@@ -184,18 +203,16 @@ def test_certify_and_attack_on_a_16_bit_dataset_name_its_file_under_sound_noise(
             _sixteen_bit_png(root / "images" / f"{split}{i}.png")
             rows.append(f"images/{split}{i}.png,{'ab'[i % 2]}")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    model = tmp_path / "m.pt"
-    run("train", "--dataset", "csv", "--data-root", str(root), "--image-size", "32", "--epochs", "1", "--quiet",
-        "--device", "cpu", "--out", str(model))
+    model = odd_csv_model[1]
     said = ("is not 8-bit (off the 1/255 grid: a 16-bit or float image)", "--noise float")
-    proc = run("certify", "--checkpoint", str(model), "--n", "100", "--num-inputs", "0", "--device", "cpu",
-               "--quiet", "--out", str(tmp_path / "run"), check=False)
+    proc = run("certify", "--checkpoint", str(model), "--data-root", str(root), "--n", "100", "--num-inputs", "0",
+               "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"), check=False)
     assert_one_line_error(proc, f"dataset: image {root / 'images' / 'test'}", *said)
     assert "x: off the" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before the RUN_DIR is made
-    proc = run("attack", "--checkpoint", str(model), "--n", "20", "--k", "1", "--steps", "1", "--samples", "2",
-               "--radii", "0.5", "--num-inputs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "a"),
-               check=False)
+    proc = run("attack", "--checkpoint", str(model), "--data-root", str(root), "--n", "20", "--k", "1", "--steps",
+               "1", "--samples", "2", "--radii", "0.5", "--num-inputs", "2", "--device", "cpu", "--quiet", "--out",
+               str(tmp_path / "a"), check=False)
     assert_one_line_error(proc, f"dataset: image {root / 'images' / 'test'}", *said)
 
 
@@ -241,19 +258,8 @@ def test_report_refuses_q_where_no_threshold_curve_is_computed(tmp_path_factory,
     assert not out.exists()
 
 
-def test_certify_and_attack_say_when_the_datasets_files_are_stretched_to_the_models_size(tmp_path):
-    root = tmp_path / "odd"
-    (root / "images").mkdir(parents=True)
-    (root / "classes.txt").write_text("a\nb\n")
-    for split in ("train", "test"):
-        rows = ["path,labels"]
-        for i, size in enumerate([(32, 32), (20, 50), (20, 50), (64, 40)]):
-            Image.new("RGB", size, (40 * i, 0, 0)).save(root / "images" / f"{split}{i}.png")
-            rows.append(f"images/{split}{i}.png,{'ab'[i % 2]}")
-        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    model = tmp_path / "m.pt"
-    run("train", "--dataset", "csv", "--data-root", str(root), "--image-size", "32", "--epochs", "1", "--quiet",
-        "--device", "cpu", "--out", str(model))
+def test_certify_and_attack_say_when_the_datasets_files_are_stretched_to_the_models_size(tmp_path, odd_csv_model):
+    model = odd_csv_model[1]
     said = "3 of the 4 inputs' files are not 32x32 (e.g. 20x50): each is stretched to 32x32, as in training"
     proc = run("certify", "--checkpoint", str(model), "--n", "100", "--num-inputs", "0", "--device", "cpu",
                "--out", str(tmp_path / "run"))

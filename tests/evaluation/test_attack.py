@@ -145,7 +145,7 @@ def one_thread():
 def test_no_certificate_is_beaten_by_the_attack(checkpoint: str, tmp_path) -> None:
     radii = [0.0, 0.25, 0.5]
     alpha = 0.001
-    run = run_attack(checkpoint, out_dir=tmp_path / "attack", radii=radii, k=3, k_prime=1, num_inputs=30,
+    run = run_attack(checkpoint, out_dir=tmp_path / "attack", radii=radii, k=3, k_prime=1, num_inputs=20,
                      steps=8, samples=8, n=300, alpha=alpha, seed=0)
     # Every violation is a certificate failure (probability <= alpha per input) or Monte Carlo error of the
     # measurement on a near tie: fail only beyond what alpha allows.
@@ -166,7 +166,7 @@ def test_no_certificate_is_beaten_by_the_attack(checkpoint: str, tmp_path) -> No
         rows = list(csv.reader(handle))
     assert tuple(rows[0]) == EMPIRICAL_COLUMNS and len(rows) == 1 + len(radii)
     curves = load_empirical(tmp_path / "attack")
-    assert curves.radius.tolist() == radii and curves.num_inputs == 30
+    assert curves.radius.tolist() == radii and curves.num_inputs == 20
     assert np.allclose(curves.recall, run.curves.recall)
     assert curves.settings["k"] == 3 and curves.settings["violations"] == run.violations.tolist()
     assert not list((tmp_path / "attack").glob("*.tmp"))

@@ -107,7 +107,7 @@ class _Killed(Exception):
 
 
 def test_a_killed_thresholded_attack_resumes_to_the_same_numbers(tiny_model_checkpoint, tmp_path) -> None:
-    common = dict(radii=[0.25, 0.5], k=3, num_inputs=4, steps=2, samples=4, restarts=1, n=100, seed=3,
+    common = dict(radii=[0.25, 0.5], k=3, num_inputs=4, steps=2, samples=4, restarts=1, n=40, seed=3,
                   device="cpu", thresholds=0.5, batch_size=8)  # blocks of 2 inputs
     whole = run_attack(tiny_model_checkpoint, out_dir=tmp_path / "whole", **common)
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from multiguard.certificates.anytime import BOUNDS, DEFAULT_SPENDING, BoundsRecord, bounds_family, spending_weights
 from multiguard.common.registry import Registry
 from multiguard.common.seeds import NOISE_BLOCK
 from multiguard.common.validation import check_alpha, check_choice, check_float, check_int
@@ -45,6 +46,7 @@ from multiguard.common.validation import check_alpha, check_choice, check_float,
 __all__ = [
     "BOUNDS",
     "DEFAULT_BOUNDS",
+    "BoundsRecord",
     "DEFAULT_FUTILITY",
     "DEFAULT_MARGIN",
     "DEFAULT_SCHEDULE",
@@ -56,6 +58,7 @@ __all__ = [
     "SequentialCertificate",
     "StoppingDecision",
     "anytime_label_probability_bounds",
+    "bounds_family",
     "fine_sample_size_schedule",
     "futility_rule",
     "look_schedule",
@@ -70,16 +73,8 @@ DEFAULT_FUTILITY = "margin"
 """The futility rule of a sequential run unless another is asked for (docs/sequential.md says why)."""
 DEFAULT_SCHEDULE = "fine"
 """The schedule of looks (:data:`SCHEDULES`) unless another is asked for."""
-DEFAULT_SPENDING = 0.75
-"""The share of alpha spent at the last look (the rest split equally over the earlier looks), unless another is
-asked for; ``None`` spends equal shares (the spending of runs written before spending could be chosen)."""
 DEFAULT_MARGIN = 0.2
 """gamma of the ``margin`` futility rule unless another is asked for."""
-BOUNDS = ("union", "betting", "betting-cp")
-"""The anytime bounds a sequential run reads: ``union`` (Clopper-Pearson at each look's share of alpha, the union
-over a fixed schedule of looks), ``betting`` (the beta-binomial mixture confidence sequences of
-:mod:`multiguard.certificates.betting`, valid at every n: no alpha spent on looks) or ``betting-cp`` (those at
-``1 - spending`` of each bound's alpha; at the last look, the better of them and Clopper-Pearson at ``spending``)."""
 DEFAULT_BOUNDS = "union"
 """The bounds unless others are asked for (docs/sequential.md: ``betting`` did not win the benchmark)."""
 
@@ -217,35 +212,6 @@ def look_schedule(n: int, schedule: str = DEFAULT_SCHEDULE) -> np.ndarray:
     return _as_looks(SCHEDULES.get(check_choice(schedule, "schedule", SCHEDULES.names()))(n))
 
 
-def spending_weights(num_looks: int, spending: object = DEFAULT_SPENDING) -> np.ndarray:
-    """The shares of alpha spent at each of ``num_looks`` looks: float64 ``(J,)``, each >= 0, summing to at most 1.
-
-    ``spending``: ``None`` for equal shares ``1/J``; a number in (0, 1] for that share at the last look and
-    ``(1 - share) / (J - 1)`` at each earlier one (all of alpha at a single look); or a sequence of J weights,
-    returned as they are after checking them (a sum above 1 would spend more than alpha and is refused).
-    """
-    num_looks = check_int(num_looks, "num_looks", 1)
-    if spending is None:
-        return np.full(num_looks, 1.0 / num_looks)
-    if np.ndim(spending) == 0:
-        share = check_float(spending, "spending", 0.0, 1.0, low_open=True)
-        if num_looks == 1:
-            return np.ones(1)
-        weights = np.full(num_looks, (1.0 - share) / (num_looks - 1))
-        weights[-1] = share
-        return weights
-    weights = np.asarray(spending, dtype=np.float64)
-    if weights.shape != (num_looks,) or not np.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(f"spending must be None, a share in (0, 1], or {num_looks} finite weights >= 0 (one per "
-                         f"look), got {spending!r}")
-    if weights.sum() > 1.0 + 1e-12:
-        raise ValueError(f"spending weights must sum to at most 1 (they spend alpha over the looks), got a sum of "
-                         f"{weights.sum():.6g}")
-    if weights.sum() <= 0:
-        raise ValueError("spending weights must not all be 0")
-    return weights
-
-
 def _as_looks(looks: object) -> np.ndarray:
     array = np.asarray(looks)
     if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iu" or (array < 1).any():
@@ -276,7 +242,10 @@ def anytime_label_probability_bounds(
     :func:`multiguard.certificates.betting.betting_label_probability_bounds` instead (each bound at
     ``alpha / B``, valid at every n; ``spending`` is not read). ``"betting-cp"``: those at ``(1 - w) alpha / B``
     and, at ``looks[-1]``, the better of them and Clopper-Pearson at ``w alpha / B`` (w = ``spending``; ``None``:
-    1/2; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`, with the proof). Else:
+    1/2; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`, with the proof).
+    ``"tuned"`` and ``"tuned-cp"``: the same with the mixture sequences of :mod:`multiguard.certificates.tuned`,
+    tuned to the sizes up to ``looks[-1]``. ``bounds`` is a name of :data:`BOUNDS` (a family registered there is
+    called with ``(counts (N, c), n (N,), alpha, looks, spending, bounds_read)``). ``"union"`` (the default):
 
     ``spending`` (:func:`spending_weights`: ``None`` for equal shares, a share of alpha at the last look, or J
     weights summing to at most 1) says how alpha is spent over the looks: at look j each bound is at level
@@ -312,37 +281,8 @@ def anytime_label_probability_bounds(
     array2d, single = _bounds._as_float_matrix(counts, "counts")
     sizes = _as_row_sizes(n, array2d.shape[0], lows)
     alpha = check_alpha(alpha)
-    if check_choice(bounds, "bounds", BOUNDS) != "union":
-        from multiguard.certificates import betting as _betting
-        lower, upper = (_betting.betting_label_probability_bounds(array2d, sizes, alpha, bounds_read)
-                        if bounds == "betting" else _betting.betting_cp_label_probability_bounds(
-                            array2d, sizes, alpha, int(lows[-1]), spending, bounds_read))
-        return (lower[0], upper[0]) if single else (lower, upper)
-    c = array2d.shape[1]
-    read = _bounds._as_bounds_read(bounds_read, array2d.shape)
-    if spending is None:  # equal shares, as runs written before spending existed computed them, to the last bit
-        look_levels = None
-    else:
-        look_levels = alpha * spending_weights(lows.size, spending)
-    # Each distinct count is evaluated once per (look, B): a look of N inputs holds at most n + 1 distinct counts,
-    # and the Beta quantile is the whole cost.
-    lower = np.zeros(array2d.shape)
-    upper = np.ones(array2d.shape)
-    for size in np.unique(sizes):
-        for b in np.unique(read[sizes == size]):
-            rows = (sizes == size) & (read == b)
-            if look_levels is None:
-                level = alpha / (c * lows.size) if b == c else alpha / (float(b) * lows.size)
-            else:
-                level = look_levels[np.searchsorted(lows, size)] / float(b)
-            values, inverse = np.unique(array2d[rows], return_inverse=True)
-            if (values != np.round(values)).any():
-                raise ValueError("counts must be whole numbers")
-            if values[0] < 0 or values[-1] > size:
-                raise ValueError(f"counts must lie in [0, n] = [0, {size}] for the rows at look n = {size}")
-            lower_values, upper_values = _bounds.clopper_pearson(values.astype(np.float64), int(size), level)
-            lower[rows] = lower_values[inverse.ravel()].reshape(-1, c)
-            upper[rows] = upper_values[inverse.ravel()].reshape(-1, c)
+    lower, upper = BOUNDS.get(check_choice(bounds, "bounds", BOUNDS.names()))(array2d, sizes, alpha, lows, spending,
+                                                                              bounds_read)
     return (lower[0], upper[0]) if single else (lower, upper)
 
 
@@ -566,7 +506,7 @@ def sample_until_stopped(
     looks = look_schedule(n, schedule)
     spending_weights(looks.size, spending)  # checked before any sample is drawn
     check_float(margin, "margin", 0.0, 1.0, low_open=True, high_open=True)
-    if check_choice(bounds, "bounds", BOUNDS) == "betting-cp":
+    if bounds_family(bounds).spending == "share":
         from multiguard.certificates.betting import check_cp_share
         check_cp_share(spending)
     num_inputs, num_classes = labels.shape

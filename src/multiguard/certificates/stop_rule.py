@@ -17,6 +17,7 @@ from multiguard.certificates.sequential import (
     DEFAULT_MARGIN,
     DEFAULT_SCHEDULE,
     DEFAULT_SPENDING,
+    bounds_family,
 )
 from multiguard.common.settings import Choices, Interval, OneOf, Optional, Settings, setting
 from multiguard.common.validation import check_alpha
@@ -28,6 +29,10 @@ def _futility_names() -> list[str]:
     from multiguard.certificates.sequential import FUTILITY_RULES  # SciPy loads here, when a rule is checked
 
     return FUTILITY_RULES.names()
+
+
+def _bounds_names() -> tuple[str, ...]:
+    return BOUNDS.names()
 
 
 def _schedule_names() -> list[str]:
@@ -68,14 +73,16 @@ class StopRule(Settings):
     look at the sizes of the ``schedule`` (:data:`multiguard.certificates.sequential.SCHEDULES`) up to n, and alpha
     is spent
     over the looks by ``spending`` (the share at the last look, the rest split equally; ``None``: equal
-    shares). ``bounds`` says which anytime bounds the rule and the certificate read: ``union`` (Clopper-Pearson
-    at each look's share of alpha), ``betting`` (the beta-binomial mixture confidence sequences of
+    shares). ``bounds`` says which anytime bounds the rule and the certificate read (a name of
+    :data:`multiguard.certificates.sequential.BOUNDS`): ``union`` (Clopper-Pearson at each look's share of
+    alpha), ``betting`` (the beta-binomial mixture confidence sequences of
     :mod:`multiguard.certificates.betting`, valid at every n; ``spending`` is then not read, and the schedule
     ``every-block`` looks after every noise block) or ``betting-cp`` (those sequences at ``1 - spending`` of each
     bound's alpha, and at the last look the better of them and a fixed-n Clopper-Pearson bound at ``spending``
-    of it: ``spending`` is then that share, ``None`` reading as 1/2). Runs written before the schedule,
-    spending, margin and bounds existed read as ``1-2-5``, ``None``, 0.2 and ``union`` (their ``legacy`` values),
-    so they are reported with their own bounds."""
+    of it: ``spending`` is then that share, ``None`` reading as 1/2); ``tuned`` and ``tuned-cp`` are the same
+    with the mixture sequences of :mod:`multiguard.certificates.tuned`, tuned to the sizes up to n. Runs
+    written before the schedule, spending, margin and bounds existed read as ``1-2-5``, ``None``, 0.2 and
+    ``union`` (their ``legacy`` values), so they are reported with their own bounds."""
 
     option_names = False
 
@@ -98,8 +105,8 @@ class StopRule(Settings):
     margin: float = setting(DEFAULT_MARGIN, check=Interval(float, 0.0, 1.0, open_low=True, open_high=True),
                             legacy=DEFAULT_MARGIN, flag="--futility-margin", dest="futility_margin",
                             metavar="GAMMA", help="gamma of --futility margin, in (0, 1)")
-    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(BOUNDS), legacy="union", choices=BOUNDS, metavar="NAME",
-                          help="anytime bounds: union, betting or betting-cp (docs/sequential.md)")
+    bounds: str = setting(DEFAULT_BOUNDS, check=OneOf(_bounds_names), legacy="union", choices=Choices(_bounds_names),
+                          metavar="NAME", help=f"{BOUNDS.text()} (docs/sequential.md)")
 
     def bind(self, *, k: int | None, k_prime: int, alpha: float | None) -> StopRule:
         """This rule with the call's ``k``, ``k_prime`` and ``alpha`` where it leaves them out (``None``); a call
@@ -139,16 +146,18 @@ class StopRule(Settings):
         that parsed command-line options ask for: each read under its field's option
         (:func:`multiguard.common.settings.add_arguments`, so ``margin`` is ``--futility-margin``) where given
         (not ``None``), else the rule of ``stored`` (a resumed run's stop rule; the ``legacy`` values for what
-        it predates), else this class's defaults. Confidence-sequence bounds (``betting``, ``betting-cp``) given
-        without a schedule, over a base rule of ``union``, look after every noise block (``every-block``: they are
-        valid at every n, looks cost nothing)."""
+        it predates), else this class's defaults. Confidence-sequence bounds (those whose
+        :class:`multiguard.certificates.sequential.BoundsRecord` says ``anytime``: ``betting``, ``betting-cp``,
+        ``tuned``, ``tuned-cp``) given without a schedule, over a base rule of ``union``, look after every noise
+        block (``every-block``: they are valid at every n, looks cost nothing)."""
         base = cls(radius=0.0) if stored is None else cls.from_dict(
             {"radius": 0.0, **{key: value for key, value in stored.items() if key in _PROCEDURE}})
         values = {}
         for name, dest in cls.procedure_dests().items():
             given = getattr(namespace, dest, None)
             values[name] = getattr(base, name) if given is None else given
-        if getattr(namespace, "schedule", None) is None and values["bounds"] != "union" and base.bounds == "union":
+        if (getattr(namespace, "schedule", None) is None and bounds_family(values["bounds"]).anytime
+                and not bounds_family(base.bounds).anytime):
             values["schedule"] = "every-block"
         return cls(radius=0.0, **values).procedure()
 

@@ -161,7 +161,9 @@ def anytime_on_probability_bounds(on_counts: object, n: object, alpha: float, lo
     mixture confidence sequence at ``alpha / (2c)`` (:mod:`multiguard.certificates.betting`), valid at every n,
     so at every look at once with probability at least ``1 - alpha``; ``spending`` is not read. ``"betting-cp"``:
     those sequences at ``(1 - w) alpha / (2c)`` and at the last look the better of them and Clopper-Pearson at
-    ``w alpha / (2c)`` (w = ``spending``; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`).
+    ``w alpha / (2c)`` (w = ``spending``; :func:`multiguard.certificates.betting.betting_cp_label_probability_bounds`);
+    ``"tuned"``, ``"tuned-cp"``: the same with :mod:`multiguard.certificates.tuned`'s sequences (any name of
+    :data:`multiguard.certificates.sequential.BOUNDS`).
     """
     alpha = check_alpha(alpha)
     return anytime_label_probability_bounds(on_counts, n, alpha / 2.0, looks, spending, bounds=bounds)
@@ -376,7 +378,8 @@ def certify_thresholded(on_counts: object, n: object, *, alpha: float, sigma: fl
     the bounds are the anytime-valid ones (:func:`anytime_on_probability_bounds`), spending alpha over the looks
     by ``spending`` (``None``: equal shares). Pass the looks and spending of the stopping rule that chose each
     row's look, so the bounds are those valid at its stopping time; ``spending`` without ``looks`` is refused.
-    ``bounds``: ``"union"``, ``"betting"`` or ``"betting-cp"``, as the rule read them
+    ``bounds``: a name of :data:`multiguard.certificates.sequential.BOUNDS` (``"union"``, ``"betting"``, ...), as
+    the rule read them
     (:func:`anytime_on_probability_bounds`)."""
     if looks is None:
         if spending is not None:

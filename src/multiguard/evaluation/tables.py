@@ -93,12 +93,13 @@ def _futility_text(rule: dict) -> str:
 
 
 def _bounds_text(rule: dict) -> str:
-    if rule.get("bounds", "union") == "betting":
-        return "betting bounds: beta-binomial mixture confidence sequences, no alpha spent on looks"
-    if rule.get("bounds") == "betting-cp":
+    """The sentence of the rule's anytime bounds (their :class:`BoundsRecord`'s ``report``), or its spending's."""
+    from multiguard.certificates.sequential import bounds_family
+
+    record = bounds_family(rule.get("bounds", "union"))
+    if record.report:
         share = rule.get("spending")
-        return (f"betting-cp bounds: beta-binomial mixture confidence sequences, and at the last look "
-                f"Clopper-Pearson at {0.5 if share is None else share:g} of alpha")
+        return record.report.format(share=0.5 if share is None else share)
     return _spending_text(rule.get("spending"))
 
 
