@@ -101,12 +101,18 @@ def test_certify_builds_its_stop_rule_from_the_generated_options() -> None:
 
     parser = _certify_parser()
     args = parser.parse_args(["--checkpoint", "c.pt", "--out", "r", "--stop-at-radius", "0.5", "--spending",
-                              "equal", "--futility-margin", "0.3", "--bounds", "betting"])
+                              "0.5", "--futility-margin", "0.3", "--bounds", "betting-cp"])
     assert (args.k, args.k_prime, args.alpha, args.n, args.num_inputs, args.noise) == (3, 1, 0.001, 1000, 500, "sound")
     rule = StopRule(radius=args.stop_at_radius, k=args.k, k_prime=args.k_prime, alpha=args.alpha,
                     **StopRule.procedure_from(args))
-    assert rule == StopRule(radius=0.5, k=3, k_prime=1, alpha=0.001, spending=None, margin=0.3, bounds="betting",
+    assert rule == StopRule(radius=0.5, k=3, k_prime=1, alpha=0.001, spending=0.5, margin=0.3, bounds="betting-cp",
                             schedule="every-block")
+    # bounds that read no spending refuse one given, rather than drop it
+    for bounds in ("betting", "tuned"):
+        args = parser.parse_args(["--checkpoint", "c.pt", "--out", "r", "--stop-at-radius", "0.5", "--spending",
+                                  "equal", "--bounds", bounds])
+        with pytest.raises(ValueError, match=rf"^spending: bounds {bounds} do not read it .* leave --spending out$"):
+            StopRule.procedure_from(args)
     # a resumed run's rule fills what the command line leaves out (what it predates: the legacy values, so no
     # spending is equal shares); given options win
     args = parser.parse_args(["--checkpoint", "c.pt", "--out", "r", "--schedule", "1-2-5"])

@@ -149,13 +149,19 @@ class StopRule(Settings):
         it predates), else this class's defaults. Confidence-sequence bounds (those whose
         :class:`multiguard.certificates.sequential.BoundsRecord` says ``anytime``: ``betting``, ``betting-cp``,
         ``tuned``, ``tuned-cp``) given without a schedule, over a base rule of ``union``, look after every noise
-        block (``every-block``: they are valid at every n, looks cost nothing)."""
+        block (``every-block``: they are valid at every n, looks cost nothing). A ``spending`` given for bounds
+        that do not read it (``betting``, ``tuned``) is a ``ValueError`` naming it, not silently dropped."""
         base = cls(radius=0.0) if stored is None else cls.from_dict(
             {"radius": 0.0, **{key: value for key, value in stored.items() if key in _PROCEDURE}})
         values = {}
-        for name, dest in cls.procedure_dests().items():
+        dests = cls.procedure_dests()
+        for name, dest in dests.items():
             given = getattr(namespace, dest, None)
             values[name] = getattr(base, name) if given is None else given
+        if getattr(namespace, dests["spending"], None) is not None and \
+                bounds_family(values["bounds"]).spending == "unused":
+            raise ValueError(f"spending: bounds {values['bounds']} do not read it (their sequences spend no alpha on "
+                             f"looks and read no Clopper-Pearson share); leave --spending out")
         if (getattr(namespace, "schedule", None) is None and bounds_family(values["bounds"]).anytime
                 and not bounds_family(base.bounds).anytime):
             values["schedule"] = "every-block"
