@@ -35,7 +35,8 @@ test: install
 docs: install
 	$(BIN)/mkdocs build --strict
 
-# The inner loop: every test not marked slow (the end-to-end ones), in about a minute.
+# The inner loop: every test not marked slow (the end-to-end ones): 761 tests in about 4.5 minutes on 2 cores
+# (the whole suite, `make test`, about 8 minutes of tests).
 test-fast: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
