@@ -94,12 +94,13 @@ def _futility_text(rule: dict) -> str:
 
 def _bounds_text(rule: dict) -> str:
     """The sentence of the rule's anytime bounds (their :class:`BoundsRecord`'s ``report``), or its spending's."""
+    from multiguard.certificates.betting import check_cp_share
     from multiguard.certificates.sequential import bounds_family
 
     record = bounds_family(rule.get("bounds", "union"))
-    if record.report:
-        share = rule.get("spending")
-        return record.report.format(share=0.5 if share is None else share)
+    if record.report:  # a share family's sentence names its share (None: the default, as the bounds read it)
+        share = check_cp_share(rule.get("spending")) if record.spending == "share" else None
+        return record.report.format(share=share)
     return _spending_text(rule.get("spending"))
 
 
