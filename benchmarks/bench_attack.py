@@ -181,10 +181,7 @@ def _print_slack(checkpoint: str, pgd: AttackRun, runs: dict[str, AttackRun], *,
         rows["attacked, default at the larger budget"] = runs[BIG].sizes
     table = {name: _metric_rows(values, labels, 3) for name, values in rows.items()}
     print(f"\ngap split ({time.perf_counter() - start:.0f} s): top-3 P / R / F1 per radius")
-    print("| sizes from | " + " | ".join(f"R = {r:g}" for r in radii) + " |")
-    print("| --- |" + " --- |" * len(radii))
-    for name, metric in table.items():
-        print(f"| {name} | " + " | ".join(_triple(metric, i) for i in range(len(radii))) + " |")
+    _print_rows(table, radii)
     certified = table[f"certified (n = {n}, alpha = {ALPHA:g})"]["recall"]
     exact = table[f"plug-in of the n = {big_n} estimates (~ exact)"]["recall"]
     for attacked in [name for name in table if name.startswith("attacked, default")]:
@@ -195,6 +192,14 @@ def _print_slack(checkpoint: str, pgd: AttackRun, runs: dict[str, AttackRun], *,
             share = f"{100 * slack / gap:.0f} %" if gap > 0 else "n/a"
             print(f"R = {r:g}: recall gap {gap:.3f} = Monte Carlo slack {slack:.3f} ({share}) + theorem's worst "
                   f"case and attack's weakness {gap - slack:.3f}")
+
+
+def _print_rows(rows: dict[str, dict[str, np.ndarray]], radii: np.ndarray) -> None:
+    """One markdown table: a row per way of sizing (its P / R / F1 at each radius)."""
+    print("| sizes from | " + " | ".join(f"R = {r:g}" for r in radii) + " |")
+    print("| --- |" + " --- |" * len(radii))
+    for name, metric in rows.items():
+        print(f"| {name} | " + " | ".join(_triple(metric, i) for i in range(len(radii))) + " |")
 
 
 def _thresholded_bench(args: argparse.Namespace, work: Path) -> None:
@@ -256,10 +261,7 @@ def _thresholded_bench(args: argparse.Namespace, work: Path) -> None:
               f"pgd part; violations {big.thresholded.violations.tolist()})")
     print(f"\nthresholded set P / R / F1 per radius; violations {result.violations.tolist()} "
           f"(labels {result.violated_labels.tolist()})")
-    print("| sizes from | " + " | ".join(f"R = {r:g}" for r in radii) + " |")
-    print("| --- |" + " --- |" * len(radii))
-    for name, metric in rows.items():
-        print(f"| {name} | " + " | ".join(_triple(metric, i) for i in range(len(radii))) + " |")
+    _print_rows(rows, radii)
     if args.slack_n:
         base = rows[f"certified (n = {n}, alpha = {ALPHA:g})"]
         exact = rows[f"plug-in of the n = {args.slack_n} estimates (~ exact)"]
