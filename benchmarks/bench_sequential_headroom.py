@@ -17,7 +17,7 @@ script asks why, by relaxing one thing at a time, on the same stored counts (``-
 - **reference bounds, not valid**, with the default margin rule, registered in this process only: fixed-n
   Clopper-Pearson at the full alpha / c at every block (looking for free: the limit no valid bound reaches at
   any n, one-sided Clopper-Pearson being the most accurate bound at a fixed n); the tuned sequence and the last
-  look's Clopper-Pearson bound each at the full alpha / c (``tuned-cp`` at 2 alpha with w = 1/2: looser than no
+  look's Clopper-Pearson bound each at the full alpha / c (``tuned-cp`` at 2 alpha with w = 1/2: looser than any
   valid split of the two, exact calibration of their union included); ``union`` on the fine schedule with 1/4 of
   alpha at each earlier look instead of 1/4 over all of them (looser than exact crossing probabilities);
 - **a clairvoyant stop, not a procedure**: for each input, the first block at which the bounds certify the size
@@ -31,10 +31,11 @@ the row meets both halves of the goal in every cell.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_sequential import ALPHA, K_PRIME, K, counts_at, fixed_sizes, model_data, oracle_samples
+from bench_sequential import ALPHA, GRID_STEP, K_PRIME, MODELS, MOST, K, Procedure, cell, counts_at, model_data
 from scipy import stats
 
 from multiguard.certificates import bounds as _bounds
@@ -45,32 +46,44 @@ from multiguard.certificates.anytime import BOUNDS, BoundsRecord
 from multiguard.certificates.sequential import FUTILITY_RULES, FutilityRecord
 
 GOAL_RATIO, GOAL_CHANGE = 1.4, -0.005  # issue 31: at most 1.4x the oracle, F1 at most 0.5 point below fixed n
+REFERENCE = "reference-"  # the prefix of the bounds registered below, none of them valid
 
 
 # ------------------------------------------------- registered in this process only (never a command-line choice)
 
 
-@BOUNDS.register("reference-cp-every-look", help="NOT VALID: fixed-n Clopper-Pearson at alpha / c at every look",
-                 record=BoundsRecord())
-def _cp_every_look(counts: np.ndarray, sizes: np.ndarray, alpha: float, looks: np.ndarray, spending: object,
-                   bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+def _clopper_pearson_per_look(counts: np.ndarray, sizes: np.ndarray, level: Callable[[int], float]
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided Clopper-Pearson bounds of the rows at each look n at ``level(n)``."""
     lower, upper = np.zeros(counts.shape), np.ones(counts.shape)
     for size in np.unique(sizes):
         rows = sizes == size
-        lower[rows], upper[rows] = _bounds.clopper_pearson(counts[rows], int(size), alpha / counts.shape[1])
+        lower[rows], upper[rows] = _bounds.clopper_pearson(counts[rows], int(size), level(int(size)))
     return lower, upper
 
 
-@BOUNDS.register("reference-union-early-full", help="NOT VALID: union with 1/4 of alpha at each earlier look",
+@BOUNDS.register(REFERENCE + "cp-every-look", help="NOT VALID: fixed-n Clopper-Pearson at alpha / c at every look")
+def _cp_every_look(counts: np.ndarray, sizes: np.ndarray, alpha: float, looks: np.ndarray, spending: object,
+                   bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    return _clopper_pearson_per_look(counts, sizes, lambda n: alpha / counts.shape[1])
+
+
+@BOUNDS.register(REFERENCE + "union-early-full", help="NOT VALID: union with 1/4 of alpha at each earlier look",
                  record=BoundsRecord(anytime=False))
 def _union_early_full(counts: np.ndarray, sizes: np.ndarray, alpha: float, looks: np.ndarray, spending: object,
                       bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
-    lower, upper = np.zeros(counts.shape), np.ones(counts.shape)
-    for size in np.unique(sizes):
-        rows = sizes == size
-        share = seq.DEFAULT_SPENDING if size == looks[-1] else 1.0 - seq.DEFAULT_SPENDING
-        lower[rows], upper[rows] = _bounds.clopper_pearson(counts[rows], int(size), share * alpha / counts.shape[1])
-    return lower, upper
+    last, share = int(looks[-1]), seq.DEFAULT_SPENDING
+    return _clopper_pearson_per_look(
+        counts, sizes, lambda n: (share if n == last else 1.0 - share) * alpha / counts.shape[1])
+
+
+@BOUNDS.register(REFERENCE + "tuned-cp-full", help="NOT VALID: the tuned sequence and the last look's "
+                 "Clopper-Pearson bound each at the full alpha / B", record=BoundsRecord(last_look=True))
+def _tuned_cp_full(counts: np.ndarray, sizes: np.ndarray, alpha: float, looks: np.ndarray, spending: object,
+                   bounds_read: object) -> tuple[np.ndarray, np.ndarray]:
+    from multiguard.certificates import tuned as _tuned
+
+    return _tuned.tuned_cp_label_probability_bounds(counts, sizes, 2.0 * alpha, int(looks[-1]), 0.5, bounds_read)
 
 
 @FUTILITY_RULES.register("predictive", help="the remaining samples at the predictive normal quantile 1 - gamma",
@@ -84,98 +97,86 @@ def _predictive(counts: np.ndarray, n: np.ndarray, lower: np.ndarray, upper: np.
     return np.clip(np.ceil(mean + spread), 0, remaining), np.clip(np.floor(mean - spread), 0, remaining)
 
 
-# (label, bounds, spending, alpha factor, futility, gamma, schedule, valid)
-REPLAYED = [
-    ("tuned-cp w=0.5, margin 0.2", "tuned-cp", 0.5, 1.0, "margin", 0.2, "every-block", True),
-    ("tuned-cp w=0.25, margin 0.2", "tuned-cp", 0.25, 1.0, "margin", 0.2, "every-block", True),
-    ("tuned-cp w=0.25, predictive 0.2", "tuned-cp", 0.25, 1.0, "predictive", 0.2, "every-block", True),
-    ("tuned-cp w=0.25, predictive 0.3", "tuned-cp", 0.25, 1.0, "predictive", 0.3, "every-block", True),
-    ("not valid: Clopper-Pearson at every block, margin 0.2", "reference-cp-every-look", None, 1.0, "margin", 0.2,
-     "every-block", False),
-    ("not valid: tuned and Clopper-Pearson each at full alpha, margin 0.2", "tuned-cp", 0.5, 2.0, "margin", 0.2,
-     "every-block", False),
-    ("not valid: tuned and Clopper-Pearson each at full alpha, margin 0.3", "tuned-cp", 0.5, 2.0, "margin", 0.3,
-     "every-block", False),
-    ("not valid: union, 1/4 of alpha at each earlier look, margin 0.2", "reference-union-early-full", None, 1.0,
-     "margin", 0.2, "fine", False),
-]
-# (label, bounds, spending, alpha factor): the clairvoyant stop on these bounds, looks every block
-CLAIRVOYANT = [
-    ("clairvoyant: tuned", "tuned", None, 1.0),
-    ("clairvoyant: tuned-cp w=0.75", "tuned-cp", 0.75, 1.0),
-    ("clairvoyant: tuned-cp w=0.5", "tuned-cp", 0.5, 1.0),
-    ("clairvoyant: tuned-cp w=0.25", "tuned-cp", 0.25, 1.0),
-    ("clairvoyant, not valid: tuned and Clopper-Pearson each at full alpha", "tuned-cp", 0.5, 2.0),
-    ("clairvoyant, not valid: Clopper-Pearson at every block", "reference-cp-every-look", None, 1.0),
-]
+REPLAYED = {
+    "tuned-cp w=0.5, margin 0.2": Procedure("every-block", 0.5, "margin", 0.2, "tuned-cp"),
+    "tuned-cp w=0.25, margin 0.2": Procedure("every-block", 0.25, "margin", 0.2, "tuned-cp"),
+    "tuned-cp w=0.25, predictive 0.2": Procedure("every-block", 0.25, "predictive", 0.2, "tuned-cp"),
+    "tuned-cp w=0.25, predictive 0.3": Procedure("every-block", 0.25, "predictive", 0.3, "tuned-cp"),
+    "not valid: Clopper-Pearson at every block, margin 0.2": Procedure(
+        "every-block", None, "margin", 0.2, REFERENCE + "cp-every-look"),
+    "not valid: tuned and Clopper-Pearson each at full alpha, margin 0.2": Procedure(
+        "every-block", None, "margin", 0.2, REFERENCE + "tuned-cp-full"),
+    "not valid: tuned and Clopper-Pearson each at full alpha, margin 0.3": Procedure(
+        "every-block", None, "margin", 0.3, REFERENCE + "tuned-cp-full"),
+    "not valid: union, 1/4 of alpha at each earlier look, margin 0.2": Procedure(
+        "fine", None, "margin", 0.2, REFERENCE + "union-early-full"),
+}
+"""The rules replayed (``bench_sequential.cell``): the stopping rule with these bounds and futility rule."""
+CLAIRVOYANT = {
+    "clairvoyant: tuned": ("tuned", None),
+    "clairvoyant: tuned-cp w=0.75": ("tuned-cp", 0.75),
+    "clairvoyant: tuned-cp w=0.5": ("tuned-cp", 0.5),
+    "clairvoyant: tuned-cp w=0.25": ("tuned-cp", 0.25),
+    "clairvoyant, not valid: tuned and Clopper-Pearson each at full alpha": (REFERENCE + "tuned-cp-full", None),
+    "clairvoyant, not valid: Clopper-Pearson at every block": (REFERENCE + "cp-every-look", None),
+}
+"""The bounds (name, spending) the clairvoyant stop is measured on, looks every block."""
 
 
-def f1_change(sizes: np.ndarray, target: np.ndarray, labels: np.ndarray) -> float:
-    return float(_metrics.certified_metrics(sizes, labels, K).f1 - _metrics.certified_metrics(target, labels, K).f1)
-
-
-def replayed(data: dict, row: tuple, most: int, radius: float, target: np.ndarray, oracle: float) -> tuple:
-    _, bounds, spending, factor, futility, margin, schedule, _ = row
-    looks = seq.look_schedule(most, schedule)
-    result = seq.sequential_certification(
-        counts_at(data, looks), data["labels"], looks=looks, alpha=ALPHA * factor, k=K, k_prime=K_PRIME,
-        sigma=float(data["sigma"]), radius=radius, spending=spending, futility=futility, margin=margin, bounds=bounds)
-    sizes = _topk.intersection_size_from_radii(result.radii, radius)
-    return float(result.samples.mean()) / oracle, f1_change(sizes, target, data["labels"])
-
-
-def clairvoyant(data: dict, row: tuple, most: int, radii: list[float], targets: dict, oracles: dict) -> list:
-    """Per radius: the clairvoyant stop's samples over the oracle and F1 change (bounds computed once per look)."""
-    _, bounds, spending, factor = row
+def clairvoyant(data: dict, bounds: str, spending: float | None, most: int, entries: dict[float, dict]
+                ) -> list[tuple[float, float]]:
+    """Per radius of ``entries`` (``bench_sequential.cell`` at that radius: fixed n's F1 and the oracle), the
+    clairvoyant stop's samples over the oracle and F1 change; the bounds are computed once per look."""
     looks = seq.look_schedule(most, "every-block")
     nested, labels, sigma = counts_at(data, looks).astype(np.float64), data["labels"], float(data["sigma"])
-    ends = [seq.anytime_label_probability_bounds(nested[:, j], int(n), ALPHA * factor, looks, spending, bounds=bounds)
+    ends = [seq.anytime_label_probability_bounds(nested[:, j], int(n), ALPHA, looks, spending, bounds=bounds)
             for j, n in enumerate(looks)]
     out = []
-    for radius in radii:
+    for radius, entry in entries.items():
         sizes = np.stack([_topk.intersection_size_at(lower, upper, labels, k=K, k_prime=K_PRIME, sigma=sigma,
                                                      radius=radius) for lower, upper in ends], axis=1)
         final = sizes[:, -1]
         first = np.argmax(sizes >= final[:, None], axis=1)  # the first block already certifying the final size
         samples = np.where(final > 0, looks[first], looks[0])  # nothing to certify: one block to see it
-        out.append((float(samples.mean()) / oracles[radius], f1_change(final, targets[radius], labels)))
+        f1 = float(_metrics.certified_metrics(final, labels, K).f1)
+        out.append((float(samples.mean()) / entry["oracle_samples"], f1 - entry["fixed_f1"]))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="bench-sequential", help="bench_sequential.py's folder (counts reused)")
-    parser.add_argument("--models", nargs="+", default=["demo", "seed1"])
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5])
-    parser.add_argument("--most", type=int, default=10_000, help="the most samples per input (a multiple of 100)")
+    parser.add_argument("--models", nargs="+", default=["demo", "seed1"], choices=list(MODELS))
+    parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5], help="target radii R")
+    parser.add_argument("--most", type=int, default=MOST[-1],
+                        help=f"the most samples per input (a multiple of {GRID_STEP} up to {MOST[-1]:,})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, if the counts must be sampled")
     args = parser.parse_args()
-    rows: dict[str, list] = {}
-    valid = {row[0]: row[-1] for row in REPLAYED} | {row[0]: False for row in CLAIRVOYANT}
+    if args.most % GRID_STEP or not GRID_STEP <= args.most <= MOST[-1]:
+        parser.error(f"--most must be a multiple of {GRID_STEP} from {GRID_STEP} to {MOST[-1]:,}, got {args.most}")
+    if any(radius < 0 for radius in args.radii):
+        parser.error(f"--radii must be >= 0, got {args.radii}")
+    rows: dict[str, list[tuple[float, float]]] = {label: [] for label in [*REPLAYED, *CLAIRVOYANT]}
     cells = []
     for model in args.models:
         data = model_data(Path(args.work), model, args.threads)
-        counts, labels, sigma = counts_at(data, np.array([args.most]))[:, 0], data["labels"], float(data["sigma"])
-        full = np.full(len(counts), args.most)
-        targets = {r: fixed_sizes(counts, full, labels, sigma, r) for r in args.radii}
-        oracles = {r: float(oracle_samples(counts, args.most, labels, sigma, r).mean()) for r in args.radii}
-        cells += [f"{model} R={r:g}" for r in args.radii]
-        for row in REPLAYED:
-            rows.setdefault(row[0], []).extend(replayed(data, row, args.most, r, targets[r], oracles[r])
-                                               for r in args.radii)
-            print(f"  {model}: {row[0]} done", flush=True)
-        for row in CLAIRVOYANT:
-            rows.setdefault(row[0], []).extend(clairvoyant(data, row, args.most, args.radii, targets, oracles))
-            print(f"  {model}: {row[0]} done", flush=True)
+        entries = {radius: cell(data, args.most, radius, REPLAYED) for radius in args.radii}
+        cells += [f"{model} R={radius:g}" for radius in args.radii]
+        for label in REPLAYED:
+            rows[label] += [(entry["procedures"][label]["over_oracle"], entry["procedures"][label]["f1_change"])
+                            for entry in entries.values()]
+        for label, (bounds, spending) in CLAIRVOYANT.items():
+            rows[label] += clairvoyant(data, bounds, spending, args.most, entries)
+            print(f"  {model}: {label} done", flush=True)
     print(f"at most {args.most:,} samples; per cell: samples over the oracle / F1 change against fixed n (points); "
           f"goal: at most {GOAL_RATIO}x and at least {100 * GOAL_CHANGE:+.1f}")
     print("| row | " + " | ".join(cells) + " | meets the goal in every cell |")
     print("| --- | " + " | ".join("---:" for _ in cells) + " | --- |")
     for label, values in rows.items():
         meets = all(ratio <= GOAL_RATIO and change >= GOAL_CHANGE - 1e-12 for ratio, change in values)
+        valid = label in REPLAYED and not REPLAYED[label].bounds.startswith(REFERENCE)
         text = " | ".join(f"{ratio:.2f}x / {100 * change:+.2f}" for ratio, change in values)
-        verdict = ("yes" if meets else "no") + ("" if valid[label] else " (not a valid rule)")
-        print(f"| {label} | {text} | {verdict} |", flush=True)
+        print(f"| {label} | {text} | {'yes' if meets else 'no'}{'' if valid else ' (not a valid rule)'} |", flush=True)
 
 
 if __name__ == "__main__":
