@@ -140,7 +140,9 @@ def model_data(work: Path, name: str, threads: int) -> dict:
     nested = guard.sample_nested_counts(torch.as_tensor(images), sizes, seed=SEED, index=indices, batch_size=1000)
     stored = dict(indices=indices, labels=labels, sizes=sizes, nested=nested[:, :, 0],
                   seconds=time.perf_counter() - start, sigma=float(meta["sigma"]))
-    np.savez(path, **stored)
+    partial = path.with_name(path.stem + ".partial.npz")  # a kill while writing leaves no half-written counts
+    np.savez(partial, **stored)
+    partial.replace(path)
     return stored
 
 
